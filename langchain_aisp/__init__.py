@@ -1,0 +1,39 @@
+"""langchain-aisp: test-time reward alignment (AISP, Best-of-N) for local Hugging Face chat models.
+
+Importing the package is cheap: the heavy modules (torch, transformers) load on
+first use of the names below.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from langchain_aisp.aisp import PromptResult, RewardError
+    from langchain_aisp.chat_models import AISPChatModel
+    from langchain_aisp.config import AISPParams, SamplingParams
+    from langchain_aisp.rewards import FunctionReward, Reward, as_reward, batched
+
+__version__ = "0.1.0"
+
+_EXPORTS = {
+    "AISPChatModel": "langchain_aisp.chat_models",
+    "AISPParams": "langchain_aisp.config",
+    "SamplingParams": "langchain_aisp.config",
+    "PromptResult": "langchain_aisp.aisp",
+    "RewardError": "langchain_aisp.aisp",
+    "Reward": "langchain_aisp.rewards",
+    "FunctionReward": "langchain_aisp.rewards",
+    "as_reward": "langchain_aisp.rewards",
+    "batched": "langchain_aisp.rewards",
+}
+
+__all__ = [*sorted(_EXPORTS), "__version__"]
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'langchain_aisp' has no attribute {name!r}")
+    return getattr(importlib.import_module(module), name)

@@ -1,0 +1,349 @@
+"""The AISP loop (adaptive importance sampling on pre-logits), Best-of-N and plain sampling.
+
+Plain torch, no LangChain. For each prompt a mean control ``U`` (tau, d) starts at
+zero; each iteration draws ``V_i = U + sigma * eps_i`` for n samples, decodes them in
+one batch (together with the other prompts of the chunk: Batched AISP), scores them,
+and moves ``U`` to the importance-weighted mean of the ``V_i``. Best-of-N is the same
+loop with ``sigma = 0`` and no update, so both methods decode exactly the same shapes
+and draw the same token-sampling random numbers for a given seed.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+from langchain_aisp.config import DEFAULT_MAX_BATCH_SIZE, AISPParams, SamplingParams
+from langchain_aisp.decoding import DecodeOutput, Decoder, PromptPrefix, decode, prefill
+from langchain_aisp.lm import CausalLM
+
+ScoreFn = Callable[[Sequence[int], Sequence[str]], Sequence[float]]
+"""``score(prompt_indices, responses) -> rewards``: one float per response; the indices
+point into the ``prompts`` passed to :func:`run`."""
+
+
+class RewardError(RuntimeError):
+    """The reward failed or returned unusable scores.
+
+    ``partial`` holds, per prompt, the best result found before the failure (None
+    where nothing had been scored yet): nothing already paid for is lost.
+    """
+
+    def __init__(self, message: str, partial: list[PromptResult | None]) -> None:
+        super().__init__(message)
+        self.partial = partial
+
+
+@dataclass
+class PromptResult:
+    """The outcome for one prompt."""
+
+    index: int
+    text: str = ""
+    token_ids: list[int] = field(default_factory=list)
+    reward: float = -math.inf
+    finish_reason: str = ""
+    best_iteration: int = -1
+    prompt_tokens: int = 0
+    samples: int = 0
+    generated_tokens: int = 0
+    rewards: list[list[float]] = field(default_factory=list)
+    """Rewards of every sample, per iteration."""
+    texts: list[list[str]] = field(default_factory=list)
+    """Every sampled response, per iteration."""
+    ess: list[float] = field(default_factory=list)
+    """Effective sample size of the importance weights, per iteration."""
+    lambdas: list[float] = field(default_factory=list)
+    """Lambda used for the weights, per iteration."""
+    u_norms: list[float] = field(default_factory=list)
+    """Frobenius norm of U after each iteration's update."""
+
+
+@dataclass(frozen=True)
+class IterationEvent:
+    """Reported after every iteration of a chunk of prompts (for progress bars, callbacks)."""
+
+    iteration: int
+    num_iterations: int
+    prompt_indices: list[int]
+    rewards: list[list[float]]
+    best_rewards: list[float]
+
+
+# --- the math: small pure functions ------------------------------------------------
+
+
+def importance_weights(
+    rewards: torch.Tensor, inner: torch.Tensor, lambda_: float, alpha: float, sigma: float
+) -> torch.Tensor:
+    """``softmax_i(r_i / lambda - ((1 - alpha) / sigma^2) * inner_i)``, computed stably.
+
+    rewards (n,), inner (n,) = sum_t <u_t, v_i,t> -> weights (n,) summing to one.
+    """
+    if not lambda_ > 0:
+        raise ValueError(f"lambda_ must be > 0, got {lambda_}")
+    logits = rewards.double() / lambda_  # (n,)
+    if sigma > 0:
+        logits = logits - ((1.0 - alpha) / sigma**2) * inner.double()  # (n,)
+    return torch.softmax(logits - logits.max(), dim=0)  # (n,)
+
+
+def effective_sample_size(weights: torch.Tensor) -> float:
+    """``1 / sum_i w_i^2``: n for uniform weights, 1 when one sample takes all."""
+    return float(1.0 / weights.double().pow(2).sum())
+
+
+def lambda_for_ess(rewards: torch.Tensor, inner: torch.Tensor, alpha: float, sigma: float, target: float) -> float:
+    """The lambda whose weights have effective sample size ``target`` (bisection in log space).
+
+    Scale-free: multiplying every reward by c multiplies the returned lambda by c.
+    With all rewards equal any lambda gives the same weights, and 1.0 is returned.
+    """
+    spread = float(rewards.double().max() - rewards.double().min())
+    if not spread > 0:
+        return 1.0
+    lo, hi = math.log(spread * 1e-6), math.log(spread * 1e6)
+    for _ in range(60):
+        mid = 0.5 * (lo + hi)
+        ess = effective_sample_size(importance_weights(rewards, inner, math.exp(mid), alpha, sigma))
+        if ess < target:
+            lo = mid  # too peaked: raise lambda
+        else:
+            hi = mid
+    return math.exp(hi)
+
+
+def control_inner(U: torch.Tensor, V: torch.Tensor, reached: torch.Tensor) -> torch.Tensor:
+    """``sum_t reached_i,t <u_t, v_i,t>``: U (tau, d), V (n, tau, d), reached (n, tau) -> (n,)."""
+    per_step = torch.einsum("td,ntd->nt", U.float(), V.float())  # (n, tau)
+    return (per_step * reached).sum(dim=1)  # (n,)
+
+
+def update_mean(U: torch.Tensor, V: torch.Tensor, weights: torch.Tensor, reached: torch.Tensor) -> torch.Tensor:
+    """``U_t <- sum_i w_i V_i,t`` over the samples that reached position t, renormalised.
+
+    U (tau, d), V (n, tau, d), weights (n,), reached (n, tau) -> new U (tau, d). A
+    position no sample reached keeps its old value: unused noise carries no information.
+    """
+    w = weights.to(V.dtype)[:, None] * reached.to(V.dtype)  # (n, tau)
+    mass = w.sum(dim=0)  # (tau,)
+    weighted = torch.einsum("nt,ntd->td", w, V)  # (tau, d)
+    new_U = weighted / mass.clamp_min(1e-30)[:, None]  # (tau, d)
+    return torch.where(mass[:, None] > 0, new_U, U)  # (tau, d)
+
+
+# --- the loop ----------------------------------------------------------------------
+
+
+def _generator(seed: int | None, device: torch.device) -> torch.Generator:
+    generator = torch.Generator(device=device)
+    if seed is None:
+        generator.seed()  # fresh entropy for this generator only; the global RNG is untouched
+    else:
+        generator.manual_seed(seed)
+    return generator
+
+
+def _decode_rows(
+    decoder: Decoder,
+    prefixes: Sequence[PromptPrefix],
+    row_prompt: torch.Tensor,
+    V: torch.Tensor,
+    uniforms: torch.Tensor,
+    max_rows: int,
+) -> DecodeOutput:
+    """Decode in pieces of at most ``max_rows`` rows, halving the piece on out-of-memory."""
+    total = row_prompt.shape[0]
+    pieces: list[DecodeOutput] = []
+    start = 0
+    while start < total:
+        stop = min(total, start + max_rows)
+        try:
+            pieces.append(decode(decoder, prefixes, row_prompt[start:stop], V[start:stop], uniforms[start:stop]))
+        except torch.OutOfMemoryError as exc:
+            if max_rows == 1:
+                raise MemoryError(
+                    "out of memory decoding a single row; lower max_tokens or use a smaller model"
+                ) from exc
+            if decoder.lm.device.type == "cuda":
+                torch.cuda.empty_cache()
+            max_rows = max(1, (stop - start) // 2)
+            continue
+        start = stop
+    if len(pieces) == 1:
+        return pieces[0]
+    return DecodeOutput(
+        token_ids=[ids for p in pieces for ids in p.token_ids],
+        texts=[t for p in pieces for t in p.texts],
+        finish_reasons=[r for p in pieces for r in p.finish_reasons],
+        lengths=torch.cat([p.lengths for p in pieces]),
+    )
+
+
+def _check_scores(scores: object, expected: int, name: str) -> list[float]:
+    if isinstance(scores, torch.Tensor):
+        scores = scores.detach().flatten().tolist()
+    if isinstance(scores, (str, bytes)) or not isinstance(scores, Sequence):
+        raise TypeError(f"reward {name} must return a sequence of {expected} floats, got {type(scores).__name__}")
+    if len(scores) != expected:
+        raise ValueError(f"reward {name} returned {len(scores)} scores for {expected} responses")
+    values: list[float] = []
+    for i, value in enumerate(scores):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise TypeError(
+                f"reward {name} returned {value!r} ({type(value).__name__}) for response {i}; expected a float"
+            )
+        if not math.isfinite(value):
+            raise ValueError(f"reward {name} returned a non-finite score {value} for response {i}")
+        values.append(float(value))
+    return values
+
+
+def _score_name(score: ScoreFn) -> str:
+    return str(getattr(score, "name", None) or getattr(score, "__name__", None) or type(score).__name__)
+
+
+@dataclass
+class _PromptState:
+    result: PromptResult
+    U: torch.Tensor  # (tau, d)
+    generator: torch.Generator
+
+
+def run(
+    lm: CausalLM,
+    prompts: Sequence[Sequence[int]],
+    score: ScoreFn,
+    params: AISPParams,
+    sampling: SamplingParams,
+    *,
+    seed: int | None = None,
+    max_batch_size: int = DEFAULT_MAX_BATCH_SIZE,
+    on_iteration: Callable[[IterationEvent], None] | None = None,
+) -> list[PromptResult]:
+    """Align one response per prompt; returns one :class:`PromptResult` per prompt, in order.
+
+    Prompts are token-id lists (already templated). Up to ``max_batch_size // n``
+    prompts run together (Batched AISP); each keeps its own U, weights, best and
+    random generator, so its result does not depend on which prompts share its batch.
+    """
+    if max_batch_size < 1:
+        raise ValueError(f"max_batch_size must be >= 1, got {max_batch_size}")
+    decoder = Decoder.build(lm, sampling)
+    single = params.method == "sample"
+    n = 1 if single else params.num_samples
+    k = 1 if single else params.num_iterations
+    steer = params.method == "aisp"
+    sigma = params.sigma * lm.prelogit_rms if steer else 0.0  # absolute, in pre-logit units
+    tau = min(params.tau, sampling.max_tokens)
+    d = lm.hidden_size
+    device = lm.device
+    name = _score_name(score)
+    prompts_per_batch = max(1, max_batch_size // n)
+    results: list[PromptResult | None] = [None] * len(prompts)
+    seen: dict[tuple[int, str], float] = {}  # identical responses are scored once
+
+    for chunk_start in range(0, len(prompts), prompts_per_batch):
+        chunk = list(range(chunk_start, min(len(prompts), chunk_start + prompts_per_batch)))
+        prefixes = [prefill(lm, prompts[j]) for j in chunk]  # once per prompt, for all n x k samples
+        states = [
+            _PromptState(
+                PromptResult(index=j, prompt_tokens=len(prompts[j])),
+                torch.zeros(tau, d, device=device),  # (tau, d)
+                _generator(seed, device),
+            )
+            for j in chunk
+        ]
+        row_prompt = torch.arange(len(chunk), device=device).repeat_interleave(n)  # (b * n,)
+        for iteration in range(k):
+            eps = torch.stack(
+                [torch.randn(n, tau, d, generator=s.generator, device=device) for s in states]
+            )  # (b, n, tau, d)
+            uniforms = torch.stack(
+                [torch.rand(n, sampling.max_tokens, generator=s.generator, device=device) for s in states]
+            )  # (b, n, T)
+            U = torch.stack([s.U for s in states])  # (b, tau, d)
+            V = U[:, None] + sigma * eps  # (b, n, tau, d)
+            V_rows = torch.cat([V.reshape(-1, tau, d), V.new_zeros(len(chunk) * n, 1, d)], dim=1)  # (b*n, tau+1, d)
+            out = _decode_rows(
+                decoder, prefixes, row_prompt, V_rows, uniforms.reshape(-1, sampling.max_tokens), max_batch_size
+            )
+            rewards = _score_rows(score, name, chunk, n, out.texts, seen, results, states)
+            reached = (torch.arange(tau)[None, :] < out.lengths[:, None]).reshape(len(chunk), n, tau)  # (b, n, tau)
+            for b_idx, state in enumerate(states):
+                rows = slice(b_idx * n, (b_idx + 1) * n)
+                r = torch.tensor(rewards[rows], dtype=torch.float64)  # (n,)
+                _record(state.result, iteration, out, rows, r)
+                if steer:
+                    mask = reached[b_idx].to(device)  # (n, tau)
+                    inner = control_inner(state.U, V[b_idx], mask).cpu()  # (n,)
+                    lam = params.lambda_ or lambda_for_ess(r, inner, params.alpha, sigma, params.ess_target * n)
+                    weights = importance_weights(r, inner, lam, params.alpha, sigma)  # (n,)
+                    state.U = update_mean(state.U, V[b_idx].float(), weights.to(device), mask)  # (tau, d)
+                else:
+                    lam, weights = 0.0, torch.full((n,), 1.0 / n)
+                state.result.lambdas.append(lam)
+                state.result.ess.append(effective_sample_size(weights))
+                state.result.u_norms.append(float(state.U.norm()))
+            if on_iteration is not None:
+                on_iteration(
+                    IterationEvent(
+                        iteration=iteration,
+                        num_iterations=k,
+                        prompt_indices=chunk,
+                        rewards=[s.result.rewards[-1] for s in states],
+                        best_rewards=[s.result.reward for s in states],
+                    )
+                )
+        for state in states:
+            results[state.result.index] = state.result
+    return [r for r in results if r is not None]
+
+
+def _score_rows(
+    score: ScoreFn,
+    name: str,
+    chunk: list[int],
+    n: int,
+    texts: list[str],
+    seen: dict[tuple[int, str], float],
+    results: list[PromptResult | None],
+    states: list[_PromptState],
+) -> list[float]:
+    """Score every row once per distinct (prompt, response); on failure raise with the partial results."""
+    keys = [(chunk[row // n], text) for row, text in enumerate(texts)]
+    todo = list(dict.fromkeys(key for key in keys if key not in seen))
+    if todo:
+        try:
+            values = _check_scores(score([j for j, _ in todo], [t for _, t in todo]), len(todo), name)
+        except Exception as exc:
+            partial = list(results)
+            for state in states:
+                if state.result.rewards:
+                    partial[state.result.index] = state.result
+            raise RewardError(
+                f"reward {name} failed while scoring {len(todo)} responses for prompts {chunk}: "
+                f"{type(exc).__name__}: {exc}. The best answers found so far are in .partial",
+                partial,
+            ) from exc
+        seen.update(zip(todo, values, strict=True))
+    return [seen[key] for key in keys]
+
+
+def _record(result: PromptResult, iteration: int, out: DecodeOutput, rows: slice, rewards: torch.Tensor) -> None:
+    texts = out.texts[rows]
+    values = rewards.tolist()
+    result.rewards.append(values)
+    result.texts.append(texts)
+    result.samples += len(texts)
+    result.generated_tokens += int(out.lengths[rows].sum())
+    best = max(range(len(values)), key=values.__getitem__)
+    if values[best] > result.reward:
+        result.reward = values[best]
+        result.text = texts[best]
+        result.token_ids = out.token_ids[rows][best]
+        result.finish_reason = out.finish_reasons[rows][best]
+        result.best_iteration = iteration
