@@ -29,7 +29,18 @@ _EXPORTS = {
     "batched": "langchain_aisp.rewards",
 }
 
-__all__ = [*sorted(_EXPORTS), "__version__"]
+__all__ = [
+    "AISPChatModel",
+    "AISPParams",
+    "FunctionReward",
+    "PromptResult",
+    "Reward",
+    "RewardError",
+    "SamplingParams",
+    "__version__",
+    "as_reward",
+    "batched",
+]
 
 
 def __getattr__(name: str) -> Any:
