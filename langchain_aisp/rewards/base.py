@@ -65,6 +65,53 @@ class Reward(ABC):
     def __repr__(self) -> str:
         return f"{type(self).__name__}(name={self.name!r})"
 
+    # Composition: ``reward_a * 0.5 + reward_b`` builds a WeightedSum (see rewards.composition).
+    def __mul__(self, weight: float) -> Reward:
+        from langchain_aisp.rewards.composition import WeightedSum
+
+        if isinstance(weight, bool) or not isinstance(weight, (int, float)):
+            return NotImplemented
+        if isinstance(self, WeightedSum) and not self.explicit_name:
+            return WeightedSum([(r, w * weight) for r, w in self.terms])
+        return WeightedSum([(self, weight)])
+
+    __rmul__ = __mul__
+
+    def __add__(self, other: Reward | Callable[..., Any]) -> Reward:
+        from langchain_aisp.rewards.composition import WeightedSum
+
+        if isinstance(other, (int, float)) and not isinstance(other, bool) and other == 0:
+            return self  # sum([r1, r2]) starts from 0
+        if not isinstance(other, Reward) and not callable(other):
+            return NotImplemented
+        return WeightedSum([*_terms(self), *_terms(as_reward(other))])
+
+    def __radd__(self, other: Reward | Callable[..., Any]) -> Reward:
+        from langchain_aisp.rewards.composition import WeightedSum
+
+        if isinstance(other, (int, float)) and not isinstance(other, bool) and other == 0:
+            return self
+        if not isinstance(other, Reward) and not callable(other):
+            return NotImplemented
+        return WeightedSum([*_terms(as_reward(other)), *_terms(self)])
+
+    def __sub__(self, other: Reward | Callable[..., Any]) -> Reward:
+        if not isinstance(other, Reward) and not callable(other):
+            return NotImplemented
+        return self + as_reward(other) * -1.0
+
+    def __neg__(self) -> Reward:
+        return self * -1.0
+
+
+def _terms(reward: Reward) -> list[tuple[Reward, float]]:
+    """A reward's weighted terms: its own when it is an unnamed WeightedSum, else ``[(reward, 1.0)]``."""
+    from langchain_aisp.rewards.composition import WeightedSum
+
+    if isinstance(reward, WeightedSum) and not reward.explicit_name:
+        return list(reward.terms)
+    return [(reward, 1.0)]
+
 
 def batched(fn: Callable[[list[str], list[str]], Sequence[float]]) -> Callable[[list[str], list[str]], Sequence[float]]:
     """Mark ``fn(prompts, responses) -> scores`` as a batched function reward."""
@@ -89,8 +136,22 @@ class FunctionReward(Reward):
         return [self.fn(p, r) for p, r in zip(prompts, responses, strict=True)]
 
 
-def as_reward(reward: Reward | Callable[..., Any]) -> Reward:
-    """Accept a :class:`Reward`, a ``fn(prompt, response)`` or a :func:`batched` function."""
+def as_reward(
+    reward: Reward | Callable[..., Any],
+    *,
+    on_invalid: str | None = None,
+    timeout: float | None = None,
+) -> Reward:
+    """Accept a :class:`Reward`, a ``fn(prompt, response)`` or a :func:`batched` function.
+
+    With ``on_invalid`` ("raise" or "worst") or ``timeout`` (seconds) the result is
+    wrapped in :class:`~langchain_aisp.rewards.safety.SafeReward`; without them the
+    reward is returned as is (a function becomes a :class:`FunctionReward`).
+    """
+    if on_invalid is not None or timeout is not None:
+        from langchain_aisp.rewards.safety import SafeReward
+
+        return SafeReward(as_reward(reward), on_invalid=on_invalid or "raise", timeout=timeout)  # type: ignore[arg-type]
     if isinstance(reward, Reward):
         return reward
     if isinstance(reward, type) or not callable(reward):
@@ -108,3 +169,21 @@ def as_reward(reward: Reward | Callable[..., Any]) -> Reward:
         except ValueError:
             pass  # builtins without a signature: trust the caller
     return FunctionReward(reward)
+
+
+def score_fn(
+    reward: Reward | Callable[..., Any], conversations: Sequence[Conversation]
+) -> Callable[[Sequence[int], Sequence[str]], list[float]]:
+    """Adapt a reward to the engine's ``score(prompt_indices, responses)`` (``langchain_aisp.aisp.run``).
+
+    ``conversations[j]`` is the conversation behind ``prompts[j]`` given to ``run``.
+    The returned function carries the reward's ``name`` (the engine uses it in errors).
+    """
+    rew = as_reward(reward)
+    convs = list(conversations)
+
+    def score(prompt_indices: Sequence[int], responses: Sequence[str]) -> list[float]:
+        return rew.score([convs[j] for j in prompt_indices], list(responses))
+
+    score.name = rew.name  # type: ignore[attr-defined]
+    return score
