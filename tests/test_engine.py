@@ -1,0 +1,272 @@
+"""The decoder and the AISP/BoN loop on real models (tiny random Llama and the default model)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+from torch import nn
+
+from langchain_aisp.aisp import IterationEvent, RewardError, run
+from langchain_aisp.config import AISPParams, SamplingParams
+from langchain_aisp.decoding import Decoder, decode, prefill
+
+
+class CountingBody(nn.Module):
+    """Wraps a model body and records the sequence length of every forward call."""
+
+    def __init__(self, body: nn.Module) -> None:
+        super().__init__()
+        self.body = body
+        self.calls: list[int] = []
+
+    def forward(self, input_ids, **kwargs):
+        self.calls.append(int(input_ids.shape[1]))
+        return self.body(input_ids=input_ids, **kwargs)
+
+
+BANANA = 21285  # " banana"
+
+
+def _peaked(tiny_lm):
+    """The tiny model with a scaled head (peaked logits); " banana" and EOS get their own axes.
+
+    Pushing the pre-logit along axis 0 makes " banana" the top token, along axis 1 EOS.
+    """
+    W = tiny_lm.head_weight * 30  # (V, d)
+    for token, axis in ((BANANA, 0), (tiny_lm.eos_token_ids[0], 1)):
+        W[token] = 0.0
+        W[token, axis] = 10.0
+    return dataclasses.replace(tiny_lm, head_weight=W)
+
+
+def _axis(lm, axis: int) -> torch.Tensor:
+    e = torch.zeros(lm.hidden_size)
+    e[axis] = 1.0
+    return e
+
+
+def _length_score(indices, texts):
+    return [float(len(t)) for t in texts]
+
+
+def test_prompt_is_prefilled_once_for_all_samples_and_iterations(tiny_lm, encode):
+    counting = CountingBody(tiny_lm.body)
+    lm = dataclasses.replace(tiny_lm, body=counting)
+    prompts = [encode("Hello there"), encode("A second, longer question about the weather today?")]
+    run(lm, prompts, _length_score, AISPParams(num_samples=3, num_iterations=3), SamplingParams(max_tokens=6), seed=0)
+    prefills = [c for c in counting.calls if c > 1]
+    assert sorted(prefills) == sorted(len(p) for p in prompts)  # one prefill per prompt, nothing else
+    assert all(c == 1 for c in counting.calls if c <= 1)
+
+
+def test_perturbation_applies_exactly_at_positions_before_tau(tiny_lm, encode):
+    lm = _peaked(tiny_lm)
+    target = BANANA
+    tau, rows, max_tokens = 3, 4, 7
+    decoder = Decoder.build(lm, SamplingParams(max_tokens=max_tokens))
+    prompt = encode("Say something")
+    V = torch.zeros(rows, tau + 1, lm.hidden_size)  # (B, tau + 1, d)
+    V[:, :tau] = 200.0 * _axis(lm, 0)  # push towards " banana"
+    uniforms = torch.rand(rows, max_tokens, generator=torch.Generator().manual_seed(3))  # (B, T)
+    out = decode(decoder, [prefill(lm, prompt)], torch.zeros(rows, dtype=torch.long), V, uniforms)
+    for row in range(rows):
+        ids = out.token_ids[row]
+        assert ids[:tau] == [target] * tau
+        # From position tau on the model is unperturbed: the same continuation comes out of a plain
+        # decode of the prompt extended by the forced tokens, fed the remaining uniforms.
+        plain = decode(
+            Decoder.build(lm, SamplingParams(max_tokens=max_tokens - tau)),
+            [prefill(lm, prompt + [target] * tau)],
+            torch.zeros(1, dtype=torch.long),
+            torch.zeros(1, 1, lm.hidden_size),
+            uniforms[row : row + 1, tau:],
+        )
+        assert ids[tau:] == plain.token_ids[0]
+
+
+def test_batched_prompts_give_the_same_result_as_alone(default_lm, encode):
+    prompts = [encode("Name a fruit."), encode("What colour is the sky on a clear day?")]
+    params = AISPParams(num_samples=3, num_iterations=2)
+    sampling = SamplingParams(max_tokens=10)
+    together = run(default_lm, prompts, _length_score, params, sampling, seed=11)
+    alone = [run(default_lm, [p], _length_score, params, sampling, seed=11)[0] for p in prompts]
+    for a, b in zip(together, alone, strict=True):
+        assert a.texts == b.texts
+        assert a.rewards == b.rewards
+        assert a.text == b.text
+
+
+def test_seed_reproduces_and_different_seeds_differ(default_lm, encode):
+    prompt = [encode("Tell me a short fact about the sea.")]
+    params = AISPParams(num_samples=4, num_iterations=2)
+    sampling = SamplingParams(max_tokens=12)
+    first = run(default_lm, prompt, _length_score, params, sampling, seed=5)[0]
+    second = run(default_lm, prompt, _length_score, params, sampling, seed=5)[0]
+    other = run(default_lm, prompt, _length_score, params, sampling, seed=6)[0]
+    assert first.texts == second.texts and first.text == second.text
+    assert first.texts != other.texts
+
+
+def test_seeded_run_leaves_the_global_rng_alone(tiny_lm, encode):
+    state = torch.random.get_rng_state()
+    run(
+        tiny_lm,
+        [encode("hi")],
+        _length_score,
+        AISPParams(num_samples=2, num_iterations=2),
+        SamplingParams(max_tokens=4),
+        seed=1,
+    )
+    assert torch.equal(state, torch.random.get_rng_state())
+
+
+def test_stop_string_ends_decoding_at_its_token_and_is_cut(default_lm, encode):
+    sampling = SamplingParams(max_tokens=40, stop=(".",))
+    decoder = Decoder.build(default_lm, sampling)
+    prompt = encode("Write two sentences about cats.")
+    rows = 4
+    uniforms = torch.rand(rows, 40, generator=torch.Generator().manual_seed(0))
+    out = decode(
+        decoder,
+        [prefill(default_lm, prompt)],
+        torch.zeros(rows, dtype=torch.long),
+        torch.zeros(rows, 1, default_lm.hidden_size),
+        uniforms,
+    )
+    stopped = [i for i, r in enumerate(out.finish_reasons) if r == "stop"]
+    assert stopped, "no row hit the stop string in 40 tokens"
+    tokenizer = default_lm.tokenizer
+    for i in stopped:
+        ids = out.token_ids[i]
+        full = tokenizer.decode(ids, skip_special_tokens=True)
+        before = tokenizer.decode(ids[:-1], skip_special_tokens=True)
+        if ids[-1] in default_lm.eos_token_ids:
+            continue
+        assert "." in full and "." not in before  # decoding stopped at the token that completed it
+        assert out.texts[i] == full[: full.index(".")]
+        assert "." not in out.texts[i]
+
+
+def test_eos_ends_rows_and_lengths_count_generated_tokens(tiny_lm, encode):
+    lm = _peaked(tiny_lm)
+    eos = lm.eos_token_ids[0]
+    decoder = Decoder.build(lm, SamplingParams(max_tokens=5))
+    V = torch.zeros(2, 3, lm.hidden_size)
+    V[0, :2] = 200.0 * _axis(lm, 1)  # row 0 is pushed to EOS at once
+    out = decode(
+        decoder,
+        [prefill(lm, encode("x"))],
+        torch.zeros(2, dtype=torch.long),
+        V,
+        torch.rand(2, 5, generator=torch.Generator().manual_seed(0)),
+    )
+    assert out.token_ids[0] == [eos] and out.finish_reasons[0] == "stop" and int(out.lengths[0]) == 1
+    assert out.texts[0] == ""
+    assert int(out.lengths[1]) == len(out.token_ids[1])
+
+
+def test_aisp_steers_towards_the_rewarded_token_and_keeps_the_best(tiny_lm, encode):
+    lm = _peaked(tiny_lm)
+    word = " banana"
+
+    def score(indices, texts):
+        return [float(t.count(word)) for t in texts]
+
+    events: list[IterationEvent] = []
+    params = AISPParams(num_samples=16, num_iterations=6, sigma=1.5, tau=8, ess_target=0.25)
+    result = run(
+        lm, [encode("Fruit?")], score, params, SamplingParams(max_tokens=8), seed=0, on_iteration=events.append
+    )[0]
+    means = [sum(r) / len(r) for r in result.rewards]
+    assert means[-1] > means[0] + 1.0  # the steered policy itself produces more of the rewarded token
+    best_so_far = [max(max(r) for r in result.rewards[: i + 1]) for i in range(len(result.rewards))]
+    assert result.reward == best_so_far[-1] == max(max(r) for r in result.rewards)
+    assert result.text in result.texts[result.best_iteration]
+    assert [e.iteration for e in events] == list(range(6))
+    assert events[-1].best_rewards == [result.reward]
+    assert result.samples == 96 and len(result.ess) == 6
+    assert all(1.0 <= e <= 16.0 for e in result.ess)
+
+
+def test_bon_and_sample_budgets_and_shared_random_numbers(default_lm, encode):
+    prompt = [encode("Give me one word.")]
+    sampling = SamplingParams(max_tokens=8)
+    bon = run(
+        default_lm, prompt, _length_score, AISPParams(method="bon", num_samples=3, num_iterations=2), sampling, seed=2
+    )[0]
+    single = run(default_lm, prompt, _length_score, AISPParams(method="sample"), sampling, seed=2)[0]
+    assert bon.samples == 6 and single.samples == 1
+    assert bon.u_norms == [0.0, 0.0]
+    assert bon.reward == max(max(r) for r in bon.rewards)
+    bon_one = run(
+        default_lm, prompt, _length_score, AISPParams(method="bon", num_samples=1, num_iterations=1), sampling, seed=2
+    )[0]
+    assert single.texts == bon_one.texts  # same seed and shapes: the same random numbers
+
+
+def test_reward_failure_carries_the_best_so_far(tiny_lm, encode):
+    calls = {"n": 0}
+
+    def flaky(indices, texts):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise ConnectionError("judge went away")
+        return [float(len(t)) for t in texts]
+
+    with pytest.raises(RewardError) as info:
+        run(
+            tiny_lm,
+            [encode("a"), encode("b")],
+            flaky,
+            AISPParams(num_samples=2, num_iterations=4),
+            SamplingParams(max_tokens=4),
+            seed=0,
+            max_batch_size=4,
+        )
+    err = info.value
+    assert "judge went away" in str(err) and "flaky" in str(err)
+    assert isinstance(err.__cause__, ConnectionError)
+    assert all(p is not None and len(p.rewards) == 2 and p.text for p in err.partial)
+
+
+@pytest.mark.parametrize(
+    ("bad", "fragment"),
+    [
+        (lambda n: [float("nan")] * n, "non-finite score nan"),
+        (lambda n: [1.0] * (n + 1), "scores for"),
+        (lambda n: ["high"] * n, "'high' (str)"),
+        (lambda n: [None] * n, "None (NoneType)"),
+        (lambda n: "0.5", "must return a sequence"),
+    ],
+)
+def test_bad_scores_raise_clear_errors(tiny_lm, encode, bad, fragment):
+    def score(indices, texts):
+        return bad(len(texts))
+
+    with pytest.raises(RewardError) as info:
+        run(tiny_lm, [encode("q")], score, AISPParams(num_samples=2, num_iterations=1), SamplingParams(max_tokens=3))
+    assert fragment in str(info.value)
+
+
+def test_identical_responses_are_scored_once(tiny_lm, encode):
+    lm = _peaked(tiny_lm)
+    seen: list[str] = []
+
+    def score(indices, texts):
+        seen.extend(texts)
+        return [1.0] * len(texts)
+
+    V_forced = AISPParams(method="bon", num_samples=8, num_iterations=2)
+    run(lm, [encode("x")], score, V_forced, SamplingParams(max_tokens=1, top_k=1), seed=0)
+    assert len(seen) == len(set(seen)) == 1  # top_k=1: every sample is identical, scored once
+
+
+def test_max_batch_size_splits_rows_without_changing_results(default_lm, encode):
+    prompt = [encode("Name a colour.")]
+    params = AISPParams(method="bon", num_samples=4, num_iterations=1)
+    sampling = SamplingParams(max_tokens=6)
+    whole = run(default_lm, prompt, _length_score, params, sampling, seed=4, max_batch_size=4)[0]
+    split = run(default_lm, prompt, _length_score, params, sampling, seed=4, max_batch_size=1)[0]
+    assert whole.texts == split.texts

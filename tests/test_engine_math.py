@@ -1,0 +1,172 @@
+"""The AISP math on tiny synthetic tensors: weights, ESS, lambda, the masked update."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from langchain_aisp.aisp import (
+    control_inner,
+    effective_sample_size,
+    importance_weights,
+    lambda_for_ess,
+    update_mean,
+)
+from langchain_aisp.config import AISPParams, SamplingParams
+
+
+@pytest.mark.parametrize(
+    "rewards",
+    [
+        [1e6, -1e6, 3.0, 0.0],
+        [-1e6, -1e6 + 1, -1e6 + 2, -1e6 + 3],
+        [5.0, 5.0, 5.0, 5.0],
+        [0.1, 0.2, 0.3, 0.4],
+    ],
+)
+@pytest.mark.parametrize("lambda_", [1e-6, 0.1, 1.0, 1e6])
+def test_weights_sum_to_one_and_are_finite(rewards, lambda_):
+    r = torch.tensor(rewards, dtype=torch.float64)
+    inner = torch.tensor([0.5, -0.5, 2.0, 0.0])
+    w = importance_weights(r, inner, lambda_, alpha=0.9, sigma=0.3)
+    assert torch.isfinite(w).all()
+    assert (w >= 0).all()
+    assert math.isclose(float(w.sum()), 1.0, rel_tol=0, abs_tol=1e-12)
+
+
+def test_equal_rewards_and_zero_control_give_uniform_weights():
+    w = importance_weights(torch.full((5,), 3.0), torch.zeros(5), 0.1, alpha=0.999, sigma=0.5)
+    assert torch.allclose(w, torch.full((5,), 0.2, dtype=torch.float64))
+    assert effective_sample_size(w) == pytest.approx(5.0)
+
+
+def test_small_lambda_picks_the_argmax_sample_like_best_of_n():
+    r = torch.tensor([0.3, 0.9, 0.1, 0.85])
+    w = importance_weights(r, torch.zeros(4), 1e-4, alpha=0.999, sigma=0.1)
+    assert int(w.argmax()) == 1
+    assert float(w[1]) == pytest.approx(1.0)
+    assert effective_sample_size(w) == pytest.approx(1.0)
+
+
+def test_large_lambda_flattens_the_weights():
+    r = torch.tensor([0.3, 0.9, 0.1, 0.85])
+    w = importance_weights(r, torch.zeros(4), 1e6, alpha=0.999, sigma=0.1)
+    assert effective_sample_size(w) == pytest.approx(4.0, rel=1e-5)
+
+
+def test_control_cost_term_penalises_samples_along_u():
+    # Equal rewards: only -(1 - alpha) / sigma^2 * <u, v> differs; larger inner -> smaller weight.
+    w = importance_weights(torch.zeros(3), torch.tensor([0.0, 1.0, 2.0]), 1.0, alpha=0.0, sigma=1.0)
+    assert w[0] > w[1] > w[2]
+    assert float(w[0] / w[1]) == pytest.approx(math.e)
+    # alpha = 1 switches the term off.
+    w1 = importance_weights(torch.zeros(3), torch.tensor([0.0, 1.0, 2.0]), 1.0, alpha=1.0, sigma=1.0)
+    assert torch.allclose(w1, torch.full((3,), 1 / 3, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("scale", [1e-3, 1.0, 1e4])
+def test_lambda_for_ess_hits_the_target_and_is_scale_free(scale):
+    r = torch.tensor([0.1, 0.5, 0.2, 0.9, 0.4, 0.7, 0.3, 0.8], dtype=torch.float64) * scale
+    inner = torch.zeros(8)
+    lam = lambda_for_ess(r, inner, alpha=0.999, sigma=0.1, target=4.0)
+    w = importance_weights(r, inner, lam, alpha=0.999, sigma=0.1)
+    assert effective_sample_size(w) == pytest.approx(4.0, rel=1e-3)
+    lam_unit = lambda_for_ess(r / scale, inner, alpha=0.999, sigma=0.1, target=4.0)
+    assert lam / scale == pytest.approx(lam_unit, rel=1e-3)
+
+
+def test_lambda_for_ess_with_equal_rewards_is_harmless():
+    assert lambda_for_ess(torch.ones(4), torch.zeros(4), 0.999, 0.1, 2.0) == 1.0
+
+
+def test_control_inner_is_masked_to_reached_positions():
+    U = torch.ones(3, 2)  # (tau, d)
+    V = torch.ones(2, 3, 2)  # (n, tau, d)
+    reached = torch.tensor([[1, 1, 1], [1, 0, 0]], dtype=torch.float32)  # (n, tau)
+    assert control_inner(U, V, reached).tolist() == [6.0, 2.0]
+
+
+def test_update_is_the_weighted_mean_and_skips_unreached_positions():
+    U = torch.full((3, 2), 7.0)  # (tau, d)
+    V = torch.tensor(
+        [
+            [[1.0, 1.0], [2.0, 2.0], [3.0, 3.0]],
+            [[3.0, 3.0], [4.0, 4.0], [5.0, 5.0]],
+        ]
+    )  # (n=2, tau=3, d=2)
+    weights = torch.tensor([0.25, 0.75])
+    reached = torch.tensor([[True, True, False], [True, False, False]])  # (n, tau)
+    new = update_mean(U, V, weights, reached)
+    assert torch.allclose(new[0], torch.tensor([2.5, 2.5]))  # 0.25*1 + 0.75*3
+    assert torch.allclose(new[1], torch.tensor([2.0, 2.0]))  # only sample 0 reached t=1: renormalised
+    assert torch.allclose(new[2], torch.tensor([7.0, 7.0]))  # nobody reached t=2: U_t unchanged
+    assert torch.equal(U, torch.full((3, 2), 7.0))  # the input is not modified
+
+
+def test_importance_sampling_loop_moves_u_to_the_known_optimum():
+    # r(V) = -||mean_t V_t - target||^2 has its optimum at U = target; the MPPI loop must get there.
+    generator = torch.Generator().manual_seed(0)
+    tau, d, n, sigma = 4, 3, 64, 0.5
+    target = torch.tensor([1.0, -2.0, 0.5])
+    U = torch.zeros(tau, d)
+    reached = torch.ones(n, tau, dtype=torch.bool)
+    best = -math.inf
+    best_trace = []
+    for _ in range(30):
+        V = U + sigma * torch.randn(n, tau, d, generator=generator)  # (n, tau, d)
+        r = -((V.mean(dim=1) - target) ** 2).sum(dim=1).double()  # (n,)
+        inner = control_inner(U, V, reached)
+        lam = lambda_for_ess(r, inner, alpha=0.999, sigma=sigma, target=n / 4)
+        U = update_mean(U, V, importance_weights(r, inner, lam, 0.999, sigma), reached)
+        best = max(best, float(r.max()))
+        best_trace.append(best)
+    assert torch.allclose(U.mean(dim=0), target, atol=0.25)
+    assert best_trace == sorted(best_trace)
+    assert best_trace[-1] > -0.05
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "fragment"),
+    [
+        ({"num_samples": 0}, "num_samples must be an integer in [1, 4096], got 0"),
+        ({"num_iterations": 2.5}, "num_iterations must be an integer"),
+        ({"sigma": 0.0}, "sigma must be a finite number > 0, got 0.0"),
+        ({"sigma": float("nan")}, "sigma must be a finite number > 0, got nan"),
+        ({"lambda_": -1.0}, "lambda_ must be a finite number > 0, got -1.0"),
+        ({"lambda_": float("inf")}, "lambda_ must be a finite number > 0, got inf"),
+        ({"alpha": 1.5}, "alpha must be a number in [0.0, 1.0], got 1.5"),
+        ({"tau": 0}, "tau must be an integer in [1, 65536], got 0"),
+        ({"ess_target": 0.0}, "ess_target must be a number in (0.0, 1.0], got 0.0"),
+        ({"method": "greedy"}, "method must be one of ['aisp', 'bon', 'sample'], got 'greedy'"),
+    ],
+)
+def test_aisp_params_reject_bad_values_with_the_allowed_range(kwargs, fragment):
+    with pytest.raises(ValueError) as info:
+        AISPParams(**kwargs)
+    assert fragment in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "fragment"),
+    [
+        ({"max_tokens": 0}, "max_tokens must be an integer in [1,"),
+        ({"temperature": 0.0}, "temperature must be a finite number > 0, got 0.0"),
+        ({"top_p": 0.0}, "top_p must be a number in (0.0, 1.0], got 0.0"),
+        ({"top_p": 1.5}, "top_p must be a number in (0.0, 1.0], got 1.5"),
+        ({"top_k": -1}, "top_k must be an integer in [0,"),
+        ({"stop": ("",)}, "stop strings must be non-empty"),
+        ({"stop": "abc"}, "stop must be a sequence of non-empty strings"),
+    ],
+)
+def test_sampling_params_reject_bad_values(kwargs, fragment):
+    with pytest.raises(ValueError) as info:
+        SamplingParams(**kwargs)
+    assert fragment in str(info.value)
+
+
+def test_budget_counts_responses_per_prompt():
+    assert AISPParams(num_samples=8, num_iterations=4).budget == 32
+    assert AISPParams(method="bon", num_samples=8, num_iterations=4).budget == 32
+    assert AISPParams(method="sample").budget == 1
