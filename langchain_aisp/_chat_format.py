@@ -1,0 +1,550 @@
+"""Message rendering, the tool / JSON prompt format, reply parsing and format validity.
+
+Private helpers of :mod:`langchain_aisp.chat_models`; plain functions, no model, no torch.
+
+The tool format (used when the chat template does not render ``tools`` itself) is the
+Hermes / Qwen 2.5 convention:
+
+* the tool signatures go into the system message inside ``<tools></tools>``;
+* a call is ``<tool_call>\\n{"name": ..., "arguments": {...}}\\n</tool_call>``;
+* AI messages with tool calls are rendered as their text plus one such block per call;
+* tool results become a user turn ``<tool_response>\\n{"name": ..., "content": ...}\\n</tool_response>``.
+
+When a call is forced (``tool_choice`` "any"/"required"/a tool name, or structured
+output), the assistant turn is *prefilled* with the beginning of the call (up to the
+tool name, or up to the arguments' first key) so a small model only writes the rest;
+the prefill is part of the reply that the reward sees and that is parsed.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from langchain_core.messages import (
+    AIMessage,
+    BaseMessage,
+    ChatMessage,
+    FunctionMessage,
+    HumanMessage,
+    InvalidToolCall,
+    SystemMessage,
+    ToolCall,
+    ToolMessage,
+)
+from langchain_core.utils.json import parse_partial_json
+
+TOOL_CALL_OPEN = "<tool_call>"
+TOOL_CALL_CLOSE = "</tool_call>"
+PLAIN_STOP = "\nUser:"
+"""Extra stop string of the plain (no chat template) format: a base model would go on with the next user turn."""
+
+_MEDIA_BLOCKS = {"image", "image_url", "audio", "input_audio", "file", "video"}
+_SKIPPED_BLOCKS = {"tool_use", "tool_call", "reasoning", "thinking"}
+"""Content blocks that are rendered from ``tool_calls`` (or carry no text for the prompt)."""
+
+
+@dataclass(frozen=True)
+class OutputFormat:
+    """What the reply must look like: free text, tool calls, or one JSON object."""
+
+    tools: tuple[dict[str, Any], ...] = ()
+    """OpenAI-style function definitions: {"name", "description", "parameters"}."""
+    tool_choice: str = "auto"
+    """"auto", "none", "any" (a call of some tool is required) or a tool name."""
+    json_schema: dict[str, Any] | None = None
+    """Structured output (json_schema / json_mode): the reply is one JSON object."""
+    parallel_tool_calls: bool = True
+
+    @property
+    def tool_names(self) -> list[str]:
+        return [t["name"] for t in self.tools]
+
+    @property
+    def calls_tools(self) -> bool:
+        return bool(self.tools) and self.tool_choice != "none"
+
+    @property
+    def forced_tool(self) -> str | None:
+        """The one tool a call is forced to, if any."""
+        if not self.calls_tools:
+            return None
+        if self.tool_choice in self.tool_names:
+            return self.tool_choice
+        if self.tool_choice == "any" and len(self.tools) == 1:
+            return self.tools[0]["name"]
+        return None
+
+    @property
+    def forces_call(self) -> bool:
+        return self.calls_tools and self.tool_choice != "auto"
+
+    @property
+    def constrained(self) -> bool:
+        """Whether a format validity term is added to the reward."""
+        return self.calls_tools or self.json_schema is not None
+
+    def key(self) -> str:
+        return json.dumps([list(self.tools), self.tool_choice, self.json_schema, self.parallel_tool_calls], default=str)
+
+
+def normalize_tool_choice(tool_choice: Any, names: Sequence[str]) -> str:
+    """Map LangChain's tool_choice spellings to "auto" | "none" | "any" | <tool name>."""
+    if tool_choice is None or tool_choice == "auto":
+        return "auto"
+    if tool_choice is True or tool_choice in ("any", "required"):
+        return "any"
+    if tool_choice is False or tool_choice == "none":
+        return "none"
+    if isinstance(tool_choice, dict):
+        name = (tool_choice.get("function") or {}).get("name") or tool_choice.get("name")
+        if isinstance(name, str):
+            tool_choice = name
+    if isinstance(tool_choice, str) and tool_choice in names:
+        return tool_choice
+    raise ValueError(
+        f"tool_choice must be None, 'auto', 'none', 'any', 'required', True or the name of a bound tool "
+        f"({list(names)}), got {tool_choice!r}"
+    )
+
+
+# --- rendering ---------------------------------------------------------------------
+
+
+def content_text(message: BaseMessage) -> str:
+    """Text of a message; media blocks raise (the model is text-only), tool-use blocks are skipped."""
+    content = message.content
+    if isinstance(content, str):
+        return content
+    parts: list[str] = []
+    for block in content:
+        if isinstance(block, str):
+            parts.append(block)
+            continue
+        kind = block.get("type") if isinstance(block, dict) else None
+        if kind == "text":
+            parts.append(str(block.get("text", "")))
+        elif kind in _MEDIA_BLOCKS:
+            raise ValueError(
+                f"{type(message).__name__} has a {kind!r} content block; AISPChatModel runs a text-only "
+                "model and cannot read images, audio or files"
+            )
+        elif kind not in _SKIPPED_BLOCKS:
+            raise ValueError(f"{type(message).__name__} has an unsupported content block type {kind!r}")
+    return "".join(parts)
+
+
+def _call_json(name: str, args: Any) -> str:
+    return json.dumps({"name": name, "arguments": args}, ensure_ascii=False)
+
+
+def render_tool_call(name: str, args: Any) -> str:
+    return f"{TOOL_CALL_OPEN}\n{_call_json(name, args)}\n{TOOL_CALL_CLOSE}"
+
+
+def supports_native_tools(tokenizer: Any) -> bool:
+    """Whether the tokenizer's chat template renders a ``tools`` argument itself."""
+    template = getattr(tokenizer, "chat_template", None)
+    if isinstance(template, dict):
+        template = " ".join(str(t) for t in template.values())
+    return isinstance(template, str) and "tools" in template
+
+
+def has_chat_template(tokenizer: Any) -> bool:
+    return bool(getattr(tokenizer, "chat_template", None))
+
+
+def tools_system_text(fmt: OutputFormat) -> str:
+    """The tool instructions added to the system message when the template does not render tools."""
+    lines = [
+        "# Tools",
+        "",
+        "You may call one or more functions to assist with the user query.",
+        "",
+        "You are provided with function signatures within <tools></tools> XML tags:",
+        "<tools>",
+        *(json.dumps({"type": "function", "function": t}, ensure_ascii=False) for t in fmt.tools),
+        "</tools>",
+        "",
+        "For each function call, return a json object with function name and arguments within "
+        "<tool_call></tool_call> XML tags:",
+        TOOL_CALL_OPEN,
+        '{"name": <function-name>, "arguments": <args-json-object>}',
+        TOOL_CALL_CLOSE,
+    ]
+    forced = fmt.forced_tool
+    if forced is not None:
+        lines += ["", f"You must call the function {forced}."]
+    elif fmt.forces_call:
+        lines += ["", "You must call one of these functions."]
+    return "\n".join(lines)
+
+
+def json_system_text(schema: dict[str, Any]) -> str:
+    return "Reply with only one JSON object, no other text. It must validate against this JSON schema:\n" + json.dumps(
+        schema, ensure_ascii=False
+    )
+
+
+def _first_key(schema: dict[str, Any] | None) -> str | None:
+    """The property a JSON object for ``schema`` starts with: the first required one, else the first."""
+    props = (schema or {}).get("properties") or {}
+    if not props:
+        return None
+    required = [r for r in (schema or {}).get("required") or [] if r in props]
+    return str(required[0] if required else next(iter(props)))
+
+
+def _object_start(schema: dict[str, Any] | None) -> str:
+    key = _first_key(schema)
+    return "{}" if key is None else "{" + json.dumps(key, ensure_ascii=False) + ": "
+
+
+def prefill_text(fmt: OutputFormat) -> str:
+    """The start of the reply written into the prompt (see the module docstring)."""
+    if fmt.json_schema is not None and not fmt.calls_tools:
+        return _object_start(fmt.json_schema) if _first_key(fmt.json_schema) else ""
+    if not fmt.forces_call:
+        return ""
+    forced = fmt.forced_tool
+    if forced is None:
+        return f'{TOOL_CALL_OPEN}\n{{"name": "'
+    params = next(t for t in fmt.tools if t["name"] == forced).get("parameters") or {}
+    start = _object_start(params)
+    return f'{TOOL_CALL_OPEN}\n{{"name": "{forced}", "arguments": ' + (start + "}" if start == "{}" else start)
+
+
+def to_template_messages(messages: Sequence[BaseMessage], native_tools: bool) -> list[dict[str, Any]]:
+    """LangChain messages -> chat-template dicts (roles system / user / assistant / tool)."""
+    out: list[dict[str, Any]] = []
+    for message in messages:
+        text = content_text(message)
+        if isinstance(message, SystemMessage):
+            out.append({"role": "system", "content": text})
+        elif isinstance(message, HumanMessage):
+            out.append({"role": "user", "content": text})
+        elif isinstance(message, AIMessage):
+            calls = list(message.tool_calls)
+            if native_tools and calls:
+                out.append(
+                    {
+                        "role": "assistant",
+                        "content": text,
+                        "tool_calls": [
+                            {"type": "function", "function": {"name": c["name"], "arguments": c["args"]}} for c in calls
+                        ],
+                    }
+                )
+            else:
+                blocks = [text] if text else []
+                blocks += [render_tool_call(c["name"], c["args"]) for c in calls]
+                out.append({"role": "assistant", "content": "\n".join(blocks)})
+        elif isinstance(message, (ToolMessage, FunctionMessage)):
+            name = getattr(message, "name", None) or ""
+            if native_tools:
+                entry: dict[str, Any] = {"role": "tool", "content": text, "name": name}
+                if isinstance(message, ToolMessage):
+                    entry["tool_call_id"] = message.tool_call_id
+                out.append(entry)
+            else:
+                payload: dict[str, Any] = {"name": name, "content": text}
+                if getattr(message, "status", "success") == "error":
+                    payload["status"] = "error"
+                body = json.dumps(payload, ensure_ascii=False)
+                out.append({"role": "user", "content": f"<tool_response>\n{body}\n</tool_response>"})
+        elif isinstance(message, ChatMessage):
+            out.append({"role": message.role, "content": text})
+        else:
+            raise ValueError(f"unsupported message type {type(message).__name__}")
+    return out
+
+
+def _add_system(messages: list[dict[str, Any]], extra: str) -> list[dict[str, Any]]:
+    if not extra:
+        return messages
+    if messages and messages[0]["role"] == "system":
+        first = dict(messages[0])
+        first["content"] = f"{first['content']}\n\n{extra}" if first["content"] else extra
+        return [first, *messages[1:]]
+    return [{"role": "system", "content": extra}, *messages]
+
+
+_PLAIN_ROLES = {"system": "System", "user": "User", "assistant": "Assistant", "tool": "Tool"}
+
+
+def plain_prompt(messages: Sequence[dict[str, Any]]) -> str:
+    """The fallback for tokenizers without a chat template: ``Role: text`` lines, ending in ``Assistant:``."""
+    lines = [f"{_PLAIN_ROLES.get(m['role'], m['role'].capitalize())}: {m['content']}" for m in messages]
+    return "\n".join([*lines, "Assistant:"])
+
+
+@dataclass(frozen=True)
+class RenderedPrompt:
+    text: str
+    """The full prompt text (template output plus the prefill)."""
+    prefill: str
+    plain: bool
+    """True when the plain fallback was used (no chat template)."""
+
+
+def render(tokenizer: Any, messages: Sequence[BaseMessage], fmt: OutputFormat) -> RenderedPrompt:
+    """Render a conversation for generation (tools and JSON instructions included)."""
+    if not messages:
+        raise ValueError("cannot generate from an empty conversation (0 messages)")
+    native = fmt.calls_tools and supports_native_tools(tokenizer) and has_chat_template(tokenizer)
+    dicts = to_template_messages(messages, native_tools=native)
+    extra = []
+    if fmt.calls_tools and not native:
+        extra.append(tools_system_text(fmt))
+    elif native and fmt.forces_call:
+        forced = fmt.forced_tool
+        extra.append(f"You must call the function {forced}." if forced else "You must call one of the functions.")
+    if fmt.json_schema is not None:
+        extra.append(json_system_text(fmt.json_schema))
+    dicts = _add_system(dicts, "\n\n".join(extra))
+    prefill = prefill_text(fmt)
+    if not has_chat_template(tokenizer):
+        text = plain_prompt(dicts)
+        return RenderedPrompt(text + (" " + prefill if prefill else ""), (" " + prefill) if prefill else "", True)
+    kwargs: dict[str, Any] = {"add_generation_prompt": True, "tokenize": False}
+    if native:
+        kwargs["tools"] = [{"type": "function", "function": t} for t in fmt.tools]
+    try:
+        text = tokenizer.apply_chat_template(dicts, **kwargs)
+    except Exception as exc:  # jinja errors from the template (e.g. "roles must alternate")
+        raise ValueError(f"the model's chat template rejected the conversation: {type(exc).__name__}: {exc}") from exc
+    return RenderedPrompt(str(text) + prefill, prefill, False)
+
+
+# --- JSON schema validation (the subset JSON schemas from pydantic / TypedDict use) ---
+
+
+def _resolve(schema: dict[str, Any], root: dict[str, Any]) -> dict[str, Any]:
+    ref = schema.get("$ref")
+    if isinstance(ref, str) and ref.startswith("#/"):
+        node: Any = root
+        for part in ref[2:].split("/"):
+            node = node.get(part, {}) if isinstance(node, dict) else {}
+        return node if isinstance(node, dict) else {}
+    return schema
+
+
+_TYPES: dict[str, tuple[type, ...]] = {
+    "string": (str,),
+    "integer": (int,),
+    "number": (int, float),
+    "boolean": (bool,),
+    "array": (list,),
+    "object": (dict,),
+    "null": (type(None),),
+}
+
+
+def schema_errors(
+    value: Any, schema: dict[str, Any], root: dict[str, Any] | None = None, path: str = "$"
+) -> str | None:
+    """The first violation of ``schema`` by ``value`` (None when it validates)."""
+    root = schema if root is None else root
+    schema = _resolve(schema, root)
+    for key in ("anyOf", "oneOf"):
+        options = schema.get(key)
+        if isinstance(options, list) and options:
+            if all(schema_errors(value, o, root, path) is not None for o in options):
+                return f"{path}: matches none of {key}"
+    for sub in schema.get("allOf", []) or []:
+        if (err := schema_errors(value, sub, root, path)) is not None:
+            return err
+    if "enum" in schema and value not in schema["enum"]:
+        return f"{path}: {value!r} is not one of {schema['enum']}"
+    if "const" in schema and value != schema["const"]:
+        return f"{path}: {value!r} != {schema['const']!r}"
+    kinds = schema.get("type")
+    if kinds is not None:
+        kinds = kinds if isinstance(kinds, list) else [kinds]
+        ok = False
+        for kind in kinds:
+            types = _TYPES.get(kind, (object,))
+            if isinstance(value, bool) and kind in ("integer", "number"):
+                continue
+            if kind == "integer" and isinstance(value, float) and value.is_integer():
+                ok = True
+            if isinstance(value, types):
+                ok = True
+        if not ok:
+            return f"{path}: expected {'/'.join(kinds)}, got {type(value).__name__}"
+    if isinstance(value, dict):
+        props = schema.get("properties") or {}
+        for name in schema.get("required", []) or []:
+            if name not in value:
+                return f"{path}: missing required property {name!r}"
+        for name, item in value.items():
+            if name in props:
+                if (err := schema_errors(item, props[name], root, f"{path}.{name}")) is not None:
+                    return err
+            elif schema.get("additionalProperties") is False:
+                return f"{path}: unexpected property {name!r}"
+    if isinstance(value, list) and isinstance(schema.get("items"), dict):
+        for i, item in enumerate(value):
+            if (err := schema_errors(item, schema["items"], root, f"{path}[{i}]")) is not None:
+                return err
+    return None
+
+
+# --- parsing replies ---------------------------------------------------------------
+
+
+def _first_json(text: str) -> tuple[Any, bool]:
+    """Parse the first JSON object in ``text``; returns (value, ok). Unterminated JSON is closed."""
+    start = text.find("{")
+    if start < 0:
+        return None, False
+    try:
+        value, _ = json.JSONDecoder().raw_decode(text[start:])
+        return value, True
+    except ValueError:
+        pass
+    try:
+        value = parse_partial_json(text[start:].strip())
+    except ValueError:
+        return None, False
+    return value, value is not None
+
+
+_FENCE = re.compile(r"```(?:json)?\s*(.*?)(?:```|$)", re.DOTALL)
+
+
+def _strip_fences(text: str) -> str:
+    match = _FENCE.search(text)
+    return match.group(1) if match else text
+
+
+def parse_json_reply(text: str) -> tuple[Any, str | None]:
+    """The JSON object of a structured-output reply and an error (None when it parsed)."""
+    value, ok = _first_json(_strip_fences(text))
+    if not ok or not isinstance(value, dict):
+        return None, "the reply contains no JSON object"
+    return value, None
+
+
+@dataclass
+class ParsedReply:
+    content: str
+    tool_calls: list[ToolCall] = field(default_factory=list)
+    invalid_tool_calls: list[InvalidToolCall] = field(default_factory=list)
+    attempted: bool = False
+    """Whether the reply tried to call a tool (tags, or a JSON object naming one)."""
+
+
+def _new_id() -> str:
+    return f"call_{uuid.uuid4().hex[:24]}"
+
+
+_CALL_BLOCK = re.compile(re.escape(TOOL_CALL_OPEN) + r"(.*?)(?:" + re.escape(TOOL_CALL_CLOSE) + r"|$)", re.DOTALL)
+
+
+def _check_call(obj: Any, fmt: OutputFormat) -> tuple[str | None, Any, str | None]:
+    """(name, args, error) of one parsed call object."""
+    if not isinstance(obj, dict):
+        return None, None, "the tool call is not a JSON object"
+    name = obj.get("name")
+    args = next((obj[k] for k in ("arguments", "parameters", "args") if k in obj), {})
+    if isinstance(args, str):
+        try:
+            args = json.loads(args) if args.strip() else {}
+        except ValueError:
+            return name if isinstance(name, str) else None, args, "the arguments are not valid JSON"
+    if not isinstance(name, str) or name not in fmt.tool_names:
+        return (name if isinstance(name, str) else None), args, f"unknown tool {name!r}; bound tools: {fmt.tool_names}"
+    if not isinstance(args, dict):
+        return name, args, "the arguments are not a JSON object"
+    params = next(t for t in fmt.tools if t["name"] == name).get("parameters") or {}
+    if params and (err := schema_errors(args, params)) is not None:
+        return name, args, f"the arguments do not match the schema of {name}: {err}"
+    return name, args, None
+
+
+def parse_tool_reply(text: str, fmt: OutputFormat) -> ParsedReply:
+    """Split a reply into text, valid tool calls and invalid ones (never raises)."""
+    if not fmt.calls_tools:
+        return ParsedReply(content=text)
+    blocks = list(_CALL_BLOCK.finditer(text))
+    if blocks:
+        candidates = [m.group(1) for m in blocks]
+        content = _CALL_BLOCK.sub("", text).strip()
+    else:
+        stripped = _strip_fences(text).strip()
+        value, ok = _first_json(stripped)
+        if ok and isinstance(value, dict) and "name" in value:
+            candidates, content = [stripped], ""
+        else:
+            candidates, content = [], text
+    parsed = ParsedReply(content=content, attempted=bool(candidates))
+    for raw in candidates:
+        value, ok = _first_json(_strip_fences(raw))
+        if not ok:
+            parsed.invalid_tool_calls.append(
+                InvalidToolCall(
+                    name=None,
+                    args=raw.strip(),
+                    id=_new_id(),
+                    error="the tool call is not valid JSON",
+                    type="invalid_tool_call",
+                )
+            )
+            continue
+        name, args, error = _check_call(value, fmt)
+        if error is None:
+            parsed.tool_calls.append(ToolCall(name=str(name), args=args, id=_new_id(), type="tool_call"))
+        else:
+            parsed.invalid_tool_calls.append(
+                InvalidToolCall(
+                    name=name,
+                    args=json.dumps(args, ensure_ascii=False) if not isinstance(args, str) else args,
+                    id=_new_id(),
+                    error=error,
+                    type="invalid_tool_call",
+                )
+            )
+    if not fmt.parallel_tool_calls and len(parsed.tool_calls) > 1:
+        parsed.tool_calls = parsed.tool_calls[:1]
+    if fmt.forces_call and not parsed.tool_calls and not parsed.invalid_tool_calls:
+        parsed.invalid_tool_calls.append(
+            InvalidToolCall(
+                name=fmt.forced_tool,
+                args=text,
+                id=_new_id(),
+                error=f"tool_choice={fmt.tool_choice!r} requires a tool call but the reply contains none",
+                type="invalid_tool_call",
+            )
+        )
+    return parsed
+
+
+def format_validity(text: str, fmt: OutputFormat) -> float:
+    """Format term in [-1, 1] added (times ``format_weight``) to the reward.
+
+    Tools: 1 for a reply whose calls are all valid calls of bound tools; -0.5 for a
+    parseable call with an unknown tool or arguments that break the schema; -1 for an
+    unparseable call, or no call at all when a call is forced; 0 for plain text when
+    calls are optional. JSON: 1 when the reply is a JSON object that validates, -0.5
+    when it is JSON that does not, -1 otherwise.
+    """
+    if fmt.calls_tools:
+        parsed = parse_tool_reply(text, fmt)
+        if parsed.tool_calls and not parsed.invalid_tool_calls:
+            return 1.0
+        if not parsed.attempted:
+            return -1.0 if fmt.forces_call else 0.0
+        if any(c.get("error", "").startswith("the tool call is not") for c in parsed.invalid_tool_calls):
+            return -1.0
+        return -0.5
+    if fmt.json_schema is not None:
+        value, error = parse_json_reply(text)
+        if error is not None:
+            return -1.0
+        return 1.0 if schema_errors(value, fmt.json_schema) is None else -0.5
+    return 0.0

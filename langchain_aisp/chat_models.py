@@ -1,0 +1,991 @@
+"""``AISPChatModel``: a LangChain chat model over a local Hugging Face LLM, aligned to a reward at test time.
+
+The class translates LangChain messages and settings into token ids and engine
+parameters, calls :func:`langchain_aisp.aisp.run` and turns its :class:`PromptResult`
+into an ``AIMessage``. No part of the algorithm lives here.
+
+Module-level state: ``_LM_CACHE`` (guarded by ``_LM_CACHE_LOCK``) shares a loaded model
+between instances with the same ``(model, device, dtype, trust_remote_code)``, so
+``AISPChatModel(reward=a)`` and ``AISPChatModel(reward=b)`` load the default model once
+per process. ``_BATCH_PLAN`` is a context variable (not shared state): it carries the
+prompts of one ``batch`` call to the per-input ``_generate`` calls so that they run as
+one Batched AISP engine call. Use :func:`clear_model_cache` to free the cache.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import json
+import math
+import re
+import threading
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from contextvars import ContextVar
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
+from langchain_core.callbacks.manager import ahandle_event, handle_event
+from langchain_core.language_models import BaseChatModel, LangSmithParams, LanguageModelInput
+from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage, ToolCallChunk, UsageMetadata
+from langchain_core.output_parsers import JsonOutputParser, PydanticOutputParser
+from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
+from langchain_core.runnables import Runnable, RunnableConfig, RunnableLambda, RunnableMap, RunnablePassthrough
+from langchain_core.runnables.config import run_in_executor
+from langchain_core.tools import BaseTool
+from langchain_core.utils.function_calling import convert_to_json_schema, convert_to_openai_tool
+from langchain_core.utils.pydantic import is_basemodel_subclass
+from pydantic import ConfigDict, Field, PrivateAttr, field_validator, model_validator
+
+from langchain_aisp import _chat_format as fmtlib
+from langchain_aisp.aisp import IterationEvent, PromptResult, RewardError, run
+from langchain_aisp.config import (
+    DEFAULT_ALPHA,
+    DEFAULT_ESS_TARGET,
+    DEFAULT_LAMBDA,
+    DEFAULT_MAX_BATCH_SIZE,
+    DEFAULT_MAX_TOKENS,
+    DEFAULT_METHOD,
+    DEFAULT_NUM_ITERATIONS,
+    DEFAULT_NUM_SAMPLES,
+    DEFAULT_SIGMA,
+    DEFAULT_TAU,
+    DEFAULT_TEMPERATURE,
+    DEFAULT_TOP_K,
+    DEFAULT_TOP_P,
+    AISPParams,
+    Method,
+    SamplingParams,
+)
+from langchain_aisp.rewards import Reward, as_reward
+
+PROGRESS_EVENT = "aisp_progress"
+"""Name of the custom callback event sent after every AISP/BoN iteration."""
+
+_LM_CACHE: dict[tuple[Any, ...], Any] = {}
+_LM_CACHE_LOCK = threading.Lock()
+
+_PER_CALL_FIELDS = (
+    "method",
+    "num_samples",
+    "num_iterations",
+    "sigma",
+    "lambda_",
+    "ess_target",
+    "alpha",
+    "tau",
+    "max_tokens",
+    "temperature",
+    "top_p",
+    "top_k",
+    "seed",
+    "format_weight",
+)
+_BINDING_KWARGS = ("tools", "tool_choice", "parallel_tool_calls", "response_format", "model", "stream")
+
+
+def clear_model_cache() -> None:
+    """Drop every model shared through the process-wide cache (instances keep theirs)."""
+    with _LM_CACHE_LOCK:
+        _LM_CACHE.clear()
+
+
+def _cached_lm(model: str | None, device: str, dtype: str, trust_remote_code: bool) -> Any:
+    from langchain_aisp.lm import load_causal_lm
+
+    key = (model, device, dtype, trust_remote_code)
+    with _LM_CACHE_LOCK:
+        if key not in _LM_CACHE:
+            _LM_CACHE[key] = load_causal_lm(model, device=device, dtype=dtype, trust_remote_code=trust_remote_code)
+        return _LM_CACHE[key]
+
+
+# --- rewards as import paths (serialisation) -----------------------------------------
+
+
+def _import_path(path: str) -> Any:
+    module_name, _, qualname = path.partition(":")
+    if not module_name or not qualname:
+        raise ValueError(f"reward path must look like 'package.module:qualname', got {path!r}")
+    obj: Any = importlib.import_module(module_name)
+    for part in qualname.split("."):
+        obj = getattr(obj, part)
+    if isinstance(obj, type) and issubclass(obj, Reward):
+        obj = obj()
+    return obj
+
+
+def _reward_path(reward: Any) -> tuple[str | None, str]:
+    """("module:qualname", "") when ``reward`` can be re-imported by path, else (None, why not)."""
+    if isinstance(reward, str):
+        return reward, ""
+    target = reward
+    fn = getattr(reward, "fn", None)
+    if isinstance(reward, _function_reward_type()) and fn is not None:
+        target = fn
+    module = getattr(target, "__module__", None)
+    qualname = getattr(target, "__qualname__", None)
+    if module is None or qualname is None or "<" in qualname:
+        return None, (
+            f"reward {reward!r} is a lambda, a closure or an instance, which cannot be re-imported; "
+            "pass a module-level function, a Reward subclass or its 'module:qualname' path"
+        )
+    try:
+        found = _import_path(f"{module}:{qualname}")
+    except Exception as exc:
+        return None, f"reward path {module}:{qualname} does not import: {exc}"
+    if found is not target and not isinstance(target, type):
+        return None, f"{module}:{qualname} does not resolve to the reward {reward!r}"
+    return f"{module}:{qualname}", ""
+
+
+def _function_reward_type() -> type:
+    from langchain_aisp.rewards import FunctionReward
+
+    return FunctionReward
+
+
+# --- per-call settings and jobs -------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Settings:
+    params: AISPParams
+    sampling: SamplingParams
+    seed: int | None
+    format_weight: float
+    model: str | None
+
+    def key(self) -> tuple[Any, ...]:
+        return (self.params, self.sampling, self.seed, self.format_weight, self.model)
+
+
+@dataclass
+class _Job:
+    messages: list[BaseMessage]
+    token_ids: list[int]
+    prompt: fmtlib.RenderedPrompt
+    fmt: fmtlib.OutputFormat
+    settings: _Settings
+    lm: Any
+
+    def key(self) -> tuple[Any, ...]:
+        return (tuple(self.token_ids), self.fmt.key(), self.settings.key(), id(self.lm))
+
+
+ProgressFn = Callable[[dict[str, Any]], None]
+
+
+@dataclass
+class _BatchPlan:
+    """The prompts of one ``batch`` call: the first input to reach the engine runs them all."""
+
+    owner: int
+    jobs: list[_Job]
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    claimed: list[bool] = field(default_factory=list)
+    progress: dict[int, ProgressFn] = field(default_factory=dict)
+    events: dict[int, list[dict[str, Any]]] = field(default_factory=dict)
+    delivered: dict[int, int] = field(default_factory=dict)
+    outcomes: list[PromptResult | BaseException] | None = None
+    claim_lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def claim(self, key: tuple[Any, ...]) -> int | None:
+        with self.claim_lock:
+            if not self.claimed:
+                self.claimed = [False] * len(self.jobs)
+            for i, job in enumerate(self.jobs):
+                if not self.claimed[i] and job.key() == key:
+                    self.claimed[i] = True
+                    return i
+        return None
+
+    def deliver(self, index: int) -> None:
+        fn = self.progress.get(index)
+        pending = self.events.get(index, [])
+        start = self.delivered.get(index, 0)
+        if fn is not None:
+            for data in pending[start:]:
+                fn(data)
+            self.delivered[index] = len(pending)
+
+
+_BATCH_PLAN: ContextVar[_BatchPlan | None] = ContextVar("langchain_aisp_batch_plan", default=None)
+
+
+def _split_chunks(text: str) -> list[str]:
+    """Stream pieces: words with their trailing whitespace (concatenates back to ``text``)."""
+    return re.findall(r"\s*\S+\s*|\s+", text) or []
+
+
+class AISPChatModel(BaseChatModel):
+    """Chat model over a local Hugging Face LLM whose answers are aligned to a reward (AISP or Best-of-N).
+
+    Every call samples ``num_samples`` responses per iteration for ``num_iterations``
+    iterations, scores them with ``reward`` and returns the best one. ``method="aisp"``
+    adapts a control on the model's pre-logits between iterations (adaptive importance
+    sampling); ``"bon"`` is plain Best-of-N with the same budget; ``"sample"`` draws one
+    response (no reward).
+
+    Setup:
+        ``pip install langchain-aisp`` ships a small default model (SmolLM2-135M-Instruct),
+        used when ``model=None``; nothing is downloaded for it.
+
+    Key init args — alignment:
+        reward: ``fn(prompt, response) -> float``, a ``Reward`` or a ``"module:qualname"`` path.
+        method: ``"aisp"`` | ``"bon"`` | ``"sample"``.
+        num_samples, num_iterations, sigma, lambda_, ess_target, alpha, tau: see the fields.
+        format_weight: weight of the tool-call / JSON validity term added to the reward.
+
+    Key init args — model and sampling:
+        model: hub id or local path (None: the embedded default); or ``llm=`` a loaded
+        ``CausalLM``, or ``hf_model=`` + ``tokenizer=`` loaded transformers objects.
+        max_tokens, temperature (0 = greedy), top_p, top_k, seed, stop, max_batch_size,
+        device, dtype, trust_remote_code.
+
+    Instantiate:
+        .. code-block:: python
+
+            from langchain_aisp import AISPChatModel
+
+            def brevity(prompt: str, response: str) -> float:
+                return -abs(len(response.split()) - 12)
+
+            llm = AISPChatModel(reward=brevity, num_samples=2, num_iterations=1, max_tokens=16, seed=0)
+
+    Invoke:
+        .. code-block:: python
+
+            msg = llm.invoke("Name a fruit.")
+            msg.content                                  # the selected answer
+            msg.response_metadata["aisp"]["reward"]      # its reward (float)
+            msg.response_metadata["aisp"]["rewards"]     # rewards per iteration
+            msg.usage_metadata                           # input / output tokens of the answer
+
+    Stream (the answer is chosen first, then streamed; the last chunk carries the metadata):
+        .. code-block:: python
+
+            for chunk in llm.stream("Name a fruit."):
+                print(chunk.content, end="")
+
+    Batch (one Batched AISP engine run over all prompts):
+        .. code-block:: python
+
+            llm.batch(["Name a fruit.", "Name a color."])
+
+    Async:
+        .. code-block:: python
+
+            await llm.ainvoke("Name a fruit.")   # also astream / abatch; the event loop is not blocked
+
+    Tool calling:
+        .. code-block:: python
+
+            from langchain_core.tools import tool
+
+            @tool
+            def add(a: int, b: int) -> int:
+                '''Add two integers.'''
+                return a + b
+
+            msg = llm.bind_tools([add], tool_choice="add").invoke("What is 2 + 3?")
+            msg.tool_calls or msg.invalid_tool_calls
+
+    Structured output:
+        .. code-block:: python
+
+            from pydantic import BaseModel
+
+            class City(BaseModel):
+                name: str
+
+            out = llm.with_structured_output(City, include_raw=True).invoke("Name a city.")
+            out["parsed"] or out["parsing_error"]
+
+    Progress:
+        After every iteration each input's run receives a custom callback event
+        ``"aisp_progress"`` (``BaseCallbackHandler.on_custom_event``) with ``iteration``,
+        ``num_iterations``, ``rewards`` (that iteration's) and ``best_reward``.
+
+    Errors:
+        A failing reward raises :class:`langchain_aisp.RewardError`; ``err.partial[0]`` is
+        the best ``PromptResult`` found before the failure for that input (or None).
+    """
+
+    model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True, protected_namespaces=())
+
+    reward: Any
+    """The reward: ``fn(prompt, response) -> float``, a ``@batched`` function, a
+    :class:`~langchain_aisp.rewards.Reward`, or the ``"module:qualname"`` path of one."""
+
+    model: str | None = None
+    """Hugging Face hub id or local folder; None uses the embedded default model."""
+
+    llm: Any = Field(default=None, exclude=True)
+    """An already loaded :class:`langchain_aisp.lm.CausalLM` (then ``model`` is only a label)."""
+
+    hf_model: Any = Field(default=None, exclude=True)
+    """An already loaded transformers ``PreTrainedModel``; requires ``tokenizer``."""
+
+    tokenizer: Any = Field(default=None, exclude=True)
+    """The tokenizer of ``hf_model``."""
+
+    method: Method = DEFAULT_METHOD
+    """"aisp" (adaptive importance sampling), "bon" (Best-of-N) or "sample" (one plain sample)."""
+
+    num_samples: int = DEFAULT_NUM_SAMPLES
+    """n: responses per iteration, in [1, 4096]."""
+
+    num_iterations: int = DEFAULT_NUM_ITERATIONS
+    """k: iterations, in [1, 1024] (Best-of-N draws num_samples * num_iterations responses)."""
+
+    sigma: float = DEFAULT_SIGMA
+    """Control noise scale relative to the RMS of the pre-logits, > 0."""
+
+    lambda_: float | None = DEFAULT_LAMBDA
+    """Reward temperature, > 0; None picks it per iteration to reach ``ess_target``."""
+
+    ess_target: float = DEFAULT_ESS_TARGET
+    """Target effective sample size as a fraction of n, in (0, 1]."""
+
+    alpha: float = DEFAULT_ALPHA
+    """MPPI control-cost coefficient, in [0, 1]."""
+
+    tau: int = DEFAULT_TAU
+    """Number of leading generated tokens that are steered, in [1, 65536]."""
+
+    max_tokens: int = DEFAULT_MAX_TOKENS
+    """Maximum new tokens per response, >= 1."""
+
+    temperature: float = DEFAULT_TEMPERATURE
+    """Sampling temperature, >= 0; 0 means greedy decoding (AISP's noise still makes samples differ)."""
+
+    top_p: float = DEFAULT_TOP_P
+    """Nucleus sampling mass, in (0, 1]."""
+
+    top_k: int = DEFAULT_TOP_K
+    """Top-k sampling, >= 0 (0 disables it)."""
+
+    seed: int | None = None
+    """Seed of the sampling noise; the same seed gives the same answer (per prompt, even in a batch)."""
+
+    stop: list[str] | None = None
+    """Stop strings: a response ends where one completes and is cut before it."""
+
+    max_batch_size: int = DEFAULT_MAX_BATCH_SIZE
+    """Rows decoded together; a batch of prompts shares them (Batched AISP)."""
+
+    device: str = "auto"
+    """"auto" (CUDA if available), "cpu", "cuda" or "cuda:N"."""
+
+    dtype: str = "auto"
+    """"auto", "float32", "float16" or "bfloat16"."""
+
+    trust_remote_code: bool = False
+    """Passed to transformers when loading ``model``."""
+
+    format_weight: float = 10.0
+    """Weight of the format term added to the reward when tools or a JSON schema are bound: a
+    valid call / schema-valid JSON gets ``+format_weight``, a malformed or missing forced call
+    ``-format_weight`` (see ``_chat_format.format_validity``). Large relative to rewards in
+    [0, 1] so that well-formed outputs win first; 0 disables it."""
+
+    streaming: bool = False
+    """When True, ``invoke`` goes through ``_stream`` (LangChain's usual meaning)."""
+
+    _reward: Reward = PrivateAttr()
+    _lm: Any = PrivateAttr(default=None)
+    _lm_lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
+
+    # --- validation --------------------------------------------------------------------
+
+    @field_validator("reward", mode="before")
+    @classmethod
+    def _import_reward(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            try:
+                return _import_path(value)
+            except (ImportError, AttributeError) as exc:
+                raise ValueError(f"reward path {value!r} does not import: {exc}") from exc
+        return value
+
+    @field_validator("stop", mode="before")
+    @classmethod
+    def _stop_list(cls, value: Any) -> Any:
+        return [value] if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _check(self) -> AISPChatModel:
+        try:
+            reward = as_reward(self.reward)
+        except TypeError as exc:
+            raise ValueError(str(exc)) from exc
+        self._reward = reward
+        self._settings({})  # AISPParams / SamplingParams raise ValueError naming the field and range
+        if (self.hf_model is None) != (self.tokenizer is None):
+            raise ValueError("hf_model and tokenizer must be passed together")
+        if self.llm is not None and self.hf_model is not None:
+            raise ValueError("pass either llm or hf_model + tokenizer, not both")
+        if self.max_batch_size < 1:
+            raise ValueError(f"max_batch_size must be an integer >= 1, got {self.max_batch_size}")
+        if not (isinstance(self.format_weight, (int, float)) and math.isfinite(self.format_weight)):
+            raise ValueError(f"format_weight must be a finite number >= 0, got {self.format_weight!r}")
+        if self.format_weight < 0:
+            raise ValueError(f"format_weight must be a finite number >= 0, got {self.format_weight}")
+        return self
+
+    def _settings(self, overrides: dict[str, Any]) -> _Settings:
+        values = {name: overrides.get(name, getattr(self, name)) for name in _PER_CALL_FIELDS}
+        temperature = values["temperature"]
+        if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not temperature >= 0:
+            raise ValueError(f"temperature must be a finite number >= 0 (0 means greedy), got {temperature!r}")
+        greedy = temperature == 0
+        params = AISPParams(
+            method=values["method"],
+            num_samples=values["num_samples"],
+            num_iterations=values["num_iterations"],
+            sigma=values["sigma"],
+            lambda_=values["lambda_"],
+            ess_target=values["ess_target"],
+            alpha=values["alpha"],
+            tau=values["tau"],
+        )
+        seed = values["seed"]
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+            raise ValueError(f"seed must be an integer or None, got {seed!r}")
+        sampling = SamplingParams(
+            max_tokens=values["max_tokens"],
+            temperature=1.0 if greedy else float(temperature),
+            top_p=values["top_p"],
+            top_k=1 if greedy else values["top_k"],
+            stop=tuple(overrides.get("stop") or self.stop or ()),
+        )
+        return _Settings(params, sampling, seed, float(values["format_weight"]), overrides.get("model", self.model))
+
+    # --- LangChain identity ------------------------------------------------------------
+
+    @property
+    def _llm_type(self) -> str:
+        return "aisp-chat"
+
+    @classmethod
+    def is_lc_serializable(cls) -> bool:
+        return True
+
+    @classmethod
+    def get_lc_namespace(cls) -> list[str]:
+        return ["langchain_aisp", "chat_models"]
+
+    @property
+    def reward_name(self) -> str:
+        path, _ = _reward_path(self.reward)
+        return path or getattr(self._reward, "name", type(self._reward).__name__)
+
+    @property
+    def model_name(self) -> str:
+        """The model's display name (hub id, path, or the default model's name)."""
+        if self.model is not None:
+            return self.model
+        if self.llm is not None:
+            return str(self.llm.name)
+        if self.hf_model is not None:
+            return str(getattr(self.hf_model.config, "_name_or_path", "") or type(self.hf_model).__name__)
+        from langchain_aisp.default_model import DEFAULT_MODEL_NAME
+
+        return DEFAULT_MODEL_NAME
+
+    @property
+    def _identifying_params(self) -> dict[str, Any]:
+        return {
+            "model": self.model_name,
+            "reward": self.reward_name,
+            "method": self.method,
+            "num_samples": self.num_samples,
+            "num_iterations": self.num_iterations,
+            "sigma": self.sigma,
+            "lambda_": self.lambda_,
+            "ess_target": self.ess_target,
+            "alpha": self.alpha,
+            "tau": self.tau,
+            "max_tokens": self.max_tokens,
+            "temperature": self.temperature,
+            "top_p": self.top_p,
+            "top_k": self.top_k,
+            "seed": self.seed,
+            "stop": self.stop,
+            "format_weight": self.format_weight,
+        }
+
+    def _get_ls_params(self, stop: list[str] | None = None, **kwargs: Any) -> LangSmithParams:
+        params = LangSmithParams(
+            ls_provider="aisp",
+            ls_model_name=kwargs["model"] if isinstance(kwargs.get("model"), str) else self.model_name,
+            ls_model_type="chat",
+            ls_temperature=kwargs.get("temperature", self.temperature),
+            ls_max_tokens=kwargs.get("max_tokens", self.max_tokens),
+        )
+        if stop or self.stop:
+            params["ls_stop"] = list(stop or self.stop or [])
+        return params
+
+    def to_json(self) -> Any:
+        """Serialise the configuration; the reward becomes its ``"module:qualname"`` path.
+
+        A reward that cannot be re-imported (lambda, closure, configured instance) and a
+        model passed as loaded objects are written as "not implemented" entries, so
+        ``dumpd`` works (tracing) but ``load`` raises with the reason.
+        """
+        data = super().to_json()
+        kwargs = data.get("kwargs")
+        if data.get("type") != "constructor" or not isinstance(kwargs, dict):
+            return data
+        path, why = _reward_path(self.reward)
+        if path is not None:
+            kwargs["reward"] = path
+        else:
+            kwargs["reward"] = {"lc": 1, "type": "not_implemented", "id": ["langchain_aisp", "reward"], "repr": why}
+        if self.llm is not None or self.hf_model is not None:
+            kwargs["llm"] = {
+                "lc": 1,
+                "type": "not_implemented",
+                "id": ["langchain_aisp", "lm", "CausalLM"],
+                "repr": "a model passed as loaded objects cannot be serialised; pass model=<hub id or local path>",
+            }
+        return data
+
+    # --- the model -----------------------------------------------------------------------
+
+    def _get_lm(self, model_override: str | None = None) -> Any:
+        """The loaded ``CausalLM`` (loaded once, on first use; thread-safe)."""
+        if model_override is not None and model_override != self.model:
+            return _cached_lm(model_override, self.device, self.dtype, self.trust_remote_code)
+        if self._lm is None:
+            with self._lm_lock:
+                if self._lm is None:
+                    if self.llm is not None:
+                        self._lm = self.llm
+                    elif self.hf_model is not None:
+                        from langchain_aisp.lm import wrap_model
+
+                        self._lm = wrap_model(self.hf_model, self.tokenizer)
+                    else:
+                        self._lm = _cached_lm(self.model, self.device, self.dtype, self.trust_remote_code)
+        return self._lm
+
+    # --- jobs ----------------------------------------------------------------------------
+
+    def _job(self, messages: list[BaseMessage], stop: list[str] | None, kwargs: dict[str, Any]) -> _Job:
+        unknown = sorted(set(kwargs) - set(_PER_CALL_FIELDS) - set(_BINDING_KWARGS))
+        if unknown:
+            raise TypeError(
+                f"AISPChatModel got unsupported keyword argument(s) {unknown}; per-call arguments are "
+                f"{sorted(_PER_CALL_FIELDS)} plus stop, model, tools, tool_choice, parallel_tool_calls, response_format"
+            )
+        out_fmt = self._output_format(kwargs)
+        lm = self._get_lm(kwargs.get("model"))
+        prompt = fmtlib.render(lm.tokenizer, messages, out_fmt)
+        overrides = {k: kwargs[k] for k in _PER_CALL_FIELDS if k in kwargs}
+        stops = list(stop if stop is not None else (self.stop or []))
+        if out_fmt.forces_call:
+            stops.append(fmtlib.TOOL_CALL_CLOSE)
+        if prompt.plain:
+            stops.append(fmtlib.PLAIN_STOP)
+        overrides["stop"] = list(dict.fromkeys(stops))
+        if "model" in kwargs:
+            overrides["model"] = kwargs["model"]
+        settings = self._settings(overrides)
+        token_ids = list(lm.tokenizer(prompt.text, add_special_tokens=False).input_ids)
+        limit = lm.max_context
+        if limit is not None and len(token_ids) + settings.sampling.max_tokens > limit:
+            raise ValueError(
+                f"the prompt has {len(token_ids)} tokens and max_tokens is {settings.sampling.max_tokens}: "
+                f"{len(token_ids) + settings.sampling.max_tokens} tokens exceed the context window of "
+                f"{lm.name} ({limit} tokens); shorten the conversation or lower max_tokens (nothing is truncated)"
+            )
+        return _Job(list(messages), token_ids, prompt, out_fmt, settings, lm)
+
+    @staticmethod
+    def _output_format(kwargs: dict[str, Any]) -> fmtlib.OutputFormat:
+        tools = tuple(kwargs.get("tools") or ())
+        names = [t["name"] for t in tools]
+        choice = fmtlib.normalize_tool_choice(kwargs.get("tool_choice"), names) if tools else "auto"
+        response_format = kwargs.get("response_format")
+        schema = None
+        if response_format is not None:
+            if not isinstance(response_format, dict) or response_format.get("type") not in ("json_schema", "json_mode"):
+                raise ValueError(
+                    "response_format must be {'type': 'json_schema' | 'json_mode', 'schema': {...}}, "
+                    f"got {response_format!r}"
+                )
+            schema = response_format.get("schema") or {"type": "object"}
+        return fmtlib.OutputFormat(
+            tools=tools,
+            tool_choice=choice,
+            json_schema=schema,
+            parallel_tool_calls=kwargs.get("parallel_tool_calls") is not False,
+        )
+
+    def _run_jobs(
+        self, jobs: Sequence[_Job], on_event: Callable[[int, dict[str, Any]], None]
+    ) -> list[PromptResult | BaseException]:
+        """One engine call over ``jobs`` (same settings and model): results or per-job errors."""
+        settings, lm = jobs[0].settings, jobs[0].lm
+        reward = self._reward
+
+        def score(indices: Sequence[int], responses: Sequence[str]) -> list[float]:
+            full = [jobs[i].prompt.prefill + r for i, r in zip(indices, responses, strict=True)]
+            values = list(reward.score([jobs[i].messages for i in indices], full))
+            if settings.format_weight and len(values) == len(full):
+                for pos, i in enumerate(indices):
+                    if jobs[i].fmt.constrained:
+                        values[pos] = values[pos] + settings.format_weight * fmtlib.format_validity(
+                            full[pos], jobs[i].fmt
+                        )
+            return values
+
+        def on_iteration(event: IterationEvent) -> None:
+            for pos, i in enumerate(event.prompt_indices):
+                on_event(
+                    i,
+                    {
+                        "iteration": event.iteration,
+                        "num_iterations": event.num_iterations,
+                        "rewards": list(event.rewards[pos]),
+                        "best_reward": event.best_rewards[pos],
+                        "method": settings.params.method,
+                    },
+                )
+
+        try:
+            results = run(
+                lm,
+                [j.token_ids for j in jobs],
+                score,
+                settings.params,
+                settings.sampling,
+                seed=settings.seed,
+                max_batch_size=self.max_batch_size,
+                on_iteration=on_iteration,
+            )
+        except RewardError as exc:
+            errors: list[PromptResult | BaseException] = []
+            for i in range(len(jobs)):
+                err = RewardError(str(exc), [exc.partial[i] if i < len(exc.partial) else None])
+                err.__cause__ = exc
+                errors.append(err)
+            return errors
+        return list(results)
+
+    def _execute(self, job: _Job, progress: ProgressFn | None) -> PromptResult:
+        plan = _BATCH_PLAN.get()
+        index = plan.claim(job.key()) if plan is not None and plan.owner == id(self) else None
+        if plan is None or index is None:
+            outcome = self._run_jobs([job], lambda _i, data: progress(data) if progress else None)[0]
+        else:
+            with plan.lock:
+                if progress is not None:
+                    plan.progress[index] = progress
+                if plan.outcomes is None:
+
+                    def on_event(i: int, data: dict[str, Any]) -> None:
+                        plan.events.setdefault(i, []).append(data)
+                        plan.deliver(i)
+
+                    plan.outcomes = self._run_jobs(plan.jobs, on_event)
+                plan.deliver(index)
+                outcome = plan.outcomes[index]
+        if isinstance(outcome, BaseException):
+            raise outcome
+        return outcome
+
+    # --- results -> messages -------------------------------------------------------------
+
+    def _message_parts(
+        self, job: _Job, result: PromptResult
+    ) -> tuple[fmtlib.ParsedReply, dict[str, Any], UsageMetadata]:
+        text = job.prompt.prefill + result.text
+        if job.prompt.plain and job.prompt.prefill:
+            text = text[1:]  # the space after "Assistant:"
+        if job.fmt.calls_tools:
+            parsed = fmtlib.parse_tool_reply(text, job.fmt)
+        else:
+            parsed = fmtlib.ParsedReply(content=text)
+        finish = "tool_calls" if parsed.tool_calls else result.finish_reason
+        aisp = {
+            "reward": result.reward,
+            "samples": result.samples,
+            "rewards": result.rewards,
+            "method": job.settings.params.method,
+            "num_samples": job.settings.params.num_samples,
+            "num_iterations": job.settings.params.num_iterations,
+            "ess": result.ess,
+            "lambdas": result.lambdas,
+            "u_norms": result.u_norms,
+            "best_iteration": result.best_iteration,
+            "generated_tokens": result.generated_tokens,
+            "finish_reason": result.finish_reason,
+            "reward_name": self.reward_name,
+            "prefill": job.prompt.prefill,
+        }
+        if job.fmt.constrained:
+            aisp["format_validity"] = fmtlib.format_validity(text, job.fmt)
+        metadata = {"model_name": str(job.lm.name), "finish_reason": finish, "aisp": aisp}
+        output = len(result.token_ids)
+        usage = UsageMetadata(
+            input_tokens=result.prompt_tokens, output_tokens=output, total_tokens=result.prompt_tokens + output
+        )
+        return parsed, metadata, usage
+
+    def _to_message(self, job: _Job, result: PromptResult) -> AIMessage:
+        parsed, metadata, usage = self._message_parts(job, result)
+        return AIMessage(
+            content=parsed.content,
+            tool_calls=parsed.tool_calls,
+            invalid_tool_calls=parsed.invalid_tool_calls,
+            response_metadata=metadata,
+            usage_metadata=usage,
+        )
+
+    def _chunks(self, job: _Job, result: PromptResult) -> Iterator[ChatGenerationChunk]:
+        parsed, metadata, usage = self._message_parts(job, result)
+        for piece in _split_chunks(parsed.content):
+            yield ChatGenerationChunk(message=AIMessageChunk(content=piece))
+        tool_chunks = [
+            ToolCallChunk(
+                name=c["name"],
+                args=json.dumps(c["args"], ensure_ascii=False),
+                id=c["id"],
+                index=i,
+                type="tool_call_chunk",
+            )
+            for i, c in enumerate(parsed.tool_calls)
+        ]
+        last = AIMessageChunk(
+            content="",
+            tool_call_chunks=tool_chunks,
+            response_metadata=metadata,
+            usage_metadata=usage,
+            chunk_position="last",
+        )
+        if parsed.invalid_tool_calls:
+            last.invalid_tool_calls = list(parsed.invalid_tool_calls)
+        yield ChatGenerationChunk(message=last)
+
+    # --- progress callbacks --------------------------------------------------------------
+
+    @staticmethod
+    def _sync_progress(run_manager: CallbackManagerForLLMRun | None) -> ProgressFn | None:
+        if run_manager is None:
+            return None
+
+        def emit(data: dict[str, Any]) -> None:
+            handle_event(
+                run_manager.handlers,
+                "on_custom_event",
+                "ignore_custom_event",
+                PROGRESS_EVENT,
+                data,
+                run_id=run_manager.run_id,
+                tags=run_manager.tags,
+                metadata=run_manager.metadata,
+            )
+
+        return emit
+
+    @staticmethod
+    def _async_progress(run_manager: AsyncCallbackManagerForLLMRun | None) -> ProgressFn | None:
+        if run_manager is None:
+            return None
+        loop = asyncio.get_running_loop()
+
+        def emit(data: dict[str, Any]) -> None:
+            coro = ahandle_event(
+                run_manager.handlers,
+                "on_custom_event",
+                "ignore_custom_event",
+                PROGRESS_EVENT,
+                data,
+                run_id=run_manager.run_id,
+                tags=run_manager.tags,
+                metadata=run_manager.metadata,
+            )
+            asyncio.run_coroutine_threadsafe(coro, loop).result()
+
+        return emit
+
+    # --- the LangChain entry points -------------------------------------------------------
+
+    def _aligned(
+        self, messages: list[BaseMessage], stop: list[str] | None, progress: ProgressFn | None, kwargs: dict[str, Any]
+    ) -> tuple[_Job, PromptResult]:
+        job = self._job(messages, stop, kwargs)
+        return job, self._execute(job, progress)
+
+    def _generate(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: CallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> ChatResult:
+        job, result = self._aligned(messages, stop, self._sync_progress(run_manager), kwargs)
+        return ChatResult(generations=[ChatGeneration(message=self._to_message(job, result))])
+
+    async def _agenerate(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: AsyncCallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> ChatResult:
+        progress = self._async_progress(run_manager)
+        job, result = await run_in_executor(None, self._aligned, messages, stop, progress, kwargs)
+        return ChatResult(generations=[ChatGeneration(message=self._to_message(job, result))])
+
+    def _stream(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: CallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> Iterator[ChatGenerationChunk]:
+        job, result = self._aligned(messages, stop, self._sync_progress(run_manager), kwargs)
+        for chunk in self._chunks(job, result):
+            if run_manager is not None and isinstance(chunk.message.content, str):
+                run_manager.on_llm_new_token(chunk.message.content, chunk=chunk)
+            yield chunk
+
+    async def _astream(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: AsyncCallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> AsyncIterator[ChatGenerationChunk]:
+        progress = self._async_progress(run_manager)
+        job, result = await run_in_executor(None, self._aligned, messages, stop, progress, kwargs)
+        for chunk in self._chunks(job, result):
+            if run_manager is not None and isinstance(chunk.message.content, str):
+                await run_manager.on_llm_new_token(chunk.message.content, chunk=chunk)
+            yield chunk
+
+    # --- Batched AISP ----------------------------------------------------------------------
+
+    def _plan(self, inputs: Sequence[LanguageModelInput], kwargs: dict[str, Any]) -> _BatchPlan | None:
+        """Render every input up front; inputs that fail to render are left to their own call (and error)."""
+        call_kwargs = {k: v for k, v in kwargs.items() if k != "stop"}
+        jobs = []
+        for item in inputs:
+            try:
+                messages = self._convert_input(item).to_messages()
+                jobs.append(self._job(messages, kwargs.get("stop"), call_kwargs))
+            except Exception:
+                continue
+        groups: dict[tuple[Any, ...], list[_Job]] = {}
+        for job in jobs:
+            groups.setdefault((job.settings.key(), id(job.lm)), []).append(job)
+        if not groups:
+            return None
+        largest = max(groups.values(), key=len)
+        return _BatchPlan(owner=id(self), jobs=largest) if len(largest) > 1 else None
+
+    def batch(
+        self,
+        inputs: list[LanguageModelInput],
+        config: RunnableConfig | list[RunnableConfig] | None = None,
+        *,
+        return_exceptions: bool = False,
+        **kwargs: Any,
+    ) -> list[AIMessage]:
+        """Like ``Runnable.batch`` (callbacks, configs, ``return_exceptions``, ``max_concurrency``
+        unchanged), but all prompts run in one Batched AISP engine call."""
+        plan = self._plan(inputs, kwargs) if len(inputs) > 1 else None
+        token = _BATCH_PLAN.set(plan)
+        try:
+            return super().batch(inputs, config, return_exceptions=return_exceptions, **kwargs)
+        finally:
+            _BATCH_PLAN.reset(token)
+
+    async def abatch(
+        self,
+        inputs: list[LanguageModelInput],
+        config: RunnableConfig | list[RunnableConfig] | None = None,
+        *,
+        return_exceptions: bool = False,
+        **kwargs: Any,
+    ) -> list[AIMessage]:
+        """Async ``batch``: one Batched AISP engine call, run in an executor thread."""
+        plan = await run_in_executor(None, self._plan, inputs, kwargs) if len(inputs) > 1 else None
+        token = _BATCH_PLAN.set(plan)
+        try:
+            return await super().abatch(inputs, config, return_exceptions=return_exceptions, **kwargs)
+        finally:
+            _BATCH_PLAN.reset(token)
+
+    # --- tools and structured output ---------------------------------------------------------
+
+    def bind_tools(
+        self,
+        tools: Sequence[dict[str, Any] | type | Callable[..., Any] | BaseTool],
+        *,
+        tool_choice: str | bool | dict[str, Any] | None = None,
+        parallel_tool_calls: bool | None = None,
+        **kwargs: Any,
+    ) -> Runnable[LanguageModelInput, AIMessage]:
+        """Bind tools (anything ``convert_to_openai_tool`` accepts).
+
+        ``tool_choice``: None/"auto" (the model may call), "none", "any"/"required"/True
+        (a call is forced), or a tool name (that tool is forced). A forced call is
+        prefilled in the prompt and rewarded for validity (see ``format_weight``).
+        """
+        formatted = [convert_to_openai_tool(t)["function"] for t in tools]
+        names = [t["name"] for t in formatted]
+        choice = fmtlib.normalize_tool_choice(tool_choice, names)
+        extra: dict[str, Any] = {}
+        if parallel_tool_calls is not None:
+            extra["parallel_tool_calls"] = parallel_tool_calls
+        return self.bind(tools=formatted, tool_choice=choice, **extra, **kwargs)
+
+    def with_structured_output(
+        self,
+        schema: dict[str, Any] | type,
+        *,
+        include_raw: bool = False,
+        method: Literal["function_calling", "json_schema", "json_mode"] = "function_calling",
+        strict: bool | None = None,
+        **kwargs: Any,
+    ) -> Runnable[LanguageModelInput, dict[str, Any] | Any]:
+        """Structured output for pydantic classes, TypedDicts and JSON schemas.
+
+        ``function_calling`` (default) forces a call of a tool named after the schema;
+        ``json_schema`` / ``json_mode`` ask for a bare JSON object (the schema is shown in
+        the system message and schema-valid JSON is rewarded). ``strict`` is accepted for
+        compatibility; validity is always rewarded, never guaranteed. With
+        ``include_raw=True`` an invalid reply comes back as ``parsing_error``.
+        """
+        if kwargs:
+            raise ValueError(f"Received unsupported arguments {kwargs}")
+        if method == "function_calling":
+            return super().with_structured_output(schema, include_raw=include_raw)
+        if method not in ("json_schema", "json_mode"):
+            raise ValueError(f"method must be 'function_calling', 'json_schema' or 'json_mode', got {method!r}")
+        json_schema = convert_to_json_schema(schema)
+        llm = self.bind(
+            response_format={"type": method, "schema": json_schema},
+            ls_structured_output_format={"kwargs": {"method": method}, "schema": schema},
+        )
+        parser: Runnable[Any, Any]
+        if isinstance(schema, type) and is_basemodel_subclass(schema):
+            parser = PydanticOutputParser(pydantic_object=schema)
+        else:
+            parser = JsonOutputParser()
+        if not include_raw:
+            return llm | parser
+        parser_assign = RunnablePassthrough.assign(parsed=_RAW | parser, parsing_error=lambda _: None)
+        parser_none = RunnablePassthrough.assign(parsed=lambda _: None)
+        parser_with_fallback = parser_assign.with_fallbacks([parser_none], exception_key="parsing_error")
+        return RunnableMap(raw=llm) | parser_with_fallback
+
+
+_RAW: Runnable[Any, Any] = RunnableLambda(lambda x: x["raw"])
