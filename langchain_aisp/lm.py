@@ -211,5 +211,5 @@ def load_causal_lm(
         )
     except (OSError, ValueError) as exc:
         raise ModelLoadError(f"could not load model {source!r}: {exc}") from exc
-    loaded.to(resolved_device)
+    loaded = loaded.to(resolved_device)  # type: ignore[arg-type]
     return wrap_model(loaded, tokenizer, name=name)
