@@ -451,7 +451,7 @@ def _check_call(obj: Any, fmt: OutputFormat) -> tuple[str | None, Any, str | Non
     if not isinstance(obj, dict):
         return None, None, "the tool call is not a JSON object"
     name = obj.get("name")
-    args = next((obj[k] for k in ("arguments", "parameters", "args") if k in obj), {})
+    args: Any = next((obj[k] for k in ("arguments", "parameters", "args") if k in obj), {})
     if isinstance(args, str):
         try:
             args = json.loads(args) if args.strip() else {}
@@ -539,7 +539,7 @@ def format_validity(text: str, fmt: OutputFormat) -> float:
             return 1.0
         if not parsed.attempted:
             return -1.0 if fmt.forces_call else 0.0
-        if any(c.get("error", "").startswith("the tool call is not") for c in parsed.invalid_tool_calls):
+        if any((c.get("error") or "").startswith("the tool call is not") for c in parsed.invalid_tool_calls):
             return -1.0
         return -0.5
     if fmt.json_schema is not None:

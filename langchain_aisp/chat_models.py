@@ -23,13 +23,16 @@ import threading
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, Literal
 
 from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
 from langchain_core.callbacks.manager import ahandle_event, handle_event
+from langchain_core.exceptions import OutputParserException
 from langchain_core.language_models import BaseChatModel, LangSmithParams, LanguageModelInput
 from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage, ToolCallChunk, UsageMetadata
 from langchain_core.output_parsers import JsonOutputParser, PydanticOutputParser
+from langchain_core.output_parsers.openai_tools import JsonOutputKeyToolsParser, PydanticToolsParser
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
 from langchain_core.runnables import Runnable, RunnableConfig, RunnableLambda, RunnableMap, RunnablePassthrough
 from langchain_core.runnables.config import run_in_executor
@@ -62,6 +65,9 @@ from langchain_aisp.rewards import Reward, as_reward
 
 PROGRESS_EVENT = "aisp_progress"
 """Name of the custom callback event sent after every AISP/BoN iteration."""
+
+_UNSERIALISABLE = "<not serialisable> "
+"""Prefix of the placeholder ``to_json`` writes for a reward or model that cannot be re-created."""
 
 _LM_CACHE: dict[tuple[Any, ...], Any] = {}
 _LM_CACHE_LOCK = threading.Lock()
@@ -403,11 +409,20 @@ class AISPChatModel(BaseChatModel):
     @field_validator("reward", mode="before")
     @classmethod
     def _import_reward(cls, value: Any) -> Any:
+        if isinstance(value, str) and value.startswith(_UNSERIALISABLE):
+            raise ValueError(f"cannot load this AISPChatModel: {value[len(_UNSERIALISABLE) :]}")
         if isinstance(value, str):
             try:
                 return _import_path(value)
             except (ImportError, AttributeError) as exc:
                 raise ValueError(f"reward path {value!r} does not import: {exc}") from exc
+        return value
+
+    @field_validator("llm", mode="before")
+    @classmethod
+    def _no_marker(cls, value: Any) -> Any:
+        if isinstance(value, str) and value.startswith(_UNSERIALISABLE):
+            raise ValueError(f"cannot load this AISPChatModel: {value[len(_UNSERIALISABLE) :]}")
         return value
 
     @field_validator("stop", mode="before")
@@ -480,7 +495,7 @@ class AISPChatModel(BaseChatModel):
     @property
     def reward_name(self) -> str:
         path, _ = _reward_path(self.reward)
-        return path or getattr(self._reward, "name", type(self._reward).__name__)
+        return path or str(getattr(self._reward, "name", None) or type(self._reward).__name__)
 
     @property
     def model_name(self) -> str:
@@ -533,25 +548,21 @@ class AISPChatModel(BaseChatModel):
         """Serialise the configuration; the reward becomes its ``"module:qualname"`` path.
 
         A reward that cannot be re-imported (lambda, closure, configured instance) and a
-        model passed as loaded objects are written as "not implemented" entries, so
-        ``dumpd`` works (tracing) but ``load`` raises with the reason.
+        model passed as loaded objects are written as ``"<not serialisable> <reason>"``
+        markers, so ``dumpd`` works (tracing, caching) but ``load`` raises a validation
+        error with the reason.
         """
         data = super().to_json()
         kwargs = data.get("kwargs")
         if data.get("type") != "constructor" or not isinstance(kwargs, dict):
             return data
         path, why = _reward_path(self.reward)
-        if path is not None:
-            kwargs["reward"] = path
-        else:
-            kwargs["reward"] = {"lc": 1, "type": "not_implemented", "id": ["langchain_aisp", "reward"], "repr": why}
+        kwargs["reward"] = path if path is not None else _UNSERIALISABLE + why
         if self.llm is not None or self.hf_model is not None:
-            kwargs["llm"] = {
-                "lc": 1,
-                "type": "not_implemented",
-                "id": ["langchain_aisp", "lm", "CausalLM"],
-                "repr": "a model passed as loaded objects cannot be serialised; pass model=<hub id or local path>",
-            }
+            kwargs["llm"] = (
+                _UNSERIALISABLE + "a model passed as loaded objects cannot be serialised; "
+                "pass model=<hub id or local path>"
+            )
         return data
 
     # --- the model -----------------------------------------------------------------------
@@ -966,26 +977,52 @@ class AISPChatModel(BaseChatModel):
         """
         if kwargs:
             raise ValueError(f"Received unsupported arguments {kwargs}")
-        if method == "function_calling":
-            return super().with_structured_output(schema, include_raw=include_raw)
-        if method not in ("json_schema", "json_mode"):
+        if method not in ("function_calling", "json_schema", "json_mode"):
             raise ValueError(f"method must be 'function_calling', 'json_schema' or 'json_mode', got {method!r}")
         json_schema = convert_to_json_schema(schema)
-        llm = self.bind(
-            response_format={"type": method, "schema": json_schema},
-            ls_structured_output_format={"kwargs": {"method": method}, "schema": schema},
-        )
-        parser: Runnable[Any, Any]
-        if isinstance(schema, type) and is_basemodel_subclass(schema):
-            parser = PydanticOutputParser(pydantic_object=schema)
+        is_pydantic = isinstance(schema, type) and is_basemodel_subclass(schema)
+        ls_format = {"kwargs": {"method": method}, "schema": schema}
+        if method == "function_calling":
+            name = convert_to_openai_tool(schema)["function"]["name"]
+            llm = self.bind_tools([schema], tool_choice=name, ls_structured_output_format=ls_format)
+            inner: Runnable[Any, Any] = (
+                PydanticToolsParser(tools=[schema], first_tool_only=True)  # type: ignore[list-item]
+                if is_pydantic
+                else JsonOutputKeyToolsParser(key_name=name, first_tool_only=True)
+            )
+            parser: Runnable[Any, Any] = RunnableLambda(partial(_parse_tool_output, inner, name))
         else:
-            parser = JsonOutputParser()
+            llm = self.bind(
+                response_format={"type": method, "schema": json_schema}, ls_structured_output_format=ls_format
+            )
+            inner = PydanticOutputParser(pydantic_object=schema) if is_pydantic else JsonOutputParser()  # type: ignore[arg-type]
+            parser = RunnableLambda(partial(_parse_json_output, inner, json_schema))
         if not include_raw:
             return llm | parser
         parser_assign = RunnablePassthrough.assign(parsed=_RAW | parser, parsing_error=lambda _: None)
         parser_none = RunnablePassthrough.assign(parsed=lambda _: None)
         parser_with_fallback = parser_assign.with_fallbacks([parser_none], exception_key="parsing_error")
         return RunnableMap(raw=llm) | parser_with_fallback
+
+
+def _parse_tool_output(inner: Runnable[Any, Any], name: str, message: AIMessage) -> Any:
+    """Structured output (function_calling): the first valid call, else an ``OutputParserException``."""
+    if not message.tool_calls:
+        errors = "; ".join(str(c.get("error") or "") for c in message.invalid_tool_calls)
+        raise OutputParserException(
+            f"the reply contains no valid {name} call: {errors or 'no tool call'}", llm_output=message.text
+        )
+    return inner.invoke(message)
+
+
+def _parse_json_output(inner: Runnable[Any, Any], schema: dict[str, Any], message: AIMessage) -> Any:
+    """Structured output (json_schema / json_mode): parse, then check the JSON against the schema."""
+    value = inner.invoke(message)
+    if isinstance(value, dict) and (error := fmtlib.schema_errors(value, schema)) is not None:
+        raise OutputParserException(f"the JSON reply does not match the schema: {error}", llm_output=message.text)
+    if value is None:
+        raise OutputParserException("the reply contains no JSON object", llm_output=message.text)
+    return value
 
 
 _RAW: Runnable[Any, Any] = RunnableLambda(lambda x: x["raw"])

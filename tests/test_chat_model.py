@@ -1,0 +1,501 @@
+"""Unit tests of AISPChatModel on the tiny random Llama (real SmolLM2 tokenizer) and a scripted engine."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+from collections.abc import Sequence
+from typing import Any
+from uuid import UUID
+
+import pytest
+from langchain_core.callbacks import AsyncCallbackHandler, BaseCallbackHandler
+from langchain_core.load import dumpd, dumps, loads
+from langchain_core.messages import AIMessage, HumanMessage, SystemMessage, ToolMessage
+from langchain_core.prompts import ChatPromptTemplate
+from langchain_core.tools import tool
+from pydantic import BaseModel, ValidationError
+from typing_extensions import TypedDict
+
+import langchain_aisp.chat_models as cm
+from langchain_aisp import AISPChatModel
+from langchain_aisp import _chat_format as fmtlib
+from langchain_aisp.aisp import PromptResult, RewardError
+from langchain_aisp.rewards import Reward
+
+
+def length_reward(prompt: str, response: str) -> float:
+    """Prefers longer responses (module level, so the model is serialisable)."""
+    return float(len(response))
+
+
+class ConstantReward(Reward):
+    name = "constant"
+
+    def score(self, conversations: Sequence[Any], responses: Sequence[str]) -> list[float]:
+        return [1.0] * len(responses)
+
+
+@tool
+def add(a: int, b: int) -> int:
+    """Add two integers."""
+    return a + b
+
+
+class City(BaseModel):
+    """A city."""
+
+    name: str
+    population: int
+
+
+class CityDict(TypedDict):
+    """A city."""
+
+    name: str
+    population: int
+
+
+@pytest.fixture
+def llm(tiny_lm):
+    return AISPChatModel(reward=length_reward, llm=tiny_lm, num_samples=2, num_iterations=2, max_tokens=8, seed=0)
+
+
+def scripted_run(replies: list[str], calls: list[dict[str, Any]] | None = None):
+    """A stand-in for ``aisp.run`` that returns fixed replies (scored by the real score function)."""
+
+    def fake_run(lm, prompts, score, params, sampling, *, seed=None, max_batch_size=64, on_iteration=None):
+        if calls is not None:
+            calls.append({"prompts": [list(p) for p in prompts], "sampling": sampling, "params": params, "seed": seed})
+        texts = [replies[i % len(replies)] for i in range(len(prompts))]
+        rewards = list(score(list(range(len(prompts))), texts))
+        return [
+            PromptResult(
+                index=i,
+                text=t,
+                token_ids=list(range(3)),
+                reward=r,
+                finish_reason="stop",
+                best_iteration=0,
+                prompt_tokens=len(prompts[i]),
+                samples=1,
+                generated_tokens=3,
+                rewards=[[r]],
+                texts=[[t]],
+                ess=[1.0],
+                lambdas=[1.0],
+                u_norms=[0.0],
+            )
+            for i, (t, r) in enumerate(zip(texts, rewards, strict=True))
+        ]
+
+    return fake_run
+
+
+# --- rendering ---------------------------------------------------------------------------
+
+
+def test_render_every_message_type_ending_in_tool_message(tiny_lm):
+    fmt = fmtlib.OutputFormat(tools=(cm.convert_to_openai_tool(add)["function"],))
+    messages = [
+        SystemMessage("Be brief."),
+        HumanMessage("What is 1 + 2?"),
+        AIMessage("", tool_calls=[{"name": "add", "args": {"a": 1, "b": 2}, "id": "c1", "type": "tool_call"}]),
+        ToolMessage("3", tool_call_id="c1", name="add"),
+    ]
+    prompt = fmtlib.render(tiny_lm.tokenizer, messages, fmt)
+    text = prompt.text
+    assert not prompt.plain and prompt.prefill == ""
+    assert text.startswith("<|im_start|>system\nBe brief.\n\n# Tools")  # tools appended to the system message
+    assert '"name": "add"' in text and "<tools>" in text
+    assert '<|im_start|>assistant\n<tool_call>\n{"name": "add", "arguments": {"a": 1, "b": 2}}\n</tool_call>' in text
+    assert '<|im_start|>user\n<tool_response>\n{"name": "add", "content": "3"}\n</tool_response><|im_end|>' in text
+    assert text.endswith("<|im_start|>assistant\n")
+
+
+def test_conversation_ending_in_tool_message_generates(llm):
+    msg = llm.invoke(
+        [
+            HumanMessage("What is 1 + 2?"),
+            AIMessage("", tool_calls=[{"name": "add", "args": {"a": 1, "b": 2}, "id": "c1", "type": "tool_call"}]),
+            ToolMessage("3", tool_call_id="c1", status="error"),
+        ]
+    )
+    assert isinstance(msg, AIMessage) and msg.response_metadata["aisp"]["samples"] == 4
+
+
+def test_no_chat_template_uses_plain_fallback(tiny_lm):
+    tokenizer = copy.copy(tiny_lm.tokenizer)
+    tokenizer.chat_template = None
+    lm = dataclasses.replace(tiny_lm, tokenizer=tokenizer)
+    model = AISPChatModel(reward=length_reward, llm=lm, num_samples=2, num_iterations=1, max_tokens=6, seed=0)
+    job = model._job([SystemMessage("Be brief."), HumanMessage("Hi")], None, {})
+    assert job.prompt.plain
+    assert job.prompt.text == "System: Be brief.\nUser: Hi\nAssistant:"
+    assert fmtlib.PLAIN_STOP in job.settings.sampling.stop
+    assert isinstance(model.invoke("Hi").content, str)
+
+
+def test_media_content_is_rejected_not_ignored(llm):
+    with pytest.raises(ValueError, match="text-only"):
+        llm.invoke([HumanMessage([{"type": "image_url", "image_url": {"url": "http://x/y.png"}}])])
+
+
+def test_prompt_too_long_is_a_clear_error(tiny_lm):
+    model = AISPChatModel(reward=length_reward, llm=tiny_lm, num_samples=2, num_iterations=1, max_tokens=8)
+    with pytest.raises(ValueError, match=r"exceed the context window .* \(512 tokens\).*nothing is truncated"):
+        model.invoke("word " * 600)
+
+
+# --- metadata, parameters -------------------------------------------------------------------
+
+
+def test_metadata_and_usage(llm, tiny_lm):
+    msg = llm.invoke("Name a fruit.")
+    aisp = msg.response_metadata["aisp"]
+    assert aisp["samples"] == 4 and aisp["method"] == "aisp"
+    assert len(aisp["rewards"]) == 2 and all(len(r) == 2 for r in aisp["rewards"])
+    assert aisp["reward"] == max(max(r) for r in aisp["rewards"]) == float(len(msg.content))
+    for key in ("ess", "lambdas", "u_norms"):
+        assert len(aisp[key]) == 2
+    assert aisp["best_iteration"] in (0, 1) and aisp["finish_reason"] in ("stop", "length")
+    assert aisp["generated_tokens"] >= msg.usage_metadata["output_tokens"]
+    prompt_ids = llm._job([HumanMessage("Name a fruit.")], None, {}).token_ids
+    usage = msg.usage_metadata
+    assert usage["input_tokens"] == len(prompt_ids)
+    assert 1 <= usage["output_tokens"] <= 8
+    assert usage["total_tokens"] == usage["input_tokens"] + usage["output_tokens"]
+    assert msg.response_metadata["model_name"] == "tiny-llama"
+
+
+def test_seed_max_tokens_and_stop_are_honoured(llm, monkeypatch):
+    a = llm.invoke("Hello")
+    b = llm.invoke("Hello")
+    assert a.content == b.content
+    assert llm.invoke("Hello", max_tokens=3).usage_metadata["output_tokens"] <= 3
+    calls: list[dict[str, Any]] = []
+    monkeypatch.setattr(cm, "run", scripted_run(["ok"], calls))
+    llm.invoke("Hello", stop=["END"], temperature=0.5, top_k=5, seed=7, num_samples=3)
+    sampling, params = calls[0]["sampling"], calls[0]["params"]
+    assert sampling.stop == ("END",) and sampling.temperature == 0.5 and sampling.top_k == 5
+    assert params.num_samples == 3 and calls[0]["seed"] == 7
+    llm.model_copy(update={"stop": ["X"]}).invoke("Hello")
+    assert calls[1]["sampling"].stop == ("X",)
+    AISPChatModel(reward=length_reward, llm=llm.llm, temperature=0).invoke("Hello")
+    assert calls[2]["sampling"].top_k == 1  # temperature 0 = greedy
+
+
+def test_unknown_invoke_kwargs_raise(llm):
+    with pytest.raises(TypeError, match=r"unsupported keyword argument\(s\) \['logprobs'\]"):
+        llm.invoke("Hello", logprobs=True)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"num_samples": 0}, r"num_samples must be an integer in \[1, 4096\], got 0"),
+        ({"num_iterations": 2000}, r"num_iterations must be an integer in \[1, 1024\]"),
+        ({"sigma": -1.0}, r"sigma must be a finite number > 0"),
+        ({"alpha": 1.5}, r"alpha must be a number in \[0.0, 1.0\]"),
+        ({"top_p": 0.0}, r"top_p must be a number in \(0.0, 1.0\]"),
+        ({"temperature": -1.0}, r"temperature must be a finite number >= 0"),
+        ({"lambda_": 0.0}, r"lambda_ must be a finite number > 0"),
+        ({"method": "greedy"}, r"method"),
+        ({"format_weight": -1.0}, r"format_weight must be a finite number >= 0"),
+        ({"timeout": 3}, r"timeout"),
+        ({"reward": 3}, r"reward must be a Reward instance"),
+    ],
+)
+def test_validation_errors_name_field_and_range(tiny_lm, kwargs, message):
+    params = {"reward": length_reward, "llm": tiny_lm, **kwargs}
+    with pytest.raises(ValidationError, match=message):
+        AISPChatModel(**params)
+
+
+def test_identifying_params_differ_between_configs(tiny_lm):
+    a = AISPChatModel(reward=length_reward, llm=tiny_lm)
+    b = AISPChatModel(reward=length_reward, llm=tiny_lm, sigma=0.1)
+    c = AISPChatModel(reward=ConstantReward(), llm=tiny_lm)
+    assert a._identifying_params != b._identifying_params != c._identifying_params
+    for key in (
+        "method",
+        "num_samples",
+        "num_iterations",
+        "sigma",
+        "lambda_",
+        "alpha",
+        "tau",
+        "reward",
+        "model",
+        "max_tokens",
+        "temperature",
+        "top_p",
+        "top_k",
+        "seed",
+    ):
+        assert key in a._identifying_params
+    assert a._get_llm_string() != b._get_llm_string()
+    ls = a._get_ls_params(stop=["x"], model="other")
+    assert ls["ls_model_name"] == "other" and ls["ls_stop"] == ["x"] and ls["ls_provider"] == "aisp"
+
+
+# --- batch, stream, async --------------------------------------------------------------------
+
+
+def test_batch_is_one_batched_aisp_run_equal_to_invokes(llm, monkeypatch):
+    calls: list[int] = []
+    real_run = cm.run
+
+    def spy(lm, prompts, *args, **kwargs):
+        calls.append(len(prompts))
+        return real_run(lm, prompts, *args, **kwargs)
+
+    monkeypatch.setattr(cm, "run", spy)
+    questions = ["Name a fruit.", "Name a color.", "Name a city."]
+    batched = llm.batch(questions)
+    assert calls == [3]
+    singles = [llm.invoke(q) for q in questions]
+    assert [m.content for m in batched] == [m.content for m in singles]
+    assert [m.response_metadata["aisp"]["rewards"] for m in batched] == [
+        m.response_metadata["aisp"]["rewards"] for m in singles
+    ]
+
+
+def test_batch_keeps_langchain_semantics(llm, monkeypatch):
+    calls: list[int] = []
+    real_run = cm.run
+
+    def spy(lm, prompts, *args, **kwargs):
+        calls.append(len(prompts))
+        return real_run(lm, prompts, *args, **kwargs)
+
+    monkeypatch.setattr(cm, "run", spy)
+    ok_and_bad = ["Name a fruit.", [HumanMessage([{"type": "image", "url": "x"}])], "Name a city."]
+    out = llm.batch(ok_and_bad, config={"max_concurrency": 1}, return_exceptions=True)
+    assert isinstance(out[0], AIMessage) and isinstance(out[2], AIMessage)
+    assert isinstance(out[1], ValueError)
+    assert calls == [2]  # the two valid prompts shared one engine call
+    with pytest.raises(ValueError):
+        llm.batch(ok_and_bad)
+
+
+def test_stream_concatenates_to_invoke_with_metadata_last(llm):
+    full = llm.invoke("Name a fruit.")
+    chunks = list(llm.stream("Name a fruit."))
+    assert "".join(c.content for c in chunks) == full.content
+    assert len(chunks) >= 2
+    last = chunks[-1]
+    assert last.chunk_position == "last"
+    assert last.response_metadata["aisp"]["reward"] == full.response_metadata["aisp"]["reward"]
+    assert last.usage_metadata == full.usage_metadata
+    assert all(not c.usage_metadata for c in chunks[:-1])
+
+
+async def test_async_invoke_stream_batch(llm, monkeypatch):
+    expected = llm.invoke("Name a fruit.")
+    assert (await llm.ainvoke("Name a fruit.")).content == expected.content
+    text = "".join([c.content async for c in llm.astream("Name a fruit.")])
+    assert text == expected.content
+    calls: list[int] = []
+    real_run = cm.run
+
+    def spy(lm, prompts, *args, **kwargs):
+        calls.append(len(prompts))
+        return real_run(lm, prompts, *args, **kwargs)
+
+    monkeypatch.setattr(cm, "run", spy)
+    out = await llm.abatch(["Name a fruit.", "Name a color."])
+    assert calls == [2] and out[0].content == expected.content
+
+
+class ProgressHandler(BaseCallbackHandler):
+    def __init__(self) -> None:
+        self.events: list[tuple[str, dict[str, Any], UUID]] = []
+        self.starts = 0
+        self.ends = 0
+
+    def on_chat_model_start(self, *args: Any, **kwargs: Any) -> None:
+        self.starts += 1
+
+    def on_llm_end(self, *args: Any, **kwargs: Any) -> None:
+        self.ends += 1
+
+    def on_custom_event(self, name: str, data: Any, *, run_id: UUID, **kwargs: Any) -> None:
+        self.events.append((name, data, run_id))
+
+
+class AsyncProgressHandler(AsyncCallbackHandler):
+    def __init__(self) -> None:
+        self.events: list[dict[str, Any]] = []
+
+    async def on_custom_event(self, name: str, data: Any, *, run_id: UUID, **kwargs: Any) -> None:
+        self.events.append(data)
+
+
+def test_progress_events_per_iteration(llm):
+    handler = ProgressHandler()
+    msg = llm.invoke("Name a fruit.", config={"callbacks": [handler]})
+    assert [e[0] for e in handler.events] == [cm.PROGRESS_EVENT] * 2
+    data = [e[1] for e in handler.events]
+    assert [d["iteration"] for d in data] == [0, 1] and data[0]["num_iterations"] == 2
+    assert [d["rewards"] for d in data] == msg.response_metadata["aisp"]["rewards"]
+    handler = ProgressHandler()
+    llm.batch(["Name a fruit.", "Name a color."], config={"callbacks": [handler], "max_concurrency": 1})
+    assert handler.starts == 2 and handler.ends == 2
+    assert len(handler.events) == 4 and len({e[2] for e in handler.events}) == 2  # 2 iterations x 2 runs
+
+
+async def test_async_progress_events(llm):
+    handler = AsyncProgressHandler()
+    await llm.ainvoke("Name a fruit.", config={"callbacks": [handler]})
+    assert [d["iteration"] for d in handler.events] == [0, 1]
+
+
+# --- tools and structured output ------------------------------------------------------------------
+
+
+def test_tool_call_parsing_valid_and_invalid(llm, monkeypatch):
+    reply = '1, "b": 2}}\n</tool_call>'
+    monkeypatch.setattr(cm, "run", scripted_run([reply]))
+    msg = llm.bind_tools([add], tool_choice="add").invoke("What is 1 + 2?")
+    assert msg.tool_calls[0]["name"] == "add" and msg.tool_calls[0]["args"] == {"a": 1, "b": 2}
+    assert msg.response_metadata["finish_reason"] == "tool_calls"
+    assert msg.response_metadata["aisp"]["format_validity"] == 1.0
+    assert msg.response_metadata["aisp"]["reward"] == pytest.approx(
+        len(msg.response_metadata["aisp"]["prefill"] + reply) + 10
+    )
+    streamed = None
+    for chunk in llm.bind_tools([add], tool_choice="add").stream("What is 1 + 2?"):
+        streamed = chunk if streamed is None else streamed + chunk
+    assert streamed.tool_calls[0]["args"] == {"a": 1, "b": 2}
+
+    monkeypatch.setattr(cm, "run", scripted_run(['"one"}}</tool_call>']))
+    msg = llm.bind_tools([add], tool_choice="any").invoke("What is 1 + 2?")
+    assert not msg.tool_calls and msg.invalid_tool_calls[0]["name"] == "add"
+    assert "missing required property 'b'" in msg.invalid_tool_calls[0]["error"]
+
+    monkeypatch.setattr(cm, "run", scripted_run(["I would rather chat."]))
+    msg = llm.bind_tools([add]).invoke("Hi")  # optional call: plain text is fine
+    assert msg.content == "I would rather chat." and not msg.tool_calls and not msg.invalid_tool_calls
+    monkeypatch.setattr(cm, "run", scripted_run(['```json\n{"name": "add", "arguments": {"a": 2, "b": 3}}\n```']))
+    assert llm.bind_tools([add]).invoke("Hi").tool_calls[0]["args"] == {"a": 2, "b": 3}
+
+
+def test_tool_choice_forms_and_errors(llm):
+    assert fmtlib.normalize_tool_choice("required", ["add"]) == "any"
+    assert fmtlib.normalize_tool_choice({"type": "function", "function": {"name": "add"}}, ["add"]) == "add"
+    with pytest.raises(ValueError, match="tool_choice must be"):
+        llm.bind_tools([add], tool_choice="mul")
+
+
+def test_format_validity_scores():
+    tools = fmtlib.OutputFormat(tools=(cm.convert_to_openai_tool(add)["function"],), tool_choice="any")
+    good = '<tool_call>\n{"name": "add", "arguments": {"a": 1, "b": 2}}\n</tool_call>'
+    assert fmtlib.format_validity(good, tools) == 1.0
+    assert fmtlib.format_validity('<tool_call>{"name": "add", "arguments": {"a": 1}}', tools) == -0.5
+    assert fmtlib.format_validity("<tool_call>oops", tools) == -1.0
+    assert fmtlib.format_validity("no call", tools) == -1.0
+    optional = dataclasses.replace(tools, tool_choice="auto")
+    assert fmtlib.format_validity("no call", optional) == 0.0
+    js = fmtlib.OutputFormat(json_schema=cm.convert_to_json_schema(City))
+    assert fmtlib.format_validity('{"name": "Oslo", "population": 7}', js) == 1.0
+    assert fmtlib.format_validity('{"name": "Oslo"}', js) == -0.5
+    assert fmtlib.format_validity("Oslo", js) == -1.0
+
+
+def test_format_term_steers_selection(tiny_lm, monkeypatch):
+    """Between a long malformed reply and a short valid call, the valid call wins."""
+    texts = iter([["x" * 20 + " not a call", '1, "b": 2}}</tool_call>']])
+
+    def fake_run(lm, prompts, score, params, sampling, **kwargs):
+        candidates = next(texts)
+        rewards = list(score([0] * len(candidates), candidates))
+        best = max(range(len(candidates)), key=rewards.__getitem__)
+        return [PromptResult(index=0, text=candidates[best], reward=rewards[best], rewards=[rewards], samples=2)]
+
+    monkeypatch.setattr(cm, "run", fake_run)
+    model = AISPChatModel(reward=length_reward, llm=tiny_lm, num_samples=2, num_iterations=1)
+    msg = model.bind_tools([add], tool_choice="add").invoke("1 + 2?")
+    assert (
+        msg.tool_calls
+        and msg.response_metadata["aisp"]["rewards"][0][1] > msg.response_metadata["aisp"]["rewards"][0][0]
+    )
+
+
+@pytest.mark.parametrize("schema", [City, CityDict, City.model_json_schema()])
+@pytest.mark.parametrize("method", ["function_calling", "json_schema"])
+def test_structured_output_valid_and_invalid(llm, monkeypatch, schema, method):
+    valid = '"Oslo", "population": 700000}' + ("}</tool_call>" if method == "function_calling" else "")
+    monkeypatch.setattr(cm, "run", scripted_run([valid]))
+    out = llm.with_structured_output(schema, method=method, include_raw=True).invoke("A city?")
+    assert out["parsing_error"] is None
+    parsed = out["parsed"]
+    assert (parsed.name if isinstance(parsed, City) else parsed["name"]) == "Oslo"
+    assert isinstance(out["raw"], AIMessage)
+    plain = llm.with_structured_output(schema, method=method).invoke("A city?")
+    assert plain == parsed
+
+    monkeypatch.setattr(cm, "run", scripted_run(["7 ... I cannot"]))
+    out = llm.with_structured_output(schema, method=method, include_raw=True).invoke("A city?")
+    assert out["parsed"] is None or isinstance(schema, dict) or method == "json_schema"
+    if schema is City:
+        assert out["parsing_error"] is not None and out["parsed"] is None
+    assert isinstance(out["raw"], AIMessage)
+
+
+def test_structured_output_json_mode_rejects_unknown_kwargs(llm):
+    with pytest.raises(ValueError, match="unsupported arguments"):
+        llm.with_structured_output(City, foo=1)
+    with pytest.raises(ValueError, match="method must be"):
+        llm.with_structured_output(City, method="xml")  # type: ignore[arg-type]
+
+
+def test_structured_output_on_tiny_model_never_crashes(llm):
+    out = llm.with_structured_output(City, include_raw=True).invoke("A city?")
+    assert set(out) == {"raw", "parsed", "parsing_error"}
+    assert (out["parsed"] is None) == (out["parsing_error"] is not None)
+
+
+# --- errors, serialisation, chains ------------------------------------------------------------------
+
+
+def test_reward_error_carries_partial(tiny_lm):
+    calls = {"n": 0}
+
+    def flaky(prompt: str, response: str) -> float:
+        calls["n"] += 1
+        if calls["n"] > 2:
+            raise RuntimeError("judge down")
+        return 1.0
+
+    model = AISPChatModel(reward=flaky, llm=tiny_lm, num_samples=2, num_iterations=2, max_tokens=6, seed=0)
+    with pytest.raises(RewardError, match="judge down") as info:
+        model.invoke("Hello")
+    partial = info.value.partial
+    assert len(partial) == 1 and partial[0] is not None and partial[0].samples == 2
+
+
+def test_serialisation_round_trip_and_clear_error(tiny_lm):
+    model = AISPChatModel(reward=length_reward, num_samples=3, sigma=0.1, seed=4, max_tokens=9)
+    data = dumpd(model)
+    assert data["kwargs"]["reward"] == "test_chat_model:length_reward"
+    back = loads(dumps(model), valid_namespaces=["langchain_aisp"], allowed_objects=[AISPChatModel])
+    assert isinstance(back, AISPChatModel)
+    assert back._identifying_params == model._identifying_params
+    assert AISPChatModel(reward="test_chat_model:ConstantReward").reward_name == "constant"
+
+    lam = AISPChatModel(reward=lambda p, r: 1.0)
+    assert dumpd(lam)["kwargs"]["reward"].startswith("<not serialisable>")  # tracing still works
+    with pytest.raises(ValidationError, match=r"cannot load this AISPChatModel: reward .* lambda, a closure"):
+        loads(dumps(lam), valid_namespaces=["langchain_aisp"], allowed_objects=[AISPChatModel])
+    with_obj = AISPChatModel(reward=length_reward, llm=tiny_lm)
+    with pytest.raises(ValidationError, match="loaded objects cannot be serialised"):
+        loads(dumps(with_obj), valid_namespaces=["langchain_aisp"], allowed_objects=[AISPChatModel])
+
+
+def test_lcel_chain(llm):
+    chain = ChatPromptTemplate.from_messages([("system", "Be brief."), ("human", "{q}")]) | llm
+    msg = chain.invoke({"q": "Name a fruit."})
+    assert msg.response_metadata["aisp"]["samples"] == 4
+    assert json.dumps(msg.response_metadata)  # metadata is JSON-serialisable
