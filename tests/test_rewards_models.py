@@ -23,10 +23,12 @@ def _tiny_llama(tokenizer, num_labels: int):
         num_attention_heads=4,
         num_key_value_heads=2,
         max_position_embeddings=256,
-        num_labels=num_labels,
         pad_token_id=tokenizer.pad_token_id,
-        id2label={0: "bad", 1: "ok", 2: "good"} if num_labels == 3 else None,
     )
+    config.num_labels = num_labels  # also sets id2label to LABEL_0..LABEL_{n-1}
+    if num_labels == 3:
+        config.id2label = {0: "bad", 1: "ok", 2: "good"}
+        config.label2id = {v: k for k, v in config.id2label.items()}
     with torch.random.fork_rng():
         torch.manual_seed(0)
         return LlamaForSequenceClassification(config).eval()

@@ -68,9 +68,10 @@ class HFRewardModel(Reward):
             if tokenizer is None:
                 raise ValueError("HFRewardModel got a loaded model without its tokenizer; pass tokenizer=")
             self.model, self.tokenizer = model, tokenizer
-            if device != "auto" or dtype != "auto":
-                target = resolve_device(device)
-                self.model.to(device=target, dtype=resolve_dtype(dtype, target))
+            if device != "auto":
+                self.model.to(device=resolve_device(device))
+            if dtype != "auto":
+                self.model.to(dtype=resolve_dtype(dtype, next(self.model.parameters()).device))
             default_name = getattr(getattr(model, "config", None), "_name_or_path", None) or type(model).__name__
         self.model.eval()
         self.name = name or f"HFRewardModel({default_name})"
