@@ -1,0 +1,299 @@
+"""``langchain-aisp-bench``: AISP vs Best-of-N on your prompts, reward and model.
+
+Subcommands (``run`` is the default when none is given)::
+
+    langchain-aisp-bench [run] [--prompts FILE] [--reward NAME|module:callable ...] [--budgets 8,16,32]
+                         [--seeds 2] [--splits 8x4,...] [--max-tokens 32] [--model ID|PATH] [--quick]
+                         [--single] [--out bench-results/] [--resume | --overwrite]
+    langchain-aisp-bench throughput [--batch-sizes 8,32] [--tokens 32] [--repeats 3]
+    langchain-aisp-bench prefill [--prompt-tokens 1024] [--samples 8] [--tokens 32]
+    langchain-aisp-bench report --out bench-results/
+
+Everything runs offline on the embedded default model unless ``--model`` names another.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from langchain_aisp import config as engine_config
+
+SUBCOMMANDS = ("run", "throughput", "prefill", "report")
+DEFAULT_OUT = "bench-results"
+DEFAULT_REWARDS = ("sentiment", "nontoxic", "relevance")
+
+# --quick: about 10 minutes on 2 quiet CPU cores (see docs/benchmarks.md)
+QUICK_PROMPTS = 8
+QUICK_BUDGETS = "8,16,32"
+QUICK_SEEDS = 1
+QUICK_MAX_TOKENS = 24
+
+
+def _ints(text: str, name: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"{name} must be comma-separated integers, got {text!r}") from exc
+    if not values or any(v < 1 for v in values):
+        raise argparse.ArgumentTypeError(f"{name} must be comma-separated integers >= 1, got {text!r}")
+    return values
+
+
+def _lambda(text: str) -> float | None:
+    if text.lower() in ("auto", "none", "ess"):
+        return None
+    try:
+        return float(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"--lambda must be a positive number or 'auto', got {text!r}") from exc
+
+
+def _model_args(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("model")
+    group.add_argument("--model", default=None, help="hub id or local path (default: embedded SmolLM2-135M-Instruct)")
+    group.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N (default auto)")
+    group.add_argument("--dtype", default="auto", help="auto, float32, bfloat16, float16 (default auto: fp32 on CPU)")
+    group.add_argument("--trust-remote-code", action="store_true", help="allow custom model code (off by default)")
+    group.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+
+
+def build_parser(command: str) -> argparse.ArgumentParser:
+    prog = "langchain-aisp-bench" + ("" if command == "run" else f" {command}")
+    if command == "run":
+        parser = argparse.ArgumentParser(
+            prog=prog,
+            description="AISP vs Best-of-N (and plain sampling) at equal sample budgets: reward, win rate, "
+            "diversity, coherence, wall-clock, tokens/s, peak memory. Other subcommands: throughput, prefill, report.",
+        )
+        data = parser.add_argument_group("problem")
+        data.add_argument("--prompts", default=None, help="JSONL file of {id, prompt, context?} (default: shipped set)")
+        data.add_argument("--limit-prompts", type=int, default=None, help="use only the first K prompts")
+        data.add_argument(
+            "--reward",
+            action="append",
+            default=None,
+            help="sentiment, nontoxic, relevance, or module:callable / file.py:callable (a Reward or "
+            "fn(prompt, response) -> float); repeat or comma-separate (default: sentiment,nontoxic,relevance)",
+        )
+        budget = parser.add_argument_group("budget")
+        budget.add_argument("--budgets", default=None, help="samples per prompt N, comma-separated (default 8,16,32)")
+        budget.add_argument("--seeds", type=int, default=None, help="number of seeds (default 2)")
+        budget.add_argument("--first-seed", type=int, default=0, help="seeds are first-seed, first-seed+1, ...")
+        budget.add_argument(
+            "--splits",
+            default=None,
+            help="n x k splits overriding the default rule (k = min(4, N/4), n = N/k) for their budget N = n*k, "
+            "e.g. 4x2,8x4; several splits of one N are all run",
+        )
+        budget.add_argument("--max-tokens", type=int, default=None, help="new tokens per response (default 32)")
+        budget.add_argument("--quick", action="store_true", help="~10 min: 8 prompts, budgets 8,16,32, 1 seed, 24 tok")
+        method = parser.add_argument_group("AISP hyperparameters (defaults from langchain_aisp.config)")
+        method.add_argument(
+            "--sigma", type=float, default=engine_config.DEFAULT_SIGMA, help="noise std / pre-logit RMS"
+        )
+        method.add_argument(
+            "--lambda",
+            dest="lambda_",
+            type=_lambda,
+            default=engine_config.DEFAULT_LAMBDA,
+            help="reward temperature, or 'auto' to hold the ESS at --ess-target (default auto)",
+        )
+        method.add_argument("--ess-target", type=float, default=engine_config.DEFAULT_ESS_TARGET)
+        method.add_argument("--alpha", type=float, default=engine_config.DEFAULT_ALPHA)
+        method.add_argument("--tau", type=int, default=engine_config.DEFAULT_TAU)
+        method.add_argument("--temperature", type=float, default=engine_config.DEFAULT_TEMPERATURE)
+        method.add_argument(
+            "--max-batch-size",
+            type=int,
+            default=engine_config.DEFAULT_MAX_BATCH_SIZE,
+            help="rows per decoding batch (b prompts x n samples)",
+        )
+        sections = parser.add_argument_group("sections")
+        sections.add_argument("--single", action="store_true", help="also time each prompt alone (one run per prompt)")
+        sections.add_argument("--single-only", action="store_true", help="only the single-prompt section")
+        sections.add_argument("--single-prompts", type=int, default=None, help="prompts in the single section (4)")
+        sections.add_argument("--no-sample", action="store_true", help="skip the plain-sampling baseline")
+        sections.add_argument("--no-coherence", action="store_true", help="skip the MiniLM coherence metric")
+        output = parser.add_argument_group("output")
+        output.add_argument("--out", default=DEFAULT_OUT, help=f"results folder (default {DEFAULT_OUT}/)")
+        output.add_argument("--resume", action="store_true", help="continue the run in --out, skipping finished cells")
+        output.add_argument("--overwrite", action="store_true", help="replace the results already in --out")
+        output.add_argument("--no-progress", action="store_true", help="no progress bars")
+        _model_args(parser)
+        return parser
+    parser = argparse.ArgumentParser(prog=prog)
+    if command == "throughput":
+        parser.description = "Decoding tokens/s of the AISP decoder vs model.generate on the same batch."
+        parser.add_argument("--batch-sizes", default="8,32")
+        parser.add_argument("--tokens", type=int, default=32, help="new tokens per row (exactly)")
+        parser.add_argument("--repeats", type=int, default=3)
+    elif command == "prefill":
+        parser.description = "BoN-N on a long RAG prompt: our engine (prefill once) vs generate (prefill N times)."
+        parser.add_argument("--prompt-tokens", type=int, default=1024, help="minimum prompt length in tokens")
+        parser.add_argument("--samples", type=int, default=8, help="N")
+        parser.add_argument("--tokens", type=int, default=32, help="new tokens per sample (exactly)")
+        parser.add_argument("--repeats", type=int, default=1)
+    else:
+        parser.description = "Rebuild summary.csv, summary.md and the plots from results.json."
+    parser.add_argument("--out", default=DEFAULT_OUT, help=f"results folder (default {DEFAULT_OUT}/)")
+    if command != "report":
+        _model_args(parser)
+    return parser
+
+
+def _load_lm(args: argparse.Namespace) -> Any:
+    import torch
+
+    from langchain_aisp.lm import load_causal_lm
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    return load_causal_lm(args.model, device=args.device, dtype=args.dtype, trust_remote_code=args.trust_remote_code)
+
+
+def _reward_specs(values: Sequence[str] | None) -> list[str]:
+    specs = [s.strip() for v in (values or DEFAULT_REWARDS) for s in v.split(",") if s.strip()]
+    return list(dict.fromkeys(specs))
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from langchain_aisp.bench.prompts import load_prompts
+    from langchain_aisp.bench.runner import (
+        DEFAULT_BENCH_MAX_TOKENS,
+        DEFAULT_BUDGETS,
+        DEFAULT_SEEDS,
+        DEFAULT_SINGLE_PROMPTS,
+        BenchConfig,
+        Split,
+        run_benchmark,
+    )
+    from langchain_aisp.bench.scorers import TextEmbedder, resolve_rewards
+
+    quick = bool(args.quick)
+    limit = args.limit_prompts if args.limit_prompts is not None else (QUICK_PROMPTS if quick else None)
+    budgets_text = args.budgets or (QUICK_BUDGETS if quick else None)
+    budgets = _ints(budgets_text, "--budgets") if budgets_text else DEFAULT_BUDGETS
+    seeds = args.seeds if args.seeds is not None else (QUICK_SEEDS if quick else DEFAULT_SEEDS)
+    max_tokens = args.max_tokens or (QUICK_MAX_TOKENS if quick else DEFAULT_BENCH_MAX_TOKENS)
+    if seeds < 1:
+        raise ValueError(f"--seeds must be >= 1, got {seeds}")
+    splits = tuple(Split.parse(s) for s in args.splits.split(",") if s.strip()) if args.splits else ()
+    config = BenchConfig(
+        budgets=budgets,
+        seeds=tuple(range(args.first_seed, args.first_seed + seeds)),
+        splits=splits,
+        max_tokens=max_tokens,
+        temperature=args.temperature,
+        sigma=args.sigma,
+        lambda_=args.lambda_,
+        ess_target=args.ess_target,
+        alpha=args.alpha,
+        tau=args.tau,
+        max_batch_size=args.max_batch_size,
+        batched=not args.single_only,
+        single=args.single or args.single_only,
+        single_prompts=args.single_prompts or DEFAULT_SINGLE_PROMPTS,
+        sample=not args.no_sample,
+    )
+    prompts = load_prompts(args.prompts, limit)
+    specs = _reward_specs(args.reward)
+    holder: list[TextEmbedder] = []
+
+    def embedder() -> TextEmbedder:
+        if not holder:
+            holder.append(TextEmbedder())
+        return holder[0]
+
+    rewards = resolve_rewards(specs, embedder)
+    coherence = None if args.no_coherence else embedder()
+    out = Path(args.out)
+    if (out / "results.json").exists() and not (args.resume or args.overwrite):
+        raise FileExistsError(f"{out / 'results.json'} exists: add --resume to continue it or --overwrite to replace")
+    print(
+        f"benchmark: {len(prompts)} prompts, rewards {list(rewards)}, splits {[s.label for s in config.plan()]}, "
+        f"seeds {list(config.seeds)}, max_tokens {config.max_tokens} -> {out}/",
+        file=sys.stderr,
+    )
+    lm = _load_lm(args)
+    results = run_benchmark(
+        lm,
+        prompts,
+        rewards,
+        config,
+        out,
+        resume=args.resume,
+        overwrite=args.overwrite,
+        embedder=coherence,
+        progress=not args.no_progress,
+    )
+    print((out / "summary.md").read_text(encoding="utf-8"))
+    failed = results["meta"].get("failed_cells", 0)
+    if failed:
+        print(f"{failed} cell(s) failed; fix the cause and rerun with --resume", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def cmd_throughput(args: argparse.Namespace) -> int:
+    from langchain_aisp.bench.speed import throughput, throughput_markdown
+
+    lm = _load_lm(args)
+    rows = throughput(lm, _ints(args.batch_sizes, "--batch-sizes"), args.tokens, args.repeats)
+    text = throughput_markdown(rows, lm.name)
+    _save(Path(args.out), "throughput", {"model": lm.name, "rows": rows}, text)
+    print(text)
+    return 0
+
+
+def cmd_prefill(args: argparse.Namespace) -> int:
+    from langchain_aisp.bench.speed import prefill_cost, prefill_markdown
+
+    lm = _load_lm(args)
+    result = prefill_cost(lm, args.prompt_tokens, args.samples, args.tokens, args.repeats)
+    text = prefill_markdown(result, lm.name)
+    _save(Path(args.out), "prefill", {"model": lm.name, **result}, text)
+    print(text)
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from langchain_aisp.bench.report import write_report
+    from langchain_aisp.bench.runner import load_results
+
+    written = write_report(load_results(args.out), args.out)
+    print("\n".join(str(p) for p in written))
+    return 0
+
+
+def _save(out: Path, name: str, data: dict[str, Any], text: str) -> None:
+    from langchain_aisp.bench.runner import _jsonable
+
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{name}.json").write_text(json.dumps(_jsonable(data), indent=1), encoding="utf-8")
+    (out / f"{name}.md").write_text(text, encoding="utf-8")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``langchain-aisp-bench`` and ``python -m langchain_aisp.bench``."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command = argv[0] if argv and argv[0] in SUBCOMMANDS else "run"
+    if argv and argv[0] == command:
+        argv = argv[1:]
+    args = build_parser(command).parse_args(argv)
+    handlers = {"run": cmd_run, "throughput": cmd_throughput, "prefill": cmd_prefill, "report": cmd_report}
+    try:
+        return handlers[command](args)
+    except KeyboardInterrupt:
+        print("interrupted: finished cells are saved; continue with --resume", file=sys.stderr)
+        return 130
+    except (ValueError, FileExistsError, FileNotFoundError, ImportError, argparse.ArgumentTypeError) as exc:
+        print(f"langchain-aisp-bench: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
