@@ -57,7 +57,8 @@ def test_seed_mean_std_is_over_per_seed_means():
 
 
 def test_default_split_rule_and_overrides():
-    assert [default_split(n).label for n in (1, 4, 8, 16, 32, 64, 6)] == ["1x1", "4x1", "4x2", "4x4", "8x4", "16x4", "6x1"]
+    labels = [default_split(n).label for n in (1, 4, 8, 16, 32, 64, 6)]
+    assert labels == ["1x1", "4x1", "4x2", "4x4", "8x4", "16x4", "6x1"]
     assert Split.parse("8x4") == Split(8, 4)
     with pytest.raises(ValueError, match="NxK"):
         Split.parse("8*4")
@@ -73,7 +74,8 @@ def _cell(seed, aisp, bon, sample=None):
             "reward_s": 0.25, "other_s": 1.25 if name == "aisp" else 0.25, "generated_tokens": 40,
             "peak_mem_mib": 10.0, "mem_kind": "rss",
             "prompts": [
-                {"id": f"p{i}", "best_reward": b, "diversity": 1.0, "coherence": 0.5, "rewards": [[b - 1, b - 2], [b, 0]]}
+                {"id": f"p{i}", "best_reward": b, "diversity": 1.0, "coherence": 0.5,
+                 "rewards": [[b - 1, b - 2], [b, 0]]}
                 for i, b in enumerate(best)
             ],
         }  # fmt: skip
@@ -131,7 +133,11 @@ def _config(**overrides):
 def test_end_to_end_writes_every_output(tiny_lm, tmp_path):
     calls: list[str] = []
     results = run_benchmark(
-        tiny_lm, PROMPTS, {"length": _length_reward(calls)}, _config(single=True, single_prompts=1), tmp_path,
+        tiny_lm,
+        PROMPTS,
+        {"length": _length_reward(calls)},
+        _config(single=True, single_prompts=1),
+        tmp_path,
         progress=False,
     )
     assert calls
@@ -278,8 +284,8 @@ def test_cli_runs_with_a_user_reward_and_rebuilds_the_report(tiny_lm, tmp_path, 
     prompts.write_text("\n".join(json.dumps({"id": p.id, "prompt": p.prompt}) for p in PROMPTS))
     monkeypatch.setattr(cli, "_load_lm", lambda args: tiny_lm)
     out = tmp_path / "out"
-    argv = ["--prompts", str(prompts), "--reward", f"{tmp_path / 'rw.py'}:short", "--budgets", "4",
-            "--seeds", "1", "--max-tokens", "3", "--tau", "3", "--no-coherence", "--no-progress", "--out", str(out)]  # fmt: skip
+    argv = ["--prompts", str(prompts), "--reward", f"{tmp_path / 'rw.py'}:short", "--budgets", "4", "--seeds", "1",
+            "--max-tokens", "3", "--tau", "3", "--no-coherence", "--no-progress", "--out", str(out)]  # fmt: skip
     assert cli.main(argv) == 0
     assert set(load_results(out)["cells"]) == {"batched|short|N4|4x1|s0"}
     assert cli.main(argv) == 2  # results exist: refuses without --resume / --overwrite
