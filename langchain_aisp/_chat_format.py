@@ -200,8 +200,13 @@ def _first_key(schema: dict[str, Any] | None) -> str | None:
 
 
 def _object_start(schema: dict[str, Any] | None) -> str:
+    """``{"<first key>": `` (plus the opening quote when that property is a string), or ``{}``."""
     key = _first_key(schema)
-    return "{}" if key is None else "{" + json.dumps(key, ensure_ascii=False) + ": "
+    if key is None:
+        return "{}"
+    prop = ((schema or {}).get("properties") or {}).get(key) or {}
+    quote = '"' if prop.get("type") == "string" else ""
+    return "{" + json.dumps(key, ensure_ascii=False) + ": " + quote
 
 
 def prefill_text(fmt: OutputFormat) -> str:
@@ -385,7 +390,7 @@ def schema_errors(
             if name in props:
                 if (err := schema_errors(item, props[name], root, f"{path}.{name}")) is not None:
                     return err
-            elif schema.get("additionalProperties") is False:
+            elif schema.get("additionalProperties") is False or (props and "additionalProperties" not in schema):
                 return f"{path}: unexpected property {name!r}"
     if isinstance(value, list) and isinstance(schema.get("items"), dict):
         for i, item in enumerate(value):

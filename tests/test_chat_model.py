@@ -25,6 +25,17 @@ from langchain_aisp.aisp import PromptResult, RewardError
 from langchain_aisp.rewards import Reward
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _single_thread():
+    """One torch thread: on a shared 2-core machine, OpenMP's spinning threads make decoding 20x slower."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def length_reward(prompt: str, response: str) -> float:
     """Prefers longer responses (module level, so the model is serialisable)."""
     return float(len(response))
@@ -426,7 +437,7 @@ def test_format_term_steers_selection(tiny_lm, monkeypatch):
 @pytest.mark.parametrize("schema", [City, CityDict, City.model_json_schema()])
 @pytest.mark.parametrize("method", ["function_calling", "json_schema"])
 def test_structured_output_valid_and_invalid(llm, monkeypatch, schema, method):
-    valid = '"Oslo", "population": 700000}' + ("}</tool_call>" if method == "function_calling" else "")
+    valid = 'Oslo", "population": 700000}' + ("}</tool_call>" if method == "function_calling" else "")
     monkeypatch.setattr(cm, "run", scripted_run([valid]))
     out = llm.with_structured_output(schema, method=method, include_raw=True).invoke("A city?")
     assert out["parsing_error"] is None

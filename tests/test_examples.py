@@ -1,0 +1,54 @@
+"""Each example runs offline on the default model (smallest budget) and prints its answer and reward."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+
+
+def run_example(name: str) -> str:
+    env = {**os.environ, "AISP_EXAMPLE_FAST": "1", "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.run(
+        [sys.executable, str(EXAMPLES / name)], capture_output=True, text=True, timeout=300, env=env, check=False
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc.stdout
+
+
+def _reward(output: str, label: str = "reward") -> float:
+    match = re.search(rf"^{label}: (-?[0-9.e+-]+)$", output, re.MULTILINE)
+    assert match, output
+    return float(match.group(1))
+
+
+@pytest.mark.model
+def test_chain_example():
+    out = run_example("chain.py")
+    assert re.search(r"^answer: \S", out, re.MULTILINE), out
+    _reward(out)
+    assert "samples: 2" in out
+
+
+@pytest.mark.model
+def test_rag_example():
+    out = run_example("rag.py")
+    assert "retrieved: ['eiffel'" in out
+    assert re.search(r"^answer: \S", out, re.MULTILINE), out
+    _reward(out)
+
+
+@pytest.mark.model
+def test_agent_tool_example():
+    out = run_example("agent_tool.py")
+    assert re.search(r"^tool backend answer: \S", out, re.MULTILINE), out
+    _reward(out, "tool backend reward")
+    assert "agent tool calls:" in out
+    # either the agent's call was valid (tool ran, final answer) or the invalid call is reported
+    assert ("tool result:" in out and "final answer:" in out) or "agent invalid tool calls:" in out, out

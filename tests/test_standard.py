@@ -1,0 +1,133 @@
+"""LangChain's standard chat-model suites, run against the embedded default model with a small budget.
+
+Every xfail below carries the reason it fails and names the unit test in
+``tests/test_chat_model.py`` that proves the same code path with a scripted engine.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from langchain_core.language_models import BaseChatModel
+from langchain_tests.integration_tests import ChatModelIntegrationTests
+from langchain_tests.unit_tests import ChatModelUnitTests
+
+from langchain_aisp import AISPChatModel
+
+
+def wordy_reward(prompt: str, response: str) -> float:
+    """Prefers non-empty answers of up to 20 words (module level: importable, so serialisable)."""
+    return min(len(response.split()), 20) / 20.0
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _single_thread():
+    """One torch thread: on a shared 2-core machine, OpenMP's spinning threads make decoding 20x slower."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+PARAMS: dict[str, Any] = {
+    "reward": wordy_reward,
+    "model": None,
+    "num_samples": 2,
+    "num_iterations": 1,
+    "max_tokens": 32,
+    "seed": 0,
+}
+
+NOT_APPLICABLE = ("timeout", "max_retries", "api_key")
+"""Standard params of hosted APIs; a local model has no network, retries or key, and rejects them (extra='forbid')."""
+
+
+class TestAISPChatModelUnit(ChatModelUnitTests):
+    @property
+    def chat_model_class(self) -> type[BaseChatModel]:
+        return AISPChatModel
+
+    @property
+    def chat_model_params(self) -> dict[str, Any]:
+        # the suite passes max_tokens itself in test_standard_params
+        return {k: v for k, v in PARAMS.items() if k != "max_tokens"}
+
+    @property
+    def standard_chat_model_params(self) -> dict[str, Any]:
+        params = super().standard_chat_model_params
+        return {k: v for k, v in params.items() if k not in NOT_APPLICABLE}
+
+    @property
+    def has_tool_calling(self) -> bool:
+        return True
+
+    @property
+    def has_tool_choice(self) -> bool:
+        return True
+
+    @property
+    def has_structured_output(self) -> bool:
+        return True
+
+    @property
+    def supports_json_mode(self) -> bool:
+        return True
+
+    @property
+    def returns_usage_metadata(self) -> bool:
+        return True
+
+    @pytest.mark.xfail(
+        reason="langchain-core's load(allowed_objects='all') admits only classes listed in langchain-core's own "
+        "mapping, so no third-party class can load there; the snapshot part passes, and the round trip with "
+        "allowed_objects=[AISPChatModel] is tested in test_chat_model.py (serialisation test)",
+        raises=ValueError,
+        strict=True,
+    )
+    def test_serdes(self, model: BaseChatModel, snapshot: Any) -> None:
+        super().test_serdes(model, snapshot)
+
+
+@pytest.mark.model
+class TestAISPChatModelIntegration(ChatModelIntegrationTests):
+    @property
+    def chat_model_class(self) -> type[BaseChatModel]:
+        return AISPChatModel
+
+    @property
+    def chat_model_params(self) -> dict[str, Any]:
+        return dict(PARAMS)
+
+    @property
+    def has_tool_calling(self) -> bool:
+        return True
+
+    @property
+    def has_tool_choice(self) -> bool:
+        return True
+
+    @property
+    def has_structured_output(self) -> bool:
+        return True
+
+    @property
+    def supports_json_mode(self) -> bool:
+        return True
+
+    @property
+    def returns_usage_metadata(self) -> bool:
+        return True
+
+    @property
+    def supports_model_override(self) -> bool:
+        return True
+
+    @property
+    def model_override_value(self) -> str:
+        """The default model's converted folder, loaded by path: a second, real model id."""
+        from langchain_aisp.default_model import default_model_dir
+
+        return str(default_model_dir())
