@@ -138,6 +138,26 @@ def update_mean(U: torch.Tensor, V: torch.Tensor, weights: torch.Tensor, reached
 # --- the loop ----------------------------------------------------------------------
 
 
+def token_direction(
+    head_weight: torch.Tensor, token_ids: Sequence[Sequence[int]], weights: torch.Tensor, tau: int
+) -> torch.Tensor:
+    """``sum_i (w_i - 1/n) mean_{t<tau} W[y_i,t]``, scaled to unit RMS per coordinate (zeros if flat).
+
+    head_weight (V, d), weights (n,) -> (d,). The pre-logit direction that raises the logits of
+    the tokens the better-weighted responses used, relative to the average response.
+    """
+    n, d = len(token_ids), head_weight.shape[1]
+    means = torch.zeros(n, d, device=head_weight.device)  # (n, d)
+    for i, ids in enumerate(token_ids):
+        if ids[:tau]:
+            rows = torch.tensor(ids[:tau], device=head_weight.device)  # (t,)
+            means[i] = head_weight.index_select(0, rows).float().mean(dim=0)  # (d,)
+    advantage = weights.to(means) - 1.0 / n  # (n,)
+    direction = advantage @ means  # (d,)
+    rms = direction.pow(2).mean().sqrt()
+    return direction / rms if rms > 0 else direction  # (d,)
+
+
 def _generator(seed: int | None, device: torch.device) -> torch.Generator:
     generator = torch.Generator(device=device)
     if seed is None:
@@ -209,8 +229,9 @@ def _score_name(score: ScoreFn) -> str:
 @dataclass
 class _PromptState:
     result: PromptResult
-    U: torch.Tensor  # (tau, d)
+    U: torch.Tensor  # (steps, d)
     generator: torch.Generator
+    elite_uniforms: torch.Tensor | None = None  # (T,) token-sampling noise of the best response so far
 
 
 def run(
@@ -241,6 +262,10 @@ def run(
     tau = min(params.tau, sampling.max_tokens)
     d = lm.hidden_size
     device = lm.device
+    # Which control vector drives each perturbed position: its own (position) or the one shared vector.
+    control_index = torch.arange(tau) if params.control == "position" else torch.zeros(tau, dtype=torch.long)  # (tau,)
+    steps = int(control_index.max()) + 1  # control vectors per sample
+    elite_rows = round(params.elite_fraction * n) if steer else 0  # rows reusing the elite's noise
     name = _score_name(score)
     prompts_per_batch = max(1, max_batch_size // n)
     results: list[PromptResult | None] = [None] * len(prompts)
@@ -252,7 +277,7 @@ def run(
         states = [
             _PromptState(
                 PromptResult(index=j, prompt_tokens=len(prompts[j])),
-                torch.zeros(tau, d, device=device),  # (tau, d)
+                torch.zeros(steps, d, device=device),  # (steps, d)
                 _generator(seed, device),
             )
             for j in chunk
@@ -260,29 +285,41 @@ def run(
         row_prompt = torch.arange(len(chunk), device=device).repeat_interleave(n)  # (b * n,)
         for iteration in range(k):
             eps = torch.stack(
-                [torch.randn(n, tau, d, generator=s.generator, device=device) for s in states]
-            )  # (b, n, tau, d)
+                [torch.randn(n, steps, d, generator=s.generator, device=device) for s in states]
+            )  # (b, n, steps, d)
             uniforms = torch.stack(
                 [torch.rand(n, sampling.max_tokens, generator=s.generator, device=device) for s in states]
             )  # (b, n, T)
-            U = torch.stack([s.U for s in states])  # (b, tau, d)
-            V = U[:, None] + sigma * eps  # (b, n, tau, d)
-            V_rows = torch.cat([V.reshape(-1, tau, d), V.new_zeros(len(chunk) * n, 1, d)], dim=1)  # (b*n, tau+1, d)
+            if elite_rows and iteration > 0:
+                elite = torch.stack([s.elite_uniforms for s in states if s.elite_uniforms is not None])  # (b, T)
+                uniforms[:, :elite_rows] = elite[:, None]  # (b, n, T)
+            U = torch.stack([s.U for s in states])  # (b, steps, d)
+            V = U[:, None] + sigma * eps  # (b, n, steps, d)
+            V_pos = V[:, :, control_index.to(device)].reshape(-1, tau, d)  # (b*n, tau, d)
+            V_rows = torch.cat([V_pos, V.new_zeros(len(chunk) * n, 1, d)], dim=1)  # (b*n, tau+1, d)
             out = _decode_rows(
                 decoder, prefixes, row_prompt, V_rows, uniforms.reshape(-1, sampling.max_tokens), max_batch_size
             )
             rewards = _score_rows(score, name, chunk, n, out.texts, seen, results, states)
-            reached = (torch.arange(tau)[None, :] < out.lengths[:, None]).reshape(len(chunk), n, tau)  # (b, n, tau)
+            reached_pos = (torch.arange(tau)[None, :] < out.lengths[:, None]).float()  # (b*n, tau)
+            reached = torch.zeros(len(chunk) * n, steps).index_add_(1, control_index, reached_pos) > 0  # (b*n, steps)
+            reached = reached.reshape(len(chunk), n, steps)  # (b, n, steps)
             for b_idx, state in enumerate(states):
                 rows = slice(b_idx * n, (b_idx + 1) * n)
                 r = torch.tensor(rewards[rows], dtype=torch.float64)  # (n,)
-                _record(state.result, iteration, out, rows, r)
+                improved = _record(state.result, iteration, out, rows, r)
+                if improved >= 0:
+                    state.elite_uniforms = uniforms[b_idx, improved].clone()  # (T,)
                 if steer:
-                    mask = reached[b_idx].to(device)  # (n, tau)
+                    mask = reached[b_idx].to(device)  # (n, steps)
                     inner = control_inner(state.U, V[b_idx], mask).cpu()  # (n,)
                     lam = params.lambda_ or lambda_for_ess(r, inner, params.alpha, sigma, params.ess_target * n)
                     weights = importance_weights(r, inner, lam, params.alpha, sigma)  # (n,)
-                    state.U = update_mean(state.U, V[b_idx].float(), weights.to(device), mask)  # (tau, d)
+                    state.U = update_mean(state.U, V[b_idx].float(), weights.to(device), mask)  # (steps, d)
+                    if params.token_step > 0:
+                        ids = out.token_ids[rows]
+                        drift = token_direction(lm.head_weight, ids, weights, tau)  # (d,)
+                        state.U = state.U + params.token_step * sigma * drift  # (steps, d)
                 else:
                     lam, weights = 0.0, torch.full((n,), 1.0 / n)
                 state.result.lambdas.append(lam)
@@ -333,7 +370,8 @@ def _score_rows(
     return [seen[key] for key in keys]
 
 
-def _record(result: PromptResult, iteration: int, out: DecodeOutput, rows: slice, rewards: torch.Tensor) -> None:
+def _record(result: PromptResult, iteration: int, out: DecodeOutput, rows: slice, rewards: torch.Tensor) -> int:
+    """Append one iteration to ``result``; return the row (within ``rows``) of a new best, else -1."""
     texts = out.texts[rows]
     values = rewards.tolist()
     result.rewards.append(values)
@@ -347,3 +385,5 @@ def _record(result: PromptResult, iteration: int, out: DecodeOutput, rows: slice
         result.token_ids = out.token_ids[rows][best]
         result.finish_reason = out.finish_reasons[rows][best]
         result.best_iteration = iteration
+        return best
+    return -1

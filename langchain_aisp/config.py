@@ -12,6 +12,8 @@ from typing import Literal
 
 Method = Literal["aisp", "bon", "sample"]
 METHODS: tuple[str, ...] = ("aisp", "bon", "sample")
+Control = Literal["position", "shared"]
+CONTROLS: tuple[str, ...] = ("position", "shared")
 
 # --- Defaults (the benchmark in docs/benchmarks.md is what justifies them) ---
 DEFAULT_METHOD: Method = "aisp"
@@ -24,6 +26,9 @@ DEFAULT_LAMBDA: float | None = None
 DEFAULT_ESS_TARGET = 0.5
 DEFAULT_ALPHA = 0.999
 DEFAULT_TAU = 32
+DEFAULT_CONTROL: Control = "position"
+DEFAULT_ELITE_FRACTION = 0.0
+DEFAULT_TOKEN_STEP = 0.0
 DEFAULT_MAX_TOKENS = 128
 DEFAULT_TEMPERATURE = 1.0
 DEFAULT_TOP_P = 1.0
@@ -103,6 +108,15 @@ class AISPParams:
     """MPPI coefficient on the control-cost term: weight uses (1 - alpha) / sigma^2."""
     tau: int = DEFAULT_TAU
     """Number of leading generated tokens that are perturbed."""
+    control: Control = DEFAULT_CONTROL
+    """``"position"``: one control vector per position t < tau (the paper's U, shape (tau, d));
+    ``"shared"``: one vector added at every position t < tau (U of shape (1, d))."""
+    elite_fraction: float = DEFAULT_ELITE_FRACTION
+    """Share of the samples of iterations 2..k that reuse the token-sampling noise of the best
+    response so far (a local search around it through V alone); 0 draws fresh noise for all."""
+    token_step: float = DEFAULT_TOKEN_STEP
+    """Size, in units of sigma, of an extra drift of U along the reward-weighted mean embedding
+    (LM-head rows) of the sampled tokens: sum_i (w_i - 1/n) mean_t W[y_i,t]. 0 is the paper's update."""
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -115,6 +129,10 @@ class AISPParams:
         _check_range("ess_target", self.ess_target, 0.0, 1.0, low_open=True, high_open=False)
         _check_range("alpha", self.alpha, 0.0, 1.0, low_open=False, high_open=False)
         _check_int("tau", self.tau, 1, MAX_TAU)
+        _check_range("token_step", self.token_step, 0.0, 1e3, low_open=False, high_open=False)
+        _check_range("elite_fraction", self.elite_fraction, 0.0, 1.0, low_open=False, high_open=False)
+        if self.control not in CONTROLS:
+            raise ValueError(f"control must be one of {list(CONTROLS)}, got {self.control!r}")
 
     @property
     def budget(self) -> int:

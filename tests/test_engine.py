@@ -270,3 +270,43 @@ def test_max_batch_size_splits_rows_without_changing_results(default_lm, encode)
     whole = run(default_lm, prompt, _length_score, params, sampling, seed=4, max_batch_size=4)[0]
     split = run(default_lm, prompt, _length_score, params, sampling, seed=4, max_batch_size=1)[0]
     assert whole.texts == split.texts
+
+
+def test_shared_control_steers_too(tiny_lm, encode):
+    lm = _peaked(tiny_lm)
+
+    def score(indices, texts):
+        return [float(t.count(" banana")) for t in texts]
+
+    params = AISPParams(num_samples=16, num_iterations=5, sigma=1.5, tau=8, ess_target=0.25, control="shared")
+    result = run(lm, [encode("Fruit?")], score, params, SamplingParams(max_tokens=8), seed=0)[0]
+    means = [sum(r) / len(r) for r in result.rewards]
+    assert means[-1] > means[0] + 0.5
+
+
+def test_elite_fraction_reuses_the_best_sample_noise(tiny_lm, encode):
+    # With a negligible sigma, reusing the best response's token-sampling noise reproduces it exactly.
+    params = AISPParams(num_samples=4, num_iterations=2, sigma=1e-6, elite_fraction=1.0)
+    result = run(tiny_lm, [encode("Hi")], _length_score, params, SamplingParams(max_tokens=6), seed=3)[0]
+    best_first = result.texts[0][max(range(4), key=result.rewards[0].__getitem__)]
+    assert result.texts[1] == [best_first] * 4
+    fresh = run(
+        tiny_lm,
+        [encode("Hi")],
+        _length_score,
+        dataclasses.replace(params, elite_fraction=0.0),
+        SamplingParams(max_tokens=6),
+        seed=3,
+    )[0]
+    assert fresh.texts[0] == result.texts[0] and fresh.texts[1] != result.texts[1]
+
+
+def test_token_step_moves_u_beyond_the_importance_sampling_update(tiny_lm, encode):
+    params = AISPParams(num_samples=4, num_iterations=2, sigma=0.05)
+    sampling = SamplingParams(max_tokens=6)
+    plain = run(tiny_lm, [encode("Hi")], _length_score, params, sampling, seed=1)[0]
+    drift = run(tiny_lm, [encode("Hi")], _length_score, dataclasses.replace(params, token_step=50.0), sampling, seed=1)[
+        0
+    ]
+    assert plain.texts[0] == drift.texts[0]  # the first iteration is unaffected
+    assert drift.u_norms[0] > plain.u_norms[0] * 2

@@ -170,3 +170,29 @@ def test_budget_counts_responses_per_prompt():
     assert AISPParams(num_samples=8, num_iterations=4).budget == 32
     assert AISPParams(method="bon", num_samples=8, num_iterations=4).budget == 32
     assert AISPParams(method="sample").budget == 1
+
+
+def test_token_direction_points_to_the_tokens_of_better_weighted_samples():
+    from langchain_aisp.aisp import token_direction
+
+    W = torch.eye(4)  # (V=4, d=4): token j's head row is axis j
+    weights = torch.tensor([0.7, 0.1, 0.1, 0.1])
+    direction = token_direction(W, [[0, 0], [1, 2], [3], [2]], weights, tau=8)
+    assert int(direction.argmax()) == 0  # sample 0 used token 0 only and has the largest weight
+    assert direction.pow(2).mean().sqrt() == pytest.approx(1.0)
+    # tau limits the tokens considered; uniform weights give no direction at all.
+    assert torch.equal(token_direction(W, [[0, 1], [1, 0]], torch.full((2,), 0.5), tau=1), torch.zeros(4))
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "fragment"),
+    [
+        ({"control": "diagonal"}, "control must be one of ['position', 'shared'], got 'diagonal'"),
+        ({"elite_fraction": 1.5}, "elite_fraction must be a number in [0.0, 1.0], got 1.5"),
+        ({"token_step": -1.0}, "token_step must be a number in [0.0, 1000.0], got -1.0"),
+    ],
+)
+def test_method_options_are_validated(kwargs, fragment):
+    with pytest.raises(ValueError) as info:
+        AISPParams(**kwargs)
+    assert fragment in str(info.value)

@@ -1,0 +1,57 @@
+"""The main job: one aligned answer from the embedded default model, beside a plain sample.
+
+    langchain-aisp-demo "How do I keep basil alive on a windowsill?"
+
+The reward is the built-in relevance reward (cosine similarity between the question
+and the answer under all-MiniLM-L6-v2, offline). It prints the plain sample's
+reward next to the AISP answer's reward and the cost of each.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+DEFAULT_QUESTION = "How do I keep basil alive on a kitchen windowsill?"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="langchain-aisp-demo", description=__doc__.splitlines()[0])
+    parser.add_argument("question", nargs="?", default=DEFAULT_QUESTION)
+    parser.add_argument("--method", default="aisp", choices=["aisp", "bon"])
+    parser.add_argument("--num-samples", type=int, default=8)
+    parser.add_argument("--num-iterations", type=int, default=4)
+    parser.add_argument("--max-tokens", type=int, default=64)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+
+    from langchain_aisp import AISPChatModel
+    from langchain_aisp.rewards import EmbeddingSimilarityReward
+
+    reward = EmbeddingSimilarityReward(target="prompt")
+    common = {"reward": reward, "max_tokens": args.max_tokens, "seed": args.seed}
+    plain_model = AISPChatModel(method="sample", **common)
+    aligned_model = AISPChatModel(
+        method=args.method, num_samples=args.num_samples, num_iterations=args.num_iterations, **common
+    )
+
+    start = time.perf_counter()
+    plain = plain_model.invoke(args.question)
+    plain_time = time.perf_counter() - start
+    start = time.perf_counter()
+    aligned = aligned_model.invoke(args.question)
+    aligned_time = time.perf_counter() - start
+
+    p_meta, a_meta = plain.response_metadata["aisp"], aligned.response_metadata["aisp"]
+    print(f"Question: {args.question}\n")
+    print(f"Plain sample (reward {p_meta['reward']:.3f}, {plain_time:.1f} s):\n{plain.content}\n")
+    print(
+        f"{args.method.upper()} answer (reward {a_meta['reward']:.3f}, {a_meta['samples']} samples, "
+        f"{aligned_time:.1f} s):\n{aligned.content}\n"
+    )
+    print("Best reward per iteration:", [round(max(r), 3) for r in a_meta["rewards"]])
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
