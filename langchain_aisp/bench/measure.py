@@ -7,8 +7,11 @@ wraps the score function passed to ``aisp.run``.
 
 from __future__ import annotations
 
+import ctypes
 import dataclasses
+import gc
 import os
+import sys
 import threading
 import time
 from collections.abc import Sequence
@@ -74,6 +77,20 @@ class TimedScore:
             self.responses += len(responses)
 
 
+def release_free_memory() -> None:
+    """Collect garbage and ask glibc to return freed heap pages to the OS (best effort).
+
+    Without it, memory freed by the previous method stays in the process and the next
+    method's RSS barely grows: whichever runs second would look cheaper.
+    """
+    gc.collect()
+    if sys.platform.startswith("linux"):
+        try:
+            ctypes.CDLL("libc.so.6").malloc_trim(0)
+        except (OSError, AttributeError):
+            pass
+
+
 def _rss_bytes() -> int:
     try:
         import psutil
@@ -89,7 +106,8 @@ class PeakMemory:
 
     On CUDA: ``torch.cuda.max_memory_allocated`` after a reset (tensor memory only).
     On CPU: the process RSS sampled by a background thread every ``interval`` seconds
-    (a short spike between two samples can be missed; 10 ms is far below one decoding step).
+    (a short spike between two samples can be missed; 10 ms is far below one decoding step),
+    after :func:`release_free_memory` so the baseline does not hide reused free heap.
     ``peak_mib`` holds the result after the block; ``kind`` says which of the two it is.
     """
 
@@ -113,6 +131,7 @@ class PeakMemory:
             torch.cuda.reset_peak_memory_stats(self.device)
             self._baseline = torch.cuda.memory_allocated(self.device)
         else:
+            release_free_memory()
             self._baseline = self._peak = _rss_bytes()
             self._stop.clear()
             self._thread = threading.Thread(target=self._sample, name="bench-rss-sampler", daemon=True)

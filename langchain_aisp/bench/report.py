@@ -269,10 +269,12 @@ def write_plots(results: dict[str, Any], out_dir: Path) -> list[Path]:
         for ax, reward in zip(axes[0], rewards, strict=True):
             keys = [k for k in groups if k[0] == mode and k[1] == reward]
             colors = plt.get_cmap("viridis")([i / max(1, len(keys) - 1) * 0.85 for i in range(len(keys))])
+            xs_seen: list[int] = []
             for color, key in zip(colors, keys, strict=True):
                 cells = groups[key]
                 for method, style in (("aisp", "-o"), ("bon", "--s")):
                     x, y = curves(cells, method, kind)
+                    xs_seen += x
                     if x:
                         label = f"{'AISP' if method == 'aisp' else 'BoN'} {key[3]}"
                         ax.plot(x, y, style, color=color, label=label, markersize=4, linewidth=1.4)
@@ -285,6 +287,10 @@ def write_plots(results: dict[str, Any], out_dir: Path) -> list[Path]:
             ]
             if sample:
                 ax.axhline(metrics.mean(sample), color="gray", linestyle=":", label="plain sample")
+            if xs_seen and max(xs_seen) >= 4 * min(xs_seen):
+                ax.set_xscale("log", base=2)
+                ticks = sorted(set(xs_seen))
+                ax.set_xticks(ticks, [str(t) for t in ticks])
             ax.set_title(f"{reward} ({mode})")
             ax.set_xlabel("samples used per prompt")
             ax.set_ylabel("best reward so far" if kind == "best" else "mean reward within the iteration")

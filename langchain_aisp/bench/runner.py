@@ -487,7 +487,10 @@ def _check_resumable(saved: dict[str, Any], fresh: dict[str, Any], path: Path) -
 def _progress(total: int, desc: str, enabled: bool, leave: bool = True, position: int = 0) -> Any:
     if not enabled:
         return None
-    from tqdm.auto import tqdm
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:  # progress bars are optional (the bench extra installs tqdm)
+        return None
 
     return tqdm(total=total, desc=desc, leave=leave, position=position, file=sys.stderr, dynamic_ncols=True)
 
@@ -559,7 +562,7 @@ def run_benchmark(
     if len(todo) < len(cells):
         say(f"resuming: {len(cells) - len(todo)} of {len(cells)} cells already done")
     if todo and config.warmup:
-        _warm_up(lm, prompt_ids[0], rewards, prompts[0], embedder)
+        _warm_up(lm, prompt_ids, rewards, prompts[0], embedder, config)
     outer = _progress(len(todo), "cells", progress and bool(todo))
     failures = 0
     try:
@@ -619,20 +622,23 @@ def _iteration_events(cell: Cell, prompts: int, config: BenchConfig) -> int:
 
 def _warm_up(
     lm: CausalLM,
-    ids: Sequence[int],
+    prompt_ids: Sequence[Sequence[int]],
     rewards: Mapping[str, Reward],
     prompt: BenchPrompt,
     embedder: TextEmbedder | None,
+    config: BenchConfig,
 ) -> None:
-    """Load lazily imported reward backends and run a tiny decode, so no timed method pays for them."""
+    """Untimed: load lazily imported reward backends and decode one full batch of the first cell's shape.
+
+    The first calls at a new batch shape are much slower on CPU (kernel set-up); without this
+    the first timed method of the run would pay for it.
+    """
+    n = config.plan()[0].n
+    rows = prompt_ids[: max(1, config.max_batch_size // n)]
     run(
-        lm,
-        [ids],
-        lambda _i, texts: [0.0] * len(texts),
-        AISPParams(method="bon", num_samples=2, num_iterations=1),
-        SamplingParams(max_tokens=4),
-        seed=0,
-    )
+        lm, rows, lambda _i, texts: [0.0] * len(texts), AISPParams(method="bon", num_samples=n, num_iterations=1),
+        SamplingParams(max_tokens=min(8, config.max_tokens)), seed=0, max_batch_size=config.max_batch_size,
+    )  # fmt: skip
     for reward in rewards.values():
         reward.score([prompt.conversation()], ["Thank you, that is a good question."])
     if embedder is not None:

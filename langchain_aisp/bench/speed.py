@@ -90,34 +90,42 @@ def throughput(
     repeats: int = 3,
     prompt: str = THROUGHPUT_PROMPT,
 ) -> list[dict[str, Any]]:
-    """Median tokens/s of our decoder and of ``generate`` per batch size (after one warm-up call each)."""
+    """Median tokens/s of our decoder and of ``generate`` per batch size.
+
+    Each batch size gets one untimed warm-up call of both, then ``repeats`` timed calls
+    that alternate between the two (so drifting machine load hits both alike).
+    """
     ids = render(lm, prompt)
     forced = _no_eos(lm)
     rows: list[dict[str, Any]] = []
     for batch in batch_sizes:
+
+        def call(name: str, seed: int, batch: int = batch) -> tuple[float, int]:
+            if name == "ours":
+                return _ours(forced, ids, batch, tokens, seed)
+            return _generate(lm, ids, batch, tokens, repeat_input=True)
+
         entry: dict[str, Any] = {"batch": batch, "tokens": tokens, "prompt_tokens": len(ids), "repeats": repeats}
-        for name in ("ours", "generate"):
-
-            def call(seed: int, name: str = name, batch: int = batch) -> tuple[float, int]:
-                if name == "ours":
-                    return _ours(forced, ids, batch, tokens, seed)
-                return _generate(lm, ids, batch, tokens, repeat_input=True)
-
-            call(12345)  # warm-up
-            times, counts = [], []
-            with PeakMemory(lm.device) as memory:
-                for r in range(repeats):
-                    seconds, count = call(r)
-                    times.append(seconds)
-                    counts.append(count)
-            median = statistics.median(times)
+        times: dict[str, list[float]] = {"ours": [], "generate": []}
+        counts: dict[str, int] = {}
+        peaks: dict[str, float] = {"ours": 0.0, "generate": 0.0}
+        for name in times:
+            call(name, 12345)  # warm-up
+        for r in range(repeats):
+            for name in times:
+                with PeakMemory(lm.device) as memory:
+                    seconds, counts[name] = call(name, r)
+                times[name].append(seconds)
+                peaks[name] = max(peaks[name], memory.peak_mib)
+        for name, values in times.items():
+            median = statistics.median(values)
             entry[name] = {
-                "seconds": times,
+                "seconds": values,
                 "median_s": median,
-                "generated_tokens": counts[0],
-                "tokens_per_s": counts[0] / median if median > 0 else float("nan"),
+                "generated_tokens": counts[name],
+                "tokens_per_s": counts[name] / median if median > 0 else float("nan"),
                 "ms_per_step": 1000 * median / tokens,
-                "peak_mem_mib": memory.peak_mib,
+                "peak_mem_mib": peaks[name],
             }
         entry["speedup"] = entry["ours"]["tokens_per_s"] / entry["generate"]["tokens_per_s"]
         rows.append(entry)
@@ -145,7 +153,9 @@ def prefill_cost(
         _sync(lm)
         return time.perf_counter() - start
 
-    prefill_only()  # warm-up
+    prefill_only()  # warm-ups: the long prompt's shapes, both paths, 2 new tokens, untimed
+    run(forced, [ids], lambda _i, texts: [0.0] * len(texts), params, SamplingParams(max_tokens=2), seed=0)
+    _generate(lm, ids, 1, 2, repeat_input=False)
     result: dict[str, Any] = {"prompt_tokens": len(ids), "samples": samples, "tokens": tokens, "repeats": repeats}
     result["prefill_once_s"] = statistics.median(prefill_only() for _ in range(repeats))
     result["ours_s"] = statistics.median(ours(r) for r in range(repeats))
