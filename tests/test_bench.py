@@ -67,6 +67,19 @@ def test_default_split_rule_and_overrides():
     assert [s.label for s in plan_splits([16], [Split(2, 2)])] == ["2x2", "4x4"]  # an override adds its budget
 
 
+def test_extra_aisp_params_go_to_aisp_only():
+    from langchain_aisp.bench.cli import _field_value
+
+    config = BenchConfig(budgets=(8,), extra_params=(_field_value("tau=7"), _field_value("sigma=0.1")))
+    assert (config.params("aisp", Split(4, 2)).tau, config.params("aisp", Split(4, 2)).sigma) == (7, 0.1)
+    assert config.params("bon", Split(4, 2)).tau == config.tau
+    assert config.fingerprint()["extra_params"] == {"tau": 7, "sigma": 0.1}
+    with pytest.raises(ValueError, match="not settable"):
+        BenchConfig(extra_params=(("num_samples", 3),))
+    with pytest.raises(ValueError, match="FIELD=VALUE"):
+        _field_value("tau")
+
+
 def _cell(seed, aisp, bon, sample=None):
     def method(name, best, n=2, k=2):
         return {

@@ -53,6 +53,18 @@ def _lambda(text: str) -> float | None:
         raise argparse.ArgumentTypeError(f"--lambda must be a positive number or 'auto', got {text!r}") from exc
 
 
+def _field_value(text: str) -> tuple[str, Any]:
+    """``"name=value"`` -> (name, value) with value parsed as JSON when it is (numbers, true, null), else a string."""
+    name, sep, raw = text.partition("=")
+    if not sep or not name.strip():
+        raise ValueError(f"--set expects FIELD=VALUE, got {text!r}")
+    try:
+        value: Any = json.loads(raw)
+    except json.JSONDecodeError:
+        value = raw
+    return name.strip(), value
+
+
 def _model_args(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("model")
     group.add_argument("--model", default=None, help="hub id or local path (default: embedded SmolLM2-135M-Instruct)")
@@ -106,6 +118,14 @@ def build_parser(command: str) -> argparse.ArgumentParser:
         method.add_argument("--ess-target", type=float, default=engine_config.DEFAULT_ESS_TARGET)
         method.add_argument("--alpha", type=float, default=engine_config.DEFAULT_ALPHA)
         method.add_argument("--tau", type=int, default=engine_config.DEFAULT_TAU)
+        method.add_argument(
+            "--set",
+            dest="extra",
+            action="append",
+            default=[],
+            metavar="FIELD=VALUE",
+            help="any other AISPParams field for the AISP method, e.g. --set control=shared (repeatable)",
+        )
         method.add_argument("--temperature", type=float, default=engine_config.DEFAULT_TEMPERATURE)
         method.add_argument(
             "--max-batch-size",
@@ -195,6 +215,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         alpha=args.alpha,
         tau=args.tau,
         max_batch_size=args.max_batch_size,
+        extra_params=tuple(_field_value(t) for t in args.extra),
         batched=not args.single_only,
         single=args.single or args.single_only,
         single_prompts=args.single_prompts or DEFAULT_SINGLE_PROMPTS,

@@ -128,6 +128,8 @@ class BenchConfig:
     alpha: float = engine_config.DEFAULT_ALPHA
     tau: int = engine_config.DEFAULT_TAU
     max_batch_size: int = engine_config.DEFAULT_MAX_BATCH_SIZE
+    extra_params: tuple[tuple[str, Any], ...] = ()
+    """Further ``AISPParams`` fields for the AISP method, e.g. ``(("control", "shared"),)``."""
     batched: bool = True
     """Run the batched section (all prompts in one ``run`` call)."""
     single: bool = False
@@ -160,26 +162,38 @@ class BenchConfig:
         )
 
     def params(self, method: str, split: Split) -> AISPParams:
-        return AISPParams(
-            method=method,  # type: ignore[arg-type]
-            num_samples=split.n,
-            num_iterations=split.k,
-            sigma=self.sigma,
-            lambda_=self.lambda_,
-            ess_target=self.ess_target,
-            alpha=self.alpha,
-            tau=self.tau,
-        )
+        extra = dict(self.extra_params) if method == "aisp" else {}
+        known = {f.name for f in dataclasses.fields(AISPParams)}
+        unknown = sorted(set(extra) - known)
+        fixed = sorted(set(extra) & {"method", "num_samples", "num_iterations"})
+        if unknown or fixed:
+            raise ValueError(
+                f"extra AISP parameters {unknown or fixed} are not settable here; "
+                f"allowed: {sorted(known - {'method', 'num_samples', 'num_iterations'})}"
+            )
+        base: dict[str, Any] = {
+            "sigma": self.sigma,
+            "lambda_": self.lambda_,
+            "ess_target": self.ess_target,
+            "alpha": self.alpha,
+            "tau": self.tau,
+        }
+        base.update(extra)
+        return AISPParams(method=method, num_samples=split.n, num_iterations=split.k, **base)  # type: ignore[arg-type]
 
     def fingerprint(self) -> dict[str, Any]:
         """The settings a resumed run must share with the saved one (budgets and seeds may grow)."""
         keys: tuple[str, ...] = ("max_tokens", "temperature", "top_p", "top_k", "sigma", "lambda_", "ess_target")
         keys = (*keys, "alpha", "tau", "max_batch_size")
-        return {k: getattr(self, k) for k in keys}
+        data = {k: getattr(self, k) for k in keys}
+        if self.extra_params:
+            data["extra_params"] = {k: v for k, v in self.extra_params}
+        return data
 
     def to_json(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
         data["splits"] = [s.label for s in self.splits]
+        data["extra_params"] = {k: v for k, v in self.extra_params}
         data["planned_splits"] = [s.label for s in self.plan()]
         return data
 
@@ -474,9 +488,10 @@ def _check_resumable(saved: dict[str, Any], fresh: dict[str, Any], path: Path) -
     for key in ("model", "prompts_digest"):
         if saved["meta"].get(key) != fresh["meta"].get(key):
             problems.append(f"{key}: saved {saved['meta'].get(key)!r}, now {fresh['meta'].get(key)!r}")
-    for key, value in fresh["fingerprint"].items():
-        if saved["fingerprint"].get(key) != value:
-            problems.append(f"{key}: saved {saved['fingerprint'].get(key)!r}, now {value!r}")
+    for key in sorted(set(fresh["fingerprint"]) | set(saved["fingerprint"])):
+        before, now = saved["fingerprint"].get(key), fresh["fingerprint"].get(key)
+        if before != now:
+            problems.append(f"{key}: saved {before!r}, now {now!r}")
     if problems:
         raise ValueError(
             f"cannot resume {path}: the run's settings differ ({'; '.join(problems)}). "
