@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from langchain_aisp.config import DEFAULT_MAX_BATCH_SIZE, AISPParams, SamplingParams
+from langchain_aisp.config import DEFAULT_MAX_BATCH_SIZE, AISPParams, SamplingParams, check_seed
 from langchain_aisp.decoding import DecodeOutput, Decoder, PromptPrefix, decode, prefill
 from langchain_aisp.lm import CausalLM
 
@@ -174,19 +174,29 @@ def _decode_rows(
     V: torch.Tensor,
     uniforms: torch.Tensor,
     max_rows: int,
-) -> DecodeOutput:
-    """Decode in pieces of at most ``max_rows`` rows, halving the piece on out-of-memory."""
+) -> tuple[DecodeOutput, int]:
+    """Decode in pieces of at most ``max_rows`` rows, halving the piece on out-of-memory.
+
+    Returns the output and the piece size that worked, which the caller keeps for later
+    iterations (an out-of-memory error is not retried at the same size every iteration).
+    """
     total = row_prompt.shape[0]
     pieces: list[DecodeOutput] = []
+    tried: list[int] = []  # decoding batch sizes that ran out of memory
     start = 0
     while start < total:
         stop = min(total, start + max_rows)
         try:
             pieces.append(decode(decoder, prefixes, row_prompt[start:stop], V[start:stop], uniforms[start:stop]))
         except torch.OutOfMemoryError as exc:
-            if max_rows == 1:
+            tried.append(stop - start)
+            if stop - start == 1:
+                longest = max(p.length for p in prefixes)
                 raise MemoryError(
-                    "out of memory decoding a single row; lower max_tokens or use a smaller model"
+                    f"out of memory decoding even a single row (decoding batch sizes tried: "
+                    f"{', '.join(map(str, tried))}; max_tokens={decoder.sampling.max_tokens}, longest prompt "
+                    f"{longest} tokens, model {decoder.lm.name} on {decoder.lm.device}): lower max_tokens, "
+                    "shorten the prompt or use a smaller model"
                 ) from exc
             if decoder.lm.device.type == "cuda":
                 torch.cuda.empty_cache()
@@ -194,13 +204,27 @@ def _decode_rows(
             continue
         start = stop
     if len(pieces) == 1:
-        return pieces[0]
+        return pieces[0], max_rows
     return DecodeOutput(
         token_ids=[ids for p in pieces for ids in p.token_ids],
         texts=[t for p in pieces for t in p.texts],
         finish_reasons=[r for p in pieces for r in p.finish_reasons],
         lengths=torch.cat([p.lengths for p in pieces]),
-    )
+    ), max_rows
+
+
+def _check_prompts(lm: CausalLM, prompts: Sequence[Sequence[int]], max_tokens: int) -> None:
+    """Refuse empty prompts and prompts that do not fit the context window with ``max_tokens`` (never truncate)."""
+    limit = lm.max_context
+    for j, prompt in enumerate(prompts):
+        if len(prompt) == 0:
+            raise ValueError(f"prompt {j} is empty (0 tokens); every prompt needs at least one token")
+        if limit is not None and len(prompt) + max_tokens > limit:
+            raise ValueError(
+                f"prompt {j} has {len(prompt)} tokens and max_tokens is {max_tokens}: {len(prompt) + max_tokens} "
+                f"tokens exceed the context window of {lm.name} ({limit} tokens); max_tokens can be at most "
+                f"{max(0, limit - len(prompt))} for this prompt (nothing is truncated)"
+            )
 
 
 def _check_scores(scores: object, expected: int, name: str) -> list[float]:
@@ -251,8 +275,10 @@ def run(
     prompts run together (Batched AISP); each keeps its own U, weights, best and
     random generator, so its result does not depend on which prompts share its batch.
     """
-    if max_batch_size < 1:
-        raise ValueError(f"max_batch_size must be >= 1, got {max_batch_size}")
+    if isinstance(max_batch_size, bool) or not isinstance(max_batch_size, int) or max_batch_size < 1:
+        raise ValueError(f"max_batch_size must be an integer >= 1, got {max_batch_size!r}")
+    seed = check_seed(seed)
+    _check_prompts(lm, prompts, sampling.max_tokens)
     decoder = Decoder.build(lm, sampling)
     single = params.method == "sample"
     n = 1 if single else params.num_samples
@@ -269,6 +295,7 @@ def run(
     name = _score_name(score)
     prompts_per_batch = max(1, max_batch_size // n)
     results: list[PromptResult | None] = [None] * len(prompts)
+    decode_rows = max_batch_size  # rows per decode call; lowered for the rest of the run after out-of-memory
     seen: dict[tuple[int, str], float] = {}  # identical responses are scored once
 
     for chunk_start in range(0, len(prompts), prompts_per_batch):
@@ -297,8 +324,8 @@ def run(
             V = U[:, None] + sigma * eps  # (b, n, steps, d)
             V_pos = V[:, :, control_index.to(device)].reshape(-1, tau, d)  # (b*n, tau, d)
             V_rows = torch.cat([V_pos, V.new_zeros(len(chunk) * n, 1, d)], dim=1)  # (b*n, tau+1, d)
-            out = _decode_rows(
-                decoder, prefixes, row_prompt, V_rows, uniforms.reshape(-1, sampling.max_tokens), max_batch_size
+            out, decode_rows = _decode_rows(
+                decoder, prefixes, row_prompt, V_rows, uniforms.reshape(-1, sampling.max_tokens), decode_rows
             )
             rewards = _score_rows(score, name, chunk, n, out.texts, seen, results, states)
             reached_pos = (torch.arange(tau)[None, :] < out.lengths[:, None]).float()  # (b*n, tau)

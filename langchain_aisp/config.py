@@ -7,6 +7,7 @@ surface through the LangChain model's pydantic fields.
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass
 from typing import Literal
 
@@ -39,6 +40,8 @@ MAX_SAMPLES = 4096
 MAX_ITERATIONS = 1024
 MAX_TAU = 65536
 MAX_NEW_TOKENS = 1 << 20
+MAX_SEED = (1 << 64) - 1
+"""Largest seed a ``torch.Generator`` accepts."""
 
 
 def _check_int(name: str, value: object, low: int, high: int) -> None:
@@ -46,6 +49,17 @@ def _check_int(name: str, value: object, low: int, high: int) -> None:
         raise ValueError(f"{name} must be an integer in [{low}, {high}], got {value!r}")
     if not low <= value <= high:
         raise ValueError(f"{name} must be an integer in [{low}, {high}], got {value}")
+
+
+def check_seed(seed: object) -> int | None:
+    """Validate a seed: None (fresh entropy) or an integer in [0, 2**64 - 1]; returns it as an int."""
+    if seed is None:
+        return None
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
+        raise ValueError(f"seed must be an integer in [0, {MAX_SEED}] or None, got {seed!r} ({type(seed).__name__})")
+    if not 0 <= int(seed) <= MAX_SEED:
+        raise ValueError(f"seed must be an integer in [0, {MAX_SEED}] or None, got {seed}")
+    return int(seed)
 
 
 def _check_positive(name: str, value: object) -> None:
@@ -85,8 +99,11 @@ class SamplingParams:
         _check_int("top_k", self.top_k, 0, 1 << 24)
         if isinstance(self.stop, str) or not all(isinstance(s, str) for s in self.stop):
             raise ValueError(f"stop must be a sequence of non-empty strings, got {self.stop!r}")
-        if any(s == "" for s in self.stop):
-            raise ValueError("stop strings must be non-empty; got an empty string in stop")
+        if "" in self.stop:
+            raise ValueError(
+                f"stop strings must be non-empty strings, got {list(self.stop)!r} "
+                f"(an empty string at position {list(self.stop).index('')})"
+            )
 
 
 @dataclass(frozen=True)

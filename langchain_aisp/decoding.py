@@ -13,6 +13,7 @@ have ended. Stop strings are detected at token boundaries by transformers'
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -28,6 +29,9 @@ FINISH_STOP = "stop"
 FINISH_LENGTH = "length"
 
 StopCheck = Callable[[torch.Tensor], torch.Tensor]
+
+_STOP_CRITERIA_LOCK = threading.Lock()
+"""Serialises ``StopStringCriteria`` construction (it mutates transformers' module-level cache)."""
 
 
 @dataclass(frozen=True)
@@ -75,7 +79,10 @@ class _StopStrings:
     """Wraps ``StopStringCriteria``: (B, t) generated ids -> (B,) bool."""
 
     def __init__(self, tokenizer: object, stop: Sequence[str]) -> None:
-        self._criteria = StopStringCriteria(tokenizer=tokenizer, stop_strings=list(stop))  # type: ignore[arg-type]
+        # StopStringCriteria keeps a process-wide LRU cache (a plain OrderedDict) that concurrent
+        # constructions can corrupt (KeyError on an entry another thread evicted): build one at a time.
+        with _STOP_CRITERIA_LOCK:
+            self._criteria = StopStringCriteria(tokenizer=tokenizer, stop_strings=list(stop))  # type: ignore[arg-type]
 
     def __call__(self, generated: torch.Tensor) -> torch.Tensor:
         scores = torch.empty(0, device=generated.device)

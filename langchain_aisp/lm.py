@@ -170,6 +170,22 @@ def wrap_model(model: Any, tokenizer: Any, name: str | None = None) -> CausalLM:
     )
 
 
+def resolve_model_source(model: str | os.PathLike[str]) -> str:
+    """A local folder (expanded) or a plain hub id; a path that does not exist raises :class:`ModelLoadError`.
+
+    Only ``"name"`` or ``"org/name"`` may go to the hub: anything that looks like a path
+    (``./x``, ``/x``, ``~/x``, ``a/b/c``) must exist on disk. Touches no network.
+    """
+    if not isinstance(model, (str, os.PathLike)):
+        raise ModelLoadError(f"model must be None, a hub id or a local path, got {model!r} ({type(model).__name__})")
+    source = os.fspath(model)
+    if Path(source).expanduser().exists():
+        return str(Path(source).expanduser())
+    if source.startswith((".", "/", "~")) or source.count("/") > 1 or not source.strip():
+        raise ModelLoadError(f"model path {source!r} does not exist")
+    return source
+
+
 def load_causal_lm(
     model: str | os.PathLike[str] | None = None,
     *,
@@ -193,21 +209,17 @@ def load_causal_lm(
         source: str = str(ensure_default_model())
         name = DEFAULT_MODEL_NAME
     else:
-        source = os.fspath(model)
-        name = source
-        if not Path(source).expanduser().exists():
-            # Not on disk: only a plain hub id ("org/name" or "name") may go to the hub.
-            if source.startswith((".", "/", "~")) or source.count("/") > 1 or not source.strip():
-                raise ModelLoadError(f"model path {source!r} does not exist")
-        else:
-            source = str(Path(source).expanduser())
+        name = os.fspath(model)
+        source = resolve_model_source(model)
     try:
         tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
         loaded = AutoModelForCausalLM.from_pretrained(
             source,
             dtype=resolved_dtype,
             trust_remote_code=trust_remote_code,
-            use_safetensors=None,
+            # The default model's cache is safetensors only: never fall back to a pickled checkpoint there.
+            # Elsewhere safetensors are preferred where present (transformers loads .bin with weights_only=True).
+            use_safetensors=True if model is None else None,
         )
     except (OSError, ValueError) as exc:
         raise ModelLoadError(f"could not load model {source!r}: {exc}") from exc
