@@ -120,6 +120,11 @@ def content_text(message: BaseMessage) -> str:
     content = message.content
     if isinstance(content, str):
         return content
+    if not isinstance(content, list):
+        raise ValueError(
+            f"{type(message).__name__} content must be a string or a list of content blocks, "
+            f"got {content!r} ({type(content).__name__})"
+        )
     parts: list[str] = []
     for block in content:
         if isinstance(block, str):
@@ -223,11 +228,36 @@ def prefill_text(fmt: OutputFormat) -> str:
     return f'{TOOL_CALL_OPEN}\n{{"name": "{forced}", "arguments": ' + (start + "}" if start == "{}" else start)
 
 
+CHAT_MESSAGE_ROLES = {
+    "system": "system",
+    "developer": "system",
+    "user": "user",
+    "human": "user",
+    "assistant": "assistant",
+    "ai": "assistant",
+    "tool": "tool",
+}
+"""Roles a ``ChatMessage`` may carry, mapped to chat-template roles; any other role is an error."""
+
+
+def _check_user_text(message: BaseMessage, position: int, text: str) -> None:
+    """A user turn must say something: an empty (or whitespace-only) one is a caller bug, not a prompt."""
+    if not text.strip():
+        raise ValueError(
+            f"message {position} ({type(message).__name__}) has empty content {message.content!r}; a user "
+            "message needs non-empty text (images, audio and files are not supported)"
+        )
+
+
 def to_template_messages(messages: Sequence[BaseMessage], native_tools: bool) -> list[dict[str, Any]]:
     """LangChain messages -> chat-template dicts (roles system / user / assistant / tool)."""
     out: list[dict[str, Any]] = []
-    for message in messages:
+    for position, message in enumerate(messages):
+        if not isinstance(message, BaseMessage):
+            raise ValueError(f"message {position} is not a LangChain message: {message!r} ({type(message).__name__})")
         text = content_text(message)
+        if isinstance(message, HumanMessage):
+            _check_user_text(message, position, text)
         if isinstance(message, SystemMessage):
             out.append({"role": "system", "content": text})
         elif isinstance(message, HumanMessage):
@@ -262,7 +292,15 @@ def to_template_messages(messages: Sequence[BaseMessage], native_tools: bool) ->
                 body = json.dumps(payload, ensure_ascii=False)
                 out.append({"role": "user", "content": f"<tool_response>\n{body}\n</tool_response>"})
         elif isinstance(message, ChatMessage):
-            out.append({"role": message.role, "content": text})
+            role = CHAT_MESSAGE_ROLES.get(message.role)
+            if role is None:
+                raise ValueError(
+                    f"message {position} is a ChatMessage with unknown role {message.role!r}; allowed roles: "
+                    f"{sorted(CHAT_MESSAGE_ROLES)}"
+                )
+            if role == "user":
+                _check_user_text(message, position, text)
+            out.append({"role": role, "content": text})
         else:
             raise ValueError(f"unsupported message type {type(message).__name__}")
     return out

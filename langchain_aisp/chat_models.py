@@ -18,6 +18,7 @@ import asyncio
 import importlib
 import json
 import math
+import os
 import re
 import threading
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
@@ -60,6 +61,7 @@ from langchain_aisp.config import (
     AISPParams,
     Method,
     SamplingParams,
+    check_seed,
 )
 from langchain_aisp.rewards import Reward, as_reward
 
@@ -89,6 +91,10 @@ _PER_CALL_FIELDS = (
     "format_weight",
 )
 _BINDING_KWARGS = ("tools", "tool_choice", "parallel_tool_calls", "response_format", "model", "stream")
+
+
+class RunCancelledError(RuntimeError):
+    """An async call was cancelled; its engine run stopped at the next iteration boundary."""
 
 
 def clear_model_cache() -> None:
@@ -430,6 +436,24 @@ class AISPChatModel(BaseChatModel):
     def _stop_list(cls, value: Any) -> Any:
         return [value] if isinstance(value, str) else value
 
+    @field_validator("seed", mode="before")
+    @classmethod
+    def _strict_seed(cls, value: Any) -> Any:
+        return check_seed(value)  # no lax coercion: "7" and 7.0 are not seeds
+
+    @field_validator("model", mode="before")
+    @classmethod
+    def _existing_model(cls, value: Any) -> Any:
+        if value is None:
+            return value
+        from langchain_aisp.lm import ModelLoadError, resolve_model_source
+
+        try:
+            resolve_model_source(value)  # a local path must exist now; a hub id is only checked when loaded
+        except ModelLoadError as exc:
+            raise ValueError(str(exc)) from exc
+        return os.fspath(value)
+
     @model_validator(mode="after")
     def _check(self) -> AISPChatModel:
         try:
@@ -453,7 +477,12 @@ class AISPChatModel(BaseChatModel):
     def _settings(self, overrides: dict[str, Any]) -> _Settings:
         values = {name: overrides.get(name, getattr(self, name)) for name in _PER_CALL_FIELDS}
         temperature = values["temperature"]
-        if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not temperature >= 0:
+        if (
+            isinstance(temperature, bool)
+            or not isinstance(temperature, (int, float))
+            or not math.isfinite(temperature)
+            or temperature < 0
+        ):
             raise ValueError(f"temperature must be a finite number >= 0 (0 means greedy), got {temperature!r}")
         greedy = temperature == 0
         params = AISPParams(
@@ -466,15 +495,13 @@ class AISPChatModel(BaseChatModel):
             alpha=values["alpha"],
             tau=values["tau"],
         )
-        seed = values["seed"]
-        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
-            raise ValueError(f"seed must be an integer or None, got {seed!r}")
+        seed = check_seed(values["seed"])
         sampling = SamplingParams(
             max_tokens=values["max_tokens"],
             temperature=1.0 if greedy else float(temperature),
             top_p=values["top_p"],
             top_k=1 if greedy else values["top_k"],
-            stop=tuple(overrides.get("stop") or self.stop or ()),
+            stop=tuple(overrides["stop"] if overrides.get("stop") is not None else (self.stop or ())),
         )
         return _Settings(params, sampling, seed, float(values["format_weight"]), overrides.get("model", self.model))
 
@@ -597,6 +624,8 @@ class AISPChatModel(BaseChatModel):
         lm = self._get_lm(kwargs.get("model"))
         prompt = fmtlib.render(lm.tokenizer, messages, out_fmt)
         overrides = {k: kwargs[k] for k in _PER_CALL_FIELDS if k in kwargs}
+        if isinstance(stop, str):
+            stop = [stop]  # a lone string is one stop string, not one per character
         stops = list(stop if stop is not None else (self.stop or []))
         if out_fmt.forces_call:
             stops.append(fmtlib.TOOL_CALL_CLOSE)
@@ -612,7 +641,8 @@ class AISPChatModel(BaseChatModel):
             raise ValueError(
                 f"the prompt has {len(token_ids)} tokens and max_tokens is {settings.sampling.max_tokens}: "
                 f"{len(token_ids) + settings.sampling.max_tokens} tokens exceed the context window of "
-                f"{lm.name} ({limit} tokens); shorten the conversation or lower max_tokens (nothing is truncated)"
+                f"{lm.name} ({limit} tokens); max_tokens can be at most {max(0, limit - len(token_ids))} for this "
+                "conversation: shorten it or lower max_tokens (nothing is truncated)"
             )
         return _Job(list(messages), token_ids, prompt, out_fmt, settings, lm)
 
@@ -638,9 +668,17 @@ class AISPChatModel(BaseChatModel):
         )
 
     def _run_jobs(
-        self, jobs: Sequence[_Job], on_event: Callable[[int, dict[str, Any]], None]
+        self,
+        jobs: Sequence[_Job],
+        on_event: Callable[[int, dict[str, Any]], None],
+        cancel: threading.Event | None = None,
     ) -> list[PromptResult | BaseException]:
-        """One engine call over ``jobs`` (same settings and model): results or per-job errors."""
+        """One engine call over ``jobs`` (same settings and model): results or per-job errors.
+
+        ``cancel`` (set when an async caller is cancelled) stops the run at the next iteration
+        boundary with :class:`RunCancelledError`, so an abandoned executor thread does not keep
+        the CPU busy until the end of the run.
+        """
         settings, lm = jobs[0].settings, jobs[0].lm
         reward = self._reward
 
@@ -656,6 +694,11 @@ class AISPChatModel(BaseChatModel):
             return values
 
         def on_iteration(event: IterationEvent) -> None:
+            if cancel is not None and cancel.is_set():
+                raise RunCancelledError(
+                    f"the run was cancelled by its caller after iteration {event.iteration + 1} of "
+                    f"{event.num_iterations}"
+                )
             for pos, i in enumerate(event.prompt_indices):
                 on_event(
                     i,
@@ -688,11 +731,11 @@ class AISPChatModel(BaseChatModel):
             return errors
         return list(results)
 
-    def _execute(self, job: _Job, progress: ProgressFn | None) -> PromptResult:
+    def _execute(self, job: _Job, progress: ProgressFn | None, cancel: threading.Event | None = None) -> PromptResult:
         plan = _BATCH_PLAN.get()
         index = plan.claim(job.key()) if plan is not None and plan.owner == id(self) else None
         if plan is None or index is None:
-            outcome = self._run_jobs([job], lambda _i, data: progress(data) if progress else None)[0]
+            outcome = self._run_jobs([job], lambda _i, data: progress(data) if progress else None, cancel)[0]
         else:
             with plan.lock:
                 if progress is not None:
@@ -703,7 +746,18 @@ class AISPChatModel(BaseChatModel):
                         plan.events.setdefault(i, []).append(data)
                         plan.deliver(i)
 
-                    plan.outcomes = self._run_jobs(plan.jobs, on_event)
+                    # Nested calls made by the reward (a judge on this very model) must not join the plan:
+                    # they would wait on plan.lock, which this thread holds.
+                    token = _BATCH_PLAN.set(None)
+                    try:
+                        plan.outcomes = self._run_jobs(plan.jobs, on_event, cancel)
+                    except BaseException as exc:
+                        # Interrupted, cancelled or failed: every input of the plan gets this error, so no
+                        # other input re-runs the whole batch after the caller gave up on it.
+                        plan.outcomes = [exc] * len(plan.jobs)
+                        raise
+                    finally:
+                        _BATCH_PLAN.reset(token)
                 plan.deliver(index)
                 outcome = plan.outcomes[index]
         if isinstance(outcome, BaseException):
@@ -805,12 +859,16 @@ class AISPChatModel(BaseChatModel):
         return emit
 
     @staticmethod
-    def _async_progress(run_manager: AsyncCallbackManagerForLLMRun | None) -> ProgressFn | None:
+    def _async_progress(
+        run_manager: AsyncCallbackManagerForLLMRun | None, cancel: threading.Event | None = None
+    ) -> ProgressFn | None:
         if run_manager is None:
             return None
         loop = asyncio.get_running_loop()
 
         def emit(data: dict[str, Any]) -> None:
+            if cancel is not None and cancel.is_set():
+                return  # the awaiting task is gone (its loop may be closing): nobody listens any more
             coro = ahandle_event(
                 run_manager.handlers,
                 "on_custom_event",
@@ -828,10 +886,31 @@ class AISPChatModel(BaseChatModel):
     # --- the LangChain entry points -------------------------------------------------------
 
     def _aligned(
-        self, messages: list[BaseMessage], stop: list[str] | None, progress: ProgressFn | None, kwargs: dict[str, Any]
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None,
+        progress: ProgressFn | None,
+        kwargs: dict[str, Any],
+        cancel: threading.Event | None = None,
     ) -> tuple[_Job, PromptResult]:
         job = self._job(messages, stop, kwargs)
-        return job, self._execute(job, progress)
+        return job, self._execute(job, progress, cancel)
+
+    async def _aligned_async(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None,
+        run_manager: AsyncCallbackManagerForLLMRun | None,
+        kwargs: dict[str, Any],
+    ) -> tuple[_Job, PromptResult]:
+        """``_aligned`` in an executor thread; cancelling the awaiting task stops the run at its next iteration."""
+        cancel = threading.Event()
+        progress = self._async_progress(run_manager, cancel)
+        try:
+            return await run_in_executor(None, self._aligned, messages, stop, progress, kwargs, cancel)
+        except asyncio.CancelledError:
+            cancel.set()
+            raise
 
     def _generate(
         self,
@@ -850,8 +929,7 @@ class AISPChatModel(BaseChatModel):
         run_manager: AsyncCallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> ChatResult:
-        progress = self._async_progress(run_manager)
-        job, result = await run_in_executor(None, self._aligned, messages, stop, progress, kwargs)
+        job, result = await self._aligned_async(messages, stop, run_manager, kwargs)
         return ChatResult(generations=[ChatGeneration(message=self._to_message(job, result))])
 
     def _stream(
@@ -874,8 +952,7 @@ class AISPChatModel(BaseChatModel):
         run_manager: AsyncCallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> AsyncIterator[ChatGenerationChunk]:
-        progress = self._async_progress(run_manager)
-        job, result = await run_in_executor(None, self._aligned, messages, stop, progress, kwargs)
+        job, result = await self._aligned_async(messages, stop, run_manager, kwargs)
         for chunk in self._chunks(job, result):
             if run_manager is not None and isinstance(chunk.message.content, str):
                 await run_manager.on_llm_new_token(chunk.message.content, chunk=chunk)
