@@ -323,6 +323,11 @@ class AISPChatModel(BaseChatModel):
     Errors:
         A failing reward raises :class:`langchain_aisp.RewardError`; ``err.partial[0]`` is
         the best ``PromptResult`` found before the failure for that input (or None).
+        Cancelling an async call stops its run at the next iteration; see ``docs/reliability.md``.
+
+    Thread safety:
+        One instance may serve many threads and asyncio tasks at once: the loaded model is
+        only read, every run keeps its own random generators and state.
     """
 
     model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True, protected_namespaces=())

@@ -76,15 +76,26 @@ def test_trust_remote_code_is_off_unless_passed(tmp_path, loader_calls):
     assert [kwargs["trust_remote_code"] for _, kwargs in loader_calls] == [True, True]
 
 
-def test_chat_model_cache_keys_on_trust_remote_code(tmp_path, loader_calls):
+def test_chat_model_cache_keys_on_trust_remote_code(tmp_path, monkeypatch):
     """A model loaded with remote code is never handed to an instance that did not ask for it."""
     import langchain_aisp.chat_models as cm
+    import langchain_aisp.lm as lmlib
 
+    loaded: list[bool] = []
+
+    def fake_load(model, *, device, dtype, trust_remote_code):
+        loaded.append(trust_remote_code)
+        return ("model", trust_remote_code, len(loaded))
+
+    monkeypatch.setattr(lmlib, "load_causal_lm", fake_load)
     cm.clear_model_cache()
-    for trust in (True, False):
-        with pytest.raises(_StopLoadingError):
-            AISPChatModel(model=str(tmp_path), reward=length_reward, trust_remote_code=trust).invoke("hi")
-    assert [kwargs["trust_remote_code"] for label, kwargs in loader_calls if "CausalLM" in label] == [True, False]
+    try:
+        trusted = AISPChatModel(model=str(tmp_path), reward=length_reward, trust_remote_code=True)._get_lm()
+        plain = [AISPChatModel(model=str(tmp_path), reward=length_reward)._get_lm() for _ in range(2)]
+    finally:
+        cm.clear_model_cache()
+    assert loaded == [True, False]
+    assert trusted[1] is True and plain[0] is plain[1] and plain[0][1] is False
 
 
 # --- safetensors, never unrestricted pickle --------------------------------------------------------
