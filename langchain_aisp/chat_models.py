@@ -46,6 +46,8 @@ from langchain_aisp import _chat_format as fmtlib
 from langchain_aisp.aisp import IterationEvent, PromptResult, RewardError, run
 from langchain_aisp.config import (
     DEFAULT_ALPHA,
+    DEFAULT_CONTROL,
+    DEFAULT_ELITE_FRACTION,
     DEFAULT_ESS_TARGET,
     DEFAULT_LAMBDA,
     DEFAULT_MAX_BATCH_SIZE,
@@ -56,9 +58,11 @@ from langchain_aisp.config import (
     DEFAULT_SIGMA,
     DEFAULT_TAU,
     DEFAULT_TEMPERATURE,
+    DEFAULT_TOKEN_STEP,
     DEFAULT_TOP_K,
     DEFAULT_TOP_P,
     AISPParams,
+    Control,
     Method,
     SamplingParams,
     check_seed,
@@ -83,6 +87,9 @@ _PER_CALL_FIELDS = (
     "ess_target",
     "alpha",
     "tau",
+    "control",
+    "elite_fraction",
+    "token_step",
     "max_tokens",
     "temperature",
     "top_p",
@@ -372,6 +379,16 @@ class AISPChatModel(BaseChatModel):
     tau: int = DEFAULT_TAU
     """Number of leading generated tokens that are steered, in [1, 65536]."""
 
+    control: Control = DEFAULT_CONTROL
+    """``"position"``: one control vector per steered position (the paper's U); ``"shared"``: one
+    vector for all of them."""
+
+    elite_fraction: float = DEFAULT_ELITE_FRACTION
+    """Share of the samples of iterations 2..k that reuse the best response's token-sampling noise, in [0, 1]."""
+
+    token_step: float = DEFAULT_TOKEN_STEP
+    """Extra drift of U along the reward-weighted embedding of sampled tokens, in units of sigma, >= 0."""
+
     max_tokens: int = DEFAULT_MAX_TOKENS
     """Maximum new tokens per response, >= 1."""
 
@@ -499,6 +516,9 @@ class AISPChatModel(BaseChatModel):
             ess_target=values["ess_target"],
             alpha=values["alpha"],
             tau=values["tau"],
+            control=values["control"],
+            elite_fraction=values["elite_fraction"],
+            token_step=values["token_step"],
         )
         seed = check_seed(values["seed"])
         sampling = SamplingParams(
@@ -555,6 +575,9 @@ class AISPChatModel(BaseChatModel):
             "ess_target": self.ess_target,
             "alpha": self.alpha,
             "tau": self.tau,
+            "control": self.control,
+            "elite_fraction": self.elite_fraction,
+            "token_step": self.token_step,
             "max_tokens": self.max_tokens,
             "temperature": self.temperature,
             "top_p": self.top_p,
