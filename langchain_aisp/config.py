@@ -20,7 +20,7 @@ CONTROLS: tuple[str, ...] = ("position", "shared")
 DEFAULT_METHOD: Method = "aisp"
 DEFAULT_NUM_SAMPLES = 8
 DEFAULT_NUM_ITERATIONS = 4
-DEFAULT_SIGMA = 0.05
+DEFAULT_SIGMA = 0.02
 """Noise scale relative to the RMS of the model's pre-logits (0.05 = 5% of it)."""
 DEFAULT_LAMBDA: float | None = None
 """None: lambda is chosen each iteration so the effective sample size hits ``ess_target``."""
