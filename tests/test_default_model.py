@@ -31,8 +31,13 @@ def test_default_model_loads_offline_from_the_cache(default_lm):
         print("loaded", lm.name, lm.hidden_size, len(lm.tokenizer), round(time.perf_counter() - start, 2))
         """
     )
-    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
-                         env={**_env(), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"})
+    out = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**_env(), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"},
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     assert "loaded SmolLM2-135M-Instruct 576 49152" in out.stdout
 
