@@ -57,3 +57,13 @@ def encode(default_lm):
         return list(tokenizer(text, add_special_tokens=False).input_ids)
 
     return _encode
+
+
+@pytest.fixture(scope="module")
+def single_torch_thread():
+    """One torch thread for a module: on a shared 2-core machine OpenMP's spinning threads make decoding
+    many times slower. Modules opt in with ``pytestmark = pytest.mark.usefixtures("single_torch_thread")``."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -25,13 +25,7 @@ from langchain_aisp.config import MAX_SEED, AISPParams, SamplingParams
 from langchain_aisp.lm import ModelLoadError, load_causal_lm
 from langchain_aisp.rewards import SafeReward
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
 
 def length_reward(prompt: str, response: str) -> float:

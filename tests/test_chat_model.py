@@ -24,16 +24,7 @@ from langchain_aisp import _chat_format as fmtlib
 from langchain_aisp.aisp import PromptResult, RewardError
 from langchain_aisp.rewards import Reward
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    """One torch thread: on a shared 2-core machine, OpenMP's spinning threads make decoding 20x slower."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
 
 def length_reward(prompt: str, response: str) -> float:

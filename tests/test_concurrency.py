@@ -33,12 +33,7 @@ THREADS = 8
 PROMPTS = [f"Request t{i}: write one short sentence." for i in range(THREADS)]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
 
 class TaggedReward:

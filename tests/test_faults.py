@@ -26,12 +26,7 @@ PARAMS = AISPParams(num_samples=4, num_iterations=3)
 SAMPLING = SamplingParams(max_tokens=6)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
 
 def length_reward(prompt: str, response: str) -> float:

@@ -26,12 +26,7 @@ MAX_GROWTH_MB = 50.0
 MAX_HALF_GROWTH_MB = 8.0
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
 
 def length_reward(prompt: str, response: str) -> float:
