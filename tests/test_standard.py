@@ -66,20 +66,12 @@ NOT_APPLICABLE = ("timeout", "max_retries", "api_key")
 """Standard params of hosted APIs; a local model has no network, retries or key, and rejects them (extra='forbid')."""
 
 
-class TestAISPChatModelUnit(ChatModelUnitTests):
+class _Capabilities:
+    """What AISPChatModel declares to both standard suites (honestly: see the xfails below)."""
+
     @property
     def chat_model_class(self) -> type[BaseChatModel]:
         return AISPChatModel
-
-    @property
-    def chat_model_params(self) -> dict[str, Any]:
-        # the suite passes max_tokens itself in test_standard_params
-        return {k: v for k, v in PARAMS.items() if k != "max_tokens"}
-
-    @property
-    def standard_chat_model_params(self) -> dict[str, Any]:
-        params = super().standard_chat_model_params
-        return {k: v for k, v in params.items() if k not in NOT_APPLICABLE}
 
     @property
     def has_tool_calling(self) -> bool:
@@ -100,6 +92,18 @@ class TestAISPChatModelUnit(ChatModelUnitTests):
     @property
     def returns_usage_metadata(self) -> bool:
         return True
+
+
+class TestAISPChatModelUnit(_Capabilities, ChatModelUnitTests):
+    @property
+    def chat_model_params(self) -> dict[str, Any]:
+        # the suite passes max_tokens itself in test_standard_params
+        return {k: v for k, v in PARAMS.items() if k != "max_tokens"}
+
+    @property
+    def standard_chat_model_params(self) -> dict[str, Any]:
+        params = super().standard_chat_model_params
+        return {k: v for k, v in params.items() if k not in NOT_APPLICABLE}
 
     @pytest.mark.xfail(
         reason="langchain-core's load(allowed_objects='all') admits only classes listed in langchain-core's own "
@@ -113,34 +117,10 @@ class TestAISPChatModelUnit(ChatModelUnitTests):
 
 
 @pytest.mark.model
-class TestAISPChatModelIntegration(ChatModelIntegrationTests):
-    @property
-    def chat_model_class(self) -> type[BaseChatModel]:
-        return AISPChatModel
-
+class TestAISPChatModelIntegration(_Capabilities, ChatModelIntegrationTests):
     @property
     def chat_model_params(self) -> dict[str, Any]:
         return dict(PARAMS)
-
-    @property
-    def has_tool_calling(self) -> bool:
-        return True
-
-    @property
-    def has_tool_choice(self) -> bool:
-        return True
-
-    @property
-    def has_structured_output(self) -> bool:
-        return True
-
-    @property
-    def supports_json_mode(self) -> bool:
-        return True
-
-    @property
-    def returns_usage_metadata(self) -> bool:
-        return True
 
     @property
     def supports_model_override(self) -> bool:
