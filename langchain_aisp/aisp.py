@@ -11,6 +11,7 @@ and draw the same token-sampling random numbers for a given seed.
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -227,6 +228,23 @@ def _check_prompts(lm: CausalLM, prompts: Sequence[Sequence[int]], max_tokens: i
             )
 
 
+def as_float(value: object) -> float | None:
+    """A score as a float, or None when it is not a real number (None, str, bool, list...).
+
+    Accepts Python numbers, numpy scalars and 0-d tensors; the one coercion used by the
+    engine and by ``langchain_aisp.rewards``.
+    """
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, numbers.Real):
+        return float(value)
+    if hasattr(value, "item") and getattr(value, "ndim", None) == 0:  # numpy scalars, 0-d tensors
+        item = value.item()
+        if isinstance(item, numbers.Real) and not isinstance(item, bool):
+            return float(item)
+    return None
+
+
 def _check_scores(scores: object, expected: int, name: str) -> list[float]:
     if isinstance(scores, torch.Tensor):
         scores = scores.detach().flatten().tolist()
@@ -236,13 +254,14 @@ def _check_scores(scores: object, expected: int, name: str) -> list[float]:
         raise ValueError(f"reward {name} returned {len(scores)} scores for {expected} responses")
     values: list[float] = []
     for i, value in enumerate(scores):
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
+        number = as_float(value)
+        if number is None:
             raise TypeError(
                 f"reward {name} returned {value!r} ({type(value).__name__}) for response {i}; expected a float"
             )
-        if not math.isfinite(value):
-            raise ValueError(f"reward {name} returned a non-finite score {value} for response {i}")
-        values.append(float(value))
+        if not math.isfinite(number):
+            raise ValueError(f"reward {name} returned a non-finite score {number} for response {i}")
+        values.append(number)
     return values
 
 

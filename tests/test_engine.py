@@ -310,3 +310,17 @@ def test_token_step_moves_u_beyond_the_importance_sampling_update(tiny_lm, encod
     ]
     assert plain.texts[0] == drift.texts[0]  # the first iteration is unaffected
     assert drift.u_norms[0] > plain.u_norms[0] * 2
+
+
+def test_numpy_and_tensor_scalar_scores_are_accepted(tiny_lm, encode):
+    # The engine coerces scores exactly as the rewards module does (one `as_float`).
+    import numpy as np
+
+    def score(indices, texts):
+        return [np.float32(len(t)) if i % 2 else torch.tensor(float(len(t))) for i, t in enumerate(texts)]
+
+    result = run(
+        tiny_lm, [encode("q")], score, AISPParams(num_samples=2, num_iterations=1), SamplingParams(max_tokens=3), seed=0
+    )[0]
+    assert result.reward == max(float(len(t)) for t in result.texts[0])
+    assert all(isinstance(r, float) for r in result.rewards[0])

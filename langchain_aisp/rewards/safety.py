@@ -17,6 +17,7 @@ from typing import Any, Literal, TypeVar
 
 from langchain_core.messages import BaseMessage
 
+from langchain_aisp.aisp import as_float
 from langchain_aisp.rewards.base import Conversation, FunctionReward, Reward, as_reward
 
 T = TypeVar("T")
@@ -130,20 +131,6 @@ def check_lengths(conversations: Sequence[Conversation], responses: Sequence[str
             f"reward {name}: got {len(conversations)} conversations for {len(responses)} responses; "
             "pass one conversation per response"
         )
-
-
-def as_float(value: Any) -> float | None:
-    """The score as a float, or None when it is not a real number (None, str, bool, list...)."""
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, numbers.Real):
-        return float(value)
-    # 0-d torch tensors and numpy scalars
-    if hasattr(value, "item") and getattr(value, "ndim", None) == 0:
-        item = value.item()
-        if isinstance(item, numbers.Real) and not isinstance(item, bool):
-            return float(item)
-    return None
 
 
 def _short(text: str, limit: int = 60) -> str:
