@@ -6,18 +6,25 @@ one batch (together with the other prompts of the chunk: Batched AISP), scores t
 and moves ``U`` to the importance-weighted mean of the ``V_i``. Best-of-N is the same
 loop with ``sigma = 0`` and no update, so both methods decode exactly the same shapes
 and draw the same token-sampling random numbers for a given seed.
+
+Optional per-prompt grammar ``constraints`` (:mod:`langchain_aisp.constraints`) make every
+sample of a prompt follow its grammar, so the weights only ever compare valid samples. A
+``deadline`` makes the run anytime: it stops after the decoding step during which the
+deadline passed and returns the best answer of the iterations completed so far.
 """
 
 from __future__ import annotations
 
 import math
 import numbers
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import torch
 
 from langchain_aisp.config import DEFAULT_MAX_BATCH_SIZE, AISPParams, SamplingParams, check_seed
+from langchain_aisp.constraints import Constraint, Matcher
 from langchain_aisp.decoding import DecodeOutput, Decoder, PromptPrefix, decode, prefill
 from langchain_aisp.lm import CausalLM
 
@@ -31,6 +38,18 @@ class RewardError(RuntimeError):
 
     ``partial`` holds, per prompt, the best result found before the failure (None
     where nothing had been scored yet): nothing already paid for is lost.
+    """
+
+    def __init__(self, message: str, partial: list[PromptResult | None]) -> None:
+        super().__init__(message)
+        self.partial = partial
+
+
+class RunTimeoutError(TimeoutError):
+    """The deadline passed before some prompt had a single scored sample.
+
+    ``partial`` holds, per prompt, the best result of the iterations that did complete
+    (``timed_out=True``), or None where nothing had been scored.
     """
 
     def __init__(self, message: str, partial: list[PromptResult | None]) -> None:
@@ -61,6 +80,8 @@ class PromptResult:
     """Lambda used for the weights, per iteration."""
     u_norms: list[float] = field(default_factory=list)
     """Frobenius norm of U after each iteration's update."""
+    timed_out: bool = False
+    """The run's deadline stopped it before all iterations were done (this is the best so far)."""
 
 
 @dataclass(frozen=True)
@@ -175,11 +196,14 @@ def _decode_rows(
     V: torch.Tensor,
     uniforms: torch.Tensor,
     max_rows: int,
+    row_constraints: Sequence[tuple[Constraint, int] | None],
+    deadline: float,
 ) -> tuple[DecodeOutput, int]:
     """Decode in pieces of at most ``max_rows`` rows, halving the piece on out-of-memory.
 
-    Returns the output and the piece size that worked, which the caller keeps for later
-    iterations (an out-of-memory error is not retried at the same size every iteration).
+    ``row_constraints[r]`` is (constraint, sample index) of row r, or None. Returns the output
+    and the piece size that worked, which the caller keeps for later iterations (an
+    out-of-memory error is not retried at the same size every iteration).
     """
     total = row_prompt.shape[0]
     pieces: list[DecodeOutput] = []
@@ -187,8 +211,13 @@ def _decode_rows(
     start = 0
     while start < total:
         stop = min(total, start + max_rows)
+        matchers: list[Matcher | None] = [
+            None if rc is None else rc[0].matcher(rc[1]) for rc in row_constraints[start:stop]
+        ]
         try:
-            pieces.append(decode(decoder, prefixes, row_prompt[start:stop], V[start:stop], uniforms[start:stop]))
+            piece = decode(
+                decoder, prefixes, row_prompt[start:stop], V[start:stop], uniforms[start:stop], matchers, deadline
+            )
         except torch.OutOfMemoryError as exc:
             tried.append(stop - start)
             if stop - start == 1:
@@ -203,14 +232,18 @@ def _decode_rows(
                 torch.cuda.empty_cache()
             max_rows = max(1, (stop - start) // 2)
             continue
+        pieces.append(piece)
         start = stop
-    if len(pieces) == 1:
+        if piece.timed_out:
+            break
+    if len(pieces) == 1 and start == total:
         return pieces[0], max_rows
     return DecodeOutput(
         token_ids=[ids for p in pieces for ids in p.token_ids],
         texts=[t for p in pieces for t in p.texts],
         finish_reasons=[r for p in pieces for r in p.finish_reasons],
         lengths=torch.cat([p.lengths for p in pieces]),
+        timed_out=any(p.timed_out for p in pieces) or start < total,
     ), max_rows
 
 
@@ -287,15 +320,28 @@ def run(
     seed: int | None = None,
     max_batch_size: int = DEFAULT_MAX_BATCH_SIZE,
     on_iteration: Callable[[IterationEvent], None] | None = None,
+    constraints: Sequence[Constraint | None] | None = None,
+    deadline: float | None = None,
 ) -> list[PromptResult]:
     """Align one response per prompt; returns one :class:`PromptResult` per prompt, in order.
 
     Prompts are token-id lists (already templated). Up to ``max_batch_size // n``
     prompts run together (Batched AISP); each keeps its own U, weights, best and
     random generator, so its result does not depend on which prompts share its batch.
+
+    ``constraints`` (one per prompt, None = free text) constrain every sample of a prompt to
+    its grammar. ``deadline`` is a ``time.monotonic()`` value: once it passes, the run stops
+    after the current decoding step, drops that unfinished iteration and returns each
+    prompt's best scored answer with ``timed_out=True``; if some prompt has nothing scored
+    yet, :class:`RunTimeoutError` is raised with the partial results.
     """
     if isinstance(max_batch_size, bool) or not isinstance(max_batch_size, int) or max_batch_size < 1:
         raise ValueError(f"max_batch_size must be an integer >= 1, got {max_batch_size!r}")
+    if constraints is not None and len(constraints) != len(prompts):
+        raise ValueError(f"constraints must have one entry per prompt ({len(prompts)}), got {len(constraints)}")
+    if deadline is not None and not (isinstance(deadline, (int, float)) and not math.isnan(deadline)):
+        raise ValueError(f"deadline must be a time.monotonic() value in seconds or None, got {deadline!r}")
+    limit = math.inf if deadline is None else float(deadline)
     seed = check_seed(seed)
     _check_prompts(lm, prompts, sampling.max_tokens)
     decoder = Decoder.build(lm, sampling)
@@ -316,8 +362,12 @@ def run(
     results: list[PromptResult | None] = [None] * len(prompts)
     decode_rows = max_batch_size  # rows per decode call; lowered for the rest of the run after out-of-memory
     seen: dict[tuple[int, str], float] = {}  # identical responses are scored once
+    timed_out = False
 
     for chunk_start in range(0, len(prompts), prompts_per_batch):
+        if time.monotonic() >= limit:
+            timed_out = True
+            break
         chunk = list(range(chunk_start, min(len(prompts), chunk_start + prompts_per_batch)))
         prefixes = [prefill(lm, prompts[j]) for j in chunk]  # once per prompt, for all n x k samples
         states = [
@@ -329,7 +379,15 @@ def run(
             for j in chunk
         ]
         row_prompt = torch.arange(len(chunk), device=device).repeat_interleave(n)  # (b * n,)
+        row_constraints: list[tuple[Constraint, int] | None] = [
+            None if constraints is None or constraints[j] is None else (constraints[j], i)  # type: ignore[misc]
+            for j in chunk
+            for i in range(n)
+        ]
         for iteration in range(k):
+            if time.monotonic() >= limit:
+                timed_out = True
+                break
             eps = torch.stack(
                 [torch.randn(n, steps, d, generator=s.generator, device=device) for s in states]
             )  # (b, n, steps, d)
@@ -344,8 +402,18 @@ def run(
             V_pos = V[:, :, control_index.to(device)].reshape(-1, tau, d)  # (b*n, tau, d)
             V_rows = torch.cat([V_pos, V.new_zeros(len(chunk) * n, 1, d)], dim=1)  # (b*n, tau+1, d)
             out, decode_rows = _decode_rows(
-                decoder, prefixes, row_prompt, V_rows, uniforms.reshape(-1, sampling.max_tokens), decode_rows
+                decoder,
+                prefixes,
+                row_prompt,
+                V_rows,
+                uniforms.reshape(-1, sampling.max_tokens),
+                decode_rows,
+                row_constraints,
+                limit,
             )
+            if out.timed_out:  # an unfinished iteration is not scored: its responses are cut short
+                timed_out = True
+                break
             rewards = _score_rows(score, name, chunk, n, out.texts, seen, results, states)
             reached_pos = (torch.arange(tau)[None, :] < out.lengths[:, None]).float()  # (b*n, tau)
             reached = torch.zeros(len(chunk) * n, steps).index_add_(1, control_index, reached_pos) > 0  # (b*n, steps)
@@ -382,7 +450,22 @@ def run(
                     )
                 )
         for state in states:
-            results[state.result.index] = state.result
+            if state.result.rewards:
+                results[state.result.index] = state.result
+        if timed_out:
+            break
+    if timed_out:
+        for result in results:
+            if result is not None:
+                result.timed_out = True
+        missing = [j for j, r in enumerate(results) if r is None]
+        if missing:
+            raise RunTimeoutError(
+                f"the deadline passed before any sample of prompt(s) {missing} was complete "
+                f"({n} samples x {sampling.max_tokens} max_tokens per iteration); allow more time, or lower "
+                "num_samples or max_tokens. Results of prompts that finished an iteration are in .partial",
+                results,
+            )
     return [r for r in results if r is not None]
 
 
