@@ -67,7 +67,7 @@ def llm(tiny_lm):
 def scripted_run(replies: list[str], calls: list[dict[str, Any]] | None = None):
     """A stand-in for ``aisp.run`` that returns fixed replies (scored by the real score function)."""
 
-    def fake_run(lm, prompts, score, params, sampling, *, seed=None, max_batch_size=64, on_iteration=None):
+    def fake_run(lm, prompts, score, params, sampling, *, seed=None, max_batch_size=64, on_iteration=None, **kwargs):
         if calls is not None:
             calls.append({"prompts": [list(p) for p in prompts], "sampling": sampling, "params": params, "seed": seed})
         texts = [replies[i % len(replies)] for i in range(len(prompts))]
@@ -205,7 +205,9 @@ def test_unknown_invoke_kwargs_raise(llm):
         ({"lambda_": 0.0}, r"lambda_ must be a finite number > 0"),
         ({"method": "greedy"}, r"method"),
         ({"format_weight": -1.0}, r"format_weight must be a finite number >= 0"),
-        ({"timeout": 3}, r"timeout"),
+        ({"timeout": -1}, r"timeout must be a finite number of seconds > 0 or None, got -1"),
+        ({"max_retries": -1}, r"max_retries must be an integer in \[0, 100\], got -1"),
+        ({"api_key": "sk"}, r"api_key"),
         ({"reward": 3}, r"reward must be a Reward instance"),
     ],
 )
