@@ -111,7 +111,7 @@ def _call_schema(tool: dict[str, Any]) -> dict[str, Any]:
 
 
 def tool_call_grammar(
-    tools: Sequence[dict[str, Any]], *, choice: str, parallel: bool = True, strict: bool = True
+    tools: Sequence[dict[str, Any]], *, choice: str, parallel: bool = False, strict: bool = True
 ) -> str:
     """The grammar of a reply under ``tool_choice``.
 
