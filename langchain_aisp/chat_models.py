@@ -825,7 +825,7 @@ class AISPChatModel(BaseChatModel):
                 )
             )
         except RunTimeoutError as exc:
-            merged = _merge_variants(entries, exc.partial, len(jobs))
+            merged = _merge_variants(entries, exc.partial, jobs)
             outcomes: list[PromptResult | BaseException] = []
             for i in range(len(jobs)):
                 found = merged[i]
@@ -840,14 +840,14 @@ class AISPChatModel(BaseChatModel):
                 )
             return outcomes
         except RewardError as exc:
-            partial = _merge_variants(entries, exc.partial, len(jobs))
+            partial = _merge_variants(entries, exc.partial, jobs)
             errors: list[PromptResult | BaseException] = []
             for i in range(len(jobs)):
                 err = RewardError(str(exc), [partial[i]])
                 err.__cause__ = exc
                 errors.append(err)
             return errors
-        return [r for r in _merge_variants(entries, results, len(jobs)) if r is not None]
+        return [r for r in _merge_variants(entries, results, jobs) if r is not None]
 
     def _execute(self, job: _Job, progress: ProgressFn | None, cancel: threading.Event | None = None) -> PromptResult:
         plan = _BATCH_PLAN.get()
@@ -1258,14 +1258,16 @@ def _grammars(fmt: fmtlib.OutputFormat) -> list[str]:
 
 
 def _merge_variants(
-    entries: Sequence[tuple[int, _Variant]], results: Sequence[PromptResult | None], jobs: int
+    entries: Sequence[tuple[int, _Variant]], results: Sequence[PromptResult | None], jobs: Sequence[_Job]
 ) -> list[PromptResult | None]:
-    """One result per job: a job with a forced-call variant keeps whichever variant scored best.
+    """One result per job. A job with a forced-call variant (``tool_choice="auto"``) returns that
+    variant's best sample when it is a valid, grounded, new call (:func:`_chat_format.auto_choice_score`
+    is 1), else the free variant's best: the choice does not depend on the reward's scale.
 
-    The forced variant's prefill is put in front of its texts (the free prompt has none), the
-    samples, tokens and per-iteration rewards of both variants are reported together.
+    The forced variant's prefill is put in front of its texts (the free prompt has none); samples,
+    tokens and per-iteration rewards of both variants are reported together.
     """
-    merged: list[PromptResult | None] = [None] * jobs
+    merged: list[PromptResult | None] = [None] * len(jobs)
     seen: set[int] = set()
     for (i, variant), result in zip(entries, results, strict=False):
         forced = i in seen  # a job's second variant is its forced-call prompt
@@ -1282,7 +1284,8 @@ def _merge_variants(
         if current is None:
             merged[i] = result
             continue
-        best = result if result.reward > current.reward else current
+        call = fmtlib.auto_choice_score(result.text, jobs[i].fmt, jobs[i].messages) == 1.0
+        best = result if call else current
         merged[i] = dataclasses.replace(
             best,
             samples=current.samples + result.samples,
