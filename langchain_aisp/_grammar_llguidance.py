@@ -139,6 +139,11 @@ def tool_call_grammar(
     return _check(grammar, "the tool definitions (" + ", ".join(names) + ")")
 
 
+def prose_grammar() -> str:
+    """Free text without ``<`` (so no ``<tool_call>`` tag): the free rows under ``tool_choice="auto"``."""
+    return _check(llguidance.LLMatcher.grammar_from_lark("start: TEXT\nTEXT: /[^<]+/\n"), "the prose grammar")
+
+
 # --- compiled grammars and matchers ----------------------------------------------------------
 
 

@@ -206,7 +206,9 @@ class _Job:
     constraint: Any = None
     """The compiled grammar of the reply (``_grammar_llguidance.LLGuidanceConstraint``), or None for free text."""
     forced: _Variant | None = None
-    """Under ``tool_choice="auto"``: the forced-call prompt decoded beside the free one (half the samples each)."""
+    """Under ``tool_choice="auto"``: the forced-call prompt decoded beside the prose one (half the samples each)."""
+    auto_choice: str | None = None
+    """Under ``tool_choice="auto"``, set by the run: "call" or "prose" (what the choice rule took)."""
 
     def key(self) -> tuple[Any, ...]:
         return (tuple(self.token_ids), self.fmt.key(), self.settings.key(), id(self.lm))
@@ -890,7 +892,7 @@ class AISPChatModel(BaseChatModel):
         text = job.prompt.prefill + result.text
         if job.prompt.plain and job.prompt.prefill:
             text = text[1:]  # the space after "Assistant:"
-        if job.fmt.calls_tools:
+        if job.fmt.calls_tools and job.auto_choice != "prose":
             parsed = fmtlib.parse_tool_reply(text, job.fmt)
             if result.finish_reason == "length":
                 cut = _cut_message(job.settings.sampling.max_tokens, "tool call")
@@ -917,6 +919,8 @@ class AISPChatModel(BaseChatModel):
             "timed_out": result.timed_out,
             "max_tokens": job.settings.sampling.max_tokens,
         }
+        if job.auto_choice is not None:
+            aisp["auto_choice"] = job.auto_choice
         if job.fmt.constrained:
             aisp["format_validity"] = fmtlib.format_validity(text, job.fmt)
         metadata = {"model_name": str(job.lm.name), "finish_reason": finish, "aisp": aisp}
@@ -1239,16 +1243,16 @@ class AISPChatModel(BaseChatModel):
 def _grammars(fmt: fmtlib.OutputFormat) -> list[str]:
     """The grammar(s) of a reply of ``fmt``; [] for free text.
 
-    Forced calls and JSON: one grammar. ``tool_choice="auto"``: two, the free one (prose, or
-    prose then calls) and the forced-call one; each is decoded from its own prompt with half
-    the samples, and :func:`_chat_format.auto_choice_score` decides between them.
+    Forced calls and JSON: one grammar. ``tool_choice="auto"``: two, prose (no ``<``, so no
+    call tag) and forced calls; each is decoded from its own prompt with half the samples, and
+    :func:`_chat_format.auto_choice_score` decides between them (see :func:`_merge_variants`).
     """
     strict = fmt.strict is not False
     if fmt.calls_tools:
         tools, parallel = list(fmt.tools), fmt.parallel_tool_calls
         if fmt.tool_choice == "auto":
             return [
-                grammarlib.tool_call_grammar(tools, choice="auto", parallel=parallel, strict=strict),
+                grammarlib.prose_grammar(),
                 grammarlib.tool_call_grammar(tools, choice="any", parallel=parallel, strict=strict),
             ]
         return [grammarlib.tool_call_grammar(tools, choice=fmt.tool_choice, parallel=parallel, strict=strict)]
@@ -1262,7 +1266,7 @@ def _merge_variants(
 ) -> list[PromptResult | None]:
     """One result per job. A job with a forced-call variant (``tool_choice="auto"``) returns that
     variant's best sample when it is a valid, grounded, new call (:func:`_chat_format.auto_choice_score`
-    is 1), else the free variant's best: the choice does not depend on the reward's scale.
+    is 1), else the prose variant's best: the choice does not depend on the reward's scale.
 
     The forced variant's prefill is put in front of its texts (the free prompt has none); samples,
     tokens and per-iteration rewards of both variants are reported together.
@@ -1285,6 +1289,7 @@ def _merge_variants(
             merged[i] = result
             continue
         call = fmtlib.auto_choice_score(result.text, jobs[i].fmt, jobs[i].messages) == 1.0
+        jobs[i].auto_choice = "call" if call else "prose"
         best = result if call else current
         merged[i] = dataclasses.replace(
             best,
