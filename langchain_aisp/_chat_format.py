@@ -191,6 +191,8 @@ def tools_system_text(fmt: OutputFormat) -> str:
         TOOL_CALL_OPEN,
         '{"name": <function-name>, "arguments": <args-json-object>}',
         TOOL_CALL_CLOSE,
+        "",
+        "Take argument values from the user's message, written as the user wrote them, and keep them short.",
     ]
     forced = fmt.forced_tool
     if forced is not None:
@@ -442,6 +444,19 @@ def _strip_fences(text: str) -> str:
     return match.group(1) if match else text
 
 
+def json_complete(text: str) -> bool:
+    """Whether the reply's first JSON object is complete (a cut reply is not, even if it can be closed)."""
+    body = _strip_fences(text)
+    start = body.find("{")
+    if start < 0:
+        return False
+    try:
+        json.JSONDecoder().raw_decode(body[start:])
+    except ValueError:
+        return False
+    return True
+
+
 def parse_json_reply(text: str) -> tuple[Any, str | None]:
     """The JSON object of a structured-output reply and an error (None when it parsed)."""
     value, ok = _first_json(_strip_fences(text))
@@ -492,8 +507,10 @@ def parse_tool_reply(text: str, fmt: OutputFormat) -> ParsedReply:
     if not fmt.calls_tools:
         return ParsedReply(content=text)
     blocks = list(_CALL_BLOCK.finditer(text))
+    unclosed: set[int] = set()
     if blocks:
         candidates = [m.group(1) for m in blocks]
+        unclosed = {i for i, m in enumerate(blocks) if not m.group(0).endswith(TOOL_CALL_CLOSE)}
         content = _CALL_BLOCK.sub("", text).strip()
     else:
         stripped = _strip_fences(text).strip()
@@ -503,7 +520,18 @@ def parse_tool_reply(text: str, fmt: OutputFormat) -> ParsedReply:
         else:
             candidates, content = [], text
     parsed = ParsedReply(content=content, attempted=bool(candidates))
-    for raw in candidates:
+    for position, raw in enumerate(candidates):
+        if position in unclosed:  # cut short (by max_tokens): never completed, whatever a lenient parse makes of it
+            parsed.invalid_tool_calls.append(
+                InvalidToolCall(
+                    name=None,
+                    args=raw.strip(),
+                    id=_new_id(),
+                    error=f"the tool call is not complete (the reply ends before {TOOL_CALL_CLOSE})",
+                    type="invalid_tool_call",
+                )
+            )
+            continue
         value, ok = _first_json(_strip_fences(raw))
         if not ok:
             parsed.invalid_tool_calls.append(
@@ -568,7 +596,7 @@ def format_validity(text: str, fmt: OutputFormat) -> float:
         return -0.5
     if fmt.json_schema is not None:
         value, error = parse_json_reply(text)
-        if error is not None:
+        if error is not None or not json_complete(text):
             return -1.0
         return 1.0 if schema_errors(value, fmt.json_schema) is None else -0.5
     return 0.0

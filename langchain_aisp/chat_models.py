@@ -1325,9 +1325,9 @@ def _max_tokens_of(message: AIMessage) -> int:
 
 def _parse_tool_output(inner: Runnable[Any, Any], name: str, message: AIMessage) -> Any:
     """Structured output (function_calling): the first valid call, else an ``OutputParserException``."""
+    if (message.response_metadata.get("aisp") or {}).get("finish_reason") == "length":
+        raise OutputParserException(_cut_message(_max_tokens_of(message), f"{name} call"), llm_output=message.text)
     if not message.tool_calls:
-        if message.response_metadata.get("finish_reason") == "length":
-            raise OutputParserException(_cut_message(_max_tokens_of(message), f"{name} call"), llm_output=message.text)
         errors = "; ".join(str(c.get("error") or "") for c in message.invalid_tool_calls)
         raise OutputParserException(
             f"the reply contains no valid {name} call: {errors or 'no tool call'}", llm_output=message.text
@@ -1338,6 +1338,8 @@ def _parse_tool_output(inner: Runnable[Any, Any], name: str, message: AIMessage)
 def _parse_json_output(inner: Runnable[Any, Any], schema: dict[str, Any], message: AIMessage) -> Any:
     """Structured output (json_schema / json_mode): parse, then check the JSON against the schema."""
     cut = message.response_metadata.get("finish_reason") == "length"
+    if cut:  # a lenient parser could close the cut JSON: never return a truncated value
+        raise OutputParserException(_cut_message(_max_tokens_of(message), "JSON"), llm_output=message.text)
     try:
         value = inner.invoke(message)
     except OutputParserException:
