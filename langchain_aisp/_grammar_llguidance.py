@@ -9,6 +9,16 @@ and validated *without* a tokenizer, so an unsupported schema fails when it is b
 (``bind_tools`` / ``with_structured_output``) with llguidance's message naming the construct.
 They are compiled against a tokenizer when a call runs.
 
+Replies finish within ``max_tokens`` where they can: a matcher built with ``close=True``
+(tool calls and JSON; not prose) keeps, for its last ``CLOSE_HORIZON`` tokens, the length
+of its *closing path* (end the current string, add required keys with minimal values, close
+every bracket, then EOS: forced bytes first, otherwise the first of a short list of closing
+tokens the grammar allows). Within ``CLOSE_SLACK`` tokens of needing the whole remaining
+budget, tokens that open more structure (containing ``,``, ``{`` or ``[``) are withheld
+unless the path needs them; once the path needs every remaining token, only its next token
+is allowed. A reply is then cut by ``max_tokens`` only when even the shortest completion
+does not fit.
+
 JSON is generated compactly with the separators models are trained on (``", "`` and
 ``": "``), no free whitespace, raw Unicode in strings (no ``\\uXXXX`` escapes). Objects
 that list ``properties`` and say nothing about ``additionalProperties`` are closed
@@ -36,15 +46,21 @@ import llguidance
 import llguidance.hf
 import torch
 
-from langchain_aisp.constraints import ConstraintError
+from langchain_aisp.constraints import ConstraintError, bitmask_words
 
 TOOL_CALL_OPEN = "<tool_call>"
 TOOL_CALL_CLOSE = "</tool_call>"
 JSON_OPTIONS: dict[str, Any] = {"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": "}
 COMPILED_CACHE_SIZE = 128
+CLOSE_HORIZON = 64
+"""Tokens before ``max_tokens`` from which a closing matcher tracks its closing path."""
+CLOSE_SLACK = 8
+"""Within this many tokens of its closing path filling the budget, a reply opens no more structure."""
+CLOSERS = ('"', "}", "]", ",", "0", "1", "false", "null", "{", "[", "\n")
+"""Tokens tried, in order, to extend a closing path where the grammar forces nothing."""
 
 _LOCK = threading.Lock()
-_TOKENIZERS: weakref.WeakKeyDictionary[Any, dict[tuple[int, tuple[int, ...]], Any]] = weakref.WeakKeyDictionary()
+_TOKENIZERS: weakref.WeakKeyDictionary[Any, dict[Any, Any]] = weakref.WeakKeyDictionary()
 _COMPILED: OrderedDict[tuple[int, str, str], tuple[Any, Any]] = OrderedDict()
 
 
@@ -187,17 +203,55 @@ def clear_cache() -> None:
 class LLGuidanceMatcher:
     """One row's grammar state (:class:`langchain_aisp.constraints.Matcher`)."""
 
-    __slots__ = ("_eos", "_matcher")
+    __slots__ = ("_closing", "_eos", "_matcher", "_path", "_path_at")
 
-    def __init__(self, matcher: Any, eos_token_ids: frozenset[int]) -> None:
+    def __init__(self, matcher: Any, eos_token_ids: frozenset[int], closing: _Closing | None) -> None:
         self._matcher = matcher
         self._eos = eos_token_ids
+        self._closing = closing  # None: never steer towards completion (prose)
+        self._path: list[int] | None = None  # the closing path; None: not computed, or no completion found
+        self._path_at = 0  # ``remaining`` when the closing path was last computed
 
-    def fill_bitmask(self, bitmask: torch.Tensor, row: int) -> None:
+    def fill_bitmask(self, bitmask: torch.Tensor, row: int, remaining: int) -> None:
         target = bitmask[row]  # (W,) int32, contiguous, CPU
+        path = None
+        if self._closing is not None and remaining <= CLOSE_HORIZON:
+            length = len(self._path) if self._path is not None else 0
+            # recompute every 8 steps, and every step once the path nearly fills the budget
+            if self._path is None or remaining <= length + CLOSE_SLACK or self._path_at - remaining >= 8:
+                self._path, self._path_at = self._closing_path(remaining), remaining
+            path = self._path
+            if path is not None and len(path) >= remaining:  # no token to spare: follow the path
+                _set_bit(target, path[0])
+                return
         self._matcher.unsafe_compute_mask_ptr(target.data_ptr(), target.numel() * target.element_size())
         if self._matcher.is_error():
             raise ConstraintError(f"grammar matcher failed: {self._matcher.get_error()}")
+        if path is not None and self._closing is not None and remaining <= len(path) + CLOSE_SLACK:
+            target.bitwise_and_(self._closing.no_growth)  # (W,) open no more structure...
+            _set_bit(target, path[0])  # ...except what the path itself needs
+
+    def _closing_path(self, limit: int) -> list[int] | None:
+        """The tokens (EOS last) that complete the grammar soonest from here (at most ``limit + 1`` of them);
+        None when no completion is found."""
+        closers = self._closing.closers if self._closing is not None else ()
+        probe = self._matcher.deep_copy()
+        path: list[int] = []
+        while len(path) <= limit:
+            if probe.is_accepting():
+                return [*path, min(self._eos)]
+            forced = probe.compute_ff_tokens()
+            if forced:
+                probe.consume_tokens(forced)
+                path.extend(forced)
+                continue
+            token = next((t for t in closers if probe.try_consume_tokens([t]) == 1), None)
+            if token is None:
+                token = _first_allowed(probe.compute_bitmask())
+                if token is None or not probe.consume_token(token):
+                    return None
+            path.append(token)
+        return path
 
     def advance(self, token: int) -> None:
         if token in self._eos and self._matcher.is_accepting():
@@ -209,25 +263,81 @@ class LLGuidanceMatcher:
         return bool(self._matcher.is_stopped())
 
 
+def _set_bit(words: torch.Tensor, token: int) -> None:
+    words[token // 32] |= -(1 << 31) if token % 32 == 31 else 1 << (token % 32)
+
+
+def _first_allowed(mask: bytes) -> int | None:
+    for i, byte in enumerate(mask):
+        if byte:
+            return i * 8 + (byte & -byte).bit_length() - 1
+    return None
+
+
+@dataclass(frozen=True, eq=False)
+class _Closing:
+    """Per-tokenizer data for steering replies to completion (see the module docstring)."""
+
+    closers: tuple[int, ...]
+    """Token ids of ``CLOSERS`` (those that are one token), in order."""
+    no_growth: torch.Tensor
+    """int32 bitmask (W,): every token except those containing ``,``, ``{`` or ``[``."""
+
+
+def _closing_for(tokenizer: Any, vocab_size: int) -> _Closing:
+    key = ("closing", vocab_size)
+    with _LOCK:
+        found = _TOKENIZERS.setdefault(tokenizer, {}).get(key)
+    if found is not None:
+        return found  # type: ignore[no-any-return]
+    closers = []
+    for text in CLOSERS:
+        encoded = tokenizer(text, add_special_tokens=False).input_ids
+        if len(encoded) == 1:
+            closers.append(int(encoded[0]))
+    no_growth = torch.full((bitmask_words(vocab_size),), -1, dtype=torch.int32)  # (W,)
+    pieces = tokenizer.convert_ids_to_tokens(list(range(min(vocab_size, len(tokenizer)))))
+    for token, piece in enumerate(pieces):
+        if piece is not None and any(c in piece for c in ",{["):
+            no_growth[token // 32] &= ~(-(1 << 31) if token % 32 == 31 else 1 << (token % 32))
+    closing = _Closing(tuple(closers), no_growth)
+    with _LOCK:
+        _TOKENIZERS[tokenizer][key] = closing
+    return closing
+
+
 @dataclass(frozen=True)
 class LLGuidanceConstraint:
     """A compiled grammar for one prompt (:class:`langchain_aisp.constraints.Constraint`): every sample alike."""
 
     template: Any
     eos_token_ids: frozenset[int]
+    closing: _Closing | None
+    """How to complete a reply within ``max_tokens``; None: no steering to completion."""
 
     def matcher(self, sample: int) -> LLGuidanceMatcher:
         with _LOCK:  # the template is shared by every thread: copy it one thread at a time
             state = self.template.deep_copy()
-        return LLGuidanceMatcher(state, self.eos_token_ids)
+        return LLGuidanceMatcher(state, self.eos_token_ids, self.closing)
 
 
 def compile_constraint(
-    tokenizer: Any, vocab_size: int, eos_token_ids: Sequence[int], grammar: str, prefill: str = ""
+    tokenizer: Any,
+    vocab_size: int,
+    eos_token_ids: Sequence[int],
+    grammar: str,
+    prefill: str = "",
+    *,
+    close: bool = True,
 ) -> LLGuidanceConstraint:
-    """Compile ``grammar`` for ``tokenizer`` (cached); matchers start after ``prefill``."""
+    """Compile ``grammar`` for ``tokenizer`` (cached); matchers start after ``prefill``.
+
+    ``close``: steer each reply to completion within ``max_tokens`` (see the module docstring);
+    off for free text, where ending early would only hide that the answer was cut.
+    """
     template = _compiled(_tokenizer(tokenizer, vocab_size, eos_token_ids), tokenizer, grammar, prefill)
-    return LLGuidanceConstraint(template, frozenset(eos_token_ids))
+    closing = _closing_for(tokenizer, vocab_size) if close else None
+    return LLGuidanceConstraint(template, frozenset(eos_token_ids), closing)
 
 
 def forced_prefix(tokenizer: Any, vocab_size: int, eos_token_ids: Sequence[int], grammar: str) -> str:

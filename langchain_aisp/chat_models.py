@@ -696,8 +696,8 @@ class AISPChatModel(BaseChatModel):
         if len(grammars) == 1:  # forced call / JSON: prefill what every reply must start with
             prefill = grammarlib.forced_prefix(lm.tokenizer, vocab, eos, grammars[0])
             constraint = grammarlib.compile_constraint(lm.tokenizer, vocab, eos, grammars[0], prefill)
-        elif grammars:  # auto: a free prompt and a forced-call prompt
-            constraint = grammarlib.compile_constraint(lm.tokenizer, vocab, eos, grammars[0], "")
+        elif grammars:  # auto: a prose prompt and a forced-call prompt
+            constraint = grammarlib.compile_constraint(lm.tokenizer, vocab, eos, grammars[0], "", close=False)
             forced_grammar = grammars[1]
         prompt = fmtlib.render(lm.tokenizer, messages, out_fmt, prefill)
         overrides = {k: kwargs[k] for k in _PER_CALL_FIELDS if k in kwargs}

@@ -8,8 +8,9 @@ Plain torch, no grammar library. A grammar library plugs in through two small pr
   different grammars, e.g. half of them a forced tool call);
 * :class:`Matcher`: the stateful grammar state of one decoding row. Before each step it
   writes the row's allowed tokens into an int32 bitmask row (bit ``t % 32`` of word
-  ``t // 32``; little-endian, the layout llguidance and xgrammar use); after the step it
-  advances by the sampled token.
+  ``t // 32``; little-endian, the layout llguidance and xgrammar use), knowing how many
+  tokens the row may still generate (so a matcher can steer a reply to completion within
+  ``max_tokens``); after the step it advances by the sampled token.
 
 :class:`RowMasks` drives the matchers of one decoding batch: the bitmask of the live rows
 is filled on the CPU, copied to the logits' device once per step, unpacked to a boolean
@@ -38,8 +39,11 @@ class ConstraintError(RuntimeError):
 class Matcher(Protocol):
     """The grammar state of one decoding row."""
 
-    def fill_bitmask(self, bitmask: torch.Tensor, row: int) -> None:
-        """Write the tokens allowed next into ``bitmask[row]`` (int32 words, CPU); set bits only."""
+    def fill_bitmask(self, bitmask: torch.Tensor, row: int, remaining: int) -> None:
+        """Write the tokens allowed next into ``bitmask[row]`` (int32 words, CPU, zeroed); set bits only.
+
+        ``remaining`` is the number of tokens the row may still generate, this one included.
+        """
         ...
 
     def advance(self, token: int) -> None:
@@ -99,8 +103,11 @@ class RowMasks:
             eos_only[token // 32] |= _bit(token % 32)
         self.eos_only = eos_only
 
-    def apply(self, logits: torch.Tensor) -> torch.Tensor:
-        """Set the logits of the tokens each live row's grammar forbids to -inf: (A, V) -> (A, V)."""
+    def apply(self, logits: torch.Tensor, remaining: int) -> torch.Tensor:
+        """Set the logits of the tokens each live row's grammar forbids to -inf: (A, V) -> (A, V).
+
+        ``remaining``: tokens each row may still generate, this one included (``max_tokens - step``).
+        """
         rows = len(self.live)
         bitmask = self.bitmask[:rows]  # (A, W)
         bitmask.fill_(-1)
@@ -112,7 +119,7 @@ class RowMasks:
                 bitmask[a] = self.eos_only
             else:
                 bitmask[a] = 0
-                matcher.fill_bitmask(bitmask, a)
+                matcher.fill_bitmask(bitmask, a, remaining)
         allowed = unpack_bitmask(bitmask.to(logits.device, non_blocking=True), logits.shape[-1])  # (A, V)
         return logits.masked_fill(~allowed, float("-inf"))  # (A, V)
 

@@ -83,7 +83,7 @@ def prefill(lm: CausalLM, token_ids: Sequence[int]) -> PromptPrefix:
 class _NoMasks:
     """Stands in for :class:`RowMasks` when no row is constrained, so the loop never branches on it."""
 
-    def apply(self, logits: torch.Tensor) -> torch.Tensor:
+    def apply(self, logits: torch.Tensor, remaining: int) -> torch.Tensor:
         return logits  # (A, V)
 
     def advance(self, tokens: torch.Tensor, ended: torch.Tensor) -> None:
@@ -205,7 +205,7 @@ def decode(
     timed_out = False
     for step in range(max_tokens):
         logits = F.linear(z + V[:, min(step, tau)], lm.head_weight, lm.head_bias)  # (A, vocab)
-        logits = apply_processors(masks.apply(logits.float()), decoder.processors)  # (A, vocab)
+        logits = apply_processors(masks.apply(logits.float(), max_tokens - step), decoder.processors)  # (A, vocab)
         token = sample_tokens(logits, uniforms[:, step])  # (A,)
         token = torch.where(done, lm.pad_token_id, token)  # (A,)
         masks.advance(token, done)

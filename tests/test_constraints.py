@@ -65,7 +65,7 @@ class ScriptedMatcher:
     def __init__(self, script):
         self.script, self.pos, self.seen = list(script), 0, []
 
-    def fill_bitmask(self, bitmask, row):
+    def fill_bitmask(self, bitmask, row, remaining):
         t = self.script[self.pos]
         bitmask[row, t // 32] |= -(1 << 31) if t % 32 == 31 else 1 << (t % 32)
 
@@ -86,15 +86,15 @@ def test_row_masks_finish_with_eos_only_and_follow_dropped_rows():
         device=torch.device("cpu"),
     )
     logits = torch.zeros(3, 10)
-    out = masks.apply(logits)
+    out = masks.apply(logits, 5)
     assert torch.isfinite(out[0]).nonzero().squeeze(-1).tolist() == [4]
     assert torch.isfinite(out[1]).all()  # unconstrained row
     assert torch.isfinite(out[2]).nonzero().squeeze(-1).tolist() == [7]
     masks.advance(torch.tensor([4, 1, 7]), torch.tensor([False, False, False]))
-    out = masks.apply(logits)
+    out = masks.apply(logits, 5)
     assert torch.isfinite(out[0]).nonzero().squeeze(-1).tolist() == [2]  # grammar done: only EOS
     masks.select(torch.tensor([1, 2]))  # the decoder dropped row 0
-    out = masks.apply(torch.zeros(2, 10))
+    out = masks.apply(torch.zeros(2, 10), 5)
     assert torch.isfinite(out[1]).nonzero().squeeze(-1).tolist() == [8]
     masks.advance(torch.tensor([5, 8]), torch.tensor([False, False]))
     assert masks.matchers[2].seen == [7, 8]
@@ -322,3 +322,24 @@ def test_decode_stops_after_the_step_at_the_deadline(tiny_lm, encode, monkeypatc
         deadline=-1.0,
     )
     assert out.timed_out and out.lengths.tolist() == [1, 1]
+
+
+def test_replies_are_steered_to_complete_within_max_tokens(tiny_lm, encode):
+    """A random model writes endless strings; the closing path still ends every reply in valid JSON."""
+    schema = {
+        "type": "object",
+        "properties": {"title": {"type": "string"}, "tags": {"type": "array", "items": {"type": "string"}}},
+        "required": ["title", "tags"],
+    }
+    grammar = grammarlib.json_grammar(schema)
+    vocab, eos = tiny_lm.head_weight.shape[0], tiny_lm.eos_token_ids
+    params = AISPParams(method="bon", num_samples=8, num_iterations=1)
+    texts = {}
+    for close in (True, False):
+        c = grammarlib.compile_constraint(tiny_lm.tokenizer, vocab, eos, grammar, close=close)
+        result = run(
+            tiny_lm, [encode("JSON")], zero_reward, params, SamplingParams(max_tokens=16), seed=5, constraints=[c]
+        )[0]
+        texts[close] = result.texts[0]
+    assert all(valid(t, schema) for t in texts[True]), texts[True]
+    assert not all(t.endswith("]}") for t in texts[False])  # without steering, replies are cut mid-JSON
