@@ -216,7 +216,13 @@ def _decode_rows(
         ]
         try:
             piece = decode(
-                decoder, prefixes, row_prompt[start:stop], V[start:stop], uniforms[start:stop], matchers, deadline
+                decoder,
+                prefixes,
+                row_prompt[start:stop],
+                V[start:stop],
+                uniforms[start:stop],
+                matchers=matchers,
+                deadline=deadline,
             )
         except torch.OutOfMemoryError as exc:
             tried.append(stop - start)

@@ -382,8 +382,12 @@ def test_tool_call_parsing_valid_and_invalid(llm, monkeypatch):
     monkeypatch.setattr(cm, "run", scripted_run(["I would rather chat."]))
     msg = llm.bind_tools([add]).invoke("Hi")  # optional call: plain text is fine
     assert msg.content == "I would rather chat." and not msg.tool_calls and not msg.invalid_tool_calls
-    monkeypatch.setattr(cm, "run", scripted_run(['```json\n{"name": "add", "arguments": {"a": 2, "b": 3}}\n```']))
-    assert llm.bind_tools([add]).invoke("Hi").tool_calls[0]["args"] == {"a": 2, "b": 3}
+    # auto: engine prompt 0 is the prose variant, prompt 1 the forced-call variant (prefilled up to "a":)
+    monkeypatch.setattr(cm, "run", scripted_run(["Five.", ' 2, "b": 3}}\n</tool_call>']))
+    msg = llm.bind_tools([add]).invoke("What is 2 + 3?")  # a call whose arguments come from the question
+    assert msg.tool_calls[0]["args"] == {"a": 2, "b": 3} and msg.response_metadata["aisp"]["auto_choice"] == "call"
+    msg = llm.bind_tools([add]).invoke("Hi")  # invented arguments: prose
+    assert msg.content == "Five." and not msg.tool_calls and msg.response_metadata["aisp"]["auto_choice"] == "prose"
 
 
 def test_tool_choice_forms_and_errors(llm):
@@ -397,7 +401,8 @@ def test_format_validity_scores():
     tools = fmtlib.OutputFormat(tools=(cm.convert_to_openai_tool(add)["function"],), tool_choice="any")
     good = '<tool_call>\n{"name": "add", "arguments": {"a": 1, "b": 2}}\n</tool_call>'
     assert fmtlib.format_validity(good, tools) == 1.0
-    assert fmtlib.format_validity('<tool_call>{"name": "add", "arguments": {"a": 1}}', tools) == -0.5
+    assert fmtlib.format_validity('<tool_call>{"name": "add", "arguments": {"a": 1}}</tool_call>', tools) == -0.5
+    assert fmtlib.format_validity('<tool_call>{"name": "add", "arguments": {"a": 1, "b": 2}}', tools) == -1.0  # cut
     assert fmtlib.format_validity("<tool_call>oops", tools) == -1.0
     assert fmtlib.format_validity("no call", tools) == -1.0
     optional = dataclasses.replace(tools, tool_choice="auto")
