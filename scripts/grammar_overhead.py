@@ -7,7 +7,7 @@ disabled in both runs (the decoder's EOS set is emptied), so both decode exactly
 ms/step of each, their ratio, and the time spent inside the mask (fill + copy + unpack +
 masked_fill) and the matchers' advance, measured in the same constrained runs.
 
-    OMP_NUM_THREADS=1 python scripts/grammar_overhead.py --batch 32 --repeats 5
+    OMP_NUM_THREADS=1 PYTHONPATH=. python scripts/grammar_overhead.py --batch 32 --repeats 5
 """
 
 from __future__ import annotations
@@ -42,9 +42,9 @@ class Timed:
     def install(self) -> None:
         timer = self
 
-        def apply(masks: RowMasks, logits: torch.Tensor) -> torch.Tensor:
+        def apply(masks: RowMasks, logits: torch.Tensor, remaining: int) -> torch.Tensor:
             start = time.perf_counter()
-            out = timer.apply(masks, logits)
+            out = timer.apply(masks, logits, remaining)
             timer.seconds += time.perf_counter() - start
             return out
 

@@ -6,7 +6,7 @@ a question counts as "called" when the reply holds a valid call of the right too
 when it calls another tool or its call is invalid. Only public API is used, so the same script
 measures another checkout (``PYTHONPATH=/path/to/checkout``), e.g. the code before issue 9:
 
-    OMP_NUM_THREADS=1 python scripts/tool_call_rate.py                       # this checkout
+    OMP_NUM_THREADS=1 PYTHONPATH=. python scripts/tool_call_rate.py                       # this checkout
     OMP_NUM_THREADS=1 PYTHONPATH=/path/to/old/checkout python scripts/tool_call_rate.py
 """
 

@@ -6,8 +6,8 @@ model's batch (one Batched AISP run per schema and method). A reply counts as va
 parses into the schema and validates against it with the ``jsonschema`` package (independent
 of our own checker); replies cut by ``max_tokens`` are counted separately.
 
-    OMP_NUM_THREADS=1 python scripts/validity_table.py            # the table in docs/grammar.md
-    OMP_NUM_THREADS=1 python scripts/validity_table.py --prompts 5 --max-tokens 64   # quick look
+    OMP_NUM_THREADS=1 PYTHONPATH=. python scripts/validity_table.py            # the table in docs/grammar.md
+    OMP_NUM_THREADS=1 PYTHONPATH=. python scripts/validity_table.py --prompts 5 --max-tokens 64   # quick look
 """
 
 from __future__ import annotations
