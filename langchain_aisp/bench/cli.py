@@ -8,6 +8,7 @@ Subcommands (``run`` is the default when none is given)::
     langchain-aisp-bench throughput [--batch-sizes 8,32] [--tokens 32] [--repeats 3]
     langchain-aisp-bench prefill [--prompt-tokens 1024] [--samples 8] [--tokens 32]
     langchain-aisp-bench report --out bench-results/
+    langchain-aisp-bench threads [--models default,360m] [--thread-counts 1,all] [--loads 0,1] [--repeats 1]
 
 Everything runs offline on the embedded default model unless ``--model`` names another.
 """
@@ -23,7 +24,7 @@ from typing import Any
 
 from langchain_aisp import config as engine_config
 
-SUBCOMMANDS = ("run", "throughput", "prefill", "report")
+SUBCOMMANDS = ("run", "throughput", "prefill", "report", "threads")
 DEFAULT_OUT = "bench-results"
 DEFAULT_REWARDS = ("sentiment", "nontoxic", "relevance")
 
@@ -158,6 +159,11 @@ def build_parser(command: str) -> argparse.ArgumentParser:
         parser.add_argument("--samples", type=int, default=8, help="N")
         parser.add_argument("--tokens", type=int, default=32, help="new tokens per sample (exactly)")
         parser.add_argument("--repeats", type=int, default=1)
+    elif command == "threads":
+        from langchain_aisp.bench.threads import add_arguments
+
+        add_arguments(parser)
+        return parser
     else:
         parser.description = "Rebuild summary.csv, summary.md and the plots from results.json."
     parser.add_argument("--out", default=DEFAULT_OUT, help=f"results folder (default {DEFAULT_OUT}/)")
@@ -290,6 +296,12 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_threads(args: argparse.Namespace) -> int:
+    from langchain_aisp.bench.threads import cmd_threads as run_threads
+
+    return run_threads(args)
+
+
 def _save(out: Path, name: str, data: dict[str, Any], text: str) -> None:
     from langchain_aisp.bench.runner import _jsonable
 
@@ -305,7 +317,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     if argv and argv[0] == command:
         argv = argv[1:]
     args = build_parser(command).parse_args(argv)
-    handlers = {"run": cmd_run, "throughput": cmd_throughput, "prefill": cmd_prefill, "report": cmd_report}
+    handlers = {
+        "run": cmd_run,
+        "throughput": cmd_throughput,
+        "prefill": cmd_prefill,
+        "report": cmd_report,
+        "threads": cmd_threads,
+    }
     try:
         return handlers[command](args)
     except KeyboardInterrupt:
