@@ -214,6 +214,26 @@ def _decode_rows(
     ), max_rows
 
 
+def context_window_error(what: str, prompt_tokens: int, max_tokens: int, limit: int, model: str) -> str:
+    """The message for a prompt that does not fit the context window ``limit`` with ``max_tokens`` new tokens.
+
+    ``what`` names the prompt ("prompt 3", "the conversation"). When the prompt alone leaves no room
+    for a single new token, the message says so and by how many tokens it is too long.
+    """
+    total = prompt_tokens + max_tokens
+    if prompt_tokens >= limit:
+        return (
+            f"{what} is too long: {prompt_tokens} tokens, and the context window of {model} is {limit} tokens, "
+            f"so no token is left for the answer; shorten it by at least {prompt_tokens - limit + 1} tokens "
+            f"({total - limit} to keep max_tokens={max_tokens}); nothing is truncated"
+        )
+    return (
+        f"{what} has {prompt_tokens} tokens and max_tokens is {max_tokens}: {total} tokens exceed the context "
+        f"window of {model} ({limit} tokens) by {total - limit}; lower max_tokens to at most {limit - prompt_tokens} "
+        f"or shorten {what} by {total - limit} tokens; nothing is truncated"
+    )
+
+
 def _check_prompts(lm: CausalLM, prompts: Sequence[Sequence[int]], max_tokens: int) -> None:
     """Refuse empty prompts and prompts that do not fit the context window with ``max_tokens`` (never truncate)."""
     limit = lm.max_context
@@ -221,11 +241,7 @@ def _check_prompts(lm: CausalLM, prompts: Sequence[Sequence[int]], max_tokens: i
         if len(prompt) == 0:
             raise ValueError(f"prompt {j} is empty (0 tokens); every prompt needs at least one token")
         if limit is not None and len(prompt) + max_tokens > limit:
-            raise ValueError(
-                f"prompt {j} has {len(prompt)} tokens and max_tokens is {max_tokens}: {len(prompt) + max_tokens} "
-                f"tokens exceed the context window of {lm.name} ({limit} tokens); max_tokens can be at most "
-                f"{max(0, limit - len(prompt))} for this prompt (nothing is truncated)"
-            )
+            raise ValueError(context_window_error(f"prompt {j}", len(prompt), max_tokens, limit, lm.name))
 
 
 def as_float(value: object) -> float | None:

@@ -49,7 +49,7 @@ from langchain_core.utils.pydantic import is_basemodel_subclass
 from pydantic import ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
 from langchain_aisp import _chat_format as fmtlib
-from langchain_aisp.aisp import IterationEvent, PromptResult, RewardError, run
+from langchain_aisp.aisp import IterationEvent, PromptResult, RewardError, context_window_error, run
 from langchain_aisp.config import (
     DEFAULT_ALPHA,
     DEFAULT_CONTROL,
@@ -703,10 +703,7 @@ class AISPChatModel(BaseChatModel):
         limit = lm.max_context
         if limit is not None and len(token_ids) + settings.sampling.max_tokens > limit:
             raise ValueError(
-                f"the prompt has {len(token_ids)} tokens and max_tokens is {settings.sampling.max_tokens}: "
-                f"{len(token_ids) + settings.sampling.max_tokens} tokens exceed the context window of "
-                f"{lm.name} ({limit} tokens); max_tokens can be at most {max(0, limit - len(token_ids))} for this "
-                "conversation: shorten it or lower max_tokens (nothing is truncated)"
+                context_window_error("the conversation", len(token_ids), settings.sampling.max_tokens, limit, lm.name)
             )
         return _Job(list(messages), token_ids, prompt, out_fmt, settings, lm)
 
