@@ -754,6 +754,8 @@ class AISPChatModel(BaseChatModel):
                         )
             return values
 
+        score.name = self.reward_name  # type: ignore[attr-defined]  # errors name the user's reward
+
         def on_iteration(event: IterationEvent) -> None:
             if cancel is not None and cancel.is_set():
                 raise RunCancelledError(
@@ -786,8 +788,16 @@ class AISPChatModel(BaseChatModel):
         except RewardError as exc:
             errors: list[PromptResult | BaseException] = []
             for i in range(len(jobs)):
-                err = RewardError(str(exc), [exc.partial[i] if i < len(exc.partial) else None])
-                err.__cause__ = exc
+                err = RewardError(
+                    str(exc),
+                    [exc.partial[i] if i < len(exc.partial) else None],
+                    reward=exc.reward,
+                    prompt_index=exc.prompt_index,
+                    iteration=exc.iteration,
+                    response_index=exc.response_index,
+                    response=exc.response,
+                )
+                err.__cause__ = exc.__cause__  # the reward's own exception
                 errors.append(err)
             return errors
         return list(results)
@@ -1026,7 +1036,7 @@ class AISPChatModel(BaseChatModel):
                     _CURRENT_RUN.reset(token)
                 yield chunk
         finally:
-            inner.close()
+            inner.close()  # type: ignore[attr-defined]  # a generator
 
     async def astream(
         self,
@@ -1050,7 +1060,7 @@ class AISPChatModel(BaseChatModel):
                     _CURRENT_RUN.reset(token)
                 yield chunk
         finally:
-            await inner.aclose()
+            await inner.aclose()  # type: ignore[attr-defined]  # an async generator
 
     def _aligned(
         self,

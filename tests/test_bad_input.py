@@ -333,7 +333,7 @@ ROWS: list[tuple[str, Call, type[BaseException] | None, tuple[str, ...]]] = [
         "reward_returns_text",
         lambda c: c.model(reward=lambda p, r: "high").invoke("hi"),
         RewardError,
-        ("returned 'high' (str) for response 0; expected a float",),
+        ("reward <lambda> returned 'high' (str); expected a float (prompt 0, iteration 0, response 0: ",),
     ),
     (
         "safe_reward_bad_on_invalid",

@@ -31,7 +31,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 QUESTION = "How do I keep basil alive on a windowsill?"
-SHAPES: dict[str, dict[str, int]] = {
+SHAPES: dict[str, dict[str, Any]] = {
     # SmolLM2 configs (hidden, intermediate, layers, heads, kv heads); vocabulary: the default tokenizer's.
     "360m": {
         "hidden_size": 960,

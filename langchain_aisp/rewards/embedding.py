@@ -12,8 +12,8 @@ from langchain_core.messages import SystemMessage, ToolMessage
 
 from langchain_aisp.lm import resolve_device
 from langchain_aisp.rewards.base import Conversation, Reward, message_text, prompt_text
+from langchain_aisp.rewards.errors import check_lengths
 from langchain_aisp.rewards.rules import require
-from langchain_aisp.rewards.safety import check_lengths
 
 Target = Literal["prompt", "context", "reference"]
 
