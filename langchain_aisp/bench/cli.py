@@ -10,7 +10,8 @@ Subcommands (``run`` is the default when none is given)::
     langchain-aisp-bench report --out bench-results/
     langchain-aisp-bench threads [--models default,360m] [--thread-counts 1,all] [--loads 0,1] [--repeats 1]
 
-Everything runs offline on the embedded default model unless ``--model`` names another.
+Everything runs offline on the embedded default model unless ``--model`` names another, on one
+CPU thread unless ``--num-threads N|all`` or ``$LANGCHAIN_AISP_NUM_THREADS`` says otherwise.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from langchain_aisp import config as engine_config
+from langchain_aisp.threads import DEFAULT_NUM_THREADS, NUM_THREADS_ENV, num_threads_arg, set_cpu_threads
 
 SUBCOMMANDS = ("run", "throughput", "prefill", "report", "threads")
 DEFAULT_OUT = "bench-results"
@@ -72,7 +74,15 @@ def _model_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N (default auto)")
     group.add_argument("--dtype", default="auto", help="auto, float32, bfloat16, float16 (default auto: fp32 on CPU)")
     group.add_argument("--trust-remote-code", action="store_true", help="allow custom model code (off by default)")
-    group.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    group.add_argument(
+        "--num-threads",
+        "--threads",
+        dest="num_threads",
+        type=num_threads_arg,
+        default=None,
+        help=f"torch CPU threads, a count or 'all' (default: ${NUM_THREADS_ENV}, else {DEFAULT_NUM_THREADS}; "
+        "see README 'Performance')",
+    )
 
 
 def build_parser(command: str) -> argparse.ArgumentParser:
@@ -173,12 +183,9 @@ def build_parser(command: str) -> argparse.ArgumentParser:
 
 
 def _load_lm(args: argparse.Namespace) -> Any:
-    import torch
-
     from langchain_aisp.lm import load_causal_lm
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    set_cpu_threads(args.num_threads)  # explicit: this command's option (default one thread)
     return load_causal_lm(args.model, device=args.device, dtype=args.dtype, trust_remote_code=args.trust_remote_code)
 
 
