@@ -10,7 +10,9 @@
    tool result the model answers in prose, and the loop ends.
 
 Runs offline (``pip install langgraph langchain`` for the first two agents; the plain loop needs
-neither). ``AISP_EXAMPLE_FAST=1`` (or ``--fast``) for the smallest budget.
+neither), on one CPU thread unless ``--num-threads N|all`` or ``LANGCHAIN_AISP_NUM_THREADS``;
+``AISP_EXAMPLE_FAST=1`` (or ``--fast``) for the smallest budget. The last line is the answer of
+the last agent.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from langchain_core.tools import tool
 
 from langchain_aisp import AISPChatModel
 from langchain_aisp.rewards import Reward
+from langchain_aisp.threads import set_cpu_threads
 
 FAST = "--fast" in sys.argv or os.environ.get("AISP_EXAMPLE_FAST") == "1"
 QUESTION = "What is the weather in Paris?"
@@ -131,13 +134,19 @@ def main() -> None:
     direct = expert_llm.invoke("What is the capital of France?")
     print("tool backend answer:", direct.text.strip())
     print("tool backend reward:", direct.response_metadata["aisp"]["reward"])
-    report("plain loop", plain_loop(QUESTION))
+    messages = plain_loop(QUESTION)
+    report("plain loop", messages)
     for name, agent in (("langgraph create_react_agent", react_agent), ("langchain create_agent", langchain_agent)):
         try:
-            report(name, agent(QUESTION))
+            messages = agent(QUESTION)
         except ImportError as exc:
             print(f"[{name}] skipped: {exc} (pip install langgraph langchain)")
+            continue
+        report(name, messages)
+    print("answer:", messages[-1].text.strip())
 
 
 if __name__ == "__main__":
+    # One CPU thread unless --num-threads N|all or LANGCHAIN_AISP_NUM_THREADS says otherwise (README "Performance").
+    set_cpu_threads(sys.argv[sys.argv.index("--num-threads") + 1] if "--num-threads" in sys.argv[:-1] else None)
     main()
