@@ -668,6 +668,83 @@ def arguments_grounded(call: ToolCall, messages: Sequence[BaseMessage]) -> bool:
     return all(_grounded(v, context, context_words) for v in _leaves(call["args"]))
 
 
+def _relevance(tool: dict[str, Any], last_user: str) -> int:
+    """Words of the tool's name and description (longer than 3 letters) found in the user's last message."""
+    user_words = _words(last_user)
+    tool_words = _words(" ".join([str(tool["name"]).replace("_", " "), str(tool.get("description") or "")]))
+    return sum(any(_same_word(w, u) for u in user_words) for w in tool_words if len(w) > 3) + (
+        5 if str(tool["name"]).lower() in last_user else 0
+    )
+
+
+MAX_SPANS = 400
+"""Most argument candidates a forced-call row of ``tool_choice="auto"`` may pick from."""
+
+
+def conversation_spans(messages: Sequence[BaseMessage], max_words: int = 6) -> tuple[list[str], list[float]]:
+    """Candidate argument values taken from the conversation: word spans (up to ``max_words`` words, as
+    written, without surrounding punctuation) and numbers of the user and tool text, the last user
+    message first; at most ``MAX_SPANS`` spans."""
+    texts: list[str] = []
+    for m in reversed(messages):
+        is_user = isinstance(m, HumanMessage) or (isinstance(m, ChatMessage) and m.role in ("user", "human"))
+        if is_user or isinstance(m, (ToolMessage, FunctionMessage)):
+            try:
+                texts.append(content_text(m))
+            except ValueError:
+                continue
+    spans: dict[str, None] = {}
+    numbers: dict[float, None] = {}
+    for text in texts:
+        words = list(re.finditer(r"\S+", text))
+        for i in range(len(words)):
+            for j in range(i, min(len(words), i + max_words)):
+                span = text[words[i].start() : words[j].end()].strip(".,;:!?\"'()[]{}<>«»“”‘’")
+                if span and len(spans) < MAX_SPANS:
+                    spans.setdefault(span, None)
+        for match in re.finditer(r"(?<![\w.])-?\d+(?:\.\d+)?(?![\w])", text):
+            numbers.setdefault(float(match.group()), None)
+    return list(spans), list(numbers)
+
+
+def _ground_schema(schema: Any, spans: list[str], numbers: list[float]) -> Any:
+    if not isinstance(schema, dict):
+        return schema
+    out = dict(schema)
+    if isinstance(schema.get("properties"), dict):
+        out["properties"] = {k: _ground_schema(v, spans, numbers) for k, v in schema["properties"].items()}
+    if isinstance(schema.get("items"), dict):
+        out["items"] = _ground_schema(schema["items"], spans, numbers)
+    free = not any(k in schema for k in ("enum", "const", "pattern", "format", "anyOf", "oneOf", "$ref"))
+    kind = schema.get("type")
+    if free and kind == "string" and spans:
+        out = {k: v for k, v in out.items() if k not in ("type", "minLength", "maxLength")}
+        out["enum"] = spans
+    elif free and kind == "integer" and any(x.is_integer() for x in numbers):
+        out = {k: v for k, v in out.items() if k != "type"}
+        out["enum"] = [int(x) for x in numbers if x.is_integer()]
+    elif free and kind == "number" and numbers:
+        out = {k: v for k, v in out.items() if k != "type"}
+        out["enum"] = [int(x) if x.is_integer() else x for x in numbers]
+    return out
+
+
+def grounded_tools(fmt: OutputFormat, messages: Sequence[BaseMessage]) -> tuple[dict[str, Any], ...]:
+    """The bound tools with free string and number arguments restricted to values of the conversation
+    (:func:`conversation_spans`): the forced-call rows of ``tool_choice="auto"`` propose calls that the
+    choice rule can accept, and the model picks which span or number fills which argument."""
+    spans, numbers = conversation_spans(messages)
+    return tuple({**t, "parameters": _ground_schema(t.get("parameters") or {}, spans, numbers)} for t in fmt.tools)
+
+
+def rank_tools(fmt: OutputFormat, messages: Sequence[BaseMessage]) -> list[str]:
+    """The bound tools, most related to the user's last message first (stable for ties): under
+    ``tool_choice="auto"`` forced-call sample ``i`` calls tool ``i % len(tools)`` of this order."""
+    _, last_user = _conversation_text(messages)
+    order = sorted(range(len(fmt.tools)), key=lambda i: -_relevance(fmt.tools[i], last_user))
+    return [fmt.tools[i]["name"] for i in order]
+
+
 def call_is_grounded(call: ToolCall, fmt: OutputFormat, messages: Sequence[BaseMessage]) -> bool:
     """The rule for ``tool_choice="auto"``: is this call what the conversation asks for?
 
@@ -678,11 +755,8 @@ def call_is_grounded(call: ToolCall, fmt: OutputFormat, messages: Sequence[BaseM
     if not arguments_grounded(call, messages):
         return False
     _, last_user = _conversation_text(messages)
-    tool = next((t for t in fmt.tools if t["name"] == call["name"]), {})
-    tool_words = _words(" ".join([call["name"].replace("_", " "), str(tool.get("description") or "")]))
-    relevant = call["name"].lower() in last_user or any(
-        _same_word(w, u) for w in tool_words if len(w) > 3 for u in _words(last_user)
-    )
+    tool = next((t for t in fmt.tools if t["name"] == call["name"]), {"name": call["name"]})
+    relevant = _relevance(tool, last_user) > 0
     leaves = _leaves(call["args"])
     numbers = bool(leaves) and all(not isinstance(v, str) for v in leaves)
     return relevant or numbers
@@ -700,32 +774,31 @@ def forced_call_score(text: str, fmt: OutputFormat, messages: Sequence[BaseMessa
     return value
 
 
-def _previous_calls(messages: Sequence[BaseMessage]) -> set[str]:
-    return {
-        json.dumps([c["name"], c["args"]], sort_keys=True, ensure_ascii=False)
-        for m in messages
-        if isinstance(m, AIMessage)
-        for c in m.tool_calls
-    }
+def _tools_called_this_turn(messages: Sequence[BaseMessage]) -> set[str]:
+    """Names of the tools the assistant already called since the user's last message."""
+    called: set[str] = set()
+    for m in reversed(messages):
+        if isinstance(m, HumanMessage) or (isinstance(m, ChatMessage) and m.role in ("user", "human")):
+            break
+        if isinstance(m, AIMessage):
+            called.update(c["name"] for c in m.tool_calls)
+    return called
 
 
 def auto_choice_score(text: str, fmt: OutputFormat, messages: Sequence[BaseMessage]) -> float:
     """Format term under ``tool_choice="auto"`` (times ``format_weight``, added to the reward).
 
-    +1 for a reply whose calls are all valid, grounded (:func:`call_is_grounded`) and new
-    (not a repeat of a call already made in the conversation); 0 for prose; -1 for anything
-    else (an invented, repeated or cut-off call). With ``format_weight`` large relative to the
-    reward, a grounded new call wins over prose, and prose wins over any other call.
+    +1 for a reply whose calls are all valid, grounded (:func:`call_is_grounded`) and of tools not
+    yet called since the user's last message; 0 for prose; -1 for anything else (an invented or
+    cut-off call, or a tool called again in the same turn: once its result is in, the model answers).
     """
     parsed = parse_tool_reply(text, fmt)
     if not parsed.attempted:
         return 0.0
     if parsed.invalid_tool_calls or not parsed.tool_calls:
         return -1.0
-    made = _previous_calls(messages)
+    called = _tools_called_this_turn(messages)
     for call in parsed.tool_calls:
-        if json.dumps([call["name"], call["args"]], sort_keys=True, ensure_ascii=False) in made:
-            return -1.0
-        if not call_is_grounded(call, fmt, messages):
+        if call["name"] in called or not call_is_grounded(call, fmt, messages):
             return -1.0
     return 1.0

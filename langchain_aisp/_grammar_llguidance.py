@@ -308,16 +308,20 @@ def _closing_for(tokenizer: Any, vocab_size: int) -> _Closing:
 
 @dataclass(frozen=True)
 class LLGuidanceConstraint:
-    """A compiled grammar for one prompt (:class:`langchain_aisp.constraints.Constraint`): every sample alike."""
+    """Compiled grammars for one prompt (:class:`langchain_aisp.constraints.Constraint`).
 
-    template: Any
+    Sample ``i`` of an iteration follows ``templates[i % len(templates)]`` (one template: every
+    sample alike; several: e.g. the forced-call rows of ``tool_choice="auto"``, one tool each).
+    """
+
+    templates: tuple[Any, ...]
     eos_token_ids: frozenset[int]
     closing: _Closing | None
     """How to complete a reply within ``max_tokens``; None: no steering to completion."""
 
     def matcher(self, sample: int) -> LLGuidanceMatcher:
-        with _LOCK:  # the template is shared by every thread: copy it one thread at a time
-            state = self.template.deep_copy()
+        with _LOCK:  # a template is shared by every thread: copy it one thread at a time
+            state = self.templates[sample % len(self.templates)].deep_copy()
         return LLGuidanceMatcher(state, self.eos_token_ids, self.closing)
 
 
@@ -325,19 +329,22 @@ def compile_constraint(
     tokenizer: Any,
     vocab_size: int,
     eos_token_ids: Sequence[int],
-    grammar: str,
+    grammar: str | Sequence[str],
     prefill: str = "",
     *,
     close: bool = True,
 ) -> LLGuidanceConstraint:
-    """Compile ``grammar`` for ``tokenizer`` (cached); matchers start after ``prefill``.
+    """Compile ``grammar`` (or several, alternating over samples) for ``tokenizer`` (cached); matchers
+    start after ``prefill``.
 
     ``close``: steer each reply to completion within ``max_tokens`` (see the module docstring);
     off for free text, where ending early would only hide that the answer was cut.
     """
-    template = _compiled(_tokenizer(tokenizer, vocab_size, eos_token_ids), tokenizer, grammar, prefill)
+    ll_tokenizer = _tokenizer(tokenizer, vocab_size, eos_token_ids)
+    grammars = [grammar] if isinstance(grammar, str) else list(grammar)
+    templates = tuple(_compiled(ll_tokenizer, tokenizer, g, prefill) for g in grammars)
     closing = _closing_for(tokenizer, vocab_size) if close else None
-    return LLGuidanceConstraint(template, frozenset(eos_token_ids), closing)
+    return LLGuidanceConstraint(templates, frozenset(eos_token_ids), closing)
 
 
 def forced_prefix(tokenizer: Any, vocab_size: int, eos_token_ids: Sequence[int], grammar: str) -> str:

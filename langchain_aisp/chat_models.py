@@ -763,10 +763,18 @@ class AISPChatModel(BaseChatModel):
         if forced_grammar is not None:
             forced_prefill = grammarlib.forced_prefix(lm.tokenizer, vocab, eos, forced_grammar)
             forced_prompt = fmtlib.render(lm.tokenizer, messages, out_fmt, forced_prefill)
+            # one forced-call row per tool, the tools most related to the request first, with arguments
+            # taken from the conversation (the choice rule accepts no other); strict=False: the user's own
+            # keywords were checked at bind time, values from the conversation may not satisfy all of them
+            grounded = fmtlib.grounded_tools(out_fmt, messages)
+            per_tool = [
+                grammarlib.tool_call_grammar(grounded, choice=name, strict=False)
+                for name in fmtlib.rank_tools(out_fmt, messages)
+            ]
             forced = _Variant(
                 list(lm.tokenizer(forced_prompt.text, add_special_tokens=False).input_ids),
                 forced_prompt,
-                grammarlib.compile_constraint(lm.tokenizer, vocab, eos, forced_grammar, forced_prefill),
+                grammarlib.compile_constraint(lm.tokenizer, vocab, eos, per_tool, forced_prefill),
             )
         return _Job(list(messages), token_ids, prompt, out_fmt, settings, lm, constraint, forced)
 

@@ -266,11 +266,11 @@ def test_compiled_grammars_are_cached_and_bounded(tiny_lm, monkeypatch):
     vocab, eos = tiny_lm.head_weight.shape[0], tiny_lm.eos_token_ids
     g1, g2, g3 = (grammarlib.json_grammar(s) for s in (SMALL, OTHER, {"type": "object"}))
     first = grammarlib.compile_constraint(tiny_lm.tokenizer, vocab, eos, g1)
-    assert grammarlib.compile_constraint(tiny_lm.tokenizer, vocab, eos, g1).template is first.template
+    assert grammarlib.compile_constraint(tiny_lm.tokenizer, vocab, eos, g1).templates[0] is first.templates[0]
     grammarlib.compile_constraint(tiny_lm.tokenizer, vocab, eos, g2)
     grammarlib.compile_constraint(tiny_lm.tokenizer, vocab, eos, g3)
     assert len(grammarlib._COMPILED) == 2
-    assert grammarlib.compile_constraint(tiny_lm.tokenizer, vocab, eos, g1).template is not first.template
+    assert grammarlib.compile_constraint(tiny_lm.tokenizer, vocab, eos, g1).templates[0] is not first.templates[0]
 
 
 # --- the deadline -------------------------------------------------------------------------------------

@@ -184,6 +184,9 @@ def test_auto_choice_rule():
         ToolMessage("sunny", tool_call_id="1"),
     ]
     assert fmtlib.auto_choice_score(_call("get_weather", {"location": "San Francisco, CA"}), fmt, done) == -1.0
+    assert fmtlib.auto_choice_score(_call("get_weather", {"location": "sunny"}), fmt, done) == -1.0  # same turn
+    again = [*done, AIMessage("Sunny."), HumanMessage("And the weather in Lima?")]
+    assert fmtlib.auto_choice_score(_call("get_weather", {"location": "Lima"}), fmt, again) == 1.0  # a new turn
 
     @tool
     def multiply(a: int, b: int) -> int:
@@ -200,3 +203,15 @@ def test_forced_calls_prefer_arguments_from_the_conversation():
     ask = [HumanMessage("Create a customer named '你好啊集团'")]
     assert fmtlib.forced_call_score(_call("get_weather", {"location": "你好啊集团"}), fmt, ask) == 1.0
     assert fmtlib.forced_call_score(_call("get_weather", {"location": "Hello Group"}), fmt, ask) == 0.5
+
+
+def test_auto_forced_rows_propose_values_from_the_conversation():
+    fmt = _fmt(get_weather, paint)
+    ask = [HumanMessage("What is the weather in San Francisco, CA? Paint 2 walls.")]
+    spans, numbers = fmtlib.conversation_spans(ask)
+    assert "San Francisco, CA" in spans and "weather" in spans and 2.0 in numbers
+    tools = {t["name"]: t for t in fmtlib.grounded_tools(fmt, ask)}
+    assert tools["get_weather"]["parameters"]["properties"]["location"]["enum"] == spans
+    assert tools["paint"]["parameters"]["properties"]["color"] == fmt.tools[1]["parameters"]["properties"]["color"]
+    assert fmtlib.rank_tools(fmt, ask)[0] in ("get_weather", "paint")
+    assert fmtlib.rank_tools(fmt, [HumanMessage("How is the weather?")])[0] == "get_weather"
