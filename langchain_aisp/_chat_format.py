@@ -607,7 +607,9 @@ def format_validity(text: str, fmt: OutputFormat) -> float:
 _WORD = re.compile(r"\w+")
 _STOPWORDS = frozenset(
     "the a an and or of to in on at for with from by is are was be this that what which who how when where "
-    "get set use using call tool function value given return returns".split()
+    "get set use using call tool function value given return returns about into over under after before some "
+    "more most other your their there these those them then than also just only very like have does will would "
+    "could should please tell give make".split()
 )
 
 
