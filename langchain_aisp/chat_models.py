@@ -233,6 +233,37 @@ class _BatchPlan:
 _BATCH_PLAN: ContextVar[_BatchPlan | None] = ContextVar("langchain_aisp_batch_plan", default=None)
 
 
+@dataclass(frozen=True)
+class PreparedCall:
+    """One call validated and rendered by :meth:`AISPChatModel.prepare`, ready for :meth:`~AISPChatModel.run_prepared`.
+
+    Built for callers that batch calls themselves (a server collecting concurrent requests):
+    calls of one model with equal ``batch_key`` share one Batched AISP engine run.
+    """
+
+    _job: _Job = field(repr=False)
+
+    @property
+    def batch_key(self) -> tuple[Any, ...]:
+        """Calls with equal keys (on the same model) can run together: same settings and loaded model."""
+        return (self._job.settings.key(), id(self._job.lm))
+
+    @property
+    def params(self) -> AISPParams:
+        """The call's resolved alignment settings (``num_samples``, ``num_iterations``, ...)."""
+        return self._job.settings.params
+
+    @property
+    def sampling(self) -> SamplingParams:
+        """The call's resolved sampling settings (``max_tokens``, ``stop``, ...)."""
+        return self._job.settings.sampling
+
+    @property
+    def prompt_tokens(self) -> int:
+        """Length of the rendered prompt in tokens."""
+        return len(self._job.token_ids)
+
+
 def _split_chunks(text: str) -> list[str]:
     """Stream pieces: words with their trailing whitespace (concatenates back to ``text``)."""
     return re.findall(r"\s*\S+\s*|\s+", text) or []
@@ -700,12 +731,16 @@ class AISPChatModel(BaseChatModel):
         jobs: Sequence[_Job],
         on_event: Callable[[int, dict[str, Any]], None],
         cancel: threading.Event | None = None,
+        keep: Callable[[int], bool] | None = None,
     ) -> list[PromptResult | BaseException]:
         """One engine call over ``jobs`` (same settings and model): results or per-job errors.
 
         ``cancel`` (set when an async caller is cancelled) stops the run at the next iteration
         boundary with :class:`RunCancelledError`, so an abandoned executor thread does not keep
-        the CPU busy until the end of the run.
+        the CPU busy until the end of the run. ``keep(job_index)`` False drops that job alone at
+        the next iteration boundary (its outcome is a ``RunCancelledError``). A reward failing
+        on one job's responses fails that job only (a ``RewardError`` with its partial result);
+        the others go on.
         """
         settings, lm = jobs[0].settings, jobs[0].lm
         reward = self._reward
@@ -739,25 +774,31 @@ class AISPChatModel(BaseChatModel):
                     },
                 )
 
-        try:
-            results = run(
-                lm,
-                [j.token_ids for j in jobs],
-                score,
-                settings.params,
-                settings.sampling,
-                seed=settings.seed,
-                max_batch_size=self.max_batch_size,
-                on_iteration=on_iteration,
-            )
-        except RewardError as exc:
-            errors: list[PromptResult | BaseException] = []
-            for i in range(len(jobs)):
-                err = RewardError(str(exc), [exc.partial[i] if i < len(exc.partial) else None])
-                err.__cause__ = exc
-                errors.append(err)
-            return errors
-        return list(results)
+        results = run(
+            lm,
+            [j.token_ids for j in jobs],
+            score,
+            settings.params,
+            settings.sampling,
+            seed=settings.seed,
+            max_batch_size=self.max_batch_size,
+            on_iteration=on_iteration,
+            on_reward_error="isolate",
+            keep=keep,
+        )
+        outcomes: list[PromptResult | BaseException] = []
+        for result in results:
+            if result.error is not None:
+                err = RewardError(str(result.error), list(result.error.partial))
+                err.__cause__ = result.error
+                outcomes.append(err)
+            elif result.cancelled:
+                outcomes.append(
+                    RunCancelledError(f"the call was dropped by its caller after {len(result.rewards)} iteration(s)")
+                )
+            else:
+                outcomes.append(result)
+        return outcomes
 
     def _execute(self, job: _Job, progress: ProgressFn | None, cancel: threading.Event | None = None) -> PromptResult:
         plan = _BATCH_PLAN.get()
@@ -1038,6 +1079,48 @@ class AISPChatModel(BaseChatModel):
             return await super().abatch(inputs, config, return_exceptions=return_exceptions, **kwargs)
         finally:
             _BATCH_PLAN.reset(token)
+
+    def prepare(self, input: LanguageModelInput, *, stop: list[str] | None = None, **kwargs: Any) -> PreparedCall:
+        """Validate and render one call without running it (same arguments as ``invoke``).
+
+        Raises ``ValueError`` / ``TypeError`` on bad input, exactly as ``invoke`` would;
+        nothing is decoded. Run the result with :meth:`run_prepared`.
+        """
+        messages = self._convert_input(input).to_messages()
+        return PreparedCall(self._job(messages, stop, kwargs))
+
+    def run_prepared(
+        self, calls: Sequence[PreparedCall], *, keep: Callable[[int], bool] | None = None
+    ) -> list[AIMessage | BaseException]:
+        """Run prepared calls: those with equal ``batch_key`` share one Batched AISP engine run.
+
+        Returns one outcome per call, in order: an ``AIMessage`` (as ``invoke`` returns it, with
+        ``response_metadata["aisp"]["batch_prompts"]``, the number of calls that shared its engine
+        run) or the call's own error: a :class:`RewardError` (with its partial result) when the
+        reward failed on that call's responses, or :class:`RunCancelledError` when ``keep(i)``
+        returned False at an iteration boundary (the call stopped there, the others went on).
+        An error of the whole engine run is the outcome of every call of that run. No callbacks
+        are invoked (this is the entry for servers; use ``batch`` in chains).
+        """
+        groups: dict[tuple[Any, ...], list[int]] = {}
+        for i, call in enumerate(calls):
+            groups.setdefault(call.batch_key, []).append(i)
+        outcomes: list[AIMessage | BaseException | None] = [None] * len(calls)
+        for members in groups.values():
+            jobs = [calls[i]._job for i in members]
+            group_keep = None if keep is None else (lambda pos, members=members: keep(members[pos]))
+            try:
+                results = self._run_jobs(jobs, lambda _i, _data: None, keep=group_keep)
+            except Exception as exc:
+                results = [exc] * len(jobs)
+            for i, job, result in zip(members, jobs, results, strict=True):
+                if isinstance(result, BaseException):
+                    outcomes[i] = result
+                    continue
+                message = self._to_message(job, result)
+                message.response_metadata["aisp"]["batch_prompts"] = len(jobs)
+                outcomes[i] = message
+        return [o for o in outcomes if o is not None]
 
     # --- tools and structured output ---------------------------------------------------------
 
