@@ -101,7 +101,12 @@ _BINDING_KWARGS = ("tools", "tool_choice", "parallel_tool_calls", "response_form
 
 
 class RunCancelledError(RuntimeError):
-    """An async call was cancelled; its engine run stopped at the next iteration boundary."""
+    """An async call was cancelled (or ``run_prepared``'s ``keep`` dropped it); its run stopped at the next
+    iteration boundary. ``partial`` holds what was computed for the call before (None where unknown)."""
+
+    def __init__(self, message: str, partial: list[PromptResult | None] | None = None) -> None:
+        super().__init__(message)
+        self.partial = partial if partial is not None else [None]
 
 
 def clear_model_cache() -> None:
@@ -794,7 +799,10 @@ class AISPChatModel(BaseChatModel):
                 outcomes.append(err)
             elif result.cancelled:
                 outcomes.append(
-                    RunCancelledError(f"the call was dropped by its caller after {len(result.rewards)} iteration(s)")
+                    RunCancelledError(
+                        f"the call was dropped by its caller after {len(result.rewards)} iteration(s)",
+                        [result if result.rewards else None],
+                    )
                 )
             else:
                 outcomes.append(result)
