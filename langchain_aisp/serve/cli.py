@@ -123,6 +123,7 @@ def main(argv: list[str] | None = None) -> int:
         import uvicorn
 
         from langchain_aisp.serve.app import create_app
+        from langchain_aisp.serve.service import AlignmentService
     except ImportError as exc:
         print(f"langchain-aisp serve: {_INSTALL_HINT} ({exc})", file=sys.stderr)
         return 2
@@ -131,6 +132,12 @@ def main(argv: list[str] | None = None) -> int:
         import torch
 
         torch.set_num_threads(args.threads)  # this process is the server: the operator asked for it
+    service = AlignmentService(config)
+    try:
+        service.start()  # rewards, model and warm-up before the port opens: a broken setup fails here, clearly
+    except Exception as exc:
+        print(f"langchain-aisp serve: cannot start: {exc}", file=sys.stderr)
+        return 1
     if config.api_key is None and args.host not in ("127.0.0.1", "localhost", "::1"):
         logging.getLogger("langchain_aisp.serve").warning(
             "binding %s without an API key: anyone who reaches this port can use the server (set --api-key or $%s)",
@@ -139,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
         )
     server = uvicorn.Server(
         uvicorn.Config(
-            create_app(config),
+            create_app(service=service),
             host=args.host,
             port=args.port,
             log_level=args.log_level,

@@ -82,36 +82,42 @@ class AlignmentService:
     # --- life cycle ------------------------------------------------------------------------------
 
     def start(self) -> None:
-        """Load the model, build one chat model per reward, warm up, start the worker (idempotent)."""
+        """Import the rewards, load the model, warm up, start the worker (idempotent).
+
+        Every reward is resolved before the model loads, so a mistyped ``module:callable`` fails
+        the start at once; all rewards share one loaded model.
+        """
         if self._worker is not None:
             return
-        if self._llm is None:
-            from langchain_aisp.lm import load_causal_lm
-
-            cfg = self.config
-            self._llm = load_causal_lm(
-                cfg.model, device=cfg.device, dtype=cfg.dtype, trust_remote_code=cfg.trust_remote_code
-            )
-        for name, reward in self.config.rewards.items():
+        cfg = self.config
+        source: dict[str, Any] = (
+            {"llm": self._llm}
+            if self._llm is not None
+            else {
+                "model": cfg.model,
+                "device": cfg.device,
+                "dtype": cfg.dtype,
+                "trust_remote_code": cfg.trust_remote_code,
+            }
+        )
+        for name, reward in cfg.rewards.items():
             try:
                 self._models[name] = AISPChatModel(
-                    llm=self._llm,
-                    reward=reward,
-                    max_batch_size=self.config.max_batch_size,
-                    **self.config.defaults,
+                    reward=reward, max_batch_size=cfg.max_batch_size, **source, **cfg.defaults
                 )
             except ValueError as exc:
-                raise ValueError(f"reward {name!r} ({reward!r}) cannot be served: {exc}") from exc
-        self.served_model_name = self.config.served_model_name or str(self._llm.name)
-        if self.config.warmup:
+                errors = getattr(exc, "errors", None)  # pydantic: keep the messages, drop the boilerplate
+                why = "; ".join(str(e.get("msg")) for e in errors()) if callable(errors) else str(exc)
+                raise ValueError(f"reward {name!r} ({reward!r}) cannot be served: {why}") from exc
+        first = next(iter(self._models.values()))
+        first.prepare([HumanMessage("ping")])  # loads the model now (once, shared through the model cache)
+        self.served_model_name = cfg.served_model_name or first.model_name
+        if cfg.warmup:
             self._warm_up()
         self._worker = threading.Thread(target=self._loop, name="aisp-engine", daemon=True)
         self._worker.start()
         logger.info(
-            "serving %s with rewards %s (default %s)",
-            self.served_model_name,
-            list(self._models),
-            self.config.default_reward,
+            "serving %s with rewards %s (default %s)", self.served_model_name, list(self._models), cfg.default_reward
         )
 
     def _warm_up(self) -> None:
