@@ -93,7 +93,8 @@ def deployment(config: ServeConfig | None = None, **options: Any) -> Any:
         return create_app(ServeConfig(**payload))
 
     ingress = serve.ingress(build_asgi_app)()
-    return serve.deployment(ingress, **deployment_options(config, **options)).bind()
+    bound: Any = serve.deployment(ingress, **deployment_options(config, **options))
+    return bound.bind()
 
 
 def build_app(args: Mapping[str, Any]) -> Any:
