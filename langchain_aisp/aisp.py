@@ -168,6 +168,15 @@ def token_direction(
     return direction / rms if rms > 0 else direction  # (d,)
 
 
+def _prompt_seeds(seed: object, count: int) -> list[int | None]:
+    """One validated seed per prompt, from one seed or a sequence of them."""
+    if isinstance(seed, Sequence) and not isinstance(seed, (str, bytes)):
+        if len(seed) != count:
+            raise ValueError(f"seed: got {len(seed)} seeds for {count} prompts; pass one seed or one per prompt")
+        return [check_seed(s) for s in seed]
+    return [check_seed(seed)] * count
+
+
 def _generator(seed: int | None, device: torch.device) -> torch.Generator:
     generator = torch.Generator(device=device)
     if seed is None:
@@ -294,7 +303,7 @@ def run(
     params: AISPParams,
     sampling: SamplingParams,
     *,
-    seed: int | None = None,
+    seed: int | Sequence[int | None] | None = None,
     max_batch_size: int = DEFAULT_MAX_BATCH_SIZE,
     on_iteration: Callable[[IterationEvent], None] | None = None,
     on_reward_error: OnRewardError = "raise",
@@ -305,6 +314,7 @@ def run(
     Prompts are token-id lists (already templated). Up to ``max_batch_size // n``
     prompts run together (Batched AISP); each keeps its own U, weights, best and
     random generator, so its result does not depend on which prompts share its batch.
+    ``seed``: one seed for every prompt, or a sequence with one seed (or None) per prompt.
 
     ``on_reward_error``: ``"raise"`` stops the run with :class:`RewardError` when ``score``
     fails; ``"isolate"`` scores the prompts of the failed call one by one, stops only the
@@ -316,7 +326,7 @@ def run(
         raise ValueError(f"max_batch_size must be an integer >= 1, got {max_batch_size!r}")
     if on_reward_error not in ON_REWARD_ERROR:
         raise ValueError(f"on_reward_error must be one of {list(ON_REWARD_ERROR)}, got {on_reward_error!r}")
-    seed = check_seed(seed)
+    seeds = _prompt_seeds(seed, len(prompts))
     _check_prompts(lm, prompts, sampling.max_tokens)
     decoder = Decoder.build(lm, sampling)
     single = params.method == "sample"
@@ -344,7 +354,7 @@ def run(
                 PromptResult(index=j, prompt_tokens=len(prompts[j])),
                 prefill(lm, prompts[j]),  # once per prompt, for all n x k samples
                 torch.zeros(steps, d, device=device),  # (steps, d)
-                _generator(seed, device),
+                _generator(seeds[j], device),
             )
             for j in chunk
         ]

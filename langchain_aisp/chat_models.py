@@ -184,6 +184,10 @@ class _Settings:
     def key(self) -> tuple[Any, ...]:
         return (self.params, self.sampling, self.seed, self.format_weight, self.model)
 
+    def batch_key(self) -> tuple[Any, ...]:
+        """What calls must share to run as one engine run (each prompt keeps its own seed)."""
+        return (self.params, self.sampling, self.format_weight, self.model)
+
 
 @dataclass
 class _Job:
@@ -251,7 +255,7 @@ class PreparedCall:
     @property
     def batch_key(self) -> tuple[Any, ...]:
         """Calls with equal keys (on the same model) can run together: same settings and loaded model."""
-        return (self._job.settings.key(), id(self._job.lm))
+        return (self._job.settings.batch_key(), id(self._job.lm))
 
     @property
     def params(self) -> AISPParams:
@@ -749,6 +753,7 @@ class AISPChatModel(BaseChatModel):
         """
         settings, lm = jobs[0].settings, jobs[0].lm
         reward = self._reward
+        seeds = [j.settings.seed for j in jobs]  # calls of one run may differ in seed only
 
         def score(indices: Sequence[int], responses: Sequence[str]) -> list[float]:
             full = [jobs[i].prompt.prefill + r for i, r in zip(indices, responses, strict=True)]
@@ -785,7 +790,7 @@ class AISPChatModel(BaseChatModel):
             score,
             settings.params,
             settings.sampling,
-            seed=settings.seed,
+            seed=seeds[0] if len(set(seeds)) == 1 else seeds,
             max_batch_size=self.max_batch_size,
             on_iteration=on_iteration,
             on_reward_error="isolate",
@@ -1049,7 +1054,7 @@ class AISPChatModel(BaseChatModel):
                 continue
         groups: dict[tuple[Any, ...], list[_Job]] = {}
         for job in jobs:
-            groups.setdefault((job.settings.key(), id(job.lm)), []).append(job)
+            groups.setdefault((job.settings.batch_key(), id(job.lm)), []).append(job)
         if not groups:
             return None
         largest = max(groups.values(), key=len)

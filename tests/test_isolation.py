@@ -156,3 +156,24 @@ def test_prepare_validates_without_running_and_run_prepared_batches_compatible_c
     assert out[0].content == model.invoke("Name a fruit.").content  # same seed, same answer as invoke
     dropped = model.run_prepared(calls[:1] + calls[3:], keep=lambda i: i != 1)
     assert isinstance(dropped[1], RunCancelledError) and dropped[0].content == out[0].content
+
+
+def test_per_prompt_seeds_give_each_prompt_its_solo_result(tiny_lm, encode):
+    prompts = [encode("one"), encode("two"), encode("three")]
+    together = run(tiny_lm, prompts, _length, PARAMS, SAMPLING, seed=[5, None, 9])
+    for j, seed in ((0, 5), (2, 9)):
+        (alone,) = run(tiny_lm, [prompts[j]], lambda i, t, j=j: _length([j] * len(i), t), PARAMS, SAMPLING, seed=seed)
+        assert _summary(alone) == _summary(together[j])
+    with pytest.raises(ValueError, match="got 2 seeds for 3 prompts"):
+        run(tiny_lm, prompts, _length, PARAMS, SAMPLING, seed=[1, 2])
+    with pytest.raises(ValueError, match="seed must be an integer"):
+        run(tiny_lm, prompts, _length, PARAMS, SAMPLING, seed=[1, -2, 3])
+
+
+def test_calls_that_differ_only_in_seed_share_one_engine_run(tiny_lm):
+    model = _model(tiny_lm, _fails_on_poison)
+    calls = [model.prepare("Name a fruit.", seed=1), model.prepare("Name a fruit.", seed=2)]
+    assert calls[0].batch_key == calls[1].batch_key
+    out = model.run_prepared(calls)
+    assert [o.response_metadata["aisp"]["batch_prompts"] for o in out] == [2, 2]
+    assert [o.content for o in out] == [model.invoke("Name a fruit.", seed=s).content for s in (1, 2)]

@@ -220,7 +220,7 @@ def test_concurrent_requests_share_one_engine_run_and_each_is_scored_under_its_o
     runs_before = server.metric("aisp_batch_prompts")
     blocker = Blocker(server, gate)
     with ThreadPoolExecutor(len(questions) + 1) as pool:
-        futures = [pool.submit(_post, server, _ask(q)) for q in questions]
+        futures = [pool.submit(_post, server, _ask(q, seed=i)) for i, q in enumerate(questions)]  # own seeds
         odd = pool.submit(_post, server, _ask("Name a lake.", max_tokens=6))  # other settings: its own run
         server.wait_for("aisp_queue_depth", len(questions) + 2)  # all admitted behind the blocker
         assert blocker.release().status_code == 200
