@@ -440,3 +440,29 @@ def test_a_client_that_leaves_while_queued_costs_nothing(server, gate):
     server.wait_for("aisp_cancelled_total", cancelled + 1)
     assert server.metric("aisp_samples_generated_total") - samples == blocker_samples
     assert server.metric("aisp_queue_depth") == 0
+
+
+def test_a_burst_still_being_admitted_joins_the_batch_and_a_lone_request_does_not_wait(default_lm):
+    from langchain_aisp.serve.protocol import parse_chat_request
+
+    config = ServeConfig(
+        rewards={"overlap": overlap}, defaults=SMALL, warmup=False, batch_window_ms=5, batch_window_max_ms=5000
+    )
+    service = AlignmentService(config, llm=default_lm)
+    service.start()
+    try:
+        with ThreadPoolExecutor(2) as pool:
+            with service.admission():  # another request is being read: the batch waits for it past the window
+                first = pool.submit(service.run, parse_chat_request(_ask("Name a fruit.")))
+                time.sleep(0.5)
+                assert not first.done()
+                second = pool.submit(service.run, parse_chat_request(_ask("Name a tree.")))
+                while service.metrics.value("aisp_queue_depth") < 2:
+                    time.sleep(0.01)
+            answers = [first.result(120), second.result(120)]
+        assert [a.message.response_metadata["aisp"]["batch_prompts"] for a in answers] == [2, 2]
+        lone = service.run(parse_chat_request(_ask("Name a bird.")), timeout=120)
+        assert lone.message.response_metadata["aisp"]["batch_prompts"] == 1
+        assert lone.queue_seconds < 1.0  # the 5 ms window, not the 5 s cap: nothing else was on its way
+    finally:
+        service.close()

@@ -168,10 +168,11 @@ def create_app(config: ServeConfig | None = None, *, service: AlignmentService |
     async def chat_completions(request: Request) -> Response:
         try:
             authorize(request)
-            data = parse_body(await _read_body(request, service.config.max_body_bytes))
-            call = parse_chat_request(data)
-            pending = await run_in_threadpool(service.prepare, call)
-            service.submit(pending)
+            with service.admission():
+                data = parse_body(await _read_body(request, service.config.max_body_bytes))
+                call = parse_chat_request(data)
+                pending = await run_in_threadpool(service.prepare, call)
+                service.submit(pending)
         except APIError as exc:
             count(
                 {400: "bad_request", 401: "unauthorized", 404: "not_found", 413: "too_large", 429: "rejected"}.get(

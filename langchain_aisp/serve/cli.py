@@ -61,6 +61,12 @@ def _parser() -> argparse.ArgumentParser:
     aisp.add_argument("--temperature", type=float, default=None)
     limits = serve.add_argument_group("batching and limits")
     limits.add_argument("--batch-window-ms", type=float, default=5.0, help="how long a batch waits for more requests")
+    limits.add_argument(
+        "--batch-window-max-ms",
+        type=float,
+        default=50.0,
+        help="how long a batch may wait for requests still being read when the window ends (a burst)",
+    )
     limits.add_argument("--max-batch-prompts", type=int, default=32, help="most requests per batching round")
     limits.add_argument("--max-batch-size", type=int, default=64, help="rows (prompts x samples) decoded together")
     limits.add_argument("--max-queue", type=int, default=128, help="requests admitted at once (429 above)")
@@ -99,6 +105,7 @@ def config_from_args(args: argparse.Namespace) -> ServeConfig:
         dtype=args.dtype,
         trust_remote_code=args.trust_remote_code,
         batch_window_ms=args.batch_window_ms,
+        batch_window_max_ms=args.batch_window_max_ms,
         max_batch_prompts=args.max_batch_prompts,
         max_batch_size=args.max_batch_size,
         max_queue=args.max_queue,

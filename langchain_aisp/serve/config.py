@@ -67,7 +67,11 @@ class ServeConfig:
     dtype: str = "auto"
     trust_remote_code: bool = False
     batch_window_ms: float = 5.0
-    """How long the first request of a batch waits for others (milliseconds, >= 0)."""
+    """How long the first request of a batch waits for others (milliseconds, >= 0; 0 disables batching waits)."""
+    batch_window_max_ms: float = 50.0
+    """While other requests are still being read and validated when the window ends (a burst of
+    clients), the batch waits for them up to this long after its first request (milliseconds);
+    a lone request never waits longer than ``batch_window_ms``."""
     max_batch_prompts: int = 32
     """Most requests collected into one round of engine runs."""
     max_batch_size: int = 64
@@ -102,11 +106,12 @@ class ServeConfig:
         unknown = sorted(set(self.defaults) - set(CHAT_MODEL_DEFAULTS))
         if unknown:
             raise ValueError(f"unknown server default(s) {unknown}; allowed: {list(CHAT_MODEL_DEFAULTS)}")
-        window = self.batch_window_ms
-        if isinstance(window, bool) or not isinstance(window, (int, float)) or not math.isfinite(window):
-            raise ValueError(f"batch_window_ms must be a finite number in [0, 10000], got {window!r}")
-        if not 0 <= window <= 10_000:
-            raise ValueError(f"batch_window_ms must be a finite number in [0, 10000], got {window}")
+        for name in ("batch_window_ms", "batch_window_max_ms"):
+            window = getattr(self, name)
+            if isinstance(window, bool) or not isinstance(window, (int, float)) or not math.isfinite(window):
+                raise ValueError(f"{name} must be a finite number in [0, 10000], got {window!r}")
+            if not 0 <= window <= 10_000:
+                raise ValueError(f"{name} must be a finite number in [0, 10000], got {window}")
         for name in ("max_batch_prompts", "max_batch_size", "max_queue", "max_budget", "max_tokens_limit"):
             _positive_int(name, getattr(self, name))
         _positive_int("max_pending_work", self.max_pending_work)

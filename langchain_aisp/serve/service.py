@@ -19,7 +19,8 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -72,6 +73,7 @@ class AlignmentService:
         self._models: dict[str, AISPChatModel] = {}
         self._queue: list[Pending] = []
         self._admitted = 0
+        self._admitting = 0  # requests being read and validated right now (a burst in progress)
         self._work = 0
         self._cond = threading.Condition()
         self._closing = False
@@ -190,6 +192,19 @@ class AlignmentService:
     def _cap_error(what: str, value: int, cap: int) -> APIError:
         return bad_request(f"{what} is {value}, above this server's per-request limit of {cap}", code="limit_exceeded")
 
+    @contextmanager
+    def admission(self) -> Iterator[None]:
+        """Mark a request as on its way (body being read, validated) so a batch about to start waits for it
+        (up to ``batch_window_max_ms``); wrap everything from the first byte to :meth:`submit`."""
+        with self._cond:
+            self._admitting += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._admitting -= 1
+                self._cond.notify_all()
+
     def submit(self, pending: Pending) -> None:
         """Queue an admitted request; raises :class:`APIError` 429 (with Retry-After) when full, 503 when closing."""
         with self._cond:
@@ -233,6 +248,7 @@ class AlignmentService:
 
     def _loop(self) -> None:
         window = self.config.batch_window_ms / 1000.0
+        longest = max(window, self.config.batch_window_max_ms / 1000.0) if window > 0 else 0.0
         limit = self.config.max_batch_prompts
         while True:
             with self._cond:
@@ -240,9 +256,11 @@ class AlignmentService:
                     self._cond.wait()
                 if not self._queue:
                     return  # closing and drained
-                deadline = self._queue[0].arrival + window
+                first = self._queue[0].arrival
                 while len(self._queue) < limit and not self._closing:
-                    remaining = deadline - time.monotonic()
+                    # The window; past it, only while more requests are being admitted (a burst).
+                    until = first + (longest if self._admitting else window)
+                    remaining = until - time.monotonic()
                     if remaining <= 0:
                         break
                     self._cond.wait(remaining)
