@@ -129,14 +129,14 @@ def create_app(config: ServeConfig | None = None, *, service: AlignmentService |
 
     @app.get("/health")
     async def health() -> JSONResponse:
-        state = "shutting_down" if service.closing else "ok"
+        state = "shutting_down" if service.closing else ("ok" if service.healthy else "engine_stopped")
         body = {
             "status": state,
             "model": service.served_model_name,
             "rewards": service.reward_names,
             "queue_depth": int(metrics.value("aisp_queue_depth")),
         }
-        return JSONResponse(body, status_code=503 if service.closing else 200)
+        return JSONResponse(body, status_code=200 if state == "ok" else 503)
 
     @app.get("/metrics")
     async def prometheus(request: Request) -> PlainTextResponse:

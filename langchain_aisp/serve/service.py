@@ -142,6 +142,11 @@ class AlignmentService:
         return self._closing
 
     @property
+    def healthy(self) -> bool:
+        """The engine worker is running (False before start, after close, or if it died)."""
+        return self._worker is not None and self._worker.is_alive()
+
+    @property
     def reward_names(self) -> list[str]:
         return list(self.config.rewards)
 
@@ -210,6 +215,8 @@ class AlignmentService:
         with self._cond:
             if self._closing:
                 raise APIError(503, "the server is shutting down", type="server_error", code="shutting_down")
+            if not self.healthy:
+                raise APIError(503, "the engine worker has stopped; restart the server", type="server_error")
             full = self._admitted >= self.config.max_queue
             if full or self._work + pending.work > self.config.max_pending_work:
                 retry = self.retry_after()
