@@ -49,7 +49,8 @@ def test_isolate_fails_only_the_prompt_whose_reward_fails(tiny_lm, encode):
     assert out[0].error is None and out[2].error is None and len(out[0].rewards) == 3
     # The failing prompt stopped at once, with its own error (cause chained), no partial result yet.
     err = out[1].error
-    assert isinstance(err, RewardError) and "judge refused prompt 1" in str(err) and "for prompt 1" in str(err)
+    assert isinstance(err, RewardError) and "judge refused prompt 1 (prompt 1, iteration 0" in str(err)
+    assert (err.prompt_index, err.iteration) == (1, 0)
     assert isinstance(err.__cause__, ConnectionError) and err.partial == [None] and out[1].rewards == []
     # The joint call failed, then each prompt was scored alone; the failing prompt never came back.
     assert calls[0] == sorted(calls[0]) and set(calls[0]) == {0, 1, 2}

@@ -74,7 +74,7 @@ class Server:
                 RELEVANCE,
                 "--reward",
                 FAILING,
-                "--threads",
+                "--num-threads",
                 str(threads),
                 "--batch-window-ms",
                 str(window_ms),

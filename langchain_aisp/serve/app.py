@@ -255,8 +255,12 @@ def _reward_error(pending: Pending, exc: RewardError) -> APIError:
     extra: dict[str, Any] = {}
     if partial is not None:
         extra["partial"] = {"content": partial.text, "reward": partial.reward, "iterations": len(partial.rewards)}
-    cause = exc.__cause__.__cause__ if exc.__cause__ is not None else None
+    cause = exc.__cause__  # the reward's own exception
     why = f"{type(cause).__name__}: {cause}" if cause is not None else str(exc)
+    where = getattr(exc, "iteration", None)
+    if where is not None:
+        response = getattr(exc, "response_index", None)
+        why += f"; iteration {where}" + (f", response {response}" if response is not None else "")
     return APIError(
         500,
         f"the reward {pending.reward_name!r} failed on this request's responses ({why}); other requests are "

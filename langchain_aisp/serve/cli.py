@@ -15,6 +15,7 @@ import sys
 from typing import Any
 
 from langchain_aisp.serve.config import API_KEY_ENV, DEFAULT_REWARD_SPEC, ServeConfig, parse_reward_spec
+from langchain_aisp.threads import NUM_THREADS_ENV, num_threads_arg, set_cpu_threads
 
 _INSTALL_HINT = "the server needs the 'serve' extra: pip install 'langchain-aisp[serve]'"
 
@@ -51,7 +52,12 @@ def _parser() -> argparse.ArgumentParser:
     model.add_argument("--device", default="auto")
     model.add_argument("--dtype", default="auto")
     model.add_argument("--trust-remote-code", action="store_true")
-    model.add_argument("--threads", type=int, default=None, help="torch threads of this process (default: torch's)")
+    model.add_argument(
+        "--num-threads",
+        type=num_threads_arg,
+        default=None,
+        help=f"torch CPU threads of the server: N or 'all' (default: ${NUM_THREADS_ENV}, else 1; see threads.py)",
+    )
     model.add_argument("--no-warmup", action="store_true", help="skip the start-up check of every reward")
     aisp = serve.add_argument_group("defaults for requests that do not set them")
     aisp.add_argument("--method", choices=["aisp", "bon", "sample"], default=None)
@@ -135,10 +141,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"langchain-aisp serve: {_INSTALL_HINT} ({exc})", file=sys.stderr)
         return 2
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if args.threads is not None:
-        import torch
-
-        torch.set_num_threads(args.threads)  # this process is the server: the operator asked for it
+    set_cpu_threads(args.num_threads)  # this process is the server: one thread unless the operator says otherwise
     service = AlignmentService(config)
     try:
         service.start()  # rewards, model and warm-up before the port opens: a broken setup fails here, clearly
