@@ -298,7 +298,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--num-samples", type=int, default=4)
     parser.add_argument("--num-iterations", type=int, default=2)
     parser.add_argument("--max-tokens", type=int, default=16)
-    parser.add_argument("--threads", type=int, default=1, help="torch threads of each server")
+    parser.add_argument("--num-threads", type=int, default=1, help="torch CPU threads of each server")
     parser.add_argument("--window-repeats", type=int, default=8)
     parser.add_argument("--load-requests", type=int, default=200)
     parser.add_argument("--load-clients", type=int, default=32)
@@ -314,8 +314,8 @@ def main(argv: list[str] | None = None) -> int:
     limits = httpx.Limits(max_connections=args.load_clients + args.clients + 8)
     client = httpx.Client(timeout=1800, limits=limits)
     extra = ["--max-queue", "512", "--max-batch-prompts", str(max(32, args.clients))]
-    batched = Server(5.0, args.threads, extra)
-    unbatched = Server(0.0, args.threads, extra) if "window" not in args.skip else None
+    batched = Server(5.0, args.num_threads, extra)
+    unbatched = Server(0.0, args.num_threads, extra) if "window" not in args.skip else None
     results: dict[str, Any] = {
         "settings": {k: v for k, v in vars(args).items() if k != "out"} | {"out": str(args.out)},
         "cpu_count": os.cpu_count(),
