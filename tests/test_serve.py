@@ -466,3 +466,20 @@ def test_a_burst_still_being_admitted_joins_the_batch_and_a_lone_request_does_no
         assert lone.queue_seconds < 1.0  # the 5 ms window, not the 5 s cap: nothing else was on its way
     finally:
         service.close()
+
+
+def test_an_unexpected_failure_is_a_json_500_and_the_server_goes_on(server, monkeypatch):
+    def broken(_call):
+        raise RuntimeError("tokenizer exploded")
+
+    monkeypatch.setattr(server.service, "prepare", broken)
+    response = httpx.post(f"{server.url}/v1/chat/completions", json=_ask("hi"), timeout=60)
+    assert response.status_code == 500
+    assert response.json()["error"] == {
+        "message": "internal error: RuntimeError: tokenizer exploded",
+        "type": "server_error",
+        "param": None,
+        "code": None,
+    }
+    monkeypatch.undo()
+    assert httpx.get(f"{server.url}/health").json()["status"] == "ok"

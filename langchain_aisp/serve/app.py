@@ -123,6 +123,11 @@ def create_app(config: ServeConfig | None = None, *, service: AlignmentService |
         body = APIError(exc.status_code, str(exc.detail), type="invalid_request_error").body()
         return JSONResponse(body, status_code=exc.status_code, headers=getattr(exc, "headers", None))
 
+    @app.exception_handler(Exception)
+    async def unexpected_error(_request: Request, exc: Exception) -> JSONResponse:
+        body = APIError(500, f"internal error: {type(exc).__name__}: {exc}", type="server_error").body()
+        return JSONResponse(body, status_code=500)
+
     @app.exception_handler(RequestValidationError)
     async def validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:
         return JSONResponse(APIError(400, str(exc)).body(), status_code=400)
