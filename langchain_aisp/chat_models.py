@@ -926,8 +926,8 @@ class AISPChatModel(BaseChatModel):
             )
         except RunTimeoutError as exc:
             results = list(exc.partial)  # None where nothing was scored before the deadline
-        ok = [r if r is not None and r.error is None and not r.cancelled else None for r in results]
-        merged = _merge_variants(entries, ok, jobs)
+        scored = [r if r is not None and r.rewards else None for r in results]  # failed calls keep their partial
+        merged = _merge_variants(entries, scored, jobs)
         outcomes: list[PromptResult | BaseException] = []
         for i in range(len(jobs)):
             mine = [r for (owner, _), r in zip(entries, results, strict=False) if owner == i and r is not None]
