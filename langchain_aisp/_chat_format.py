@@ -766,14 +766,23 @@ def call_is_grounded(call: ToolCall, fmt: OutputFormat, messages: Sequence[BaseM
 
 def forced_call_score(text: str, fmt: OutputFormat, messages: Sequence[BaseMessage]) -> float:
     """Format term of a forced call: :func:`format_validity`, except that a valid call whose
-    arguments are not all taken from the conversation scores 0.5 instead of 1 (so that among
-    valid calls, one that copies the user's values wins)."""
+    arguments are not all taken from the conversation scores 0.5, and one where two arguments
+    have the same value 0.75, instead of 1 (so that among valid calls, one that copies distinct
+    values from the user's message wins)."""
     value = format_validity(text, fmt)
     if value == 1.0:
         calls = parse_tool_reply(text, fmt).tool_calls
         if not all(arguments_grounded(c, messages) for c in calls):
             return 0.5
+        if any(_repeats_a_value(c) for c in calls):
+            return 0.75
     return value
+
+
+def _repeats_a_value(call: ToolCall) -> bool:
+    """Two arguments with the same value (``name="30", age=30``): a small model's usual slip."""
+    leaves = [str(v).strip().lower() for v in _leaves(call["args"])]
+    return len(leaves) != len(set(leaves))
 
 
 def _tools_called_this_turn(messages: Sequence[BaseMessage]) -> set[str]:
@@ -791,7 +800,8 @@ def auto_choice_score(text: str, fmt: OutputFormat, messages: Sequence[BaseMessa
     """Format term under ``tool_choice="auto"`` (times ``format_weight``, added to the reward).
 
     +1 for a reply whose calls are all valid, grounded (:func:`call_is_grounded`) and of tools not
-    yet called since the user's last message; 0 for prose; -1 for anything else (an invented or
+    yet called since the user's last message (0.75 when two arguments of a call have the same
+    value, so that a call with distinct values wins among the calls); 0 for prose; -1 for anything else (an invented or
     cut-off call, or a tool called again in the same turn: once its result is in, the model answers).
     """
     parsed = parse_tool_reply(text, fmt)
@@ -803,4 +813,4 @@ def auto_choice_score(text: str, fmt: OutputFormat, messages: Sequence[BaseMessa
     for call in parsed.tool_calls:
         if call["name"] in called or not call_is_grounded(call, fmt, messages):
             return -1.0
-    return 1.0
+    return 0.75 if any(_repeats_a_value(c) for c in parsed.tool_calls) else 1.0

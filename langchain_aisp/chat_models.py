@@ -1524,7 +1524,7 @@ def _merge_variants(
 ) -> list[PromptResult | None]:
     """One result per job. A job with a forced-call variant (``tool_choice="auto"``) returns that
     variant's best sample when it is a valid, grounded, new call (:func:`_chat_format.auto_choice_score`
-    is 1), else the prose variant's best: the choice does not depend on the reward's scale.
+    is positive), else the prose variant's best: the choice does not depend on the reward's scale.
 
     The forced variant's prefill is put in front of its texts (the free prompt has none); samples,
     tokens and per-iteration rewards of both variants are reported together.
@@ -1546,7 +1546,7 @@ def _merge_variants(
         if current is None:
             merged[i] = result
             continue
-        call = fmtlib.auto_choice_score(result.text, jobs[i].fmt, jobs[i].messages) == 1.0
+        call = fmtlib.auto_choice_score(result.text, jobs[i].fmt, jobs[i].messages) > 0
         jobs[i].auto_choice = "call" if call else "prose"
         best = result if call else current
         merged[i] = dataclasses.replace(
