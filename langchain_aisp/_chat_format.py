@@ -799,9 +799,11 @@ def _tools_called_this_turn(messages: Sequence[BaseMessage]) -> set[str]:
 def auto_choice_score(text: str, fmt: OutputFormat, messages: Sequence[BaseMessage]) -> float:
     """Format term under ``tool_choice="auto"`` (times ``format_weight``, added to the reward).
 
-    +1 for a reply whose calls are all valid, grounded (:func:`call_is_grounded`) and of tools not
-    yet called since the user's last message (0.75 when two arguments of a call have the same
-    value, so that a call with distinct values wins among the calls); 0 for prose; -1 for anything else (an invented or
+    Positive for a reply whose calls are all valid, grounded (:func:`call_is_grounded`) and of tools
+    not yet called since the user's last message: ``r / (r + 1)`` with ``r`` the tool's relatedness
+    to the user's last message (words shared with its name and description, at least 1), times 0.75
+    when two arguments of a call have the same value; so among acceptable calls the more related
+    tool and distinct values win. 0 for prose; -1 for anything else (an invented or
     cut-off call, or a tool called again in the same turn: once its result is in, the model answers).
     """
     parsed = parse_tool_reply(text, fmt)
@@ -813,4 +815,8 @@ def auto_choice_score(text: str, fmt: OutputFormat, messages: Sequence[BaseMessa
     for call in parsed.tool_calls:
         if call["name"] in called or not call_is_grounded(call, fmt, messages):
             return -1.0
-    return 0.75 if any(_repeats_a_value(c) for c in parsed.tool_calls) else 1.0
+    _, last_user = _conversation_text(messages)
+    tools = {t["name"]: t for t in fmt.tools}
+    related = min(max(_relevance(tools.get(c["name"], {"name": c["name"]}), last_user), 1) for c in parsed.tool_calls)
+    value = 0.75 if any(_repeats_a_value(c) for c in parsed.tool_calls) else 1.0
+    return value * related / (related + 1)  # in (0, 1): the more related the tool, the higher
