@@ -17,9 +17,10 @@ from dataclasses import dataclass, field
 
 import torch
 
-from langchain_aisp.config import DEFAULT_MAX_BATCH_SIZE, AISPParams, SamplingParams, check_seed
+from langchain_aisp.config import DEFAULT_DECODING, DEFAULT_MAX_BATCH_SIZE, AISPParams, SamplingParams, check_seed
 from langchain_aisp.decoding import DecodeOutput, Decoder, PromptPrefix, decode, prefill
 from langchain_aisp.lm import CausalLM
+from langchain_aisp.static_decoding import DecodeFn, select_decode
 
 ScoreFn = Callable[[Sequence[int], Sequence[str]], Sequence[float]]
 """``score(prompt_indices, responses) -> rewards``: one float per response; the indices
@@ -175,6 +176,7 @@ def _decode_rows(
     V: torch.Tensor,
     uniforms: torch.Tensor,
     max_rows: int,
+    decode_fn: DecodeFn = decode,
 ) -> tuple[DecodeOutput, int]:
     """Decode in pieces of at most ``max_rows`` rows, halving the piece on out-of-memory.
 
@@ -188,7 +190,7 @@ def _decode_rows(
     while start < total:
         stop = min(total, start + max_rows)
         try:
-            pieces.append(decode(decoder, prefixes, row_prompt[start:stop], V[start:stop], uniforms[start:stop]))
+            pieces.append(decode_fn(decoder, prefixes, row_prompt[start:stop], V[start:stop], uniforms[start:stop]))
         except torch.OutOfMemoryError as exc:
             tried.append(stop - start)
             if stop - start == 1:
@@ -287,18 +289,23 @@ def run(
     seed: int | None = None,
     max_batch_size: int = DEFAULT_MAX_BATCH_SIZE,
     on_iteration: Callable[[IterationEvent], None] | None = None,
+    decoding: str = DEFAULT_DECODING,
 ) -> list[PromptResult]:
     """Align one response per prompt; returns one :class:`PromptResult` per prompt, in order.
 
     Prompts are token-id lists (already templated). Up to ``max_batch_size // n``
     prompts run together (Batched AISP); each keeps its own U, weights, best and
     random generator, so its result does not depend on which prompts share its batch.
+    ``decoding`` picks the decode path once for the run: ``"static"`` (preallocated KV cache and,
+    on CUDA, a captured CUDA graph per step: :mod:`langchain_aisp.static_decoding`), ``"eager"``
+    (:func:`langchain_aisp.decoding.decode`), or ``"auto"`` (static on CUDA, eager elsewhere).
     """
     if isinstance(max_batch_size, bool) or not isinstance(max_batch_size, int) or max_batch_size < 1:
         raise ValueError(f"max_batch_size must be an integer >= 1, got {max_batch_size!r}")
     seed = check_seed(seed)
     _check_prompts(lm, prompts, sampling.max_tokens)
     decoder = Decoder.build(lm, sampling)
+    decode_fn, _path = select_decode(lm, decoding)
     single = params.method == "sample"
     n = 1 if single else params.num_samples
     k = 1 if single else params.num_iterations
@@ -344,7 +351,7 @@ def run(
             V_pos = V[:, :, control_index.to(device)].reshape(-1, tau, d)  # (b*n, tau, d)
             V_rows = torch.cat([V_pos, V.new_zeros(len(chunk) * n, 1, d)], dim=1)  # (b*n, tau+1, d)
             out, decode_rows = _decode_rows(
-                decoder, prefixes, row_prompt, V_rows, uniforms.reshape(-1, sampling.max_tokens), decode_rows
+                decoder, prefixes, row_prompt, V_rows, uniforms.reshape(-1, sampling.max_tokens), decode_rows, decode_fn
             )
             rewards = _score_rows(score, name, chunk, n, out.texts, seen, results, states)
             reached_pos = (torch.arange(tau)[None, :] < out.lengths[:, None]).float()  # (b*n, tau)

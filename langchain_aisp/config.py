@@ -15,6 +15,8 @@ Method = Literal["aisp", "bon", "sample"]
 METHODS: tuple[str, ...] = ("aisp", "bon", "sample")
 Control = Literal["position", "shared"]
 CONTROLS: tuple[str, ...] = ("position", "shared")
+Decoding = Literal["auto", "static", "eager"]
+DECODINGS: tuple[str, ...] = ("auto", "static", "eager")
 
 # --- Defaults (the benchmark in docs/benchmarks.md is what justifies them) ---
 DEFAULT_METHOD: Method = "aisp"
@@ -35,6 +37,8 @@ DEFAULT_TEMPERATURE = 1.0
 DEFAULT_TOP_P = 1.0
 DEFAULT_TOP_K = 0
 DEFAULT_MAX_BATCH_SIZE = 64
+DEFAULT_DECODING: Decoding = "auto"
+"""``"auto"``: the static-shape path (preallocated KV cache, CUDA graphs) on CUDA, the eager one elsewhere."""
 
 MAX_SAMPLES = 4096
 MAX_ITERATIONS = 1024
