@@ -165,6 +165,7 @@ class _Stats:
     cache_len: int
     max_tokens: int
     graph: bool
+    compiled: bool = False
     capture_s: float = 0.0
     calls: int = 0
     error: str = ""
@@ -182,6 +183,7 @@ class _Runner:
         max_tokens: int,
         kv_shapes: Sequence[tuple[int, int, int]],
         pool: Any,
+        compile_step: bool = False,
     ) -> None:
         device, dtype = lm.device, lm.dtype
         self.lm = lm
@@ -191,7 +193,7 @@ class _Runner:
         self.is_cuda = device.type == "cuda"
         self.pool = pool
         self.graph: Any = None
-        self.stats = _Stats(rows, cache_len, max_tokens, graph=self.is_cuda)
+        self.stats = _Stats(rows, cache_len, max_tokens, graph=self.is_cuda, compiled=compile_step)
         self.keys = [torch.zeros(rows, h, cache_len, dk, dtype=dtype, device=device) for h, dk, _ in kv_shapes]
         self.values = [torch.zeros(rows, h, cache_len, dv, dtype=dtype, device=device) for h, _, dv in kv_shapes]
         self.write_pos = torch.zeros(1, dtype=torch.long, device=device)  # (1,)
@@ -211,6 +213,10 @@ class _Runner:
         self.eos = torch.tensor(lm.eos_token_ids, dtype=torch.long, device=device)  # (E,)
         self.float_mask = getattr(_text_config(lm), "_attn_implementation", "eager") == "eager"
         self.cache = _StaticKV(self.keys, self.values, self.write_pos)
+        # optional: inductor fuses the step's small kernels before it is captured (compiled on first use)
+        self.step_fn: Callable[[], None] = (
+            torch.compile(self._step, dynamic=False, fullgraph=False) if compile_step else self._step
+        )
         self.flags = (
             [torch.zeros(1, dtype=torch.bool).pin_memory() for _ in range(2)] if self.is_cuda else []
         )  # host copies of "all rows ended", one per window in flight
@@ -270,14 +276,14 @@ class _Runner:
             stream = torch.cuda.Stream(device)
             stream.wait_stream(torch.cuda.current_stream(device))
             with torch.cuda.stream(stream):
-                for _ in range(2):  # cuBLAS handles, workspaces, lazy module state
+                for _ in range(2):  # cuBLAS handles, workspaces, lazy module state, compilation
                     self.step.fill_(1)
-                    self._step()
+                    self.step_fn()
             torch.cuda.current_stream(device).wait_stream(stream)
             graph = torch.cuda.CUDAGraph()
             self.step.fill_(1)
             with torch.cuda.graph(graph, pool=self.pool, capture_error_mode="thread_local"):
-                self._step()
+                self.step_fn()
             torch.cuda.synchronize(device)
             self.graph = graph
         except torch.OutOfMemoryError:
@@ -351,7 +357,7 @@ class _Runner:
         """Decode every token; returns (tokens (B, T), lengths (B,), stopped (B,)) on CPU."""
         T = self.max_tokens
         every = CHECK_EVERY_CUDA if self.is_cuda else 1
-        step_fn = self.graph.replay if self.graph is not None else self._step
+        step_fn = self.graph.replay if self.graph is not None else self.step_fn
         stop_len = torch.full((rows,), T + 1, dtype=torch.long)  # (B,) host side: length at the first stop string
         pending: tuple[Any, torch.Tensor] | None = None  # the previous window's "all ended" flag and its event
         self._head_sample()  # token 0 from the prompts' last pre-logits
@@ -397,14 +403,15 @@ class _Runner:
         return tokens, lengths, stopped
 
 
-def _runner_for(decoder: Decoder, prefixes: Sequence[PromptPrefix], rows: int) -> _Runner:
+def _runner_for(decoder: Decoder, prefixes: Sequence[PromptPrefix], rows: int, compile_step: bool) -> _Runner:
     lm = decoder.lm
     max_tokens = decoder.sampling.max_tokens
     width = max(p.length for p in prefixes)
     kv_shapes = [
         (k.shape[1], k.shape[3], v.shape[3]) for k, v in zip(prefixes[0].keys, prefixes[0].values, strict=True)
     ]
-    key = (rows_bucket(rows), cache_length(width, max_tokens), max_tokens, decoder.processors, tuple(kv_shapes))
+    bucket, length = rows_bucket(rows), cache_length(width, max_tokens)
+    key = (bucket, length, max_tokens, decoder.processors, tuple(kv_shapes), compile_step)
     store = lm.static_graphs
     with _RUNNERS_LOCK:
         runners: OrderedDict[Any, _Runner] = store.setdefault("runners", OrderedDict())
@@ -417,7 +424,7 @@ def _runner_for(decoder: Decoder, prefixes: Sequence[PromptPrefix], rows: int) -
         pool = None
         if lm.device.type == "cuda":  # one memory pool for all graphs of a model: they never run at once
             pool = store.setdefault("pool", torch.cuda.graph_pool_handle())
-        runner = _Runner(lm, decoder.processors, key[0], key[1], max_tokens, kv_shapes, pool)
+        runner = _Runner(lm, decoder.processors, bucket, length, max_tokens, kv_shapes, pool, compile_step)
         runner.capture()
         runners[key] = runner
         return runner
@@ -430,15 +437,21 @@ def decode_static(
     row_prompt: torch.Tensor,
     V: torch.Tensor,
     uniforms: torch.Tensor,
+    *,
+    compile_step: bool = False,
 ) -> DecodeOutput:
-    """Decode one response per row on the static path; same arguments and result as ``decoding.decode``."""
+    """Decode one response per row on the static path; same arguments and result as ``decoding.decode``.
+
+    ``compile_step`` (experimental) compiles the step with ``torch.compile`` (inductor, fewer and fused
+    kernels) before capturing it: a first call of tens of seconds per bucket on a large model.
+    """
     lm = decoder.lm
     rows = row_prompt.shape[0]
     width = max(p.length for p in prefixes)
     window = _sliding_window(lm)
     if window is not None and cache_length(width, decoder.sampling.max_tokens) > window:
         return decode(decoder, prefixes, row_prompt, V, uniforms)  # the 4D mask here has no sliding window
-    runner = _runner_for(decoder, prefixes, rows)
+    runner = _runner_for(decoder, prefixes, rows, compile_step)
     with runner.lock:
         runner.load(prefixes, row_prompt.to(lm.device), V.to(device=lm.device, dtype=lm.dtype), uniforms.to(lm.device))
         tokens, lengths, stopped = runner.run(rows, decoder.stop_check if decoder.sampling.stop else None)

@@ -1,0 +1,247 @@
+"""The issue-11 GPU check: static vs eager decoding, generate, bandwidth limit, AISP end to end.
+
+Run through ``scripts/gpu_check.sh`` (see its header). Needs torch and transformers only (no
+langchain-core): it imports the engine and ``langchain_aisp.bench.speed``. Every stage is
+independent: a failing stage is recorded with its traceback and the next one runs; results are
+appended to ``OUT/report.json`` (and ``OUT/report.md``) as they come; stages whose estimated cost
+exceeds the time left in ``--budget-s`` are skipped and recorded as such.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import math
+import platform
+import sys
+import time
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+import transformers
+
+from langchain_aisp.bench import speed
+from langchain_aisp.lm import CausalLM
+
+TARGETS = {
+    ("1.7B", 8): 3.0,
+    ("1.7B", 64): 4.0,
+    ("8B", 64): 6.0,
+}
+"""ms/step targets of issue 11 (H100/H200, bf16, 64 new tokens)."""
+
+
+class Check:
+    def __init__(self, out: Path, budget_s: float, only: list[str] | None) -> None:
+        self.out = out
+        self.start = time.monotonic()
+        self.budget_s = budget_s
+        self.only = only
+        self.report: dict[str, Any] = {"meta": {}, "stages": []}
+        out.mkdir(parents=True, exist_ok=True)
+
+    def left(self) -> float:
+        return self.budget_s - (time.monotonic() - self.start)
+
+    def stage(self, name: str, est_s: float, fn: Callable[[], Any]) -> Any:
+        entry: dict[str, Any] = {"name": name, "est_s": est_s}
+        if self.only and not any(name.startswith(p) for p in self.only):
+            return None
+        if self.left() < est_s:
+            entry.update(status="skipped", reason=f"{self.left():.0f} s left < estimated {est_s:.0f} s")
+            print(f"[skip] {name}: {entry['reason']}", flush=True)
+            self._append(entry)
+            return None
+        print(f"[run ] {name} (est {est_s:.0f} s, {self.left():.0f} s left)", flush=True)
+        t0 = time.monotonic()
+        try:
+            result = fn()
+            entry.update(status="ok", result=result)
+        except Exception as exc:  # every stage is independent: record and go on
+            result = None
+            entry.update(status="error", error=f"{type(exc).__name__}: {exc}", traceback=traceback.format_exc())
+            print(entry["traceback"], flush=True)
+        entry["wall_s"] = time.monotonic() - t0
+        print(f"[{entry['status']:4}] {name} in {entry['wall_s']:.1f} s", flush=True)
+        self._append(entry)
+        return result
+
+    def _append(self, entry: dict[str, Any]) -> None:
+        self.report["stages"].append(entry)
+        self.save()
+
+    def save(self) -> None:
+        self.report["meta"]["elapsed_s"] = time.monotonic() - self.start
+        (self.out / "report.json").write_text(json.dumps(self.report, indent=1, default=str), encoding="utf-8")
+        (self.out / "report.md").write_text(markdown(self.report), encoding="utf-8")
+
+
+def _ok(report: dict[str, Any], prefix: str) -> list[dict[str, Any]]:
+    return [s for s in report["stages"] if s["name"].startswith(prefix) and s["status"] == "ok"]
+
+
+def _fmt(value: Any, digits: int = 2) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    return f"{value:.{digits}f}"
+
+
+def markdown(report: dict[str, Any]) -> str:
+    meta = report["meta"]
+    lines = [
+        "# Issue 11 GPU check",
+        "",
+        f"Device: {meta.get('device')}; torch {meta.get('torch')}, transformers {meta.get('transformers')}, "
+        f"Python {meta.get('python')}. Measured copy bandwidth {_fmt(meta.get('copy_gbps'), 0)} GB/s; "
+        f"limit column uses {_fmt(meta.get('bandwidth_gbps'), 0)} GB/s ({meta.get('bandwidth_source')}).",
+        "",
+        "## ms per decoding step (64 new tokens unless noted; prefill included; median of repeats)",
+        "",
+        "| model | batch | ours eager | ours static | ours static compiled | generate eager | generate static "
+        "(compiled) | weights-only limit | target | static peak MiB / generate peak MiB (beyond weights) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    cells: dict[tuple[str, int], dict[str, Any]] = {}
+    captures: list[dict[str, Any]] = []
+    for stage in report["stages"]:
+        if stage["status"] != "ok" or not stage["name"].startswith("throughput"):
+            continue
+        shape = stage["name"].split(":")[1]
+        for row in stage["result"]:
+            cell = cells.setdefault((shape, row["batch"]), {"limit": row.get("limit_ms_per_step")})
+            for variant in speed.VARIANTS:
+                if variant in row:
+                    cell[variant] = row[variant]
+            for bucket in row.get("static_buckets", []):
+                captures.append({"model": shape, "batch": row["batch"], **bucket})
+    for (shape, batch), cell in sorted(cells.items(), key=lambda kv: (kv[0][0], kv[0][1])):
+
+        def ms(key: str, cell: dict[str, Any] = cell) -> str:
+            return _fmt(cell[key]["ms_per_step"]) if key in cell else "-"
+
+        mem = "-"
+        if "ours_static" in cell and "generate" in cell:
+            static, generate = cell["ours_static"], cell["generate"]
+            key = "peak_working_mib" if not math.isnan(static.get("peak_working_mib", math.nan)) else "peak_mem_mib"
+            mem = f"{_fmt(static[key], 0)} / {_fmt(generate[key], 0)}"
+        lines.append(
+            f"| {shape} | {batch} | {ms('ours')} | {ms('ours_static')} | {ms('ours_static_compiled')} | "
+            f"{ms('generate')} | {ms('generate_static')} | {_fmt(cell.get('limit'))} | "
+            f"{_fmt(TARGETS.get((shape, batch)), 1)} | {mem} |"
+        )
+    for stage in _ok(report, "aisp:"):
+        lines += ["", f"## {stage['name']}", "", speed.aisp_markdown(stage["result"], stage["name"].split(":")[1])]
+    for stage in _ok(report, "batched:"):
+        lines += ["", f"## {stage['name']}", "", speed.batched_markdown(stage["result"], stage["name"].split(":")[1])]
+    if captures:
+        lines += ["", "## Static buckets (graph captured?, capture seconds, error)", ""]
+        lines += [
+            f"- {c['model']} batch {c['batch']}: rows {c['rows']}, cache {c['cache_len']}, graph {c['graph']}, "
+            f"compiled {c.get('compiled')}, capture {_fmt(c['capture_s'])} s, calls {c['calls']} {c['error']}"
+            for c in captures
+        ]
+    bad = [s for s in report["stages"] if s["status"] != "ok"]
+    if bad:
+        lines += ["", "## Stages not completed", ""]
+        lines += [f"- {s['name']}: {s['status']} {s.get('error') or s.get('reason', '')}" for s in bad]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--out", default="gpu-check-out")
+    parser.add_argument("--smoke", action="store_true", help="tiny model, tiny budgets (checks the script itself)")
+    parser.add_argument("--tokenizer", default=None, help="tokenizer folder (default: the embedded model's)")
+    parser.add_argument("--budget-s", type=float, default=330.0, help="stop starting stages after this (s)")
+    parser.add_argument("--bandwidth-gbps", type=float, default=None)
+    parser.add_argument("--only", default=None, help="comma-separated stage-name prefixes to run")
+    args = parser.parse_args(argv)
+    check = Check(Path(args.out), args.budget_s, args.only.split(",") if args.only else None)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    smoke = args.smoke
+    tokens = 4 if smoke else 64
+    big = "tiny" if smoke else "1.7B"
+    shapes = ["tiny"] if smoke else ["1.7B", "8B", "135M"]
+    batches = {"tiny": (1, 2), "1.7B": (8, 64, 1), "8B": (64, 8, 1), "135M": (8, 64, 1)}
+    repeats = {"tiny": 1, "1.7B": 3, "8B": 2, "135M": 2}
+    est = {"tiny": 5.0, "1.7B": 14.0, "8B": 16.0, "135M": 10.0}
+    variants = ("ours_static", "ours", "generate")
+    models: dict[str, CausalLM] = {}
+
+    def env() -> dict[str, Any]:
+        info: dict[str, Any] = {
+            "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
+            "torch": torch.__version__,
+            "cuda": torch.version.cuda,
+            "transformers": transformers.__version__,
+            "python": platform.python_version(),
+            "smoke": smoke,
+        }
+        gbps, source = speed.device_bandwidth(device, args.bandwidth_gbps)
+        info.update(bandwidth_gbps=gbps, bandwidth_source=source)
+        if device.type == "cuda":
+            info["copy_gbps"] = speed.measure_copy_bandwidth(device)
+            info["memory_gib"] = torch.cuda.get_device_properties(device).total_memory / (1 << 30)
+        check.report["meta"].update(info)
+        return info
+
+    check.stage("env", 10, env)
+
+    def build(shape: str) -> dict[str, Any]:
+        t0 = time.perf_counter()
+        lm = speed.random_weights_lm(shape, args.tokenizer, device=device)
+        models[shape] = lm
+        return {"shape": shape, "build_s": time.perf_counter() - t0, "param_bytes": speed.param_bytes(lm)}
+
+    def throughput(shape: str, batch: int, names: tuple[str, ...]) -> Any:
+        lm, gbps = models[shape], args.bandwidth_gbps
+        return speed.throughput(lm, (batch,), tokens, repeats[shape], variants=names, bandwidth_gbps=gbps)
+
+    def core(shape: str) -> None:
+        if check.stage(f"build:{shape}", 30 if shape == "8B" else 15, lambda: build(shape)) is None:
+            return
+        for batch in batches[shape]:
+            check.stage(f"throughput:{shape}:{batch}", est[shape], lambda b=batch: throughput(shape, b, variants))
+        if shape == big:
+            n, k = (2, 2) if smoke else (8, 4)
+            check.stage(
+                f"aisp:{shape}:static",
+                12,
+                lambda: speed.aisp_latency(models[shape], tokens, 3, n, k, decodings=("static",)),
+            )
+            check.stage(
+                f"aisp:{shape}:eager",
+                25,
+                lambda: speed.aisp_latency(models[shape], tokens, 1, n, k, decodings=("eager",)),
+            )
+            prompts = 2 if smoke else 16
+            splits = (("aisp", n, k), ("bon", n, k), ("bon", n * k, 1))
+            check.stage(
+                f"batched:{shape}:static",
+                30,
+                lambda: speed.batched_wall_clock(models[shape], prompts, tokens, 2, splits, decoding="static"),
+            )
+
+    for shape in shapes:
+        core(shape)
+    # extras, in order of interest, while time is left
+    if big in models:
+        b8, b64 = (2, 2) if smoke else (8, 64)
+        check.stage(f"throughput:{big}:{b8}:generate_static", 60, lambda: throughput(big, b8, ("generate_static",)))
+        check.stage(f"throughput:{big}:{b8}:compiled", 70, lambda: throughput(big, b8, ("ours_static_compiled",)))
+        check.stage(f"throughput:{big}:{b64}:compiled", 50, lambda: throughput(big, b64, ("ours_static_compiled",)))
+        check.stage(f"throughput:{big}:{b64}:generate_static", 50, lambda: throughput(big, b64, ("generate_static",)))
+    models.clear()
+    gc.collect()
+    check.save()
+    print("\n" + markdown(check.report), flush=True)
+    failed = [s["name"] for s in check.report["stages"] if s["status"] == "error"]
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
