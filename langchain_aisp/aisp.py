@@ -297,7 +297,8 @@ def run(
     prompts run together (Batched AISP); each keeps its own U, weights, best and
     random generator, so its result does not depend on which prompts share its batch.
     ``decoding`` picks the decode path once for the run: ``"static"`` (preallocated KV cache and,
-    on CUDA, a captured CUDA graph per step: :mod:`langchain_aisp.static_decoding`), ``"eager"``
+    on CUDA, a captured CUDA graph per step: :mod:`langchain_aisp.static_decoding`), ``"compiled"``
+    (the static path with a ``torch.compile``-d step), ``"eager"``
     (:func:`langchain_aisp.decoding.decode`), or ``"auto"`` (static on CUDA, eager elsewhere).
     """
     if isinstance(max_batch_size, bool) or not isinstance(max_batch_size, int) or max_batch_size < 1:

@@ -164,11 +164,7 @@ def main(argv: list[str] | None = None) -> int:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     smoke = args.smoke
     tokens = 4 if smoke else 64
-    big = "tiny" if smoke else "1.7B"
-    shapes = ["tiny"] if smoke else ["1.7B", "8B", "135M"]
-    batches = {"tiny": (1, 2), "1.7B": (8, 64, 1), "8B": (64, 8, 1), "135M": (8, 64, 1)}
     repeats = {"tiny": 1, "1.7B": 3, "8B": 2, "135M": 2}
-    est = {"tiny": 5.0, "1.7B": 14.0, "8B": 16.0, "135M": 10.0}
     variants = ("ours_static", "ours", "generate")
     models: dict[str, CausalLM] = {}
 
@@ -180,6 +176,7 @@ def main(argv: list[str] | None = None) -> int:
             "transformers": transformers.__version__,
             "python": platform.python_version(),
             "smoke": smoke,
+            "package": speed.__file__,
         }
         gbps, source = speed.device_bandwidth(device, args.bandwidth_gbps)
         info.update(bandwidth_gbps=gbps, bandwidth_source=source)
@@ -201,46 +198,58 @@ def main(argv: list[str] | None = None) -> int:
         lm, gbps = models[shape], args.bandwidth_gbps
         return speed.throughput(lm, (batch,), tokens, repeats[shape], variants=names, bandwidth_gbps=gbps)
 
-    def core(shape: str) -> None:
-        if check.stage(f"build:{shape}", 30 if shape == "8B" else 15, lambda: build(shape)) is None:
-            return
-        for batch in batches[shape]:
-            check.stage(f"throughput:{shape}:{batch}", est[shape], lambda b=batch: throughput(shape, b, variants))
-        if shape == big:
-            n, k = (2, 2) if smoke else (8, 4)
-            check.stage(
-                f"aisp:{shape}:static",
-                12,
-                lambda: speed.aisp_latency(models[shape], tokens, 3, n, k, decodings=("static",)),
-            )
-            check.stage(
-                f"aisp:{shape}:eager",
-                25,
-                lambda: speed.aisp_latency(models[shape], tokens, 1, n, k, decodings=("eager",)),
-            )
-            prompts = 2 if smoke else 16
-            splits = (("aisp", n, k), ("bon", n, k), ("bon", n * k, 1))
-            check.stage(
-                f"batched:{shape}:static",
-                30,
-                lambda: speed.batched_wall_clock(models[shape], prompts, tokens, 2, splits, decoding="static"),
-            )
+    def aisp(shape: str, decoding: str, reps: int, methods: tuple[str, ...]) -> Any:
+        n, k = (2, 2) if smoke else (8, 4)
+        return speed.aisp_latency(models[shape], tokens, reps, n, k, decodings=(decoding,), methods=methods)
 
-    for shape in shapes:
-        core(shape)
-    # extras, in order of interest, while time is left
-    if big in models:
-        b8, b64 = (2, 2) if smoke else (8, 64)
-        check.stage(f"throughput:{big}:{b8}:generate_static", 60, lambda: throughput(big, b8, ("generate_static",)))
-        check.stage(f"throughput:{big}:{b8}:compiled", 70, lambda: throughput(big, b8, ("ours_static_compiled",)))
-        check.stage(f"throughput:{big}:{b64}:compiled", 50, lambda: throughput(big, b64, ("ours_static_compiled",)))
-        check.stage(f"throughput:{big}:{b64}:generate_static", 50, lambda: throughput(big, b64, ("generate_static",)))
+    def batched(shape: str, decoding: str) -> Any:
+        n, k = (2, 2) if smoke else (8, 4)
+        splits = (("aisp", n, k), ("bon", n, k), ("bon", n * k, 1))
+        return speed.batched_wall_clock(models[shape], 2 if smoke else 16, tokens, 2, splits, decoding=decoding)
+
+    small, big, large = ("tiny", "tiny", "tiny") if smoke else ("135M", "1.7B", "8B")
+    b1, b8, b64 = (1, 2, 2) if smoke else (1, 8, 64)
+    plan: list[tuple[str, float, Callable[[], Any]]] = [
+        (f"build:{big}", 15, lambda: build(big)),
+        (f"throughput:{big}:{b8}", 14, lambda: throughput(big, b8, variants)),
+        (f"throughput:{big}:{b64}", 14, lambda: throughput(big, b64, variants)),
+        (f"aisp:{big}:static", 12, lambda: aisp(big, "static", 3, ("aisp", "bon"))),
+        (f"batched:{big}:static", 30, lambda: batched(big, "static")),
+        (f"throughput:{big}:{b8}:compiled", 70, lambda: throughput(big, b8, ("ours_static_compiled",))),
+        (f"build:{large}", 30, lambda: build(large)),
+        (f"throughput:{large}:{b64}", 16, lambda: throughput(large, b64, variants)),
+        (f"throughput:{large}:{b8}", 16, lambda: throughput(large, b8, variants)),
+        (f"aisp:{big}:compiled", 40, lambda: aisp(big, "compiled", 3, ("aisp",))),
+        (f"throughput:{big}:{b1}", 14, lambda: throughput(big, b1, variants)),
+        (f"throughput:{large}:{b1}", 16, lambda: throughput(large, b1, variants)),
+        (f"aisp:{big}:eager", 25, lambda: aisp(big, "eager", 1, ("aisp", "bon"))),
+        (f"build:{small}", 10, lambda: build(small)),
+        (f"throughput:{small}:{b8}", 10, lambda: throughput(small, b8, variants)),
+        (f"throughput:{small}:{b64}", 10, lambda: throughput(small, b64, variants)),
+        (f"throughput:{small}:{b1}", 10, lambda: throughput(small, b1, variants)),
+        (f"throughput:{big}:{b8}:generate_static", 60, lambda: throughput(big, b8, ("generate_static",))),
+        (f"throughput:{big}:{b64}:compiled", 50, lambda: throughput(big, b64, ("ours_static_compiled",))),
+        (f"throughput:{big}:{b64}:generate_static", 50, lambda: throughput(big, b64, ("generate_static",))),
+    ]
+    for name, est_s, fn in plan:
+        shape = name.split(":")[1]
+        if not name.startswith("build:") and shape not in models:
+            check.stage(name, 0, _missing(shape))
+            continue
+        check.stage(name, est_s, fn)
     models.clear()
     gc.collect()
     check.save()
     print("\n" + markdown(check.report), flush=True)
     failed = [s["name"] for s in check.report["stages"] if s["status"] == "error"]
     return 1 if failed else 0
+
+
+def _missing(shape: str) -> Callable[[], Any]:
+    def fail() -> Any:
+        raise RuntimeError(f"model {shape} was not built (see its build stage)")
+
+    return fail
 
 
 if __name__ == "__main__":

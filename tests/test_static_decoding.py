@@ -12,6 +12,7 @@ uses the full vocabulary and accepts a divergence only at such a tie, checked fr
 from __future__ import annotations
 
 import dataclasses
+import shutil
 import threading
 
 import pytest
@@ -242,7 +243,8 @@ def test_buckets_and_path_selection(tiny_lm):
     assert resolve_decoding(tiny_lm, "auto") == "eager"  # CPU: auto keeps the eager path
     assert resolve_decoding(tiny_lm, "static") == "static"
     assert select_decode(tiny_lm, "eager") == (decode, "eager")
-    with pytest.raises(ValueError, match=r"decoding must be one of \['auto', 'static', 'eager'\], got 'fast'"):
+    allowed = r"\['auto', 'static', 'compiled', 'eager'\]"
+    with pytest.raises(ValueError, match=rf"decoding must be one of {allowed}, got 'fast'"):
         resolve_decoding(tiny_lm, "fast")
     with pytest.raises(ValueError, match="decoding must be one of"):
         run(tiny_lm, [[1, 2]], _length_score, AISPParams(method="sample"), SamplingParams(max_tokens=2), decoding="x")
@@ -286,3 +288,16 @@ def test_chat_model_decoding_field(tiny_lm):
     assert eager.content == static.content
     with pytest.raises(ValidationError, match="decoding"):
         AISPChatModel(decoding="fast", **kwargs)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("c++") is None and shutil.which("g++") is None, reason="inductor needs a C++ compiler")
+def test_compiled_static_path_gives_the_eager_tokens(tiny_lm, encode):
+    lm = dataclasses.replace(tiny_lm)
+    decoder = Decoder.build(lm, SamplingParams(max_tokens=4))
+    prefixes = [prefill(lm, encode("Hi")), prefill(lm, encode("A longer prompt, left-padded less"))]
+    args = (prefixes, torch.tensor([0, 1, 1]), torch.zeros(3, 1, 32), torch.rand(3, 4))
+    fn, path = select_decode(lm, "compiled")
+    assert path == "compiled"
+    assert fn(decoder, *args).token_ids == decode(decoder, *args).token_ids
+    assert [s["compiled"] for s in static_graph_stats(lm)] == [True]
