@@ -103,15 +103,27 @@ def lambda_for_ess(rewards: torch.Tensor, inner: torch.Tensor, alpha: float, sig
 
     Scale-free: multiplying every reward by c multiplies the returned lambda by c.
     With all rewards equal any lambda gives the same weights, and 1.0 is returned.
+    The 60 bisection steps run on Python floats (n values each): the same float64 arithmetic as
+    :func:`importance_weights` without a tensor round trip per step (it was ~2 ms per prompt and
+    iteration, a visible share of Batched AISP's time on a GPU).
     """
-    spread = float(rewards.double().max() - rewards.double().min())
+    r = rewards.double().tolist()
+    spread = max(r) - min(r)
     if not spread > 0:
         return 1.0
+    cost = [((1.0 - alpha) / sigma**2) * c for c in inner.double().tolist()] if sigma > 0 else [0.0] * len(r)
+
+    def ess(lam: float) -> float:
+        logits = [ri / lam - ci for ri, ci in zip(r, cost, strict=True)]
+        top = max(logits)
+        w = [math.exp(x - top) for x in logits]
+        total = sum(w)
+        return total * total / sum(x * x for x in w)
+
     lo, hi = math.log(spread * 1e-6), math.log(spread * 1e6)
     for _ in range(60):
         mid = 0.5 * (lo + hi)
-        ess = effective_sample_size(importance_weights(rewards, inner, math.exp(mid), alpha, sigma))
-        if ess < target:
+        if ess(math.exp(mid)) < target:
             lo = mid  # too peaked: raise lambda
         else:
             hi = mid

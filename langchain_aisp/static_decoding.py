@@ -26,12 +26,13 @@ fails the bucket falls back to the static cache without graphs and says so in th
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -61,6 +62,9 @@ DecodeFn = Callable[[Decoder, Sequence[PromptPrefix], torch.Tensor, torch.Tensor
 
 _RUNNERS_LOCK = threading.Lock()
 """Guards the creation and eviction of buckets in ``lm.static_graphs``."""
+
+DECODE_ATTENTION = "langchain_aisp_decode_sdpa"
+"""Name under which :func:`decode_sdpa` is registered in transformers' ``AttentionInterface``."""
 
 
 def rows_bucket(rows: int) -> int:
@@ -148,6 +152,60 @@ def select_decode(lm: CausalLM, decoding: str) -> tuple[DecodeFn, str]:
     return functions[path], path
 
 
+def decode_sdpa(
+    module: Any,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    dropout: float = 0.0,
+    scaling: float | None = None,
+    **kwargs: Any,
+) -> tuple[torch.Tensor, None]:
+    """SDPA for one query token of a grouped-query model without copying K and V per query head.
+
+    transformers (5.17) repeats K and V to every query head whenever a mask is given; with one
+    query token the query heads of a group can instead be the "query positions" of their K/V head:
+    query (B, H, 1, D) -> (B, Hkv, H / Hkv, D), the (B, 1, 1, L) mask broadcasts over them. Any
+    other call goes to transformers' own ``sdpa_attention_forward`` unchanged.
+    """
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    groups = int(getattr(module, "num_key_value_groups", 1))
+    plain = kwargs.get("softcap") is None and kwargs.get("position_bias") is None and not module.training
+    mask_ok = attention_mask is not None and attention_mask.dim() == 4 and attention_mask.shape[1] == 1
+    if groups > 1 and query.shape[2] == 1 and mask_ok and plain:
+        b, h, _, d = query.shape
+        grouped = query.reshape(b, h // groups, groups, d)  # (B, Hkv, G, D): head h uses K/V head h // G
+        out = F.scaled_dot_product_attention(grouped, key, value, attn_mask=attention_mask, scale=scaling)
+        return out.reshape(b, h, 1, value.shape[-1]).transpose(1, 2).contiguous(), None  # (B, 1, H, Dv)
+    return sdpa_attention_forward(module, query, key, value, attention_mask, dropout, scaling, **kwargs)  # type: ignore[no-any-return]
+
+
+@contextlib.contextmanager
+def _decode_attention(lm: CausalLM) -> Iterator[None]:
+    """While capturing: route a grouped-query sdpa model's attention through :func:`decode_sdpa`.
+
+    The kernels it launches are what the graph keeps; the model's configuration is restored on
+    exit (another thread's forward in between still gets transformers' result: decode_sdpa hands
+    every other shape to transformers' sdpa).
+    """
+    config = _text_config(lm)
+    heads = getattr(config, "num_attention_heads", None)
+    kv_heads = getattr(config, "num_key_value_heads", None) or heads
+    if getattr(config, "_attn_implementation", None) != "sdpa" or not heads or kv_heads == heads:
+        yield
+        return
+    from transformers import AttentionInterface
+
+    AttentionInterface.register(DECODE_ATTENTION, decode_sdpa)
+    config._attn_implementation = DECODE_ATTENTION
+    try:
+        yield
+    finally:
+        config._attn_implementation = "sdpa"
+
+
 class _StaticKV(DynamicCache):
     """A KV cache over preallocated (R, H, L, Dh) tensors that writes one position, read from a device tensor.
 
@@ -224,9 +282,10 @@ class _Runner:
         self.eos = torch.tensor(lm.eos_token_ids, dtype=torch.long, device=device)  # (E,)
         self.float_mask = getattr(_text_config(lm), "_attn_implementation", "eager") == "eager"
         self.cache = _StaticKV(self.keys, self.values, self.write_pos)
-        # optional: inductor fuses the step's small kernels before it is captured (compiled on first use)
-        self.step_fn: Callable[[], None] = (
-            torch.compile(self._step, dynamic=False, fullgraph=False) if compile_step else self._step
+        # optional: inductor fuses the body's small kernels before the step is captured (compiled on
+        # first use); the sampler stays as is (inductor 2.11 fails on its cumsum over the vocabulary)
+        self.body_fn: Callable[[], None] = (
+            torch.compile(self._body, dynamic=False, fullgraph=False) if compile_step else self._body
         )
         self.flags = (
             [torch.zeros(1, dtype=torch.bool).pin_memory() for _ in range(2)] if self.is_cuda else []
@@ -270,7 +329,7 @@ class _Runner:
         self.z.copy_(hidden[:, -1])  # (R, d)
 
     def _step(self) -> None:
-        self._body()
+        self.body_fn()
         self._head_sample()
 
     # --- capture --------------------------------------------------------------------------
@@ -286,15 +345,16 @@ class _Runner:
             self.width.fill_(1)
             stream = torch.cuda.Stream(device)
             stream.wait_stream(torch.cuda.current_stream(device))
-            with torch.cuda.stream(stream):
-                for _ in range(2):  # cuBLAS handles, workspaces, lazy module state, compilation
-                    self.step.fill_(1)
-                    self.step_fn()
-            torch.cuda.current_stream(device).wait_stream(stream)
-            graph = torch.cuda.CUDAGraph()
-            self.step.fill_(1)
-            with torch.cuda.graph(graph, pool=self.pool, capture_error_mode="thread_local"):
-                self.step_fn()
+            with _decode_attention(self.lm):
+                with torch.cuda.stream(stream):
+                    for _ in range(2):  # cuBLAS handles, workspaces, lazy module state, compilation
+                        self.step.fill_(1)
+                        self._step()
+                torch.cuda.current_stream(device).wait_stream(stream)
+                graph = torch.cuda.CUDAGraph()
+                self.step.fill_(1)
+                with torch.cuda.graph(graph, pool=self.pool, capture_error_mode="thread_local"):
+                    self._step()
             torch.cuda.synchronize(device)
             self.graph = graph
         except torch.OutOfMemoryError:
@@ -368,7 +428,7 @@ class _Runner:
         """Decode every token; returns (tokens (B, T), lengths (B,), stopped (B,)) on CPU."""
         T = self.max_tokens
         every = CHECK_EVERY_CUDA if self.is_cuda else 1
-        step_fn = self.graph.replay if self.graph is not None else self.step_fn
+        step_fn = self.graph.replay if self.graph is not None else self._step
         stop_len = torch.full((rows,), T + 1, dtype=torch.long)  # (B,) host side: length at the first stop string
         pending: tuple[Any, torch.Tensor] | None = None  # the previous window's "all ended" flag and its event
         self._head_sample()  # token 0 from the prompts' last pre-logits

@@ -137,6 +137,28 @@ def markdown(report: dict[str, Any]) -> str:
         lines += ["", f"## {stage['name']}", "", speed.aisp_markdown(stage["result"], stage["name"].split(":")[1])]
     for stage in _ok(report, "batched:"):
         lines += ["", f"## {stage['name']}", "", speed.batched_markdown(stage["result"], stage["name"].split(":")[1])]
+    replays = _ok(report, "replay:")
+    if replays:
+        lines += [
+            "",
+            "## Captured step alone (CUDA events around T - 1 replays; no prefill, no host work)",
+            "",
+            "| stage | rows | replay ms/step | kernels per step (eager step) | kernel ms per step | capture s |",
+            "|---|---|---|---|---|---|",
+        ]
+        for stage in replays:
+            r = stage["result"]
+            lines.append(
+                f"| {stage['name']} | {r['rows']} | {_fmt(r['replay_ms'])} | {_fmt(r.get('kernels_per_step'), 0)} | "
+                f"{_fmt(r.get('kernel_ms_per_step'))} | {_fmt(r['capture_s'])} |"
+            )
+        for stage in replays:
+            if stage["result"].get("top_kernels"):
+                lines += ["", f"Top kernels of one eager step, {stage['name']} (ms per step):", ""]
+                lines += [
+                    f"- {k['ms_per_step']:.3f} ms, {k['calls_per_step']:.0f}x: {k['name']}"
+                    for k in stage["result"]["top_kernels"]
+                ]
     if captures:
         lines += ["", "## Static buckets (graph captured?, capture seconds, error)", ""]
         lines += [
@@ -159,6 +181,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--budget-s", type=float, default=330.0, help="stop starting stages after this (s)")
     parser.add_argument("--bandwidth-gbps", type=float, default=None)
     parser.add_argument("--only", default=None, help="comma-separated stage-name prefixes to run")
+    parser.add_argument("--stages", default=None, help="comma-separated exact stage names, run in this order")
     args = parser.parse_args(argv)
     check = Check(Path(args.out), args.budget_s, args.only.split(",") if args.only else None)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -205,7 +228,10 @@ def main(argv: list[str] | None = None) -> int:
     def batched(shape: str, decoding: str) -> Any:
         n, k = (2, 2) if smoke else (8, 4)
         splits = (("aisp", n, k), ("bon", n, k), ("bon", n * k, 1))
-        return speed.batched_wall_clock(models[shape], 2 if smoke else 16, tokens, 2, splits, decoding=decoding)
+        return speed.batched_wall_clock(models[shape], 2 if smoke else 16, tokens, 3, splits, decoding=decoding)
+
+    def replay(shape: str, batch: int, compile_step: bool = False, profile: bool = True) -> dict[str, Any]:
+        return replay_step(models[shape], batch, tokens, compile_step, profile and device.type == "cuda")
 
     small, big, large = ("tiny", "tiny", "tiny") if smoke else ("135M", "1.7B", "8B")
     b1, b8, b64 = (1, 2, 2) if smoke else (1, 8, 64)
@@ -213,12 +239,19 @@ def main(argv: list[str] | None = None) -> int:
         (f"build:{big}", 15, lambda: build(big)),
         (f"throughput:{big}:{b8}", 14, lambda: throughput(big, b8, variants)),
         (f"throughput:{big}:{b64}", 14, lambda: throughput(big, b64, variants)),
+        (f"replay:{big}:{b8}", 8, lambda: replay(big, b8)),
+        (f"replay:{big}:{b64}", 5, lambda: replay(big, b64)),
         (f"aisp:{big}:static", 12, lambda: aisp(big, "static", 3, ("aisp", "bon"))),
         (f"batched:{big}:static", 30, lambda: batched(big, "static")),
         (f"throughput:{big}:{b8}:compiled", 70, lambda: throughput(big, b8, ("ours_static_compiled",))),
         (f"build:{large}", 30, lambda: build(large)),
         (f"throughput:{large}:{b64}", 16, lambda: throughput(large, b64, variants)),
         (f"throughput:{large}:{b8}", 16, lambda: throughput(large, b8, variants)),
+        (f"replay:{large}:{b64}", 8, lambda: replay(large, b64)),
+        (f"replay:{large}:{b8}", 5, lambda: replay(large, b8)),
+        (f"throughput:{large}:{b64}:static", 8, lambda: throughput(large, b64, ("ours_static",))),
+        (f"throughput:{large}:{b8}:static", 6, lambda: throughput(large, b8, ("ours_static",))),
+        (f"replay:{big}:{b8}:compiled", 40, lambda: replay(big, b8, True, False)),
         (f"aisp:{big}:compiled", 40, lambda: aisp(big, "compiled", 3, ("aisp",))),
         (f"throughput:{big}:{b1}", 14, lambda: throughput(big, b1, variants)),
         (f"throughput:{large}:{b1}", 16, lambda: throughput(large, b1, variants)),
@@ -230,7 +263,16 @@ def main(argv: list[str] | None = None) -> int:
         (f"throughput:{big}:{b8}:generate_static", 60, lambda: throughput(big, b8, ("generate_static",))),
         (f"throughput:{big}:{b64}:compiled", 50, lambda: throughput(big, b64, ("ours_static_compiled",))),
         (f"throughput:{big}:{b64}:generate_static", 50, lambda: throughput(big, b64, ("generate_static",))),
+        (f"throughput:{large}:{b64}:compiled", 70, lambda: throughput(large, b64, ("ours_static_compiled",))),
+        (f"replay:{large}:{b64}:compiled", 50, lambda: replay(large, b64, True, False)),
     ]
+    if args.stages:
+        by_name = {name: (name, est_s, fn) for name, est_s, fn in plan}
+        wanted = [n.strip() for n in args.stages.split(",") if n.strip()]
+        unknown = [n for n in wanted if n not in by_name]
+        if unknown:
+            raise SystemExit(f"unknown stages {unknown}; known: {sorted(by_name)}")
+        plan = [by_name[n] for n in wanted]
     for name, est_s, fn in plan:
         shape = name.split(":")[1]
         if not name.startswith("build:") and shape not in models:
@@ -243,6 +285,76 @@ def main(argv: list[str] | None = None) -> int:
     print("\n" + markdown(check.report), flush=True)
     failed = [s["name"] for s in check.report["stages"] if s["status"] == "error"]
     return 1 if failed else 0
+
+
+def replay_step(lm: CausalLM, batch: int, tokens: int, compile_step: bool, profile: bool) -> dict[str, Any]:
+    """Time the captured step alone (CUDA events around tokens - 1 replays) and, optionally, list the
+    kernels of one eager (uncaptured) step by device time: where a step's time goes."""
+    from langchain_aisp import static_decoding as sd
+    from langchain_aisp.bench.prompts import render
+    from langchain_aisp.config import SamplingParams
+    from langchain_aisp.decoding import Decoder, prefill
+
+    lm = speed._no_eos(lm)
+    device = lm.device
+    decoder = Decoder.build(lm, SamplingParams(max_tokens=tokens))
+    result: dict[str, Any] = {"batch": batch, "tokens": tokens, "compiled": compile_step}
+    with torch.inference_mode():
+        prefix = prefill(lm, render(lm, speed.THROUGHPUT_PROMPT))
+        runner = sd._runner_for(decoder, [prefix], batch, compile_step)
+        args = ([prefix], torch.zeros(batch, dtype=torch.long, device=device))
+        V = torch.zeros(batch, 1, lm.hidden_size, device=device, dtype=lm.dtype)  # (B, 1, d)
+
+        def start() -> None:
+            runner.load(*args, V, torch.rand(batch, tokens, device=device))
+            runner._head_sample()
+
+        step = runner.graph.replay if runner.graph is not None else runner._step
+        start()
+        cuda = device.type == "cuda"
+        if cuda:
+            first, last = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            first.record()
+        t0 = time.perf_counter()
+        for _ in range(tokens - 1):
+            step()
+        if cuda:
+            last.record()
+            last.synchronize()
+        elapsed_ms = first.elapsed_time(last) if cuda else 1000 * (time.perf_counter() - t0)
+        result.update(
+            rows=runner.rows,
+            cache_len=runner.cache_len,
+            graph=runner.graph is not None,
+            capture_s=runner.stats.capture_s,
+            error=runner.stats.error,
+            replay_ms=elapsed_ms / (tokens - 1),
+            weights_gb=speed.param_bytes(lm) / 1e9,
+        )
+        if profile:
+            try:
+                from torch.profiler import ProfilerActivity
+                from torch.profiler import profile as torch_profile
+
+                start()
+                with sd._decode_attention(lm), torch_profile(activities=[ProfilerActivity.CUDA]) as prof:
+                    for _ in range(3):
+                        runner._step()
+                    torch.cuda.synchronize(device)
+                kernels = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
+                result["kernels_per_step"] = len(kernels) / 3
+                result["kernel_ms_per_step"] = sum(e.device_time_total for e in kernels) / 3 / 1000
+                averages = prof.key_averages()
+                rows = [
+                    {"name": a.key[:90], "calls_per_step": a.count / 3, "ms_per_step": a.self_device_time_total / 3e3}
+                    for a in averages
+                    if a.self_device_time_total > 0
+                ]
+                result["top_kernels"] = sorted(rows, key=lambda a: -a["ms_per_step"])[:14]
+            except Exception as exc:  # the timing above stands without the breakdown
+                result["profile_error"] = f"{type(exc).__name__}: {exc}"
+    sd.clear_static_cache(lm)
+    return result
 
 
 def _missing(shape: str) -> Callable[[], Any]:

@@ -301,3 +301,41 @@ def test_compiled_static_path_gives_the_eager_tokens(tiny_lm, encode):
     assert path == "compiled"
     assert fn(decoder, *args).token_ids == decode(decoder, *args).token_ids
     assert [s["compiled"] for s in static_graph_stats(lm)] == [True]
+
+
+def test_decode_sdpa_matches_transformers_sdpa_for_grouped_query_heads():
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    from langchain_aisp.static_decoding import decode_sdpa
+
+    module = torch.nn.Module()
+    module.num_key_value_groups = 4
+    module.eval()
+    g = torch.Generator().manual_seed(0)
+    query = torch.randn(3, 8, 1, 16, generator=g)  # (B, H, 1, D)
+    key, value = torch.randn(3, 2, 10, 16, generator=g), torch.randn(3, 2, 10, 16, generator=g)  # (B, Hkv, L, D)
+    mask = torch.arange(10)[None, None, None, :] >= torch.tensor([0, 3, 6])[:, None, None, None]  # (B, 1, 1, L)
+    ours, _ = decode_sdpa(module, query, key, value, mask, scaling=0.25)
+    ref, _ = sdpa_attention_forward(module, query, key, value, mask, scaling=0.25)
+    assert ours.shape == ref.shape == (3, 1, 8, 16)
+    torch.testing.assert_close(ours, ref)
+    prefill_query = torch.randn(3, 8, 5, 16, generator=g)  # anything but one query token: transformers' own path
+    assert torch.equal(
+        decode_sdpa(module, prefill_query, key, value, None, scaling=0.25)[0],
+        sdpa_attention_forward(module, prefill_query, key, value, None, scaling=0.25)[0],
+    )
+
+
+def test_decode_attention_swap_gives_the_eager_tokens_and_restores_the_config(tiny_lm, encode):
+    from langchain_aisp.static_decoding import _decode_attention
+
+    lm = dataclasses.replace(tiny_lm)  # 4 query heads over 2 K/V heads
+    config = lm.model.config
+    decoder = Decoder.build(lm, SamplingParams(max_tokens=6))
+    prefixes = [prefill(lm, encode("Hi")), prefill(lm, encode("A longer prompt, left-padded less"))]
+    args = (prefixes, torch.tensor([0, 1, 1]), torch.zeros(3, 1, 32), torch.rand(3, 6))
+    with _decode_attention(lm):  # what the CUDA capture runs under
+        assert config._attn_implementation == "langchain_aisp_decode_sdpa"
+        static = decode_static(decoder, *args).token_ids
+    assert config._attn_implementation == "sdpa"
+    assert static == decode(decoder, *args).token_ids
