@@ -34,7 +34,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -206,6 +206,20 @@ def _decode_attention(lm: CausalLM) -> Iterator[None]:
         config._attn_implementation = "sdpa"
 
 
+class HostMask(Protocol):
+    """A per-row token constraint evaluated on the host (grammar matchers), as the static path calls it.
+
+    Per step ``t``: ``allowed(t, live)`` returns the allowed tokens of the live rows (row indices in
+    ``live``) as a (len(live), vocab) bool tensor; after sampling, ``advance(t, live, tokens)`` gets
+    each live row's token. Ended rows are not asked again. (The engine-wide constraint protocol of
+    ``langchain_aisp.constraints`` is adapted to this when it lands.)
+    """
+
+    def allowed(self, step: int, live: list[int]) -> torch.Tensor: ...
+
+    def advance(self, step: int, live: list[int], tokens: list[int]) -> None: ...
+
+
 class _StaticKV(DynamicCache):
     """A KV cache over preallocated (R, H, L, Dh) tensors that writes one position, read from a device tensor.
 
@@ -235,6 +249,7 @@ class _Stats:
     max_tokens: int
     graph: bool
     compiled: bool = False
+    host_sampling: bool = False
     capture_s: float = 0.0
     calls: int = 0
     error: str = ""
@@ -253,6 +268,7 @@ class _Runner:
         kv_shapes: Sequence[tuple[int, int, int]],
         pool: Any,
         compile_step: bool = False,
+        host_sampling: bool = False,
     ) -> None:
         device, dtype = lm.device, lm.dtype
         self.lm = lm
@@ -262,7 +278,7 @@ class _Runner:
         self.is_cuda = device.type == "cuda"
         self.pool = pool
         self.graph: Any = None
-        self.stats = _Stats(rows, cache_len, max_tokens, graph=self.is_cuda, compiled=compile_step)
+        self.stats = _Stats(rows, cache_len, max_tokens, self.is_cuda, compile_step, host_sampling)
         self.keys = [torch.zeros(rows, h, cache_len, dk, dtype=dtype, device=device) for h, dk, _ in kv_shapes]
         self.values = [torch.zeros(rows, h, cache_len, dv, dtype=dtype, device=device) for h, _, dv in kv_shapes]
         self.write_pos = torch.zeros(1, dtype=torch.long, device=device)  # (1,)
@@ -282,6 +298,9 @@ class _Runner:
         self.eos = torch.tensor(lm.eos_token_ids, dtype=torch.long, device=device)  # (E,)
         self.float_mask = getattr(_text_config(lm), "_attn_implementation", "eager") == "eager"
         self.cache = _StaticKV(self.keys, self.values, self.write_pos)
+        self.host_sampling = host_sampling
+        vocab = lm.head_weight.shape[0] if host_sampling else 0
+        self.logits = torch.zeros(rows, vocab, device=device)  # (R, vocab) raw logits, host-sampling mode only
         # optional: inductor fuses the body's small kernels before the step is captured (compiled on
         # first use); the sampler stays as is (inductor 2.11 fails on its cumsum over the vocabulary)
         self.body_fn: Callable[[], None] = (
@@ -293,12 +312,20 @@ class _Runner:
 
     # --- the step: plain tensor code, captured as is -----------------------------------
 
+    def _raw_logits(self) -> torch.Tensor:
+        """Logits of ``z + V[:, min(step, tau)]`` before any transform, (R, vocab) in fp32."""
+        lm = self.lm
+        v = self.V.index_select(1, torch.minimum(self.step, self.tau)).squeeze(1)  # (R, d)
+        return F.linear(self.z + v, lm.head_weight, lm.head_bias).float()  # (R, vocab)
+
     def _head_sample(self) -> None:
         """Sample token ``step`` from ``z + V[:, min(step, tau)]`` for every row; advance ``step``."""
+        self._pick(self._raw_logits())
+
+    def _pick(self, logits: torch.Tensor) -> None:
+        """Transform (R, vocab) logits, sample token ``step`` of every row, record it, advance ``step``."""
         lm, step = self.lm, self.step
-        v = self.V.index_select(1, torch.minimum(step, self.tau)).squeeze(1)  # (R, d)
-        logits = F.linear(self.z + v, lm.head_weight, lm.head_bias)  # (R, vocab)
-        logits = apply_processors(logits.float(), self.processors)  # (R, vocab)
+        logits = apply_processors(logits, self.processors)  # (R, vocab)
         token = sample_tokens(logits, self.uniforms.index_select(1, step).squeeze(1))  # (R,)
         token = torch.where(self.done, lm.pad_token_id, token)  # (R,)
         self.out_tokens.index_copy_(1, step, token[:, None])  # (R, T)
@@ -330,7 +357,10 @@ class _Runner:
 
     def _step(self) -> None:
         self.body_fn()
-        self._head_sample()
+        if self.host_sampling:  # the host masks, samples and advances: the graph stops at the logits
+            self.logits.copy_(self._raw_logits())
+        else:
+            self._head_sample()
 
     # --- capture --------------------------------------------------------------------------
 
@@ -422,6 +452,29 @@ class _Runner:
         self.width.fill_(width)
         self.tau.fill_(tau)
 
+    def run_host_masked(self, rows: int, mask: HostMask) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Decode with a host-side token mask: per step the graph (body + head) fills ``logits``, the
+        host gets the allowed tokens of the live rows, the masked logits are transformed and sampled
+        on the device, and the host is told each live row's token (one sync per step, inherent)."""
+        T, vocab = self.max_tokens, self.logits.shape[1]
+        step_fn = self.graph.replay if self.graph is not None else self._step
+        self.logits.copy_(self._raw_logits())  # token 0 from the prompts' last pre-logits
+        allowed = torch.ones(self.rows, vocab, dtype=torch.bool, device=self.logits.device)  # (R, vocab)
+        for t in range(T):
+            if t > 0:
+                step_fn()
+            done = self.done[:rows].tolist()
+            live = [i for i in range(rows) if not done[i]]
+            if not live:
+                break
+            allowed[live] = mask.allowed(t, live).to(allowed.device)  # (A, vocab) bool
+            self._pick(self.logits.masked_fill(~allowed, float("-inf")))  # (R, vocab)
+            tokens = self.token[:rows].tolist()
+            mask.advance(t, live, [tokens[i] for i in live])
+        tokens_cpu = self.out_tokens[:rows].to("cpu", copy=True)  # (B, T)
+        lengths = self.lengths[:rows].to("cpu", copy=True)  # (B,)
+        return tokens_cpu, lengths, self.done[:rows].to("cpu", copy=True)
+
     def run(
         self, rows: int, stop_check: Callable[[torch.Tensor], torch.Tensor] | None
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -474,7 +527,9 @@ class _Runner:
         return tokens, lengths, stopped
 
 
-def _runner_for(decoder: Decoder, prefixes: Sequence[PromptPrefix], rows: int, compile_step: bool) -> _Runner:
+def _runner_for(
+    decoder: Decoder, prefixes: Sequence[PromptPrefix], rows: int, compile_step: bool, host_sampling: bool = False
+) -> _Runner:
     lm = decoder.lm
     max_tokens = decoder.sampling.max_tokens
     width = max(p.length for p in prefixes)
@@ -482,7 +537,7 @@ def _runner_for(decoder: Decoder, prefixes: Sequence[PromptPrefix], rows: int, c
         (k.shape[1], k.shape[3], v.shape[3]) for k, v in zip(prefixes[0].keys, prefixes[0].values, strict=True)
     ]
     bucket, length = rows_bucket(rows), cache_length(width, max_tokens)
-    key = (bucket, length, max_tokens, decoder.processors, tuple(kv_shapes), compile_step)
+    key = (bucket, length, max_tokens, decoder.processors, tuple(kv_shapes), compile_step, host_sampling)
     store = lm.static_graphs
     with _RUNNERS_LOCK:
         runners: OrderedDict[Any, _Runner] = store.setdefault("runners", OrderedDict())
@@ -495,7 +550,9 @@ def _runner_for(decoder: Decoder, prefixes: Sequence[PromptPrefix], rows: int, c
         pool = None
         if lm.device.type == "cuda":  # one memory pool for all graphs of a model: they never run at once
             pool = store.setdefault("pool", torch.cuda.graph_pool_handle())
-        runner = _Runner(lm, decoder.processors, bucket, length, max_tokens, kv_shapes, pool, compile_step)
+        runner = _Runner(
+            lm, decoder.processors, bucket, length, max_tokens, kv_shapes, pool, compile_step, host_sampling
+        )
         runner.capture()
         runners[key] = runner
         return runner
@@ -510,11 +567,15 @@ def decode_static(
     uniforms: torch.Tensor,
     *,
     compile_step: bool = False,
+    host_mask: HostMask | None = None,
 ) -> DecodeOutput:
     """Decode one response per row on the static path; same arguments and result as ``decoding.decode``.
 
     ``compile_step`` (experimental) compiles the step with ``torch.compile`` (inductor, fewer and fused
     kernels) before capturing it: a first call of tens of seconds per bucket on a large model.
+    ``host_mask`` (for grammar constraints, whose matchers run on the host) keeps the body and head
+    in the graph and masks, samples and advances each step outside it; stop strings are then not
+    checked (a grammar decides where a response ends).
     """
     lm = decoder.lm
     rows = row_prompt.shape[0]
@@ -522,10 +583,13 @@ def decode_static(
     window = _sliding_window(lm)
     if window is not None and cache_length(width, decoder.sampling.max_tokens) > window:
         return decode(decoder, prefixes, row_prompt, V, uniforms)  # the 4D mask here has no sliding window
-    runner = _runner_for(decoder, prefixes, rows, compile_step)
+    runner = _runner_for(decoder, prefixes, rows, compile_step, host_mask is not None)
     with runner.lock:
         runner.load(prefixes, row_prompt.to(lm.device), V.to(device=lm.device, dtype=lm.dtype), uniforms.to(lm.device))
-        tokens, lengths, stopped = runner.run(rows, decoder.stop_check if decoder.sampling.stop else None)
+        if host_mask is not None:
+            tokens, lengths, stopped = runner.run_host_masked(rows, host_mask)
+        else:
+            tokens, lengths, stopped = runner.run(rows, decoder.stop_check if decoder.sampling.stop else None)
         runner.stats.calls += 1
     token_ids = [tokens[i, : int(lengths[i])].tolist() for i in range(rows)]
     texts = [decoder.text(ids) for ids in token_ids]

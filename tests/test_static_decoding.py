@@ -339,3 +339,48 @@ def test_decode_attention_swap_gives_the_eager_tokens_and_restores_the_config(ti
         static = decode_static(decoder, *args).token_ids
     assert config._attn_implementation == "sdpa"
     assert static == decode(decoder, *args).token_ids
+
+
+class _Script:
+    """A host mask that allows exactly one scripted token per row and step, and records what it is told."""
+
+    def __init__(self, script: list[list[int]], vocab: int) -> None:
+        self.script, self.vocab = script, vocab
+        self.told: list[tuple[int, list[int], list[int]]] = []
+
+    def allowed(self, step: int, live: list[int]) -> torch.Tensor:
+        allowed = torch.zeros(len(live), self.vocab, dtype=torch.bool)
+        for j, row in enumerate(live):
+            allowed[j, self.script[row][step]] = True
+        return allowed
+
+    def advance(self, step: int, live: list[int], tokens: list[int]) -> None:
+        self.told.append((step, list(live), list(tokens)))
+
+
+class _AllowAll(_Script):
+    def allowed(self, step: int, live: list[int]) -> torch.Tensor:
+        return torch.ones(len(live), self.vocab, dtype=torch.bool)
+
+
+def test_host_mask_decides_every_token_and_ends_rows_at_eos(tiny_lm, encode):
+    lm = dataclasses.replace(tiny_lm)
+    eos, vocab = lm.eos_token_ids[0], lm.head_weight.shape[0]
+    decoder = Decoder.build(lm, SamplingParams(max_tokens=5, temperature=0.7, top_k=50))
+    script = [[11, 12, 13, 14, 15], [21, eos, 0, 0, 0], [31, 32, 33, eos, 0]]
+    mask = _Script(script, vocab)
+    args = ([prefill(lm, encode("Hello"))], torch.zeros(3, dtype=torch.long), torch.zeros(3, 1, 32), torch.rand(3, 5))
+    out = decode_static(decoder, *args, host_mask=mask)
+    assert out.token_ids == [[11, 12, 13, 14, 15], [21, eos], [31, 32, 33, eos]]
+    assert out.finish_reasons == ["length", "stop", "stop"]
+    assert mask.told[1] == (1, [0, 1, 2], [12, eos, 32]) and mask.told[2] == (2, [0, 2], [13, 33])
+    assert [s["host_sampling"] for s in static_graph_stats(lm)] == [True]
+
+
+def test_an_all_allowing_host_mask_samples_what_the_graph_path_samples(tiny_lm, encode):
+    lm = dataclasses.replace(tiny_lm)
+    decoder = Decoder.build(lm, SamplingParams(max_tokens=6))
+    prefixes = [prefill(lm, encode("Hi")), prefill(lm, encode("A longer prompt, left-padded less"))]
+    args = (prefixes, torch.tensor([0, 1, 1]), 0.3 * torch.randn(3, 3, 32), torch.rand(3, 6))
+    masked = decode_static(decoder, *args, host_mask=_AllowAll([], lm.head_weight.shape[0]))
+    assert masked.token_ids == decode_static(decoder, *args).token_ids == decode(decoder, *args).token_ids
