@@ -159,6 +159,13 @@ def markdown(report: dict[str, Any]) -> str:
                     f"- {k['ms_per_step']:.3f} ms, {k['calls_per_step']:.0f}x: {k['name']}"
                     for k in stage["result"]["top_kernels"]
                 ]
+    for stage in _ok(report, "hostmask:"):
+        r = stage["result"]
+        lines += [
+            "",
+            f"## {stage['name']}: host-masked decoding (grammar mode) {_fmt(r['ms_per_step']['host_masked'])} ms/step "
+            f"vs static {_fmt(r['ms_per_step']['static'])}; same tokens: {r['same_tokens']}",
+        ]
     if captures:
         lines += ["", "## Static buckets (graph captured?, capture seconds, error)", ""]
         lines += [
@@ -263,6 +270,7 @@ def main(argv: list[str] | None = None) -> int:
         (f"throughput:{big}:{b8}:generate_static", 60, lambda: throughput(big, b8, ("generate_static",))),
         (f"throughput:{big}:{b64}:compiled", 50, lambda: throughput(big, b64, ("ours_static_compiled",))),
         (f"throughput:{big}:{b64}:generate_static", 50, lambda: throughput(big, b64, ("generate_static",))),
+        (f"hostmask:{big}:{b8}", 10, lambda: host_masked(models[big], b8, tokens)),
         (f"throughput:{large}:{b64}:compiled", 70, lambda: throughput(large, b64, ("ours_static_compiled",))),
         (f"replay:{large}:{b64}:compiled", 50, lambda: replay(large, b64, True, False)),
     ]
@@ -355,6 +363,53 @@ def replay_step(lm: CausalLM, batch: int, tokens: int, compile_step: bool, profi
                 result["profile_error"] = f"{type(exc).__name__}: {exc}"
     sd.clear_static_cache(lm)
     return result
+
+
+class _AllowAll:
+    """A host mask that allows every token (for timing the host-masked path and checking its tokens)."""
+
+    def __init__(self, vocab: int) -> None:
+        self.vocab = vocab
+
+    def allowed(self, step: int, live: list[int]) -> torch.Tensor:
+        return torch.ones(len(live), self.vocab, dtype=torch.bool)
+
+    def advance(self, step: int, live: list[int], tokens: list[int]) -> None:
+        pass
+
+
+def host_masked(lm: CausalLM, batch: int, tokens: int, repeats: int = 3) -> dict[str, Any]:
+    """The grammar-constraint mode (graph = body + head; mask, sample, advance on the host each step):
+    ms/step against the plain static path on the same inputs, and whether the tokens agree."""
+    import statistics
+
+    from langchain_aisp.bench.prompts import render
+    from langchain_aisp.config import SamplingParams
+    from langchain_aisp.decoding import Decoder, prefill
+    from langchain_aisp.static_decoding import clear_static_cache, decode_static
+
+    lm = speed._no_eos(lm)
+    decoder = Decoder.build(lm, SamplingParams(max_tokens=tokens))
+    prefix = prefill(lm, render(lm, speed.THROUGHPUT_PROMPT))
+    rows = torch.zeros(batch, dtype=torch.long, device=lm.device)
+    V = torch.zeros(batch, 1, lm.hidden_size, device=lm.device)
+    uniforms = torch.rand(batch, tokens, generator=torch.Generator().manual_seed(0)).to(lm.device)
+    mask = _AllowAll(lm.head_weight.shape[0])
+    times: dict[str, list[float]] = {"static": [], "host_masked": []}
+    outputs: dict[str, Any] = {}
+    for r in range(repeats + 1):
+        for name in times:
+            t0 = time.perf_counter()
+            out = decode_static(decoder, [prefix], rows, V, uniforms, host_mask=mask if name == "host_masked" else None)
+            if lm.device.type == "cuda":
+                torch.cuda.synchronize(lm.device)
+            if r:  # the first round captures
+                times[name].append(time.perf_counter() - t0)
+            outputs[name] = out.token_ids
+    same = outputs["static"] == outputs["host_masked"]
+    result = {name: 1000 * statistics.median(v) / tokens for name, v in times.items()}
+    clear_static_cache(lm)
+    return {"batch": batch, "tokens": tokens, "ms_per_step": result, "same_tokens": same}
 
 
 def _missing(shape: str) -> Callable[[], Any]:
