@@ -13,15 +13,23 @@ tensor of the per-token loop has a fixed shape and address:
 * one step (body forward on the last token, LM head on ``z + V[:, min(t, tau)]``, the logit
   transforms, inverse-CDF sampling from the pre-drawn uniforms, EOS bookkeeping) is captured once
   as a CUDA graph and replayed for every token;
-* the host looks at the rows only every :data:`CHECK_EVERY_CUDA` steps (one step late, so the GPU
-  never waits on it); stop strings are checked on the host then, off the captured step, and a row's
-  length is cut at the first token that completes one, exactly as the eager path does.
+* the host looks at the rows only every :data:`CHECK_EVERY_CUDA` steps (one window late, so the
+  GPU never waits on it); stop strings are checked on the host then, off the captured step, and a
+  row's length is cut at the first token that completes one, exactly as the eager path does;
+* for grouped-query models the captured attention groups the query heads per K/V head
+  (:func:`decode_sdpa`) instead of copying K and V to every head;
+* with a host-side token constraint (:class:`HostMask`: grammar matchers) the graph stops at the
+  logits and each step's mask, sampling and advance run outside it (one sync per step);
+* ``compile_step`` (``decoding="compiled"``) compiles the body with ``torch.compile`` before the
+  capture: fewer, fused kernels per token for a first call of tens of seconds per bucket.
 
 Buffers and graphs are cached on the :class:`~langchain_aisp.lm.CausalLM` (``lm.static_graphs``) per
-(rows bucket, cache length, ``max_tokens``, logit transforms) and reused by later calls; a new
-bucket's capture cost is logged and listed by :func:`static_graph_stats`. On CPU the same path runs
-without graphs (that is what the CPU test suite checks against the eager path). If a capture
-fails the bucket falls back to the static cache without graphs and says so in the log.
+(rows bucket, cache length, ``max_tokens``, logit transforms, mode) and reused by later calls; a new
+bucket's capture cost is logged and listed by :func:`static_graph_stats` (a capture holds the
+model's bucket lock, so a concurrent call for another bucket of the same model waits for it). On
+CPU the same path runs without graphs (that is what the CPU test suite checks against the eager
+path). If a capture fails the bucket falls back to the static cache without graphs and says so in
+the log.
 """
 
 from __future__ import annotations
