@@ -27,16 +27,62 @@ ScoreFn = Callable[[Sequence[int], Sequence[str]], Sequence[float]]
 point into the ``prompts`` passed to :func:`run`."""
 
 
-class RewardError(RuntimeError):
-    """The reward failed or returned unusable scores.
+class RewardFailure(RuntimeError):  # noqa: N818 (the name is part of the public API)
+    """A reward raised, timed out or returned unusable scores; raised inside a ``score`` call.
 
-    ``partial`` holds, per prompt, the best result found before the failure (None
-    where nothing had been scored yet): nothing already paid for is lost.
+    ``reward`` is the failing reward's name; ``index`` the index of the failing sample in the
+    ``responses`` passed to ``score`` (None when only the batch is known); ``indices`` every index
+    concerned (the whole batch for a batched reward that raised); ``reason`` (optional) what went
+    wrong as a predicate without the location, e.g. ``"raised KeyError: 'x'"`` (the engine then
+    writes ``"reward <name> <reason> (prompt, iteration, response)"``).
+    The original exception, if any, is chained as ``__cause__``. Re-exported by
+    ``langchain_aisp.rewards``; a custom ``score`` may raise it to name the failing response.
     """
 
-    def __init__(self, message: str, partial: list[PromptResult | None]) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        reward: str = "reward",
+        index: int | None = None,
+        indices: Sequence[int] = (),
+        reason: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.reward = reward
+        self.index = index
+        self.indices = list(indices) if indices else ([] if index is None else [index])
+        self.reason = reason
+
+
+class RewardError(RuntimeError):
+    """The reward failed or returned unusable scores: the run stopped.
+
+    ``partial`` holds, per prompt, the best result found before the failure (None
+    where nothing had been scored yet): nothing already paid for is lost. Where the
+    failing sample is known, ``prompt_index``, ``iteration``, ``response_index`` and
+    ``response`` (its text) locate it (``response_index`` counts within the iteration,
+    as in ``PromptResult.rewards[iteration]``). ``__cause__`` is the reward's own exception.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        partial: list[PromptResult | None],
+        *,
+        reward: str | None = None,
+        prompt_index: int | None = None,
+        iteration: int | None = None,
+        response_index: int | None = None,
+        response: str | None = None,
+    ) -> None:
         super().__init__(message)
         self.partial = partial
+        self.reward = reward
+        self.prompt_index = prompt_index
+        self.iteration = iteration
+        self.response_index = response_index
+        self.response = response
 
 
 @dataclass
@@ -228,6 +274,26 @@ def _decode_rows(
     ), max_rows
 
 
+def context_window_error(what: str, prompt_tokens: int, max_tokens: int, limit: int, model: str) -> str:
+    """The message for a prompt that does not fit the context window ``limit`` with ``max_tokens`` new tokens.
+
+    ``what`` names the prompt ("prompt 3", "the conversation"). When the prompt alone leaves no room
+    for a single new token, the message says so and by how many tokens it is too long.
+    """
+    total = prompt_tokens + max_tokens
+    if prompt_tokens >= limit:
+        return (
+            f"{what} is too long: {prompt_tokens} tokens, and the context window of {model} is {limit} tokens, "
+            f"so no token is left for the answer; shorten it by at least {prompt_tokens - limit + 1} tokens "
+            f"({total - limit} to keep max_tokens={max_tokens}); nothing is truncated"
+        )
+    return (
+        f"{what} has {prompt_tokens} tokens and max_tokens is {max_tokens}: {total} tokens exceed the context "
+        f"window of {model} ({limit} tokens) by {total - limit}; lower max_tokens to at most {limit - prompt_tokens} "
+        f"or shorten {what} by {total - limit} tokens; nothing is truncated"
+    )
+
+
 def _check_prompts(lm: CausalLM, prompts: Sequence[Sequence[int]], max_tokens: int) -> None:
     """Refuse empty prompts and prompts that do not fit the context window with ``max_tokens`` (never truncate)."""
     limit = lm.max_context
@@ -235,11 +301,7 @@ def _check_prompts(lm: CausalLM, prompts: Sequence[Sequence[int]], max_tokens: i
         if len(prompt) == 0:
             raise ValueError(f"prompt {j} is empty (0 tokens); every prompt needs at least one token")
         if limit is not None and len(prompt) + max_tokens > limit:
-            raise ValueError(
-                f"prompt {j} has {len(prompt)} tokens and max_tokens is {max_tokens}: {len(prompt) + max_tokens} "
-                f"tokens exceed the context window of {lm.name} ({limit} tokens); max_tokens can be at most "
-                f"{max(0, limit - len(prompt))} for this prompt (nothing is truncated)"
-            )
+            raise ValueError(context_window_error(f"prompt {j}", len(prompt), max_tokens, limit, lm.name))
 
 
 def as_float(value: object) -> float | None:
@@ -260,23 +322,77 @@ def as_float(value: object) -> float | None:
 
 
 def _check_scores(scores: object, expected: int, name: str) -> list[float]:
+    """The scores as floats; :class:`RewardFailure` (with the sample's index where one is at fault) otherwise."""
     if isinstance(scores, torch.Tensor):
         scores = scores.detach().flatten().tolist()
     if isinstance(scores, (str, bytes)) or not isinstance(scores, Sequence):
-        raise TypeError(f"reward {name} must return a sequence of {expected} floats, got {type(scores).__name__}")
+        reason = f"must return a sequence of {expected} floats, got {type(scores).__name__}"
+        raise RewardFailure(f"reward {name} {reason}", reward=name, reason=reason)
     if len(scores) != expected:
-        raise ValueError(f"reward {name} returned {len(scores)} scores for {expected} responses")
+        reason = f"returned {len(scores)} scores for {expected} responses"
+        raise RewardFailure(f"reward {name} {reason}", reward=name, reason=reason)
     values: list[float] = []
     for i, value in enumerate(scores):
         number = as_float(value)
         if number is None:
-            raise TypeError(
-                f"reward {name} returned {value!r} ({type(value).__name__}) for response {i}; expected a float"
-            )
-        if not math.isfinite(number):
-            raise ValueError(f"reward {name} returned a non-finite score {number} for response {i}")
-        values.append(number)
+            reason = f"returned {value!r} ({type(value).__name__}); expected a float"
+        elif not math.isfinite(number):
+            reason = f"returned a non-finite score {number}"
+        else:
+            values.append(number)
+            continue
+        raise RewardFailure(f"reward {name} {reason} for response {i}", reward=name, index=i, reason=reason)
     return values
+
+
+def excerpt(text: str, limit: int = 60) -> str:
+    """``repr`` of ``text`` cut to about ``limit`` characters (for error messages)."""
+    return repr(text if len(text) <= limit else text[: limit - 3] + "...")
+
+
+def _reward_error(
+    exc: Exception,
+    name: str,
+    todo: list[tuple[int, str]],
+    keys: list[tuple[int, str]],
+    n: int,
+    iteration: int,
+    partial: list[PromptResult | None],
+) -> RewardError:
+    """The run's error for a failed ``score`` call over ``todo``: which reward, what, and which prompt and response."""
+    failure = exc if isinstance(exc, RewardFailure) else None
+    index = failure.index if failure is not None else None
+    if index is None and len(todo) == 1:
+        index = 0  # one response was being scored: it is the one
+    if failure is None:
+        what = f"reward {name} raised {type(exc).__name__}: {exc}"
+    elif failure.reason is not None:
+        what = f"reward {name} {failure.reason}"
+    else:
+        what = f"reward {name} failed: {failure}"
+    tail = ". The best answers found so far are in .partial"
+    if index is not None and 0 <= index < len(todo):
+        prompt, text = todo[index]
+        response = keys.index(todo[index]) % n  # its first row; the rows of a prompt are consecutive
+        return RewardError(
+            f"{what} (prompt {prompt}, iteration {iteration}, response {response}: {excerpt(text)}){tail}",
+            partial,
+            reward=name,
+            prompt_index=prompt,
+            iteration=iteration,
+            response_index=response,
+            response=text,
+        )
+    prompts = sorted({j for j, _ in todo})
+    which = f"prompt {prompts[0]}" if len(prompts) == 1 else f"prompts {prompts}"
+    return RewardError(
+        f"{what} ({which}, iteration {iteration}, scoring a batch of {len(todo)} responses: an error raised for "
+        f"the whole batch names no single response){tail}",
+        partial,
+        reward=name,
+        prompt_index=prompts[0] if len(prompts) == 1 else None,
+        iteration=iteration,
+    )
 
 
 def _score_name(score: ScoreFn) -> str:
@@ -366,7 +482,7 @@ def run(
             out, decode_rows = _decode_rows(
                 decoder, prefixes, row_prompt, V_rows, uniforms.reshape(-1, sampling.max_tokens), decode_rows, decode_fn
             )
-            rewards = _score_rows(score, name, chunk, n, out.texts, seen, results, states)
+            rewards = _score_rows(score, name, chunk, n, out.texts, seen, results, states, iteration)
             reached_pos = (torch.arange(tau)[None, :] < out.lengths[:, None]).float()  # (b*n, tau)
             reached = torch.zeros(len(chunk) * n, steps).index_add_(1, control_index, reached_pos) > 0  # (b*n, steps)
             reached = reached.reshape(len(chunk), n, steps)  # (b, n, steps)
@@ -415,6 +531,7 @@ def _score_rows(
     seen: dict[tuple[int, str], float],
     results: list[PromptResult | None],
     states: list[_PromptState],
+    iteration: int,
 ) -> list[float]:
     """Score every row once per distinct (prompt, response); on failure raise with the partial results."""
     keys = [(chunk[row // n], text) for row, text in enumerate(texts)]
@@ -427,11 +544,10 @@ def _score_rows(
             for state in states:
                 if state.result.rewards:
                     partial[state.result.index] = state.result
-            raise RewardError(
-                f"reward {name} failed while scoring {len(todo)} responses for prompts {chunk}: "
-                f"{type(exc).__name__}: {exc}. The best answers found so far are in .partial",
-                partial,
-            ) from exc
+            error = _reward_error(exc, name, todo, keys, n, iteration, partial)
+            # the reward's own exception, not the RewardFailure that wrapped it to name the sample
+            cause = exc.__cause__ if isinstance(exc, RewardFailure) and exc.__cause__ is not None else exc
+            raise error from cause
         seen.update(zip(todo, values, strict=True))
     return [seen[key] for key in keys]
 

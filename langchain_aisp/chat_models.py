@@ -21,13 +21,19 @@ import math
 import os
 import re
 import threading
+import uuid
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, Literal
 
-from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
+from langchain_core.callbacks import (
+    AsyncCallbackManager,
+    AsyncCallbackManagerForLLMRun,
+    CallbackManager,
+    CallbackManagerForLLMRun,
+)
 from langchain_core.callbacks.manager import ahandle_event, handle_event
 from langchain_core.exceptions import OutputParserException
 from langchain_core.language_models import BaseChatModel, LangSmithParams, LanguageModelInput
@@ -36,14 +42,14 @@ from langchain_core.output_parsers import JsonOutputParser, PydanticOutputParser
 from langchain_core.output_parsers.openai_tools import JsonOutputKeyToolsParser, PydanticToolsParser
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
 from langchain_core.runnables import Runnable, RunnableConfig, RunnableLambda, RunnableMap, RunnablePassthrough
-from langchain_core.runnables.config import run_in_executor
+from langchain_core.runnables.config import ensure_config, run_in_executor
 from langchain_core.tools import BaseTool
 from langchain_core.utils.function_calling import convert_to_json_schema, convert_to_openai_tool
 from langchain_core.utils.pydantic import is_basemodel_subclass
 from pydantic import ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
 from langchain_aisp import _chat_format as fmtlib
-from langchain_aisp.aisp import IterationEvent, PromptResult, RewardError, run
+from langchain_aisp.aisp import IterationEvent, PromptResult, RewardError, context_window_error, run
 from langchain_aisp.config import (
     DEFAULT_ALPHA,
     DEFAULT_CONTROL,
@@ -233,6 +239,36 @@ class _BatchPlan:
 
 
 _BATCH_PLAN: ContextVar[_BatchPlan | None] = ContextVar("langchain_aisp_batch_plan", default=None)
+
+
+@dataclass(frozen=True)
+class _RunRef:
+    """The LangChain run of the current public call: its id (fixed up front) and config."""
+
+    run_id: uuid.UUID
+    config: RunnableConfig
+
+
+_CURRENT_RUN: ContextVar[_RunRef | None] = ContextVar("langchain_aisp_current_run", default=None)
+"""Set by ``invoke``/``ainvoke``/``stream``/``astream`` only while LangChain's code runs for them:
+langchain-core calls ``_stream`` without a run manager (``stream``, ``astream``, ``streaming=True``,
+``astream_events``), so progress events find their run here."""
+
+
+def _new_run_id() -> uuid.UUID:
+    try:
+        from langchain_core.utils.uuid import uuid7  # the run ids LangChain itself makes (time-ordered)
+    except ImportError:  # langchain-core < 1.x
+        return uuid.uuid4()
+    return uuid7()
+
+
+def _with_run_id(config: RunnableConfig | None) -> tuple[RunnableConfig, _RunRef]:
+    """A copy of ``config`` with ``run_id`` set (the caller's, else a fresh one): that id is the chat model run's."""
+    config = ensure_config(config)
+    run_id = config.get("run_id") or _new_run_id()
+    config["run_id"] = run_id
+    return config, _RunRef(run_id, dict(config))  # type: ignore[arg-type]
 
 
 def _split_chunks(text: str) -> list[str]:
@@ -676,10 +712,7 @@ class AISPChatModel(BaseChatModel):
         limit = lm.max_context
         if limit is not None and len(token_ids) + settings.sampling.max_tokens > limit:
             raise ValueError(
-                f"the prompt has {len(token_ids)} tokens and max_tokens is {settings.sampling.max_tokens}: "
-                f"{len(token_ids) + settings.sampling.max_tokens} tokens exceed the context window of "
-                f"{lm.name} ({limit} tokens); max_tokens can be at most {max(0, limit - len(token_ids))} for this "
-                "conversation: shorten it or lower max_tokens (nothing is truncated)"
+                context_window_error("the conversation", len(token_ids), settings.sampling.max_tokens, limit, lm.name)
             )
         return _Job(list(messages), token_ids, prompt, out_fmt, settings, lm)
 
@@ -730,6 +763,8 @@ class AISPChatModel(BaseChatModel):
                         )
             return values
 
+        score.name = self.reward_name  # type: ignore[attr-defined]  # errors name the user's reward
+
         def on_iteration(event: IterationEvent) -> None:
             if cancel is not None and cancel.is_set():
                 raise RunCancelledError(
@@ -763,8 +798,16 @@ class AISPChatModel(BaseChatModel):
         except RewardError as exc:
             errors: list[PromptResult | BaseException] = []
             for i in range(len(jobs)):
-                err = RewardError(str(exc), [exc.partial[i] if i < len(exc.partial) else None])
-                err.__cause__ = exc
+                err = RewardError(
+                    str(exc),
+                    [exc.partial[i] if i < len(exc.partial) else None],
+                    reward=exc.reward,
+                    prompt_index=exc.prompt_index,
+                    iteration=exc.iteration,
+                    response_index=exc.response_index,
+                    response=exc.response,
+                )
+                err.__cause__ = exc.__cause__  # the reward's own exception
                 errors.append(err)
             return errors
         return list(results)
@@ -877,10 +920,26 @@ class AISPChatModel(BaseChatModel):
 
     # --- progress callbacks --------------------------------------------------------------
 
-    @staticmethod
-    def _sync_progress(run_manager: CallbackManagerForLLMRun | None) -> ProgressFn | None:
+    def _run_callbacks(self, ref: _RunRef, manager_type: type[Any]) -> Any:
+        """The callback manager of the run ``ref`` (the handlers LangChain gives the chat model run)."""
+        config = ref.config
+        return manager_type.configure(
+            config.get("callbacks"),
+            self.callbacks,
+            self.verbose,
+            config.get("tags"),
+            self.tags,
+            config.get("metadata"),
+            self.metadata,
+        )
+
+    def _sync_progress(self, run_manager: CallbackManagerForLLMRun | None) -> ProgressFn | None:
         if run_manager is None:
-            return None
+            ref = _CURRENT_RUN.get()
+            if ref is None:
+                return None
+            manager = self._run_callbacks(ref, CallbackManager)
+            return lambda data: manager.on_custom_event(PROGRESS_EVENT, data, run_id=ref.run_id)
 
         def emit(data: dict[str, Any]) -> None:
             handle_event(
@@ -896,32 +955,122 @@ class AISPChatModel(BaseChatModel):
 
         return emit
 
-    @staticmethod
     def _async_progress(
-        run_manager: AsyncCallbackManagerForLLMRun | None, cancel: threading.Event | None = None
+        self, run_manager: AsyncCallbackManagerForLLMRun | None, cancel: threading.Event | None = None
     ) -> ProgressFn | None:
-        if run_manager is None:
+        ref = _CURRENT_RUN.get()
+        if run_manager is None and ref is None:
             return None
         loop = asyncio.get_running_loop()
+        manager = None if run_manager is not None or ref is None else self._run_callbacks(ref, AsyncCallbackManager)
 
         def emit(data: dict[str, Any]) -> None:
             if cancel is not None and cancel.is_set():
                 return  # the awaiting task is gone (its loop may be closing): nobody listens any more
-            coro = ahandle_event(
-                run_manager.handlers,
-                "on_custom_event",
-                "ignore_custom_event",
-                PROGRESS_EVENT,
-                data,
-                run_id=run_manager.run_id,
-                tags=run_manager.tags,
-                metadata=run_manager.metadata,
-            )
+            if run_manager is not None:
+                coro = ahandle_event(
+                    run_manager.handlers,
+                    "on_custom_event",
+                    "ignore_custom_event",
+                    PROGRESS_EVENT,
+                    data,
+                    run_id=run_manager.run_id,
+                    tags=run_manager.tags,
+                    metadata=run_manager.metadata,
+                )
+            else:
+                assert manager is not None and ref is not None
+                coro = manager.on_custom_event(PROGRESS_EVENT, data, run_id=ref.run_id)
             asyncio.run_coroutine_threadsafe(coro, loop).result()
 
         return emit
 
     # --- the LangChain entry points -------------------------------------------------------
+
+    def invoke(
+        self,
+        input: LanguageModelInput,
+        config: RunnableConfig | None = None,
+        *,
+        stop: list[str] | None = None,
+        **kwargs: Any,
+    ) -> AIMessage:
+        """``BaseChatModel.invoke``; with ``streaming=True`` progress events still reach the run (see ``stream``)."""
+        config, ref = _with_run_id(config)
+        token = _CURRENT_RUN.set(ref)
+        try:
+            return super().invoke(input, config, stop=stop, **kwargs)
+        finally:
+            _CURRENT_RUN.reset(token)
+
+    async def ainvoke(
+        self,
+        input: LanguageModelInput,
+        config: RunnableConfig | None = None,
+        *,
+        stop: list[str] | None = None,
+        **kwargs: Any,
+    ) -> AIMessage:
+        """``BaseChatModel.ainvoke``; see ``invoke``."""
+        config, ref = _with_run_id(config)
+        token = _CURRENT_RUN.set(ref)
+        try:
+            return await super().ainvoke(input, config, stop=stop, **kwargs)
+        finally:
+            _CURRENT_RUN.reset(token)
+
+    def stream(
+        self,
+        input: LanguageModelInput,
+        config: RunnableConfig | None = None,
+        *,
+        stop: list[str] | None = None,
+        **kwargs: Any,
+    ) -> Iterator[AIMessageChunk]:
+        """``BaseChatModel.stream``, plus an ``"aisp_progress"`` event per iteration before the first chunk.
+
+        langchain-core calls ``_stream`` without the run's callback manager here, so the run id
+        is fixed up front and the run is made known to ``_stream`` only while LangChain's
+        generator advances (never while the caller holds a chunk).
+        """
+        config, ref = _with_run_id(config)
+        inner = super().stream(input, config, stop=stop, **kwargs)
+        try:
+            while True:
+                token = _CURRENT_RUN.set(ref)
+                try:
+                    chunk = next(inner)
+                except StopIteration:
+                    return
+                finally:
+                    _CURRENT_RUN.reset(token)
+                yield chunk
+        finally:
+            inner.close()  # type: ignore[attr-defined]  # a generator
+
+    async def astream(
+        self,
+        input: LanguageModelInput,
+        config: RunnableConfig | None = None,
+        *,
+        stop: list[str] | None = None,
+        **kwargs: Any,
+    ) -> AsyncIterator[AIMessageChunk]:
+        """``BaseChatModel.astream`` with progress events (also under ``astream_events``); see ``stream``."""
+        config, ref = _with_run_id(config)
+        inner = super().astream(input, config, stop=stop, **kwargs)
+        try:
+            while True:
+                token = _CURRENT_RUN.set(ref)
+                try:
+                    chunk = await inner.__anext__()
+                except StopAsyncIteration:
+                    return
+                finally:
+                    _CURRENT_RUN.reset(token)
+                yield chunk
+        finally:
+            await inner.aclose()  # type: ignore[attr-defined]  # an async generator
 
     def _aligned(
         self,

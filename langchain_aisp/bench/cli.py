@@ -10,8 +10,10 @@ Subcommands (``run`` is the default when none is given)::
                                     [--batched-prompts 16]
     langchain-aisp-bench prefill [--prompt-tokens 1024] [--samples 8] [--tokens 32]
     langchain-aisp-bench report --out bench-results/
+    langchain-aisp-bench threads [--models default,360m] [--thread-counts 1,all] [--loads 0,1] [--repeats 1]
 
-Everything runs offline on the embedded default model unless ``--model`` names another.
+Everything runs offline on the embedded default model unless ``--model`` names another, on one
+CPU thread unless ``--num-threads N|all`` or ``$LANGCHAIN_AISP_NUM_THREADS`` says otherwise.
 """
 
 from __future__ import annotations
@@ -24,8 +26,9 @@ from pathlib import Path
 from typing import Any
 
 from langchain_aisp import config as engine_config
+from langchain_aisp.threads import DEFAULT_NUM_THREADS, NUM_THREADS_ENV, num_threads_arg, set_cpu_threads
 
-SUBCOMMANDS = ("run", "throughput", "prefill", "report")
+SUBCOMMANDS = ("run", "throughput", "prefill", "report", "threads")
 DEFAULT_OUT = "bench-results"
 DEFAULT_REWARDS = ("sentiment", "nontoxic", "relevance")
 
@@ -73,7 +76,15 @@ def _model_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N (default auto)")
     group.add_argument("--dtype", default="auto", help="auto, float32, bfloat16, float16 (default auto: fp32 on CPU)")
     group.add_argument("--trust-remote-code", action="store_true", help="allow custom model code (off by default)")
-    group.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    group.add_argument(
+        "--num-threads",
+        "--threads",
+        dest="num_threads",
+        type=num_threads_arg,
+        default=None,
+        help=f"torch CPU threads, a count or 'all' (default: ${NUM_THREADS_ENV}, else {DEFAULT_NUM_THREADS}; "
+        "see README 'Performance')",
+    )
 
 
 def build_parser(command: str) -> argparse.ArgumentParser:
@@ -188,6 +199,11 @@ def build_parser(command: str) -> argparse.ArgumentParser:
         parser.add_argument("--samples", type=int, default=8, help="N")
         parser.add_argument("--tokens", type=int, default=32, help="new tokens per sample (exactly)")
         parser.add_argument("--repeats", type=int, default=1)
+    elif command == "threads":
+        from langchain_aisp.bench.threads import add_arguments
+
+        add_arguments(parser)
+        return parser
     else:
         parser.description = "Rebuild summary.csv, summary.md and the plots from results.json."
     parser.add_argument("--out", default=DEFAULT_OUT, help=f"results folder (default {DEFAULT_OUT}/)")
@@ -197,12 +213,9 @@ def build_parser(command: str) -> argparse.ArgumentParser:
 
 
 def _load_lm(args: argparse.Namespace) -> Any:
-    import torch
-
     from langchain_aisp.lm import load_causal_lm
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    set_cpu_threads(args.num_threads)  # explicit: this command's option (default one thread)
     return load_causal_lm(args.model, device=args.device, dtype=args.dtype, trust_remote_code=args.trust_remote_code)
 
 
@@ -348,6 +361,12 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_threads(args: argparse.Namespace) -> int:
+    from langchain_aisp.bench.threads import cmd_threads as run_threads
+
+    return run_threads(args)
+
+
 def _save(out: Path, name: str, data: dict[str, Any], text: str) -> None:
     from langchain_aisp.bench.runner import _jsonable
 
@@ -363,7 +382,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     if argv and argv[0] == command:
         argv = argv[1:]
     args = build_parser(command).parse_args(argv)
-    handlers = {"run": cmd_run, "throughput": cmd_throughput, "prefill": cmd_prefill, "report": cmd_report}
+    handlers = {
+        "run": cmd_run,
+        "throughput": cmd_throughput,
+        "prefill": cmd_prefill,
+        "report": cmd_report,
+        "threads": cmd_threads,
+    }
     try:
         return handlers[command](args)
     except KeyboardInterrupt:
