@@ -312,10 +312,7 @@ def cmd_throughput(args: argparse.Namespace) -> int:
     if args.batched_prompts < 0:
         raise ValueError(f"--batched-prompts must be >= 0, got {args.batched_prompts}")
     if args.random_weights:
-        import torch
-
-        if args.threads:
-            torch.set_num_threads(args.threads)
+        set_cpu_threads(args.num_threads)  # as _load_lm does for --model
         lm = speed.random_weights_lm(args.random_weights, args.tokenizer, device=args.device, dtype=args.dtype)
     else:
         lm = _load_lm(args)
