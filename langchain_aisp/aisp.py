@@ -234,7 +234,7 @@ def _decode_rows(
     V: torch.Tensor,
     uniforms: torch.Tensor,
     max_rows: int,
-    decode_fn: DecodeFn = decode,
+    decode_fn: DecodeFn | None = None,
 ) -> tuple[DecodeOutput, int]:
     """Decode in pieces of at most ``max_rows`` rows, halving the piece on out-of-memory.
 
@@ -248,7 +248,8 @@ def _decode_rows(
     while start < total:
         stop = min(total, start + max_rows)
         try:
-            pieces.append(decode_fn(decoder, prefixes, row_prompt[start:stop], V[start:stop], uniforms[start:stop]))
+            fn = decode_fn or decode  # None: the eager decoder (looked up here, so it can be patched in tests)
+            pieces.append(fn(decoder, prefixes, row_prompt[start:stop], V[start:stop], uniforms[start:stop]))
         except torch.OutOfMemoryError as exc:
             tried.append(stop - start)
             if stop - start == 1:
@@ -434,7 +435,8 @@ def run(
     seed = check_seed(seed)
     _check_prompts(lm, prompts, sampling.max_tokens)
     decoder = Decoder.build(lm, sampling)
-    decode_fn, _path = select_decode(lm, decoding)
+    static_fn, path = select_decode(lm, decoding)
+    decode_fn = None if path == "eager" else static_fn
     single = params.method == "sample"
     n = 1 if single else params.num_samples
     k = 1 if single else params.num_iterations
