@@ -14,6 +14,7 @@ import math
 import numbers
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Literal
 
 import torch
 
@@ -25,6 +26,9 @@ from langchain_aisp.static_decoding import DecodeFn, select_decode
 ScoreFn = Callable[[Sequence[int], Sequence[str]], Sequence[float]]
 """``score(prompt_indices, responses) -> rewards``: one float per response; the indices
 point into the ``prompts`` passed to :func:`run`."""
+
+OnRewardError = Literal["raise", "isolate"]
+ON_REWARD_ERROR: tuple[str, ...] = ("raise", "isolate")
 
 
 class RewardFailure(RuntimeError):  # noqa: N818 (the name is part of the public API)
@@ -108,6 +112,11 @@ class PromptResult:
     """Lambda used for the weights, per iteration."""
     u_norms: list[float] = field(default_factory=list)
     """Frobenius norm of U after each iteration's update."""
+    error: RewardError | None = None
+    """With ``on_reward_error="isolate"``: the reward failed for this prompt, which stopped while the
+    others went on; the fields above hold what was scored before the failure."""
+    cancelled: bool = False
+    """``keep`` returned False for this prompt: it stopped after ``len(rewards)`` iterations."""
 
 
 @dataclass(frozen=True)
@@ -216,6 +225,15 @@ def token_direction(
     direction = advantage @ means  # (d,)
     rms = direction.pow(2).mean().sqrt()
     return direction / rms if rms > 0 else direction  # (d,)
+
+
+def _prompt_seeds(seed: object, count: int) -> list[int | None]:
+    """One validated seed per prompt, from one seed or a sequence of them."""
+    if isinstance(seed, Sequence) and not isinstance(seed, (str, bytes)):
+        if len(seed) != count:
+            raise ValueError(f"seed: got {len(seed)} seeds for {count} prompts; pass one seed or one per prompt")
+        return [check_seed(s) for s in seed]
+    return [check_seed(seed)] * count
 
 
 def _generator(seed: int | None, device: torch.device) -> torch.Generator:
@@ -403,6 +421,7 @@ def _score_name(score: ScoreFn) -> str:
 @dataclass
 class _PromptState:
     result: PromptResult
+    prefix: PromptPrefix
     U: torch.Tensor  # (steps, d)
     generator: torch.Generator
     elite_uniforms: torch.Tensor | None = None  # (T,) token-sampling noise of the best response so far
@@ -415,10 +434,12 @@ def run(
     params: AISPParams,
     sampling: SamplingParams,
     *,
-    seed: int | None = None,
+    seed: int | Sequence[int | None] | None = None,
     max_batch_size: int = DEFAULT_MAX_BATCH_SIZE,
     on_iteration: Callable[[IterationEvent], None] | None = None,
     decoding: str = DEFAULT_DECODING,
+    on_reward_error: OnRewardError = "raise",
+    keep: Callable[[int], bool] | None = None,
 ) -> list[PromptResult]:
     """Align one response per prompt; returns one :class:`PromptResult` per prompt, in order.
 
@@ -429,10 +450,20 @@ def run(
     on CUDA, a captured CUDA graph per step: :mod:`langchain_aisp.static_decoding`), ``"compiled"``
     (the static path with a ``torch.compile``-d step), ``"eager"``
     (:func:`langchain_aisp.decoding.decode`), or ``"auto"`` (static on CUDA, eager elsewhere).
+
+    ``seed``: one seed for every prompt, or a sequence with one seed (or None) per prompt.
+
+    ``on_reward_error``: ``"raise"`` stops the run with :class:`RewardError` when ``score``
+    fails; ``"isolate"`` scores the prompts of the failed call one by one, stops only the
+    prompts whose scoring still fails (their ``PromptResult.error``) and goes on with the
+    others. ``keep(prompt_index)`` is asked before every iteration: a prompt for which it
+    returns False stops there (``PromptResult.cancelled``), and its rows leave the batch.
     """
     if isinstance(max_batch_size, bool) or not isinstance(max_batch_size, int) or max_batch_size < 1:
         raise ValueError(f"max_batch_size must be an integer >= 1, got {max_batch_size!r}")
-    seed = check_seed(seed)
+    if on_reward_error not in ON_REWARD_ERROR:
+        raise ValueError(f"on_reward_error must be one of {list(ON_REWARD_ERROR)}, got {on_reward_error!r}")
+    seeds = _prompt_seeds(seed, len(prompts))
     _check_prompts(lm, prompts, sampling.max_tokens)
     decoder = Decoder.build(lm, sampling)
     static_fn, path = select_decode(lm, decoding)
@@ -457,38 +488,50 @@ def run(
 
     for chunk_start in range(0, len(prompts), prompts_per_batch):
         chunk = list(range(chunk_start, min(len(prompts), chunk_start + prompts_per_batch)))
-        prefixes = [prefill(lm, prompts[j]) for j in chunk]  # once per prompt, for all n x k samples
         states = [
             _PromptState(
                 PromptResult(index=j, prompt_tokens=len(prompts[j])),
+                prefill(lm, prompts[j]),  # once per prompt, for all n x k samples
                 torch.zeros(steps, d, device=device),  # (steps, d)
-                _generator(seed, device),
+                _generator(seeds[j], device),
             )
             for j in chunk
         ]
-        row_prompt = torch.arange(len(chunk), device=device).repeat_interleave(n)  # (b * n,)
+        live = states  # prompts still running: a failed or dropped prompt's rows leave the batch
         for iteration in range(k):
+            for state in live:
+                if keep is not None and not keep(state.result.index):
+                    state.result.cancelled = True
+            live = [s for s in live if s.result.error is None and not s.result.cancelled]
+            if not live:
+                break
+            prefixes = [s.prefix for s in live]
+            row_prompt = torch.arange(len(live), device=device).repeat_interleave(n)  # (b * n,)
             eps = torch.stack(
-                [torch.randn(n, steps, d, generator=s.generator, device=device) for s in states]
+                [torch.randn(n, steps, d, generator=s.generator, device=device) for s in live]
             )  # (b, n, steps, d)
             uniforms = torch.stack(
-                [torch.rand(n, sampling.max_tokens, generator=s.generator, device=device) for s in states]
+                [torch.rand(n, sampling.max_tokens, generator=s.generator, device=device) for s in live]
             )  # (b, n, T)
             if elite_rows and iteration > 0:
-                elite = torch.stack([s.elite_uniforms for s in states if s.elite_uniforms is not None])  # (b, T)
+                elite = torch.stack([s.elite_uniforms for s in live if s.elite_uniforms is not None])  # (b, T)
                 uniforms[:, :elite_rows] = elite[:, None]  # (b, n, T)
-            U = torch.stack([s.U for s in states])  # (b, steps, d)
+            U = torch.stack([s.U for s in live])  # (b, steps, d)
             V = U[:, None] + sigma * eps  # (b, n, steps, d)
             V_pos = V[:, :, control_index.to(device)].reshape(-1, tau, d)  # (b*n, tau, d)
-            V_rows = torch.cat([V_pos, V.new_zeros(len(chunk) * n, 1, d)], dim=1)  # (b*n, tau+1, d)
+            V_rows = torch.cat([V_pos, V.new_zeros(len(live) * n, 1, d)], dim=1)  # (b*n, tau+1, d)
             out, decode_rows = _decode_rows(
                 decoder, prefixes, row_prompt, V_rows, uniforms.reshape(-1, sampling.max_tokens), decode_rows, decode_fn
             )
-            rewards = _score_rows(score, name, chunk, n, out.texts, seen, results, states, iteration)
+            rewards = _score_rows(
+                score, name, n, out.texts, seen, results, live, iteration, on_reward_error == "isolate"
+            )
             reached_pos = (torch.arange(tau)[None, :] < out.lengths[:, None]).float()  # (b*n, tau)
-            reached = torch.zeros(len(chunk) * n, steps).index_add_(1, control_index, reached_pos) > 0  # (b*n, steps)
-            reached = reached.reshape(len(chunk), n, steps)  # (b, n, steps)
-            for b_idx, state in enumerate(states):
+            reached = torch.zeros(len(live) * n, steps).index_add_(1, control_index, reached_pos) > 0  # (b*n, steps)
+            reached = reached.reshape(len(live), n, steps)  # (b, n, steps)
+            for b_idx, state in enumerate(live):
+                if state.result.error is not None:
+                    continue  # its reward failed in this iteration: keep what it had
                 rows = slice(b_idx * n, (b_idx + 1) * n)
                 r = torch.tensor(rewards[rows], dtype=torch.float64)  # (n,)
                 improved = _record(state.result, iteration, out, rows, r)
@@ -509,14 +552,15 @@ def run(
                 state.result.lambdas.append(lam)
                 state.result.ess.append(effective_sample_size(weights))
                 state.result.u_norms.append(float(state.U.norm()))
-            if on_iteration is not None:
+            scored = [s for s in live if s.result.error is None]
+            if on_iteration is not None and scored:
                 on_iteration(
                     IterationEvent(
                         iteration=iteration,
                         num_iterations=k,
-                        prompt_indices=chunk,
-                        rewards=[s.result.rewards[-1] for s in states],
-                        best_rewards=[s.result.reward for s in states],
+                        prompt_indices=[s.result.index for s in scored],
+                        rewards=[s.result.rewards[-1] for s in scored],
+                        best_rewards=[s.result.reward for s in scored],
                     )
                 )
         for state in states:
@@ -527,31 +571,73 @@ def run(
 def _score_rows(
     score: ScoreFn,
     name: str,
-    chunk: list[int],
     n: int,
     texts: list[str],
     seen: dict[tuple[int, str], float],
     results: list[PromptResult | None],
-    states: list[_PromptState],
+    live: list[_PromptState],
     iteration: int,
-) -> list[float]:
-    """Score every row once per distinct (prompt, response); on failure raise with the partial results."""
-    keys = [(chunk[row // n], text) for row, text in enumerate(texts)]
+    isolate: bool,
+) -> list[float | None]:
+    """Score every row once per distinct (prompt, response); rows of a prompt whose reward failed get None.
+
+    Without ``isolate`` a failure raises :class:`RewardError` with the partial results; with it,
+    the prompts of the failed call are scored one by one and each that still fails gets its own
+    ``RewardError`` in ``result.error`` (the others go on).
+    """
+    keys = [(live[row // n].result.index, text) for row, text in enumerate(texts)]
     todo = list(dict.fromkeys(key for key in keys if key not in seen))
     if todo:
         try:
             values = _check_scores(score([j for j, _ in todo], [t for _, t in todo]), len(todo), name)
         except Exception as exc:
-            partial = list(results)
-            for state in states:
-                if state.result.rewards:
-                    partial[state.result.index] = state.result
-            error = _reward_error(exc, name, todo, keys, n, iteration, partial)
-            # the reward's own exception, not the RewardFailure that wrapped it to name the sample
-            cause = exc.__cause__ if isinstance(exc, RewardFailure) and exc.__cause__ is not None else exc
-            raise error from cause
-        seen.update(zip(todo, values, strict=True))
-    return [seen[key] for key in keys]
+            if not isolate:
+                partial = list(results)
+                for state in live:
+                    if state.result.rewards:
+                        partial[state.result.index] = state.result
+                raise _reward_error(exc, name, todo, keys, n, iteration, partial) from _own_cause(exc)
+            _score_each_prompt(score, name, todo, keys, n, iteration, exc, seen, live)
+        else:
+            seen.update(zip(todo, values, strict=True))
+    return [seen.get(key) for key in keys]
+
+
+def _own_cause(exc: Exception) -> BaseException:
+    """The reward's own exception, not the RewardFailure that wrapped it to name the sample."""
+    return exc.__cause__ if isinstance(exc, RewardFailure) and exc.__cause__ is not None else exc
+
+
+def _score_each_prompt(
+    score: ScoreFn,
+    name: str,
+    todo: list[tuple[int, str]],
+    keys: list[tuple[int, str]],
+    n: int,
+    iteration: int,
+    first_error: Exception,
+    seen: dict[tuple[int, str], float],
+    live: list[_PromptState],
+) -> None:
+    """After a failed joint call: score each prompt's responses alone; record a ``RewardError`` where it fails."""
+    by_prompt: dict[int, list[tuple[int, str]]] = {}
+    for key in todo:
+        by_prompt.setdefault(key[0], []).append(key)
+    states = {s.result.index: s for s in live}
+    for j, mine in by_prompt.items():
+        exc: Exception = first_error
+        if len(by_prompt) > 1:  # with one prompt in the call, the culprit is known: no second call
+            try:
+                values = _check_scores(score([j] * len(mine), [t for _, t in mine]), len(mine), name)
+            except Exception as retry_exc:
+                exc = retry_exc
+            else:
+                seen.update(zip(mine, values, strict=True))
+                continue
+        result = states[j].result
+        error = _reward_error(exc, name, mine, keys, n, iteration, [result if result.rewards else None])
+        error.__cause__ = _own_cause(exc)
+        result.error = error
 
 
 def _record(result: PromptResult, iteration: int, out: DecodeOutput, rows: slice, rewards: torch.Tensor) -> int:

@@ -109,7 +109,12 @@ _BINDING_KWARGS = ("tools", "tool_choice", "parallel_tool_calls", "response_form
 
 
 class RunCancelledError(RuntimeError):
-    """An async call was cancelled; its engine run stopped at the next iteration boundary."""
+    """An async call was cancelled (or ``run_prepared``'s ``keep`` dropped it); its run stopped at the next
+    iteration boundary. ``partial`` holds what was computed for the call before (None where unknown)."""
+
+    def __init__(self, message: str, partial: list[PromptResult | None] | None = None) -> None:
+        super().__init__(message)
+        self.partial = partial if partial is not None else [None]
 
 
 def clear_model_cache() -> None:
@@ -186,6 +191,10 @@ class _Settings:
 
     def key(self) -> tuple[Any, ...]:
         return (self.params, self.sampling, self.seed, self.format_weight, self.model)
+
+    def batch_key(self) -> tuple[Any, ...]:
+        """What calls must share to run as one engine run (each prompt keeps its own seed)."""
+        return (self.params, self.sampling, self.format_weight, self.model)
 
 
 @dataclass
@@ -269,6 +278,37 @@ def _with_run_id(config: RunnableConfig | None) -> tuple[RunnableConfig, _RunRef
     run_id = config.get("run_id") or _new_run_id()
     config["run_id"] = run_id
     return config, _RunRef(run_id, dict(config))  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True)
+class PreparedCall:
+    """One call validated and rendered by :meth:`AISPChatModel.prepare`, ready for :meth:`~AISPChatModel.run_prepared`.
+
+    Built for callers that batch calls themselves (a server collecting concurrent requests):
+    calls of one model with equal ``batch_key`` share one Batched AISP engine run.
+    """
+
+    _job: _Job = field(repr=False)
+
+    @property
+    def batch_key(self) -> tuple[Any, ...]:
+        """Calls with equal keys (on the same model) can run together: same settings and loaded model."""
+        return (self._job.settings.batch_key(), id(self._job.lm))
+
+    @property
+    def params(self) -> AISPParams:
+        """The call's resolved alignment settings (``num_samples``, ``num_iterations``, ...)."""
+        return self._job.settings.params
+
+    @property
+    def sampling(self) -> SamplingParams:
+        """The call's resolved sampling settings (``max_tokens``, ``stop``, ...)."""
+        return self._job.settings.sampling
+
+    @property
+    def prompt_tokens(self) -> int:
+        """Length of the rendered prompt in tokens."""
+        return len(self._job.token_ids)
 
 
 def _split_chunks(text: str) -> list[str]:
@@ -742,15 +782,20 @@ class AISPChatModel(BaseChatModel):
         jobs: Sequence[_Job],
         on_event: Callable[[int, dict[str, Any]], None],
         cancel: threading.Event | None = None,
+        keep: Callable[[int], bool] | None = None,
     ) -> list[PromptResult | BaseException]:
         """One engine call over ``jobs`` (same settings and model): results or per-job errors.
 
         ``cancel`` (set when an async caller is cancelled) stops the run at the next iteration
         boundary with :class:`RunCancelledError`, so an abandoned executor thread does not keep
-        the CPU busy until the end of the run.
+        the CPU busy until the end of the run. ``keep(job_index)`` False drops that job alone at
+        the next iteration boundary (its outcome is a ``RunCancelledError``). A reward failing
+        on one job's responses fails that job only (a ``RewardError`` with its partial result);
+        the others go on.
         """
         settings, lm = jobs[0].settings, jobs[0].lm
         reward = self._reward
+        seeds = [j.settings.seed for j in jobs]  # calls of one run may differ in seed only
 
         def score(indices: Sequence[int], responses: Sequence[str]) -> list[float]:
             full = [jobs[i].prompt.prefill + r for i, r in zip(indices, responses, strict=True)]
@@ -783,34 +828,44 @@ class AISPChatModel(BaseChatModel):
                     },
                 )
 
-        try:
-            results = run(
-                lm,
-                [j.token_ids for j in jobs],
-                score,
-                settings.params,
-                settings.sampling,
-                seed=settings.seed,
-                max_batch_size=self.max_batch_size,
-                on_iteration=on_iteration,
-                decoding=self.decoding,
-            )
-        except RewardError as exc:
-            errors: list[PromptResult | BaseException] = []
-            for i in range(len(jobs)):
+        results = run(
+            lm,
+            [j.token_ids for j in jobs],
+            score,
+            settings.params,
+            settings.sampling,
+            seed=seeds[0] if len(set(seeds)) == 1 else seeds,
+            max_batch_size=self.max_batch_size,
+            on_iteration=on_iteration,
+            on_reward_error="isolate",
+            keep=keep,
+            decoding=self.decoding,
+        )
+        outcomes: list[PromptResult | BaseException] = []
+        for result in results:
+            if result.error is not None:
+                cause = result.error
                 err = RewardError(
-                    str(exc),
-                    [exc.partial[i] if i < len(exc.partial) else None],
-                    reward=exc.reward,
-                    prompt_index=exc.prompt_index,
-                    iteration=exc.iteration,
-                    response_index=exc.response_index,
-                    response=exc.response,
+                    str(cause),
+                    list(cause.partial),
+                    reward=cause.reward,
+                    prompt_index=cause.prompt_index,
+                    iteration=cause.iteration,
+                    response_index=cause.response_index,
+                    response=cause.response,
                 )
-                err.__cause__ = exc.__cause__  # the reward's own exception
-                errors.append(err)
-            return errors
-        return list(results)
+                err.__cause__ = cause.__cause__  # the reward's own exception
+                outcomes.append(err)
+            elif result.cancelled:
+                outcomes.append(
+                    RunCancelledError(
+                        f"the call was dropped by its caller after {len(result.rewards)} iteration(s)",
+                        [result if result.rewards else None],
+                    )
+                )
+            else:
+                outcomes.append(result)
+        return outcomes
 
     def _execute(self, job: _Job, progress: ProgressFn | None, cancel: threading.Event | None = None) -> PromptResult:
         plan = _BATCH_PLAN.get()
@@ -1159,7 +1214,7 @@ class AISPChatModel(BaseChatModel):
                 continue
         groups: dict[tuple[Any, ...], list[_Job]] = {}
         for job in jobs:
-            groups.setdefault((job.settings.key(), id(job.lm)), []).append(job)
+            groups.setdefault((job.settings.batch_key(), id(job.lm)), []).append(job)
         if not groups:
             return None
         largest = max(groups.values(), key=len)
@@ -1197,6 +1252,48 @@ class AISPChatModel(BaseChatModel):
             return await super().abatch(inputs, config, return_exceptions=return_exceptions, **kwargs)
         finally:
             _BATCH_PLAN.reset(token)
+
+    def prepare(self, input: LanguageModelInput, *, stop: list[str] | None = None, **kwargs: Any) -> PreparedCall:
+        """Validate and render one call without running it (same arguments as ``invoke``).
+
+        Raises ``ValueError`` / ``TypeError`` on bad input, exactly as ``invoke`` would;
+        nothing is decoded. Run the result with :meth:`run_prepared`.
+        """
+        messages = self._convert_input(input).to_messages()
+        return PreparedCall(self._job(messages, stop, kwargs))
+
+    def run_prepared(
+        self, calls: Sequence[PreparedCall], *, keep: Callable[[int], bool] | None = None
+    ) -> list[AIMessage | BaseException]:
+        """Run prepared calls: those with equal ``batch_key`` share one Batched AISP engine run.
+
+        Returns one outcome per call, in order: an ``AIMessage`` (as ``invoke`` returns it, with
+        ``response_metadata["aisp"]["batch_prompts"]``, the number of calls that shared its engine
+        run) or the call's own error: a :class:`RewardError` (with its partial result) when the
+        reward failed on that call's responses, or :class:`RunCancelledError` when ``keep(i)``
+        returned False at an iteration boundary (the call stopped there, the others went on).
+        An error of the whole engine run is the outcome of every call of that run. No callbacks
+        are invoked (this is the entry for servers; use ``batch`` in chains).
+        """
+        groups: dict[tuple[Any, ...], list[int]] = {}
+        for i, call in enumerate(calls):
+            groups.setdefault(call.batch_key, []).append(i)
+        outcomes: list[AIMessage | BaseException | None] = [None] * len(calls)
+        for members in groups.values():
+            jobs = [calls[i]._job for i in members]
+            group_keep = None if keep is None else (lambda pos, members=members: keep(members[pos]))
+            try:
+                results = self._run_jobs(jobs, lambda _i, _data: None, keep=group_keep)
+            except Exception as exc:
+                results = [exc] * len(jobs)
+            for i, job, result in zip(members, jobs, results, strict=True):
+                if isinstance(result, BaseException):
+                    outcomes[i] = result
+                    continue
+                message = self._to_message(job, result)
+                message.response_metadata["aisp"]["batch_prompts"] = len(jobs)
+                outcomes[i] = message
+        return [o for o in outcomes if o is not None]
 
     # --- tools and structured output ---------------------------------------------------------
 

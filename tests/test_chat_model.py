@@ -67,7 +67,7 @@ def llm(tiny_lm):
 def scripted_run(replies: list[str], calls: list[dict[str, Any]] | None = None):
     """A stand-in for ``aisp.run`` that returns fixed replies (scored by the real score function)."""
 
-    def fake_run(lm, prompts, score, params, sampling, *, seed=None, max_batch_size=64, on_iteration=None, **_):
+    def fake_run(lm, prompts, score, params, sampling, *, seed=None, max_batch_size=64, on_iteration=None, **_options):
         if calls is not None:
             calls.append({"prompts": [list(p) for p in prompts], "sampling": sampling, "params": params, "seed": seed})
         texts = [replies[i % len(replies)] for i in range(len(prompts))]
