@@ -384,3 +384,24 @@ def test_an_all_allowing_host_mask_samples_what_the_graph_path_samples(tiny_lm, 
     args = (prefixes, torch.tensor([0, 1, 1]), 0.3 * torch.randn(3, 3, 32), torch.rand(3, 6))
     masked = decode_static(decoder, *args, host_mask=_AllowAll([], lm.head_weight.shape[0]))
     assert masked.token_ids == decode_static(decoder, *args).token_ids == decode(decoder, *args).token_ids
+
+
+def test_static_path_when_a_prompt_leaves_the_batch(tiny_lm, prompts):
+    """Rows of a cancelled prompt leave the batch (fewer rows: another bucket); the others are unaffected."""
+    params, sampling = AISPParams(num_samples=3, num_iterations=3), SamplingParams(max_tokens=6)
+
+    def keep_factory():
+        asked: dict[int, int] = {}
+
+        def keep(index: int) -> bool:
+            asked[index] = asked.get(index, 0) + 1
+            return not (index == 1 and asked[index] > 1)  # prompt 1 stops after its first iteration
+
+        return keep
+
+    lm = dataclasses.replace(tiny_lm)
+    eager = run(lm, prompts, _length_score, params, sampling, seed=2, decoding="eager", keep=keep_factory())
+    static = run(lm, prompts, _length_score, params, sampling, seed=2, decoding="static", keep=keep_factory())
+    _same(eager, static)
+    assert [p.cancelled for p in static] == [False, True, False]
+    assert sorted(s["rows"] for s in static_graph_stats(lm)) == [8, 16]  # 9 rows, then 6
