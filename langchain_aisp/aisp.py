@@ -18,9 +18,10 @@ from typing import Literal
 
 import torch
 
-from langchain_aisp.config import DEFAULT_MAX_BATCH_SIZE, AISPParams, SamplingParams, check_seed
+from langchain_aisp.config import DEFAULT_DECODING, DEFAULT_MAX_BATCH_SIZE, AISPParams, SamplingParams, check_seed
 from langchain_aisp.decoding import DecodeOutput, Decoder, PromptPrefix, decode, prefill
 from langchain_aisp.lm import CausalLM
+from langchain_aisp.static_decoding import DecodeFn, select_decode
 
 ScoreFn = Callable[[Sequence[int], Sequence[str]], Sequence[float]]
 """``score(prompt_indices, responses) -> rewards``: one float per response; the indices
@@ -157,15 +158,27 @@ def lambda_for_ess(rewards: torch.Tensor, inner: torch.Tensor, alpha: float, sig
 
     Scale-free: multiplying every reward by c multiplies the returned lambda by c.
     With all rewards equal any lambda gives the same weights, and 1.0 is returned.
+    The 60 bisection steps run on Python floats (n values each): the same float64 arithmetic as
+    :func:`importance_weights` without a tensor round trip per step (it was ~2 ms per prompt and
+    iteration, a visible share of Batched AISP's time on a GPU).
     """
-    spread = float(rewards.double().max() - rewards.double().min())
+    r = rewards.double().tolist()
+    spread = max(r) - min(r)
     if not spread > 0:
         return 1.0
+    cost = [((1.0 - alpha) / sigma**2) * c for c in inner.double().tolist()] if sigma > 0 else [0.0] * len(r)
+
+    def ess(lam: float) -> float:
+        logits = [ri / lam - ci for ri, ci in zip(r, cost, strict=True)]
+        top = max(logits)
+        w = [math.exp(x - top) for x in logits]
+        total = sum(w)
+        return total * total / sum(x * x for x in w)
+
     lo, hi = math.log(spread * 1e-6), math.log(spread * 1e6)
     for _ in range(60):
         mid = 0.5 * (lo + hi)
-        ess = effective_sample_size(importance_weights(rewards, inner, math.exp(mid), alpha, sigma))
-        if ess < target:
+        if ess(math.exp(mid)) < target:
             lo = mid  # too peaked: raise lambda
         else:
             hi = mid
@@ -239,6 +252,7 @@ def _decode_rows(
     V: torch.Tensor,
     uniforms: torch.Tensor,
     max_rows: int,
+    decode_fn: DecodeFn | None = None,
 ) -> tuple[DecodeOutput, int]:
     """Decode in pieces of at most ``max_rows`` rows, halving the piece on out-of-memory.
 
@@ -252,7 +266,8 @@ def _decode_rows(
     while start < total:
         stop = min(total, start + max_rows)
         try:
-            pieces.append(decode(decoder, prefixes, row_prompt[start:stop], V[start:stop], uniforms[start:stop]))
+            fn = decode_fn or decode  # None: the eager decoder (looked up here, so it can be patched in tests)
+            pieces.append(fn(decoder, prefixes, row_prompt[start:stop], V[start:stop], uniforms[start:stop]))
         except torch.OutOfMemoryError as exc:
             tried.append(stop - start)
             if stop - start == 1:
@@ -422,6 +437,7 @@ def run(
     seed: int | Sequence[int | None] | None = None,
     max_batch_size: int = DEFAULT_MAX_BATCH_SIZE,
     on_iteration: Callable[[IterationEvent], None] | None = None,
+    decoding: str = DEFAULT_DECODING,
     on_reward_error: OnRewardError = "raise",
     keep: Callable[[int], bool] | None = None,
 ) -> list[PromptResult]:
@@ -430,6 +446,11 @@ def run(
     Prompts are token-id lists (already templated). Up to ``max_batch_size // n``
     prompts run together (Batched AISP); each keeps its own U, weights, best and
     random generator, so its result does not depend on which prompts share its batch.
+    ``decoding`` picks the decode path once for the run: ``"static"`` (preallocated KV cache and,
+    on CUDA, a captured CUDA graph per step: :mod:`langchain_aisp.static_decoding`), ``"compiled"``
+    (the static path with a ``torch.compile``-d step), ``"eager"``
+    (:func:`langchain_aisp.decoding.decode`), or ``"auto"`` (static on CUDA, eager elsewhere).
+
     ``seed``: one seed for every prompt, or a sequence with one seed (or None) per prompt.
 
     ``on_reward_error``: ``"raise"`` stops the run with :class:`RewardError` when ``score``
@@ -445,6 +466,8 @@ def run(
     seeds = _prompt_seeds(seed, len(prompts))
     _check_prompts(lm, prompts, sampling.max_tokens)
     decoder = Decoder.build(lm, sampling)
+    static_fn, path = select_decode(lm, decoding)
+    decode_fn = None if path == "eager" else static_fn
     single = params.method == "sample"
     n = 1 if single else params.num_samples
     k = 1 if single else params.num_iterations
@@ -498,7 +521,7 @@ def run(
             V_pos = V[:, :, control_index.to(device)].reshape(-1, tau, d)  # (b*n, tau, d)
             V_rows = torch.cat([V_pos, V.new_zeros(len(live) * n, 1, d)], dim=1)  # (b*n, tau+1, d)
             out, decode_rows = _decode_rows(
-                decoder, prefixes, row_prompt, V_rows, uniforms.reshape(-1, sampling.max_tokens), decode_rows
+                decoder, prefixes, row_prompt, V_rows, uniforms.reshape(-1, sampling.max_tokens), decode_rows, decode_fn
             )
             rewards = _score_rows(
                 score, name, n, out.texts, seen, results, live, iteration, on_reward_error == "isolate"
