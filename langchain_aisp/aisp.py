@@ -24,10 +24,11 @@ from typing import Literal
 
 import torch
 
-from langchain_aisp.config import DEFAULT_MAX_BATCH_SIZE, AISPParams, SamplingParams, check_seed
+from langchain_aisp.config import DEFAULT_DECODING, DEFAULT_MAX_BATCH_SIZE, AISPParams, SamplingParams, check_seed
 from langchain_aisp.constraints import Constraint, Matcher
 from langchain_aisp.decoding import DecodeOutput, Decoder, PromptPrefix, decode, prefill
 from langchain_aisp.lm import CausalLM
+from langchain_aisp.static_decoding import DecodeFn, select_decode
 
 ScoreFn = Callable[[Sequence[int], Sequence[str]], Sequence[float]]
 """``score(prompt_indices, responses) -> rewards``: one float per response; the indices
@@ -178,15 +179,27 @@ def lambda_for_ess(rewards: torch.Tensor, inner: torch.Tensor, alpha: float, sig
 
     Scale-free: multiplying every reward by c multiplies the returned lambda by c.
     With all rewards equal any lambda gives the same weights, and 1.0 is returned.
+    The 60 bisection steps run on Python floats (n values each): the same float64 arithmetic as
+    :func:`importance_weights` without a tensor round trip per step (it was ~2 ms per prompt and
+    iteration, a visible share of Batched AISP's time on a GPU).
     """
-    spread = float(rewards.double().max() - rewards.double().min())
+    r = rewards.double().tolist()
+    spread = max(r) - min(r)
     if not spread > 0:
         return 1.0
+    cost = [((1.0 - alpha) / sigma**2) * c for c in inner.double().tolist()] if sigma > 0 else [0.0] * len(r)
+
+    def ess(lam: float) -> float:
+        logits = [ri / lam - ci for ri, ci in zip(r, cost, strict=True)]
+        top = max(logits)
+        w = [math.exp(x - top) for x in logits]
+        total = sum(w)
+        return total * total / sum(x * x for x in w)
+
     lo, hi = math.log(spread * 1e-6), math.log(spread * 1e6)
     for _ in range(60):
         mid = 0.5 * (lo + hi)
-        ess = effective_sample_size(importance_weights(rewards, inner, math.exp(mid), alpha, sigma))
-        if ess < target:
+        if ess(math.exp(mid)) < target:
             lo = mid  # too peaked: raise lambda
         else:
             hi = mid
@@ -262,6 +275,7 @@ def _decode_rows(
     max_rows: int,
     row_constraints: Sequence[tuple[Constraint, int] | None],
     deadline: float,
+    decode_fn: DecodeFn | None = None,
 ) -> tuple[DecodeOutput, int]:
     """Decode in pieces of at most ``max_rows`` rows, halving the piece on out-of-memory.
 
@@ -279,15 +293,18 @@ def _decode_rows(
             None if rc is None else rc[0].matcher(rc[1]) for rc in row_constraints[start:stop]
         ]
         try:
-            piece = decode(
-                decoder,
-                prefixes,
-                row_prompt[start:stop],
-                V[start:stop],
-                uniforms[start:stop],
-                matchers=matchers,
-                deadline=deadline,
-            )
+            if decode_fn is None:  # the eager decoder (looked up here, so it can be patched in tests)
+                piece = decode(
+                    decoder,
+                    prefixes,
+                    row_prompt[start:stop],
+                    V[start:stop],
+                    uniforms[start:stop],
+                    matchers=matchers,
+                    deadline=deadline,
+                )
+            else:  # a static path: run() only picks one for runs without constraints or deadline
+                piece = decode_fn(decoder, prefixes, row_prompt[start:stop], V[start:stop], uniforms[start:stop])
         except torch.OutOfMemoryError as exc:
             tried.append(stop - start)
             if stop - start == 1:
@@ -461,6 +478,7 @@ def run(
     seed: int | Sequence[int | None] | None = None,
     max_batch_size: int = DEFAULT_MAX_BATCH_SIZE,
     on_iteration: Callable[[IterationEvent], None] | None = None,
+    decoding: str = DEFAULT_DECODING,
     on_reward_error: OnRewardError = "raise",
     keep: Callable[[int], bool] | None = None,
     constraints: Sequence[Constraint | None] | None = None,
@@ -471,6 +489,11 @@ def run(
     Prompts are token-id lists (already templated). Up to ``max_batch_size // n``
     prompts run together (Batched AISP); each keeps its own U, weights, best and
     random generator, so its result does not depend on which prompts share its batch.
+    ``decoding`` picks the decode path once for the run: ``"static"`` (preallocated KV cache and,
+    on CUDA, a captured CUDA graph per step: :mod:`langchain_aisp.static_decoding`), ``"compiled"``
+    (the static path with a ``torch.compile``-d step), ``"eager"``
+    (:func:`langchain_aisp.decoding.decode`), or ``"auto"`` (static on CUDA, eager elsewhere).
+
     ``seed``: one seed for every prompt, or a sequence with one seed (or None) per prompt.
 
     ``on_reward_error``: ``"raise"`` stops the run with :class:`RewardError` when ``score``
@@ -497,6 +520,10 @@ def run(
     seeds = _prompt_seeds(seed, len(prompts))
     _check_prompts(lm, prompts, sampling.max_tokens)
     decoder = Decoder.build(lm, sampling)
+    static_fn, path = select_decode(lm, decoding)
+    # grammar constraints and deadlines run on the eager decoder until the static path adopts the protocol
+    constrained = constraints is not None and any(c is not None for c in constraints)
+    decode_fn = None if path == "eager" or constrained or deadline is not None else static_fn
     single = params.method == "sample"
     n = 1 if single else params.num_samples
     k = 1 if single else params.num_iterations
@@ -570,6 +597,7 @@ def run(
                 decode_rows,
                 row_constraints,
                 limit,
+                decode_fn,
             )
             if out.timed_out:  # an unfinished iteration is not scored: its responses are cut short
                 timed_out = True

@@ -64,6 +64,7 @@ from langchain_aisp.aisp import (
 from langchain_aisp.config import (
     DEFAULT_ALPHA,
     DEFAULT_CONTROL,
+    DEFAULT_DECODING,
     DEFAULT_ELITE_FRACTION,
     DEFAULT_ESS_TARGET,
     DEFAULT_LAMBDA,
@@ -80,6 +81,7 @@ from langchain_aisp.config import (
     DEFAULT_TOP_P,
     AISPParams,
     Control,
+    Decoding,
     Method,
     SamplingParams,
     check_seed,
@@ -369,7 +371,7 @@ class AISPChatModel(BaseChatModel):
         model: hub id or local path (None: the embedded default); or ``llm=`` a loaded
         ``CausalLM``, or ``hf_model=`` + ``tokenizer=`` loaded transformers objects.
         max_tokens, temperature (0 = greedy), top_p, top_k, seed, stop, max_batch_size,
-        device, dtype, trust_remote_code.
+        decoding (static KV cache + CUDA graphs on GPU), device, dtype, trust_remote_code.
 
     Instantiate:
         .. code-block:: python
@@ -517,6 +519,13 @@ class AISPChatModel(BaseChatModel):
 
     max_batch_size: int = DEFAULT_MAX_BATCH_SIZE
     """Rows decoded together; a batch of prompts shares them (Batched AISP)."""
+
+    decoding: Decoding = DEFAULT_DECODING
+    """Decode path, chosen once per run: ``"static"`` (preallocated KV cache; on CUDA each token is
+    one replay of a captured CUDA graph, captured once per row bucket and reused), ``"compiled"``
+    (the same with the step compiled by ``torch.compile`` first: faster tokens, a first call of tens
+    of seconds per row bucket), ``"eager"`` (the plain KV-cache loop) or ``"auto"`` (static on CUDA
+    for tested architectures, eager elsewhere)."""
 
     device: str = "auto"
     """"auto" (CUDA if available), "cpu", "cuda" or "cuda:N"."""
@@ -920,6 +929,7 @@ class AISPChatModel(BaseChatModel):
                     on_iteration=on_iteration,
                     on_reward_error="isolate",
                     keep=engine_keep,
+                    decoding=self.decoding,
                     constraints=[v.constraint for _, v in entries],
                     deadline=deadline,
                 )
