@@ -343,3 +343,18 @@ def test_replies_are_steered_to_complete_within_max_tokens(tiny_lm, encode):
         texts[close] = result.texts[0]
     assert all(valid(t, schema) for t in texts[True]), texts[True]
     assert not all(t.endswith("]}") for t in texts[False])  # without steering, replies are cut mid-JSON
+
+
+def test_constrained_runs_use_the_eager_decoder_whatever_decoding_says(tiny_lm, encode):
+    params = AISPParams(method="bon", num_samples=4, num_iterations=1)
+    result = run(
+        tiny_lm,
+        [encode("JSON")],
+        zero_reward,
+        params,
+        SamplingParams(max_tokens=16),
+        seed=2,
+        constraints=[constraint(tiny_lm, SMALL)],
+        decoding="static",
+    )[0]
+    assert all(valid(t, SMALL) for t in result.texts[0]), result.texts
