@@ -6,12 +6,18 @@ one batch (together with the other prompts of the chunk: Batched AISP), scores t
 and moves ``U`` to the importance-weighted mean of the ``V_i``. Best-of-N is the same
 loop with ``sigma = 0`` and no update, so both methods decode exactly the same shapes
 and draw the same token-sampling random numbers for a given seed.
+
+Optional per-prompt grammar ``constraints`` (:mod:`langchain_aisp.constraints`) make every
+sample of a prompt follow its grammar, so the weights only ever compare valid samples. A
+``deadline`` makes the run anytime: it stops after the decoding step during which the
+deadline passed and returns the best answer of the iterations completed so far.
 """
 
 from __future__ import annotations
 
 import math
 import numbers
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
@@ -19,6 +25,7 @@ from typing import Literal
 import torch
 
 from langchain_aisp.config import DEFAULT_DECODING, DEFAULT_MAX_BATCH_SIZE, AISPParams, SamplingParams, check_seed
+from langchain_aisp.constraints import Constraint, Matcher
 from langchain_aisp.decoding import DecodeOutput, Decoder, PromptPrefix, decode, prefill
 from langchain_aisp.lm import CausalLM
 from langchain_aisp.static_decoding import DecodeFn, select_decode
@@ -89,6 +96,18 @@ class RewardError(RuntimeError):
         self.response = response
 
 
+class RunTimeoutError(TimeoutError):
+    """The deadline passed before some prompt had a single scored sample.
+
+    ``partial`` holds, per prompt, the best result of the iterations that did complete
+    (``timed_out=True``), or None where nothing had been scored.
+    """
+
+    def __init__(self, message: str, partial: list[PromptResult | None]) -> None:
+        super().__init__(message)
+        self.partial = partial
+
+
 @dataclass
 class PromptResult:
     """The outcome for one prompt."""
@@ -112,6 +131,8 @@ class PromptResult:
     """Lambda used for the weights, per iteration."""
     u_norms: list[float] = field(default_factory=list)
     """Frobenius norm of U after each iteration's update."""
+    timed_out: bool = False
+    """The run's deadline stopped it before all iterations were done (this is the best so far)."""
     error: RewardError | None = None
     """With ``on_reward_error="isolate"``: the reward failed for this prompt, which stopped while the
     others went on; the fields above hold what was scored before the failure."""
@@ -252,12 +273,15 @@ def _decode_rows(
     V: torch.Tensor,
     uniforms: torch.Tensor,
     max_rows: int,
+    row_constraints: Sequence[tuple[Constraint, int] | None],
+    deadline: float,
     decode_fn: DecodeFn | None = None,
 ) -> tuple[DecodeOutput, int]:
     """Decode in pieces of at most ``max_rows`` rows, halving the piece on out-of-memory.
 
-    Returns the output and the piece size that worked, which the caller keeps for later
-    iterations (an out-of-memory error is not retried at the same size every iteration).
+    ``row_constraints[r]`` is (constraint, sample index) of row r, or None. Returns the output
+    and the piece size that worked, which the caller keeps for later iterations (an
+    out-of-memory error is not retried at the same size every iteration).
     """
     total = row_prompt.shape[0]
     pieces: list[DecodeOutput] = []
@@ -265,9 +289,22 @@ def _decode_rows(
     start = 0
     while start < total:
         stop = min(total, start + max_rows)
+        matchers: list[Matcher | None] = [
+            None if rc is None else rc[0].matcher(rc[1]) for rc in row_constraints[start:stop]
+        ]
         try:
-            fn = decode_fn or decode  # None: the eager decoder (looked up here, so it can be patched in tests)
-            pieces.append(fn(decoder, prefixes, row_prompt[start:stop], V[start:stop], uniforms[start:stop]))
+            if decode_fn is None:  # the eager decoder (looked up here, so it can be patched in tests)
+                piece = decode(
+                    decoder,
+                    prefixes,
+                    row_prompt[start:stop],
+                    V[start:stop],
+                    uniforms[start:stop],
+                    matchers=matchers,
+                    deadline=deadline,
+                )
+            else:  # a static path: run() only picks one for runs without constraints or deadline
+                piece = decode_fn(decoder, prefixes, row_prompt[start:stop], V[start:stop], uniforms[start:stop])
         except torch.OutOfMemoryError as exc:
             tried.append(stop - start)
             if stop - start == 1:
@@ -282,14 +319,18 @@ def _decode_rows(
                 torch.cuda.empty_cache()
             max_rows = max(1, (stop - start) // 2)
             continue
+        pieces.append(piece)
         start = stop
-    if len(pieces) == 1:
+        if piece.timed_out:
+            break
+    if len(pieces) == 1 and start == total:
         return pieces[0], max_rows
     return DecodeOutput(
         token_ids=[ids for p in pieces for ids in p.token_ids],
         texts=[t for p in pieces for t in p.texts],
         finish_reasons=[r for p in pieces for r in p.finish_reasons],
         lengths=torch.cat([p.lengths for p in pieces]),
+        timed_out=any(p.timed_out for p in pieces) or start < total,
     ), max_rows
 
 
@@ -440,6 +481,8 @@ def run(
     decoding: str = DEFAULT_DECODING,
     on_reward_error: OnRewardError = "raise",
     keep: Callable[[int], bool] | None = None,
+    constraints: Sequence[Constraint | None] | None = None,
+    deadline: float | None = None,
 ) -> list[PromptResult]:
     """Align one response per prompt; returns one :class:`PromptResult` per prompt, in order.
 
@@ -458,16 +501,29 @@ def run(
     prompts whose scoring still fails (their ``PromptResult.error``) and goes on with the
     others. ``keep(prompt_index)`` is asked before every iteration: a prompt for which it
     returns False stops there (``PromptResult.cancelled``), and its rows leave the batch.
+
+    ``constraints`` (one per prompt, None = free text) constrain every sample of a prompt to
+    its grammar. ``deadline`` is a ``time.monotonic()`` value: once it passes, the run stops
+    after the current decoding step, drops that unfinished iteration and returns each
+    prompt's best scored answer with ``timed_out=True``; if some prompt has nothing scored
+    yet, :class:`RunTimeoutError` is raised with the partial results.
     """
     if isinstance(max_batch_size, bool) or not isinstance(max_batch_size, int) or max_batch_size < 1:
         raise ValueError(f"max_batch_size must be an integer >= 1, got {max_batch_size!r}")
     if on_reward_error not in ON_REWARD_ERROR:
         raise ValueError(f"on_reward_error must be one of {list(ON_REWARD_ERROR)}, got {on_reward_error!r}")
+    if constraints is not None and len(constraints) != len(prompts):
+        raise ValueError(f"constraints must have one entry per prompt ({len(prompts)}), got {len(constraints)}")
+    if deadline is not None and not (isinstance(deadline, (int, float)) and not math.isnan(deadline)):
+        raise ValueError(f"deadline must be a time.monotonic() value in seconds or None, got {deadline!r}")
+    limit = math.inf if deadline is None else float(deadline)
     seeds = _prompt_seeds(seed, len(prompts))
     _check_prompts(lm, prompts, sampling.max_tokens)
     decoder = Decoder.build(lm, sampling)
     static_fn, path = select_decode(lm, decoding)
-    decode_fn = None if path == "eager" else static_fn
+    # grammar constraints and deadlines run on the eager decoder until the static path adopts the protocol
+    constrained = constraints is not None and any(c is not None for c in constraints)
+    decode_fn = None if path == "eager" or constrained or deadline is not None else static_fn
     single = params.method == "sample"
     n = 1 if single else params.num_samples
     k = 1 if single else params.num_iterations
@@ -485,8 +541,12 @@ def run(
     results: list[PromptResult | None] = [None] * len(prompts)
     decode_rows = max_batch_size  # rows per decode call; lowered for the rest of the run after out-of-memory
     seen: dict[tuple[int, str], float] = {}  # identical responses are scored once
+    timed_out = False
 
     for chunk_start in range(0, len(prompts), prompts_per_batch):
+        if time.monotonic() >= limit:
+            timed_out = True
+            break
         chunk = list(range(chunk_start, min(len(prompts), chunk_start + prompts_per_batch)))
         states = [
             _PromptState(
@@ -499,6 +559,9 @@ def run(
         ]
         live = states  # prompts still running: a failed or dropped prompt's rows leave the batch
         for iteration in range(k):
+            if time.monotonic() >= limit:
+                timed_out = True
+                break
             for state in live:
                 if keep is not None and not keep(state.result.index):
                     state.result.cancelled = True
@@ -507,6 +570,11 @@ def run(
                 break
             prefixes = [s.prefix for s in live]
             row_prompt = torch.arange(len(live), device=device).repeat_interleave(n)  # (b * n,)
+            row_constraints: list[tuple[Constraint, int] | None] = [
+                None if constraints is None or constraints[s.result.index] is None else (constraints[s.result.index], i)  # type: ignore[misc]
+                for s in live
+                for i in range(n)
+            ]
             eps = torch.stack(
                 [torch.randn(n, steps, d, generator=s.generator, device=device) for s in live]
             )  # (b, n, steps, d)
@@ -521,8 +589,19 @@ def run(
             V_pos = V[:, :, control_index.to(device)].reshape(-1, tau, d)  # (b*n, tau, d)
             V_rows = torch.cat([V_pos, V.new_zeros(len(live) * n, 1, d)], dim=1)  # (b*n, tau+1, d)
             out, decode_rows = _decode_rows(
-                decoder, prefixes, row_prompt, V_rows, uniforms.reshape(-1, sampling.max_tokens), decode_rows, decode_fn
+                decoder,
+                prefixes,
+                row_prompt,
+                V_rows,
+                uniforms.reshape(-1, sampling.max_tokens),
+                decode_rows,
+                row_constraints,
+                limit,
+                decode_fn,
             )
+            if out.timed_out:  # an unfinished iteration is not scored: its responses are cut short
+                timed_out = True
+                break
             rewards = _score_rows(
                 score, name, n, out.texts, seen, results, live, iteration, on_reward_error == "isolate"
             )
@@ -563,8 +642,23 @@ def run(
                         best_rewards=[s.result.reward for s in scored],
                     )
                 )
-        for state in states:
-            results[state.result.index] = state.result
+        for state in states:  # after a timeout, a prompt with nothing scored has no result (see below)
+            if state.result.rewards or state.result.error is not None or state.result.cancelled or not timed_out:
+                results[state.result.index] = state.result
+        if timed_out:
+            break
+    if timed_out:
+        for result in results:
+            if result is not None:
+                result.timed_out = True
+        missing = [j for j, r in enumerate(results) if r is None]
+        if missing:
+            raise RunTimeoutError(
+                f"the deadline passed before any sample of prompt(s) {missing} was complete "
+                f"({n} samples x {sampling.max_tokens} max_tokens per iteration); allow more time, or lower "
+                "num_samples or max_tokens. Results of prompts that finished an iteration are in .partial",
+                results,
+            )
     return [r for r in results if r is not None]
 
 

@@ -1,0 +1,360 @@
+"""Grammar constraints in the engine: the protocol, the batched mask, the llguidance adapter, the deadline.
+
+Engine-level tests run on the tiny random Llama (real SmolLM2 tokenizer): whatever a random
+model samples, every constrained response must follow its grammar.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+
+import pytest
+import torch
+
+import langchain_aisp.aisp as aisp_mod
+import langchain_aisp.decoding as decoding_mod
+from langchain_aisp import _grammar_llguidance as grammarlib
+from langchain_aisp.aisp import RunTimeoutError, run
+from langchain_aisp.config import AISPParams, SamplingParams
+from langchain_aisp.constraints import RowMasks, bitmask_words, unpack_bitmask
+from langchain_aisp.decoding import Decoder, decode, prefill
+from langchain_aisp.processors import Softcap, sample_tokens
+
+pytestmark = pytest.mark.usefixtures("single_torch_thread")
+
+SMALL = {"type": "object", "properties": {"ok": {"type": "boolean"}, "n": {"enum": [1, 2, 3]}}, "required": ["ok", "n"]}
+OTHER = {"type": "object", "properties": {"tag": {"enum": ["a", "b"]}}, "required": ["tag"]}
+
+
+def zero_reward(indices, responses):
+    return [0.0] * len(responses)
+
+
+def constraint(lm, schema, prefill=""):
+    grammar = grammarlib.json_grammar(schema)
+    return grammarlib.compile_constraint(lm.tokenizer, lm.head_weight.shape[0], lm.eos_token_ids, grammar, prefill)
+
+
+def valid(text, schema):
+    from langchain_aisp._chat_format import schema_errors
+
+    value = json.loads(text)
+    return schema_errors(value, schema) is None
+
+
+# --- the protocol's pieces -------------------------------------------------------------------------
+
+
+def test_unpack_bitmask_matches_bits():
+    vocab = 70
+    bitmask = torch.zeros(2, bitmask_words(vocab), dtype=torch.int32)
+    allowed = {0: [0, 5, 31, 32, 69], 1: [3, 63]}
+    for row, tokens in allowed.items():
+        for t in tokens:
+            bitmask[row, t // 32] |= -(1 << 31) if t % 32 == 31 else 1 << (t % 32)
+    mask = unpack_bitmask(bitmask, vocab)
+    assert mask.shape == (2, vocab)
+    for row, tokens in allowed.items():
+        assert mask[row].nonzero().squeeze(-1).tolist() == tokens
+
+
+class ScriptedMatcher:
+    """Allows exactly one token per step (its script); records what it was advanced with."""
+
+    def __init__(self, script):
+        self.script, self.pos, self.seen = list(script), 0, []
+
+    def fill_bitmask(self, bitmask, row, remaining):
+        t = self.script[self.pos]
+        bitmask[row, t // 32] |= -(1 << 31) if t % 32 == 31 else 1 << (t % 32)
+
+    def advance(self, token):
+        assert token == self.script[self.pos], f"row advanced with {token}, expected {self.script[self.pos]}"
+        self.seen.append(token)
+        self.pos += 1
+
+    def is_finished(self):
+        return self.pos == len(self.script)
+
+
+def test_row_masks_finish_with_eos_only_and_follow_dropped_rows():
+    masks = RowMasks(
+        [ScriptedMatcher([4]), None, ScriptedMatcher([7, 8])],
+        vocab_size=10,
+        eos_token_ids=[2],
+        device=torch.device("cpu"),
+    )
+    logits = torch.zeros(3, 10)
+    out = masks.apply(logits, 5)
+    assert torch.isfinite(out[0]).nonzero().squeeze(-1).tolist() == [4]
+    assert torch.isfinite(out[1]).all()  # unconstrained row
+    assert torch.isfinite(out[2]).nonzero().squeeze(-1).tolist() == [7]
+    masks.advance(torch.tensor([4, 1, 7]), torch.tensor([False, False, False]))
+    out = masks.apply(logits, 5)
+    assert torch.isfinite(out[0]).nonzero().squeeze(-1).tolist() == [2]  # grammar done: only EOS
+    masks.select(torch.tensor([1, 2]))  # the decoder dropped row 0
+    out = masks.apply(torch.zeros(2, 10), 5)
+    assert torch.isfinite(out[1]).nonzero().squeeze(-1).tolist() == [8]
+    masks.advance(torch.tensor([5, 8]), torch.tensor([False, False]))
+    assert masks.matchers[2].seen == [7, 8]
+
+
+def test_softcap_keeps_masked_tokens_masked_and_sampler_never_picks_them():
+    logits = torch.tensor([[0.0, float("-inf"), 1.0, float("-inf")]])
+    assert torch.isneginf(Softcap(30.0)(logits)[0, [1, 3]]).all()
+    uniforms = torch.tensor([0.0, 0.5, 0.999999999, 1.0 - 1e-12])
+    tokens = sample_tokens(logits.expand(4, -1), uniforms)
+    assert set(tokens.tolist()) <= {0, 2}
+
+
+# --- decoding under grammars ------------------------------------------------------------------------
+
+
+def test_every_constrained_sample_is_valid_with_aisp_control(tiny_lm, encode):
+    prompts = [encode("Give me JSON.")]
+    params = AISPParams(method="aisp", num_samples=6, num_iterations=2, sigma=0.5)
+    results = run(
+        tiny_lm,
+        prompts,
+        zero_reward,
+        params,
+        SamplingParams(max_tokens=24),
+        seed=3,
+        constraints=[constraint(tiny_lm, SMALL)],
+    )
+    texts = [t for it in results[0].texts for t in it]
+    assert len(texts) == 12
+    assert all(valid(t, SMALL) for t in texts), texts
+
+
+def test_same_seed_same_answer_and_batch_mixing_constraints(tiny_lm, encode):
+    prompts = [encode("First."), encode("Second."), encode("Third.")]
+    constraints = [constraint(tiny_lm, SMALL), None, constraint(tiny_lm, OTHER)]
+    params = AISPParams(method="aisp", num_samples=4, num_iterations=2)
+    sampling = SamplingParams(max_tokens=16)
+    together = run(tiny_lm, prompts, zero_reward, params, sampling, seed=11, constraints=constraints)
+    again = run(tiny_lm, prompts, zero_reward, params, sampling, seed=11, constraints=constraints)
+    assert [r.texts for r in together] == [r.texts for r in again]
+    alone = [
+        run(tiny_lm, [p], zero_reward, params, sampling, seed=11, constraints=[c])[0]
+        for p, c in zip(prompts, constraints, strict=True)
+    ]
+    assert [r.texts for r in together] == [r.texts for r in alone]  # a row follows its own prompt's grammar
+    assert all(valid(t, SMALL) for it in together[0].texts for t in it)
+    assert all(valid(t, OTHER) for it in together[2].texts for t in it)
+    assert not all(t.startswith("{") for it in together[1].texts for t in it)  # free text stays free
+
+
+def test_matchers_stay_aligned_when_rows_are_dropped(tiny_lm, encode):
+    """Rows with different script lengths end at different steps; the decoder drops ended rows, and
+    each matcher must still be advanced with exactly its own row's tokens."""
+    tok = tiny_lm.tokenizer
+    words = ["hello", " world", " again", " and", " more", " words", " here"]
+    ids = [tok(w, add_special_tokens=False).input_ids[0] for w in words]
+    scripts = [ids[: 1 + (r % 7)] for r in range(8)]
+    matchers = [ScriptedMatcher(s) for s in scripts]
+    decoder = Decoder.build(tiny_lm, SamplingParams(max_tokens=10))
+    prefix = prefill(tiny_lm, encode("Say something."))
+    out = decode(
+        decoder,
+        [prefix],
+        torch.zeros(8, dtype=torch.long),
+        torch.zeros(8, 2, tiny_lm.hidden_size),
+        torch.rand(8, 10, generator=torch.Generator().manual_seed(0)),
+        matchers,
+    )
+    for r, m in enumerate(matchers):
+        assert m.seen == scripts[r]
+        assert out.token_ids[r] == [*scripts[r], tiny_lm.eos_token_ids[0]]
+
+
+def test_constraint_is_thread_safe(tiny_lm, encode):
+    c = constraint(tiny_lm, SMALL)
+    params = AISPParams(method="bon", num_samples=4, num_iterations=1)
+    outputs, errors = {}, []
+
+    def work(i):
+        try:
+            outputs[i] = run(
+                tiny_lm, [encode(f"Q{i}")], zero_reward, params, SamplingParams(max_tokens=16), seed=i, constraints=[c]
+            )[0].texts
+        except Exception as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    assert all(valid(t, SMALL) for texts in outputs.values() for it in texts for t in it)
+
+
+# --- the llguidance adapter -------------------------------------------------------------------------
+
+
+def _accepts(lm, grammar, text):
+    import llguidance
+
+    matcher = llguidance.LLMatcher(
+        grammarlib._tokenizer(lm.tokenizer, lm.head_weight.shape[0], lm.eos_token_ids), grammar, log_level=0
+    )
+    ok = matcher.consume_tokens(lm.tokenizer(text, add_special_tokens=False).input_ids)
+    return ok and matcher.is_accepting()
+
+
+TOOLS = [
+    {
+        "name": "add",
+        "description": "Add two integers.",
+        "parameters": {
+            "type": "object",
+            "properties": {"a": {"type": "integer"}, "b": {"type": "integer"}},
+            "required": ["a", "b"],
+        },
+    },
+    {"name": "ping", "description": "Ping.", "parameters": {"type": "object", "properties": {}}},
+]
+CALL = '<tool_call>\n{"name": "add", "arguments": {"a": 1, "b": 2}}\n</tool_call>'
+
+
+def test_tool_grammars_accept_calls_and_prose_as_chosen(tiny_lm):
+    auto = grammarlib.tool_call_grammar(TOOLS, choice="auto")
+    forced = grammarlib.tool_call_grammar(TOOLS, choice="any")
+    only_add = grammarlib.tool_call_grammar(TOOLS, choice="add", parallel=True)
+    assert _accepts(tiny_lm, auto, "Three, of course.")
+    assert _accepts(tiny_lm, auto, CALL) and _accepts(tiny_lm, auto, "Let me add.\n" + CALL)
+    assert not _accepts(tiny_lm, auto, '<tool_call>\n{"name": "add", "arguments": {"a": "x", "b": 2}}\n</tool_call>')
+    assert _accepts(tiny_lm, forced, CALL) and not _accepts(tiny_lm, forced, "Three.")
+    assert _accepts(tiny_lm, forced, '<tool_call>\n{"name": "ping", "arguments": {}}\n</tool_call>')
+    assert not _accepts(tiny_lm, forced, '<tool_call>\n{"name": "ping", "arguments": {"x": 1}}\n</tool_call>')
+    assert _accepts(tiny_lm, only_add, CALL + "\n" + CALL)
+    assert not _accepts(tiny_lm, forced, CALL + "\n" + CALL)  # one call unless parallel
+    assert not _accepts(tiny_lm, only_add, '<tool_call>\n{"name": "ping", "arguments": {}}\n</tool_call>')
+
+
+def test_json_grammar_unicode_closed_objects_and_prefix(tiny_lm):
+    schema = {
+        "type": "object",
+        "properties": {"name": {"type": "string"}, "age": {"type": "integer"}},
+        "required": ["name"],
+    }
+    grammar = grammarlib.json_grammar(schema)
+    assert _accepts(tiny_lm, grammar, '{"name": "你好啊集团", "age": 3}')
+    assert _accepts(tiny_lm, grammar, '{"name": "x"}')  # optional field left out
+    assert not _accepts(tiny_lm, grammar, '{"name": "x", "extra": 1}')  # objects are closed
+    assert not _accepts(tiny_lm, grammar, '{"age": 3}')
+    prefix = grammarlib.forced_prefix(tiny_lm.tokenizer, tiny_lm.head_weight.shape[0], tiny_lm.eos_token_ids, grammar)
+    assert prefix == '{"name": "'
+
+
+def test_unsupported_schema_fails_when_built_naming_the_construct():
+    with pytest.raises(grammarlib.GrammarError, match="uniqueItems"):
+        grammarlib.json_grammar({"type": "array", "uniqueItems": True})
+    with pytest.raises(grammarlib.GrammarError, match="if"):
+        grammarlib.tool_call_grammar(
+            [{"name": "f", "parameters": {"type": "object", "if": {"required": ["a"]}, "then": {"required": ["b"]}}}],
+            choice="any",
+        )
+    assert grammarlib.json_grammar({"type": "array", "uniqueItems": True}, strict=False)  # lenient: dropped
+
+
+def test_compiled_grammars_are_cached_and_bounded(tiny_lm, monkeypatch):
+    grammarlib.clear_cache()
+    monkeypatch.setattr(grammarlib, "COMPILED_CACHE_SIZE", 2)
+    vocab, eos = tiny_lm.head_weight.shape[0], tiny_lm.eos_token_ids
+    g1, g2, g3 = (grammarlib.json_grammar(s) for s in (SMALL, OTHER, {"type": "object"}))
+    first = grammarlib.compile_constraint(tiny_lm.tokenizer, vocab, eos, g1)
+    assert grammarlib.compile_constraint(tiny_lm.tokenizer, vocab, eos, g1).templates[0] is first.templates[0]
+    grammarlib.compile_constraint(tiny_lm.tokenizer, vocab, eos, g2)
+    grammarlib.compile_constraint(tiny_lm.tokenizer, vocab, eos, g3)
+    assert len(grammarlib._COMPILED) == 2
+    assert grammarlib.compile_constraint(tiny_lm.tokenizer, vocab, eos, g1).templates[0] is not first.templates[0]
+
+
+# --- the deadline -------------------------------------------------------------------------------------
+
+
+class FakeClock:
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self):
+        return self.now
+
+
+def test_deadline_returns_best_of_finished_iterations(tiny_lm, encode, monkeypatch):
+    clock = FakeClock()
+    monkeypatch.setattr(aisp_mod.time, "monotonic", clock)
+    calls = []
+
+    def reward(indices, responses):
+        calls.append(len(responses))
+        clock.now = 11.0  # the deadline passes while the first iteration is scored
+        return [float(len(r)) for r in responses]
+
+    params = AISPParams(method="aisp", num_samples=3, num_iterations=4)
+    result = run(tiny_lm, [encode("Hi")], reward, params, SamplingParams(max_tokens=6), seed=0, deadline=10.0)[0]
+    assert result.timed_out and len(result.rewards) == 1 and calls == [3]
+    assert result.reward == max(result.rewards[0])
+
+
+def test_deadline_before_anything_is_scored_raises(tiny_lm, encode):
+    params = AISPParams(method="bon", num_samples=2, num_iterations=1)
+    with pytest.raises(RunTimeoutError, match="deadline passed before any sample") as info:
+        run(tiny_lm, [encode("Hi")], zero_reward, params, SamplingParams(max_tokens=6), seed=0, deadline=0.0)
+    assert info.value.partial == [None]
+
+
+def test_decode_stops_after_the_step_at_the_deadline(tiny_lm, encode, monkeypatch):
+    clock = FakeClock()
+    monkeypatch.setattr(decoding_mod.time, "monotonic", clock)
+    decoder = Decoder.build(tiny_lm, SamplingParams(max_tokens=20))
+    prefix = prefill(tiny_lm, encode("Hello"))
+    out = decode(
+        decoder,
+        [prefix],
+        torch.zeros(2, dtype=torch.long),
+        torch.zeros(2, 2, tiny_lm.hidden_size),
+        torch.full((2, 20), 0.5),
+        None,
+        deadline=-1.0,
+    )
+    assert out.timed_out and out.lengths.tolist() == [1, 1]
+
+
+def test_replies_are_steered_to_complete_within_max_tokens(tiny_lm, encode):
+    """A random model writes endless strings; the closing path still ends every reply in valid JSON."""
+    schema = {
+        "type": "object",
+        "properties": {"title": {"type": "string"}, "tags": {"type": "array", "items": {"type": "string"}}},
+        "required": ["title", "tags"],
+    }
+    grammar = grammarlib.json_grammar(schema)
+    vocab, eos = tiny_lm.head_weight.shape[0], tiny_lm.eos_token_ids
+    params = AISPParams(method="bon", num_samples=8, num_iterations=1)
+    texts = {}
+    for close in (True, False):
+        c = grammarlib.compile_constraint(tiny_lm.tokenizer, vocab, eos, grammar, close=close)
+        result = run(
+            tiny_lm, [encode("JSON")], zero_reward, params, SamplingParams(max_tokens=16), seed=5, constraints=[c]
+        )[0]
+        texts[close] = result.texts[0]
+    assert all(valid(t, schema) for t in texts[True]), texts[True]
+    assert not all(t.endswith("]}") for t in texts[False])  # without steering, replies are cut mid-JSON
+
+
+def test_constrained_runs_use_the_eager_decoder_whatever_decoding_says(tiny_lm, encode):
+    params = AISPParams(method="bon", num_samples=4, num_iterations=1)
+    result = run(
+        tiny_lm,
+        [encode("JSON")],
+        zero_reward,
+        params,
+        SamplingParams(max_tokens=16),
+        seed=2,
+        constraints=[constraint(tiny_lm, SMALL)],
+        decoding="static",
+    )[0]
+    assert all(valid(t, SMALL) for t in result.texts[0]), result.texts
