@@ -292,19 +292,17 @@ def _decode_rows(
         matchers: list[Matcher | None] = [
             None if rc is None else rc[0].matcher(rc[1]) for rc in row_constraints[start:stop]
         ]
+        fn = decode if decode_fn is None else decode_fn  # eager looked up here, so it can be patched in tests
         try:
-            if decode_fn is None:  # the eager decoder (looked up here, so it can be patched in tests)
-                piece = decode(
-                    decoder,
-                    prefixes,
-                    row_prompt[start:stop],
-                    V[start:stop],
-                    uniforms[start:stop],
-                    matchers=matchers,
-                    deadline=deadline,
-                )
-            else:  # a static path: run() only picks one for runs without constraints or deadline
-                piece = decode_fn(decoder, prefixes, row_prompt[start:stop], V[start:stop], uniforms[start:stop])
+            piece = fn(
+                decoder,
+                prefixes,
+                row_prompt[start:stop],
+                V[start:stop],
+                uniforms[start:stop],
+                matchers=matchers,
+                deadline=deadline,
+            )
         except torch.OutOfMemoryError as exc:
             tried.append(stop - start)
             if stop - start == 1:
@@ -521,9 +519,7 @@ def run(
     _check_prompts(lm, prompts, sampling.max_tokens)
     decoder = Decoder.build(lm, sampling)
     static_fn, path = select_decode(lm, decoding)
-    # grammar constraints and deadlines run on the eager decoder until the static path adopts the protocol
-    constrained = constraints is not None and any(c is not None for c in constraints)
-    decode_fn = None if path == "eager" or constrained or deadline is not None else static_fn
+    decode_fn = None if path == "eager" else static_fn  # every path takes the constraints and the deadline
     single = params.method == "sample"
     n = 1 if single else params.num_samples
     k = 1 if single else params.num_iterations

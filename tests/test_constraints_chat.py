@@ -101,6 +101,34 @@ def test_auto_runs_a_free_and_a_forced_prompt_with_half_the_samples_each(tiny_lm
     assert msg.tool_calls or not msg.invalid_tool_calls
 
 
+def test_static_decoding_gives_the_eager_answers_for_mixed_calls_in_one_run(tiny_lm):
+    """A free call, a JSON-schema call, a forced tool call and an auto tool call, prepared separately and run
+    as one Batched AISP engine run (as the server does): decoding='static' gives the eager answers."""
+    import dataclasses
+
+    lm = dataclasses.replace(tiny_lm)  # its own static cache
+    answers = {}
+    for decoding in ("eager", "static"):
+        model = tiny(lm, decoding=decoding, seed=1, stop=[" the"])
+        forced = model.bind_tools([paint], tool_choice="paint").kwargs
+        calls = [
+            model.prepare("Say hi."),
+            model.prepare("Flags?", response_format={"type": "json_schema", "schema": Flags.model_json_schema()}),
+            model.prepare("Paint it.", **forced),
+        ]
+        assert len({c.batch_key for c in calls}) == 1
+        outcomes = model.run_prepared(calls)
+        auto = model.bind_tools([paint, get_weather]).invoke("Paint the wall red.")
+        answers[decoding] = [
+            (m.content, [(c["name"], c["args"]) for c in m.tool_calls], m.response_metadata["aisp"]["rewards"])
+            for m in [*outcomes, auto]
+        ]
+        assert [m.response_metadata["aisp"]["batch_prompts"] for m in outcomes] == [3, 3, 3]
+    assert answers["static"] == answers["eager"]
+    assert answers["static"][2][1][0][0] == "paint"
+    assert Flags.model_validate_json(answers["static"][1][0])
+
+
 def test_unsupported_schema_fails_at_bind_time_naming_the_construct(tiny_lm):
     model = tiny(tiny_lm)
     bad = {"title": "Tags", "type": "object", "properties": {"tags": {"type": "array", "uniqueItems": True}}}
