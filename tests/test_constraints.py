@@ -517,3 +517,81 @@ def test_deadline_outcomes_are_the_same_on_both_paths(tiny_lm, encode, monkeypat
             decoding=decoding,
         )
     assert info.value.partial == [None]
+
+
+# --- per-prompt deadlines -------------------------------------------------------------------------------
+
+
+def _texts(results):
+    return [(r.texts, r.rewards) for r in results]
+
+
+@pytest.mark.parametrize("decoding", ["eager", "static"])
+def test_per_prompt_deadlines_stop_only_the_prompt_out_of_time(tiny_lm, encode, monkeypatch, decoding):
+    prompts = [encode("First."), encode("Second."), encode("Third.")]
+    params = AISPParams(method="aisp", num_samples=3, num_iterations=3)
+    sampling = SamplingParams(max_tokens=8)
+    reference = run(tiny_lm, prompts, length_reward, params, sampling, seed=5, decoding=decoding)
+    clock = FakeClock()
+    monkeypatch.setattr(aisp_mod.time, "monotonic", clock)
+
+    def reward(indices, responses):
+        clock.now = 11.0  # prompt 0's deadline passes while the first iteration is scored
+        return length_reward(indices, responses)
+
+    results = run(tiny_lm, prompts, reward, params, sampling, seed=5, decoding=decoding, deadline=[10.0, None, 100.0])
+    assert [r.timed_out for r in results] == [True, False, False]
+    assert [len(r.rewards) for r in results] == [1, 3, 3]
+    assert results[0].texts == reference[0].texts[:1] and results[0].reward == max(reference[0].rewards[0])
+    assert _texts(results[1:]) == _texts(reference[1:])  # the others ran as if alone: same samples, same U
+    assert all(r.error is None for r in results)
+
+
+def test_decoding_is_cut_only_when_every_running_prompt_is_out_of_time(tiny_lm, encode, monkeypatch):
+    prompts = [encode("First."), encode("Second.")]
+    params = AISPParams(method="bon", num_samples=2, num_iterations=2)
+    sampling = SamplingParams(max_tokens=12)
+    reference = run(tiny_lm, prompts, length_reward, params, sampling, seed=7)
+    monkeypatch.setattr(aisp_mod.time, "monotonic", CountingClock())  # one second per look at the clock
+    # prompt 0's deadline passes a few steps into the first decode; prompt 1 still has time: the decode goes on
+    results = run(tiny_lm, prompts, length_reward, params, sampling, seed=7, deadline=[4.0, 1e9])
+    assert [r.timed_out for r in results] == [True, False]
+    assert results[0].texts == reference[0].texts[:1]  # its first iteration was complete (not cut) and scored
+    assert _texts(results[1:]) == _texts(reference[1:])
+    # every deadline passes mid-decode: the unfinished iteration is dropped, nothing was scored
+    monkeypatch.setattr(aisp_mod.time, "monotonic", CountingClock())
+    with pytest.raises(RunTimeoutError, match=r"prompt\(s\) \[0, 1\]") as info:
+        run(tiny_lm, prompts, length_reward, params, sampling, seed=7, deadline=[4.0, 5.0])
+    assert info.value.partial == [None, None]
+
+
+def test_a_prompt_out_of_time_with_nothing_scored_is_isolated(tiny_lm, encode):
+    prompts = [encode("First."), encode("Second.")]
+    params = AISPParams(method="bon", num_samples=2, num_iterations=2)
+    sampling = SamplingParams(max_tokens=6)
+    reference = run(tiny_lm, prompts, length_reward, params, sampling, seed=3)
+    with pytest.raises(RunTimeoutError, match=r"prompt\(s\) \[0\]") as info:  # raise: at the end, others kept
+        run(tiny_lm, prompts, length_reward, params, sampling, seed=3, deadline=[0.0, None])
+    partial = info.value.partial
+    assert partial[0] is None and _texts(partial[1:]) == _texts(reference[1:]) and not partial[1].timed_out
+    results = run(
+        tiny_lm, prompts, length_reward, params, sampling, seed=3, deadline=[0.0, None], on_reward_error="isolate"
+    )
+    assert isinstance(results[0].error, RunTimeoutError) and "prompt 0" in str(results[0].error)
+    assert results[0].timed_out and results[0].rewards == [] and results[0].text == ""
+    assert results[1].error is None and _texts(results[1:]) == _texts(reference[1:])
+
+
+@pytest.mark.parametrize(
+    ("deadline", "message"),
+    [
+        ([1.0], r"got 1 deadlines for 2 prompts"),
+        ([1.0, float("nan")], r"deadline\[1\] must be a time.monotonic\(\) value in seconds or None, got nan"),
+        (True, r"deadline must be a time.monotonic\(\) value"),
+        ("soon", r"deadline must be a time.monotonic\(\) value .* got 'soon'"),
+    ],
+)
+def test_bad_deadlines_are_refused_naming_the_value(tiny_lm, encode, deadline, message):
+    params = AISPParams(method="bon", num_samples=1, num_iterations=1)
+    with pytest.raises(ValueError, match=message):
+        run(tiny_lm, [encode("a"), encode("b")], zero_reward, params, SamplingParams(max_tokens=2), deadline=deadline)

@@ -171,6 +171,35 @@ def test_timeout_returns_best_so_far_or_raises(tiny_lm, monkeypatch):
     assert aisp["reward"] == max(aisp["rewards"][0])
 
 
+def test_calls_with_different_timeouts_share_one_run_and_keep_their_own_deadline(tiny_lm, monkeypatch):
+    clock = {"now": 0.0}
+    monkeypatch.setattr(time, "monotonic", lambda: clock["now"])
+
+    def slow_reward(prompt, response):
+        clock["now"] += 1.0  # every scored response "takes" a second
+        return float(len(response))
+
+    model = tiny(tiny_lm, reward=slow_reward, num_iterations=3, seed=0)
+    short = model.prepare("Hi", timeout=2.0)  # its clock starts now: out of time after the first iteration
+    normal = model.prepare("Hello")
+    gone = model.prepare("Hey", timeout=0.5)
+    clock["now"] = 1.0  # gone's deadline passed while it waited
+    assert short.batch_key == normal.batch_key == gone.batch_key
+    first, second, third = model.run_prepared([short, normal, gone])
+    assert first.response_metadata["aisp"]["timed_out"] is True and len(first.response_metadata["aisp"]["rewards"]) == 1
+    assert (
+        second.response_metadata["aisp"]["timed_out"] is False and len(second.response_metadata["aisp"]["rewards"]) == 3
+    )
+    assert first.response_metadata["aisp"]["batch_prompts"] == second.response_metadata["aisp"]["batch_prompts"] == 3
+    assert isinstance(third, TimeoutError) and "timeout=0.5 s passed before the first 3 samples" in str(third)
+    assert "deadline passed before any sample of prompt 2" in str(third.__cause__)
+    with pytest.raises(ValueError, match="timeout must be a finite number of seconds > 0 or None, got -1"):
+        model.invoke("Hi", timeout=-1)
+    monkeypatch.undo()  # the real clock: a per-call timeout that passes before the first iteration ends
+    with pytest.raises(TimeoutError, match=r"timeout=1e-09 s passed"):
+        tiny(tiny_lm, seed=0).invoke("Hi", timeout=1e-9)
+
+
 def test_max_retries_retries_a_failing_reward(tiny_lm):
     failures = {"left": 2}
 
