@@ -402,6 +402,7 @@ def test_static_path_gives_the_eager_tokens_under_constraints(tiny_lm, encode, m
 
 def test_rows_ending_early_keep_their_matchers_aligned_on_the_static_path(tiny_lm, encode):
     """Scripted grammars of different lengths: each matcher sees exactly its row's tokens, ended rows none."""
+    tiny_lm = dataclasses.replace(tiny_lm)  # its own static cache, freed with it
     from langchain_aisp.static_decoding import decode_static
 
     tok = tiny_lm.tokenizer
@@ -456,6 +457,7 @@ class CountingClock:
 
 @pytest.mark.parametrize("constrained", [False, True])
 def test_static_decode_stops_at_the_deadline_like_the_eager_one(tiny_lm, encode, monkeypatch, constrained):
+    tiny_lm = dataclasses.replace(tiny_lm)  # its own static cache, freed with it
     from langchain_aisp.static_decoding import decode_static
 
     decoder = Decoder.build(tiny_lm, SamplingParams(max_tokens=20))
@@ -482,6 +484,7 @@ def test_static_decode_stops_at_the_deadline_like_the_eager_one(tiny_lm, encode,
 
 @pytest.mark.parametrize("decoding", ["eager", "static"])
 def test_deadline_outcomes_are_the_same_on_both_paths(tiny_lm, encode, monkeypatch, decoding):
+    tiny_lm = dataclasses.replace(tiny_lm)  # its own static cache, freed with it
     clock = FakeClock()
     monkeypatch.setattr(aisp_mod.time, "monotonic", clock)
 
@@ -528,6 +531,7 @@ def _texts(results):
 
 @pytest.mark.parametrize("decoding", ["eager", "static"])
 def test_per_prompt_deadlines_stop_only_the_prompt_out_of_time(tiny_lm, encode, monkeypatch, decoding):
+    tiny_lm = dataclasses.replace(tiny_lm)  # its own static cache, freed with it
     prompts = [encode("First."), encode("Second."), encode("Third.")]
     params = AISPParams(method="aisp", num_samples=3, num_iterations=3)
     sampling = SamplingParams(max_tokens=8)
