@@ -9,8 +9,9 @@ and draw the same token-sampling random numbers for a given seed.
 
 Optional per-prompt grammar ``constraints`` (:mod:`langchain_aisp.constraints`) make every
 sample of a prompt follow its grammar, so the weights only ever compare valid samples. A
-``deadline`` makes the run anytime: it stops after the decoding step during which the
-deadline passed and returns the best answer of the iterations completed so far.
+``deadline`` (one for the run, or one per prompt) makes the run anytime: a prompt out of time
+stops with the best answer of its iterations completed so far; decoding stops mid-iteration
+once every running prompt is out of time.
 """
 
 from __future__ import annotations
@@ -100,7 +101,7 @@ class RunTimeoutError(TimeoutError):
     """The deadline passed before some prompt had a single scored sample.
 
     ``partial`` holds, per prompt, the best result of the iterations that did complete
-    (``timed_out=True``), or None where nothing had been scored.
+    (``timed_out=True`` where the deadline cut them short), or None where nothing had been scored.
     """
 
     def __init__(self, message: str, partial: list[PromptResult | None]) -> None:
@@ -132,10 +133,11 @@ class PromptResult:
     u_norms: list[float] = field(default_factory=list)
     """Frobenius norm of U after each iteration's update."""
     timed_out: bool = False
-    """The run's deadline stopped it before all iterations were done (this is the best so far)."""
-    error: RewardError | None = None
-    """With ``on_reward_error="isolate"``: the reward failed for this prompt, which stopped while the
-    others went on; the fields above hold what was scored before the failure."""
+    """Its deadline stopped it before all iterations were done (this is the best so far)."""
+    error: RewardError | RunTimeoutError | None = None
+    """With ``on_reward_error="isolate"``: the reward failed for this prompt (a :class:`RewardError`), or
+    its deadline passed before any of its samples was scored (a :class:`RunTimeoutError`); it stopped
+    while the others went on, and the fields above hold what was scored before."""
     cancelled: bool = False
     """``keep`` returned False for this prompt: it stopped after ``len(rewards)`` iterations."""
 
@@ -257,6 +259,25 @@ def _prompt_seeds(seed: object, count: int) -> list[int | None]:
     return [check_seed(seed)] * count
 
 
+def _prompt_deadlines(deadline: object, count: int) -> list[float]:
+    """One ``time.monotonic()`` deadline per prompt (inf: none), from one value or a sequence of them."""
+
+    def check(value: object, what: str) -> float:
+        if value is None:
+            return math.inf
+        if isinstance(value, bool) or not isinstance(value, numbers.Real) or math.isnan(value):
+            raise ValueError(f"{what} must be a time.monotonic() value in seconds or None, got {value!r}")
+        return float(value)
+
+    if isinstance(deadline, Sequence) and not isinstance(deadline, (str, bytes)):
+        if len(deadline) != count:
+            raise ValueError(
+                f"deadline: got {len(deadline)} deadlines for {count} prompts; pass one deadline or one per prompt"
+            )
+        return [check(value, f"deadline[{j}]") for j, value in enumerate(deadline)]
+    return [check(deadline, "deadline")] * count
+
+
 def _generator(seed: int | None, device: torch.device) -> torch.Generator:
     generator = torch.Generator(device=device)
     if seed is None:
@@ -292,19 +313,17 @@ def _decode_rows(
         matchers: list[Matcher | None] = [
             None if rc is None else rc[0].matcher(rc[1]) for rc in row_constraints[start:stop]
         ]
+        fn = decode if decode_fn is None else decode_fn  # eager looked up here, so it can be patched in tests
         try:
-            if decode_fn is None:  # the eager decoder (looked up here, so it can be patched in tests)
-                piece = decode(
-                    decoder,
-                    prefixes,
-                    row_prompt[start:stop],
-                    V[start:stop],
-                    uniforms[start:stop],
-                    matchers=matchers,
-                    deadline=deadline,
-                )
-            else:  # a static path: run() only picks one for runs without constraints or deadline
-                piece = decode_fn(decoder, prefixes, row_prompt[start:stop], V[start:stop], uniforms[start:stop])
+            piece = fn(
+                decoder,
+                prefixes,
+                row_prompt[start:stop],
+                V[start:stop],
+                uniforms[start:stop],
+                matchers=matchers,
+                deadline=deadline,
+            )
         except torch.OutOfMemoryError as exc:
             tried.append(stop - start)
             if stop - start == 1:
@@ -482,7 +501,7 @@ def run(
     on_reward_error: OnRewardError = "raise",
     keep: Callable[[int], bool] | None = None,
     constraints: Sequence[Constraint | None] | None = None,
-    deadline: float | None = None,
+    deadline: float | Sequence[float | None] | None = None,
 ) -> list[PromptResult]:
     """Align one response per prompt; returns one :class:`PromptResult` per prompt, in order.
 
@@ -503,10 +522,18 @@ def run(
     returns False stops there (``PromptResult.cancelled``), and its rows leave the batch.
 
     ``constraints`` (one per prompt, None = free text) constrain every sample of a prompt to
-    its grammar. ``deadline`` is a ``time.monotonic()`` value: once it passes, the run stops
-    after the current decoding step, drops that unfinished iteration and returns each
-    prompt's best scored answer with ``timed_out=True``; if some prompt has nothing scored
-    yet, :class:`RunTimeoutError` is raised with the partial results.
+    its grammar.
+
+    ``deadline``: a ``time.monotonic()`` value for every prompt, or a sequence with one (or None)
+    per prompt. A prompt whose deadline has passed stops before its next iteration and keeps its
+    best scored answer, with ``timed_out=True``. Decoding stops mid-iteration (after the current
+    step) only once the deadline of every prompt still running has passed: that unfinished
+    iteration is dropped and those prompts stop likewise. So with one deadline for all, the run
+    stops after the decoding step during which it passed. A prompt that timed out before any of
+    its samples was scored has nothing to return: with ``on_reward_error="raise"``,
+    :class:`RunTimeoutError` is raised at the end of the run with every prompt's result in
+    ``.partial`` (None for those); with ``"isolate"`` that prompt's result carries the
+    ``RunTimeoutError`` in ``error`` and the others are unaffected.
     """
     if isinstance(max_batch_size, bool) or not isinstance(max_batch_size, int) or max_batch_size < 1:
         raise ValueError(f"max_batch_size must be an integer >= 1, got {max_batch_size!r}")
@@ -514,16 +541,12 @@ def run(
         raise ValueError(f"on_reward_error must be one of {list(ON_REWARD_ERROR)}, got {on_reward_error!r}")
     if constraints is not None and len(constraints) != len(prompts):
         raise ValueError(f"constraints must have one entry per prompt ({len(prompts)}), got {len(constraints)}")
-    if deadline is not None and not (isinstance(deadline, (int, float)) and not math.isnan(deadline)):
-        raise ValueError(f"deadline must be a time.monotonic() value in seconds or None, got {deadline!r}")
-    limit = math.inf if deadline is None else float(deadline)
+    deadlines = _prompt_deadlines(deadline, len(prompts))
     seeds = _prompt_seeds(seed, len(prompts))
     _check_prompts(lm, prompts, sampling.max_tokens)
     decoder = Decoder.build(lm, sampling)
     static_fn, path = select_decode(lm, decoding)
-    # grammar constraints and deadlines run on the eager decoder until the static path adopts the protocol
-    constrained = constraints is not None and any(c is not None for c in constraints)
-    decode_fn = None if path == "eager" or constrained or deadline is not None else static_fn
+    decode_fn = None if path == "eager" else static_fn  # every path takes the constraints and the deadline
     single = params.method == "sample"
     n = 1 if single else params.num_samples
     k = 1 if single else params.num_iterations
@@ -541,13 +564,14 @@ def run(
     results: list[PromptResult | None] = [None] * len(prompts)
     decode_rows = max_batch_size  # rows per decode call; lowered for the rest of the run after out-of-memory
     seen: dict[tuple[int, str], float] = {}  # identical responses are scored once
-    timed_out = False
 
     for chunk_start in range(0, len(prompts), prompts_per_batch):
-        if time.monotonic() >= limit:
-            timed_out = True
-            break
         chunk = list(range(chunk_start, min(len(prompts), chunk_start + prompts_per_batch)))
+        now = time.monotonic()
+        for j in chunk:  # out of time before it started: not even prefilled
+            if now >= deadlines[j]:
+                results[j] = PromptResult(index=j, prompt_tokens=len(prompts[j]), timed_out=True)
+        chunk = [j for j in chunk if results[j] is None]
         states = [
             _PromptState(
                 PromptResult(index=j, prompt_tokens=len(prompts[j])),
@@ -559,13 +583,13 @@ def run(
         ]
         live = states  # prompts still running: a failed or dropped prompt's rows leave the batch
         for iteration in range(k):
-            if time.monotonic() >= limit:
-                timed_out = True
-                break
+            now = time.monotonic()
             for state in live:
-                if keep is not None and not keep(state.result.index):
+                if state.result.error is None and now >= deadlines[state.result.index]:
+                    state.result.timed_out = True  # its own deadline: it stops with its best so far
+                elif keep is not None and not keep(state.result.index):
                     state.result.cancelled = True
-            live = [s for s in live if s.result.error is None and not s.result.cancelled]
+            live = [s for s in live if s.result.error is None and not s.result.cancelled and not s.result.timed_out]
             if not live:
                 break
             prefixes = [s.prefix for s in live]
@@ -596,11 +620,12 @@ def run(
                 uniforms.reshape(-1, sampling.max_tokens),
                 decode_rows,
                 row_constraints,
-                limit,
+                max(deadlines[s.result.index] for s in live),  # decoding stops only when all are out of time
                 decode_fn,
             )
             if out.timed_out:  # an unfinished iteration is not scored: its responses are cut short
-                timed_out = True
+                for state in live:
+                    state.result.timed_out = True
                 break
             rewards = _score_rows(
                 score, name, n, out.texts, seen, results, live, iteration, on_reward_error == "isolate"
@@ -642,23 +667,26 @@ def run(
                         best_rewards=[s.result.reward for s in scored],
                     )
                 )
-        for state in states:  # after a timeout, a prompt with nothing scored has no result (see below)
-            if state.result.rewards or state.result.error is not None or state.result.cancelled or not timed_out:
-                results[state.result.index] = state.result
-        if timed_out:
-            break
-    if timed_out:
-        for result in results:
-            if result is not None:
-                result.timed_out = True
-        missing = [j for j, r in enumerate(results) if r is None]
-        if missing:
-            raise RunTimeoutError(
-                f"the deadline passed before any sample of prompt(s) {missing} was complete "
-                f"({n} samples x {sampling.max_tokens} max_tokens per iteration); allow more time, or lower "
-                "num_samples or max_tokens. Results of prompts that finished an iteration are in .partial",
-                results,
+        for state in states:
+            results[state.result.index] = state.result
+    missing = [j for j, r in enumerate(results) if r is not None and r.timed_out and not r.rewards]
+    if missing:  # out of time before a single scored sample
+
+        def why(which: str) -> str:
+            return (
+                f"the deadline passed before any sample of {which} was complete ({n} samples x "
+                f"{sampling.max_tokens} max_tokens per iteration); allow more time, or lower num_samples or max_tokens"
             )
+
+        if on_reward_error != "isolate":
+            partial = [None if j in missing else r for j, r in enumerate(results)]
+            raise RunTimeoutError(
+                why(f"prompt(s) {missing}") + ". Results of prompts that finished an iteration are in .partial",
+                partial,
+            )
+        for result in results:
+            if result is not None and result.index in missing:
+                result.error = RunTimeoutError(why(f"prompt {result.index}"), [None])
     return [r for r in results if r is not None]
 
 

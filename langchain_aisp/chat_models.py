@@ -116,7 +116,16 @@ _PER_CALL_FIELDS = (
     "seed",
     "format_weight",
 )
-_BINDING_KWARGS = ("tools", "tool_choice", "parallel_tool_calls", "response_format", "strict", "model", "stream")
+_BINDING_KWARGS = (
+    "tools",
+    "tool_choice",
+    "parallel_tool_calls",
+    "response_format",
+    "strict",
+    "model",
+    "stream",
+    "timeout",
+)
 RETRY_WAIT_MAX = 8.0
 """Longest wait (seconds) between two attempts of a failing reward call (exponential backoff from 0.5 s)."""
 
@@ -128,6 +137,15 @@ class RunCancelledError(RuntimeError):
     def __init__(self, message: str, partial: list[PromptResult | None] | None = None) -> None:
         super().__init__(message)
         self.partial = partial if partial is not None else [None]
+
+
+def _check_timeout(value: Any) -> float | None:
+    """A call's timeout: a finite number of seconds > 0, or None."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (math.isfinite(value) and value > 0):
+        raise ValueError(f"timeout must be a finite number of seconds > 0 or None, got {value!r}")
+    return float(value)
 
 
 def clear_model_cache() -> None:
@@ -233,9 +251,13 @@ class _Job:
     """Under ``tool_choice="auto"``: the forced-call prompt decoded beside the prose one (half the samples each)."""
     auto_choice: str | None = None
     """Under ``tool_choice="auto"``, set by the run: "call" or "prose" (what the choice rule took)."""
+    timeout: float | None = None
+    """Wall-clock limit of this call in seconds (the call's ``timeout`` argument, else the model's)."""
+    deadline: float | None = None
+    """``time.monotonic()`` deadline fixed by ``prepare`` (its clock starts there); None: the run's start + timeout."""
 
     def key(self) -> tuple[Any, ...]:
-        return (tuple(self.token_ids), self.fmt.key(), self.settings.key(), id(self.lm))
+        return (tuple(self.token_ids), self.fmt.key(), self.settings.key(), id(self.lm), self.timeout)
 
     def variants(self) -> list[_Variant]:
         free = _Variant(self.token_ids, self.prompt, self.constraint)
@@ -546,10 +568,13 @@ class AISPChatModel(BaseChatModel):
     """When True, ``invoke`` goes through ``_stream`` (LangChain's usual meaning)."""
 
     timeout: float | None = None
-    """Wall-clock limit of one call, in seconds (None: none). AISP is anytime: at the deadline the run
-    stops after the current decoding step and the call returns the best answer scored so far, with
+    """Wall-clock limit of one call, in seconds (None: none); also a per-call argument
+    (``invoke(..., timeout=5)``). AISP is anytime: at the deadline the run stops after the current
+    decoding step and the call returns the best answer scored so far, with
     ``response_metadata["aisp"]["timed_out"] = True``; a ``TimeoutError`` is raised only when not one
-    sample had been scored (the first iteration did not finish in time)."""
+    sample had been scored (the first iteration did not finish in time). Calls that share a Batched
+    AISP run (``batch``, ``run_prepared``) each keep their own deadline: one out of time stops before
+    its next iteration while the others go on."""
 
     max_retries: int = 0
     """How many times a failing reward call is retried (exponential backoff from 0.5 s, at most
@@ -622,8 +647,7 @@ class AISPChatModel(BaseChatModel):
             raise ValueError(f"format_weight must be a finite number >= 0, got {self.format_weight!r}")
         if self.format_weight < 0:
             raise ValueError(f"format_weight must be a finite number >= 0, got {self.format_weight}")
-        if self.timeout is not None and not (math.isfinite(self.timeout) and self.timeout > 0):
-            raise ValueError(f"timeout must be a finite number of seconds > 0 or None, got {self.timeout!r}")
+        _check_timeout(self.timeout)
         if isinstance(self.max_retries, bool) or not 0 <= self.max_retries <= 100:
             raise ValueError(f"max_retries must be an integer in [0, 100], got {self.max_retries!r}")
         return self
@@ -778,9 +802,11 @@ class AISPChatModel(BaseChatModel):
         if unknown:
             raise TypeError(
                 f"AISPChatModel got unsupported keyword argument(s) {unknown}; per-call arguments are "
-                f"{sorted(_PER_CALL_FIELDS)} plus stop, model, tools, tool_choice, parallel_tool_calls, response_format"
+                f"{sorted(_PER_CALL_FIELDS)} plus stop, model, timeout, tools, tool_choice, parallel_tool_calls, "
+                "response_format"
             )
         out_fmt = self._output_format(kwargs)
+        timeout = _check_timeout(kwargs["timeout"]) if "timeout" in kwargs else self.timeout
         lm = self._get_lm(kwargs.get("model"))
         grammars = _grammars(out_fmt)
         vocab, eos = int(lm.head_weight.shape[0]), lm.eos_token_ids
@@ -825,7 +851,7 @@ class AISPChatModel(BaseChatModel):
                 forced_prompt,
                 grammarlib.compile_constraint(lm.tokenizer, vocab, eos, per_tool, forced_prefill),
             )
-        return _Job(list(messages), token_ids, prompt, out_fmt, settings, lm, constraint, forced)
+        return _Job(list(messages), token_ids, prompt, out_fmt, settings, lm, constraint, forced, timeout=timeout)
 
     @staticmethod
     def _output_format(kwargs: dict[str, Any]) -> fmtlib.OutputFormat:
@@ -874,10 +900,14 @@ class AISPChatModel(BaseChatModel):
         if len(entries) > len(jobs):  # auto: the free and the forced prompt share the samples
             params = dataclasses.replace(params, num_samples=max(1, math.ceil(params.num_samples / 2)))
         reward = self._reward
-        deadline = None if self.timeout is None else time.monotonic() + self.timeout
+        start = time.monotonic()
+        deadlines = [  # per job: prepare() fixed it, else this run's start + the call's timeout
+            job.deadline if job.deadline is not None else (None if job.timeout is None else start + job.timeout)
+            for job in jobs
+        ]
         stop: Any = stop_after_attempt(self.max_retries + 1)
-        if deadline is not None:
-            stop = stop | stop_before_delay(max(0.0, deadline - time.monotonic()))
+        if all(d is not None for d in deadlines):  # reward retries never outlast every call's deadline
+            stop = stop | stop_before_delay(max(0.0, max(d for d in deadlines if d is not None) - time.monotonic()))
         retrying = Retrying(stop=stop, wait=wait_exponential(multiplier=0.5, max=RETRY_WAIT_MAX), reraise=True)
         seeds = [jobs[i].settings.seed for i, _ in entries]  # calls of one run may differ in seed only
 
@@ -916,32 +946,31 @@ class AISPChatModel(BaseChatModel):
                 )
 
         engine_keep = None if keep is None else (lambda e: keep(entries[e][0]))
-        try:
-            results: list[PromptResult | None] = list(
-                run(
-                    lm,
-                    [v.token_ids for _, v in entries],
-                    score,
-                    params,
-                    settings.sampling,
-                    seed=seeds[0] if len(set(seeds)) == 1 else seeds,
-                    max_batch_size=self.max_batch_size,
-                    on_iteration=on_iteration,
-                    on_reward_error="isolate",
-                    keep=engine_keep,
-                    decoding=self.decoding,
-                    constraints=[v.constraint for _, v in entries],
-                    deadline=deadline,
-                )
+        engine_deadlines = [deadlines[i] for i, _ in entries]
+        # isolated: a reward failure or a timeout with nothing scored is recorded on its prompt, never raised
+        results: list[PromptResult | None] = list(
+            run(
+                lm,
+                [v.token_ids for _, v in entries],
+                score,
+                params,
+                settings.sampling,
+                seed=seeds[0] if len(set(seeds)) == 1 else seeds,
+                max_batch_size=self.max_batch_size,
+                on_iteration=on_iteration,
+                on_reward_error="isolate",
+                keep=engine_keep,
+                decoding=self.decoding,
+                constraints=[v.constraint for _, v in entries],
+                deadline=engine_deadlines[0] if len(set(engine_deadlines)) == 1 else engine_deadlines,
             )
-        except RunTimeoutError as exc:
-            results = list(exc.partial)  # None where nothing was scored before the deadline
+        )
         scored = [r if r is not None and r.rewards else None for r in results]  # failed calls keep their partial
         merged = _merge_variants(entries, scored, jobs)
         outcomes: list[PromptResult | BaseException] = []
         for i in range(len(jobs)):
             mine = [r for (owner, _), r in zip(entries, results, strict=False) if owner == i and r is not None]
-            failed = next((r.error for r in mine if r.error is not None), None)
+            failed = next((r.error for r in mine if isinstance(r.error, RewardError)), None)
             if failed is not None:
                 err = RewardError(
                     str(failed),
@@ -960,13 +989,13 @@ class AISPChatModel(BaseChatModel):
                     RunCancelledError(f"the call was dropped by its caller after {done} iteration(s)", [merged[i]])
                 )
             elif merged[i] is None:
-                outcomes.append(
-                    TimeoutError(
-                        f"timeout={self.timeout} s passed before the first {settings.params.num_samples} samples "
-                        f"(max_tokens={settings.sampling.max_tokens}) were decoded, so no answer was scored; raise "
-                        "timeout, or lower num_samples or max_tokens"
-                    )
+                timed_out = TimeoutError(
+                    f"timeout={jobs[i].timeout} s passed before the first {settings.params.num_samples} samples "
+                    f"(max_tokens={settings.sampling.max_tokens}) were decoded, so no answer was scored; raise "
+                    "timeout, or lower num_samples or max_tokens"
                 )
+                timed_out.__cause__ = next((r.error for r in mine if isinstance(r.error, RunTimeoutError)), None)
+                outcomes.append(timed_out)
             else:
                 outcomes.append(merged[i])  # type: ignore[arg-type]
         return outcomes
@@ -1369,10 +1398,15 @@ class AISPChatModel(BaseChatModel):
         """Validate and render one call without running it (same arguments as ``invoke``).
 
         Raises ``ValueError`` / ``TypeError`` on bad input, exactly as ``invoke`` would;
-        nothing is decoded. Run the result with :meth:`run_prepared`.
+        nothing is decoded. Run the result with :meth:`run_prepared`. A call's ``timeout`` (its
+        ``timeout=`` argument, else the model's) counts from here: time spent waiting in a
+        caller's queue counts against it, and calls with different timeouts still share a run.
         """
         messages = self._convert_input(input).to_messages()
-        return PreparedCall(self._job(messages, stop, kwargs))
+        job = self._job(messages, stop, kwargs)
+        if job.timeout is not None:
+            job.deadline = time.monotonic() + job.timeout  # a prepared call's clock starts now
+        return PreparedCall(job)
 
     def run_prepared(
         self, calls: Sequence[PreparedCall], *, keep: Callable[[int], bool] | None = None

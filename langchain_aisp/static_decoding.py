@@ -18,8 +18,14 @@ tensor of the per-token loop has a fixed shape and address:
   row's length is cut at the first token that completes one, exactly as the eager path does;
 * for grouped-query models the captured attention groups the query heads per K/V head
   (:func:`decode_sdpa`) instead of copying K and V to every head;
-* with a host-side token constraint (:class:`HostMask`: grammar matchers) the graph stops at the
-  logits and each step's mask, sampling and advance run outside it (one sync per step);
+* with grammar constraints (one :class:`~langchain_aisp.constraints.Matcher` per row, driven by
+  :class:`~langchain_aisp.constraints.RowMasks` as in the eager path) the graph stops at the logits
+  (body + head) and each step's mask, sampling, matcher advance and stop-string check run outside
+  it (one sync per step); ended rows leave the matchers' live rows and are never advanced again;
+* a ``deadline`` (``time.monotonic()`` seconds) is checked on the host clock after each step (no
+  device sync): decoding stops there with ``DecodeOutput.timed_out`` as in the eager path. On CUDA
+  the unconstrained loop enqueues steps ahead of the GPU, so it stops enqueuing at the deadline and
+  returns once the steps already queued (at most two check windows) have run;
 * ``compile_step`` (``decoding="compiled"``) compiles the body with ``torch.compile`` before the
   capture: fewer, fused kernels per token for a first call of tens of seconds per bucket.
 
@@ -37,6 +43,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+import math
 import threading
 import time
 from collections import OrderedDict
@@ -49,7 +56,8 @@ import torch.nn.functional as F
 from transformers import DynamicCache
 
 from langchain_aisp.config import DECODINGS
-from langchain_aisp.decoding import FINISH_LENGTH, FINISH_STOP, DecodeOutput, Decoder, PromptPrefix, decode
+from langchain_aisp.constraints import Matcher, RowMasks
+from langchain_aisp.decoding import FINISH_LENGTH, FINISH_STOP, DecodeOutput, Decoder, PromptPrefix, StopCheck, decode
 from langchain_aisp.lm import CausalLM
 from langchain_aisp.processors import LogitsTransform, apply_processors, sample_tokens
 
@@ -66,7 +74,21 @@ VERIFIED_MODEL_TYPES = frozenset({"llama", "mistral", "qwen2", "qwen3"})
 ``decoding="auto"`` uses the static path on CUDA only for these."""
 _ATTENTION_IMPLEMENTATIONS = ("sdpa", "eager")
 
-DecodeFn = Callable[[Decoder, Sequence[PromptPrefix], torch.Tensor, torch.Tensor, torch.Tensor], DecodeOutput]
+
+class DecodeFn(Protocol):
+    """The contract of :func:`langchain_aisp.decoding.decode` that every decode path implements."""
+
+    def __call__(
+        self,
+        decoder: Decoder,
+        prefixes: Sequence[PromptPrefix],
+        row_prompt: torch.Tensor,
+        V: torch.Tensor,
+        uniforms: torch.Tensor,
+        matchers: Sequence[Matcher | None] | None = None,
+        deadline: float = math.inf,
+    ) -> DecodeOutput: ...
+
 
 _RUNNERS_LOCK = threading.Lock()
 """Guards the creation and eviction of buckets in ``lm.static_graphs``."""
@@ -212,20 +234,6 @@ def _decode_attention(lm: CausalLM) -> Iterator[None]:
         yield
     finally:
         config._attn_implementation = "sdpa"
-
-
-class HostMask(Protocol):
-    """A per-row token constraint evaluated on the host (grammar matchers), as the static path calls it.
-
-    Per step ``t``: ``allowed(t, live)`` returns the allowed tokens of the live rows (row indices in
-    ``live``) as a (len(live), vocab) bool tensor; after sampling, ``advance(t, live, tokens)`` gets
-    each live row's token. Ended rows are not asked again. (The engine-wide constraint protocol of
-    ``langchain_aisp.constraints`` is adapted to this when it lands.)
-    """
-
-    def allowed(self, step: int, live: list[int]) -> torch.Tensor: ...
-
-    def advance(self, step: int, live: list[int], tokens: list[int]) -> None: ...
 
 
 class _StaticKV(DynamicCache):
@@ -460,33 +468,65 @@ class _Runner:
         self.width.fill_(width)
         self.tau.fill_(tau)
 
-    def run_host_masked(self, rows: int, mask: HostMask) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Decode with a host-side token mask: per step the graph (body + head) fills ``logits``, the
-        host gets the allowed tokens of the live rows, the masked logits are transformed and sampled
-        on the device, and the host is told each live row's token (one sync per step, inherent)."""
-        T, vocab = self.max_tokens, self.logits.shape[1]
+    def run_host_masked(
+        self, rows: int, masks: RowMasks, stop_check: StopCheck | None, deadline: float
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, bool]:
+        """Decode under grammar matchers; returns (tokens (B, T), lengths (B,), stopped (B,), timed_out), on CPU.
+
+        Per step the graph (body + head) fills ``logits``; the logits of the rows not ended yet (the
+        live rows of ``masks``, in the same order) are masked, then every row is transformed and
+        sampled on the device; one host transfer brings the tokens back to advance the matchers and
+        check stop strings (one sync per step, inherent: the next mask depends on the token). An
+        ended row leaves the matchers' live rows (``masks.select``), so it is never advanced again.
+        """
+        T, device = self.max_tokens, self.logits.device
         step_fn = self.graph.replay if self.graph is not None else self._step
+        tokens = torch.full((rows, T), self.lm.pad_token_id, dtype=torch.long)  # (B, T) host copy
+        lengths = torch.full((rows,), T, dtype=torch.long)  # (B,)
+        stopped = torch.zeros(rows, dtype=torch.bool)  # (B,) ended by EOS or a stop string
+        live = torch.arange(rows)  # (A,) rows not ended, in the order of the matchers' live rows
+        live_index = live.to(device)  # (A,)
+        timed_out = False
         self.logits.copy_(self._raw_logits())  # token 0 from the prompts' last pre-logits
-        allowed = torch.ones(self.rows, vocab, dtype=torch.bool, device=self.logits.device)  # (R, vocab)
         for t in range(T):
             if t > 0:
                 step_fn()
-            done = self.done[:rows].tolist()
-            live = [i for i in range(rows) if not done[i]]
-            if not live:
+            masked = masks.apply(self.logits.index_select(0, live_index), T - t)  # (A, vocab)
+            self._pick(self.logits.index_copy_(0, live_index, masked))  # (R, vocab)
+            sampled = torch.stack([self.token[:rows], self.done[:rows].long()]).cpu()  # (2, B): one sync
+            token, ended = sampled[0][live], sampled[1][live].bool()  # (A,), (A,) ended by EOS
+            tokens[live, t] = token
+            masks.advance(token, torch.zeros_like(ended))  # every live row was running before this step
+            check = (~ended).nonzero().squeeze(-1)  # (C,) live rows that did not just end by EOS
+            if stop_check is not None and check.numel():
+                hit = check[stop_check(tokens[live[check], : t + 1]).cpu()]  # (H,)
+                if hit.numel():
+                    ended[hit] = True
+                    self.done.index_fill_(0, live[hit].to(device), True)  # from now on they emit pad
+            lengths[live[ended]] = t + 1
+            stopped[live[ended]] = True
+            running = ~ended  # (A,)
+            if not bool(running.any()) or t + 1 == T:
                 break
-            allowed[live] = mask.allowed(t, live).to(allowed.device)  # (A, vocab) bool
-            self._pick(self.logits.masked_fill(~allowed, float("-inf")))  # (R, vocab)
-            tokens = self.token[:rows].tolist()
-            mask.advance(t, live, [tokens[i] for i in live])
-        tokens_cpu = self.out_tokens[:rows].to("cpu", copy=True)  # (B, T)
-        lengths = self.lengths[:rows].to("cpu", copy=True)  # (B,)
-        return tokens_cpu, lengths, self.done[:rows].to("cpu", copy=True)
+            if time.monotonic() >= deadline:  # host clock only
+                lengths[live[running]] = t + 1
+                timed_out = True
+                break
+            if not bool(running.all()):
+                keep = running.nonzero().squeeze(-1)  # (A',)
+                masks.select(keep)
+                live = live[keep]
+                live_index = live.to(device)
+        return tokens, lengths, stopped, timed_out
 
     def run(
-        self, rows: int, stop_check: Callable[[torch.Tensor], torch.Tensor] | None
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Decode every token; returns (tokens (B, T), lengths (B,), stopped (B,)) on CPU."""
+        self, rows: int, stop_check: StopCheck | None, deadline: float = math.inf
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, bool]:
+        """Decode every token; returns (tokens (B, T), lengths (B,), stopped (B,), timed_out) on CPU.
+
+        The deadline is checked on the host after each step is queued (no sync): at the deadline no
+        further step is queued, unfinished rows end at the steps queued so far.
+        """
         T = self.max_tokens
         every = CHECK_EVERY_CUDA if self.is_cuda else 1
         step_fn = self.graph.replay if self.graph is not None else self._step
@@ -494,6 +534,7 @@ class _Runner:
         pending: tuple[Any, torch.Tensor] | None = None  # the previous window's "all ended" flag and its event
         self._head_sample()  # token 0 from the prompts' last pre-logits
         produced, checked, window = 1, 0, 0
+        late = time.monotonic() >= deadline
         while True:
             if stop_check is not None:  # the host looks at the new tokens: one sync per window
                 tokens = self.out_tokens[:rows, :produced].cpu()  # (B, t)
@@ -520,19 +561,24 @@ class _Runner:
                 pending = (event, flag)
             elif bool(self.done[:rows].all()):
                 break
-            if produced >= T:
+            if produced >= T or late:
                 break
-            n = min(every, T - produced)
-            for _ in range(n):
+            for _ in range(min(every, T - produced)):
                 step_fn()
-            produced += n
+                produced += 1
+                if time.monotonic() >= deadline:  # host clock only: the queued steps still run
+                    late = True
+                    break
         # copies (on CPU .cpu() would alias the buffers, which the next call overwrites)
         tokens = self.out_tokens[:rows].to("cpu", copy=True)  # (B, T)
         eos_len = self.lengths[:rows].to("cpu", copy=True)  # (B,)
         eos_done = self.done[:rows].to("cpu", copy=True)  # (B,)
         lengths = torch.minimum(eos_len, stop_len)  # (B,)
         stopped = eos_done | (stop_len <= T)  # (B,)
-        return tokens, lengths, stopped
+        timed_out = late and produced < T and not bool(stopped.all())
+        if timed_out:
+            lengths = torch.where(stopped, lengths, produced)  # (B,) unfinished rows end where decoding stopped
+        return tokens, lengths, stopped, timed_out
 
 
 def _runner_for(
@@ -573,36 +619,42 @@ def decode_static(
     row_prompt: torch.Tensor,
     V: torch.Tensor,
     uniforms: torch.Tensor,
+    matchers: Sequence[Matcher | None] | None = None,
+    deadline: float = math.inf,
     *,
     compile_step: bool = False,
-    host_mask: HostMask | None = None,
 ) -> DecodeOutput:
     """Decode one response per row on the static path; same arguments and result as ``decoding.decode``.
 
-    ``compile_step`` (experimental) compiles the step with ``torch.compile`` (inductor, fewer and fused
-    kernels) before capturing it: a first call of tens of seconds per bucket on a large model.
-    ``host_mask`` (for grammar constraints, whose matchers run on the host) keeps the body and head
-    in the graph and masks, samples and advances each step outside it; stop strings are then not
-    checked (a grammar decides where a response ends).
+    ``matchers`` (one per row, None = unconstrained; :mod:`langchain_aisp.constraints`) keep the
+    body and head in the graph and mask, sample and advance each step outside it; ``deadline``
+    (``time.monotonic()`` seconds) stops decoding after the step during which it passed
+    (``DecodeOutput.timed_out``). ``compile_step`` (experimental) compiles the step with
+    ``torch.compile`` (inductor, fewer and fused kernels) before capturing it: a first call of tens
+    of seconds per bucket on a large model.
     """
     lm = decoder.lm
     rows = row_prompt.shape[0]
     width = max(p.length for p in prefixes)
     window = _sliding_window(lm)
     if window is not None and cache_length(width, decoder.sampling.max_tokens) > window:
-        return decode(decoder, prefixes, row_prompt, V, uniforms)  # the 4D mask here has no sliding window
-    runner = _runner_for(decoder, prefixes, rows, compile_step, host_mask is not None)
+        # the 4D mask here has no sliding window
+        return decode(decoder, prefixes, row_prompt, V, uniforms, matchers, deadline)
+    constrained = matchers is not None and any(m is not None for m in matchers)
+    stop_check = decoder.stop_check if decoder.sampling.stop else None
+    runner = _runner_for(decoder, prefixes, rows, compile_step, constrained)
     with runner.lock:
         runner.load(prefixes, row_prompt.to(lm.device), V.to(device=lm.device, dtype=lm.dtype), uniforms.to(lm.device))
-        if host_mask is not None:
-            tokens, lengths, stopped = runner.run_host_masked(rows, host_mask)
+        if matchers is not None and constrained:
+            masks = RowMasks(matchers, lm.head_weight.shape[0], lm.eos_token_ids, lm.device)
+            tokens, lengths, stopped, timed_out = runner.run_host_masked(rows, masks, stop_check, deadline)
         else:
-            tokens, lengths, stopped = runner.run(rows, decoder.stop_check if decoder.sampling.stop else None)
+            tokens, lengths, stopped, timed_out = runner.run(rows, stop_check, deadline)
         runner.stats.calls += 1
     token_ids = [tokens[i, : int(lengths[i])].tolist() for i in range(rows)]
     texts = [decoder.text(ids) for ids in token_ids]
     reasons = [FINISH_STOP if s else FINISH_LENGTH for s in stopped.tolist()]
-    return DecodeOutput(token_ids, texts, reasons, lengths)
+    return DecodeOutput(token_ids, texts, reasons, lengths, timed_out)
 
 
 def static_graph_stats(lm: CausalLM) -> list[dict[str, Any]]:

@@ -364,16 +364,16 @@ def replay_step(lm: CausalLM, batch: int, tokens: int, compile_step: bool, profi
 
 
 class _AllowAll:
-    """A host mask that allows every token (for timing the host-masked path and checking its tokens)."""
+    """A grammar matcher that allows every token (for timing the host-masked path and checking its tokens)."""
 
-    def __init__(self, vocab: int) -> None:
-        self.vocab = vocab
+    def fill_bitmask(self, bitmask: torch.Tensor, row: int, remaining: int) -> None:
+        bitmask[row] = -1
 
-    def allowed(self, step: int, live: list[int]) -> torch.Tensor:
-        return torch.ones(len(live), self.vocab, dtype=torch.bool)
-
-    def advance(self, step: int, live: list[int], tokens: list[int]) -> None:
+    def advance(self, token: int) -> None:
         pass
+
+    def is_finished(self) -> bool:
+        return False
 
 
 def host_masked(lm: CausalLM, batch: int, tokens: int, repeats: int = 3) -> dict[str, Any]:
@@ -392,13 +392,13 @@ def host_masked(lm: CausalLM, batch: int, tokens: int, repeats: int = 3) -> dict
     rows = torch.zeros(batch, dtype=torch.long, device=lm.device)
     V = torch.zeros(batch, 1, lm.hidden_size, device=lm.device)
     uniforms = torch.rand(batch, tokens, generator=torch.Generator().manual_seed(0)).to(lm.device)
-    mask = _AllowAll(lm.head_weight.shape[0])
+    matchers = [_AllowAll() for _ in range(batch)]
     times: dict[str, list[float]] = {"static": [], "host_masked": []}
     outputs: dict[str, Any] = {}
     for r in range(repeats + 1):
         for name in times:
             t0 = time.perf_counter()
-            out = decode_static(decoder, [prefix], rows, V, uniforms, host_mask=mask if name == "host_masked" else None)
+            out = decode_static(decoder, [prefix], rows, V, uniforms, matchers if name == "host_masked" else None)
             if lm.device.type == "cuda":
                 torch.cuda.synchronize(lm.device)
             if r:  # the first round captures

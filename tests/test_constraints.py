@@ -6,6 +6,7 @@ model samples, every constrained response must follow its grammar.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import threading
 
@@ -345,16 +346,256 @@ def test_replies_are_steered_to_complete_within_max_tokens(tiny_lm, encode):
     assert not all(t.endswith("]}") for t in texts[False])  # without steering, replies are cut mid-JSON
 
 
-def test_constrained_runs_use_the_eager_decoder_whatever_decoding_says(tiny_lm, encode):
+# --- the static decode path ---------------------------------------------------------------------------
+# On CPU the static path runs its per-step code without CUDA graphs: the grammar masks, the matchers'
+# advance, stop strings and the deadline must give what the eager decoder gives, row for row.
+
+
+def _same_runs(a, b):
+    for x, y in zip(a, b, strict=True):
+        assert (x.texts, x.rewards, x.token_ids) == (y.texts, y.rewards, y.token_ids)
+        assert (x.text, x.finish_reason, x.best_iteration, x.generated_tokens, x.timed_out) == (
+            y.text,
+            y.finish_reason,
+            y.best_iteration,
+            y.generated_tokens,
+            y.timed_out,
+        )
+
+
+def length_reward(indices, responses):
+    return [float(len(r)) for r in responses]
+
+
+@pytest.mark.parametrize("method", ["sample", "bon", "aisp"])
+def test_static_path_gives_the_eager_tokens_under_constraints(tiny_lm, encode, method):
+    """JSON schema, a forced tool call and free text in one Batched AISP run, with a stop string that
+    ends free rows early and grammars that end constrained rows at different steps."""
+    from langchain_aisp.static_decoding import static_graph_stats
+
+    lm = dataclasses.replace(tiny_lm)  # its own static cache
+    forced = grammarlib.compile_constraint(
+        lm.tokenizer, lm.head_weight.shape[0], lm.eos_token_ids, grammarlib.tool_call_grammar(TOOLS, choice="any")
+    )
+    prompts = [encode("Give me JSON."), encode("Say something."), encode("Add 1 and 2."), encode("More JSON.")]
+    constraints = [constraint(lm, SMALL), None, forced, constraint(lm, OTHER)]
+    params = AISPParams(method=method, num_samples=3, num_iterations=2)
+    sampling = SamplingParams(max_tokens=40, stop=("y",))  # no grammar here writes a "y"
+    runs = {
+        decoding: run(lm, prompts, length_reward, params, sampling, seed=4, constraints=constraints, decoding=decoding)
+        for decoding in ("eager", "static")
+    }
+    _same_runs(runs["eager"], runs["static"])
+    static = runs["static"]
+    assert [s["host_sampling"] for s in static_graph_stats(lm)] == [True]  # the constrained rows took the static path
+    texts = [[t for it in r.texts for t in it] for r in static]
+    assert all(valid(t, SMALL) for t in texts[0]) and all(valid(t, OTHER) for t in texts[3]), texts
+    assert all(
+        t.startswith("<tool_call>") and _accepts(lm, grammarlib.tool_call_grammar(TOOLS, choice="any"), t)
+        for t in texts[2]
+    )
+    # free rows ended at the stop string, constrained ones with their grammar, at different steps
+    assert static[1].generated_tokens < static[1].samples * sampling.max_tokens or method == "sample"
+    assert static[0].generated_tokens < static[0].samples * sampling.max_tokens
+    assert any(r.finish_reason == "stop" for r in static)
+
+
+def test_rows_ending_early_keep_their_matchers_aligned_on_the_static_path(tiny_lm, encode):
+    """Scripted grammars of different lengths: each matcher sees exactly its row's tokens, ended rows none."""
+    tiny_lm = dataclasses.replace(tiny_lm)  # its own static cache, freed with it
+    from langchain_aisp.static_decoding import decode_static
+
+    tok = tiny_lm.tokenizer
+    words = ["hello", " world", " again", " and", " more", " words", " here"]
+    ids = [tok(w, add_special_tokens=False).input_ids[0] for w in words]
+    scripts = [ids[: 1 + (r % 7)] for r in range(8)]
+    decoder = Decoder.build(tiny_lm, SamplingParams(max_tokens=10))
+    args = (
+        [prefill(tiny_lm, encode("Say something."))],
+        torch.zeros(8, dtype=torch.long),
+        torch.zeros(8, 2, tiny_lm.hidden_size),
+        torch.rand(8, 10, generator=torch.Generator().manual_seed(0)),
+    )
+    eager_matchers, static_matchers = [ScriptedMatcher(s) for s in scripts], [ScriptedMatcher(s) for s in scripts]
+    eager = decode(decoder, *args, eager_matchers)
+    static = decode_static(decoder, *args, static_matchers)
+    assert static.token_ids == eager.token_ids == [[*s, tiny_lm.eos_token_ids[0]] for s in scripts]
+    assert [m.seen for m in static_matchers] == [m.seen for m in eager_matchers] == scripts
+
+
+def test_constrained_runs_take_the_static_path_when_asked(tiny_lm, encode):
+    """decoding='static' is honoured for a constrained run (it used to fall back to the eager decoder)."""
+    from langchain_aisp.static_decoding import static_graph_stats
+
+    lm = dataclasses.replace(tiny_lm)
     params = AISPParams(method="bon", num_samples=4, num_iterations=1)
     result = run(
-        tiny_lm,
+        lm,
         [encode("JSON")],
         zero_reward,
         params,
         SamplingParams(max_tokens=16),
         seed=2,
-        constraints=[constraint(tiny_lm, SMALL)],
+        constraints=[constraint(lm, SMALL)],
         decoding="static",
     )[0]
     assert all(valid(t, SMALL) for t in result.texts[0]), result.texts
+    stats = static_graph_stats(lm)
+    assert [(s["rows"], s["host_sampling"], s["calls"]) for s in stats] == [(4, True, 1)]
+
+
+class CountingClock:
+    """``time.monotonic`` that moves one second per call: each decoding step looks at it once."""
+
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self):
+        self.now += 1.0
+        return self.now
+
+
+@pytest.mark.parametrize("constrained", [False, True])
+def test_static_decode_stops_at_the_deadline_like_the_eager_one(tiny_lm, encode, monkeypatch, constrained):
+    tiny_lm = dataclasses.replace(tiny_lm)  # its own static cache, freed with it
+    from langchain_aisp.static_decoding import decode_static
+
+    decoder = Decoder.build(tiny_lm, SamplingParams(max_tokens=20))
+    args = (
+        [prefill(tiny_lm, encode("Hello"))],
+        torch.zeros(3, dtype=torch.long),
+        torch.zeros(3, 2, tiny_lm.hidden_size),
+        torch.rand(3, 20, generator=torch.Generator().manual_seed(1)),
+    )
+    outs = []
+    for fn in (decode, decode_static):
+        clock = CountingClock()
+        monkeypatch.setattr(decoding_mod.time, "monotonic", clock)
+        matchers = [constraint(tiny_lm, SMALL).matcher(i) for i in range(3)] if constrained else None
+        outs.append(fn(decoder, *args, matchers, deadline=5.0))
+    eager, static = outs
+    assert eager.timed_out and static.timed_out
+    assert static.lengths.tolist() == eager.lengths.tolist() == [5, 5, 5]
+    assert static.token_ids == eager.token_ids and static.finish_reasons == eager.finish_reasons == ["length"] * 3
+    monkeypatch.undo()
+    finished = decode_static(decoder, *args, None, deadline=1e18)  # a deadline that never comes
+    assert not finished.timed_out and finished.lengths.tolist() == [20, 20, 20]
+
+
+@pytest.mark.parametrize("decoding", ["eager", "static"])
+def test_deadline_outcomes_are_the_same_on_both_paths(tiny_lm, encode, monkeypatch, decoding):
+    tiny_lm = dataclasses.replace(tiny_lm)  # its own static cache, freed with it
+    clock = FakeClock()
+    monkeypatch.setattr(aisp_mod.time, "monotonic", clock)
+
+    def reward(indices, responses):
+        clock.now = 11.0  # the deadline passes while the first iteration is scored
+        return [float(len(r)) for r in responses]
+
+    params = AISPParams(method="aisp", num_samples=3, num_iterations=4)
+    c = [constraint(tiny_lm, SMALL)]
+    result = run(
+        tiny_lm,
+        [encode("Hi")],
+        reward,
+        params,
+        SamplingParams(max_tokens=16),
+        seed=0,
+        deadline=10.0,
+        constraints=c,
+        decoding=decoding,
+    )[0]
+    assert result.timed_out and len(result.rewards) == 1 and all(valid(t, SMALL) for t in result.texts[0])
+    clock.now = 0.0
+    with pytest.raises(RunTimeoutError, match="deadline passed before any sample") as info:
+        run(
+            tiny_lm,
+            [encode("Hi")],
+            reward,
+            params,
+            SamplingParams(max_tokens=16),
+            seed=0,
+            deadline=-1.0,
+            constraints=c,
+            decoding=decoding,
+        )
+    assert info.value.partial == [None]
+
+
+# --- per-prompt deadlines -------------------------------------------------------------------------------
+
+
+def _texts(results):
+    return [(r.texts, r.rewards) for r in results]
+
+
+@pytest.mark.parametrize("decoding", ["eager", "static"])
+def test_per_prompt_deadlines_stop_only_the_prompt_out_of_time(tiny_lm, encode, monkeypatch, decoding):
+    tiny_lm = dataclasses.replace(tiny_lm)  # its own static cache, freed with it
+    prompts = [encode("First."), encode("Second."), encode("Third.")]
+    params = AISPParams(method="aisp", num_samples=3, num_iterations=3)
+    sampling = SamplingParams(max_tokens=8)
+    reference = run(tiny_lm, prompts, length_reward, params, sampling, seed=5, decoding=decoding)
+    clock = FakeClock()
+    monkeypatch.setattr(aisp_mod.time, "monotonic", clock)
+
+    def reward(indices, responses):
+        clock.now = 11.0  # prompt 0's deadline passes while the first iteration is scored
+        return length_reward(indices, responses)
+
+    results = run(tiny_lm, prompts, reward, params, sampling, seed=5, decoding=decoding, deadline=[10.0, None, 100.0])
+    assert [r.timed_out for r in results] == [True, False, False]
+    assert [len(r.rewards) for r in results] == [1, 3, 3]
+    assert results[0].texts == reference[0].texts[:1] and results[0].reward == max(reference[0].rewards[0])
+    assert _texts(results[1:]) == _texts(reference[1:])  # the others ran as if alone: same samples, same U
+    assert all(r.error is None for r in results)
+
+
+def test_decoding_is_cut_only_when_every_running_prompt_is_out_of_time(tiny_lm, encode, monkeypatch):
+    prompts = [encode("First."), encode("Second.")]
+    params = AISPParams(method="bon", num_samples=2, num_iterations=2)
+    sampling = SamplingParams(max_tokens=12)
+    reference = run(tiny_lm, prompts, length_reward, params, sampling, seed=7)
+    monkeypatch.setattr(aisp_mod.time, "monotonic", CountingClock())  # one second per look at the clock
+    # prompt 0's deadline passes a few steps into the first decode; prompt 1 still has time: the decode goes on
+    results = run(tiny_lm, prompts, length_reward, params, sampling, seed=7, deadline=[4.0, 1e9])
+    assert [r.timed_out for r in results] == [True, False]
+    assert results[0].texts == reference[0].texts[:1]  # its first iteration was complete (not cut) and scored
+    assert _texts(results[1:]) == _texts(reference[1:])
+    # every deadline passes mid-decode: the unfinished iteration is dropped, nothing was scored
+    monkeypatch.setattr(aisp_mod.time, "monotonic", CountingClock())
+    with pytest.raises(RunTimeoutError, match=r"prompt\(s\) \[0, 1\]") as info:
+        run(tiny_lm, prompts, length_reward, params, sampling, seed=7, deadline=[4.0, 5.0])
+    assert info.value.partial == [None, None]
+
+
+def test_a_prompt_out_of_time_with_nothing_scored_is_isolated(tiny_lm, encode):
+    prompts = [encode("First."), encode("Second.")]
+    params = AISPParams(method="bon", num_samples=2, num_iterations=2)
+    sampling = SamplingParams(max_tokens=6)
+    reference = run(tiny_lm, prompts, length_reward, params, sampling, seed=3)
+    with pytest.raises(RunTimeoutError, match=r"prompt\(s\) \[0\]") as info:  # raise: at the end, others kept
+        run(tiny_lm, prompts, length_reward, params, sampling, seed=3, deadline=[0.0, None])
+    partial = info.value.partial
+    assert partial[0] is None and _texts(partial[1:]) == _texts(reference[1:]) and not partial[1].timed_out
+    results = run(
+        tiny_lm, prompts, length_reward, params, sampling, seed=3, deadline=[0.0, None], on_reward_error="isolate"
+    )
+    assert isinstance(results[0].error, RunTimeoutError) and "prompt 0" in str(results[0].error)
+    assert results[0].timed_out and results[0].rewards == [] and results[0].text == ""
+    assert results[1].error is None and _texts(results[1:]) == _texts(reference[1:])
+
+
+@pytest.mark.parametrize(
+    ("deadline", "message"),
+    [
+        ([1.0], r"got 1 deadlines for 2 prompts"),
+        ([1.0, float("nan")], r"deadline\[1\] must be a time.monotonic\(\) value in seconds or None, got nan"),
+        (True, r"deadline must be a time.monotonic\(\) value"),
+        ("soon", r"deadline must be a time.monotonic\(\) value .* got 'soon'"),
+    ],
+)
+def test_bad_deadlines_are_refused_naming_the_value(tiny_lm, encode, deadline, message):
+    params = AISPParams(method="bon", num_samples=1, num_iterations=1)
+    with pytest.raises(ValueError, match=message):
+        run(tiny_lm, [encode("a"), encode("b")], zero_reward, params, SamplingParams(max_tokens=2), deadline=deadline)

@@ -101,6 +101,34 @@ def test_auto_runs_a_free_and_a_forced_prompt_with_half_the_samples_each(tiny_lm
     assert msg.tool_calls or not msg.invalid_tool_calls
 
 
+def test_static_decoding_gives_the_eager_answers_for_mixed_calls_in_one_run(tiny_lm):
+    """A free call, a JSON-schema call, a forced tool call and an auto tool call, prepared separately and run
+    as one Batched AISP engine run (as the server does): decoding='static' gives the eager answers."""
+    import dataclasses
+
+    lm = dataclasses.replace(tiny_lm)  # its own static cache
+    answers = {}
+    for decoding in ("eager", "static"):
+        model = tiny(lm, decoding=decoding, seed=1, stop=[" the"])
+        forced = model.bind_tools([paint], tool_choice="paint").kwargs
+        calls = [
+            model.prepare("Say hi."),
+            model.prepare("Flags?", response_format={"type": "json_schema", "schema": Flags.model_json_schema()}),
+            model.prepare("Paint it.", **forced),
+        ]
+        assert len({c.batch_key for c in calls}) == 1
+        outcomes = model.run_prepared(calls)
+        auto = model.bind_tools([paint, get_weather]).invoke("Paint the wall red.")
+        answers[decoding] = [
+            (m.content, [(c["name"], c["args"]) for c in m.tool_calls], m.response_metadata["aisp"]["rewards"])
+            for m in [*outcomes, auto]
+        ]
+        assert [m.response_metadata["aisp"]["batch_prompts"] for m in outcomes] == [3, 3, 3]
+    assert answers["static"] == answers["eager"]
+    assert answers["static"][2][1][0][0] == "paint"
+    assert Flags.model_validate_json(answers["static"][1][0])
+
+
 def test_unsupported_schema_fails_at_bind_time_naming_the_construct(tiny_lm):
     model = tiny(tiny_lm)
     bad = {"title": "Tags", "type": "object", "properties": {"tags": {"type": "array", "uniqueItems": True}}}
@@ -141,6 +169,35 @@ def test_timeout_returns_best_so_far_or_raises(tiny_lm, monkeypatch):
     aisp = msg.response_metadata["aisp"]
     assert aisp["timed_out"] is True and len(aisp["rewards"]) == 1 and aisp["samples"] == 3
     assert aisp["reward"] == max(aisp["rewards"][0])
+
+
+def test_calls_with_different_timeouts_share_one_run_and_keep_their_own_deadline(tiny_lm, monkeypatch):
+    clock = {"now": 0.0}
+    monkeypatch.setattr(time, "monotonic", lambda: clock["now"])
+
+    def slow_reward(prompt, response):
+        clock["now"] += 1.0  # every scored response "takes" a second
+        return float(len(response))
+
+    model = tiny(tiny_lm, reward=slow_reward, num_iterations=3, seed=0)
+    short = model.prepare("Hi", timeout=2.0)  # its clock starts now: out of time after the first iteration
+    normal = model.prepare("Hello")
+    gone = model.prepare("Hey", timeout=0.5)
+    clock["now"] = 1.0  # gone's deadline passed while it waited
+    assert short.batch_key == normal.batch_key == gone.batch_key
+    first, second, third = model.run_prepared([short, normal, gone])
+    assert first.response_metadata["aisp"]["timed_out"] is True and len(first.response_metadata["aisp"]["rewards"]) == 1
+    assert (
+        second.response_metadata["aisp"]["timed_out"] is False and len(second.response_metadata["aisp"]["rewards"]) == 3
+    )
+    assert first.response_metadata["aisp"]["batch_prompts"] == second.response_metadata["aisp"]["batch_prompts"] == 3
+    assert isinstance(third, TimeoutError) and "timeout=0.5 s passed before the first 3 samples" in str(third)
+    assert "deadline passed before any sample of prompt 2" in str(third.__cause__)
+    with pytest.raises(ValueError, match="timeout must be a finite number of seconds > 0 or None, got -1"):
+        model.invoke("Hi", timeout=-1)
+    monkeypatch.undo()  # the real clock: a per-call timeout that passes before the first iteration ends
+    with pytest.raises(TimeoutError, match=r"timeout=1e-09 s passed"):
+        tiny(tiny_lm, seed=0).invoke("Hi", timeout=1e-9)
 
 
 def test_max_retries_retries_a_failing_reward(tiny_lm):

@@ -342,48 +342,57 @@ def test_decode_attention_swap_gives_the_eager_tokens_and_restores_the_config(ti
 
 
 class _Script:
-    """A host mask that allows exactly one scripted token per row and step, and records what it is told."""
+    """A matcher that allows exactly one scripted token per step and records what it is advanced with."""
 
-    def __init__(self, script: list[list[int]], vocab: int) -> None:
-        self.script, self.vocab = script, vocab
-        self.told: list[tuple[int, list[int], list[int]]] = []
+    def __init__(self, script: list[int]) -> None:
+        self.script, self.seen = list(script), []
 
-    def allowed(self, step: int, live: list[int]) -> torch.Tensor:
-        allowed = torch.zeros(len(live), self.vocab, dtype=torch.bool)
-        for j, row in enumerate(live):
-            allowed[j, self.script[row][step]] = True
-        return allowed
+    def fill_bitmask(self, bitmask: torch.Tensor, row: int, remaining: int) -> None:
+        t = self.script[len(self.seen)]
+        bitmask[row, t // 32] |= -(1 << 31) if t % 32 == 31 else 1 << (t % 32)
 
-    def advance(self, step: int, live: list[int], tokens: list[int]) -> None:
-        self.told.append((step, list(live), list(tokens)))
+    def advance(self, token: int) -> None:
+        self.seen.append(token)
+
+    def is_finished(self) -> bool:
+        return False
 
 
 class _AllowAll(_Script):
-    def allowed(self, step: int, live: list[int]) -> torch.Tensor:
-        return torch.ones(len(live), self.vocab, dtype=torch.bool)
+    def fill_bitmask(self, bitmask: torch.Tensor, row: int, remaining: int) -> None:
+        bitmask[row] = -1
 
 
-def test_host_mask_decides_every_token_and_ends_rows_at_eos(tiny_lm, encode):
+def test_matchers_decide_every_token_and_ended_rows_are_never_advanced(tiny_lm, encode):
     lm = dataclasses.replace(tiny_lm)
-    eos, vocab = lm.eos_token_ids[0], lm.head_weight.shape[0]
+    eos = lm.eos_token_ids[0]
     decoder = Decoder.build(lm, SamplingParams(max_tokens=5, temperature=0.7, top_k=50))
-    script = [[11, 12, 13, 14, 15], [21, eos, 0, 0, 0], [31, 32, 33, eos, 0]]
-    mask = _Script(script, vocab)
+    scripts = [[11, 12, 13, 14, 15], [21, eos, 0, 0, 0], [31, 32, 33, eos, 0]]
+    matchers = [_Script(s) for s in scripts]
     args = ([prefill(lm, encode("Hello"))], torch.zeros(3, dtype=torch.long), torch.zeros(3, 1, 32), torch.rand(3, 5))
-    out = decode_static(decoder, *args, host_mask=mask)
+    out = decode_static(decoder, *args, matchers)
     assert out.token_ids == [[11, 12, 13, 14, 15], [21, eos], [31, 32, 33, eos]]
-    assert out.finish_reasons == ["length", "stop", "stop"]
-    assert mask.told[1] == (1, [0, 1, 2], [12, eos, 32]) and mask.told[2] == (2, [0, 2], [13, 33])
+    assert out.finish_reasons == ["length", "stop", "stop"] and not out.timed_out
+    # a row ended by EOS is not advanced again (the static path masks ended rows instead of dropping them)
+    assert [m.seen for m in matchers] == [[11, 12, 13, 14, 15], [21, eos], [31, 32, 33, eos]]
     assert [s["host_sampling"] for s in static_graph_stats(lm)] == [True]
+    eager = [_Script(s) for s in scripts]
+    assert decode(decoder, *args, eager).token_ids == out.token_ids and [m.seen for m in eager] == [
+        m.seen for m in matchers
+    ]
 
 
-def test_an_all_allowing_host_mask_samples_what_the_graph_path_samples(tiny_lm, encode):
+def test_an_all_allowing_matcher_samples_what_the_graph_path_samples(tiny_lm, encode):
     lm = dataclasses.replace(tiny_lm)
     decoder = Decoder.build(lm, SamplingParams(max_tokens=6))
     prefixes = [prefill(lm, encode("Hi")), prefill(lm, encode("A longer prompt, left-padded less"))]
     args = (prefixes, torch.tensor([0, 1, 1]), 0.3 * torch.randn(3, 3, 32), torch.rand(3, 6))
-    masked = decode_static(decoder, *args, host_mask=_AllowAll([], lm.head_weight.shape[0]))
+    masked = decode_static(decoder, *args, [_AllowAll([]), None, _AllowAll([])])
     assert masked.token_ids == decode_static(decoder, *args).token_ids == decode(decoder, *args).token_ids
+    assert sorted(s["host_sampling"] for s in static_graph_stats(lm)) == [False, True]
+    # no matcher at all (every row None): the graph path, as in the eager decoder
+    decode_static(decoder, *args, [None, None, None])
+    assert static_graph_stats(lm)[-1]["calls"] == 2
 
 
 def test_static_path_when_a_prompt_leaves_the_batch(tiny_lm, prompts):
