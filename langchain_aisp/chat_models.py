@@ -67,6 +67,7 @@ from langchain_aisp.config import (
     SamplingParams,
     check_seed,
 )
+from langchain_aisp.memory import ControlMemory, run_with_memory
 from langchain_aisp.rewards import Reward, as_reward
 
 PROGRESS_EVENT = "aisp_progress"
@@ -428,6 +429,13 @@ class AISPChatModel(BaseChatModel):
     streaming: bool = False
     """When True, ``invoke`` goes through ``_stream`` (LangChain's usual meaning)."""
 
+    control_memory: ControlMemory | None = Field(default=None, exclude=True)
+    """A :class:`~langchain_aisp.ControlMemory`: AISP calls start from the mean it learned on earlier calls
+    (for this model, reward and control shape) and every call (a ``batch`` counts once) updates it. None
+    (default): every call starts from U = 0. Calls with tools or a JSON schema bound neither use nor update
+    it (their reward includes the format term). ``response_metadata["aisp"]["warm_start"]`` says whether a
+    call was warm-started, ``warm_start_norm`` how strongly."""
+
     _reward: Reward = PrivateAttr()
     _lm: Any = PrivateAttr(default=None)
     _lm_lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
@@ -446,7 +454,7 @@ class AISPChatModel(BaseChatModel):
                 raise ValueError(f"reward path {value!r} does not import: {exc}") from exc
         return value
 
-    @field_validator("llm", mode="before")
+    @field_validator("llm", "control_memory", mode="before")
     @classmethod
     def _no_marker(cls, value: Any) -> Any:
         if isinstance(value, str) and value.startswith(_UNSERIALISABLE):
@@ -585,6 +593,9 @@ class AISPChatModel(BaseChatModel):
             "seed": self.seed,
             "stop": self.stop,
             "format_weight": self.format_weight,
+            "control_memory": None
+            if self.control_memory is None
+            else f"{self.control_memory.signal}, strength {self.control_memory.strength}",
         }
 
     def _get_ls_params(self, stop: list[str] | None = None, **kwargs: Any) -> LangSmithParams:
@@ -617,6 +628,11 @@ class AISPChatModel(BaseChatModel):
             kwargs["llm"] = (
                 _UNSERIALISABLE + "a model passed as loaded objects cannot be serialised; "
                 "pass model=<hub id or local path>"
+            )
+        if self.control_memory is not None:
+            kwargs["control_memory"] = (
+                _UNSERIALISABLE + "a control memory is not serialised with the model; save it with "
+                "memory.save(path) and pass control_memory=ControlMemory.load(path)"
             )
         return data
 
@@ -739,16 +755,20 @@ class AISPChatModel(BaseChatModel):
                     },
                 )
 
+        memory = None if any(j.fmt.constrained for j in jobs) else self.control_memory
         try:
-            results = run(
+            results = run_with_memory(
+                memory,
                 lm,
                 [j.token_ids for j in jobs],
                 score,
                 settings.params,
                 settings.sampling,
+                reward=self.reward_name,
                 seed=settings.seed,
                 max_batch_size=self.max_batch_size,
                 on_iteration=on_iteration,
+                runner=run,
             )
         except RewardError as exc:
             errors: list[PromptResult | BaseException] = []
@@ -815,6 +835,8 @@ class AISPChatModel(BaseChatModel):
             "ess": result.ess,
             "lambdas": result.lambdas,
             "u_norms": result.u_norms,
+            "warm_start": result.initial_U_norm > 0,
+            "warm_start_norm": result.initial_U_norm,
             "best_iteration": result.best_iteration,
             "generated_tokens": result.generated_tokens,
             "finish_reason": result.finish_reason,
