@@ -13,6 +13,7 @@ if TYPE_CHECKING:
     from langchain_aisp.aisp import PromptResult, RewardError
     from langchain_aisp.chat_models import AISPChatModel
     from langchain_aisp.config import AISPParams, SamplingParams
+    from langchain_aisp.memory import ControlMemory
     from langchain_aisp.rewards import FunctionReward, Reward, as_reward, batched
 
 __version__ = "0.1.0"
@@ -21,6 +22,7 @@ _EXPORTS = {
     "AISPChatModel": "langchain_aisp.chat_models",
     "AISPParams": "langchain_aisp.config",
     "SamplingParams": "langchain_aisp.config",
+    "ControlMemory": "langchain_aisp.memory",
     "PromptResult": "langchain_aisp.aisp",
     "RewardError": "langchain_aisp.aisp",
     "Reward": "langchain_aisp.rewards",
@@ -32,6 +34,7 @@ _EXPORTS = {
 __all__ = [
     "AISPChatModel",
     "AISPParams",
+    "ControlMemory",
     "FunctionReward",
     "PromptResult",
     "Reward",
