@@ -65,7 +65,7 @@ class PromptResult:
     """Importance weights of every sample, per iteration (uniform for Best-of-N and sampling)."""
     sample_token_ids: list[list[list[int]]] = field(default_factory=list)
     """Token ids of every sampled response, per iteration."""
-    initial_U_norm: float = 0.0
+    initial_U_norm: float = 0.0  # noqa: N815 - the paper's U
     """Frobenius norm of the starting mean U (0 for a cold start; see ``run(initial_U=...)``)."""
     U: torch.Tensor | None = None
     """The final mean control (steps, d), float32 on CPU (method "aisp" only): what a control memory learns from."""

@@ -11,16 +11,19 @@ Two learning signals (``signal=``), both computed from a call's scored samples:
   (``r_i - mean(r)``) times the frequency of the tokens it generated in the steered window,
   summed into a vocabulary-space vector ``b`` and mapped to pre-logit space through the LM head:
   ``g = W^T b`` (d,), the direction whose logit shift ``W g`` raises the tokens that better
-  answers used. ``g`` is averaged over prompts; the warm start is ``strength * rho * g / std(W g)``
-  on every steered position: a logit shift of ``strength`` nats RMS over the vocabulary when the
-  memory is sure of its direction, shrunk by ``rho`` (the estimated share of ``g`` that is
-  signal rather than per-prompt noise: 0 after one prompt, towards 1 as prompts agree).
+  answers used. ``g`` is averaged over prompts; the warm start is ``strength * g / std(W g)`` on
+  every steered position: a logit shift of ``strength`` nats RMS over the vocabulary.
 * ``"control"``: the paper's importance-sampling result itself: the final mean ``U`` of each
   prompt (``PromptResult.U``), averaged over prompts and calls with the importance mass behind
   each position (``PromptResult.U_mass``) as weights; the warm start is ``strength * mean``.
 
-Both are bounded: the warm start's RMS per coordinate never exceeds ``max_rms`` x the model's
-pre-logit RMS, and ``window`` (optional) forgets old prompts exponentially. Why "tokens" is the
+Both ramp up linearly over the first ``warmup_prompts`` prompts (a direction learned from one
+prompt is mostly that prompt's noise), and both are bounded: the warm start's RMS per coordinate
+never exceeds ``max_rms`` x the model's pre-logit RMS, and ``window`` (optional) forgets old
+prompts exponentially. ``shrink=True`` (tokens) further scales the start by ``rho``, the estimated
+share of the learned direction that is shared across prompts rather than per-prompt noise (an
+unbiased estimate from the spread of the per-prompt directions; conservative: it stays near 0
+until many prompts agree). Why "tokens" is the
 default, and what the "control" signal gave, is measured in docs/benchmarks.md (control memory).
 
 The memory is thread-safe (one lock; the statistics of a call are computed outside it and
@@ -56,6 +59,8 @@ DEFAULT_STRENGTH = 1.0
 """tokens: RMS logit shift (nats) of a fully confident warm start; control: multiplier on the mean."""
 DEFAULT_MAX_RMS = 0.25
 """Cap on the warm start's RMS per coordinate, as a fraction of the model's pre-logit RMS."""
+DEFAULT_WARMUP_PROMPTS = 8
+"""The warm start reaches full strength after this many prompts (linear ramp from 0)."""
 
 
 @dataclass(frozen=True)
@@ -89,6 +94,8 @@ class ControlMemory:
         strength: size of the warm start. tokens: RMS logit shift in nats over the vocabulary when
             the memory is confident (shrunk while it is not); control: a multiplier on the mean.
         max_rms: hard bound on the warm start's RMS per coordinate, as a fraction of the pre-logit RMS.
+        warmup_prompts: the start grows linearly with the prompts learned, reaching ``strength`` at this many.
+        shrink: tokens only: also scale the start by the estimated signal share ``rho`` (conservative).
         window: None averages over every prompt seen; an integer forgets exponentially with an
             effective memory of that many prompts (for rewards or traffic that change over time).
         learning: False freezes the memory: it still warm-starts calls but no longer updates.
@@ -102,6 +109,8 @@ class ControlMemory:
         signal: Signal = DEFAULT_SIGNAL,
         strength: float = DEFAULT_STRENGTH,
         max_rms: float = DEFAULT_MAX_RMS,
+        warmup_prompts: int = DEFAULT_WARMUP_PROMPTS,
+        shrink: bool = False,
         window: int | None = None,
         learning: bool = True,
         model: str | None = None,
@@ -113,6 +122,10 @@ class ControlMemory:
         self.signal: Signal = signal
         self.strength = _check_number("strength", strength, 0.0, 1e3)
         self.max_rms = _check_number("max_rms", max_rms, 0.0, 10.0)
+        if isinstance(warmup_prompts, bool) or not isinstance(warmup_prompts, int) or warmup_prompts < 1:
+            raise ValueError(f"warmup_prompts must be an integer >= 1, got {warmup_prompts!r}")
+        self.warmup_prompts = warmup_prompts
+        self.shrink = bool(shrink)
         if window is not None and (isinstance(window, bool) or not isinstance(window, int) or window < 1):
             raise ValueError(f"window must be None or an integer >= 1 (prompts), got {window!r}")
         self.window = window
@@ -207,16 +220,17 @@ class ControlMemory:
         if self._sum is None or self._shape is None or self._count <= 0:
             return None
         steps, d = self._shape
+        scale = self.strength * min(1.0, self._count / self.warmup_prompts)
         if self.signal == "tokens":
-            rho = self._signal_share()
-            if rho <= 0 or not self._logit_std > 0:
+            if self.shrink:
+                scale *= self._signal_share()
+            if scale <= 0 or not self._logit_std > 0:
                 return None
             mean = self._sum / self._count  # (d,)
-            start = (self.strength * rho / self._logit_std) * mean  # (d,)
-            U = start.expand(steps, d)  # (steps, d)
+            U = (scale / self._logit_std * mean).expand(steps, d)  # (steps, d)
         else:
             assert self._mass is not None
-            U = self.strength * self._sum / self._mass.clamp_min(1e-12)[:, None]  # (steps, d)
+            U = scale * self._sum / self._mass.clamp_min(1e-12)[:, None]  # (steps, d)
             U = torch.where(self._mass[:, None] > 0, U, torch.zeros_like(U))  # (steps, d)
         rms = float(U.pow(2).mean().sqrt())
         if not rms > 0:
@@ -232,7 +246,9 @@ class ControlMemory:
             self._check_key(key)
             return self._start()
 
-    def initial_U(self, lm: CausalLM, reward: str, params: AISPParams, sampling: SamplingParams) -> torch.Tensor | None:
+    def initial_U(  # noqa: N802 - the paper's U
+        self, lm: CausalLM, reward: str, params: AISPParams, sampling: SamplingParams
+    ) -> torch.Tensor | None:
         """:meth:`start` for a call of ``aisp.run`` with these settings (None for methods other than AISP)."""
         if params.method != "aisp":
             return None
@@ -251,6 +267,7 @@ class ControlMemory:
                 "signal": self.signal,
                 "updates": self._updates,
                 "prompts": self._prompts,
+                "effective_prompts": self._count,
                 "signal_share": self._signal_share(),
                 "start_norm": float(start.norm()) if start is not None else 0.0,
                 "start_rms": rms,
@@ -316,6 +333,8 @@ class ControlMemory:
                 signal=self.signal,
                 strength=self.strength,
                 max_rms=self.max_rms,
+                warmup_prompts=self.warmup_prompts,
+                shrink=self.shrink,
                 window=self.window,
                 learning=self.learning,
                 model=self._model,
@@ -362,6 +381,8 @@ class ControlMemory:
                 "prelogit_rms": self._prelogit_rms,
                 "strength": self.strength,
                 "max_rms": self.max_rms,
+                "warmup_prompts": self.warmup_prompts,
+                "shrink": self.shrink,
                 "window": self.window,
             }
         target = Path(path)
@@ -389,7 +410,7 @@ class ControlMemory:
         try:
             with safe_open(str(file), framework="pt") as handle:
                 metadata = handle.metadata() or {}
-                tensors = {name: handle.get_tensor(name) for name in handle.keys()}  # noqa: SIM118
+                tensors = {name: handle.get_tensor(name) for name in handle.keys()}
         except Exception as exc:
             raise ValueError(f"{file}: not a readable safetensors control-memory profile ({exc})") from exc
         header = _parse_header(file, metadata)
@@ -408,6 +429,8 @@ class ControlMemory:
             signal=header["signal"],
             strength=header["strength"],
             max_rms=header["max_rms"],
+            warmup_prompts=header["warmup_prompts"],
+            shrink=header["shrink"],
             window=header["window"],
             learning=learning,
             model=header["model"],
@@ -442,7 +465,8 @@ def _parse_header(file: Path, metadata: dict[str, str]) -> dict[str, Any]:
     except json.JSONDecodeError as exc:
         raise ValueError(f"{file}: the control-memory header is not valid JSON ({exc.msg})") from exc
     required = ("format", "model", "reward", "shape", "signal", "updates", "prompts", "count", "square")
-    missing = [k for k in (*required, "logit_std", "prelogit_rms", "strength", "max_rms", "window") if k not in header]
+    settings = ("logit_std", "prelogit_rms", "strength", "max_rms", "warmup_prompts", "shrink", "window")
+    missing = [k for k in (*required, *settings) if k not in header]
     if not isinstance(header, dict) or missing:
         raise ValueError(f"{file}: the control-memory header lacks {missing}")
     if header["format"] != FORMAT:
@@ -453,7 +477,9 @@ def _parse_header(file: Path, metadata: dict[str, str]) -> dict[str, Any]:
     return header
 
 
-def _check_tensors(file: Path, header: dict[str, Any], tensors: dict[str, torch.Tensor], shape: tuple[int, int]) -> None:
+def _check_tensors(
+    file: Path, header: dict[str, Any], tensors: dict[str, torch.Tensor], shape: tuple[int, int]
+) -> None:
     steps, d = shape
     expected = {"sum": (d,)} if header["signal"] == "tokens" else {"sum": (steps, d), "mass": (steps,)}
     for name, want in expected.items():

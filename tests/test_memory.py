@@ -50,7 +50,7 @@ def _teach(memory: ControlMemory, lm, prompts: int = 2, good: int = TOKENS[0], b
 # --- the engine: initial_U and what a result exposes ----------------------------------------------
 
 
-def test_result_exposes_final_U_mass_weights_and_sample_tokens(tiny_lm, encode):
+def test_result_exposes_final_u_mass_weights_and_sample_tokens(tiny_lm, encode):
     prompts = [encode("Hello"), encode("Name a fruit.")]
     results = run(tiny_lm, prompts, _length_score, PARAMS, SAMPLING, seed=0)
     steps, d = control_shape(tiny_lm, PARAMS, SAMPLING)
@@ -71,14 +71,14 @@ def test_result_exposes_final_U_mass_weights_and_sample_tokens(tiny_lm, encode):
     assert all(w == pytest.approx([1 / 3] * 3) for r in bon for w in r.weights)
 
 
-def test_zero_initial_U_is_the_cold_start(tiny_lm, encode):
+def test_zero_initial_u_is_the_cold_start(tiny_lm, encode):
     prompts = [encode("Hello"), encode("Name a fruit.")]
     cold = run(tiny_lm, prompts, _length_score, PARAMS, SAMPLING, seed=3)
     zero = run(tiny_lm, prompts, _length_score, PARAMS, SAMPLING, seed=3, initial_U=torch.zeros(4, tiny_lm.hidden_size))
     assert [(r.texts, r.rewards, r.u_norms) for r in zero] == [(r.texts, r.rewards, r.u_norms) for r in cold]
 
 
-def test_initial_U_steers_the_samples(tiny_lm, encode):
+def test_initial_u_steers_the_samples(tiny_lm, encode):
     """A start along one LM-head row makes that token the sample everywhere: the warm start is really applied."""
     token = 5000
     row = tiny_lm.head_weight[token].detach().float()
@@ -91,7 +91,7 @@ def test_initial_U_steers_the_samples(tiny_lm, encode):
     assert not all(ids[:4] == [token] * 4 for ids in cold.sample_token_ids[0])
 
 
-def test_initial_U_per_prompt_and_shared(tiny_lm, encode):
+def test_initial_u_per_prompt_and_shared(tiny_lm, encode):
     prompts = [encode("Hello"), encode("Name a fruit.")]
     d = tiny_lm.hidden_size
     per_prompt = torch.stack([torch.zeros(4, d), torch.full((4, d), 0.01)])
@@ -115,7 +115,7 @@ def test_initial_U_per_prompt_and_shared(tiny_lm, encode):
         (torch.zeros(4, 32), dataclasses.replace(PARAMS, method="bon"), ValueError, "method='aisp'"),
     ],
 )
-def test_initial_U_is_checked(tiny_lm, encode, initial, params, error, match):
+def test_initial_u_is_checked(tiny_lm, encode, initial, params, error, match):
     prompts = [encode("Hello"), encode("Name a fruit.")]
     with pytest.raises(error, match=match):
         run(tiny_lm, prompts, _length_score, params, SAMPLING, seed=0, initial_U=initial)
@@ -136,13 +136,15 @@ def test_token_bias_is_advantage_times_token_frequency():
 
 
 def test_tokens_signal_learns_the_direction_and_its_strength(tiny_lm):
-    memory = ControlMemory(strength=0.5, max_rms=10.0)  # the tiny model's head is small: no cap here
+    memory = ControlMemory(strength=0.5, max_rms=10.0, warmup_prompts=2)  # the tiny head is small: no cap here
     key = memory_key(tiny_lm, "r", PARAMS, SAMPLING)
+    assert memory.start(key) is None  # nothing learned: a cold start
     _teach(memory, tiny_lm, prompts=1)
-    assert memory.start(key) is None  # one prompt: no evidence that the direction is shared (rho = 0)
+    half = memory.start(key)  # one prompt of a two-prompt warm-up: half the strength
     _teach(memory, tiny_lm, prompts=1)
     assert (memory.updates, memory.prompts, memory.signal_share()) == (2, 2, pytest.approx(1.0))
     start = memory.start(key)
+    assert half is not None and torch.allclose(half, start / 2)
     assert start is not None and start.shape == (4, tiny_lm.hidden_size) and start.dtype == torch.float32
     direction = _expected_direction(tiny_lm, TOKENS[0], TOKENS[1])
     cosine = torch.nn.functional.cosine_similarity(start[0].double(), direction, dim=0)
@@ -152,16 +154,22 @@ def test_tokens_signal_learns_the_direction_and_its_strength(tiny_lm):
     assert logit_shift[TOKENS[0]] > 0 > logit_shift[TOKENS[1]]
 
 
-def test_disagreeing_prompts_give_no_warm_start(tiny_lm):
-    memory = ControlMemory()
-    results = [_taught_result(0, TOKENS[0], TOKENS[1]), _taught_result(1, TOKENS[1], TOKENS[0])]
-    assert memory.update(tiny_lm, "r", PARAMS, SAMPLING, results)
-    assert memory.signal_share() == 0.0 and memory.start(memory_key(tiny_lm, "r", PARAMS, SAMPLING)) is None
-    # mostly agreeing prompts: a partial share, so a weaker start than full agreement
-    memory = ControlMemory()
+def test_shrink_scales_by_the_shared_share_of_the_direction(tiny_lm):
+    key = memory_key(tiny_lm, "r", PARAMS, SAMPLING)
+    opposite = [_taught_result(0, TOKENS[0], TOKENS[1]), _taught_result(1, TOKENS[1], TOKENS[0])]
+    memory = ControlMemory(shrink=True, warmup_prompts=1)
+    assert memory.update(tiny_lm, "r", PARAMS, SAMPLING, opposite)
+    assert memory.signal_share() == 0.0 and memory.start(key) is None  # the prompts disagree: nothing shared
     mixed = [_taught_result(i, TOKENS[0], TOKENS[1]) for i in range(3)] + [_taught_result(3, TOKENS[2], TOKENS[3])]
-    memory.update(tiny_lm, "r", PARAMS, SAMPLING, mixed)
-    assert 0.0 < memory.signal_share() < 1.0
+    shrunk, plain = (
+        ControlMemory(shrink=True, warmup_prompts=1, max_rms=10.0),
+        ControlMemory(warmup_prompts=1, max_rms=10.0),
+    )
+    for m in (shrunk, plain):
+        m.update(tiny_lm, "r", PARAMS, SAMPLING, mixed)
+    rho = shrunk.signal_share()
+    assert 0.0 < rho < 1.0 and plain.signal_share() == rho  # a diagnostic either way
+    assert torch.allclose(shrunk.start(key), rho * plain.start(key), rtol=1e-5)
 
 
 def test_warm_start_is_capped_relative_to_the_prelogit_rms(tiny_lm):
@@ -173,7 +181,7 @@ def test_warm_start_is_capped_relative_to_the_prelogit_rms(tiny_lm):
     assert memory.stats()["start_rms_over_prelogit_rms"] == pytest.approx(0.1, rel=1e-5)
 
 
-def test_control_signal_averages_final_U_weighted_by_mass(tiny_lm):
+def test_control_signal_averages_final_u_weighted_by_mass(tiny_lm):
     d = tiny_lm.hidden_size
     memory = ControlMemory(signal="control")
     a = PromptResult(index=0, rewards=[[1.0], [1.0]], U=torch.full((4, d), 1.0), U_mass=torch.tensor([2.0, 2, 2, 0]))
@@ -181,7 +189,7 @@ def test_control_signal_averages_final_U_weighted_by_mass(tiny_lm):
     bon = PromptResult(index=2, rewards=[[1.0, 0.0]], sample_token_ids=[[[1], [2]]])  # no U: ignored by this signal
     assert memory.update(tiny_lm, "r", PARAMS, SAMPLING, [a, b, bon])
     assert memory.prompts == 2
-    start = ControlMemory(signal="control", max_rms=10.0)
+    start = ControlMemory(signal="control", max_rms=10.0, warmup_prompts=1)
     start.update(tiny_lm, "r", PARAMS, SAMPLING, [a, b])
     U = start.start(memory_key(tiny_lm, "r", PARAMS, SAMPLING))
     assert U is not None
@@ -191,7 +199,7 @@ def test_control_signal_averages_final_U_weighted_by_mass(tiny_lm):
 
 def test_window_forgets_old_prompts(tiny_lm):
     key = memory_key(tiny_lm, "r", PARAMS, SAMPLING)
-    memory = ControlMemory(window=1)
+    memory = ControlMemory(window=1, warmup_prompts=1)
     _teach(memory, tiny_lm, prompts=2, good=TOKENS[0], bad=TOKENS[1])
     _teach(memory, tiny_lm, prompts=2, good=TOKENS[2], bad=TOKENS[3])
     start = memory.start(key)
@@ -234,6 +242,7 @@ def test_a_memory_refuses_another_model_reward_or_shape(tiny_lm, default_lm):
         ({"strength": float("nan")}, "strength must be a finite number"),
         ({"max_rms": -1}, "max_rms"),
         ({"window": 0}, "window must be None or an integer >= 1"),
+        ({"warmup_prompts": 0}, "warmup_prompts must be an integer >= 1"),
         ({"shape": (4,)}, "shape must be"),
     ],
 )
@@ -293,7 +302,7 @@ def test_same_calls_and_seeds_give_the_same_memory(tiny_lm, encode):
 
 
 def test_save_load_round_trip(tiny_lm, tmp_path):
-    memory = ControlMemory(strength=0.7, window=50)
+    memory = ControlMemory(strength=0.7, window=50, warmup_prompts=3, shrink=True)
     _teach(memory, tiny_lm)
     _teach(memory, tiny_lm, prompts=3)
     path = memory.save(tmp_path / "profile.safetensors")
@@ -307,7 +316,9 @@ def test_save_load_round_trip(tiny_lm, tmp_path):
     loaded = ControlMemory.load(path, model="tiny-llama", reward="r", shape=(4, 32))
     key = memory_key(tiny_lm, "r", PARAMS, SAMPLING)
     assert torch.equal(loaded.start(key), memory.start(key)) and loaded.stats() == memory.stats()
-    assert (loaded.strength, loaded.window, loaded.learning) == (0.7, 50, True)
+    assert (loaded.strength, loaded.window, loaded.warmup_prompts, loaded.shrink, loaded.learning) == (
+        0.7, 50, 3, True, True,
+    )  # fmt: skip
     _teach(loaded, tiny_lm)  # a loaded profile keeps learning
     assert loaded.updates == 3
     assert not list(tmp_path.glob("*.tmp"))  # written through a temporary file
@@ -352,7 +363,9 @@ def test_load_errors(tiny_lm, tmp_path):
     with pytest.raises(ValueError, match=r"tensor 'sum' should have shape \(32,\)"):
         ControlMemory.load(bad_shape)
     future = tmp_path / "future.safetensors"
-    save_file({"sum": torch.zeros(32)}, str(future), metadata={METADATA_KEY: json.dumps({**json.loads(header), "format": 9})})
+    save_file(
+        {"sum": torch.zeros(32)}, str(future), metadata={METADATA_KEY: json.dumps({**json.loads(header), "format": 9})}
+    )
     with pytest.raises(ValueError, match="format 9 is not supported"):
         ControlMemory.load(future)
     loaded = ControlMemory.load(path)
@@ -394,7 +407,7 @@ def test_chat_metadata_without_memory(tiny_lm):
 
 def test_chat_model_warm_starts_and_updates_once_per_call(tiny_lm):
     llm = _chat(tiny_lm)
-    memory = ControlMemory(strength=0.5, reward=llm.reward_name)
+    memory = ControlMemory(strength=0.5, warmup_prompts=2, reward=llm.reward_name)
     llm = _chat(tiny_lm, memory)
     key = memory_key(tiny_lm, llm.reward_name, PARAMS, SAMPLING)
     _teach_chat = [_taught_result(i, TOKENS[0], TOKENS[1]) for i in range(2)]
@@ -436,9 +449,7 @@ def test_chat_model_learns_from_scratch_and_refuses_another_model(tiny_lm):
 def test_chat_model_with_memory_serialises_with_a_marker(tiny_lm):
     from langchain_core.load import dumpd, load
 
-    model = AISPChatModel(
-        reward="test_memory:_length_score_reward", control_memory=ControlMemory(), num_samples=2
-    )
+    model = AISPChatModel(reward="test_memory:_length_score_reward", control_memory=ControlMemory(), num_samples=2)
     data = dumpd(model)
     assert data["kwargs"]["control_memory"].startswith("<not serialisable>")
     with pytest.raises(ValueError, match="control memory is not serialised"):

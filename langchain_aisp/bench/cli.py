@@ -199,10 +199,14 @@ def _memory_parser(prog: str) -> argparse.ArgumentParser:
     parser.add_argument("--signal", default="tokens", help="memory signal: tokens (default) or control")
     parser.add_argument("--strength", type=float, default=1.0, help="memory strength (see ControlMemory)")
     parser.add_argument("--max-rms", type=float, default=0.25, help="cap on the warm start, x pre-logit RMS")
+    parser.add_argument("--warmup-prompts", type=int, default=8, help="full strength after this many prompts")
+    parser.add_argument("--shrink", action="store_true", help="scale the start by the estimated signal share")
     parser.add_argument("--window", type=int, default=None, help="forget with an effective memory of K prompts")
     parser.add_argument("--max-batch-size", type=int, default=engine_config.DEFAULT_MAX_BATCH_SIZE)
     parser.add_argument("--no-coherence", action="store_true", help="skip the MiniLM coherence metric")
-    parser.add_argument("--out", default=f"{DEFAULT_OUT}/memory", help=f"results folder (default {DEFAULT_OUT}/memory/)")
+    parser.add_argument(
+        "--out", default=f"{DEFAULT_OUT}/memory", help=f"results folder (default {DEFAULT_OUT}/memory/)"
+    )
     parser.add_argument("--resume", action="store_true", help="continue the run in --out")
     parser.add_argument("--overwrite", action="store_true", help="replace the results already in --out")
     _model_args(parser)
@@ -358,6 +362,8 @@ def cmd_memory(args: argparse.Namespace) -> int:
         signal=args.signal,
         strength=args.strength,
         max_rms=args.max_rms,
+        warmup_prompts=args.warmup_prompts,
+        shrink=args.shrink,
         window=args.window,
         max_batch_size=args.max_batch_size,
     )

@@ -23,6 +23,7 @@ as ``memory-<reward>-s<seed>.safetensors`` beside it).
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import sys
 import time
@@ -74,7 +75,7 @@ class MemoryBenchConfig:
 
     seeds: tuple[int, ...] = (0, 1, 2)
     max_tokens: int = 32
-    learn_split: Split = Split(8, 4)
+    learn_split: Split = Split(8, 4)  # noqa: RUF009 - Split is frozen
     learn_batch: int = 2
     """Learning prompts per call (each call updates the memory once with all its prompts)."""
     learn_sigma: float | None = None
@@ -88,6 +89,8 @@ class MemoryBenchConfig:
     signal: str = "tokens"
     strength: float = 1.0
     max_rms: float = 0.25
+    warmup_prompts: int = 8
+    shrink: bool = False
     window: int | None = None
     max_batch_size: int = 64
 
@@ -106,6 +109,8 @@ class MemoryBenchConfig:
             signal=self.signal,  # type: ignore[arg-type]
             strength=self.strength,
             max_rms=self.max_rms,
+            warmup_prompts=self.warmup_prompts,
+            shrink=self.shrink,
             window=self.window,
         )
 
@@ -280,8 +285,6 @@ def _frozen_copy(memory: ControlMemory) -> ControlMemory:
 
 
 def load_memory_results(out_dir: str | Path) -> dict[str, Any]:
-    import json
-
     path = Path(out_dir) / RESULTS_FILE
     with open(path, encoding="utf-8") as handle:
         data: dict[str, Any] = json.load(handle)
@@ -306,7 +309,9 @@ def run_memory_benchmark(
     say = log or (lambda message: print(message, file=sys.stderr, flush=True))
     learn, held = split_prompts(prompts)
     if not learn or not held:
-        raise ValueError(f"the memory benchmark needs at least 2 prompts (a learning and a held-out half), got {len(prompts)}")
+        raise ValueError(
+            f"the memory benchmark needs at least 2 prompts (a learning and a held-out half), got {len(prompts)}"
+        )
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     path = out / RESULTS_FILE
@@ -326,10 +331,22 @@ def run_memory_benchmark(
     }
     if path.exists() and resume:
         saved = load_memory_results(out)
-        fixed = {k: v for k, v in config.to_json().items() if k not in ("seeds", "methods")}
-        before = {k: v for k, v in saved["config"].items() if k not in ("seeds", "methods")}
-        if before != fixed or saved["meta"]["model"] != lm.name or saved["meta"]["prompts_digest"] != fresh["meta"]["prompts_digest"]:
-            raise ValueError(f"cannot resume {path}: settings, model or prompts differ; use another --out or --overwrite")
+        now = json.loads(json.dumps(config.to_json()))
+        problems = [
+            f"{k}: saved {saved['config'].get(k)!r}, now {now.get(k)!r}"
+            for k in sorted(set(now) | set(saved["config"]))
+            if k not in ("seeds", "methods") and saved["config"].get(k) != now.get(k)
+        ]
+        problems += [
+            f"{k}: saved {saved['meta'].get(k)!r}, now {fresh['meta'][k]!r}"
+            for k in ("model", "prompts_digest")
+            if saved["meta"].get(k) != fresh["meta"][k]
+        ]
+        if problems:
+            raise ValueError(
+                f"cannot resume {path}: the run's settings differ ({'; '.join(problems)}); "
+                "use the same settings, another --out or --overwrite (seeds and methods may be added)"
+            )
         results = saved
         results["config"] = fresh["config"]
     elif path.exists() and not overwrite:
@@ -345,7 +362,10 @@ def run_memory_benchmark(
             if "learning" in cell_data and profile.exists():
                 memory = ControlMemory.load(profile, learning=False)
             else:
-                say(f"[{key}] learning on {len(learn)} prompts ({config.learn_split.label}, {config.learn_batch} per call)")
+                say(
+                    f"[{key}] learning on {len(learn)} prompts "
+                    f"({config.learn_split.label}, {config.learn_batch} per call)"
+                )
                 memory, learning = cell.learning()
                 if memory.updates:
                     memory.save(profile)
@@ -361,7 +381,8 @@ def run_memory_benchmark(
                 summary = summarize(record)
                 say(
                     f"[{key}] {name}: best {summary['best_reward']:.3f}, first-round mean {summary['first_mean']:.3f}, "
-                    f"diversity {summary['diversity']:.3f}, coherence {summary['coherence']:.3f} ({record['wall_s']:.0f} s)"
+                    f"diversity {summary['diversity']:.3f}, coherence {summary['coherence']:.3f} "
+                    f"({record['wall_s']:.0f} s)"
                 )
                 results["meta"]["updated_at"] = _now()
                 write_json_atomic(path, results)

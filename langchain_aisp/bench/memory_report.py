@@ -94,7 +94,11 @@ def targets(results: dict[str, Any], reward: str) -> list[str]:
         div, coh = mean_of(warm, "diversity"), mean_of(warm, "coherence")
         if math.isnan(div) or math.isnan(bon_div):
             continue
-        ref = "bon-8x1" if warm.endswith(("8x1", "4x2")) and not math.isnan(mean_of("bon-8x1", "diversity")) else "bon-8x4"
+        ref = (
+            "bon-8x1"
+            if warm.endswith(("8x1", "4x2")) and not math.isnan(mean_of("bon-8x1", "diversity"))
+            else "bon-8x4"
+        )
         ref_div, ref_coh = mean_of(ref, "diversity"), mean_of(ref, "coherence")
         rel_div = (div - ref_div) / ref_div if ref_div else math.nan
         rel_coh = (coh - ref_coh) / abs(ref_coh) if ref_coh else math.nan
@@ -159,9 +163,11 @@ def summary_markdown(results: dict[str, Any]) -> str:
         f"# Control memory: {results['meta']['model']}, {len(results['learn_ids'])} learning / "
         f"{len(results['held_ids'])} held-out prompts",
         "",
-        f"signal {config['signal']}, strength {config['strength']}, max_rms {config['max_rms']}, window "
+        f"signal {config['signal']}, strength {config['strength']}, max_rms {config['max_rms']}, warm-up "
+        f"{config.get('warmup_prompts')} prompts, shrink {config.get('shrink')}, window "
         f"{config['window']}; learning {config['learn_split']} x {config['learn_batch']} prompts per call, "
-        f"learn sigma {config['learn_sigma'] or config['sigma']}; sigma {config['sigma']}; extra {config['extra_params']}; "
+        f"learn sigma {config['learn_sigma'] or config['sigma']}; sigma {config['sigma']}; "
+        f"extra {config['extra_params']}; "
         f"{config['max_tokens']} tokens; seeds {config['seeds']}",
     ]
     for reward in rewards:
@@ -216,7 +222,9 @@ def plot_curve(results: dict[str, Any], path: Path) -> Path | None:
     return path
 
 
-def write_memory_report(results: dict[str, Any], out_dir: str | Path, log: Callable[[str], None] | None = None) -> list[Path]:
+def write_memory_report(
+    results: dict[str, Any], out_dir: str | Path, log: Callable[[str], None] | None = None
+) -> list[Path]:
     say = log or (lambda message: print(message, file=sys.stderr))
     out = Path(out_dir)
     written = [out / SUMMARY_MD]
