@@ -73,6 +73,8 @@ def test_memory_benchmark_end_to_end_and_resume(tiny_lm, tmp_path):
         warm = name.startswith("warm")
         assert all((p["initial_U_norm"] > 0) == warm for p in record["prompts"]), name
     assert cell["memory"]["updates"] == 2  # evaluation does not teach the memory
+    final = {k: v for k, v in learning["curve"]["2"].items() if k != "memory"}
+    assert cell["eval"]["warm-2x1"] == final  # the last curve point is the warm evaluation, not run twice
     profile = tmp_path / "memory-length-s0.safetensors"
     assert ControlMemory.load(profile, model="tiny-llama", reward="length").updates == 2
     summary = (tmp_path / "summary.md").read_text()
