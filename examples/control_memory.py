@@ -38,7 +38,7 @@ def main() -> None:
     samples, tokens = (4, 16) if FAST else (8, 32)
     learn = LEARN[:4] if FAST else LEARN
     # 1. learn: every call folds its scored samples into the memory (a batch counts as one call)
-    memory = ControlMemory(strength=0.5, warmup_prompts=len(learn))
+    memory = ControlMemory(warmup_prompts=len(learn))
     teacher = AISPChatModel(
         reward=upbeat, control_memory=memory, num_samples=samples, num_iterations=2, max_tokens=tokens, seed=0
     )

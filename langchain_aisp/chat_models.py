@@ -328,6 +328,17 @@ class AISPChatModel(BaseChatModel):
         ``"aisp_progress"`` (``BaseCallbackHandler.on_custom_event``) with ``iteration``,
         ``num_iterations``, ``rewards`` (that iteration's) and ``best_reward``.
 
+    Control memory (learn across calls; off by default):
+        .. code-block:: python
+
+            from langchain_aisp import ControlMemory
+
+            memory = ControlMemory()          # or ControlMemory.load("profile.safetensors")
+            llm = AISPChatModel(reward=upbeat, control_memory=memory, num_iterations=1)
+            llm.batch(prompts)                # warm-started from what earlier calls taught; one update per call
+            msg.response_metadata["aisp"]["warm_start"], msg.response_metadata["aisp"]["warm_start_norm"]
+            memory.save("profile.safetensors")
+
     Errors:
         A failing reward raises :class:`langchain_aisp.RewardError`; ``err.partial[0]`` is
         the best ``PromptResult`` found before the failure for that input (or None).
