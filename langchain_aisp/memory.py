@@ -249,11 +249,14 @@ class ControlMemory:
     def initial_U(  # noqa: N802 - the paper's U
         self, lm: CausalLM, reward: str, params: AISPParams, sampling: SamplingParams
     ) -> torch.Tensor | None:
-        """:meth:`start` for a call of ``aisp.run`` with these settings (None for methods other than AISP)."""
-        if params.method != "aisp":
-            return None
+        """:meth:`start` for a call of ``aisp.run`` with these settings (None for methods other than AISP).
+
+        The key is checked for every method, so a call the memory could not learn from fails before it runs.
+        """
         start = self.start(memory_key(lm, reward, params, sampling))
-        return None if start is None else start.to(lm.device)
+        if params.method != "aisp" or start is None:
+            return None
+        return start.to(lm.device)
 
     def stats(self) -> dict[str, Any]:
         """Key, counts and the size of the current warm start (JSON-ready)."""

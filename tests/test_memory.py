@@ -232,6 +232,8 @@ def test_a_memory_refuses_another_model_reward_or_shape(tiny_lm, default_lm):
     with pytest.raises(ValueError, match="model 'tiny-llama' but the call uses model 'SmolLM2-135M-Instruct'"):
         memory.initial_U(default_lm, "r", PARAMS, SAMPLING)
     assert memory.initial_U(tiny_lm, "r", dataclasses.replace(PARAMS, method="bon"), SAMPLING) is None
+    with pytest.raises(ValueError, match="reward 'r' but the call uses reward 'x'"):  # refused before it runs
+        memory.initial_U(tiny_lm, "x", dataclasses.replace(PARAMS, method="bon"), SAMPLING)
 
 
 @pytest.mark.parametrize(
@@ -419,9 +421,11 @@ def test_chat_model_warm_starts_and_updates_once_per_call(tiny_lm):
     assert memory.updates == 2 and memory.prompts == 3
     llm.batch(["Name a fruit.", "Name a colour.", "Name a city."])
     assert memory.updates == 3 and memory.prompts == 6  # Batched AISP: one update with all prompts' results
+    bon = llm.invoke("Name a fruit.", method="bon").response_metadata["aisp"]
+    assert bon["warm_start"] is False and memory.updates == 4  # Best-of-N is not steered but still teaches
     bound = llm.bind_tools([_add_tool()], tool_choice="add")
     bound.invoke("1 + 2?")
-    assert memory.updates == 3  # a call with tools bound neither uses nor teaches the memory
+    assert memory.updates == 4  # a call with tools bound neither uses nor teaches the memory
     assert llm._identifying_params["control_memory"] == "tokens, strength 0.5"
 
 
