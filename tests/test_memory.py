@@ -13,7 +13,7 @@ import torch
 from langchain_aisp import AISPChatModel, ControlMemory
 from langchain_aisp.aisp import PromptResult, control_shape, run
 from langchain_aisp.config import AISPParams, SamplingParams
-from langchain_aisp.memory import METADATA_KEY, memory_key, run_with_memory, token_bias
+from langchain_aisp.memory import METADATA_KEY, head_principal_directions, memory_key, run_with_memory, token_bias
 
 pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
@@ -37,9 +37,12 @@ def _taught_result(index: int, good: int, bad: int, spread: float = 1.0) -> Prom
 
 
 def _expected_direction(lm, good: int, bad: int, spread: float = 1.0) -> torch.Tensor:
-    """g = W^T b with b = +spread/4 on ``good`` and -spread/4 on ``bad`` (advantages (r - mean) / n)."""
+    """g = W^T b with b = +spread/4 on ``good`` and -spread/4 on ``bad`` (advantages (r - mean) / n),
+    without the head's top principal direction."""
     W = lm.head_weight.detach().double()
-    return (W[good] - W[bad]) * spread / 4
+    g = (W[good] - W[bad]) * spread / 4
+    axis = head_principal_directions(lm.head_weight, 1)[:, 0]
+    return g - (g @ axis) * axis
 
 
 def _teach(memory: ControlMemory, lm, prompts: int = 2, good: int = TOKENS[0], bad: int = TOKENS[1]) -> None:
@@ -253,6 +256,30 @@ def test_bad_settings_are_refused(kwargs, match):
         ControlMemory(**kwargs)
 
 
+def test_head_principal_directions_and_their_removal(tiny_lm):
+    generator = torch.Generator().manual_seed(0)
+    scales = torch.tensor([10.0, 5.0] + [1.0] * 14)
+    W = torch.randn(500, 16, generator=generator) * scales  # a head with two dominant directions
+    axes = head_principal_directions(W, 2)
+    assert axes.shape == (16, 2)
+    top = torch.linalg.eigh(W.T.double() @ W.double())[1][:, [-1, -2]]  # the two largest eigenvalues' vectors
+    assert torch.allclose((axes.T @ top).abs(), torch.eye(2, dtype=torch.float64), atol=1e-4)
+    assert torch.equal(axes, head_principal_directions(W, 2))  # deterministic: no random start
+    # like a real LM head: every row shares a common component (the mean row), the top direction
+    common = torch.randn(tiny_lm.hidden_size, generator=generator)
+    lm = dataclasses.replace(tiny_lm, head_weight=tiny_lm.head_weight.detach() + 0.1 * common)
+    axis = head_principal_directions(lm.head_weight, 1)[:, 0].float()
+    assert float(torch.nn.functional.cosine_similarity(axis, common, dim=0)).__abs__() > 0.99
+    key = memory_key(lm, "r", PARAMS, SAMPLING)
+    removed, kept = ControlMemory(warmup_prompts=1), ControlMemory(warmup_prompts=1, frequency_axes=0)
+    for memory in (removed, kept):
+        _teach(memory, lm)
+    assert abs(float(removed.start(key)[0] @ axis)) < 1e-5 * float(removed.start(key)[0].norm())
+    assert abs(float(kept.start(key)[0] @ axis)) > 1e-2 * float(kept.start(key)[0].norm())
+    with pytest.raises(ValueError, match="frequency_axes must be an integer in"):
+        ControlMemory(frequency_axes=-1)
+
+
 # --- thread safety and determinism ------------------------------------------------------------------
 
 
@@ -304,7 +331,7 @@ def test_same_calls_and_seeds_give_the_same_memory(tiny_lm, encode):
 
 
 def test_save_load_round_trip(tiny_lm, tmp_path):
-    memory = ControlMemory(strength=0.7, window=50, warmup_prompts=3, shrink=True)
+    memory = ControlMemory(strength=0.7, window=50, warmup_prompts=3, shrink=True, frequency_axes=2)
     _teach(memory, tiny_lm)
     _teach(memory, tiny_lm, prompts=3)
     path = memory.save(tmp_path / "profile.safetensors")
@@ -321,6 +348,7 @@ def test_save_load_round_trip(tiny_lm, tmp_path):
     assert (loaded.strength, loaded.window, loaded.warmup_prompts, loaded.shrink, loaded.learning) == (
         0.7, 50, 3, True, True,
     )  # fmt: skip
+    assert loaded.frequency_axes == 2 and torch.equal(loaded._axes, memory._axes)
     _teach(loaded, tiny_lm)  # a loaded profile keeps learning
     assert loaded.updates == 3
     assert not list(tmp_path.glob("*.tmp"))  # written through a temporary file

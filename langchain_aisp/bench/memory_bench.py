@@ -87,7 +87,7 @@ class MemoryBenchConfig:
     extra_params: tuple[tuple[str, Any], ...] = ()
     """Further ``AISPParams`` fields for every AISP run (learning and evaluation), e.g. control=shared."""
     signal: str = "tokens"
-    strength: float = 1.0
+    strength: float = 0.5
     max_rms: float = 0.25
     warmup_prompts: int = 8
     shrink: bool = False
