@@ -50,8 +50,14 @@ def test_split_and_method_names():
     learn, held = split_prompts(PROMPTS)
     assert [p.id for p in learn] == ["0", "2"] and [p.id for p in held] == ["1", "3"]
     assert EvalMethod.parse("warm-8x1") == EvalMethod("warm", Split(8, 1))
+    assert EvalMethod.parse("warm-8x1@0.75") == EvalMethod("warm", Split(8, 1), 0.75)
+    assert EvalMethod.parse("warm-8x1@0.75").name == "warm-8x1@0.75"
     with pytest.raises(ValueError, match="bon-NxK, cold-NxK or warm-NxK"):
         EvalMethod.parse("hot-8x1")
+    with pytest.raises(ValueError, match="bon-NxK, cold-NxK or warm-NxK"):
+        EvalMethod.parse("cold-8x1@2")
+    with pytest.raises(ValueError, match="must be a number"):
+        EvalMethod.parse("warm-8x1@x")
     with pytest.raises(ValueError, match="NxK"):
         _config(methods=("warm-8",))
 
@@ -94,6 +100,18 @@ def test_memory_benchmark_end_to_end_and_resume(tiny_lm, tmp_path):
         run_memory_benchmark(tiny_lm, PROMPTS, {"length": _reward(calls)}, _config(), tmp_path)
     with pytest.raises(ValueError, match="cannot resume"):
         run_memory_benchmark(tiny_lm, PROMPTS, {"length": _reward(calls)}, _config(strength=2.0), tmp_path, resume=True)
+
+
+def test_learning_passes_and_strength_overrides(tiny_lm, tmp_path):
+    methods = ("warm-2x1", "warm-2x1@0.25")
+    config = _config(learn_passes=2, curve=(0, 4), methods=methods, strength=0.5, max_rms=10.0)  # no cap: tiny head
+    results = run_memory_benchmark(tiny_lm, PROMPTS, {"length": _reward([])}, config, tmp_path, log=lambda _m: None)
+    cell = results["cells"]["length|s0"]
+    assert [c["prompts"] for c in cell["learning"]["calls"]] == [["0"], ["2"], ["0"], ["2"]]  # two passes
+    assert sorted(cell["learning"]["curve"], key=int) == ["0", "4"] and cell["memory"]["prompts"] == 4
+    full = [p["initial_U_norm"] for p in cell["eval"]["warm-2x1"]["prompts"]]
+    half = [p["initial_U_norm"] for p in cell["eval"]["warm-2x1@0.25"]["prompts"]]
+    assert all(h == pytest.approx(f / 2, rel=1e-4) and f > 0 for f, h in zip(full, half, strict=True))
 
 
 def test_memory_cli(tiny_lm, tmp_path, monkeypatch):

@@ -190,9 +190,14 @@ def _memory_parser(prog: str) -> argparse.ArgumentParser:
     parser.add_argument("--learn-split", default="8x4", help="n x k of each learning call (default 8x4)")
     parser.add_argument("--learn-batch", type=int, default=2, help="learning prompts per call (default 2)")
     parser.add_argument("--learn-sigma", type=float, default=None, help="exploration sigma while learning")
+    parser.add_argument("--learn-passes", type=int, default=1, help="passes over the learning half (default 1)")
     parser.add_argument("--curve", default=",".join(map(str, DEFAULT_CURVE)), help="learning-curve points (prompts)")
     parser.add_argument("--curve-method", default="warm-8x1", help="method of the learning-curve evaluations")
-    parser.add_argument("--methods", default=",".join(DEFAULT_METHODS), help="held-out methods: bon-/cold-/warm-NxK")
+    parser.add_argument(
+        "--methods",
+        default=",".join(DEFAULT_METHODS),
+        help="held-out methods: bon-/cold-/warm-NxK, warm-NxK@S applies the memory at strength S",
+    )
     parser.add_argument("--sigma", type=float, default=engine_config.DEFAULT_SIGMA)
     parser.add_argument("--set", dest="extra", action="append", default=[], metavar="FIELD=VALUE",
                         help="any other AISPParams field for every AISP run, e.g. --set control=shared")  # fmt: skip
@@ -353,6 +358,7 @@ def cmd_memory(args: argparse.Namespace) -> int:
         max_tokens=args.max_tokens,
         learn_split=Split.parse(args.learn_split),
         learn_batch=args.learn_batch,
+        learn_passes=args.learn_passes,
         learn_sigma=args.learn_sigma,
         curve=_curve(args.curve),
         curve_method=args.curve_method,

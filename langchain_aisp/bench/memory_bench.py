@@ -52,21 +52,31 @@ EVAL_SEED_OFFSET = 1000
 
 @dataclass(frozen=True)
 class EvalMethod:
-    """``bon-8x4``: Best-of-N 8 x 4; ``cold-4x2``: AISP from U = 0; ``warm-8x1``: AISP from the memory."""
+    """``bon-8x4``: Best-of-N 8 x 4; ``cold-4x2``: AISP from U = 0; ``warm-8x1``: AISP from the memory;
+    ``warm-8x1@0.75``: the same memory applied at another strength (learning is unchanged)."""
 
     kind: str
     split: Split
+    strength: float | None = None
 
     @property
     def name(self) -> str:
-        return f"{self.kind}-{self.split.label}"
+        suffix = "" if self.strength is None else f"@{self.strength:g}"
+        return f"{self.kind}-{self.split.label}{suffix}"
 
     @classmethod
     def parse(cls, text: str) -> EvalMethod:
-        kind, sep, split = text.strip().partition("-")
-        if not sep or kind not in ("bon", "cold", "warm"):
-            raise ValueError(f"an evaluation method is bon-NxK, cold-NxK or warm-NxK (e.g. warm-8x1), got {text!r}")
-        return cls(kind, Split.parse(split))
+        body, at, strength = text.strip().partition("@")
+        kind, sep, split = body.partition("-")
+        if not sep or kind not in ("bon", "cold", "warm") or (at and kind != "warm"):
+            raise ValueError(
+                f"an evaluation method is bon-NxK, cold-NxK or warm-NxK[@strength] (e.g. warm-8x1), got {text!r}"
+            )
+        try:
+            value = float(strength) if at else None
+        except ValueError as exc:
+            raise ValueError(f"the strength after @ must be a number, got {text!r}") from exc
+        return cls(kind, Split.parse(split), value)
 
 
 @dataclass(frozen=True)
@@ -78,6 +88,8 @@ class MemoryBenchConfig:
     learn_split: Split = Split(8, 4)  # noqa: RUF009 - Split is frozen
     learn_batch: int = 2
     """Learning prompts per call (each call updates the memory once with all its prompts)."""
+    learn_passes: int = 1
+    """Passes over the learning half (each with new seeds): more data from the same prompts."""
     learn_sigma: float | None = None
     """Exploration sigma of the learning calls (None: the same ``sigma`` as evaluation)."""
     curve: tuple[int, ...] = DEFAULT_CURVE
@@ -99,6 +111,8 @@ class MemoryBenchConfig:
             EvalMethod.parse(text)
         if self.learn_batch < 1:
             raise ValueError(f"learn_batch must be >= 1, got {self.learn_batch}")
+        if self.learn_passes < 1:
+            raise ValueError(f"learn_passes must be >= 1, got {self.learn_passes}")
         if not self.seeds:
             raise ValueError("at least one seed is needed")
         self.memory()  # validates signal, strength, max_rms, window
@@ -207,6 +221,9 @@ class _Cell:
         use = memory if method.kind == "warm" else None
         if use is not None:
             use.learning = False  # evaluation never teaches the memory
+            if method.strength is not None:
+                use = use.copy()
+                use.strength = method.strength
         start = time.perf_counter()
         results = run_with_memory(
             use,
@@ -228,7 +245,8 @@ class _Cell:
         config = self.config
         memory = config.memory()
         curve: dict[str, Any] = {}
-        points = sorted({min(p, len(self.learn)) for p in config.curve})
+        total = len(self.learn) * config.learn_passes  # prompt visits
+        points = sorted({min(p, total) for p in config.curve})
         calls: list[dict[str, Any]] = []
         done = 0
         call = 0
@@ -244,12 +262,12 @@ class _Cell:
                     f"  curve {self.reward_name} s{self.seed}: {done} learning prompts -> held-out best "
                     f"{summarize(record)['best_reward']:.3f}, first-round mean {summarize(record)['first_mean']:.3f}"
                 )
-            if done >= len(self.learn):
+            if done >= total:
                 break
-            stop = min(len(self.learn), done + config.learn_batch)
+            stop = min(total, done + config.learn_batch, (done // len(self.learn) + 1) * len(self.learn))
             if points and any(done < p < stop for p in points):
                 stop = min(p for p in points if done < p < stop)  # land exactly on a curve point
-            chunk = list(range(done, stop))
+            chunk = [visit % len(self.learn) for visit in range(done, stop)]
 
             def score(indices: Sequence[int], responses: Sequence[str], _chunk: list[int] = chunk) -> Sequence[float]:
                 return self.learn_score([_chunk[i] for i in indices], responses)
@@ -332,10 +350,12 @@ def run_memory_benchmark(
     if path.exists() and resume:
         saved = load_memory_results(out)
         now = json.loads(json.dumps(config.to_json()))
+        defaults = json.loads(json.dumps(MemoryBenchConfig().to_json()))
+        before = {**{k: v for k, v in defaults.items() if k not in saved["config"]}, **saved["config"]}  # older runs
         problems = [
-            f"{k}: saved {saved['config'].get(k)!r}, now {now.get(k)!r}"
-            for k in sorted(set(now) | set(saved["config"]))
-            if k not in ("seeds", "methods") and saved["config"].get(k) != now.get(k)
+            f"{k}: saved {before.get(k)!r}, now {now.get(k)!r}"
+            for k in sorted(set(now) | set(before))
+            if k not in ("seeds", "methods") and before.get(k) != now.get(k)
         ]
         problems += [
             f"{k}: saved {saved['meta'].get(k)!r}, now {fresh['meta'][k]!r}"
@@ -373,7 +393,7 @@ def run_memory_benchmark(
                 cell_data["learning"] = learning
                 write_json_atomic(path, results)
             cell_data["memory"] = memory.stats()
-            final_curve = cell_data.get("learning", {}).get("curve", {}).get(str(len(learn)))
+            final_curve = cell_data.get("learning", {}).get("curve", {}).get(str(len(learn) * config.learn_passes))
             for name in config.methods:
                 if name in cell_data["eval"]:
                     continue
