@@ -493,8 +493,8 @@ def _parse_header(file: Path, metadata: dict[str, str]) -> dict[str, Any]:
     except json.JSONDecodeError as exc:
         raise ValueError(f"{file}: the control-memory header is not valid JSON ({exc.msg})") from exc
     required = ("format", "model", "reward", "shape", "signal", "updates", "prompts", "count", "square")
-    settings = ("logit_std", "prelogit_rms", "strength", "max_rms", "warmup_prompts", "shrink", "frequency_axes")
-    settings = (*settings, "window")
+    settings: tuple[str, ...] = ("logit_std", "prelogit_rms", "strength", "max_rms", "warmup_prompts", "shrink")
+    settings = (*settings, "frequency_axes", "window")
     missing = [k for k in (*required, *settings) if k not in header]
     if not isinstance(header, dict) or missing:
         raise ValueError(f"{file}: the control-memory header lacks {missing}")
