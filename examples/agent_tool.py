@@ -8,7 +8,8 @@
    tool result (a conversation ending in a ``ToolMessage``). If the small default model
    writes an invalid call, it shows up in ``invalid_tool_calls`` and the loop says so.
 
-Runs offline; ``AISP_EXAMPLE_FAST=1`` (or ``--fast``) for the smallest budget.
+Runs offline, on one CPU thread unless ``--num-threads N|all`` or ``LANGCHAIN_AISP_NUM_THREADS``;
+``AISP_EXAMPLE_FAST=1`` (or ``--fast``) for the smallest budget.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from langchain_core.messages import BaseMessage, HumanMessage, ToolMessage
 from langchain_core.tools import tool
 
 from langchain_aisp import AISPChatModel
+from langchain_aisp.threads import set_cpu_threads
 
 FAST = "--fast" in sys.argv or os.environ.get("AISP_EXAMPLE_FAST") == "1"
 
@@ -81,4 +83,6 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    # One CPU thread unless --num-threads N|all or LANGCHAIN_AISP_NUM_THREADS says otherwise (README "Performance").
+    set_cpu_threads(sys.argv[sys.argv.index("--num-threads") + 1] if "--num-threads" in sys.argv[:-1] else None)
     main()

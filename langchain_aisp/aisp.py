@@ -14,6 +14,7 @@ import math
 import numbers
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Literal
 
 import torch
 
@@ -25,17 +26,66 @@ ScoreFn = Callable[[Sequence[int], Sequence[str]], Sequence[float]]
 """``score(prompt_indices, responses) -> rewards``: one float per response; the indices
 point into the ``prompts`` passed to :func:`run`."""
 
+OnRewardError = Literal["raise", "isolate"]
+ON_REWARD_ERROR: tuple[str, ...] = ("raise", "isolate")
 
-class RewardError(RuntimeError):
-    """The reward failed or returned unusable scores.
 
-    ``partial`` holds, per prompt, the best result found before the failure (None
-    where nothing had been scored yet): nothing already paid for is lost.
+class RewardFailure(RuntimeError):  # noqa: N818 (the name is part of the public API)
+    """A reward raised, timed out or returned unusable scores; raised inside a ``score`` call.
+
+    ``reward`` is the failing reward's name; ``index`` the index of the failing sample in the
+    ``responses`` passed to ``score`` (None when only the batch is known); ``indices`` every index
+    concerned (the whole batch for a batched reward that raised); ``reason`` (optional) what went
+    wrong as a predicate without the location, e.g. ``"raised KeyError: 'x'"`` (the engine then
+    writes ``"reward <name> <reason> (prompt, iteration, response)"``).
+    The original exception, if any, is chained as ``__cause__``. Re-exported by
+    ``langchain_aisp.rewards``; a custom ``score`` may raise it to name the failing response.
     """
 
-    def __init__(self, message: str, partial: list[PromptResult | None]) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        reward: str = "reward",
+        index: int | None = None,
+        indices: Sequence[int] = (),
+        reason: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.reward = reward
+        self.index = index
+        self.indices = list(indices) if indices else ([] if index is None else [index])
+        self.reason = reason
+
+
+class RewardError(RuntimeError):
+    """The reward failed or returned unusable scores: the run stopped.
+
+    ``partial`` holds, per prompt, the best result found before the failure (None
+    where nothing had been scored yet): nothing already paid for is lost. Where the
+    failing sample is known, ``prompt_index``, ``iteration``, ``response_index`` and
+    ``response`` (its text) locate it (``response_index`` counts within the iteration,
+    as in ``PromptResult.rewards[iteration]``). ``__cause__`` is the reward's own exception.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        partial: list[PromptResult | None],
+        *,
+        reward: str | None = None,
+        prompt_index: int | None = None,
+        iteration: int | None = None,
+        response_index: int | None = None,
+        response: str | None = None,
+    ) -> None:
         super().__init__(message)
         self.partial = partial
+        self.reward = reward
+        self.prompt_index = prompt_index
+        self.iteration = iteration
+        self.response_index = response_index
+        self.response = response
 
 
 @dataclass
@@ -61,6 +111,11 @@ class PromptResult:
     """Lambda used for the weights, per iteration."""
     u_norms: list[float] = field(default_factory=list)
     """Frobenius norm of U after each iteration's update."""
+    error: RewardError | None = None
+    """With ``on_reward_error="isolate"``: the reward failed for this prompt, which stopped while the
+    others went on; the fields above hold what was scored before the failure."""
+    cancelled: bool = False
+    """``keep`` returned False for this prompt: it stopped after ``len(rewards)`` iterations."""
     weights: list[list[float]] = field(default_factory=list)
     """Importance weights of every sample, per iteration (uniform for Best-of-N and sampling)."""
     sample_token_ids: list[list[list[int]]] = field(default_factory=list)
@@ -170,6 +225,15 @@ def token_direction(
     return direction / rms if rms > 0 else direction  # (d,)
 
 
+def _prompt_seeds(seed: object, count: int) -> list[int | None]:
+    """One validated seed per prompt, from one seed or a sequence of them."""
+    if isinstance(seed, Sequence) and not isinstance(seed, (str, bytes)):
+        if len(seed) != count:
+            raise ValueError(f"seed: got {len(seed)} seeds for {count} prompts; pass one seed or one per prompt")
+        return [check_seed(s) for s in seed]
+    return [check_seed(seed)] * count
+
+
 def _generator(seed: int | None, device: torch.device) -> torch.Generator:
     generator = torch.Generator(device=device)
     if seed is None:
@@ -225,6 +289,26 @@ def _decode_rows(
     ), max_rows
 
 
+def context_window_error(what: str, prompt_tokens: int, max_tokens: int, limit: int, model: str) -> str:
+    """The message for a prompt that does not fit the context window ``limit`` with ``max_tokens`` new tokens.
+
+    ``what`` names the prompt ("prompt 3", "the conversation"). When the prompt alone leaves no room
+    for a single new token, the message says so and by how many tokens it is too long.
+    """
+    total = prompt_tokens + max_tokens
+    if prompt_tokens >= limit:
+        return (
+            f"{what} is too long: {prompt_tokens} tokens, and the context window of {model} is {limit} tokens, "
+            f"so no token is left for the answer; shorten it by at least {prompt_tokens - limit + 1} tokens "
+            f"({total - limit} to keep max_tokens={max_tokens}); nothing is truncated"
+        )
+    return (
+        f"{what} has {prompt_tokens} tokens and max_tokens is {max_tokens}: {total} tokens exceed the context "
+        f"window of {model} ({limit} tokens) by {total - limit}; lower max_tokens to at most {limit - prompt_tokens} "
+        f"or shorten {what} by {total - limit} tokens; nothing is truncated"
+    )
+
+
 def _check_prompts(lm: CausalLM, prompts: Sequence[Sequence[int]], max_tokens: int) -> None:
     """Refuse empty prompts and prompts that do not fit the context window with ``max_tokens`` (never truncate)."""
     limit = lm.max_context
@@ -232,11 +316,7 @@ def _check_prompts(lm: CausalLM, prompts: Sequence[Sequence[int]], max_tokens: i
         if len(prompt) == 0:
             raise ValueError(f"prompt {j} is empty (0 tokens); every prompt needs at least one token")
         if limit is not None and len(prompt) + max_tokens > limit:
-            raise ValueError(
-                f"prompt {j} has {len(prompt)} tokens and max_tokens is {max_tokens}: {len(prompt) + max_tokens} "
-                f"tokens exceed the context window of {lm.name} ({limit} tokens); max_tokens can be at most "
-                f"{max(0, limit - len(prompt))} for this prompt (nothing is truncated)"
-            )
+            raise ValueError(context_window_error(f"prompt {j}", len(prompt), max_tokens, limit, lm.name))
 
 
 def as_float(value: object) -> float | None:
@@ -257,23 +337,77 @@ def as_float(value: object) -> float | None:
 
 
 def _check_scores(scores: object, expected: int, name: str) -> list[float]:
+    """The scores as floats; :class:`RewardFailure` (with the sample's index where one is at fault) otherwise."""
     if isinstance(scores, torch.Tensor):
         scores = scores.detach().flatten().tolist()
     if isinstance(scores, (str, bytes)) or not isinstance(scores, Sequence):
-        raise TypeError(f"reward {name} must return a sequence of {expected} floats, got {type(scores).__name__}")
+        reason = f"must return a sequence of {expected} floats, got {type(scores).__name__}"
+        raise RewardFailure(f"reward {name} {reason}", reward=name, reason=reason)
     if len(scores) != expected:
-        raise ValueError(f"reward {name} returned {len(scores)} scores for {expected} responses")
+        reason = f"returned {len(scores)} scores for {expected} responses"
+        raise RewardFailure(f"reward {name} {reason}", reward=name, reason=reason)
     values: list[float] = []
     for i, value in enumerate(scores):
         number = as_float(value)
         if number is None:
-            raise TypeError(
-                f"reward {name} returned {value!r} ({type(value).__name__}) for response {i}; expected a float"
-            )
-        if not math.isfinite(number):
-            raise ValueError(f"reward {name} returned a non-finite score {number} for response {i}")
-        values.append(number)
+            reason = f"returned {value!r} ({type(value).__name__}); expected a float"
+        elif not math.isfinite(number):
+            reason = f"returned a non-finite score {number}"
+        else:
+            values.append(number)
+            continue
+        raise RewardFailure(f"reward {name} {reason} for response {i}", reward=name, index=i, reason=reason)
     return values
+
+
+def excerpt(text: str, limit: int = 60) -> str:
+    """``repr`` of ``text`` cut to about ``limit`` characters (for error messages)."""
+    return repr(text if len(text) <= limit else text[: limit - 3] + "...")
+
+
+def _reward_error(
+    exc: Exception,
+    name: str,
+    todo: list[tuple[int, str]],
+    keys: list[tuple[int, str]],
+    n: int,
+    iteration: int,
+    partial: list[PromptResult | None],
+) -> RewardError:
+    """The run's error for a failed ``score`` call over ``todo``: which reward, what, and which prompt and response."""
+    failure = exc if isinstance(exc, RewardFailure) else None
+    index = failure.index if failure is not None else None
+    if index is None and len(todo) == 1:
+        index = 0  # one response was being scored: it is the one
+    if failure is None:
+        what = f"reward {name} raised {type(exc).__name__}: {exc}"
+    elif failure.reason is not None:
+        what = f"reward {name} {failure.reason}"
+    else:
+        what = f"reward {name} failed: {failure}"
+    tail = ". The best answers found so far are in .partial"
+    if index is not None and 0 <= index < len(todo):
+        prompt, text = todo[index]
+        response = keys.index(todo[index]) % n  # its first row; the rows of a prompt are consecutive
+        return RewardError(
+            f"{what} (prompt {prompt}, iteration {iteration}, response {response}: {excerpt(text)}){tail}",
+            partial,
+            reward=name,
+            prompt_index=prompt,
+            iteration=iteration,
+            response_index=response,
+            response=text,
+        )
+    prompts = sorted({j for j, _ in todo})
+    which = f"prompt {prompts[0]}" if len(prompts) == 1 else f"prompts {prompts}"
+    return RewardError(
+        f"{what} ({which}, iteration {iteration}, scoring a batch of {len(todo)} responses: an error raised for "
+        f"the whole batch names no single response){tail}",
+        partial,
+        reward=name,
+        prompt_index=prompts[0] if len(prompts) == 1 else None,
+        iteration=iteration,
+    )
 
 
 def _score_name(score: ScoreFn) -> str:
@@ -313,6 +447,7 @@ def _initial_controls(
 @dataclass
 class _PromptState:
     result: PromptResult
+    prefix: PromptPrefix
     U: torch.Tensor  # (steps, d)
     generator: torch.Generator
     mass: torch.Tensor  # (steps,) importance mass per position, summed over iterations
@@ -326,9 +461,11 @@ def run(
     params: AISPParams,
     sampling: SamplingParams,
     *,
-    seed: int | None = None,
+    seed: int | Sequence[int | None] | None = None,
     max_batch_size: int = DEFAULT_MAX_BATCH_SIZE,
     on_iteration: Callable[[IterationEvent], None] | None = None,
+    on_reward_error: OnRewardError = "raise",
+    keep: Callable[[int], bool] | None = None,
     initial_U: torch.Tensor | None = None,
 ) -> list[PromptResult]:
     """Align one response per prompt; returns one :class:`PromptResult` per prompt, in order.
@@ -336,12 +473,22 @@ def run(
     Prompts are token-id lists (already templated). Up to ``max_batch_size // n``
     prompts run together (Batched AISP); each keeps its own U, weights, best and
     random generator, so its result does not depend on which prompts share its batch.
+    ``seed``: one seed for every prompt, or a sequence with one seed (or None) per prompt.
+
+    ``on_reward_error``: ``"raise"`` stops the run with :class:`RewardError` when ``score``
+    fails; ``"isolate"`` scores the prompts of the failed call one by one, stops only the
+    prompts whose scoring still fails (their ``PromptResult.error``) and goes on with the
+    others. ``keep(prompt_index)`` is asked before every iteration: a prompt for which it
+    returns False stops there (``PromptResult.cancelled``), and its rows leave the batch.
+
     ``initial_U`` (AISP only) is the starting mean of U instead of zero: shape
     :func:`control_shape` (steps, d) for every prompt, or (len(prompts), steps, d) one per prompt.
     """
     if isinstance(max_batch_size, bool) or not isinstance(max_batch_size, int) or max_batch_size < 1:
         raise ValueError(f"max_batch_size must be an integer >= 1, got {max_batch_size!r}")
-    seed = check_seed(seed)
+    if on_reward_error not in ON_REWARD_ERROR:
+        raise ValueError(f"on_reward_error must be one of {list(ON_REWARD_ERROR)}, got {on_reward_error!r}")
+    seeds = _prompt_seeds(seed, len(prompts))
     _check_prompts(lm, prompts, sampling.max_tokens)
     decoder = Decoder.build(lm, sampling)
     single = params.method == "sample"
@@ -365,39 +512,51 @@ def run(
 
     for chunk_start in range(0, len(prompts), prompts_per_batch):
         chunk = list(range(chunk_start, min(len(prompts), chunk_start + prompts_per_batch)))
-        prefixes = [prefill(lm, prompts[j]) for j in chunk]  # once per prompt, for all n x k samples
         states = [
             _PromptState(
                 PromptResult(index=j, prompt_tokens=len(prompts[j]), initial_U_norm=float(start_U[j].norm())),
+                prefill(lm, prompts[j]),  # once per prompt, for all n x k samples
                 start_U[j],  # (steps, d)
-                _generator(seed, device),
+                _generator(seeds[j], device),
                 torch.zeros(steps, device=device),  # (steps,)
             )
             for j in chunk
         ]
-        row_prompt = torch.arange(len(chunk), device=device).repeat_interleave(n)  # (b * n,)
+        live = states  # prompts still running: a failed or dropped prompt's rows leave the batch
         for iteration in range(k):
+            for state in live:
+                if keep is not None and not keep(state.result.index):
+                    state.result.cancelled = True
+            live = [s for s in live if s.result.error is None and not s.result.cancelled]
+            if not live:
+                break
+            prefixes = [s.prefix for s in live]
+            row_prompt = torch.arange(len(live), device=device).repeat_interleave(n)  # (b * n,)
             eps = torch.stack(
-                [torch.randn(n, steps, d, generator=s.generator, device=device) for s in states]
+                [torch.randn(n, steps, d, generator=s.generator, device=device) for s in live]
             )  # (b, n, steps, d)
             uniforms = torch.stack(
-                [torch.rand(n, sampling.max_tokens, generator=s.generator, device=device) for s in states]
+                [torch.rand(n, sampling.max_tokens, generator=s.generator, device=device) for s in live]
             )  # (b, n, T)
             if elite_rows and iteration > 0:
-                elite = torch.stack([s.elite_uniforms for s in states if s.elite_uniforms is not None])  # (b, T)
+                elite = torch.stack([s.elite_uniforms for s in live if s.elite_uniforms is not None])  # (b, T)
                 uniforms[:, :elite_rows] = elite[:, None]  # (b, n, T)
-            U = torch.stack([s.U for s in states])  # (b, steps, d)
+            U = torch.stack([s.U for s in live])  # (b, steps, d)
             V = U[:, None] + sigma * eps  # (b, n, steps, d)
             V_pos = V[:, :, control_index.to(device)].reshape(-1, tau, d)  # (b*n, tau, d)
-            V_rows = torch.cat([V_pos, V.new_zeros(len(chunk) * n, 1, d)], dim=1)  # (b*n, tau+1, d)
+            V_rows = torch.cat([V_pos, V.new_zeros(len(live) * n, 1, d)], dim=1)  # (b*n, tau+1, d)
             out, decode_rows = _decode_rows(
                 decoder, prefixes, row_prompt, V_rows, uniforms.reshape(-1, sampling.max_tokens), decode_rows
             )
-            rewards = _score_rows(score, name, chunk, n, out.texts, seen, results, states)
+            rewards = _score_rows(
+                score, name, n, out.texts, seen, results, live, iteration, on_reward_error == "isolate"
+            )
             reached_pos = (torch.arange(tau)[None, :] < out.lengths[:, None]).float()  # (b*n, tau)
-            reached = torch.zeros(len(chunk) * n, steps).index_add_(1, control_index, reached_pos) > 0  # (b*n, steps)
-            reached = reached.reshape(len(chunk), n, steps)  # (b, n, steps)
-            for b_idx, state in enumerate(states):
+            reached = torch.zeros(len(live) * n, steps).index_add_(1, control_index, reached_pos) > 0  # (b*n, steps)
+            reached = reached.reshape(len(live), n, steps)  # (b, n, steps)
+            for b_idx, state in enumerate(live):
+                if state.result.error is not None:
+                    continue  # its reward failed in this iteration: keep what it had
                 rows = slice(b_idx * n, (b_idx + 1) * n)
                 r = torch.tensor(rewards[rows], dtype=torch.float64)  # (n,)
                 improved = _record(state.result, iteration, out, rows, r)
@@ -420,14 +579,15 @@ def run(
                 state.result.weights.append(weights.tolist())
                 state.result.ess.append(effective_sample_size(weights))
                 state.result.u_norms.append(float(state.U.norm()))
-            if on_iteration is not None:
+            scored = [s for s in live if s.result.error is None]
+            if on_iteration is not None and scored:
                 on_iteration(
                     IterationEvent(
                         iteration=iteration,
                         num_iterations=k,
-                        prompt_indices=chunk,
-                        rewards=[s.result.rewards[-1] for s in states],
-                        best_rewards=[s.result.reward for s in states],
+                        prompt_indices=[s.result.index for s in scored],
+                        rewards=[s.result.rewards[-1] for s in scored],
+                        best_rewards=[s.result.reward for s in scored],
                     )
                 )
         for state in states:
@@ -441,31 +601,73 @@ def run(
 def _score_rows(
     score: ScoreFn,
     name: str,
-    chunk: list[int],
     n: int,
     texts: list[str],
     seen: dict[tuple[int, str], float],
     results: list[PromptResult | None],
-    states: list[_PromptState],
-) -> list[float]:
-    """Score every row once per distinct (prompt, response); on failure raise with the partial results."""
-    keys = [(chunk[row // n], text) for row, text in enumerate(texts)]
+    live: list[_PromptState],
+    iteration: int,
+    isolate: bool,
+) -> list[float | None]:
+    """Score every row once per distinct (prompt, response); rows of a prompt whose reward failed get None.
+
+    Without ``isolate`` a failure raises :class:`RewardError` with the partial results; with it,
+    the prompts of the failed call are scored one by one and each that still fails gets its own
+    ``RewardError`` in ``result.error`` (the others go on).
+    """
+    keys = [(live[row // n].result.index, text) for row, text in enumerate(texts)]
     todo = list(dict.fromkeys(key for key in keys if key not in seen))
     if todo:
         try:
             values = _check_scores(score([j for j, _ in todo], [t for _, t in todo]), len(todo), name)
         except Exception as exc:
-            partial = list(results)
-            for state in states:
-                if state.result.rewards:
-                    partial[state.result.index] = state.result
-            raise RewardError(
-                f"reward {name} failed while scoring {len(todo)} responses for prompts {chunk}: "
-                f"{type(exc).__name__}: {exc}. The best answers found so far are in .partial",
-                partial,
-            ) from exc
-        seen.update(zip(todo, values, strict=True))
-    return [seen[key] for key in keys]
+            if not isolate:
+                partial = list(results)
+                for state in live:
+                    if state.result.rewards:
+                        partial[state.result.index] = state.result
+                raise _reward_error(exc, name, todo, keys, n, iteration, partial) from _own_cause(exc)
+            _score_each_prompt(score, name, todo, keys, n, iteration, exc, seen, live)
+        else:
+            seen.update(zip(todo, values, strict=True))
+    return [seen.get(key) for key in keys]
+
+
+def _own_cause(exc: Exception) -> BaseException:
+    """The reward's own exception, not the RewardFailure that wrapped it to name the sample."""
+    return exc.__cause__ if isinstance(exc, RewardFailure) and exc.__cause__ is not None else exc
+
+
+def _score_each_prompt(
+    score: ScoreFn,
+    name: str,
+    todo: list[tuple[int, str]],
+    keys: list[tuple[int, str]],
+    n: int,
+    iteration: int,
+    first_error: Exception,
+    seen: dict[tuple[int, str], float],
+    live: list[_PromptState],
+) -> None:
+    """After a failed joint call: score each prompt's responses alone; record a ``RewardError`` where it fails."""
+    by_prompt: dict[int, list[tuple[int, str]]] = {}
+    for key in todo:
+        by_prompt.setdefault(key[0], []).append(key)
+    states = {s.result.index: s for s in live}
+    for j, mine in by_prompt.items():
+        exc: Exception = first_error
+        if len(by_prompt) > 1:  # with one prompt in the call, the culprit is known: no second call
+            try:
+                values = _check_scores(score([j] * len(mine), [t for _, t in mine]), len(mine), name)
+            except Exception as retry_exc:
+                exc = retry_exc
+            else:
+                seen.update(zip(mine, values, strict=True))
+                continue
+        result = states[j].result
+        error = _reward_error(exc, name, mine, keys, n, iteration, [result if result.rewards else None])
+        error.__cause__ = _own_cause(exc)
+        result.error = error
 
 
 def _record(result: PromptResult, iteration: int, out: DecodeOutput, rows: slice, rewards: torch.Tensor) -> int:

@@ -21,13 +21,19 @@ import math
 import os
 import re
 import threading
+import uuid
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, Literal
 
-from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
+from langchain_core.callbacks import (
+    AsyncCallbackManager,
+    AsyncCallbackManagerForLLMRun,
+    CallbackManager,
+    CallbackManagerForLLMRun,
+)
 from langchain_core.callbacks.manager import ahandle_event, handle_event
 from langchain_core.exceptions import OutputParserException
 from langchain_core.language_models import BaseChatModel, LangSmithParams, LanguageModelInput
@@ -36,14 +42,14 @@ from langchain_core.output_parsers import JsonOutputParser, PydanticOutputParser
 from langchain_core.output_parsers.openai_tools import JsonOutputKeyToolsParser, PydanticToolsParser
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
 from langchain_core.runnables import Runnable, RunnableConfig, RunnableLambda, RunnableMap, RunnablePassthrough
-from langchain_core.runnables.config import run_in_executor
+from langchain_core.runnables.config import ensure_config, run_in_executor
 from langchain_core.tools import BaseTool
 from langchain_core.utils.function_calling import convert_to_json_schema, convert_to_openai_tool
 from langchain_core.utils.pydantic import is_basemodel_subclass
 from pydantic import ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
 from langchain_aisp import _chat_format as fmtlib
-from langchain_aisp.aisp import IterationEvent, PromptResult, RewardError, run
+from langchain_aisp.aisp import IterationEvent, PromptResult, RewardError, context_window_error, run
 from langchain_aisp.config import (
     DEFAULT_ALPHA,
     DEFAULT_CONTROL,
@@ -102,7 +108,12 @@ _BINDING_KWARGS = ("tools", "tool_choice", "parallel_tool_calls", "response_form
 
 
 class RunCancelledError(RuntimeError):
-    """An async call was cancelled; its engine run stopped at the next iteration boundary."""
+    """An async call was cancelled (or ``run_prepared``'s ``keep`` dropped it); its run stopped at the next
+    iteration boundary. ``partial`` holds what was computed for the call before (None where unknown)."""
+
+    def __init__(self, message: str, partial: list[PromptResult | None] | None = None) -> None:
+        super().__init__(message)
+        self.partial = partial if partial is not None else [None]
 
 
 def clear_model_cache() -> None:
@@ -180,6 +191,10 @@ class _Settings:
     def key(self) -> tuple[Any, ...]:
         return (self.params, self.sampling, self.seed, self.format_weight, self.model)
 
+    def batch_key(self) -> tuple[Any, ...]:
+        """What calls must share to run as one engine run (each prompt keeps its own seed)."""
+        return (self.params, self.sampling, self.format_weight, self.model)
+
 
 @dataclass
 class _Job:
@@ -232,6 +247,67 @@ class _BatchPlan:
 
 
 _BATCH_PLAN: ContextVar[_BatchPlan | None] = ContextVar("langchain_aisp_batch_plan", default=None)
+
+
+@dataclass(frozen=True)
+class _RunRef:
+    """The LangChain run of the current public call: its id (fixed up front) and config."""
+
+    run_id: uuid.UUID
+    config: RunnableConfig
+
+
+_CURRENT_RUN: ContextVar[_RunRef | None] = ContextVar("langchain_aisp_current_run", default=None)
+"""Set by ``invoke``/``ainvoke``/``stream``/``astream`` only while LangChain's code runs for them:
+langchain-core calls ``_stream`` without a run manager (``stream``, ``astream``, ``streaming=True``,
+``astream_events``), so progress events find their run here."""
+
+
+def _new_run_id() -> uuid.UUID:
+    try:
+        from langchain_core.utils.uuid import uuid7  # the run ids LangChain itself makes (time-ordered)
+    except ImportError:  # langchain-core < 1.x
+        return uuid.uuid4()
+    return uuid7()
+
+
+def _with_run_id(config: RunnableConfig | None) -> tuple[RunnableConfig, _RunRef]:
+    """A copy of ``config`` with ``run_id`` set (the caller's, else a fresh one): that id is the chat model run's."""
+    config = ensure_config(config)
+    run_id = config.get("run_id") or _new_run_id()
+    config["run_id"] = run_id
+    return config, _RunRef(run_id, dict(config))  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True)
+class PreparedCall:
+    """One call validated and rendered by :meth:`AISPChatModel.prepare`, ready for :meth:`~AISPChatModel.run_prepared`.
+
+    Built for callers that batch calls themselves (a server collecting concurrent requests):
+    calls of one model with equal ``batch_key`` share one Batched AISP engine run.
+    """
+
+    _job: _Job = field(repr=False)
+
+    @property
+    def batch_key(self) -> tuple[Any, ...]:
+        """Calls with equal keys (on the same model) can run together: same settings and loaded model."""
+        return (self._job.settings.batch_key(), id(self._job.lm))
+
+    @property
+    def params(self) -> AISPParams:
+        """The call's resolved alignment settings (``num_samples``, ``num_iterations``, ...)."""
+        return self._job.settings.params
+
+    @property
+    def sampling(self) -> SamplingParams:
+        """The call's resolved sampling settings (``max_tokens``, ``stop``, ...)."""
+        return self._job.settings.sampling
+
+    @property
+    def prompt_tokens(self) -> int:
+        """Length of the rendered prompt in tokens."""
+        return len(self._job.token_ids)
 
 
 def _split_chunks(text: str) -> list[str]:
@@ -694,10 +770,7 @@ class AISPChatModel(BaseChatModel):
         limit = lm.max_context
         if limit is not None and len(token_ids) + settings.sampling.max_tokens > limit:
             raise ValueError(
-                f"the prompt has {len(token_ids)} tokens and max_tokens is {settings.sampling.max_tokens}: "
-                f"{len(token_ids) + settings.sampling.max_tokens} tokens exceed the context window of "
-                f"{lm.name} ({limit} tokens); max_tokens can be at most {max(0, limit - len(token_ids))} for this "
-                "conversation: shorten it or lower max_tokens (nothing is truncated)"
+                context_window_error("the conversation", len(token_ids), settings.sampling.max_tokens, limit, lm.name)
             )
         return _Job(list(messages), token_ids, prompt, out_fmt, settings, lm)
 
@@ -727,15 +800,20 @@ class AISPChatModel(BaseChatModel):
         jobs: Sequence[_Job],
         on_event: Callable[[int, dict[str, Any]], None],
         cancel: threading.Event | None = None,
+        keep: Callable[[int], bool] | None = None,
     ) -> list[PromptResult | BaseException]:
         """One engine call over ``jobs`` (same settings and model): results or per-job errors.
 
         ``cancel`` (set when an async caller is cancelled) stops the run at the next iteration
         boundary with :class:`RunCancelledError`, so an abandoned executor thread does not keep
-        the CPU busy until the end of the run.
+        the CPU busy until the end of the run. ``keep(job_index)`` False drops that job alone at
+        the next iteration boundary (its outcome is a ``RunCancelledError``). A reward failing
+        on one job's responses fails that job only (a ``RewardError`` with its partial result);
+        the others go on.
         """
         settings, lm = jobs[0].settings, jobs[0].lm
         reward = self._reward
+        seeds = [j.settings.seed for j in jobs]  # calls of one run may differ in seed only
 
         def score(indices: Sequence[int], responses: Sequence[str]) -> list[float]:
             full = [jobs[i].prompt.prefill + r for i, r in zip(indices, responses, strict=True)]
@@ -747,6 +825,8 @@ class AISPChatModel(BaseChatModel):
                             full[pos], jobs[i].fmt
                         )
             return values
+
+        score.name = self.reward_name  # type: ignore[attr-defined]  # errors name the user's reward
 
         def on_iteration(event: IterationEvent) -> None:
             if cancel is not None and cancel.is_set():
@@ -767,28 +847,46 @@ class AISPChatModel(BaseChatModel):
                 )
 
         memory = None if any(j.fmt.constrained for j in jobs) else self.control_memory
-        try:
-            results = run_with_memory(
-                memory,
-                lm,
-                [j.token_ids for j in jobs],
-                score,
-                settings.params,
-                settings.sampling,
-                reward=self.reward_name,
-                seed=settings.seed,
-                max_batch_size=self.max_batch_size,
-                on_iteration=on_iteration,
-                runner=run,
-            )
-        except RewardError as exc:
-            errors: list[PromptResult | BaseException] = []
-            for i in range(len(jobs)):
-                err = RewardError(str(exc), [exc.partial[i] if i < len(exc.partial) else None])
-                err.__cause__ = exc
-                errors.append(err)
-            return errors
-        return list(results)
+        results = run_with_memory(
+            memory,
+            lm,
+            [j.token_ids for j in jobs],
+            score,
+            settings.params,
+            settings.sampling,
+            reward=self.reward_name,
+            seed=seeds[0] if len(set(seeds)) == 1 else seeds,
+            max_batch_size=self.max_batch_size,
+            on_iteration=on_iteration,
+            runner=run,
+            on_reward_error="isolate",
+            keep=keep,
+        )
+        outcomes: list[PromptResult | BaseException] = []
+        for result in results:
+            if result.error is not None:
+                cause = result.error
+                err = RewardError(
+                    str(cause),
+                    list(cause.partial),
+                    reward=cause.reward,
+                    prompt_index=cause.prompt_index,
+                    iteration=cause.iteration,
+                    response_index=cause.response_index,
+                    response=cause.response,
+                )
+                err.__cause__ = cause.__cause__  # the reward's own exception
+                outcomes.append(err)
+            elif result.cancelled:
+                outcomes.append(
+                    RunCancelledError(
+                        f"the call was dropped by its caller after {len(result.rewards)} iteration(s)",
+                        [result if result.rewards else None],
+                    )
+                )
+            else:
+                outcomes.append(result)
+        return outcomes
 
     def _execute(self, job: _Job, progress: ProgressFn | None, cancel: threading.Event | None = None) -> PromptResult:
         plan = _BATCH_PLAN.get()
@@ -900,10 +998,26 @@ class AISPChatModel(BaseChatModel):
 
     # --- progress callbacks --------------------------------------------------------------
 
-    @staticmethod
-    def _sync_progress(run_manager: CallbackManagerForLLMRun | None) -> ProgressFn | None:
+    def _run_callbacks(self, ref: _RunRef, manager_type: type[Any]) -> Any:
+        """The callback manager of the run ``ref`` (the handlers LangChain gives the chat model run)."""
+        config = ref.config
+        return manager_type.configure(
+            config.get("callbacks"),
+            self.callbacks,
+            self.verbose,
+            config.get("tags"),
+            self.tags,
+            config.get("metadata"),
+            self.metadata,
+        )
+
+    def _sync_progress(self, run_manager: CallbackManagerForLLMRun | None) -> ProgressFn | None:
         if run_manager is None:
-            return None
+            ref = _CURRENT_RUN.get()
+            if ref is None:
+                return None
+            manager = self._run_callbacks(ref, CallbackManager)
+            return lambda data: manager.on_custom_event(PROGRESS_EVENT, data, run_id=ref.run_id)
 
         def emit(data: dict[str, Any]) -> None:
             handle_event(
@@ -919,32 +1033,122 @@ class AISPChatModel(BaseChatModel):
 
         return emit
 
-    @staticmethod
     def _async_progress(
-        run_manager: AsyncCallbackManagerForLLMRun | None, cancel: threading.Event | None = None
+        self, run_manager: AsyncCallbackManagerForLLMRun | None, cancel: threading.Event | None = None
     ) -> ProgressFn | None:
-        if run_manager is None:
+        ref = _CURRENT_RUN.get()
+        if run_manager is None and ref is None:
             return None
         loop = asyncio.get_running_loop()
+        manager = None if run_manager is not None or ref is None else self._run_callbacks(ref, AsyncCallbackManager)
 
         def emit(data: dict[str, Any]) -> None:
             if cancel is not None and cancel.is_set():
                 return  # the awaiting task is gone (its loop may be closing): nobody listens any more
-            coro = ahandle_event(
-                run_manager.handlers,
-                "on_custom_event",
-                "ignore_custom_event",
-                PROGRESS_EVENT,
-                data,
-                run_id=run_manager.run_id,
-                tags=run_manager.tags,
-                metadata=run_manager.metadata,
-            )
+            if run_manager is not None:
+                coro = ahandle_event(
+                    run_manager.handlers,
+                    "on_custom_event",
+                    "ignore_custom_event",
+                    PROGRESS_EVENT,
+                    data,
+                    run_id=run_manager.run_id,
+                    tags=run_manager.tags,
+                    metadata=run_manager.metadata,
+                )
+            else:
+                assert manager is not None and ref is not None
+                coro = manager.on_custom_event(PROGRESS_EVENT, data, run_id=ref.run_id)
             asyncio.run_coroutine_threadsafe(coro, loop).result()
 
         return emit
 
     # --- the LangChain entry points -------------------------------------------------------
+
+    def invoke(
+        self,
+        input: LanguageModelInput,
+        config: RunnableConfig | None = None,
+        *,
+        stop: list[str] | None = None,
+        **kwargs: Any,
+    ) -> AIMessage:
+        """``BaseChatModel.invoke``; with ``streaming=True`` progress events still reach the run (see ``stream``)."""
+        config, ref = _with_run_id(config)
+        token = _CURRENT_RUN.set(ref)
+        try:
+            return super().invoke(input, config, stop=stop, **kwargs)
+        finally:
+            _CURRENT_RUN.reset(token)
+
+    async def ainvoke(
+        self,
+        input: LanguageModelInput,
+        config: RunnableConfig | None = None,
+        *,
+        stop: list[str] | None = None,
+        **kwargs: Any,
+    ) -> AIMessage:
+        """``BaseChatModel.ainvoke``; see ``invoke``."""
+        config, ref = _with_run_id(config)
+        token = _CURRENT_RUN.set(ref)
+        try:
+            return await super().ainvoke(input, config, stop=stop, **kwargs)
+        finally:
+            _CURRENT_RUN.reset(token)
+
+    def stream(
+        self,
+        input: LanguageModelInput,
+        config: RunnableConfig | None = None,
+        *,
+        stop: list[str] | None = None,
+        **kwargs: Any,
+    ) -> Iterator[AIMessageChunk]:
+        """``BaseChatModel.stream``, plus an ``"aisp_progress"`` event per iteration before the first chunk.
+
+        langchain-core calls ``_stream`` without the run's callback manager here, so the run id
+        is fixed up front and the run is made known to ``_stream`` only while LangChain's
+        generator advances (never while the caller holds a chunk).
+        """
+        config, ref = _with_run_id(config)
+        inner = super().stream(input, config, stop=stop, **kwargs)
+        try:
+            while True:
+                token = _CURRENT_RUN.set(ref)
+                try:
+                    chunk = next(inner)
+                except StopIteration:
+                    return
+                finally:
+                    _CURRENT_RUN.reset(token)
+                yield chunk
+        finally:
+            inner.close()  # type: ignore[attr-defined]  # a generator
+
+    async def astream(
+        self,
+        input: LanguageModelInput,
+        config: RunnableConfig | None = None,
+        *,
+        stop: list[str] | None = None,
+        **kwargs: Any,
+    ) -> AsyncIterator[AIMessageChunk]:
+        """``BaseChatModel.astream`` with progress events (also under ``astream_events``); see ``stream``."""
+        config, ref = _with_run_id(config)
+        inner = super().astream(input, config, stop=stop, **kwargs)
+        try:
+            while True:
+                token = _CURRENT_RUN.set(ref)
+                try:
+                    chunk = await inner.__anext__()
+                except StopAsyncIteration:
+                    return
+                finally:
+                    _CURRENT_RUN.reset(token)
+                yield chunk
+        finally:
+            await inner.aclose()  # type: ignore[attr-defined]  # an async generator
 
     def _aligned(
         self,
@@ -1033,7 +1237,7 @@ class AISPChatModel(BaseChatModel):
                 continue
         groups: dict[tuple[Any, ...], list[_Job]] = {}
         for job in jobs:
-            groups.setdefault((job.settings.key(), id(job.lm)), []).append(job)
+            groups.setdefault((job.settings.batch_key(), id(job.lm)), []).append(job)
         if not groups:
             return None
         largest = max(groups.values(), key=len)
@@ -1071,6 +1275,48 @@ class AISPChatModel(BaseChatModel):
             return await super().abatch(inputs, config, return_exceptions=return_exceptions, **kwargs)
         finally:
             _BATCH_PLAN.reset(token)
+
+    def prepare(self, input: LanguageModelInput, *, stop: list[str] | None = None, **kwargs: Any) -> PreparedCall:
+        """Validate and render one call without running it (same arguments as ``invoke``).
+
+        Raises ``ValueError`` / ``TypeError`` on bad input, exactly as ``invoke`` would;
+        nothing is decoded. Run the result with :meth:`run_prepared`.
+        """
+        messages = self._convert_input(input).to_messages()
+        return PreparedCall(self._job(messages, stop, kwargs))
+
+    def run_prepared(
+        self, calls: Sequence[PreparedCall], *, keep: Callable[[int], bool] | None = None
+    ) -> list[AIMessage | BaseException]:
+        """Run prepared calls: those with equal ``batch_key`` share one Batched AISP engine run.
+
+        Returns one outcome per call, in order: an ``AIMessage`` (as ``invoke`` returns it, with
+        ``response_metadata["aisp"]["batch_prompts"]``, the number of calls that shared its engine
+        run) or the call's own error: a :class:`RewardError` (with its partial result) when the
+        reward failed on that call's responses, or :class:`RunCancelledError` when ``keep(i)``
+        returned False at an iteration boundary (the call stopped there, the others went on).
+        An error of the whole engine run is the outcome of every call of that run. No callbacks
+        are invoked (this is the entry for servers; use ``batch`` in chains).
+        """
+        groups: dict[tuple[Any, ...], list[int]] = {}
+        for i, call in enumerate(calls):
+            groups.setdefault(call.batch_key, []).append(i)
+        outcomes: list[AIMessage | BaseException | None] = [None] * len(calls)
+        for members in groups.values():
+            jobs = [calls[i]._job for i in members]
+            group_keep = None if keep is None else (lambda pos, members=members: keep(members[pos]))
+            try:
+                results = self._run_jobs(jobs, lambda _i, _data: None, keep=group_keep)
+            except Exception as exc:
+                results = [exc] * len(jobs)
+            for i, job, result in zip(members, jobs, results, strict=True):
+                if isinstance(result, BaseException):
+                    outcomes[i] = result
+                    continue
+                message = self._to_message(job, result)
+                message.response_metadata["aisp"]["batch_prompts"] = len(jobs)
+                outcomes[i] = message
+        return [o for o in outcomes if o is not None]
 
     # --- tools and structured output ---------------------------------------------------------
 

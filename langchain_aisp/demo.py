@@ -5,12 +5,19 @@
 The reward is the built-in relevance reward (cosine similarity between the question
 and the answer under all-MiniLM-L6-v2, offline). It prints the plain sample's
 reward next to the AISP answer's reward and the cost of each.
+
+It runs on one CPU thread unless ``--num-threads N`` (or ``all``) or the environment
+variable ``LANGCHAIN_AISP_NUM_THREADS`` says otherwise (see ``langchain_aisp.threads``);
+the first line of its output says the model, device and thread count, which (with the
+seed) decide the answer.
 """
 
 from __future__ import annotations
 
 import argparse
 import time
+
+from langchain_aisp.threads import DEFAULT_NUM_THREADS, NUM_THREADS_ENV, num_threads_arg, set_cpu_threads
 
 DEFAULT_QUESTION = "How do I keep basil alive on a kitchen windowsill?"
 
@@ -23,7 +30,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--num-iterations", type=int, default=4)
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--num-threads",
+        type=num_threads_arg,
+        default=None,
+        help=f"CPU threads for torch: a count or 'all' (default: ${NUM_THREADS_ENV}, else {DEFAULT_NUM_THREADS})",
+    )
     args = parser.parse_args(argv)
+    try:
+        set_cpu_threads(args.num_threads)
+    except ValueError as exc:  # a bad LANGCHAIN_AISP_NUM_THREADS
+        parser.error(str(exc))
+
+    import torch
 
     from langchain_aisp import AISPChatModel
     from langchain_aisp.rewards import EmbeddingSimilarityReward
@@ -43,6 +62,10 @@ def main(argv: list[str] | None = None) -> int:
     aligned_time = time.perf_counter() - start
 
     p_meta, a_meta = plain.response_metadata["aisp"], aligned.response_metadata["aisp"]
+    device = aligned_model._get_lm().device.type
+    threads = torch.get_num_threads()
+    plural = "s" * (threads != 1)
+    print(f"Model: {aligned_model.model_name} on {device}, {threads} CPU thread{plural}, seed {args.seed}")
     print(f"Question: {args.question}\n")
     print(f"Plain sample (reward {p_meta['reward']:.3f}, {plain_time:.1f} s):\n{plain.content}\n")
     print(

@@ -186,6 +186,82 @@ def resolve_model_source(model: str | os.PathLike[str]) -> str:
     return source
 
 
+HUB_TIMEOUT = 10.0
+"""Seconds the hub lookup of an uncached hub id may take (one request, no retries) before the load fails."""
+
+_TRUE = ("1", "true", "yes", "on")
+_DEFAULT_MODEL_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"  # the embedded default model's hub id (for hints)
+
+
+def hub_offline() -> bool:
+    """``HF_HUB_OFFLINE`` (or ``TRANSFORMERS_OFFLINE``) is set, read now (not at import)."""
+    return any(os.environ.get(var, "").strip().lower() in _TRUE for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+
+
+def _did_you_mean(repo_id: str) -> str:
+    """`` (did you mean 'X'?)`` for a close match among the hub ids cached here and the default model's, else ""."""
+    import difflib
+
+    candidates = {_DEFAULT_MODEL_HUB_ID}
+    try:
+        from huggingface_hub import constants
+
+        folders = Path(constants.HF_HUB_CACHE).glob("models--*")  # the cache's layout: models--org--name
+        candidates.update(f.name[len("models--") :].replace("--", "/") for f in folders)
+    except OSError:  # an unreadable cache: no suggestion from it
+        pass
+    match = difflib.get_close_matches(repo_id, sorted(candidates - {repo_id}), n=1, cutoff=0.8)
+    return f" (did you mean {match[0]!r}?)" if match else ""
+
+
+def check_hub_model(repo_id: str, *, timeout: float = HUB_TIMEOUT) -> None:
+    """Fail at once, with the reason, when the hub id ``repo_id`` cannot be loaded; return when it can be tried.
+
+    * in the local Hugging Face cache: fine (``from_pretrained`` loads it, online or not);
+    * not cached and ``HF_HUB_OFFLINE=1``: :class:`ModelLoadError` at once (no network is touched);
+    * not cached: one hub request (``model_info``, no retries, ``timeout`` seconds); an unknown id
+      says it was not found, a gated one says so, an unreachable hub says so, all without the
+      minute of download retries ``from_pretrained`` would spend. Other hub errors (5xx) are left
+      to ``from_pretrained``.
+    """
+    from huggingface_hub import HfApi, try_to_load_from_cache
+    from huggingface_hub.errors import GatedRepoError, HfHubHTTPError, RepositoryNotFoundError
+
+    try:
+        cached = try_to_load_from_cache(repo_id, "config.json")
+    except Exception:  # a malformed id is reported by the hub lookup / from_pretrained below
+        cached = None
+    if isinstance(cached, str):
+        return
+    hint = _did_you_mean(repo_id)
+    where = "or pass a local folder"
+    if hub_offline():
+        raise ModelLoadError(
+            f"model {repo_id!r} is not in the local Hugging Face cache and HF_HUB_OFFLINE is set, so it cannot be "
+            f"downloaded{hint}: check the id, download it once with network access, {where}"
+        )
+    try:
+        HfApi().model_info(repo_id, timeout=timeout)
+    except GatedRepoError as exc:
+        raise ModelLoadError(
+            f"model {repo_id!r} is gated on the Hugging Face hub: accept its terms at "
+            f"https://huggingface.co/{repo_id} and log in (`hf auth login` or HF_TOKEN)"
+        ) from exc
+    except RepositoryNotFoundError as exc:
+        raise ModelLoadError(
+            f"model id {repo_id!r} was not found on the Hugging Face hub{hint} (a private model needs a login: "
+            f"`hf auth login` or HF_TOKEN); check the id, {where}"
+        ) from exc
+    except HfHubHTTPError:
+        return  # the hub answered with another error: from_pretrained reports it
+    except Exception as exc:  # no network, DNS failure, refused or timed-out connection, blocked sockets
+        raise ModelLoadError(
+            f"model {repo_id!r} is not in the local Hugging Face cache and the hub cannot be reached "
+            f"({type(exc).__name__}: {exc}){hint}: check the network, set HF_HUB_OFFLINE=1 to fail at once "
+            f"when offline, {where}"
+        ) from exc
+
+
 def load_causal_lm(
     model: str | os.PathLike[str] | None = None,
     *,
@@ -195,9 +271,10 @@ def load_causal_lm(
 ) -> CausalLM:
     """Load a causal LM by hub id or local path; ``None`` loads the embedded default model.
 
-    Nothing is downloaded for the default model. A hub id goes through
-    ``from_pretrained`` as usual (it may download unless ``HF_HUB_OFFLINE=1``).
-    ``trust_remote_code`` stays off unless passed explicitly.
+    Nothing is downloaded for the default model. A hub id that is not in the local
+    cache is first looked up once (:func:`check_hub_model`: an unknown id, no network or
+    ``HF_HUB_OFFLINE=1`` fail at once with the reason), then goes through ``from_pretrained``
+    as usual. ``trust_remote_code`` stays off unless passed explicitly.
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -211,6 +288,8 @@ def load_causal_lm(
     else:
         name = os.fspath(model)
         source = resolve_model_source(model)
+        if not Path(source).exists():
+            check_hub_model(source)
     try:
         tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
         loaded = AutoModelForCausalLM.from_pretrained(

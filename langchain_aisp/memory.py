@@ -60,8 +60,8 @@ FORMAT = 1
 METADATA_KEY = "langchain_aisp.control_memory"
 
 DEFAULT_SIGNAL: Signal = "tokens"
-DEFAULT_STRENGTH = 0.5
-"""tokens: RMS logit shift (nats) of a fully confident warm start; control: multiplier on the mean."""
+DEFAULT_STRENGTH = {"tokens": 0.5, "control": 1.0}
+"""Per signal: tokens, the RMS logit shift (nats) of the warm start; control, a multiplier on the mean."""
 DEFAULT_MAX_RMS = 0.25
 """Cap on the warm start's RMS per coordinate, as a fraction of the model's pre-logit RMS."""
 DEFAULT_WARMUP_PROMPTS = 8
@@ -96,8 +96,8 @@ class ControlMemory:
     Args:
         signal: ``"tokens"`` (reward-weighted token statistics mapped through the LM head) or
             ``"control"`` (the importance-weighted final U of each call, the paper's own update).
-        strength: size of the warm start. tokens: RMS logit shift in nats over the vocabulary when
-            the memory is confident (shrunk while it is not); control: a multiplier on the mean.
+        strength: size of the warm start. tokens: RMS logit shift in nats over the vocabulary (default
+            0.5); control: a multiplier on the mean (default 1, the importance-weighted mean itself).
         max_rms: hard bound on the warm start's RMS per coordinate, as a fraction of the pre-logit RMS.
         warmup_prompts: the start grows linearly with the prompts learned, reaching ``strength`` at this many.
         shrink: tokens only: also scale the start by the estimated signal share ``rho`` (conservative).
@@ -114,7 +114,7 @@ class ControlMemory:
         self,
         *,
         signal: Signal = DEFAULT_SIGNAL,
-        strength: float = DEFAULT_STRENGTH,
+        strength: float | None = None,
         max_rms: float = DEFAULT_MAX_RMS,
         warmup_prompts: int = DEFAULT_WARMUP_PROMPTS,
         shrink: bool = False,
@@ -128,7 +128,7 @@ class ControlMemory:
         if signal not in SIGNALS:
             raise ValueError(f"signal must be one of {list(SIGNALS)}, got {signal!r}")
         self.signal: Signal = signal
-        self.strength = _check_number("strength", strength, 0.0, 1e3)
+        self.strength = _check_number("strength", DEFAULT_STRENGTH[signal] if strength is None else strength, 0.0, 1e3)
         self.max_rms = _check_number("max_rms", max_rms, 0.0, 10.0)
         if isinstance(warmup_prompts, bool) or not isinstance(warmup_prompts, int) or warmup_prompts < 1:
             raise ValueError(f"warmup_prompts must be an integer >= 1, got {warmup_prompts!r}")
@@ -615,7 +615,7 @@ def run_with_memory(
     sampling: SamplingParams,
     *,
     reward: str,
-    seed: int | None = None,
+    seed: int | Sequence[int | None] | None = None,
     max_batch_size: int = DEFAULT_MAX_BATCH_SIZE,
     on_iteration: Callable[[IterationEvent], None] | None = None,
     runner: Callable[..., list[PromptResult]] = run,
@@ -624,7 +624,8 @@ def run_with_memory(
     """``aisp.run`` warm-started from ``memory`` (AISP only), then one memory update with all prompts' results.
 
     Each result's ``initial_U_norm`` says whether (> 0) and how strongly it was warm-started. A
-    failing run (``RewardError``, cancellation) leaves the memory unchanged. ``run_kwargs`` go to
+    failing run (``RewardError``, cancellation) leaves the memory unchanged, and so do the prompts of
+    a run whose reward failed (``PromptResult.error``) or that were dropped (``.cancelled``). ``run_kwargs`` go to
     ``aisp.run`` as they are (``runner`` stands in for ``aisp.run``, e.g. a wrapper); ``memory=None``
     is a plain ``aisp.run``.
     """
@@ -643,5 +644,7 @@ def run_with_memory(
         **run_kwargs,
     )
     if memory is not None and params.method != "sample":
-        memory.update(lm, reward, params, sampling, results)
+        complete = [r for r in results if r.error is None and not r.cancelled]
+        if complete:
+            memory.update(lm, reward, params, sampling, complete)
     return results

@@ -201,13 +201,13 @@ ROWS: list[tuple[str, Call, type[BaseException] | None, tuple[str, ...]]] = [
         "conversation_longer_than_context",
         lambda c: c.invoke("word " * 600),
         ValueError,
-        ("tokens and max_tokens is 4", "exceed the context window of tiny-llama (512 tokens)", "nothing is truncated"),
+        ("the conversation is too long:", "context window of tiny-llama is 512 tokens", "shorten it by at least"),
     ),
     (
         "engine_prompt_longer_than_context",
         lambda c: c.run([[42] * 600]),
         ValueError,
-        ("prompt 0 has 600 tokens", "context window of tiny-llama (512 tokens)", "max_tokens can be at most 0"),
+        ("prompt 0 is too long: 600 tokens", "context window of tiny-llama is 512 tokens", "by at least 89 tokens"),
     ),
     ("engine_empty_prompt", lambda c: c.run([[1, 2], []]), ValueError, ("prompt 1 is empty (0 tokens)",)),
     # max_tokens
@@ -222,7 +222,7 @@ ROWS: list[tuple[str, Call, type[BaseException] | None, tuple[str, ...]]] = [
         "max_tokens_above_context",
         lambda c: c.invoke("hi", max_tokens=1000),
         ValueError,
-        ("max_tokens is 1000", "(512 tokens)", "max_tokens can be at most"),
+        ("max_tokens is 1000", "(512 tokens)", "lower max_tokens to at most"),
     ),
     # budgets: a documented cap (config.MAX_SAMPLES / MAX_ITERATIONS) refuses before anything is allocated
     ("num_samples_zero", lambda c: c.model(num_samples=0), ValidationError, ("num_samples must be", "got 0")),
@@ -333,7 +333,7 @@ ROWS: list[tuple[str, Call, type[BaseException] | None, tuple[str, ...]]] = [
         "reward_returns_text",
         lambda c: c.model(reward=lambda p, r: "high").invoke("hi"),
         RewardError,
-        ("returned 'high' (str) for response 0; expected a float",),
+        ("reward <lambda> returned 'high' (str); expected a float (prompt 0, iteration 0, response 0: ",),
     ),
     (
         "safe_reward_bad_on_invalid",

@@ -67,7 +67,7 @@ def llm(tiny_lm):
 def scripted_run(replies: list[str], calls: list[dict[str, Any]] | None = None):
     """A stand-in for ``aisp.run`` that returns fixed replies (scored by the real score function)."""
 
-    def fake_run(lm, prompts, score, params, sampling, *, seed=None, max_batch_size=64, on_iteration=None):
+    def fake_run(lm, prompts, score, params, sampling, *, seed=None, max_batch_size=64, on_iteration=None, **_options):
         if calls is not None:
             calls.append({"prompts": [list(p) for p in prompts], "sampling": sampling, "params": params, "seed": seed})
         texts = [replies[i % len(replies)] for i in range(len(prompts))]
@@ -146,7 +146,9 @@ def test_media_content_is_rejected_not_ignored(llm):
 
 def test_prompt_too_long_is_a_clear_error(tiny_lm):
     model = AISPChatModel(reward=length_reward, llm=tiny_lm, num_samples=2, num_iterations=1, max_tokens=8)
-    with pytest.raises(ValueError, match=r"exceed the context window .* \(512 tokens\).*nothing is truncated"):
+    with pytest.raises(
+        ValueError, match=r"conversation is too long: \d+ tokens.*512 tokens.*shorten it by.*nothing is truncated"
+    ):
         model.invoke("word " * 600)
 
 

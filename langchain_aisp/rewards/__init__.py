@@ -8,11 +8,11 @@ from langchain_aisp.rewards.base import (
     Conversation,
     FunctionReward,
     Reward,
-    as_reward,
     batched,
     message_text,
     prompt_text,
     score_fn,
+    to_reward,
 )
 from langchain_aisp.rewards.composition import Normalized, WeightedSum
 from langchain_aisp.rewards.embedding import EmbeddingSimilarityReward, context_text
@@ -26,7 +26,13 @@ from langchain_aisp.rewards.rules import (
     SentimentReward,
     extract_json,
 )
-from langchain_aisp.rewards.safety import RewardFailure, RewardWarning, SafeReward, call_with_timeout
+from langchain_aisp.rewards.safety import (
+    RewardFailure,
+    RewardWarning,
+    SafeReward,
+    as_reward,
+    call_with_timeout,
+)
 
 __all__ = [
     "DEFAULT_TEMPLATE",
@@ -56,4 +62,5 @@ __all__ = [
     "parse_score",
     "prompt_text",
     "score_fn",
+    "to_reward",
 ]

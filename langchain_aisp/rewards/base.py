@@ -14,16 +14,26 @@ For both, ``prompt`` is :func:`prompt_text` of the conversation: the text of the
 last human message (for a conversation that ends in a tool result, still the last
 human message, i.e. the user's request). Rewards that need more context subclass
 :class:`Reward` and read the messages.
+
+A function that raises is reported as :class:`RewardFailure` naming the function, and,
+for a plain ``fn(prompt, response)``, the sample (index and excerpt); the function's own
+exception is its ``__cause__``.
+
+This module also holds :class:`WeightedSum`, what ``reward_a * 0.5 + reward_b`` builds, so
+that the operators of :class:`Reward` need no other reward module (no import cycle).
 """
 
 from __future__ import annotations
 
 import inspect
+import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from langchain_core.messages import BaseMessage, HumanMessage
+
+from langchain_aisp.rewards.errors import RewardFailure, as_float, check_lengths, excerpt, fmt_indices
 
 Conversation = Sequence[BaseMessage]
 
@@ -65,10 +75,8 @@ class Reward(ABC):
     def __repr__(self) -> str:
         return f"{type(self).__name__}(name={self.name!r})"
 
-    # Composition: ``reward_a * 0.5 + reward_b`` builds a WeightedSum (see rewards.composition).
+    # Composition: ``reward_a * 0.5 + reward_b`` builds a WeightedSum (defined at the end of this module).
     def __mul__(self, weight: float) -> Reward:
-        from langchain_aisp.rewards.composition import WeightedSum
-
         if isinstance(weight, bool) or not isinstance(weight, (int, float)):
             return NotImplemented
         if isinstance(self, WeightedSum) and not self.explicit_name:
@@ -78,27 +86,23 @@ class Reward(ABC):
     __rmul__ = __mul__
 
     def __add__(self, other: Reward | Callable[..., Any]) -> Reward:
-        from langchain_aisp.rewards.composition import WeightedSum
-
         if isinstance(other, (int, float)) and not isinstance(other, bool) and other == 0:
             return self  # sum([r1, r2]) starts from 0
         if not isinstance(other, Reward) and not callable(other):
             return NotImplemented
-        return WeightedSum([*_terms(self), *_terms(as_reward(other))])
+        return WeightedSum([*_terms(self), *_terms(to_reward(other))])
 
     def __radd__(self, other: Reward | Callable[..., Any]) -> Reward:
-        from langchain_aisp.rewards.composition import WeightedSum
-
         if isinstance(other, (int, float)) and not isinstance(other, bool) and other == 0:
             return self
         if not isinstance(other, Reward) and not callable(other):
             return NotImplemented
-        return WeightedSum([*_terms(as_reward(other)), *_terms(self)])
+        return WeightedSum([*_terms(to_reward(other)), *_terms(self)])
 
     def __sub__(self, other: Reward | Callable[..., Any]) -> Reward:
         if not isinstance(other, Reward) and not callable(other):
             return NotImplemented
-        return self + as_reward(other) * -1.0
+        return self + to_reward(other) * -1.0
 
     def __neg__(self) -> Reward:
         return self * -1.0
@@ -106,8 +110,6 @@ class Reward(ABC):
 
 def _terms(reward: Reward) -> list[tuple[Reward, float]]:
     """A reward's weighted terms: its own when it is an unnamed WeightedSum, else ``[(reward, 1.0)]``."""
-    from langchain_aisp.rewards.composition import WeightedSum
-
     if isinstance(reward, WeightedSum) and not reward.explicit_name:
         return list(reward.terms)
     return [(reward, 1.0)]
@@ -129,29 +131,43 @@ class FunctionReward(Reward):
         self.batched = bool(getattr(fn, "_aisp_batched", False)) if batched is None else batched
         self.name = name or getattr(fn, "__name__", None) or type(fn).__name__
 
-    def score(self, conversations: Sequence[Conversation], responses: Sequence[str]) -> list[float]:
+    def score(self, conversations: Sequence[Conversation], responses: Sequence[str]) -> list[Any]:
+        """The function's values (checked by the caller); its exceptions become :class:`RewardFailure`."""
         prompts = [prompt_text(c) for c in conversations]
         if self.batched:
-            return list(self.fn(prompts, list(responses)))
-        return [self.fn(p, r) for p, r in zip(prompts, responses, strict=True)]
+            try:
+                return list(self.fn(prompts, list(responses)))
+            except Exception as exc:
+                reason = f"raised {type(exc).__name__}: {exc}"
+                indices = list(range(len(responses)))
+                raise RewardFailure(
+                    f"reward {self.name} {reason} while scoring a batch of {len(responses)} responses "
+                    f"(indices {fmt_indices(indices)})",
+                    reward=self.name,
+                    index=0 if len(responses) == 1 else None,
+                    indices=indices,
+                    reason=reason,
+                ) from exc
+        values = []
+        for i, (prompt, response) in enumerate(zip(prompts, responses, strict=True)):
+            try:
+                values.append(self.fn(prompt, response))
+            except Exception as exc:
+                reason = f"raised {type(exc).__name__}: {exc}"
+                raise RewardFailure(
+                    f"reward {self.name} {reason} on sample {i} (response {excerpt(response)})",
+                    reward=self.name,
+                    index=i,
+                    reason=reason,
+                ) from exc
+        return values
 
 
-def as_reward(
-    reward: Reward | Callable[..., Any],
-    *,
-    on_invalid: str | None = None,
-    timeout: float | None = None,
-) -> Reward:
-    """Accept a :class:`Reward`, a ``fn(prompt, response)`` or a :func:`batched` function.
+def to_reward(reward: Reward | Callable[..., Any]) -> Reward:
+    """A :class:`Reward` as is; a ``fn(prompt, response)`` or :func:`batched` function as a :class:`FunctionReward`.
 
-    With ``on_invalid`` ("raise" or "worst") or ``timeout`` (seconds) the result is
-    wrapped in :class:`~langchain_aisp.rewards.safety.SafeReward`; without them the
-    reward is returned as is (a function becomes a :class:`FunctionReward`).
+    The public :func:`langchain_aisp.rewards.as_reward` adds the ``on_invalid`` / ``timeout`` wrapping.
     """
-    if on_invalid is not None or timeout is not None:
-        from langchain_aisp.rewards.safety import SafeReward
-
-        return SafeReward(as_reward(reward), on_invalid=on_invalid or "raise", timeout=timeout)  # type: ignore[arg-type]
     if isinstance(reward, Reward):
         return reward
     if isinstance(reward, type) or not callable(reward):
@@ -179,7 +195,7 @@ def score_fn(
     ``conversations[j]`` is the conversation behind ``prompts[j]`` given to ``run``.
     The returned function carries the reward's ``name`` (the engine uses it in errors).
     """
-    rew = as_reward(reward)
+    rew = to_reward(reward)
     convs = list(conversations)
 
     def score(prompt_indices: Sequence[int], responses: Sequence[str]) -> list[float]:
@@ -187,3 +203,100 @@ def score_fn(
 
     score.name = rew.name  # type: ignore[attr-defined]
     return score
+
+
+# --- WeightedSum: what the operators build ---------------------------------------------------------
+
+
+def _check_term_scores(reward: Reward, values: Any, count: int, owner: str) -> list[float]:
+    """A term's scores as floats; RewardFailure naming the term when they are not usable."""
+    if isinstance(values, (str, bytes, dict)) or not hasattr(values, "__iter__"):
+        reason = f"(in {owner}) returned {type(values).__name__}; expected {count} floats"
+        raise RewardFailure(f"reward {reward.name} {reason}", reward=reward.name, reason=reason)
+    values = list(values)
+    if len(values) != count:
+        reason = f"(in {owner}) returned {len(values)} scores for {count} responses"
+        raise RewardFailure(f"reward {reward.name} {reason}", reward=reward.name, reason=reason)
+    out = []
+    for i, value in enumerate(values):
+        number = as_float(value)
+        if number is None or not math.isfinite(number):
+            reason = f"(in {owner}) returned an invalid score {value!r}"
+            raise RewardFailure(
+                f"reward {reward.name} {reason} for sample {i}; scores must be finite numbers (wrap the term "
+                "in SafeReward(..., on_invalid='worst') to tolerate it)",
+                reward=reward.name,
+                index=i,
+                reason=reason,
+            )
+        out.append(number)
+    return out
+
+
+def score_term(reward: Reward, conversations: Sequence[Conversation], responses: Sequence[str], owner: str) -> list:
+    """``reward.score`` as one term of the composite ``owner``: failures name the term (and the sample if known)."""
+    try:
+        values = reward.score(conversations, responses)
+    except RewardFailure as exc:
+        if exc.reward != reward.name or exc.reason is None:
+            raise  # from deeper inside the term: already names its reward and sample
+        reason = f"(in {owner}) {exc.reason}"
+        where = f" on sample {exc.index} (response {excerpt(responses[exc.index])})" if exc.index is not None else ""
+        raise RewardFailure(
+            f"reward {reward.name} {reason}{where}",
+            reward=reward.name,
+            index=exc.index,
+            indices=exc.indices,
+            reason=reason,
+        ) from (exc.__cause__ or exc)
+    except Exception as exc:
+        indices = list(range(len(responses)))
+        reason = f"(in {owner}) raised {type(exc).__name__}: {exc}"
+        raise RewardFailure(
+            f"reward {reward.name} {reason} while scoring a batch of {len(responses)} responses "
+            f"(indices {fmt_indices(indices)})",
+            reward=reward.name,
+            indices=indices,
+            reason=reason,
+        ) from exc
+    return _check_term_scores(reward, values, len(responses), owner)
+
+
+class WeightedSum(Reward):
+    """``sum(weight * reward.score(...))`` over ``terms``; each term scores the whole batch once.
+
+    ``reward_a * 0.5 + reward_b`` builds ``WeightedSum([(reward_a, 0.5), (reward_b, 1.0)])``.
+    A term that raises or returns unusable scores gives :class:`RewardFailure` naming
+    the term (wrap a term in ``SafeReward`` for per-term ``on_invalid``/``timeout``).
+    """
+
+    def __init__(self, terms: Sequence[tuple[Reward | Callable[..., Any], float]], *, name: str | None = None) -> None:
+        if not terms:
+            raise ValueError("WeightedSum needs at least one (reward, weight) term, got none")
+        checked: list[tuple[Reward, float]] = []
+        for term in terms:
+            if not isinstance(term, tuple) or len(term) != 2:
+                raise TypeError(f"WeightedSum terms must be (reward, weight) pairs, got {term!r}")
+            reward, weight = term
+            number = as_float(weight)
+            if number is None or not math.isfinite(number):
+                raise ValueError(
+                    f"weight of {getattr(reward, 'name', reward)!r} must be a finite number, got {weight!r}"
+                )
+            checked.append((to_reward(reward), number))
+        self.terms: list[tuple[Reward, float]] = checked
+        self.explicit_name = name is not None
+        self.name = name or " + ".join(f"{w:g}*{r.name}" for r, w in checked)
+
+    def __repr__(self) -> str:
+        return f"WeightedSum({self.terms!r})"
+
+    def score(self, conversations: Sequence[Conversation], responses: Sequence[str]) -> list[float]:
+        check_lengths(conversations, responses, self.name)
+        total = [0.0] * len(responses)
+        if not responses:
+            return total
+        for reward, weight in self.terms:
+            values = score_term(reward, conversations, responses, self.name)
+            total = [t + weight * v for t, v in zip(total, values, strict=True)]
+        return total

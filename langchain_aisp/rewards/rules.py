@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from typing import Any, Literal
 
 from langchain_aisp.rewards.base import Conversation, Reward
-from langchain_aisp.rewards.safety import check_lengths
+from langchain_aisp.rewards.errors import check_lengths
 
 INSTALL_HINT = "pip install 'langchain-aisp[rewards]'"
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextvars
 import math
-import numbers
 import threading
 import warnings
 from collections.abc import Callable, Hashable, Sequence
@@ -17,43 +16,33 @@ from typing import Any, Literal, TypeVar
 
 from langchain_core.messages import BaseMessage
 
-from langchain_aisp.aisp import as_float
-from langchain_aisp.rewards.base import Conversation, FunctionReward, Reward, as_reward
+from langchain_aisp.rewards.base import Conversation, FunctionReward, Reward, prompt_text, to_reward
+from langchain_aisp.rewards.errors import (
+    RewardFailure,
+    RewardWarning,
+    as_float,
+    check_lengths,
+    check_timeout,
+    excerpt,
+    fmt_indices,
+)
+
+__all__ = [
+    "OnInvalid",
+    "RewardFailure",
+    "RewardWarning",
+    "SafeReward",
+    "as_reward",
+    "call_with_timeout",
+    "check_lengths",
+    "check_timeout",
+    "conversation_key",
+    "unique_items",
+]
 
 T = TypeVar("T")
 
 OnInvalid = Literal["raise", "worst"]
-
-
-class RewardFailure(RuntimeError):  # noqa: N818 (the name is part of the public API)
-    """A reward raised, timed out or returned unusable scores.
-
-    ``reward`` is the failing reward's name; ``index`` the index of the failing
-    sample in the ``responses`` passed to ``score`` (None when only the batch is
-    known); ``indices`` every index concerned (the whole batch for a batched reward
-    that raised). The original exception, if any, is chained as ``__cause__``.
-    """
-
-    def __init__(
-        self, message: str, *, reward: str = "reward", index: int | None = None, indices: Sequence[int] = ()
-    ) -> None:
-        super().__init__(message)
-        self.reward = reward
-        self.index = index
-        self.indices = list(indices) if indices else ([] if index is None else [index])
-
-
-class RewardWarning(UserWarning):
-    """A sample got a fallback score because its reward value was unusable (``on_invalid="worst"``)."""
-
-
-def check_timeout(timeout: float | None, field: str = "timeout") -> float | None:
-    """Validate a timeout in seconds: None (no limit) or a finite number > 0."""
-    if timeout is None:
-        return None
-    if isinstance(timeout, bool) or not isinstance(timeout, numbers.Real) or not 0 < float(timeout) < math.inf:
-        raise ValueError(f"{field} must be None or a number of seconds > 0, got {timeout!r}")
-    return float(timeout)
 
 
 def call_with_timeout(fn: Callable[..., T], timeout: float | None, *args: Any, **kwargs: Any) -> T:
@@ -124,19 +113,6 @@ def unique_items(conversations: Sequence[Conversation], responses: Sequence[str]
     return first, slot
 
 
-def check_lengths(conversations: Sequence[Conversation], responses: Sequence[str], name: str) -> None:
-    """Raise a ValueError when the caller passed different numbers of conversations and responses."""
-    if len(conversations) != len(responses):
-        raise ValueError(
-            f"reward {name}: got {len(conversations)} conversations for {len(responses)} responses; "
-            "pass one conversation per response"
-        )
-
-
-def _short(text: str, limit: int = 60) -> str:
-    return repr(text if len(text) <= limit else text[: limit - 3] + "...")
-
-
 class SafeReward(Reward):
     """Wraps a reward with deduplication, a timeout and checks of what it returns.
 
@@ -171,7 +147,7 @@ class SafeReward(Reward):
             raise ValueError(f"on_invalid must be 'raise' or 'worst', got {on_invalid!r}")
         if floor is not None and (as_float(floor) is None or not math.isfinite(float(floor))):
             raise ValueError(f"floor must be None or a finite number, got {floor!r}")
-        self.reward = as_reward(reward)
+        self.reward = to_reward(reward)
         self.on_invalid: OnInvalid = on_invalid
         self.timeout = check_timeout(timeout)
         self.floor = None if floor is None else float(floor)
@@ -202,16 +178,18 @@ class SafeReward(Reward):
         except TimeoutError as exc:
             raise RewardFailure(
                 f"reward {self.name} timed out after {self.timeout:g} s scoring a batch of {len(texts)} responses "
-                f"(indices {_fmt_indices(first)})",
+                f"(indices {fmt_indices(first)})",
                 reward=self.name,
                 indices=first,
+                reason=f"timed out after {self.timeout:g} s",
             ) from exc
         except Exception as exc:
             raise RewardFailure(
                 f"reward {self.name} raised {type(exc).__name__}: {exc} while scoring a batch of {len(texts)} "
-                f"responses (indices {_fmt_indices(first)})",
+                f"responses (indices {fmt_indices(first)})",
                 reward=self.name,
                 indices=first,
+                reason=f"raised {type(exc).__name__}: {exc}",
             ) from exc
         if isinstance(raw, (str, bytes, dict)) or not hasattr(raw, "__iter__"):
             raise RewardFailure(
@@ -223,7 +201,7 @@ class SafeReward(Reward):
         if len(raw) != len(texts):
             raise RewardFailure(
                 f"reward {self.name} returned {len(raw)} scores for {len(texts)} responses "
-                f"(indices {_fmt_indices(first)}); expected one float per response",
+                f"(indices {fmt_indices(first)}); expected one float per response",
                 reward=self.name,
                 indices=first,
             )
@@ -231,20 +209,23 @@ class SafeReward(Reward):
 
     def _call_one(self, inner: FunctionReward, conversation: Conversation, text: str, index: int) -> Any:
         try:
-            values = call_with_timeout(inner.score, self.timeout, [conversation], [text])
+            return call_with_timeout(inner.fn, self.timeout, prompt_text(conversation), text)
         except TimeoutError as exc:
+            reason = f"timed out after {self.timeout:g} s"
             raise RewardFailure(
-                f"reward {self.name} timed out after {self.timeout:g} s on sample {index} (response {_short(text)})",
+                f"reward {self.name} {reason} on sample {index} (response {excerpt(text)})",
                 reward=self.name,
                 index=index,
+                reason=reason,
             ) from exc
         except Exception as exc:
+            reason = f"raised {type(exc).__name__}: {exc}"
             raise RewardFailure(
-                f"reward {self.name} raised {type(exc).__name__}: {exc} on sample {index} (response {_short(text)})",
+                f"reward {self.name} {reason} on sample {index} (response {excerpt(text)})",
                 reward=self.name,
                 index=index,
+                reason=reason,
             ) from exc
-        return values[0]
 
     def _validate(self, raw: Sequence[Any], texts: list[str], first: list[int]) -> list[float]:
         values: list[float | None] = []
@@ -255,7 +236,7 @@ class SafeReward(Reward):
         if not bad:
             return [v for v in values if v is not None]
         k = bad[0]
-        detail = f"{raw[k]!r} ({type(raw[k]).__name__}) for sample {first[k]} (response {_short(texts[k])})"
+        detail = f"{raw[k]!r} ({type(raw[k]).__name__}) for sample {first[k]} (response {excerpt(texts[k])})"
         if self.on_invalid == "raise":
             more = f" and {len(bad) - 1} other samples" if len(bad) > 1 else ""
             raise RewardFailure(
@@ -264,6 +245,7 @@ class SafeReward(Reward):
                 reward=self.name,
                 index=first[k],
                 indices=[first[b] for b in bad],
+                reason=f"returned an invalid score {raw[k]!r} ({type(raw[k]).__name__})",
             )
         valid = [v for v in values if v is not None]
         if self.floor is not None:
@@ -288,6 +270,18 @@ class SafeReward(Reward):
         return [fallback if v is None else v for v in values]
 
 
-def _fmt_indices(indices: Sequence[int], limit: int = 10) -> str:
-    shown = ", ".join(str(i) for i in indices[:limit])
-    return f"[{shown}{', ...' if len(indices) > limit else ''}]"
+def as_reward(
+    reward: Reward | Callable[..., Any],
+    *,
+    on_invalid: str | None = None,
+    timeout: float | None = None,
+) -> Reward:
+    """Accept a :class:`Reward`, a ``fn(prompt, response)`` or a :func:`~langchain_aisp.rewards.batched` function.
+
+    With ``on_invalid`` ("raise" or "worst") or ``timeout`` (seconds) the result is
+    wrapped in :class:`SafeReward`; without them the reward is returned as is (a
+    function becomes a :class:`~langchain_aisp.rewards.FunctionReward`).
+    """
+    if on_invalid is not None or timeout is not None:
+        return SafeReward(to_reward(reward), on_invalid=on_invalid or "raise", timeout=timeout)  # type: ignore[arg-type]
+    return to_reward(reward)

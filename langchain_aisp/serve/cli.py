@@ -1,0 +1,172 @@
+"""The ``langchain-aisp`` command. ``langchain-aisp serve``: the OpenAI-compatible server under uvicorn.
+
+    langchain-aisp serve --reward relevance=langchain_aisp.rewards:EmbeddingSimilarityReward \\
+        --num-samples 4 --num-iterations 2 --max-tokens 64
+
+Binds 127.0.0.1:8000 unless told otherwise. SIGINT/SIGTERM shut down gracefully: no new
+request is admitted, every admitted one is answered, then the process exits.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from typing import Any
+
+from langchain_aisp.serve.config import API_KEY_ENV, DEFAULT_REWARD_SPEC, ServeConfig, parse_reward_spec
+from langchain_aisp.threads import NUM_THREADS_ENV, num_threads_arg, set_cpu_threads
+
+_INSTALL_HINT = "the server needs the 'serve' extra: pip install 'langchain-aisp[serve]'"
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="langchain-aisp", description="langchain-aisp command line")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    serve = commands.add_parser(
+        "serve",
+        help="run the OpenAI-compatible server (cross-request Batched AISP)",
+        description=(
+            "Serve POST /v1/chat/completions (JSON and SSE streaming), GET /v1/models, GET /health and GET /metrics. "
+            "Requests that arrive within the batching window and share settings run as one Batched AISP engine run."
+        ),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    net = serve.add_argument_group("network and security")
+    net.add_argument("--host", default="127.0.0.1", help="address to bind (0.0.0.0 exposes the server)")
+    net.add_argument("--port", type=int, default=8000)
+    net.add_argument(
+        "--api-key", default=None, help=f"bearer token required on /v1/* and /metrics (default: ${API_KEY_ENV}, if set)"
+    )
+    net.add_argument("--max-body-bytes", type=int, default=1 << 20, help="largest request body (413 above)")
+    model = serve.add_argument_group("model and rewards")
+    model.add_argument("--model", default=None, help="hub id or local folder (default: the embedded SmolLM2-135M)")
+    model.add_argument("--served-model-name", default=None, help="name in /v1/models (default: the model's name)")
+    model.add_argument(
+        "--reward",
+        action="append",
+        default=[],
+        metavar="NAME=module:callable",
+        help=f"register a reward by name (repeatable; the first is the default). Default: {DEFAULT_REWARD_SPEC}",
+    )
+    model.add_argument("--device", default="auto")
+    model.add_argument("--dtype", default="auto")
+    model.add_argument("--trust-remote-code", action="store_true")
+    model.add_argument(
+        "--num-threads",
+        type=num_threads_arg,
+        default=None,
+        help=f"torch CPU threads of the server: N or 'all' (default: ${NUM_THREADS_ENV}, else 1; see threads.py)",
+    )
+    model.add_argument("--no-warmup", action="store_true", help="skip the start-up check of every reward")
+    aisp = serve.add_argument_group("defaults for requests that do not set them")
+    aisp.add_argument("--method", choices=["aisp", "bon", "sample"], default=None)
+    aisp.add_argument("--num-samples", type=int, default=None)
+    aisp.add_argument("--num-iterations", type=int, default=None)
+    aisp.add_argument("--max-tokens", type=int, default=None)
+    aisp.add_argument("--temperature", type=float, default=None)
+    limits = serve.add_argument_group("batching and limits")
+    limits.add_argument("--batch-window-ms", type=float, default=5.0, help="how long a batch waits for more requests")
+    limits.add_argument(
+        "--batch-window-max-ms",
+        type=float,
+        default=50.0,
+        help="how long a batch may wait for requests still being read when the window ends (a burst)",
+    )
+    limits.add_argument("--max-batch-prompts", type=int, default=32, help="most requests per batching round")
+    limits.add_argument("--max-batch-size", type=int, default=64, help="rows (prompts x samples) decoded together")
+    limits.add_argument("--max-queue", type=int, default=128, help="requests admitted at once (429 above)")
+    limits.add_argument("--max-budget", type=int, default=256, help="per-request num_samples x num_iterations cap")
+    limits.add_argument("--max-tokens-limit", type=int, default=1024, help="per-request max_tokens cap")
+    limits.add_argument(
+        "--max-pending-work", type=int, default=1 << 21, help="server-wide cap on admitted work, in sampled tokens"
+    )
+    limits.add_argument(
+        "--graceful-timeout", type=float, default=300.0, help="seconds to finish admitted requests on shutdown"
+    )
+    serve.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+    return parser
+
+
+def config_from_args(args: argparse.Namespace) -> ServeConfig:
+    """The :class:`ServeConfig` of parsed ``serve`` arguments (ValueError with the reason on bad values)."""
+    rewards: dict[str, Any] = {}
+    for spec in args.reward:
+        name, path = parse_reward_spec(spec)
+        if name in rewards:
+            raise ValueError(f"reward name {name!r} is registered twice")
+        rewards[name] = path
+    defaults = {
+        key: value
+        for key in ("method", "num_samples", "num_iterations", "max_tokens", "temperature")
+        if (value := getattr(args, key)) is not None
+    }
+    return ServeConfig(
+        model=args.model,
+        served_model_name=args.served_model_name,
+        rewards=rewards,
+        api_key=args.api_key,
+        defaults=defaults,
+        device=args.device,
+        dtype=args.dtype,
+        trust_remote_code=args.trust_remote_code,
+        batch_window_ms=args.batch_window_ms,
+        batch_window_max_ms=args.batch_window_max_ms,
+        max_batch_prompts=args.max_batch_prompts,
+        max_batch_size=args.max_batch_size,
+        max_queue=args.max_queue,
+        max_budget=args.max_budget,
+        max_tokens_limit=args.max_tokens_limit,
+        max_pending_work=args.max_pending_work,
+        max_body_bytes=args.max_body_bytes,
+        warmup=not args.no_warmup,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.command != "serve":  # pragma: no cover - argparse enforces the choice
+        parser.error(f"unknown command {args.command!r}")
+    try:
+        config = config_from_args(args)
+    except ValueError as exc:
+        parser.error(str(exc))
+    try:
+        import uvicorn
+
+        from langchain_aisp.serve.app import create_app
+        from langchain_aisp.serve.service import AlignmentService
+    except ImportError as exc:
+        print(f"langchain-aisp serve: {_INSTALL_HINT} ({exc})", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    set_cpu_threads(args.num_threads)  # this process is the server: one thread unless the operator says otherwise
+    service = AlignmentService(config)
+    try:
+        service.start()  # rewards, model and warm-up before the port opens: a broken setup fails here, clearly
+    except Exception as exc:
+        print(f"langchain-aisp serve: cannot start: {exc}", file=sys.stderr)
+        return 1
+    if config.api_key is None and args.host not in ("127.0.0.1", "localhost", "::1"):
+        logging.getLogger("langchain_aisp.serve").warning(
+            "binding %s without an API key: anyone who reaches this port can use the server (set --api-key or $%s)",
+            args.host,
+            API_KEY_ENV,
+        )
+    server = uvicorn.Server(
+        uvicorn.Config(
+            create_app(service=service),
+            host=args.host,
+            port=args.port,
+            log_level=args.log_level,
+            timeout_graceful_shutdown=args.graceful_timeout,
+            lifespan="on",
+        )
+    )
+    server.run()
+    return 0 if server.started else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
