@@ -153,8 +153,11 @@ def test_tokens_signal_learns_the_direction_and_its_strength(tiny_lm):
     cosine = torch.nn.functional.cosine_similarity(start[0].double(), direction, dim=0)
     assert float(cosine) == pytest.approx(1.0, abs=1e-5) and torch.equal(start[0], start[3])
     logit_shift = tiny_lm.head_weight.detach().float() @ start[0]  # (vocab,)
-    assert float(logit_shift.std()) == pytest.approx(0.5, rel=1e-4)  # strength = RMS logit shift in nats
+    assert float(logit_shift.max()) == pytest.approx(0.5, rel=1e-4)  # strength = the largest logit boost (nats)
     assert logit_shift[TOKENS[0]] > 0 > logit_shift[TOKENS[1]]
+    boosted = memory.boosted_tokens(tiny_lm, k=3)
+    assert boosted[0] == (tiny_lm.tokenizer.decode([int(logit_shift.argmax())]), pytest.approx(0.5, rel=1e-4))
+    assert len(boosted) == 3 and ControlMemory().boosted_tokens(tiny_lm) == []
 
 
 def test_shrink_scales_by_the_shared_share_of_the_direction(tiny_lm):

@@ -218,7 +218,7 @@ def _memory_parser(prog: str) -> argparse.ArgumentParser:
     parser.add_argument("--set", dest="extra", action="append", default=[], metavar="FIELD=VALUE",
                         help="any other AISPParams field for every AISP run, e.g. --set control=shared")  # fmt: skip
     parser.add_argument("--signal", default="tokens", help="memory signal: tokens (default) or control")
-    parser.add_argument("--strength", type=float, default=None, help="memory strength (default: tokens 0.5, control 1)")
+    parser.add_argument("--strength", type=float, default=None, help="memory strength (tokens 5, control 1)")
     parser.add_argument("--max-rms", type=float, default=0.25, help="cap on the warm start, x pre-logit RMS")
     parser.add_argument("--warmup-prompts", type=int, default=8, help="full strength after this many prompts")
     parser.add_argument("--shrink", action="store_true", help="scale the start by the estimated signal share")

@@ -100,7 +100,7 @@ class MemoryBenchConfig:
     """Further ``AISPParams`` fields for every AISP run (learning and evaluation), e.g. control=shared."""
     signal: str = "tokens"
     strength: float | None = None
-    """None: the signal's default (tokens 0.5 nats, control 1)."""
+    """None: the signal's default (tokens: a largest logit boost of 5 nats; control: 1)."""
     max_rms: float = 0.25
     warmup_prompts: int = 8
     shrink: bool = False
