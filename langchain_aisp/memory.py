@@ -281,7 +281,8 @@ class ControlMemory:
             return []
         shift = lm.head_weight.detach() @ start[0].to(lm.head_weight)  # (vocab,)
         top = torch.topk(shift.float(), min(k, shift.shape[0]))
-        return [(lm.tokenizer.decode([i]), float(v)) for i, v in zip(top.indices.tolist(), top.values.tolist())]
+        pairs = zip(top.indices.tolist(), top.values.tolist(), strict=True)
+        return [(lm.tokenizer.decode([i]), float(v)) for i, v in pairs]
 
     def stats(self) -> dict[str, Any]:
         """Key, counts and the size of the current warm start (JSON-ready)."""
