@@ -14,6 +14,8 @@ from pathlib import Path
 from textblob import TextBlob
 
 from langchain_aisp import AISPChatModel, ControlMemory
+from langchain_aisp.bench.prompts import load_prompts
+from langchain_aisp.lm import load_causal_lm
 
 FAST = os.environ.get("AISP_EXAMPLE_FAST") == "1"
 
@@ -23,34 +25,31 @@ def upbeat(prompt: str, response: str) -> float:
     return float(TextBlob(response).sentiment.polarity)
 
 
-LEARN = [
-    "How do I keep basil alive on a kitchen windowsill?",
-    "What should I pack for a weekend hiking trip?",
-    "How can I stop procrastinating on my homework?",
-    "Explain what a computer virus is to a ten-year-old.",
-    "What is a good way to spend a rainy Sunday afternoon at home?",
-    "How do I get a coffee stain out of a white shirt?",
-]
-QUESTION = "I want to start running but I get bored quickly. What can I do?"
+# learn on 18 everyday questions (the learning half of the benchmark's shipped prompt set)
+LEARN = [p.user_text for p in load_prompts()[0::2]]
+QUESTION = "What is a nice way to welcome a new neighbour?"  # not among the learning prompts
 
 
 def main() -> None:
     samples, tokens = (4, 16) if FAST else (8, 32)
     learn = LEARN[:4] if FAST else LEARN
+    lm = load_causal_lm(None)  # the default model, loaded once and shared by the chat models below
     # 1. learn: every call folds its scored samples into the memory (a batch counts as one call)
     memory = ControlMemory(warmup_prompts=len(learn))
     teacher = AISPChatModel(
-        reward=upbeat, control_memory=memory, num_samples=samples, num_iterations=2, max_tokens=tokens, seed=0
+        reward=upbeat, llm=lm, control_memory=memory, num_samples=samples, num_iterations=2, max_tokens=tokens, seed=0
     )
-    for i in range(0, len(learn), 2):
-        teacher.batch(learn[i : i + 2])
+    per_call = 2 if FAST else 6
+    for i in range(0, len(learn), per_call):
+        teacher.batch(learn[i : i + per_call])  # Batched AISP: one engine run, one memory update
     # 2. save the steering profile (safetensors + a JSON header: model, reward, shape, updates)
     path = Path(tempfile.mkdtemp()) / "upbeat.safetensors"
     memory.save(path)
     print(f"learned: {memory.updates} updates from {memory.prompts} prompts -> {path.name}")
+    print("boosts:", ", ".join(f"{token!r} +{nats:.1f}" for token, nats in memory.boosted_tokens(lm, k=6)))
     # 3. load it (frozen) and answer with one round of samples around the learned mean: BoN's latency
     profile = ControlMemory.load(path, learning=False)
-    common = {"reward": upbeat, "num_samples": samples, "num_iterations": 1, "max_tokens": tokens, "seed": 1}
+    common = {"reward": upbeat, "llm": lm, "num_samples": samples, "num_iterations": 1, "max_tokens": tokens, "seed": 1}
     cold = AISPChatModel(**common).invoke(QUESTION)
     warm = AISPChatModel(**common, control_memory=profile).invoke(QUESTION)
     for label, msg in (("cold", cold), ("warm", warm)):
