@@ -1,29 +1,35 @@
-"""The aligned model as the backend of an agent's tool, and as the agent's own model.
+"""Agents with AISPChatModel: LangGraph's prebuilt ReAct agent, LangChain's create_agent, and a plain loop.
 
-1. ``ask_expert`` is a LangChain tool whose answers come from an ``AISPChatModel``
-   aligned to a "short, on-topic" reward.
-2. A small agent loop uses an ``AISPChatModel`` with ``bind_tools`` as its model: the
-   first step forces a call of ``ask_expert`` (``tool_choice``; the call is prefilled
-   and its validity rewarded), the tool runs, and the second step answers from the
-   tool result (a conversation ending in a ``ToolMessage``). If the small default model
-   writes an invalid call, it shows up in ``invalid_tool_calls`` and the loop says so.
+1. ``ask_expert`` is a LangChain tool whose answers come from an ``AISPChatModel`` aligned to
+   a "short, on-topic" reward (the aligned model as a tool backend).
+2. The same kind of model drives three agents on a question that needs a tool
+   (``get_weather``): LangGraph's ``create_react_agent``, ``langchain.agents.create_agent`` and a
+   plain tool-calling loop. Tool calls are grammar-constrained, so every call the agent makes is
+   valid; under ``tool_choice="auto"`` half of the samples are forced calls and a call is taken
+   when its arguments come from the conversation (see docs/chat_model.md, "Tools"). After the
+   tool result the model answers in prose, and the loop ends.
 
-Runs offline, on one CPU thread unless ``--num-threads N|all`` or ``LANGCHAIN_AISP_NUM_THREADS``;
-``AISP_EXAMPLE_FAST=1`` (or ``--fast``) for the smallest budget.
+Runs offline (``pip install langgraph langchain`` for the first two agents; the plain loop needs
+neither), on one CPU thread unless ``--num-threads N|all`` or ``LANGCHAIN_AISP_NUM_THREADS``;
+``AISP_EXAMPLE_FAST=1`` (or ``--fast``) for the smallest budget. The last line is the answer of
+the last agent.
 """
 
 from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Sequence
 
-from langchain_core.messages import BaseMessage, HumanMessage, ToolMessage
+from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, ToolMessage
 from langchain_core.tools import tool
 
 from langchain_aisp import AISPChatModel
+from langchain_aisp.rewards import Reward
 from langchain_aisp.threads import set_cpu_threads
 
 FAST = "--fast" in sys.argv or os.environ.get("AISP_EXAMPLE_FAST") == "1"
+QUESTION = "What is the weather in Paris?"
 
 
 def short_on_topic(prompt: str, response: str) -> float:
@@ -35,11 +41,28 @@ def short_on_topic(prompt: str, response: str) -> float:
     return len(question & set(words)) - 0.2 * max(0, len(words) - 20)
 
 
+class GroundedAnswer(Reward):
+    """Words shared with the user's question and the tool results, minus length beyond 20 words.
+
+    A ``Reward`` subclass sees the whole conversation, so after a tool call it prefers the answer
+    that uses what the tool returned.
+    """
+
+    name = "grounded_answer"
+
+    def score(self, conversations: Sequence[Sequence[BaseMessage]], responses: Sequence[str]) -> list[float]:
+        scores = []
+        for conversation, response in zip(conversations, responses, strict=True):
+            context = " ".join(m.text for m in conversation if isinstance(m, (HumanMessage, ToolMessage)))
+            scores.append(short_on_topic(context, response))
+        return scores
+
+
 def _budget(**extra: object) -> dict[str, object]:
     return {
-        "num_samples": 2 if FAST else 4,
+        "num_samples": 4,
         "num_iterations": 1 if FAST else 2,
-        "max_tokens": 24 if FAST else 40,
+        "max_tokens": 32 if FAST else 48,
         "seed": 0,
         **extra,
     }
@@ -54,32 +77,73 @@ def ask_expert(question: str) -> str:
     return expert_llm.invoke(question).text.strip()
 
 
-def run_agent(user_request: str) -> list[BaseMessage]:
-    agent = AISPChatModel(reward=short_on_topic, **_budget(max_tokens=48 if not FAST else 32))
-    messages: list[BaseMessage] = [HumanMessage(user_request)]
-    step = agent.bind_tools([ask_expert], tool_choice="ask_expert").invoke(messages)
-    messages.append(step)
-    print("agent tool calls:", step.tool_calls)
-    if step.invalid_tool_calls:
-        print("agent invalid tool calls:", [c["error"] for c in step.invalid_tool_calls])
-        return messages
-    for call in step.tool_calls:
-        result = ask_expert.invoke(call)
-        assert isinstance(result, ToolMessage)
-        print("tool result:", result.content)
-        messages.append(result)
-    final = agent.bind_tools([ask_expert]).invoke(messages)
-    messages.append(final)
-    print("final answer:", final.text.strip())
-    print("final reward:", final.response_metadata["aisp"]["reward"])
+@tool
+def get_weather(location: str) -> str:
+    """Get the current weather at a location."""
+    return f"It is sunny and 21 degrees Celsius in {location}."
+
+
+def agent_model() -> AISPChatModel:
+    return AISPChatModel(reward=GroundedAnswer(), **_budget())
+
+
+def plain_loop(question: str, max_steps: int = 4) -> list[BaseMessage]:
+    """A LangChain tool-calling loop: call the model, run the tools it calls, stop at a prose answer."""
+    llm = agent_model().bind_tools([get_weather])
+    messages: list[BaseMessage] = [HumanMessage(question)]
+    for _ in range(max_steps):
+        reply = llm.invoke(messages)
+        messages.append(reply)
+        if not reply.tool_calls:
+            break
+        for call in reply.tool_calls:
+            result = get_weather.invoke(call)
+            assert isinstance(result, ToolMessage)
+            messages.append(result)
     return messages
+
+
+def react_agent(question: str) -> list[BaseMessage]:
+    """LangGraph's prebuilt ReAct agent."""
+    import warnings
+
+    from langgraph.prebuilt import create_react_agent
+
+    with warnings.catch_warnings():  # moved to langchain.agents.create_agent in LangGraph 1.0; still the prebuilt
+        warnings.simplefilter("ignore")
+        agent = create_react_agent(agent_model(), [get_weather])
+    return list(agent.invoke({"messages": [HumanMessage(question)]}, {"recursion_limit": 8})["messages"])
+
+
+def langchain_agent(question: str) -> list[BaseMessage]:
+    """LangChain's ``create_agent`` (LangGraph underneath)."""
+    from langchain.agents import create_agent
+
+    agent = create_agent(agent_model(), [get_weather])
+    return list(agent.invoke({"messages": [HumanMessage(question)]}, {"recursion_limit": 8})["messages"])
+
+
+def report(name: str, messages: list[BaseMessage]) -> None:
+    calls = [c for m in messages if isinstance(m, AIMessage) for c in m.tool_calls]
+    final = messages[-1]
+    print(f"[{name}] tool calls: {[(c['name'], c['args']) for c in calls]}")
+    print(f"[{name}] final answer: {final.text.strip()}")
 
 
 def main() -> None:
     direct = expert_llm.invoke("What is the capital of France?")
     print("tool backend answer:", direct.text.strip())
     print("tool backend reward:", direct.response_metadata["aisp"]["reward"])
-    run_agent("Use the expert to find out: what is the capital of France?")
+    messages = plain_loop(QUESTION)
+    report("plain loop", messages)
+    for name, agent in (("langgraph create_react_agent", react_agent), ("langchain create_agent", langchain_agent)):
+        try:
+            messages = agent(QUESTION)
+        except ImportError as exc:
+            print(f"[{name}] skipped: {exc} (pip install langgraph langchain)")
+            continue
+        report(name, messages)
+    print("answer:", messages[-1].text.strip())
 
 
 if __name__ == "__main__":

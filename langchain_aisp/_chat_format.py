@@ -10,10 +10,15 @@ Hermes / Qwen 2.5 convention:
 * AI messages with tool calls are rendered as their text plus one such block per call;
 * tool results become a user turn ``<tool_response>\\n{"name": ..., "content": ...}\\n</tool_response>``.
 
-When a call is forced (``tool_choice`` "any"/"required"/a tool name, or structured
-output), the assistant turn is *prefilled* with the beginning of the call (up to the
-tool name, or up to the arguments' first key) so a small model only writes the rest;
-the prefill is part of the reply that the reward sees and that is parsed.
+Replies with tools or a schema bound are constrained while decoding by a grammar
+(:mod:`langchain_aisp._grammar_llguidance`), so calls and JSON are valid by construction;
+what every reply must start with (``<tool_call>\n{"name": "add", "arguments": {"a":`` for a
+forced call of ``add``) is *prefilled* in the prompt, so a small model only writes the rest.
+The prefill is part of the reply that the reward sees and that is parsed.
+
+Under ``tool_choice="auto"`` half of the samples are free (prose, or prose then calls) and
+half are forced calls; :func:`auto_choice_score` is the documented rule that decides
+between a call and prose (see ``docs/chat_model.md``).
 """
 
 from __future__ import annotations
@@ -58,7 +63,11 @@ class OutputFormat:
     """"auto", "none", "any" (a call of some tool is required) or a tool name."""
     json_schema: dict[str, Any] | None = None
     """Structured output (json_schema / json_mode): the reply is one JSON object."""
-    parallel_tool_calls: bool = True
+    parallel_tool_calls: bool = False
+    """Several calls per reply; off unless asked for (small models repeat a call until max_tokens)."""
+    strict: bool | None = None
+    """True/None: a schema keyword the grammar cannot enforce is refused when bound; False: it is dropped
+    from the grammar (the reply is still validated against the full schema after decoding)."""
 
     @property
     def tool_names(self) -> list[str]:
@@ -89,7 +98,9 @@ class OutputFormat:
         return self.calls_tools or self.json_schema is not None
 
     def key(self) -> str:
-        return json.dumps([list(self.tools), self.tool_choice, self.json_schema, self.parallel_tool_calls], default=str)
+        return json.dumps(
+            [list(self.tools), self.tool_choice, self.json_schema, self.parallel_tool_calls, self.strict], default=str
+        )
 
 
 def normalize_tool_choice(tool_choice: Any, names: Sequence[str]) -> str:
@@ -180,6 +191,8 @@ def tools_system_text(fmt: OutputFormat) -> str:
         TOOL_CALL_OPEN,
         '{"name": <function-name>, "arguments": <args-json-object>}',
         TOOL_CALL_CLOSE,
+        "",
+        "Take argument values from the user's message, written as the user wrote them, and keep them short.",
     ]
     forced = fmt.forced_tool
     if forced is not None:
@@ -193,39 +206,6 @@ def json_system_text(schema: dict[str, Any]) -> str:
     return "Reply with only one JSON object, no other text. It must validate against this JSON schema:\n" + json.dumps(
         schema, ensure_ascii=False
     )
-
-
-def _first_key(schema: dict[str, Any] | None) -> str | None:
-    """The property a JSON object for ``schema`` starts with: the first required one, else the first."""
-    props = (schema or {}).get("properties") or {}
-    if not props:
-        return None
-    required = [r for r in (schema or {}).get("required") or [] if r in props]
-    return str(required[0] if required else next(iter(props)))
-
-
-def _object_start(schema: dict[str, Any] | None) -> str:
-    """``{"<first key>": `` (plus the opening quote when that property is a string), or ``{}``."""
-    key = _first_key(schema)
-    if key is None:
-        return "{}"
-    prop = ((schema or {}).get("properties") or {}).get(key) or {}
-    quote = '"' if prop.get("type") == "string" else ""
-    return "{" + json.dumps(key, ensure_ascii=False) + ": " + quote
-
-
-def prefill_text(fmt: OutputFormat) -> str:
-    """The start of the reply written into the prompt (see the module docstring)."""
-    if fmt.json_schema is not None and not fmt.calls_tools:
-        return _object_start(fmt.json_schema) if _first_key(fmt.json_schema) else ""
-    if not fmt.forces_call:
-        return ""
-    forced = fmt.forced_tool
-    if forced is None:
-        return f'{TOOL_CALL_OPEN}\n{{"name": "'
-    params = next(t for t in fmt.tools if t["name"] == forced).get("parameters") or {}
-    start = _object_start(params)
-    return f'{TOOL_CALL_OPEN}\n{{"name": "{forced}", "arguments": ' + (start + "}" if start == "{}" else start)
 
 
 CHAT_MESSAGE_ROLES = {
@@ -334,8 +314,8 @@ class RenderedPrompt:
     """True when the plain fallback was used (no chat template)."""
 
 
-def render(tokenizer: Any, messages: Sequence[BaseMessage], fmt: OutputFormat) -> RenderedPrompt:
-    """Render a conversation for generation (tools and JSON instructions included)."""
+def render(tokenizer: Any, messages: Sequence[BaseMessage], fmt: OutputFormat, prefill: str = "") -> RenderedPrompt:
+    """Render a conversation for generation (tools and JSON instructions included), ending in ``prefill``."""
     if not messages:
         raise ValueError("cannot generate from an empty conversation (0 messages)")
     native = fmt.calls_tools and supports_native_tools(tokenizer) and has_chat_template(tokenizer)
@@ -349,7 +329,6 @@ def render(tokenizer: Any, messages: Sequence[BaseMessage], fmt: OutputFormat) -
     if fmt.json_schema is not None:
         extra.append(json_system_text(fmt.json_schema))
     dicts = _add_system(dicts, "\n\n".join(extra))
-    prefill = prefill_text(fmt)
     if not has_chat_template(tokenizer):
         text = plain_prompt(dicts)
         return RenderedPrompt(text + (" " + prefill if prefill else ""), (" " + prefill) if prefill else "", True)
@@ -465,6 +444,19 @@ def _strip_fences(text: str) -> str:
     return match.group(1) if match else text
 
 
+def json_complete(text: str) -> bool:
+    """Whether the reply's first JSON object is complete (a cut reply is not, even if it can be closed)."""
+    body = _strip_fences(text)
+    start = body.find("{")
+    if start < 0:
+        return False
+    try:
+        json.JSONDecoder().raw_decode(body[start:])
+    except ValueError:
+        return False
+    return True
+
+
 def parse_json_reply(text: str) -> tuple[Any, str | None]:
     """The JSON object of a structured-output reply and an error (None when it parsed)."""
     value, ok = _first_json(_strip_fences(text))
@@ -515,8 +507,10 @@ def parse_tool_reply(text: str, fmt: OutputFormat) -> ParsedReply:
     if not fmt.calls_tools:
         return ParsedReply(content=text)
     blocks = list(_CALL_BLOCK.finditer(text))
+    unclosed: set[int] = set()
     if blocks:
         candidates = [m.group(1) for m in blocks]
+        unclosed = {i for i, m in enumerate(blocks) if not m.group(0).endswith(TOOL_CALL_CLOSE)}
         content = _CALL_BLOCK.sub("", text).strip()
     else:
         stripped = _strip_fences(text).strip()
@@ -526,7 +520,18 @@ def parse_tool_reply(text: str, fmt: OutputFormat) -> ParsedReply:
         else:
             candidates, content = [], text
     parsed = ParsedReply(content=content, attempted=bool(candidates))
-    for raw in candidates:
+    for position, raw in enumerate(candidates):
+        if position in unclosed:  # cut short (by max_tokens): never completed, whatever a lenient parse makes of it
+            parsed.invalid_tool_calls.append(
+                InvalidToolCall(
+                    name=None,
+                    args=raw.strip(),
+                    id=_new_id(),
+                    error=f"the tool call is not complete (the reply ends before {TOOL_CALL_CLOSE})",
+                    type="invalid_tool_call",
+                )
+            )
+            continue
         value, ok = _first_json(_strip_fences(raw))
         if not ok:
             parsed.invalid_tool_calls.append(
@@ -552,6 +557,10 @@ def parse_tool_reply(text: str, fmt: OutputFormat) -> ParsedReply:
                     type="invalid_tool_call",
                 )
             )
+    unique: dict[str, ToolCall] = {}
+    for call in parsed.tool_calls:  # a small model may repeat a call verbatim: run it once
+        unique.setdefault(json.dumps([call["name"], call["args"]], sort_keys=True, ensure_ascii=False), call)
+    parsed.tool_calls = list(unique.values())
     if not fmt.parallel_tool_calls and len(parsed.tool_calls) > 1:
         parsed.tool_calls = parsed.tool_calls[:1]
     if fmt.forces_call and not parsed.tool_calls and not parsed.invalid_tool_calls:
@@ -587,7 +596,227 @@ def format_validity(text: str, fmt: OutputFormat) -> float:
         return -0.5
     if fmt.json_schema is not None:
         value, error = parse_json_reply(text)
-        if error is not None:
+        if error is not None or not json_complete(text):
             return -1.0
         return 1.0 if schema_errors(value, fmt.json_schema) is None else -0.5
     return 0.0
+
+
+# --- tool_choice="auto": call or prose? ---------------------------------------------------
+
+_WORD = re.compile(r"\w+")
+_STOPWORDS = frozenset(
+    "the a an and or of to in on at for with from by is are was be this that what which who how when where "
+    "get set use using call tool function value given return returns about into over under after before some "
+    "more most other your their there these those them then than also just only very like have does will would "
+    "could should please tell give make".split()
+)
+
+
+def _words(text: str) -> set[str]:
+    return {w for w in _WORD.findall(text.lower()) if w not in _STOPWORDS}
+
+
+def _same_word(a: str, b: str) -> bool:
+    """Equal, or sharing a prefix of 5+ letters (weather / weathers, multiply / multiplied)."""
+    return a == b or (min(len(a), len(b)) >= 5 and a[:5] == b[:5])
+
+
+def _leaves(value: Any) -> list[Any]:
+    if isinstance(value, dict):
+        return [leaf for v in value.values() for leaf in _leaves(v)]
+    if isinstance(value, list):
+        return [leaf for v in value for leaf in _leaves(v)]
+    return [value] if isinstance(value, (str, int, float)) and not isinstance(value, bool) else []
+
+
+def _grounded(value: Any, context: str, context_words: set[str]) -> bool:
+    """A string or number argument that comes from the conversation (not invented)."""
+    if isinstance(value, str):
+        text = value.strip().lower()
+        if not text or text in context:
+            return True
+        words = set(_WORD.findall(text))
+        return bool(words) and all(any(_same_word(w, c) for c in context_words) for w in words)
+    forms = {repr(value), str(value)}
+    if isinstance(value, float) and value.is_integer():
+        forms.add(str(int(value)))
+    return any(re.search(rf"(?<![\w.]){re.escape(f)}(?![\w])", context) for f in forms)
+
+
+def _conversation_text(messages: Sequence[BaseMessage]) -> tuple[str, str]:
+    """(all user and tool text, the last user text), lowercased."""
+    texts: list[str] = []
+    last_user = ""
+    for m in messages:
+        is_user = isinstance(m, HumanMessage) or (isinstance(m, ChatMessage) and m.role in ("user", "human"))
+        if not (is_user or isinstance(m, (ToolMessage, FunctionMessage))):
+            continue
+        try:
+            text = content_text(m).lower()
+        except ValueError:
+            continue
+        texts.append(text)
+        if is_user:
+            last_user = text
+    return "\n".join(texts), last_user
+
+
+def arguments_grounded(call: ToolCall, messages: Sequence[BaseMessage]) -> bool:
+    """Every argument value (string or number) of ``call`` appears in the user or tool text of the
+    conversation (a string may also match word by word): the model took it from there, not invented it."""
+    context, _ = _conversation_text(messages)
+    context_words = _words(context)
+    return all(_grounded(v, context, context_words) for v in _leaves(call["args"]))
+
+
+def _relevance(tool: dict[str, Any], last_user: str) -> int:
+    """Words of the tool's name and description (longer than 3 letters) found in the user's last message."""
+    user_words = _words(last_user)
+    tool_words = _words(" ".join([str(tool["name"]).replace("_", " "), str(tool.get("description") or "")]))
+    return sum(any(_same_word(w, u) for u in user_words) for w in tool_words if len(w) > 3) + (
+        5 if str(tool["name"]).lower() in last_user else 0
+    )
+
+
+MAX_SPANS = 400
+"""Most argument candidates a forced-call row of ``tool_choice="auto"`` may pick from."""
+
+
+def conversation_spans(messages: Sequence[BaseMessage], max_words: int = 6) -> tuple[list[str], list[float]]:
+    """Candidate argument values taken from the conversation: word spans (up to ``max_words`` words, as
+    written, without surrounding punctuation) and numbers of the user and tool text, the last user
+    message first; at most ``MAX_SPANS`` spans."""
+    texts: list[str] = []
+    for m in reversed(messages):
+        is_user = isinstance(m, HumanMessage) or (isinstance(m, ChatMessage) and m.role in ("user", "human"))
+        if is_user or isinstance(m, (ToolMessage, FunctionMessage)):
+            try:
+                texts.append(content_text(m))
+            except ValueError:
+                continue
+    spans: dict[str, None] = {}
+    numbers: dict[float, None] = {}
+    for text in texts:
+        words = list(re.finditer(r"\S+", text))
+        for i in range(len(words)):
+            for j in range(i, min(len(words), i + max_words)):
+                span = text[words[i].start() : words[j].end()].strip(".,;:!?\"'()[]{}<>«»“”‘’")
+                if span and len(spans) < MAX_SPANS:
+                    spans.setdefault(span, None)
+        for match in re.finditer(r"(?<![\w.])-?\d+(?:\.\d+)?(?![\w])", text):
+            numbers.setdefault(float(match.group()), None)
+    return list(spans), list(numbers)
+
+
+def _ground_schema(schema: Any, spans: list[str], numbers: list[float]) -> Any:
+    if not isinstance(schema, dict):
+        return schema
+    out = dict(schema)
+    if isinstance(schema.get("properties"), dict):
+        out["properties"] = {k: _ground_schema(v, spans, numbers) for k, v in schema["properties"].items()}
+    if isinstance(schema.get("items"), dict):
+        out["items"] = _ground_schema(schema["items"], spans, numbers)
+    free = not any(k in schema for k in ("enum", "const", "pattern", "format", "anyOf", "oneOf", "$ref"))
+    kind = schema.get("type")
+    if free and kind == "string" and spans:
+        out = {k: v for k, v in out.items() if k not in ("type", "minLength", "maxLength")}
+        out["enum"] = spans
+    elif free and kind == "integer" and any(x.is_integer() for x in numbers):
+        out = {k: v for k, v in out.items() if k != "type"}
+        out["enum"] = [int(x) for x in numbers if x.is_integer()]
+    elif free and kind == "number" and numbers:
+        out = {k: v for k, v in out.items() if k != "type"}
+        out["enum"] = [int(x) if x.is_integer() else x for x in numbers]
+    return out
+
+
+def grounded_tools(fmt: OutputFormat, messages: Sequence[BaseMessage]) -> tuple[dict[str, Any], ...]:
+    """The bound tools with free string and number arguments restricted to values of the conversation
+    (:func:`conversation_spans`): the forced-call rows of ``tool_choice="auto"`` propose calls that the
+    choice rule can accept, and the model picks which span or number fills which argument."""
+    spans, numbers = conversation_spans(messages)
+    return tuple({**t, "parameters": _ground_schema(t.get("parameters") or {}, spans, numbers)} for t in fmt.tools)
+
+
+def rank_tools(fmt: OutputFormat, messages: Sequence[BaseMessage]) -> list[str]:
+    """The bound tools, most related to the user's last message first (stable for ties): under
+    ``tool_choice="auto"`` forced-call sample ``i`` calls tool ``i % len(tools)`` of this order."""
+    _, last_user = _conversation_text(messages)
+    order = sorted(range(len(fmt.tools)), key=lambda i: -_relevance(fmt.tools[i], last_user))
+    return [fmt.tools[i]["name"] for i in order]
+
+
+def call_is_grounded(call: ToolCall, fmt: OutputFormat, messages: Sequence[BaseMessage]) -> bool:
+    """The rule for ``tool_choice="auto"``: is this call what the conversation asks for?
+
+    Both must hold: :func:`arguments_grounded`, and the request is about the tool, i.e. the
+    last user message names the tool or shares a word with its name or description, unless
+    every argument is a number taken from the conversation ("what is 12 times 7?").
+    """
+    if not arguments_grounded(call, messages):
+        return False
+    _, last_user = _conversation_text(messages)
+    tool = next((t for t in fmt.tools if t["name"] == call["name"]), {"name": call["name"]})
+    relevant = _relevance(tool, last_user) > 0
+    leaves = _leaves(call["args"])
+    numbers = bool(leaves) and all(not isinstance(v, str) for v in leaves)
+    return relevant or numbers
+
+
+def forced_call_score(text: str, fmt: OutputFormat, messages: Sequence[BaseMessage]) -> float:
+    """Format term of a forced call: :func:`format_validity`, except that a valid call whose
+    arguments are not all taken from the conversation scores 0.5, and one where two arguments
+    have the same value 0.75, instead of 1 (so that among valid calls, one that copies distinct
+    values from the user's message wins)."""
+    value = format_validity(text, fmt)
+    if value == 1.0:
+        calls = parse_tool_reply(text, fmt).tool_calls
+        if not all(arguments_grounded(c, messages) for c in calls):
+            return 0.5
+        if any(_repeats_a_value(c) for c in calls):
+            return 0.75
+    return value
+
+
+def _repeats_a_value(call: ToolCall) -> bool:
+    """Two arguments with the same value (``name="30", age=30``): a small model's usual slip."""
+    leaves = [str(v).strip().lower() for v in _leaves(call["args"])]
+    return len(leaves) != len(set(leaves))
+
+
+def _tools_called_this_turn(messages: Sequence[BaseMessage]) -> set[str]:
+    """Names of the tools the assistant already called since the user's last message."""
+    called: set[str] = set()
+    for m in reversed(messages):
+        if isinstance(m, HumanMessage) or (isinstance(m, ChatMessage) and m.role in ("user", "human")):
+            break
+        if isinstance(m, AIMessage):
+            called.update(c["name"] for c in m.tool_calls)
+    return called
+
+
+def auto_choice_score(text: str, fmt: OutputFormat, messages: Sequence[BaseMessage]) -> float:
+    """Format term under ``tool_choice="auto"`` (times ``format_weight``, added to the reward).
+
+    Positive for a reply whose calls are all valid, grounded (:func:`call_is_grounded`) and of tools
+    not yet called since the user's last message: ``r / (r + 1)`` with ``r`` the tool's relatedness
+    to the user's last message (words shared with its name and description, at least 1), times 0.75
+    when two arguments of a call have the same value; so among acceptable calls the more related
+    tool and distinct values win. 0 for prose; -1 for anything else (an invented or
+    cut-off call, or a tool called again in the same turn: once its result is in, the model answers).
+    """
+    parsed = parse_tool_reply(text, fmt)
+    if not parsed.attempted:
+        return 0.0
+    if parsed.invalid_tool_calls or not parsed.tool_calls:
+        return -1.0
+    called = _tools_called_this_turn(messages)
+    for call in parsed.tool_calls:
+        if call["name"] in called or not call_is_grounded(call, fmt, messages):
+            return -1.0
+    _, last_user = _conversation_text(messages)
+    tools = {t["name"]: t for t in fmt.tools}
+    related = min(max(_relevance(tools.get(c["name"], {"name": c["name"]}), last_user), 1) for c in parsed.tool_calls)
+    value = 0.75 if any(_repeats_a_value(c) for c in parsed.tool_calls) else 1.0
+    return value * related / (related + 1)  # in (0, 1): the more related the tool, the higher

@@ -15,12 +15,14 @@ one Batched AISP engine call. Use :func:`clear_model_cache` to free the cache.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import importlib
 import json
 import math
 import os
 import re
 import threading
+import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextvars import ContextVar
@@ -47,12 +49,22 @@ from langchain_core.tools import BaseTool
 from langchain_core.utils.function_calling import convert_to_json_schema, convert_to_openai_tool
 from langchain_core.utils.pydantic import is_basemodel_subclass
 from pydantic import ConfigDict, Field, PrivateAttr, field_validator, model_validator
+from tenacity import Retrying, stop_after_attempt, stop_before_delay, wait_exponential
 
 from langchain_aisp import _chat_format as fmtlib
-from langchain_aisp.aisp import IterationEvent, PromptResult, RewardError, context_window_error, run
+from langchain_aisp import _grammar_llguidance as grammarlib
+from langchain_aisp.aisp import (
+    IterationEvent,
+    PromptResult,
+    RewardError,
+    RunTimeoutError,
+    context_window_error,
+    run,
+)
 from langchain_aisp.config import (
     DEFAULT_ALPHA,
     DEFAULT_CONTROL,
+    DEFAULT_DECODING,
     DEFAULT_ELITE_FRACTION,
     DEFAULT_ESS_TARGET,
     DEFAULT_LAMBDA,
@@ -69,6 +81,7 @@ from langchain_aisp.config import (
     DEFAULT_TOP_P,
     AISPParams,
     Control,
+    Decoding,
     Method,
     SamplingParams,
     check_seed,
@@ -104,7 +117,18 @@ _PER_CALL_FIELDS = (
     "seed",
     "format_weight",
 )
-_BINDING_KWARGS = ("tools", "tool_choice", "parallel_tool_calls", "response_format", "model", "stream")
+_BINDING_KWARGS = (
+    "tools",
+    "tool_choice",
+    "parallel_tool_calls",
+    "response_format",
+    "strict",
+    "model",
+    "stream",
+    "timeout",
+)
+RETRY_WAIT_MAX = 8.0
+"""Longest wait (seconds) between two attempts of a failing reward call (exponential backoff from 0.5 s)."""
 
 
 class RunCancelledError(RuntimeError):
@@ -114,6 +138,15 @@ class RunCancelledError(RuntimeError):
     def __init__(self, message: str, partial: list[PromptResult | None] | None = None) -> None:
         super().__init__(message)
         self.partial = partial if partial is not None else [None]
+
+
+def _check_timeout(value: Any) -> float | None:
+    """A call's timeout: a finite number of seconds > 0, or None."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (math.isfinite(value) and value > 0):
+        raise ValueError(f"timeout must be a finite number of seconds > 0 or None, got {value!r}")
+    return float(value)
 
 
 def clear_model_cache() -> None:
@@ -196,6 +229,15 @@ class _Settings:
         return (self.params, self.sampling, self.format_weight, self.model)
 
 
+@dataclass(frozen=True)
+class _Variant:
+    """One engine prompt of a job: its token ids, rendered prompt (with prefill) and grammar."""
+
+    token_ids: list[int]
+    prompt: fmtlib.RenderedPrompt
+    constraint: Any
+
+
 @dataclass
 class _Job:
     messages: list[BaseMessage]
@@ -204,9 +246,23 @@ class _Job:
     fmt: fmtlib.OutputFormat
     settings: _Settings
     lm: Any
+    constraint: Any = None
+    """The compiled grammar of the reply (``_grammar_llguidance.LLGuidanceConstraint``), or None for free text."""
+    forced: _Variant | None = None
+    """Under ``tool_choice="auto"``: the forced-call prompt decoded beside the prose one (half the samples each)."""
+    auto_choice: str | None = None
+    """Under ``tool_choice="auto"``, set by the run: "call" or "prose" (what the choice rule took)."""
+    timeout: float | None = None
+    """Wall-clock limit of this call in seconds (the call's ``timeout`` argument, else the model's)."""
+    deadline: float | None = None
+    """``time.monotonic()`` deadline fixed by ``prepare`` (its clock starts there); None: the run's start + timeout."""
 
     def key(self) -> tuple[Any, ...]:
-        return (tuple(self.token_ids), self.fmt.key(), self.settings.key(), id(self.lm))
+        return (tuple(self.token_ids), self.fmt.key(), self.settings.key(), id(self.lm), self.timeout)
+
+    def variants(self) -> list[_Variant]:
+        free = _Variant(self.token_ids, self.prompt, self.constraint)
+        return [free] if self.forced is None else [free, self.forced]
 
 
 ProgressFn = Callable[[dict[str, Any]], None]
@@ -292,7 +348,7 @@ class PreparedCall:
     @property
     def batch_key(self) -> tuple[Any, ...]:
         """Calls with equal keys (on the same model) can run together: same settings and loaded model."""
-        return (self._job.settings.batch_key(), id(self._job.lm))
+        return (self._job.settings.batch_key(), id(self._job.lm), self._job.forced is None)
 
     @property
     def params(self) -> AISPParams:
@@ -338,7 +394,7 @@ class AISPChatModel(BaseChatModel):
         model: hub id or local path (None: the embedded default); or ``llm=`` a loaded
         ``CausalLM``, or ``hf_model=`` + ``tokenizer=`` loaded transformers objects.
         max_tokens, temperature (0 = greedy), top_p, top_k, seed, stop, max_batch_size,
-        device, dtype, trust_remote_code.
+        decoding (static KV cache + CUDA graphs on GPU), device, dtype, trust_remote_code.
 
     Instantiate:
         .. code-block:: python
@@ -498,6 +554,13 @@ class AISPChatModel(BaseChatModel):
     max_batch_size: int = DEFAULT_MAX_BATCH_SIZE
     """Rows decoded together; a batch of prompts shares them (Batched AISP)."""
 
+    decoding: Decoding = DEFAULT_DECODING
+    """Decode path, chosen once per run: ``"static"`` (preallocated KV cache; on CUDA each token is
+    one replay of a captured CUDA graph, captured once per row bucket and reused), ``"compiled"``
+    (the same with the step compiled by ``torch.compile`` first: faster tokens, a first call of tens
+    of seconds per row bucket), ``"eager"`` (the plain KV-cache loop) or ``"auto"`` (static on CUDA
+    for tested architectures, eager elsewhere)."""
+
     device: str = "auto"
     """"auto" (CUDA if available), "cpu", "cuda" or "cuda:N"."""
 
@@ -522,6 +585,20 @@ class AISPChatModel(BaseChatModel):
     (default): every call starts from U = 0. Calls with tools or a JSON schema bound neither use nor update
     it (their reward includes the format term). ``response_metadata["aisp"]["warm_start"]`` says whether a
     call was warm-started, ``warm_start_norm`` how strongly."""
+
+    timeout: float | None = None
+    """Wall-clock limit of one call, in seconds (None: none); also a per-call argument
+    (``invoke(..., timeout=5)``). AISP is anytime: at the deadline the run stops after the current
+    decoding step and the call returns the best answer scored so far, with
+    ``response_metadata["aisp"]["timed_out"] = True``; a ``TimeoutError`` is raised only when not one
+    sample had been scored (the first iteration did not finish in time). Calls that share a Batched
+    AISP run (``batch``, ``run_prepared``) each keep their own deadline: one out of time stops before
+    its next iteration while the others go on."""
+
+    max_retries: int = 0
+    """How many times a failing reward call is retried (exponential backoff from 0.5 s, at most
+    ``RETRY_WAIT_MAX`` s between attempts, never past ``timeout``) before the run fails with
+    ``RewardError``. 0: no retry (a local reward that raises once will raise again)."""
 
     _reward: Reward = PrivateAttr()
     _lm: Any = PrivateAttr(default=None)
@@ -589,6 +666,9 @@ class AISPChatModel(BaseChatModel):
             raise ValueError(f"format_weight must be a finite number >= 0, got {self.format_weight!r}")
         if self.format_weight < 0:
             raise ValueError(f"format_weight must be a finite number >= 0, got {self.format_weight}")
+        _check_timeout(self.timeout)
+        if isinstance(self.max_retries, bool) or not 0 <= self.max_retries <= 100:
+            raise ValueError(f"max_retries must be an integer in [0, 100], got {self.max_retries!r}")
         return self
 
     def _settings(self, overrides: dict[str, Any]) -> _Settings:
@@ -749,17 +829,26 @@ class AISPChatModel(BaseChatModel):
         if unknown:
             raise TypeError(
                 f"AISPChatModel got unsupported keyword argument(s) {unknown}; per-call arguments are "
-                f"{sorted(_PER_CALL_FIELDS)} plus stop, model, tools, tool_choice, parallel_tool_calls, response_format"
+                f"{sorted(_PER_CALL_FIELDS)} plus stop, model, timeout, tools, tool_choice, parallel_tool_calls, "
+                "response_format"
             )
         out_fmt = self._output_format(kwargs)
+        timeout = _check_timeout(kwargs["timeout"]) if "timeout" in kwargs else self.timeout
         lm = self._get_lm(kwargs.get("model"))
-        prompt = fmtlib.render(lm.tokenizer, messages, out_fmt)
+        grammars = _grammars(out_fmt)
+        vocab, eos = int(lm.head_weight.shape[0]), lm.eos_token_ids
+        constraint, prefill, forced_grammar = None, "", None
+        if len(grammars) == 1:  # forced call / JSON: prefill what every reply must start with
+            prefill = grammarlib.forced_prefix(lm.tokenizer, vocab, eos, grammars[0])
+            constraint = grammarlib.compile_constraint(lm.tokenizer, vocab, eos, grammars[0], prefill)
+        elif grammars:  # auto: a prose prompt and a forced-call prompt
+            constraint = grammarlib.compile_constraint(lm.tokenizer, vocab, eos, grammars[0], "", close=False)
+            forced_grammar = grammars[1]
+        prompt = fmtlib.render(lm.tokenizer, messages, out_fmt, prefill)
         overrides = {k: kwargs[k] for k in _PER_CALL_FIELDS if k in kwargs}
         if isinstance(stop, str):
             stop = [stop]  # a lone string is one stop string, not one per character
         stops = list(stop if stop is not None else (self.stop or []))
-        if out_fmt.forces_call:
-            stops.append(fmtlib.TOOL_CALL_CLOSE)
         if prompt.plain:
             stops.append(fmtlib.PLAIN_STOP)
         overrides["stop"] = list(dict.fromkeys(stops))
@@ -772,7 +861,24 @@ class AISPChatModel(BaseChatModel):
             raise ValueError(
                 context_window_error("the conversation", len(token_ids), settings.sampling.max_tokens, limit, lm.name)
             )
-        return _Job(list(messages), token_ids, prompt, out_fmt, settings, lm)
+        forced = None
+        if forced_grammar is not None:
+            forced_prefill = grammarlib.forced_prefix(lm.tokenizer, vocab, eos, forced_grammar)
+            forced_prompt = fmtlib.render(lm.tokenizer, messages, out_fmt, forced_prefill)
+            # one forced-call row per tool, the tools most related to the request first, with arguments
+            # taken from the conversation (the choice rule accepts no other); strict=False: the user's own
+            # keywords were checked at bind time, values from the conversation may not satisfy all of them
+            grounded = fmtlib.grounded_tools(out_fmt, messages)
+            per_tool = [
+                grammarlib.tool_call_grammar(grounded, choice=name, strict=False)
+                for name in fmtlib.rank_tools(out_fmt, messages)
+            ]
+            forced = _Variant(
+                list(lm.tokenizer(forced_prompt.text, add_special_tokens=False).input_ids),
+                forced_prompt,
+                grammarlib.compile_constraint(lm.tokenizer, vocab, eos, per_tool, forced_prefill),
+            )
+        return _Job(list(messages), token_ids, prompt, out_fmt, settings, lm, constraint, forced, timeout=timeout)
 
     @staticmethod
     def _output_format(kwargs: dict[str, Any]) -> fmtlib.OutputFormat:
@@ -788,11 +894,15 @@ class AISPChatModel(BaseChatModel):
                     f"got {response_format!r}"
                 )
             schema = response_format.get("schema") or {"type": "object"}
+        strict = kwargs.get("strict")
+        if strict is not None and not isinstance(strict, bool):
+            raise ValueError(f"strict must be True, False or None, got {strict!r}")
         return fmtlib.OutputFormat(
             tools=tools,
             tool_choice=choice,
             json_schema=schema,
-            parallel_tool_calls=kwargs.get("parallel_tool_calls") is not False,
+            parallel_tool_calls=kwargs.get("parallel_tool_calls") is True,
+            strict=strict,
         )
 
     def _run_jobs(
@@ -812,18 +922,30 @@ class AISPChatModel(BaseChatModel):
         the others go on.
         """
         settings, lm = jobs[0].settings, jobs[0].lm
+        entries = [(i, v) for i, job in enumerate(jobs) for v in job.variants()]  # engine prompts
+        params = settings.params
+        if len(entries) > len(jobs):  # auto: the free and the forced prompt share the samples
+            params = dataclasses.replace(params, num_samples=max(1, math.ceil(params.num_samples / 2)))
         reward = self._reward
-        seeds = [j.settings.seed for j in jobs]  # calls of one run may differ in seed only
+        start = time.monotonic()
+        deadlines = [  # per job: prepare() fixed it, else this run's start + the call's timeout
+            job.deadline if job.deadline is not None else (None if job.timeout is None else start + job.timeout)
+            for job in jobs
+        ]
+        stop: Any = stop_after_attempt(self.max_retries + 1)
+        if all(d is not None for d in deadlines):  # reward retries never outlast every call's deadline
+            stop = stop | stop_before_delay(max(0.0, max(d for d in deadlines if d is not None) - time.monotonic()))
+        retrying = Retrying(stop=stop, wait=wait_exponential(multiplier=0.5, max=RETRY_WAIT_MAX), reraise=True)
+        seeds = [jobs[i].settings.seed for i, _ in entries]  # calls of one run may differ in seed only
 
         def score(indices: Sequence[int], responses: Sequence[str]) -> list[float]:
-            full = [jobs[i].prompt.prefill + r for i, r in zip(indices, responses, strict=True)]
-            values = list(reward.score([jobs[i].messages for i in indices], full))
+            full = [entries[e][1].prompt.prefill + r for e, r in zip(indices, responses, strict=True)]
+            owners = [jobs[entries[e][0]] for e in indices]
+            values = list(retrying(reward.score, [job.messages for job in owners], full))
             if settings.format_weight and len(values) == len(full):
-                for pos, i in enumerate(indices):
-                    if jobs[i].fmt.constrained:
-                        values[pos] = values[pos] + settings.format_weight * fmtlib.format_validity(
-                            full[pos], jobs[i].fmt
-                        )
+                for pos, job in enumerate(owners):
+                    if job.fmt.constrained:
+                        values[pos] = values[pos] + settings.format_weight * _format_term(full[pos], job)
             return values
 
         score.name = self.reward_name  # type: ignore[attr-defined]  # errors name the user's reward
@@ -834,58 +956,79 @@ class AISPChatModel(BaseChatModel):
                     f"the run was cancelled by its caller after iteration {event.iteration + 1} of "
                     f"{event.num_iterations}"
                 )
-            for pos, i in enumerate(event.prompt_indices):
+            per_job: dict[int, tuple[list[float], float]] = {}
+            for pos, e in enumerate(event.prompt_indices):
+                rewards, best = per_job.get(entries[e][0], ([], -math.inf))
+                per_job[entries[e][0]] = ([*rewards, *event.rewards[pos]], max(best, event.best_rewards[pos]))
+            for i, (rewards, best) in per_job.items():
                 on_event(
                     i,
                     {
                         "iteration": event.iteration,
                         "num_iterations": event.num_iterations,
-                        "rewards": list(event.rewards[pos]),
-                        "best_reward": event.best_rewards[pos],
+                        "rewards": rewards,
+                        "best_reward": best,
                         "method": settings.params.method,
                     },
                 )
 
+        engine_keep = None if keep is None else (lambda e: keep(entries[e][0]))
+        engine_deadlines = [deadlines[i] for i, _ in entries]
         memory = None if any(j.fmt.constrained for j in jobs) else self.control_memory
-        results = run_with_memory(
-            memory,
-            lm,
-            [j.token_ids for j in jobs],
-            score,
-            settings.params,
-            settings.sampling,
-            reward=self.reward_name,
-            seed=seeds[0] if len(set(seeds)) == 1 else seeds,
-            max_batch_size=self.max_batch_size,
-            on_iteration=on_iteration,
-            runner=run,
-            on_reward_error="isolate",
-            keep=keep,
+        # isolated: a reward failure or a timeout with nothing scored is recorded on its prompt, never raised
+        results: list[PromptResult | None] = list(
+            run_with_memory(
+                memory,
+                lm,
+                [v.token_ids for _, v in entries],
+                score,
+                params,
+                settings.sampling,
+                reward=self.reward_name,
+                seed=seeds[0] if len(set(seeds)) == 1 else seeds,
+                max_batch_size=self.max_batch_size,
+                on_iteration=on_iteration,
+                runner=run,
+                on_reward_error="isolate",
+                keep=engine_keep,
+                decoding=self.decoding,
+                constraints=[v.constraint for _, v in entries],
+                deadline=engine_deadlines[0] if len(set(engine_deadlines)) == 1 else engine_deadlines,
+            )
         )
+        scored = [r if r is not None and r.rewards else None for r in results]  # failed calls keep their partial
+        merged = _merge_variants(entries, scored, jobs)
         outcomes: list[PromptResult | BaseException] = []
-        for result in results:
-            if result.error is not None:
-                cause = result.error
+        for i in range(len(jobs)):
+            mine = [r for (owner, _), r in zip(entries, results, strict=False) if owner == i and r is not None]
+            failed = next((r.error for r in mine if isinstance(r.error, RewardError)), None)
+            if failed is not None:
                 err = RewardError(
-                    str(cause),
-                    list(cause.partial),
-                    reward=cause.reward,
-                    prompt_index=cause.prompt_index,
-                    iteration=cause.iteration,
-                    response_index=cause.response_index,
-                    response=cause.response,
+                    str(failed),
+                    [merged[i]],
+                    reward=failed.reward,
+                    prompt_index=i,
+                    iteration=failed.iteration,
+                    response_index=failed.response_index,
+                    response=failed.response,
                 )
-                err.__cause__ = cause.__cause__  # the reward's own exception
+                err.__cause__ = failed.__cause__  # the reward's own exception
                 outcomes.append(err)
-            elif result.cancelled:
+            elif any(r.cancelled for r in mine):
+                done = max((len(r.rewards) for r in mine), default=0)
                 outcomes.append(
-                    RunCancelledError(
-                        f"the call was dropped by its caller after {len(result.rewards)} iteration(s)",
-                        [result if result.rewards else None],
-                    )
+                    RunCancelledError(f"the call was dropped by its caller after {done} iteration(s)", [merged[i]])
                 )
+            elif merged[i] is None:
+                timed_out = TimeoutError(
+                    f"timeout={jobs[i].timeout} s passed before the first {settings.params.num_samples} samples "
+                    f"(max_tokens={settings.sampling.max_tokens}) were decoded, so no answer was scored; raise "
+                    "timeout, or lower num_samples or max_tokens"
+                )
+                timed_out.__cause__ = next((r.error for r in mine if isinstance(r.error, RunTimeoutError)), None)
+                outcomes.append(timed_out)
             else:
-                outcomes.append(result)
+                outcomes.append(merged[i])  # type: ignore[arg-type]
         return outcomes
 
     def _execute(self, job: _Job, progress: ProgressFn | None, cancel: threading.Event | None = None) -> PromptResult:
@@ -929,8 +1072,12 @@ class AISPChatModel(BaseChatModel):
         text = job.prompt.prefill + result.text
         if job.prompt.plain and job.prompt.prefill:
             text = text[1:]  # the space after "Assistant:"
-        if job.fmt.calls_tools:
+        if job.fmt.calls_tools and job.auto_choice != "prose":
             parsed = fmtlib.parse_tool_reply(text, job.fmt)
+            if result.finish_reason == "length":
+                cut = _cut_message(job.settings.sampling.max_tokens, "tool call")
+                for call in parsed.invalid_tool_calls:
+                    call["error"] = f"{cut} ({call.get('error')})"
         else:
             parsed = fmtlib.ParsedReply(content=text)
         finish = "tool_calls" if parsed.tool_calls else result.finish_reason
@@ -951,7 +1098,11 @@ class AISPChatModel(BaseChatModel):
             "finish_reason": result.finish_reason,
             "reward_name": self.reward_name,
             "prefill": job.prompt.prefill,
+            "timed_out": result.timed_out,
+            "max_tokens": job.settings.sampling.max_tokens,
         }
+        if job.auto_choice is not None:
+            aisp["auto_choice"] = job.auto_choice
         if job.fmt.constrained:
             aisp["format_validity"] = fmtlib.format_validity(text, job.fmt)
         metadata = {"model_name": str(job.lm.name), "finish_reason": finish, "aisp": aisp}
@@ -1237,7 +1388,7 @@ class AISPChatModel(BaseChatModel):
                 continue
         groups: dict[tuple[Any, ...], list[_Job]] = {}
         for job in jobs:
-            groups.setdefault((job.settings.batch_key(), id(job.lm)), []).append(job)
+            groups.setdefault((job.settings.batch_key(), id(job.lm), job.forced is None), []).append(job)
         if not groups:
             return None
         largest = max(groups.values(), key=len)
@@ -1280,10 +1431,15 @@ class AISPChatModel(BaseChatModel):
         """Validate and render one call without running it (same arguments as ``invoke``).
 
         Raises ``ValueError`` / ``TypeError`` on bad input, exactly as ``invoke`` would;
-        nothing is decoded. Run the result with :meth:`run_prepared`.
+        nothing is decoded. Run the result with :meth:`run_prepared`. A call's ``timeout`` (its
+        ``timeout=`` argument, else the model's) counts from here: time spent waiting in a
+        caller's queue counts against it, and calls with different timeouts still share a run.
         """
         messages = self._convert_input(input).to_messages()
-        return PreparedCall(self._job(messages, stop, kwargs))
+        job = self._job(messages, stop, kwargs)
+        if job.timeout is not None:
+            job.deadline = time.monotonic() + job.timeout  # a prepared call's clock starts now
+        return PreparedCall(job)
 
     def run_prepared(
         self, calls: Sequence[PreparedCall], *, keep: Callable[[int], bool] | None = None
@@ -1326,13 +1482,18 @@ class AISPChatModel(BaseChatModel):
         *,
         tool_choice: str | bool | dict[str, Any] | None = None,
         parallel_tool_calls: bool | None = None,
+        strict: bool | None = None,
         **kwargs: Any,
     ) -> Runnable[LanguageModelInput, AIMessage]:
-        """Bind tools (anything ``convert_to_openai_tool`` accepts).
+        """Bind tools (anything ``convert_to_openai_tool`` accepts); calls are grammar-constrained.
 
-        ``tool_choice``: None/"auto" (the model may call), "none", "any"/"required"/True
-        (a call is forced), or a tool name (that tool is forced). A forced call is
-        prefilled in the prompt and rewarded for validity (see ``format_weight``).
+        ``tool_choice``: None/"auto" (each reply is prose or valid calls, see the choice rule in
+        ``docs/chat_model.md``), "none" (prose, tools not shown), "any"/"required"/True (a valid
+        call of some bound tool) or a tool name (a valid call of that tool). Forced calls are
+        constrained from the first token. One call per reply unless ``parallel_tool_calls=True`` (small
+        local models otherwise tend to repeat a call until ``max_tokens``).
+        ``strict``: see :meth:`with_structured_output`. A tool schema the grammar cannot enforce
+        raises ``ValueError`` here, naming the unsupported construct.
         """
         formatted = [convert_to_openai_tool(t)["function"] for t in tools]
         names = [t["name"] for t in formatted]
@@ -1340,35 +1501,58 @@ class AISPChatModel(BaseChatModel):
         extra: dict[str, Any] = {}
         if parallel_tool_calls is not None:
             extra["parallel_tool_calls"] = parallel_tool_calls
+        if strict is not None:
+            extra["strict"] = strict
+        fmt = fmtlib.OutputFormat(
+            tools=tuple(formatted),
+            tool_choice=choice,
+            parallel_tool_calls=parallel_tool_calls is True,
+            strict=strict,
+        )
+        _grammars(fmt)  # an unsupported schema fails now, not mid-decode
         return self.bind(tools=formatted, tool_choice=choice, **extra, **kwargs)
 
     def with_structured_output(
         self,
-        schema: dict[str, Any] | type,
+        schema: dict[str, Any] | type | None = None,
         *,
         include_raw: bool = False,
         method: Literal["function_calling", "json_schema", "json_mode"] = "function_calling",
         strict: bool | None = None,
         **kwargs: Any,
     ) -> Runnable[LanguageModelInput, dict[str, Any] | Any]:
-        """Structured output for pydantic classes, TypedDicts and JSON schemas.
+        """Structured output for pydantic classes, TypedDicts and JSON schemas, valid by construction.
 
-        ``function_calling`` (default) forces a call of a tool named after the schema;
-        ``json_schema`` / ``json_mode`` ask for a bare JSON object (the schema is shown in
-        the system message and schema-valid JSON is rewarded). ``strict`` is accepted for
-        compatibility; validity is always rewarded, never guaranteed. With
-        ``include_raw=True`` an invalid reply comes back as ``parsing_error``.
+        Every sample is decoded under a grammar of the schema, so AISP / Best-of-N choose among
+        schema-valid replies only. ``function_calling`` (default) forces a call of a tool named
+        after the schema; ``json_schema`` asks for a bare JSON object of the schema; ``json_mode``
+        for any JSON object (with a schema given, that schema is enforced too: it is what the
+        result is parsed into). ``strict``: True/None refuse a schema keyword the grammar cannot
+        enforce (``ValueError`` here, naming it); False drops such keywords from the grammar (the
+        reply is still validated against the full schema after decoding). The one way to get an
+        invalid reply is a reply cut by ``max_tokens``: the error says so and how far to raise it.
+        With ``include_raw=True`` errors come back as ``parsing_error``.
         """
         if kwargs:
             raise ValueError(f"Received unsupported arguments {kwargs}")
         if method not in ("function_calling", "json_schema", "json_mode"):
             raise ValueError(f"method must be 'function_calling', 'json_schema' or 'json_mode', got {method!r}")
-        json_schema = convert_to_json_schema(schema)
+        if strict is not None and not isinstance(strict, bool):
+            raise ValueError(f"strict must be True, False or None, got {strict!r}")
+        if schema is None and method != "json_mode":
+            raise ValueError(f"schema is required for method={method!r} (only json_mode takes schema=None)")
+        json_schema = convert_to_json_schema(schema) if schema is not None else {"type": "object"}
         is_pydantic = isinstance(schema, type) and is_basemodel_subclass(schema)
-        ls_format = {"kwargs": {"method": method}, "schema": schema}
+        ls_format = {"kwargs": {"method": method}, "schema": schema if schema is not None else json_schema}
         if method == "function_calling":
-            name = convert_to_openai_tool(schema)["function"]["name"]
-            llm = self.bind_tools([schema], tool_choice=name, ls_structured_output_format=ls_format)
+            name = convert_to_openai_tool(schema)["function"]["name"]  # type: ignore[arg-type]
+            llm = self.bind_tools(
+                [schema],  # type: ignore[list-item]
+                tool_choice=name,
+                parallel_tool_calls=False,
+                strict=strict,
+                ls_structured_output_format=ls_format,
+            )
             inner: Runnable[Any, Any] = (
                 PydanticToolsParser(tools=[schema], first_tool_only=True)  # type: ignore[list-item]
                 if is_pydantic
@@ -1376,9 +1560,11 @@ class AISPChatModel(BaseChatModel):
             )
             parser: Runnable[Any, Any] = RunnableLambda(partial(_parse_tool_output, inner, name))
         else:
-            llm = self.bind(
-                response_format={"type": method, "schema": json_schema}, ls_structured_output_format=ls_format
-            )
+            grammarlib.json_grammar(json_schema, strict=strict is not False)  # unsupported schema: fail now
+            bound: dict[str, Any] = {"response_format": {"type": method, "schema": json_schema}}
+            if strict is not None:
+                bound["strict"] = strict
+            llm = self.bind(**bound, ls_structured_output_format=ls_format)
             inner = PydanticOutputParser(pydantic_object=schema) if is_pydantic else JsonOutputParser()  # type: ignore[arg-type]
             parser = RunnableLambda(partial(_parse_json_output, inner, json_schema))
         if not include_raw:
@@ -1389,8 +1575,93 @@ class AISPChatModel(BaseChatModel):
         return RunnableMap(raw=llm) | parser_with_fallback
 
 
+def _grammars(fmt: fmtlib.OutputFormat) -> list[str]:
+    """The grammar(s) of a reply of ``fmt``; [] for free text.
+
+    Forced calls and JSON: one grammar. ``tool_choice="auto"``: two, prose (no ``<``, so no
+    call tag) and forced calls; each is decoded from its own prompt with half the samples, and
+    :func:`_chat_format.auto_choice_score` decides between them (see :func:`_merge_variants`).
+    """
+    strict = fmt.strict is not False
+    if fmt.calls_tools:
+        tools, parallel = list(fmt.tools), fmt.parallel_tool_calls
+        if fmt.tool_choice == "auto":
+            return [
+                grammarlib.prose_grammar(),
+                grammarlib.tool_call_grammar(tools, choice="any", parallel=parallel, strict=strict),
+            ]
+        return [grammarlib.tool_call_grammar(tools, choice=fmt.tool_choice, parallel=parallel, strict=strict)]
+    if fmt.json_schema is not None:
+        return [grammarlib.json_grammar(fmt.json_schema, strict=strict)]
+    return []
+
+
+def _merge_variants(
+    entries: Sequence[tuple[int, _Variant]], results: Sequence[PromptResult | None], jobs: Sequence[_Job]
+) -> list[PromptResult | None]:
+    """One result per job. A job with a forced-call variant (``tool_choice="auto"``) returns that
+    variant's best sample when it is a valid, grounded, new call (:func:`_chat_format.auto_choice_score`
+    is positive), else the prose variant's best: the choice does not depend on the reward's scale.
+
+    The forced variant's prefill is put in front of its texts (the free prompt has none); samples,
+    tokens and per-iteration rewards of both variants are reported together.
+    """
+    merged: list[PromptResult | None] = [None] * len(jobs)
+    seen: set[int] = set()
+    for (i, variant), result in zip(entries, results, strict=False):
+        forced = i in seen  # a job's second variant is its forced-call prompt
+        seen.add(i)
+        if result is None:
+            continue
+        if forced:
+            result = dataclasses.replace(
+                result,
+                text=variant.prompt.prefill + result.text,
+                texts=[[variant.prompt.prefill + t for t in ts] for ts in result.texts],
+            )
+        current = merged[i]
+        if current is None:
+            merged[i] = result
+            continue
+        call = fmtlib.auto_choice_score(result.text, jobs[i].fmt, jobs[i].messages) > 0
+        jobs[i].auto_choice = "call" if call else "prose"
+        best = result if call else current
+        merged[i] = dataclasses.replace(
+            best,
+            samples=current.samples + result.samples,
+            generated_tokens=current.generated_tokens + result.generated_tokens,
+            rewards=[a + b for a, b in zip(current.rewards, result.rewards, strict=False)],
+            texts=[a + b for a, b in zip(current.texts, result.texts, strict=False)],
+        )
+    return merged
+
+
+def _format_term(text: str, job: _Job) -> float:
+    """The format term of one reply (times ``format_weight``): validity, or the auto-choice rule."""
+    if job.fmt.calls_tools:
+        if job.fmt.tool_choice == "auto":
+            return fmtlib.auto_choice_score(text, job.fmt, job.messages)
+        return fmtlib.forced_call_score(text, job.fmt, job.messages)
+    return fmtlib.format_validity(text, job.fmt)
+
+
+def _cut_message(max_tokens: int, what: str) -> str:
+    return (
+        f"the reply was cut by max_tokens={max_tokens} inside the {what} (finish_reason 'length'): decoding is "
+        f"grammar-constrained, so only the length limit can leave it incomplete; raise max_tokens (e.g. to "
+        f"{2 * max_tokens})"
+    )
+
+
+def _max_tokens_of(message: AIMessage) -> int:
+    aisp = message.response_metadata.get("aisp") or {}
+    return int(aisp.get("max_tokens") or 0)
+
+
 def _parse_tool_output(inner: Runnable[Any, Any], name: str, message: AIMessage) -> Any:
     """Structured output (function_calling): the first valid call, else an ``OutputParserException``."""
+    if (message.response_metadata.get("aisp") or {}).get("finish_reason") == "length":
+        raise OutputParserException(_cut_message(_max_tokens_of(message), f"{name} call"), llm_output=message.text)
     if not message.tool_calls:
         errors = "; ".join(str(c.get("error") or "") for c in message.invalid_tool_calls)
         raise OutputParserException(
@@ -1401,11 +1672,23 @@ def _parse_tool_output(inner: Runnable[Any, Any], name: str, message: AIMessage)
 
 def _parse_json_output(inner: Runnable[Any, Any], schema: dict[str, Any], message: AIMessage) -> Any:
     """Structured output (json_schema / json_mode): parse, then check the JSON against the schema."""
-    value = inner.invoke(message)
-    if isinstance(value, dict) and (error := fmtlib.schema_errors(value, schema)) is not None:
+    cut = message.response_metadata.get("finish_reason") == "length"
+    if cut:  # a lenient parser could close the cut JSON: never return a truncated value
+        raise OutputParserException(_cut_message(_max_tokens_of(message), "JSON"), llm_output=message.text)
+    try:
+        value = inner.invoke(message)
+    except OutputParserException:
+        if cut:
+            cut_error = _cut_message(_max_tokens_of(message), "JSON")
+            raise OutputParserException(cut_error, llm_output=message.text) from None
+        raise
+    error = fmtlib.schema_errors(value, schema) if isinstance(value, dict) else None
+    if value is None or error is not None:
+        if cut:
+            raise OutputParserException(_cut_message(_max_tokens_of(message), "JSON"), llm_output=message.text)
+        if value is None:
+            raise OutputParserException("the reply contains no JSON object", llm_output=message.text)
         raise OutputParserException(f"the JSON reply does not match the schema: {error}", llm_output=message.text)
-    if value is None:
-        raise OutputParserException("the reply contains no JSON object", llm_output=message.text)
     return value
 
 

@@ -15,6 +15,8 @@ Method = Literal["aisp", "bon", "sample"]
 METHODS: tuple[str, ...] = ("aisp", "bon", "sample")
 Control = Literal["position", "shared"]
 CONTROLS: tuple[str, ...] = ("position", "shared")
+Decoding = Literal["auto", "static", "compiled", "eager"]
+DECODINGS: tuple[str, ...] = ("auto", "static", "compiled", "eager")
 
 # --- Defaults (the benchmark in docs/benchmarks.md is what justifies them) ---
 DEFAULT_METHOD: Method = "aisp"
@@ -35,6 +37,9 @@ DEFAULT_TEMPERATURE = 1.0
 DEFAULT_TOP_P = 1.0
 DEFAULT_TOP_K = 0
 DEFAULT_MAX_BATCH_SIZE = 64
+DEFAULT_DECODING: Decoding = "auto"
+"""``"auto"``: the static-shape path (preallocated KV cache, CUDA graphs) on CUDA, the eager one elsewhere;
+``"compiled"``: the static path with its step compiled by ``torch.compile`` first (slow first call)."""
 
 MAX_SAMPLES = 4096
 MAX_ITERATIONS = 1024

@@ -9,11 +9,18 @@ the resolved logit transforms and samples with pre-drawn uniforms. Rows that end
 (EOS, a stop string, ``max_tokens``) are dropped from the batch once enough of them
 have ended. Stop strings are detected at token boundaries by transformers'
 ``StopStringCriteria`` while decoding.
+
+Grammar constraints (:mod:`langchain_aisp.constraints`) come in as one matcher per row:
+their masks apply to the steered logits before the logit transforms, and each row's
+matcher advances by its sampled token. ``deadline`` (a ``time.monotonic()`` value) stops
+the loop after the step during which it passed; the output then says ``timed_out``.
 """
 
 from __future__ import annotations
 
+import math
 import threading
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -22,6 +29,7 @@ import torch.nn.functional as F
 from transformers import DynamicCache, StopStringCriteria
 
 from langchain_aisp.config import SamplingParams
+from langchain_aisp.constraints import Matcher, RowMasks
 from langchain_aisp.lm import CausalLM
 from langchain_aisp.processors import LogitsTransform, apply_processors, build_processors, sample_tokens
 
@@ -55,6 +63,8 @@ class DecodeOutput:
     finish_reasons: list[str]
     lengths: torch.Tensor
     """Generated tokens per row (EOS included), shape (B,), on CPU."""
+    timed_out: bool = False
+    """The deadline passed before every row had ended: unfinished rows stop where they were."""
 
 
 @torch.inference_mode()
@@ -68,6 +78,19 @@ def prefill(lm: CausalLM, token_ids: Sequence[int]) -> PromptPrefix:
     keys = tuple(layer.keys for layer in cache.layers)
     values = tuple(layer.values for layer in cache.layers)
     return PromptPrefix(keys, values, out.last_hidden_state[0, -1], len(token_ids))  # (d,)
+
+
+class _NoMasks:
+    """Stands in for :class:`RowMasks` when no row is constrained, so the loop never branches on it."""
+
+    def apply(self, logits: torch.Tensor, remaining: int) -> torch.Tensor:
+        return logits  # (A, V)
+
+    def advance(self, tokens: torch.Tensor, ended: torch.Tensor) -> None:
+        pass
+
+    def select(self, keep: torch.Tensor) -> None:
+        pass
 
 
 class _NoStop:
@@ -150,11 +173,15 @@ def decode(
     row_prompt: torch.Tensor,
     V: torch.Tensor,
     uniforms: torch.Tensor,
+    matchers: Sequence[Matcher | None] | None = None,
+    deadline: float = math.inf,
 ) -> DecodeOutput:
     """Decode one response per row.
 
     row_prompt (B,) indexes ``prefixes``; V (B, tau + 1, d) is the control input with a
-    zero slice at index tau; uniforms (B, max_tokens) drive the token sampler.
+    zero slice at index tau; uniforms (B, max_tokens) drive the token sampler;
+    ``matchers`` (one per row, None = unconstrained) constrain rows to a grammar;
+    ``deadline`` (``time.monotonic()`` seconds) stops decoding after the current step.
     """
     lm = decoder.lm
     max_tokens = decoder.sampling.max_tokens
@@ -172,11 +199,16 @@ def decode(
     stopped = torch.zeros(total_rows, dtype=torch.bool, device=device)  # (B,) ended by EOS or stop
     alive = torch.arange(total_rows, device=device)  # (A,) original row index of each live row
     done = torch.zeros(total_rows, dtype=torch.bool, device=device)  # (A,) ended, still in the batch
+    masks: RowMasks | _NoMasks = _NoMasks()
+    if matchers is not None and any(m is not None for m in matchers):
+        masks = RowMasks(matchers, lm.head_weight.shape[0], lm.eos_token_ids, device)
+    timed_out = False
     for step in range(max_tokens):
         logits = F.linear(z + V[:, min(step, tau)], lm.head_weight, lm.head_bias)  # (A, vocab)
-        logits = apply_processors(logits.float(), decoder.processors)  # (A, vocab)
+        logits = apply_processors(masks.apply(logits.float(), max_tokens - step), decoder.processors)  # (A, vocab)
         token = sample_tokens(logits, uniforms[:, step])  # (A,)
         token = torch.where(done, lm.pad_token_id, token)  # (A,)
+        masks.advance(token, done)
         out_tokens[alive, step] = token
         ended = ~done & (torch.isin(token, decoder.eos) | decoder.stop_check(out_tokens[alive, : step + 1]))  # (A,)
         lengths[alive[ended]] = step + 1
@@ -185,9 +217,14 @@ def decode(
         n_done = int(done.sum())
         if n_done == done.shape[0] or step + 1 == max_tokens:
             break
+        if time.monotonic() >= deadline:  # host clock only: no device sync
+            lengths[alive[~done]] = step + 1
+            timed_out = True
+            break
         if 4 * n_done >= done.shape[0]:  # drop ended rows once a quarter of the batch has ended
             keep = (~done).nonzero().squeeze(-1)  # (A',)
             cache.batch_select_indices(keep)
+            masks.select(keep)
             alive, mask, prompt_len = alive[keep], mask[keep], prompt_len[keep]
             V, uniforms, token, done = V[keep], uniforms[keep], token[keep], done[keep]
         hidden = lm.body(
@@ -203,4 +240,4 @@ def decode(
     token_ids = [tokens_cpu[i, : int(lengths_cpu[i])].tolist() for i in range(total_rows)]
     texts = [decoder.text(ids) for ids in token_ids]
     reasons = [FINISH_STOP if s else FINISH_LENGTH for s in stopped.cpu().tolist()]
-    return DecodeOutput(token_ids, texts, reasons, lengths_cpu)
+    return DecodeOutput(token_ids, texts, reasons, lengths_cpu, timed_out)

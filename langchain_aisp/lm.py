@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import inspect
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +50,10 @@ class CausalLM:
     name: str
     cache_kwarg: str = "past_key_values"
     """Name of the KV-cache argument and output field of ``body`` ("cache" in transformers >= 5.2x)."""
+    static_graphs: dict[str, Any] = field(default_factory=dict, init=False, repr=False, compare=False)
+    """Cache of the static decode path (``langchain_aisp.static_decoding``): preallocated buffers and
+    CUDA graphs per row bucket and cache length. Empty until that path runs; lives and dies with this
+    object (a ``dataclasses.replace`` copy starts empty); ``static_decoding.clear_static_cache`` frees it."""
 
     @property
     def device(self) -> torch.device:

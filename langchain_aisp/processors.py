@@ -18,7 +18,7 @@ LogitsTransform = Callable[[torch.Tensor], torch.Tensor]
 
 @dataclass(frozen=True)
 class Softcap:
-    """``cap * tanh(logits / cap)``, for models trained with final-logit softcapping."""
+    """``cap * tanh(logits / cap)``, for models trained with final-logit softcapping (-inf, a masked token, stays)."""
 
     cap: float
 
@@ -27,7 +27,8 @@ class Softcap:
             raise ValueError(f"softcap must be a finite number > 0, got {self.cap}")
 
     def __call__(self, logits: torch.Tensor) -> torch.Tensor:
-        return torch.tanh(logits / self.cap) * self.cap  # (B, V)
+        capped = torch.tanh(logits / self.cap) * self.cap  # (B, V)
+        return capped.masked_fill(torch.isneginf(logits), float("-inf"))  # (B, V)
 
 
 @dataclass(frozen=True)
@@ -110,6 +111,10 @@ def sample_tokens(logits: torch.Tensor, uniforms: torch.Tensor) -> torch.Tensor:
     """
     probs = torch.softmax(logits.float(), dim=-1)  # (B, V)
     cdf = torch.cumsum(probs, dim=-1)  # (B, V)
-    targets = (uniforms.to(cdf.dtype) * cdf[:, -1]).unsqueeze(-1)  # (B, 1)
+    total = cdf[:, -1:]  # (B, 1)
+    # u * total can round up to total itself; keep the target below it so that a token with zero
+    # probability (masked by a grammar, or by top-k/top-p) is never returned.
+    below_total = torch.nextafter(total, torch.zeros_like(total))  # (B, 1)
+    targets = torch.minimum(uniforms.to(cdf.dtype).unsqueeze(-1) * total, below_total)  # (B, 1)
     tokens = torch.searchsorted(cdf, targets, right=True).squeeze(-1)  # (B,)
     return tokens.clamp_(max=logits.shape[-1] - 1)

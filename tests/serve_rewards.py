@@ -27,6 +27,13 @@ def slow_overlap(prompt: str, response: str) -> float:
     return overlap(prompt, response)
 
 
+def slow_on_marker(prompt: str, response: str) -> float:
+    """``overlap`` that takes 1.5 s per response on prompts containing SLOW (to outlast a request's timeout)."""
+    if "SLOW" in prompt:
+        time.sleep(1.5)
+    return overlap(prompt, response)
+
+
 def fails_on_poison(prompt: str, response: str) -> float:
     """``overlap``, except that it raises on prompts containing POISON."""
     if "POISON" in prompt:

@@ -316,3 +316,42 @@ def test_speed_functions_run_on_the_tiny_model(tiny_lm):
     assert rows[0]["ours"]["generated_tokens"] == rows[0]["generate"]["generated_tokens"] == 6  # exactly B x T
     result = prefill_cost(tiny_lm, prompt_tokens=64, samples=2, tokens=3)
     assert result["prompt_tokens"] >= 64 and result["ours_s"] > 0 and result["generate_s"] > 0
+
+
+def test_throughput_cli_on_random_weights(tmp_path):
+    from langchain_aisp.bench import cli
+
+    out = tmp_path / "tp"
+    argv = ["throughput", "--random-weights", "135M", "--device", "cpu", "--batch-sizes", "2", "--tokens", "2",
+            "--repeats", "1", "--variants", "ours,ours_static", "--aisp", "--bandwidth-gbps", "100",
+            "--out", str(out)]  # fmt: skip
+    assert cli.main(argv) == 0
+    data = json.loads((out / "throughput.json").read_text())
+    row = data["rows"][0]
+    assert data["model"] == "random-llama-135M" and row["param_bytes"] > 500e6  # 135M fp32 parameters
+    assert row["limit_ms_per_step"] == pytest.approx(1000 * row["param_bytes"] / 100e9)
+    assert row["ours"]["generated_tokens"] == row["ours_static"]["generated_tokens"] == 4
+    assert {(c["method"], c["decoding"]) for c in data["aisp"]} == {
+        ("aisp", "eager"),
+        ("aisp", "static"),
+        ("bon", "eager"),
+        ("bon", "static"),
+    }
+    assert "ours static" in (out / "throughput.md").read_text()
+    assert cli.main(["throughput", "--random-weights", "8B", "--model", "x", "--out", str(out)]) == 2
+    assert cli.main(["throughput", "--variants", "fastest", "--random-weights", "135M", "--device", "cpu",
+                     "--batch-sizes", "1", "--tokens", "1", "--out", str(out)]) == 2  # fmt: skip
+
+
+def test_batched_wall_clock_and_bandwidth_helpers(tiny_lm):
+    import torch
+
+    from langchain_aisp.bench.speed import batched_wall_clock, device_bandwidth
+
+    cells = batched_wall_clock(tiny_lm, prompts=2, tokens=2, repeats=1, splits=(("aisp", 2, 2), ("bon", 2, 2)))
+    assert [(c["method"], c["num_samples"], c["num_iterations"]) for c in cells] == [("aisp", 2, 2), ("bon", 2, 2)]
+    assert all(c["median_s"] > 0 and c["prompts"] == 2 for c in cells)
+    assert device_bandwidth(torch.device("cpu")) == (None, "unknown for CPU (pass --bandwidth-gbps)")
+    assert device_bandwidth(torch.device("cpu"), 900.0) == (900.0, "given")
+    with pytest.raises(ValueError, match="bandwidth must be > 0 GB/s, got 0"):
+        device_bandwidth(torch.device("cpu"), 0.0)

@@ -207,7 +207,9 @@ def test_unknown_invoke_kwargs_raise(llm):
         ({"lambda_": 0.0}, r"lambda_ must be a finite number > 0"),
         ({"method": "greedy"}, r"method"),
         ({"format_weight": -1.0}, r"format_weight must be a finite number >= 0"),
-        ({"timeout": 3}, r"timeout"),
+        ({"timeout": -1}, r"timeout must be a finite number of seconds > 0 or None, got -1"),
+        ({"max_retries": -1}, r"max_retries must be an integer in \[0, 100\], got -1"),
+        ({"api_key": "sk"}, r"api_key"),
         ({"reward": 3}, r"reward must be a Reward instance"),
     ],
 )
@@ -382,8 +384,12 @@ def test_tool_call_parsing_valid_and_invalid(llm, monkeypatch):
     monkeypatch.setattr(cm, "run", scripted_run(["I would rather chat."]))
     msg = llm.bind_tools([add]).invoke("Hi")  # optional call: plain text is fine
     assert msg.content == "I would rather chat." and not msg.tool_calls and not msg.invalid_tool_calls
-    monkeypatch.setattr(cm, "run", scripted_run(['```json\n{"name": "add", "arguments": {"a": 2, "b": 3}}\n```']))
-    assert llm.bind_tools([add]).invoke("Hi").tool_calls[0]["args"] == {"a": 2, "b": 3}
+    # auto: engine prompt 0 is the prose variant, prompt 1 the forced-call variant (prefilled up to "a":)
+    monkeypatch.setattr(cm, "run", scripted_run(["Five.", ' 2, "b": 3}}\n</tool_call>']))
+    msg = llm.bind_tools([add]).invoke("What is 2 + 3?")  # a call whose arguments come from the question
+    assert msg.tool_calls[0]["args"] == {"a": 2, "b": 3} and msg.response_metadata["aisp"]["auto_choice"] == "call"
+    msg = llm.bind_tools([add]).invoke("Hi")  # invented arguments: prose
+    assert msg.content == "Five." and not msg.tool_calls and msg.response_metadata["aisp"]["auto_choice"] == "prose"
 
 
 def test_tool_choice_forms_and_errors(llm):
@@ -397,7 +403,8 @@ def test_format_validity_scores():
     tools = fmtlib.OutputFormat(tools=(cm.convert_to_openai_tool(add)["function"],), tool_choice="any")
     good = '<tool_call>\n{"name": "add", "arguments": {"a": 1, "b": 2}}\n</tool_call>'
     assert fmtlib.format_validity(good, tools) == 1.0
-    assert fmtlib.format_validity('<tool_call>{"name": "add", "arguments": {"a": 1}}', tools) == -0.5
+    assert fmtlib.format_validity('<tool_call>{"name": "add", "arguments": {"a": 1}}</tool_call>', tools) == -0.5
+    assert fmtlib.format_validity('<tool_call>{"name": "add", "arguments": {"a": 1, "b": 2}}', tools) == -1.0  # cut
     assert fmtlib.format_validity("<tool_call>oops", tools) == -1.0
     assert fmtlib.format_validity("no call", tools) == -1.0
     optional = dataclasses.replace(tools, tool_choice="auto")

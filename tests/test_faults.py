@@ -216,11 +216,11 @@ def test_out_of_memory_halves_the_decoding_batch_and_keeps_results(tiny_lm, enco
     real_decode = aisp.decode
     sizes: list[int] = []
 
-    def small_memory(decoder, prefixes, row_prompt, V, uniforms):
+    def small_memory(decoder, prefixes, row_prompt, V, uniforms, **kwargs):
         sizes.append(int(row_prompt.shape[0]))
         if row_prompt.shape[0] > 2:
             raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
-        return real_decode(decoder, prefixes, row_prompt, V, uniforms)
+        return real_decode(decoder, prefixes, row_prompt, V, uniforms, **kwargs)
 
     monkeypatch.setattr(aisp, "decode", small_memory)
     split = run(tiny_lm, prompts, score, params, SAMPLING, seed=1, max_batch_size=64)
@@ -230,7 +230,7 @@ def test_out_of_memory_halves_the_decoding_batch_and_keeps_results(tiny_lm, enco
 
 
 def test_out_of_memory_on_a_single_row_is_a_clear_error(tiny_lm, monkeypatch):
-    def no_memory(decoder, prefixes, row_prompt, V, uniforms):
+    def no_memory(decoder, prefixes, row_prompt, V, uniforms, **kwargs):
         raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
 
     model = _model(tiny_lm, length_reward, num_samples=4, num_iterations=1, max_tokens=6)

@@ -24,7 +24,7 @@ openai = pytest.importorskip("openai")
 httpx = pytest.importorskip("httpx")
 
 import uvicorn  # noqa: E402
-from serve_rewards import Gate, fails_on_poison, overlap  # noqa: E402
+from serve_rewards import Gate, fails_on_poison, overlap, slow_on_marker  # noqa: E402
 
 from langchain_aisp.serve import AlignmentService, ServeConfig, create_app  # noqa: E402
 
@@ -309,7 +309,9 @@ def test_unknown_reward_is_a_400_listing_the_known_names(server):
         (_ask("hi", n=2), 400, "n=2 is not supported: one answer per request"),
         (_ask("hi", logprobs=True), 400, "logprobs=True is not supported"),
         (_ask("hi", frobnicate=1), 400, "unknown field(s) ['frobnicate']"),
-        (_ask("hi", timeout=5), 400, "timeout is not supported"),
+        (_ask("hi", timeout=0), 400, "timeout must be a finite number of seconds > 0, got 0"),
+        (b'{"model": "default", "messages": [{"role": "user", "content": "hi"}], "timeout": Infinity}', 400, "got inf"),
+        (_ask("hi", timeout=601), 400, "timeout is 601 s, above this server's per-request limit of 600 s"),
         (_ask("hi", functions=[]), 400, "deprecated functions API"),
         (_ask("hi", temperature=-1), 400, "temperature must be a finite number >= 0.0"),
         (_ask("hi", max_tokens=0), 400, "max_tokens must be an integer >= 1"),
@@ -393,6 +395,48 @@ def test_a_failing_reward_fails_only_its_own_request_in_a_shared_run(server, gat
     assert "cannot score POISON prompts" in error["message"] and "'marker'" in error["message"]
     assert server.metric("aisp_reward_failures_total", reward="marker") == failures + 1
     assert httpx.get(f"{server.url}/health").json()["status"] == "ok"
+
+
+def test_requests_with_different_timeouts_share_one_run_and_each_keeps_its_own(default_lm, gate):
+    """Three requests in one batch window, one engine run: no timeout (all its iterations), a timeout that
+    passes while its first iteration is scored (its best so far, timed_out=true), a timeout that passes
+    while it waits in the queue (504, nothing was scored); the first is not held back by the others."""
+    config = ServeConfig(rewards={"slow": slow_on_marker, "gate": gate}, defaults=SMALL, warmup=False)
+    own = RunningServer(config, default_lm)
+    try:
+        blocker = Blocker(own, gate)
+        client = own.client()  # the openai SDK sends the field through extra_body (its own timeout is client-side)
+
+        def ask(question: str, **body: Any) -> Any:
+            messages = [{"role": "user", "content": question}]
+            return client.chat.completions.create(model="default", messages=messages, seed=0, extra_body=body)
+
+        with ThreadPoolExecutor(3) as pool:
+            normal = pool.submit(ask, "Name a fruit.")
+            # 2 samples x 1.5 s of scoring: its 2.5 s pass during its first iteration, whatever the machine's speed
+            short = pool.submit(ask, "SLOW: name a fruit.", timeout=2.5)
+            expired = pool.submit(_post, own, _ask("Name a tree.", timeout=0.05))
+            own.wait_for("aisp_queue_depth", 4)
+            time.sleep(0.1)  # the third request's deadline passes while it waits
+            assert blocker.release().status_code == 200
+            normal_aisp, short_done = normal.result(120).model_extra["aisp"], short.result(120)
+            late = expired.result(120)
+        short_aisp = short_done.model_extra["aisp"]
+        assert normal_aisp["timed_out"] is False and normal_aisp["iterations"] == 2
+        assert short_aisp["timed_out"] is True and short_aisp["iterations"] == 1
+        assert short_done.choices[0].message.content
+        assert normal_aisp["batch_prompts"] == short_aisp["batch_prompts"] == 3  # one engine run
+        assert late.status_code == 504, late.text
+        error = late.json()["error"]
+        assert error["type"] == "timeout_error" and error["code"] == "timeout" and error["param"] == "timeout"
+        assert "timeout=0.05 s passed before the first 2 samples" in error["message"]
+        assert own.metric("aisp_timed_out_total") == 2
+        assert own.metric("aisp_requests_total", outcome="timeout") == 1
+        with pytest.raises(openai.APIStatusError) as info:  # what the openai SDK makes of it
+            ask("Name a lake.", timeout=1e-6)
+        assert info.value.status_code == 504 and info.value.body["code"] == "timeout"
+    finally:
+        own.stop()
 
 
 def _raw_request(port: int, body: dict[str, Any]) -> socket.socket:

@@ -70,10 +70,12 @@ def test_sampling_fields_map_onto_chat_model_arguments():
             aisp={"method": "bon", "num_samples": 3, "num_iterations": 2, "reward": "r"},
             stream=True,
             stream_options={"include_usage": True},
+            timeout=2.5,
         )
     )
     assert call.kwargs == {
         "max_tokens": 12,
+        "timeout": 2.5,
         "temperature": 0.0,
         "top_p": 0.9,
         "seed": 7,
@@ -118,6 +120,12 @@ def test_tools_and_response_formats_are_translated():
         ({"stream": "yes"}, "stream must be true or false"),
         ({"aisp": {"method": "magic"}}, "aisp.method must be one of ['aisp', 'bon', 'sample']"),
         ({"aisp": {"reward": 3}}, "aisp.reward must be a reward name"),
+        ({"timeout": 0}, "timeout must be a finite number of seconds > 0, got 0"),
+        ({"timeout": -1.5}, "timeout must be a finite number of seconds > 0, got -1.5"),
+        ({"timeout": "5"}, "timeout must be a finite number of seconds > 0, got '5'"),
+        ({"timeout": True}, "timeout must be a finite number of seconds > 0, got True"),
+        ({"timeout": float("inf")}, "timeout must be a finite number of seconds > 0, got inf"),
+        ({"timeout": float("nan")}, "timeout must be a finite number of seconds > 0, got nan"),
     ],
 )
 def test_refused_fields_name_the_field_and_the_reason(extra, fragment):
@@ -149,6 +157,9 @@ def test_completion_and_chunks_carry_the_answer_usage_and_aisp_object():
     message = _answer()
     aisp = aisp_summary(message, reward_name="r")
     assert aisp["iterations"] == 2 and aisp["best_rewards"] == [0.5, 0.3] and aisp["batch_prompts"] == 3
+    assert aisp["timed_out"] is False
+    message.response_metadata["aisp"]["timed_out"] = True
+    assert aisp_summary(message)["timed_out"] is True
     body = completion_body(message, completion_id="x", model="m", aisp=aisp)
     assert body["choices"][0]["message"]["content"] == "Paris is nice."
     assert body["usage"] == {"prompt_tokens": 10, "completion_tokens": 4, "total_tokens": 14}
@@ -196,6 +207,9 @@ def test_config_parses_reward_specs_and_builder_arguments():
         ServeConfig(batch_window_ms=-1)
     with pytest.raises(ValueError, match="max_queue must be an integer >= 1, got 0"):
         ServeConfig(max_queue=0)
+    assert ServeConfig.from_mapping({"max_timeout_s": "30"}).max_timeout_s == 30.0
+    with pytest.raises(ValueError, match="max_timeout_s must be a finite number of seconds > 0, got inf"):
+        ServeConfig(max_timeout_s=float("inf"))
 
 
 def test_api_key_comes_from_the_environment_when_not_given(monkeypatch):

@@ -1,7 +1,8 @@
 """LangChain's standard chat-model suites, run against the embedded default model with a small budget.
 
-Every xfail below carries the reason it fails and names the unit test in
-``tests/test_chat_model.py`` that proves the same code path with a scripted engine.
+Tool calls and structured output are grammar-constrained (docs/grammar.md), so the integration
+suite runs with no xfail at n=2, k=1, max_tokens=32. The one xfail left is the unit suite's
+``test_serdes`` (a langchain-core limitation for third-party classes, reason below).
 """
 
 from __future__ import annotations
@@ -33,37 +34,9 @@ PARAMS: dict[str, Any] = {
     "seed": 0,
 }
 
-_BUDGET = "SmolLM2-135M at num_samples=2, num_iterations=1, max_tokens=32 "
-_PROVEN_TOOLS = "the parse/validate path is proven by test_chat_model.py::test_tool_call_parsing_valid_and_invalid"
-_PROVEN_STRUCTURED = (
-    "the structured-output path is proven by test_chat_model.py::test_structured_output_valid_and_invalid"
-)
-
-_SCHEMA_TYPES = [
-    pytest.param(
-        "pydantic",
-        marks=pytest.mark.xfail(
-            reason=_BUDGET
-            + "with sigma=0.02 and seed 0 stops the Joke call after 'setup' (missing required 'punchline'; "
-            + "it passed at sigma=0.05, so it depends on the sample drawn); "
-            + _PROVEN_STRUCTURED,
-            strict=False,
-        ),
-    ),
-    pytest.param(
-        "typeddict",
-        marks=pytest.mark.xfail(
-            reason=_BUDGET
-            + "closes the JokeDict object after 'setup' (missing required 'punchline'); "
-            + _PROVEN_STRUCTURED,
-            strict=False,
-        ),
-    ),
-    "json_schema",
-]
-
-NOT_APPLICABLE = ("timeout", "max_retries", "api_key")
-"""Standard params of hosted APIs; a local model has no network, retries or key, and rejects them (extra='forbid')."""
+NOT_APPLICABLE = ("api_key",)
+"""Hosted-API parameter: a local model has no key and rejects it (extra='forbid'). ``timeout`` and
+``max_retries`` are accepted with a local meaning (deadline of the anytime run, retries of the reward)."""
 
 
 class _Capabilities:
@@ -125,71 +98,6 @@ class TestAISPChatModelIntegration(_Capabilities, ChatModelIntegrationTests):
     @property
     def supports_model_override(self) -> bool:
         return True
-
-    # --- xfails: the 135M default model at n=2, k=1, max_tokens=32 (measured on CPU, seed 0) ---
-
-    @pytest.mark.xfail(
-        reason=_BUDGET + "writes answer_style with a non-string value, so the forced call is "
-        "invalid (invalid_tool_calls); " + _PROVEN_TOOLS,
-        strict=False,
-    )
-    def test_bind_runnables_as_tools(self, model: BaseChatModel) -> None:
-        super().test_bind_runnables_as_tools(model)
-
-    @pytest.mark.xfail(
-        reason=_BUDGET + "writes one of the two forced calls (magic_function / get_weather) with "
-        "arguments that break the schema; " + _PROVEN_TOOLS,
-        strict=False,
-    )
-    def test_tool_choice(self, model: BaseChatModel) -> None:
-        super().test_tool_choice(model)
-
-    @pytest.mark.xfail(
-        False,  # inactive: only the marked parameters carry an active xfail (see _SCHEMA_TYPES)
-        reason="only the pydantic and typeddict variants are expected to fail; overridden to mark those parameters",
-    )
-    @pytest.mark.parametrize("schema_type", _SCHEMA_TYPES)
-    def test_structured_output(self, model: BaseChatModel, schema_type: Any) -> None:
-        super().test_structured_output(model, schema_type)
-
-    @pytest.mark.xfail(
-        False,  # inactive: only the marked parameters carry an active xfail (see _SCHEMA_TYPES)
-        reason="only the pydantic and typeddict variants are expected to fail; overridden to mark those parameters",
-    )
-    @pytest.mark.parametrize("schema_type", _SCHEMA_TYPES)
-    async def test_structured_output_async(self, model: BaseChatModel, schema_type: Any) -> None:
-        await super().test_structured_output_async(model, schema_type)
-
-    @pytest.mark.xfail(
-        reason=_BUDGET + "closes the Joke object after 'setup' (missing required 'punchline'); " + _PROVEN_STRUCTURED,
-        strict=False,
-    )
-    def test_structured_output_pydantic_2_v1(self, model: BaseChatModel) -> None:
-        super().test_structured_output_pydantic_2_v1(model)
-
-    @pytest.mark.xfail(
-        reason=_BUDGET + "in json_mode writes {'setup': ...} without 'punchline'; " + _PROVEN_STRUCTURED, strict=False
-    )
-    def test_json_mode(self, model: BaseChatModel) -> None:
-        super().test_json_mode(model)
-
-    @pytest.mark.xfail(
-        reason=_BUDGET + "answers in prose instead of calling get_weather when the call is optional "
-        "(tool_choice=None); the optional-call parsing is proven by "
-        "test_chat_model.py::test_tool_call_parsing_valid_and_invalid",
-        strict=False,
-    )
-    @pytest.mark.parametrize("model", [{}, {"output_version": "v1"}], indirect=True)
-    def test_agent_loop(self, model: BaseChatModel) -> None:
-        super().test_agent_loop(model)
-
-    @pytest.mark.xfail(
-        reason=_BUDGET + "omits the required 'description' argument of unicode_customer; " + _PROVEN_TOOLS, strict=False
-    )
-    def test_unicode_tool_call_integration(
-        self, model: BaseChatModel, *, tool_choice: str | None = None, force_tool_call: bool = True
-    ) -> None:
-        super().test_unicode_tool_call_integration(model, tool_choice=tool_choice, force_tool_call=force_tool_call)
 
     @property
     def model_override_value(self) -> str:

@@ -8,9 +8,31 @@ Python API::
 See docs/benchmarks.md for the commands, the outputs and what each column means.
 """
 
-from langchain_aisp.bench.metrics import best_so_far, diversity, iteration_means, win_rate
-from langchain_aisp.bench.prompts import BenchPrompt, load_prompts
-from langchain_aisp.bench.runner import BenchConfig, Cell, Split, default_split, load_results, run_benchmark
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from langchain_aisp.bench.metrics import best_so_far, diversity, iteration_means, win_rate
+    from langchain_aisp.bench.prompts import BenchPrompt, load_prompts
+    from langchain_aisp.bench.runner import BenchConfig, Cell, Split, default_split, load_results, run_benchmark
+
+# Loaded on first use, so that ``langchain_aisp.bench.speed`` imports without langchain-core (GPU check).
+_EXPORTS = {
+    "best_so_far": "langchain_aisp.bench.metrics",
+    "diversity": "langchain_aisp.bench.metrics",
+    "iteration_means": "langchain_aisp.bench.metrics",
+    "win_rate": "langchain_aisp.bench.metrics",
+    "BenchPrompt": "langchain_aisp.bench.prompts",
+    "load_prompts": "langchain_aisp.bench.prompts",
+    "BenchConfig": "langchain_aisp.bench.runner",
+    "Cell": "langchain_aisp.bench.runner",
+    "Split": "langchain_aisp.bench.runner",
+    "default_split": "langchain_aisp.bench.runner",
+    "load_results": "langchain_aisp.bench.runner",
+    "run_benchmark": "langchain_aisp.bench.runner",
+}
 
 __all__ = [
     "BenchConfig",
@@ -26,3 +48,10 @@ __all__ = [
     "run_benchmark",
     "win_rate",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'langchain_aisp.bench' has no attribute {name!r}")
+    return getattr(importlib.import_module(module), name)

@@ -5,7 +5,9 @@ Subcommands (``run`` is the default when none is given)::
     langchain-aisp-bench [run] [--prompts FILE] [--reward NAME|module:callable ...] [--budgets 8,16,32]
                          [--seeds 2] [--splits 8x4,...] [--max-tokens 32] [--model ID|PATH] [--quick]
                          [--single] [--out bench-results/] [--resume | --overwrite]
-    langchain-aisp-bench throughput [--batch-sizes 8,32] [--tokens 32] [--repeats 3]
+    langchain-aisp-bench throughput [--batch-sizes 8,32] [--tokens 32] [--repeats 3] [--random-weights 1.7B]
+                                    [--variants ours,ours_static,...] [--bandwidth-gbps 4800] [--aisp]
+                                    [--batched-prompts 16]
     langchain-aisp-bench prefill [--prompt-tokens 1024] [--samples 8] [--tokens 32]
     langchain-aisp-bench report --out bench-results/
     langchain-aisp-bench threads [--models default,360m] [--thread-counts 1,all] [--loads 0,1] [--repeats 1]
@@ -164,10 +166,38 @@ def build_parser(command: str) -> argparse.ArgumentParser:
         return _memory_parser(prog)
     parser = argparse.ArgumentParser(prog=prog)
     if command == "throughput":
-        parser.description = "Decoding tokens/s of the AISP decoder vs model.generate on the same batch."
+        parser.description = (
+            "Decoding ms/step and tokens/s of our eager and static decode paths vs model.generate (eager and "
+            "static cache) on the same batch, peak memory, the weights-only bandwidth limit; optionally one "
+            "AISP answer end to end and Batched AISP vs BoN."
+        )
         parser.add_argument("--batch-sizes", default="8,32")
         parser.add_argument("--tokens", type=int, default=32, help="new tokens per row (exactly)")
         parser.add_argument("--repeats", type=int, default=3)
+        parser.add_argument(
+            "--random-weights",
+            choices=("135M", "1.7B", "8B"),
+            default=None,
+            help="a random-init Llama of this shape with the default tokenizer, built on the device (no download)",
+        )
+        parser.add_argument("--tokenizer", default=None, help="tokenizer folder for --random-weights")
+        parser.add_argument(
+            "--variants",
+            default=None,
+            help="comma-separated subset of ours,ours_static,ours_static_compiled,generate,generate_static "
+            "(default: all on CUDA; ours,ours_static,generate on CPU)",
+        )
+        parser.add_argument(
+            "--bandwidth-gbps",
+            type=float,
+            default=None,
+            help="device memory bandwidth for the weights-only limit (default: datasheet value of known cards, "
+            "e.g. H200 4800, H100 SXM 3350, A100 80GB 2039)",
+        )
+        parser.add_argument("--aisp", action="store_true", help="also time one AISP/BoN 8x4 answer end to end")
+        parser.add_argument(
+            "--batched-prompts", type=int, default=0, help="also time Batched AISP 8x4 vs BoN over this many prompts"
+        )
     elif command == "prefill":
         parser.description = "BoN-N on a long RAG prompt: our engine (prefill once) vs generate (prefill N times)."
         parser.add_argument("--prompt-tokens", type=int, default=1024, help="minimum prompt length in tokens")
@@ -325,12 +355,37 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_throughput(args: argparse.Namespace) -> int:
-    from langchain_aisp.bench.speed import throughput, throughput_markdown
+    from langchain_aisp.bench import speed
 
-    lm = _load_lm(args)
-    rows = throughput(lm, _ints(args.batch_sizes, "--batch-sizes"), args.tokens, args.repeats)
-    text = throughput_markdown(rows, lm.name)
-    _save(Path(args.out), "throughput", {"model": lm.name, "rows": rows}, text)
+    if args.random_weights and args.model:
+        raise ValueError("pass either --model or --random-weights, not both")
+    if args.tokenizer and not args.random_weights:
+        raise ValueError("--tokenizer only applies to --random-weights")
+    if args.batched_prompts < 0:
+        raise ValueError(f"--batched-prompts must be >= 0, got {args.batched_prompts}")
+    if args.random_weights:
+        set_cpu_threads(args.num_threads)  # as _load_lm does for --model
+        lm = speed.random_weights_lm(args.random_weights, args.tokenizer, device=args.device, dtype=args.dtype)
+    else:
+        lm = _load_lm(args)
+    variants = tuple(v.strip() for v in args.variants.split(",") if v.strip()) if args.variants else None
+    rows = speed.throughput(
+        lm,
+        _ints(args.batch_sizes, "--batch-sizes"),
+        args.tokens,
+        args.repeats,
+        variants=variants,
+        bandwidth_gbps=args.bandwidth_gbps,
+    )
+    data: dict[str, Any] = {"model": lm.name, "rows": rows}
+    text = speed.throughput_markdown(rows, lm.name)
+    if args.aisp:
+        data["aisp"] = speed.aisp_latency(lm, tokens=args.tokens, repeats=args.repeats)
+        text += "\n" + speed.aisp_markdown(data["aisp"], lm.name)
+    if args.batched_prompts:
+        data["batched"] = speed.batched_wall_clock(lm, args.batched_prompts, tokens=args.tokens, repeats=args.repeats)
+        text += "\n" + speed.batched_markdown(data["batched"], lm.name)
+    _save(Path(args.out), "throughput", data, text)
     print(text)
     return 0
 

@@ -7,10 +7,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-
-from langchain_core.messages import BaseMessage, HumanMessage
+from typing import TYPE_CHECKING
 
 from langchain_aisp.lm import CausalLM
+
+if TYPE_CHECKING:  # langchain-core is imported where it is used: the speed tools run without it (GPU check)
+    from langchain_core.messages import BaseMessage
 
 
 @dataclass(frozen=True)
@@ -30,6 +32,8 @@ class BenchPrompt:
 
     def conversation(self) -> list[BaseMessage]:
         """The conversation a reward sees (one human message)."""
+        from langchain_core.messages import HumanMessage
+
         return [HumanMessage(self.user_text)]
 
 

@@ -192,6 +192,15 @@ def create_app(config: ServeConfig | None = None, *, service: AlignmentService |
             raise _reward_error(pending, exc) from None
         except (ClientGoneError, RunCancelledError):
             answer = None
+        except TimeoutError as exc:
+            count("timeout")
+            raise APIError(
+                504,
+                f"the request's timeout passed before any answer was scored ({exc}); other requests are unaffected",
+                type="timeout_error",
+                param="timeout",
+                code="timeout",
+            ) from None
         except Exception as exc:
             count("error")
             raise APIError(500, f"the engine failed: {type(exc).__name__}: {exc}", type="server_error") from None

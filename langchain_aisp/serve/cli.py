@@ -79,6 +79,9 @@ def _parser() -> argparse.ArgumentParser:
     limits.add_argument("--max-budget", type=int, default=256, help="per-request num_samples x num_iterations cap")
     limits.add_argument("--max-tokens-limit", type=int, default=1024, help="per-request max_tokens cap")
     limits.add_argument(
+        "--max-timeout-s", type=float, default=600.0, help="per-request timeout cap, in seconds (400 above)"
+    )
+    limits.add_argument(
         "--max-pending-work", type=int, default=1 << 21, help="server-wide cap on admitted work, in sampled tokens"
     )
     limits.add_argument(
@@ -117,6 +120,7 @@ def config_from_args(args: argparse.Namespace) -> ServeConfig:
         max_queue=args.max_queue,
         max_budget=args.max_budget,
         max_tokens_limit=args.max_tokens_limit,
+        max_timeout_s=args.max_timeout_s,
         max_pending_work=args.max_pending_work,
         max_body_bytes=args.max_body_bytes,
         warmup=not args.no_warmup,

@@ -82,6 +82,10 @@ class ServeConfig:
     """Per-request cap on num_samples x num_iterations (400 above it)."""
     max_tokens_limit: int = 1024
     """Per-request cap on max_tokens (400 above it)."""
+    max_timeout_s: float = 600.0
+    """Per-request cap on ``timeout`` in seconds (400 above it). A request's timeout counts from its
+    admission (queue time included); at the deadline it gets its best answer so far
+    (``aisp.timed_out``), or 504 when not one of its samples had been scored."""
     max_pending_work: int = 1 << 21
     """Server-wide cap on the work admitted and not yet done, in sampled tokens
     (sum of num_samples x num_iterations x max_tokens); a request that would pass it gets 429."""
@@ -115,6 +119,9 @@ class ServeConfig:
         for name in ("max_batch_prompts", "max_batch_size", "max_queue", "max_budget", "max_tokens_limit"):
             _positive_int(name, getattr(self, name))
         _positive_int("max_pending_work", self.max_pending_work)
+        cap = self.max_timeout_s
+        if isinstance(cap, bool) or not isinstance(cap, (int, float)) or not (math.isfinite(cap) and cap > 0):
+            raise ValueError(f"max_timeout_s must be a finite number of seconds > 0, got {cap!r}")
         _positive_int("max_body_bytes", self.max_body_bytes, low=1024)
 
     @property

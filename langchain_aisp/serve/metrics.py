@@ -65,6 +65,10 @@ class Metrics:
         "aisp_reward_failures_total": ("counter", "Requests whose reward failed, by reward name."),
         "aisp_disconnects_total": ("counter", "Clients that disconnected while their request waited or ran."),
         "aisp_cancelled_total": ("counter", "Requests dropped by the engine (or skipped) because their client left."),
+        "aisp_timed_out_total": (
+            "counter",
+            "Requests stopped by their timeout (answered with the best so far, or 504 when nothing was scored).",
+        ),
         "aisp_queue_depth": ("gauge", "Requests admitted and not finished (waiting or running)."),
         "aisp_pending_work_tokens": ("gauge", "Admitted, unfinished work in sampled tokens (n x k x max_tokens)."),
     }

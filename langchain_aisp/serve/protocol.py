@@ -38,9 +38,10 @@ SUPPORTED_FIELDS = (
     "response_format",
     "stream",
     "stream_options",
+    "timeout",
     "aisp",
 )
-"""Fields that change the answer."""
+"""Fields that change the answer (``timeout``: seconds for this request, an anytime deadline)."""
 
 IGNORED_FIELDS = ("user", "metadata")
 """Accepted and not used: ``user`` (an end-user id for abuse tracking) and ``metadata`` (labels for stored
@@ -74,8 +75,6 @@ _WHY = {
     "function_call": "the deprecated functions API is not supported: use tool_choice",
     "audio": "the served model is text-only",
     "prediction": "predicted outputs are not supported",
-    "timeout": "per-request anytime deadlines are not available yet (they arrive with AISPChatModel's timeout); "
-    "omit the field",
 }
 
 AISP_FIELDS = ("method", "num_samples", "num_iterations", "reward")
@@ -187,6 +186,10 @@ def parse_chat_request(data: dict[str, Any]) -> ChatCall:
         if not 0 < top_p <= 1:
             raise bad_request(f"top_p must be a number in (0, 1], got {top_p}", param="top_p")
         kwargs["top_p"] = top_p
+    if (timeout := data.get("timeout")) is not None:
+        if not _is_number(timeout) or not math.isfinite(timeout) or timeout <= 0:
+            raise bad_request(f"timeout must be a finite number of seconds > 0, got {timeout!r}", param="timeout")
+        kwargs["timeout"] = float(timeout)
     if (seed := _optional_int(data, "seed", low=0)) is not None:
         if seed > MAX_SEED:
             raise bad_request(f"seed must be an integer in [0, {MAX_SEED}], got {seed}", param="seed")
@@ -480,6 +483,7 @@ def aisp_summary(message: AIMessage, **extra: Any) -> dict[str, Any]:
         "best_rewards": [max(r) for r in rewards if r],
         "generated_tokens": meta.get("generated_tokens"),
         "batch_prompts": meta.get("batch_prompts", 1),
+        "timed_out": bool(meta.get("timed_out", False)),
     }
     if "format_validity" in meta:
         out["format_validity"] = meta["format_validity"]

@@ -172,6 +172,13 @@ class AlignmentService:
         requested = call.kwargs.get("max_tokens")
         if requested is not None and requested > self.config.max_tokens_limit:
             raise self._cap_error("max_tokens", requested, self.config.max_tokens_limit)
+        timeout = call.kwargs.get("timeout")
+        if timeout is not None and timeout > self.config.max_timeout_s:
+            raise bad_request(
+                f"timeout is {timeout:g} s, above this server's per-request limit of {self.config.max_timeout_s:g} s",
+                param="timeout",
+                code="limit_exceeded",
+            )
         kwargs = dict(call.kwargs)
         try:
             if call.tools:
@@ -314,6 +321,8 @@ class AlignmentService:
             meta = outcome.response_metadata.get("aisp", {})
             self.metrics.inc("aisp_samples_generated_total", meta.get("samples") or 0)
             self.metrics.inc("aisp_tokens_generated_total", meta.get("generated_tokens") or 0)
+            if meta.get("timed_out"):
+                self.metrics.inc("aisp_timed_out_total")
             _settle(pending.future, Answer(outcome, pending.reward_name, queued, elapsed))
             return
         if isinstance(outcome, RewardError):
@@ -322,6 +331,8 @@ class AlignmentService:
         elif isinstance(outcome, RunCancelledError):
             self.metrics.inc("aisp_cancelled_total")
             partial = outcome.partial[0] if outcome.partial else None
+        elif isinstance(outcome, TimeoutError):
+            self.metrics.inc("aisp_timed_out_total")
         if partial is not None:
             self.metrics.inc("aisp_samples_generated_total", partial.samples)
             self.metrics.inc("aisp_tokens_generated_total", partial.generated_tokens)
