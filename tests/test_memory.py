@@ -460,6 +460,22 @@ def test_chat_model_warm_starts_and_updates_once_per_call(tiny_lm):
     assert llm._identifying_params["control_memory"] == "tokens, strength 0.5"
 
 
+def test_chat_model_with_memory_keeps_its_timeout(tiny_lm):
+    """run_with_memory passes the call's deadline through: the slow run stops after its first
+    iteration with its best answer, and that scored iteration still teaches the memory."""
+    import time
+
+    def slow(prompt: str, response: str) -> float:
+        time.sleep(0.6)  # one scored response outlasts the timeout
+        return float(len(response))
+
+    memory = ControlMemory()
+    llm = _chat(tiny_lm, memory, reward=slow, num_iterations=4)
+    aisp = llm.invoke("Name a fruit.", timeout=0.5).response_metadata["aisp"]
+    assert aisp["timed_out"] is True and len(aisp["rewards"]) == 1
+    assert memory.updates == 1 and memory.prompts == 1
+
+
 def _add_tool():
     from langchain_core.tools import tool
 
