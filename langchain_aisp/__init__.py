@@ -14,6 +14,7 @@ if TYPE_CHECKING:
     from langchain_aisp.chat_models import AISPChatModel
     from langchain_aisp.config import AISPParams, SamplingParams
     from langchain_aisp.embeddings import MiniLMEmbeddings
+    from langchain_aisp.memory import ControlMemory
     from langchain_aisp.rewards import FunctionReward, Reward, as_reward, batched
 
 __version__ = "0.1.0"
@@ -22,6 +23,7 @@ _EXPORTS = {
     "AISPChatModel": "langchain_aisp.chat_models",
     "AISPParams": "langchain_aisp.config",
     "SamplingParams": "langchain_aisp.config",
+    "ControlMemory": "langchain_aisp.memory",
     "MiniLMEmbeddings": "langchain_aisp.embeddings",
     "PromptResult": "langchain_aisp.aisp",
     "RewardError": "langchain_aisp.aisp",
@@ -34,6 +36,7 @@ _EXPORTS = {
 __all__ = [
     "AISPChatModel",
     "AISPParams",
+    "ControlMemory",
     "FunctionReward",
     "MiniLMEmbeddings",
     "PromptResult",

@@ -140,6 +140,17 @@ class PromptResult:
     while the others went on, and the fields above hold what was scored before."""
     cancelled: bool = False
     """``keep`` returned False for this prompt: it stopped after ``len(rewards)`` iterations."""
+    weights: list[list[float]] = field(default_factory=list)
+    """Importance weights of every sample, per iteration (uniform for Best-of-N and sampling)."""
+    sample_token_ids: list[list[list[int]]] = field(default_factory=list)
+    """Token ids of every sampled response, per iteration."""
+    initial_U_norm: float = 0.0  # noqa: N815 - the paper's U
+    """Frobenius norm of the starting mean U (0 for a cold start; see ``run(initial_U=...)``)."""
+    U: torch.Tensor | None = None
+    """The final mean control (steps, d), float32 on CPU (method "aisp" only): what a control memory learns from."""
+    U_mass: torch.Tensor | None = None
+    """Importance mass behind each row of ``U`` (steps,), summed over iterations: sum_i w_i over the samples
+    that reached the position (0 where no sample did, and U kept its starting value)."""
 
 
 @dataclass(frozen=True)
@@ -478,12 +489,43 @@ def _score_name(score: ScoreFn) -> str:
     return str(getattr(score, "name", None) or getattr(score, "__name__", None) or type(score).__name__)
 
 
+def control_shape(lm: CausalLM, params: AISPParams, sampling: SamplingParams) -> tuple[int, int]:
+    """Shape (steps, d) of one prompt's mean control U: steps = min(tau, max_tokens) for ``control="position"``,
+    1 for ``"shared"``; d the model's hidden size."""
+    steps = min(params.tau, sampling.max_tokens) if params.control == "position" else 1
+    return steps, lm.hidden_size
+
+
+def _initial_controls(
+    initial_U: object, prompts: int, shape: tuple[int, int], params: AISPParams, device: torch.device
+) -> torch.Tensor:
+    """``initial_U`` checked and broadcast to one starting mean per prompt: (prompts, steps, d), float32."""
+    if initial_U is None:
+        return torch.zeros(prompts, *shape, device=device)  # (P, steps, d)
+    if params.method != "aisp":
+        raise ValueError(f"initial_U steers AISP's control and needs method='aisp', got method={params.method!r}")
+    if not isinstance(initial_U, torch.Tensor) or not initial_U.is_floating_point():
+        raise TypeError(f"initial_U must be a floating-point torch.Tensor, got {type(initial_U).__name__}")
+    steps, d = shape
+    if tuple(initial_U.shape) not in ((steps, d), (prompts, steps, d)):
+        raise ValueError(
+            f"initial_U must have shape ({steps}, {d}) (one mean for every prompt) or ({prompts}, {steps}, {d}) "
+            f"(one per prompt) for control={params.control!r}, tau={params.tau} and hidden size {d} "
+            f"(steps = min(tau, max_tokens) for position control, 1 for shared), got {tuple(initial_U.shape)}"
+        )
+    if not bool(torch.isfinite(initial_U).all()):
+        raise ValueError("initial_U contains NaN or infinite values")
+    start = initial_U.detach().to(device=device, dtype=torch.float32)
+    return start.expand(prompts, steps, d).clone()  # (P, steps, d)
+
+
 @dataclass
 class _PromptState:
     result: PromptResult
     prefix: PromptPrefix
     U: torch.Tensor  # (steps, d)
     generator: torch.Generator
+    mass: torch.Tensor  # (steps,) importance mass per position, summed over iterations
     elite_uniforms: torch.Tensor | None = None  # (T,) token-sampling noise of the best response so far
 
 
@@ -500,6 +542,7 @@ def run(
     decoding: str = DEFAULT_DECODING,
     on_reward_error: OnRewardError = "raise",
     keep: Callable[[int], bool] | None = None,
+    initial_U: torch.Tensor | None = None,
     constraints: Sequence[Constraint | None] | None = None,
     deadline: float | Sequence[float | None] | None = None,
 ) -> list[PromptResult]:
@@ -520,6 +563,9 @@ def run(
     prompts whose scoring still fails (their ``PromptResult.error``) and goes on with the
     others. ``keep(prompt_index)`` is asked before every iteration: a prompt for which it
     returns False stops there (``PromptResult.cancelled``), and its rows leave the batch.
+
+    ``initial_U`` (AISP only) is the starting mean of U instead of zero: shape
+    :func:`control_shape` (steps, d) for every prompt, or (len(prompts), steps, d) one per prompt.
 
     ``constraints`` (one per prompt, None = free text) constrain every sample of a prompt to
     its grammar.
@@ -558,6 +604,7 @@ def run(
     # Which control vector drives each perturbed position: its own (position) or the one shared vector.
     control_index = torch.arange(tau) if params.control == "position" else torch.zeros(tau, dtype=torch.long)  # (tau,)
     steps = int(control_index.max()) + 1  # control vectors per sample
+    start_U = _initial_controls(initial_U, len(prompts), (steps, d), params, device)  # (P, steps, d)
     elite_rows = round(params.elite_fraction * n) if steer else 0  # rows reusing the elite's noise
     name = _score_name(score)
     prompts_per_batch = max(1, max_batch_size // n)
@@ -574,10 +621,11 @@ def run(
         chunk = [j for j in chunk if results[j] is None]
         states = [
             _PromptState(
-                PromptResult(index=j, prompt_tokens=len(prompts[j])),
+                PromptResult(index=j, prompt_tokens=len(prompts[j]), initial_U_norm=float(start_U[j].norm())),
                 prefill(lm, prompts[j]),  # once per prompt, for all n x k samples
-                torch.zeros(steps, d, device=device),  # (steps, d)
+                start_U[j],  # (steps, d)
                 _generator(seeds[j], device),
+                torch.zeros(steps, device=device),  # (steps,)
             )
             for j in chunk
         ]
@@ -647,6 +695,7 @@ def run(
                     lam = params.lambda_ or lambda_for_ess(r, inner, params.alpha, sigma, params.ess_target * n)
                     weights = importance_weights(r, inner, lam, params.alpha, sigma)  # (n,)
                     state.U = update_mean(state.U, V[b_idx].float(), weights.to(device), mask)  # (steps, d)
+                    state.mass += weights.to(device, torch.float32) @ mask.float()  # (steps,)
                     if params.token_step > 0:
                         ids = out.token_ids[rows]
                         drift = token_direction(lm.head_weight, ids, weights, tau)  # (d,)
@@ -654,6 +703,7 @@ def run(
                 else:
                     lam, weights = 0.0, torch.full((n,), 1.0 / n)
                 state.result.lambdas.append(lam)
+                state.result.weights.append(weights.tolist())
                 state.result.ess.append(effective_sample_size(weights))
                 state.result.u_norms.append(float(state.U.norm()))
             scored = [s for s in live if s.result.error is None]
@@ -668,6 +718,9 @@ def run(
                     )
                 )
         for state in states:
+            if steer:
+                state.result.U = state.U.detach().to("cpu", torch.float32)  # (steps, d)
+                state.result.U_mass = state.mass.to("cpu")  # (steps,)
             results[state.result.index] = state.result
     missing = [j for j, r in enumerate(results) if r is not None and r.timed_out and not r.rewards]
     if missing:  # out of time before a single scored sample
@@ -768,6 +821,7 @@ def _record(result: PromptResult, iteration: int, out: DecodeOutput, rows: slice
     values = rewards.tolist()
     result.rewards.append(values)
     result.texts.append(texts)
+    result.sample_token_ids.append(out.token_ids[rows])
     result.samples += len(texts)
     result.generated_tokens += int(out.lengths[rows].sum())
     best = max(range(len(values)), key=values.__getitem__)

@@ -86,6 +86,7 @@ from langchain_aisp.config import (
     SamplingParams,
     check_seed,
 )
+from langchain_aisp.memory import ControlMemory, run_with_memory
 from langchain_aisp.rewards import Reward, as_reward
 
 PROGRESS_EVENT = "aisp_progress"
@@ -459,6 +460,17 @@ class AISPChatModel(BaseChatModel):
         ``"aisp_progress"`` (``BaseCallbackHandler.on_custom_event``) with ``iteration``,
         ``num_iterations``, ``rewards`` (that iteration's) and ``best_reward``.
 
+    Control memory (learn across calls; off by default):
+        .. code-block:: python
+
+            from langchain_aisp import ControlMemory
+
+            memory = ControlMemory()          # or ControlMemory.load("profile.safetensors")
+            llm = AISPChatModel(reward=upbeat, control_memory=memory, num_iterations=1)
+            llm.batch(prompts)                # warm-started from what earlier calls taught; one update per call
+            msg.response_metadata["aisp"]["warm_start"], msg.response_metadata["aisp"]["warm_start_norm"]
+            memory.save("profile.safetensors")
+
     Errors:
         A failing reward raises :class:`langchain_aisp.RewardError`; ``err.partial[0]`` is
         the best ``PromptResult`` found before the failure for that input (or None).
@@ -567,6 +579,13 @@ class AISPChatModel(BaseChatModel):
     streaming: bool = False
     """When True, ``invoke`` goes through ``_stream`` (LangChain's usual meaning)."""
 
+    control_memory: ControlMemory | None = Field(default=None, exclude=True)
+    """A :class:`~langchain_aisp.ControlMemory`: AISP calls start from the mean it learned on earlier calls
+    (for this model, reward and control shape) and every call (a ``batch`` counts once) updates it. None
+    (default): every call starts from U = 0. Calls with tools or a JSON schema bound neither use nor update
+    it (their reward includes the format term). ``response_metadata["aisp"]["warm_start"]`` says whether a
+    call was warm-started, ``warm_start_norm`` how strongly."""
+
     timeout: float | None = None
     """Wall-clock limit of one call, in seconds (None: none); also a per-call argument
     (``invoke(..., timeout=5)``). AISP is anytime: at the deadline the run stops after the current
@@ -599,7 +618,7 @@ class AISPChatModel(BaseChatModel):
                 raise ValueError(f"reward path {value!r} does not import: {exc}") from exc
         return value
 
-    @field_validator("llm", mode="before")
+    @field_validator("llm", "control_memory", mode="before")
     @classmethod
     def _no_marker(cls, value: Any) -> Any:
         if isinstance(value, str) and value.startswith(_UNSERIALISABLE):
@@ -741,6 +760,9 @@ class AISPChatModel(BaseChatModel):
             "seed": self.seed,
             "stop": self.stop,
             "format_weight": self.format_weight,
+            "control_memory": None
+            if self.control_memory is None
+            else f"{self.control_memory.signal}, strength {self.control_memory.strength}",
         }
 
     def _get_ls_params(self, stop: list[str] | None = None, **kwargs: Any) -> LangSmithParams:
@@ -773,6 +795,11 @@ class AISPChatModel(BaseChatModel):
             kwargs["llm"] = (
                 _UNSERIALISABLE + "a model passed as loaded objects cannot be serialised; "
                 "pass model=<hub id or local path>"
+            )
+        if self.control_memory is not None:
+            kwargs["control_memory"] = (
+                _UNSERIALISABLE + "a control memory is not serialised with the model; save it with "
+                "memory.save(path) and pass control_memory=ControlMemory.load(path)"
             )
         return data
 
@@ -947,17 +974,21 @@ class AISPChatModel(BaseChatModel):
 
         engine_keep = None if keep is None else (lambda e: keep(entries[e][0]))
         engine_deadlines = [deadlines[i] for i, _ in entries]
+        memory = None if any(j.fmt.constrained for j in jobs) else self.control_memory
         # isolated: a reward failure or a timeout with nothing scored is recorded on its prompt, never raised
         results: list[PromptResult | None] = list(
-            run(
+            run_with_memory(
+                memory,
                 lm,
                 [v.token_ids for _, v in entries],
                 score,
                 params,
                 settings.sampling,
+                reward=self.reward_name,
                 seed=seeds[0] if len(set(seeds)) == 1 else seeds,
                 max_batch_size=self.max_batch_size,
                 on_iteration=on_iteration,
+                runner=run,
                 on_reward_error="isolate",
                 keep=engine_keep,
                 decoding=self.decoding,
@@ -1060,6 +1091,8 @@ class AISPChatModel(BaseChatModel):
             "ess": result.ess,
             "lambdas": result.lambdas,
             "u_norms": result.u_norms,
+            "warm_start": result.initial_U_norm > 0,
+            "warm_start_norm": result.initial_U_norm,
             "best_iteration": result.best_iteration,
             "generated_tokens": result.generated_tokens,
             "finish_reason": result.finish_reason,

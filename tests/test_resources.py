@@ -116,8 +116,12 @@ def test_decoding_runs_under_inference_mode_and_keeps_no_graph(tiny_lm, encode):
     assert all(p.grad is None for p in tiny_lm.model.parameters())
     assert torch.is_grad_enabled()  # the caller's autograd mode is restored
     result = results[0]
-    for value in vars(result).values():  # plain Python values: nothing can hold a graph or a device buffer
-        assert not _tensors_in(value)
+    for name, value in vars(result).items():  # plain Python values: nothing can hold a graph or a device buffer
+        if name in ("U", "U_mass"):  # the final control, for a control memory: a small detached CPU tensor
+            assert value.device.type == "cpu" and not value.requires_grad and value.grad_fn is None
+            assert value.numel() <= 4 * tiny_lm.hidden_size
+        else:
+            assert not _tensors_in(value)
 
 
 def test_chat_metadata_holds_no_tensors(tiny_lm):

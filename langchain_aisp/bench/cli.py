@@ -11,6 +11,9 @@ Subcommands (``run`` is the default when none is given)::
     langchain-aisp-bench prefill [--prompt-tokens 1024] [--samples 8] [--tokens 32]
     langchain-aisp-bench report --out bench-results/
     langchain-aisp-bench threads [--models default,360m] [--thread-counts 1,all] [--loads 0,1] [--repeats 1]
+    langchain-aisp-bench memory [--reward sentiment,relevance] [--seeds 3] [--signal tokens] [--strength 0.5]
+                         [--methods bon-8x4,cold-8x4,warm-8x1,...] [--out bench-results/memory] [--resume]
+    langchain-aisp-bench memory-report --out bench-results/memory
 
 Everything runs offline on the embedded default model unless ``--model`` names another, on one
 CPU thread unless ``--num-threads N|all`` or ``$LANGCHAIN_AISP_NUM_THREADS`` says otherwise.
@@ -28,7 +31,7 @@ from typing import Any
 from langchain_aisp import config as engine_config
 from langchain_aisp.threads import DEFAULT_NUM_THREADS, NUM_THREADS_ENV, num_threads_arg, set_cpu_threads
 
-SUBCOMMANDS = ("run", "throughput", "prefill", "report", "threads")
+SUBCOMMANDS = ("run", "throughput", "prefill", "report", "threads", "memory", "memory-report")
 DEFAULT_OUT = "bench-results"
 DEFAULT_REWARDS = ("sentiment", "nontoxic", "relevance")
 
@@ -159,6 +162,8 @@ def build_parser(command: str) -> argparse.ArgumentParser:
         output.add_argument("--no-progress", action="store_true", help="no progress bars")
         _model_args(parser)
         return parser
+    if command == "memory":
+        return _memory_parser(prog)
     parser = argparse.ArgumentParser(prog=prog)
     if command == "throughput":
         parser.description = (
@@ -204,11 +209,58 @@ def build_parser(command: str) -> argparse.ArgumentParser:
 
         add_arguments(parser)
         return parser
+    elif command == "memory-report":
+        parser.description = "Rebuild a memory benchmark's summary.md and learning_curve.png from results.json."
     else:
         parser.description = "Rebuild summary.csv, summary.md and the plots from results.json."
     parser.add_argument("--out", default=DEFAULT_OUT, help=f"results folder (default {DEFAULT_OUT}/)")
-    if command != "report":
+    if command not in ("report", "memory-report"):
         _model_args(parser)
+    return parser
+
+
+def _memory_parser(prog: str) -> argparse.ArgumentParser:
+    from langchain_aisp.bench.memory_bench import DEFAULT_CURVE, DEFAULT_METHODS
+
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        description="Control memory: learn on half of the prompts (online, warm-started calls), then compare "
+        "warm AISP with cold AISP and Best-of-N on the held-out half; learning curve on the way.",
+    )
+    parser.add_argument("--prompts", default=None, help="JSONL file of {id, prompt, context?} (default: shipped set)")
+    parser.add_argument("--limit-prompts", type=int, default=None, help="use only the first K prompts")
+    parser.add_argument("--reward", action="append", default=None, help="rewards (default sentiment,relevance)")
+    parser.add_argument("--seeds", type=int, default=3, help="number of seeds (default 3)")
+    parser.add_argument("--first-seed", type=int, default=0)
+    parser.add_argument("--max-tokens", type=int, default=32)
+    parser.add_argument("--learn-split", default="8x4", help="n x k of each learning call (default 8x4)")
+    parser.add_argument("--learn-batch", type=int, default=2, help="learning prompts per call (default 2)")
+    parser.add_argument("--learn-sigma", type=float, default=None, help="exploration sigma while learning")
+    parser.add_argument("--learn-passes", type=int, default=1, help="passes over the learning half (default 1)")
+    parser.add_argument("--curve", default=",".join(map(str, DEFAULT_CURVE)), help="learning-curve points (prompts)")
+    parser.add_argument("--curve-method", default="warm-8x1", help="method of the learning-curve evaluations")
+    parser.add_argument(
+        "--methods",
+        default=",".join(DEFAULT_METHODS),
+        help="held-out methods: bon-/cold-/warm-NxK, warm-NxK@S applies the memory at strength S",
+    )
+    parser.add_argument("--sigma", type=float, default=engine_config.DEFAULT_SIGMA)
+    parser.add_argument("--set", dest="extra", action="append", default=[], metavar="FIELD=VALUE",
+                        help="any other AISPParams field for every AISP run, e.g. --set control=shared")  # fmt: skip
+    parser.add_argument("--signal", default="tokens", help="memory signal: tokens (default) or control")
+    parser.add_argument("--strength", type=float, default=None, help="memory strength (tokens 5, control 1)")
+    parser.add_argument("--max-rms", type=float, default=0.25, help="cap on the warm start, x pre-logit RMS")
+    parser.add_argument("--warmup-prompts", type=int, default=8, help="full strength after this many prompts")
+    parser.add_argument("--shrink", action="store_true", help="scale the start by the estimated signal share")
+    parser.add_argument("--window", type=int, default=None, help="forget with an effective memory of K prompts")
+    parser.add_argument("--max-batch-size", type=int, default=engine_config.DEFAULT_MAX_BATCH_SIZE)
+    parser.add_argument("--no-coherence", action="store_true", help="skip the MiniLM coherence metric")
+    parser.add_argument(
+        "--out", default=f"{DEFAULT_OUT}/memory", help=f"results folder (default {DEFAULT_OUT}/memory/)"
+    )
+    parser.add_argument("--resume", action="store_true", help="continue the run in --out")
+    parser.add_argument("--overwrite", action="store_true", help="replace the results already in --out")
+    _model_args(parser)
     return parser
 
 
@@ -349,6 +401,80 @@ def cmd_prefill(args: argparse.Namespace) -> int:
     return 0
 
 
+def _curve(text: str) -> tuple[int, ...]:
+    if text.strip().lower() in ("", "none"):
+        return ()
+    try:
+        values = tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError as exc:
+        raise ValueError(f"--curve must be comma-separated integers >= 0, got {text!r}") from exc
+    if any(v < 0 for v in values):
+        raise ValueError(f"--curve must be comma-separated integers >= 0, got {text!r}")
+    return values
+
+
+def cmd_memory(args: argparse.Namespace) -> int:
+    from langchain_aisp.bench.memory_bench import MemoryBenchConfig, run_memory_benchmark
+    from langchain_aisp.bench.prompts import load_prompts
+    from langchain_aisp.bench.runner import Split
+    from langchain_aisp.bench.scorers import TextEmbedder, resolve_rewards
+
+    if args.seeds < 1:
+        raise ValueError(f"--seeds must be >= 1, got {args.seeds}")
+    config = MemoryBenchConfig(
+        seeds=tuple(range(args.first_seed, args.first_seed + args.seeds)),
+        max_tokens=args.max_tokens,
+        learn_split=Split.parse(args.learn_split),
+        learn_batch=args.learn_batch,
+        learn_passes=args.learn_passes,
+        learn_sigma=args.learn_sigma,
+        curve=_curve(args.curve),
+        curve_method=args.curve_method,
+        methods=tuple(m.strip() for m in args.methods.split(",") if m.strip()),
+        sigma=args.sigma,
+        extra_params=tuple(_field_value(t) for t in args.extra),
+        signal=args.signal,
+        strength=args.strength,
+        max_rms=args.max_rms,
+        warmup_prompts=args.warmup_prompts,
+        shrink=args.shrink,
+        window=args.window,
+        max_batch_size=args.max_batch_size,
+    )
+    prompts = load_prompts(args.prompts, args.limit_prompts)
+    holder: list[TextEmbedder] = []
+
+    def embedder() -> TextEmbedder:
+        if not holder:
+            holder.append(TextEmbedder())
+        return holder[0]
+
+    rewards = resolve_rewards(_reward_specs(args.reward or ["sentiment,relevance"]), embedder)
+    lm = _load_lm(args)
+    out = Path(args.out)
+    run_memory_benchmark(
+        lm,
+        prompts,
+        rewards,
+        config,
+        out,
+        resume=args.resume,
+        overwrite=args.overwrite,
+        embedder=None if args.no_coherence else embedder(),
+    )
+    print((out / "summary.md").read_text(encoding="utf-8"))
+    return 0
+
+
+def cmd_memory_report(args: argparse.Namespace) -> int:
+    from langchain_aisp.bench.memory_bench import load_memory_results
+    from langchain_aisp.bench.memory_report import write_memory_report
+
+    written = write_memory_report(load_memory_results(args.out), args.out)
+    print("\n".join(str(p) for p in written))
+    return 0
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     from langchain_aisp.bench.report import write_report
     from langchain_aisp.bench.runner import load_results
@@ -385,6 +511,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "prefill": cmd_prefill,
         "report": cmd_report,
         "threads": cmd_threads,
+        "memory": cmd_memory,
+        "memory-report": cmd_memory_report,
     }
     try:
         return handlers[command](args)

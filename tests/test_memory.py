@@ -1,0 +1,507 @@
+"""Control memory (issue 13): the engine's initial_U and final U, ControlMemory's update, bounds, lock,
+determinism and profiles, and its use by the chat model. Everything runs on the tiny random Llama."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import threading
+
+import pytest
+import torch
+
+from langchain_aisp import AISPChatModel, ControlMemory
+from langchain_aisp.aisp import PromptResult, control_shape, run
+from langchain_aisp.config import AISPParams, SamplingParams
+from langchain_aisp.memory import METADATA_KEY, head_principal_directions, memory_key, run_with_memory, token_bias
+
+pytestmark = pytest.mark.usefixtures("single_torch_thread")
+
+PARAMS = AISPParams(num_samples=3, num_iterations=2, tau=4)
+SAMPLING = SamplingParams(max_tokens=4)
+TOKENS = (100, 200, 300, 400)  # tokens whose frequencies carry the hand-made rewards below
+
+
+def _length_score(indices, texts):
+    return [float(len(t)) for t in texts]
+
+
+def _taught_result(index: int, good: int, bad: int, spread: float = 1.0) -> PromptResult:
+    """One prompt, one iteration of two samples: the one made of ``good`` tokens scored higher."""
+    return PromptResult(
+        index=index,
+        rewards=[[spread, 0.0]],
+        sample_token_ids=[[[good] * 4, [bad] * 4]],
+        texts=[["good", "bad"]],
+    )
+
+
+def _expected_direction(lm, good: int, bad: int, spread: float = 1.0) -> torch.Tensor:
+    """g = W^T b with b = +spread/4 on ``good`` and -spread/4 on ``bad`` (advantages (r - mean) / n),
+    without the head's top principal direction."""
+    W = lm.head_weight.detach().double()
+    g = (W[good] - W[bad]) * spread / 4
+    axis = head_principal_directions(lm.head_weight, 1)[:, 0]
+    return g - (g @ axis) * axis
+
+
+def _teach(memory: ControlMemory, lm, prompts: int = 2, good: int = TOKENS[0], bad: int = TOKENS[1]) -> None:
+    results = [_taught_result(i, good, bad) for i in range(prompts)]
+    assert memory.update(lm, "r", PARAMS, SAMPLING, results)
+
+
+# --- the engine: initial_U and what a result exposes ----------------------------------------------
+
+
+def test_result_exposes_final_u_mass_weights_and_sample_tokens(tiny_lm, encode):
+    prompts = [encode("Hello"), encode("Name a fruit.")]
+    results = run(tiny_lm, prompts, _length_score, PARAMS, SAMPLING, seed=0)
+    steps, d = control_shape(tiny_lm, PARAMS, SAMPLING)
+    assert (steps, d) == (4, tiny_lm.hidden_size)
+    for r in results:
+        assert r.U is not None and r.U.shape == (steps, d) and r.U.device.type == "cpu" and not r.U.requires_grad
+        assert r.U_mass is not None and r.U_mass.shape == (steps,)
+        assert float(r.U.norm()) == pytest.approx(r.u_norms[-1], rel=1e-5)
+        assert r.initial_U_norm == 0.0
+        assert len(r.weights) == 2 and all(sum(w) == pytest.approx(1.0) and len(w) == 3 for w in r.weights)
+        assert [len(s) for s in r.sample_token_ids] == [3, 3]
+        decoded = [[tiny_lm.tokenizer.decode(ids, skip_special_tokens=True) for ids in it] for it in r.sample_token_ids]
+        assert [[t.strip() for t in it] for it in decoded] == [[t.strip() for t in it] for it in r.texts]
+        # each iteration adds at most 1 of mass per position (weights sum to one); positions all reached here
+        assert bool((r.U_mass <= 2.0 + 1e-5).all()) and bool((r.U_mass > 0).any())
+    bon = run(tiny_lm, prompts, _length_score, dataclasses.replace(PARAMS, method="bon"), SAMPLING, seed=0)
+    assert all(r.U is None and r.U_mass is None for r in bon)
+    assert all(w == pytest.approx([1 / 3] * 3) for r in bon for w in r.weights)
+
+
+def test_zero_initial_u_is_the_cold_start(tiny_lm, encode):
+    prompts = [encode("Hello"), encode("Name a fruit.")]
+    cold = run(tiny_lm, prompts, _length_score, PARAMS, SAMPLING, seed=3)
+    zero = run(tiny_lm, prompts, _length_score, PARAMS, SAMPLING, seed=3, initial_U=torch.zeros(4, tiny_lm.hidden_size))
+    assert [(r.texts, r.rewards, r.u_norms) for r in zero] == [(r.texts, r.rewards, r.u_norms) for r in cold]
+
+
+def test_initial_u_steers_the_samples(tiny_lm, encode):
+    """A start along one LM-head row makes that token the sample everywhere: the warm start is really applied."""
+    token = 5000
+    row = tiny_lm.head_weight[token].detach().float()
+    start = (row / row.norm() * 2000.0).expand(4, -1).clone()  # (steps, d): logit ~ 2000 x |W[token]|
+    params = dataclasses.replace(PARAMS, num_iterations=1)
+    (cold,) = run(tiny_lm, [encode("Hello")], _length_score, params, SAMPLING, seed=0)
+    (warm,) = run(tiny_lm, [encode("Hello")], _length_score, params, SAMPLING, seed=0, initial_U=start)
+    assert warm.initial_U_norm == pytest.approx(float(start.norm()), rel=1e-5)
+    assert all(ids[:4] == [token] * 4 for ids in warm.sample_token_ids[0])
+    assert not all(ids[:4] == [token] * 4 for ids in cold.sample_token_ids[0])
+
+
+def test_initial_u_per_prompt_and_shared(tiny_lm, encode):
+    prompts = [encode("Hello"), encode("Name a fruit.")]
+    d = tiny_lm.hidden_size
+    per_prompt = torch.stack([torch.zeros(4, d), torch.full((4, d), 0.01)])
+    results = run(tiny_lm, prompts, _length_score, PARAMS, SAMPLING, seed=0, initial_U=per_prompt)
+    assert results[0].initial_U_norm == 0.0 and results[1].initial_U_norm == pytest.approx(0.01 * (4 * d) ** 0.5)
+    shared_params = dataclasses.replace(PARAMS, control="shared")
+    assert control_shape(tiny_lm, shared_params, SAMPLING) == (1, d)
+    results = run(tiny_lm, prompts, _length_score, shared_params, SAMPLING, seed=0, initial_U=torch.ones(1, d))
+    assert all(r.initial_U_norm == pytest.approx(d**0.5) and r.U.shape == (1, d) for r in results)
+
+
+@pytest.mark.parametrize(
+    ("initial", "params", "error", "match"),
+    [
+        (torch.zeros(5, 32), PARAMS, ValueError, r"shape \(4, 32\).*\(2, 4, 32\).*got \(5, 32\)"),
+        (torch.zeros(3, 4, 32), PARAMS, ValueError, r"got \(3, 4, 32\)"),
+        (torch.zeros(4, 32), dataclasses.replace(PARAMS, control="shared"), ValueError, r"\(1, 32\)"),
+        (torch.full((4, 32), float("nan")), PARAMS, ValueError, "NaN"),
+        ([[0.0] * 32] * 4, PARAMS, TypeError, "torch.Tensor"),
+        (torch.zeros(4, 32, dtype=torch.long), PARAMS, TypeError, "floating-point"),
+        (torch.zeros(4, 32), dataclasses.replace(PARAMS, method="bon"), ValueError, "method='aisp'"),
+    ],
+)
+def test_initial_u_is_checked(tiny_lm, encode, initial, params, error, match):
+    prompts = [encode("Hello"), encode("Name a fruit.")]
+    with pytest.raises(error, match=match):
+        run(tiny_lm, prompts, _length_score, params, SAMPLING, seed=0, initial_U=initial)
+
+
+# --- the memory: update rules and bounds ----------------------------------------------------------
+
+
+def test_token_bias_is_advantage_times_token_frequency():
+    result = PromptResult(index=0, rewards=[[3.0, 1.0], [2.0, 2.0]], sample_token_ids=[[[7, 7, 8], [9]], [[1], [2]]])
+    b = token_bias(result, steps=2, vocab=10)
+    assert b is not None
+    expected = torch.zeros(10, dtype=torch.float64)
+    expected[7] = 0.5  # advantage +1 / n=2, token 7 fills the 2-token window
+    expected[9] = -0.5  # (the second iteration has no reward spread and is skipped)
+    assert torch.allclose(b, expected)
+    assert token_bias(PromptResult(index=0, rewards=[[1.0, 1.0]], sample_token_ids=[[[1], [2]]]), 2, 10) is None
+
+
+def test_tokens_signal_learns_the_direction_and_its_strength(tiny_lm):
+    memory = ControlMemory(strength=0.5, max_rms=10.0, warmup_prompts=2)  # the tiny head is small: no cap here
+    key = memory_key(tiny_lm, "r", PARAMS, SAMPLING)
+    assert memory.start(key) is None  # nothing learned: a cold start
+    _teach(memory, tiny_lm, prompts=1)
+    half = memory.start(key)  # one prompt of a two-prompt warm-up: half the strength
+    _teach(memory, tiny_lm, prompts=1)
+    assert (memory.updates, memory.prompts, memory.signal_share()) == (2, 2, pytest.approx(1.0))
+    start = memory.start(key)
+    assert half is not None and torch.allclose(half, start / 2)
+    assert start is not None and start.shape == (4, tiny_lm.hidden_size) and start.dtype == torch.float32
+    direction = _expected_direction(tiny_lm, TOKENS[0], TOKENS[1])
+    cosine = torch.nn.functional.cosine_similarity(start[0].double(), direction, dim=0)
+    assert float(cosine) == pytest.approx(1.0, abs=1e-5) and torch.equal(start[0], start[3])
+    logit_shift = tiny_lm.head_weight.detach().float() @ start[0]  # (vocab,)
+    assert float(logit_shift.max()) == pytest.approx(0.5, rel=1e-4)  # strength = the largest logit boost (nats)
+    assert logit_shift[TOKENS[0]] > 0 > logit_shift[TOKENS[1]]
+    boosted = memory.boosted_tokens(tiny_lm, k=3)
+    assert boosted[0] == (tiny_lm.tokenizer.decode([int(logit_shift.argmax())]), pytest.approx(0.5, rel=1e-4))
+    assert len(boosted) == 3 and ControlMemory().boosted_tokens(tiny_lm) == []
+
+
+def test_shrink_scales_by_the_shared_share_of_the_direction(tiny_lm):
+    key = memory_key(tiny_lm, "r", PARAMS, SAMPLING)
+    opposite = [_taught_result(0, TOKENS[0], TOKENS[1]), _taught_result(1, TOKENS[1], TOKENS[0])]
+    memory = ControlMemory(shrink=True, warmup_prompts=1)
+    assert memory.update(tiny_lm, "r", PARAMS, SAMPLING, opposite)
+    assert memory.signal_share() == 0.0 and memory.start(key) is None  # the prompts disagree: nothing shared
+    mixed = [_taught_result(i, TOKENS[0], TOKENS[1]) for i in range(3)] + [_taught_result(3, TOKENS[2], TOKENS[3])]
+    shrunk, plain = (
+        ControlMemory(shrink=True, warmup_prompts=1, max_rms=10.0),
+        ControlMemory(warmup_prompts=1, max_rms=10.0),
+    )
+    for m in (shrunk, plain):
+        m.update(tiny_lm, "r", PARAMS, SAMPLING, mixed)
+    rho = shrunk.signal_share()
+    assert 0.0 < rho < 1.0 and plain.signal_share() == rho  # a diagnostic either way
+    assert torch.allclose(shrunk.start(key), rho * plain.start(key), rtol=1e-5)
+
+
+def test_warm_start_is_capped_relative_to_the_prelogit_rms(tiny_lm):
+    memory = ControlMemory(strength=1000.0, max_rms=0.1)
+    _teach(memory, tiny_lm)
+    start = memory.start(memory_key(tiny_lm, "r", PARAMS, SAMPLING))
+    assert start is not None
+    assert float(start.pow(2).mean().sqrt()) == pytest.approx(0.1 * tiny_lm.prelogit_rms, rel=1e-5)
+    assert memory.stats()["start_rms_over_prelogit_rms"] == pytest.approx(0.1, rel=1e-5)
+
+
+def test_control_signal_averages_final_u_weighted_by_mass(tiny_lm):
+    d = tiny_lm.hidden_size
+    memory = ControlMemory(signal="control")
+    a = PromptResult(index=0, rewards=[[1.0], [1.0]], U=torch.full((4, d), 1.0), U_mass=torch.tensor([2.0, 2, 2, 0]))
+    b = PromptResult(index=1, rewards=[[1.0], [1.0]], U=torch.full((4, d), 4.0), U_mass=torch.tensor([1.0, 1, 0, 0]))
+    bon = PromptResult(index=2, rewards=[[1.0, 0.0]], sample_token_ids=[[[1], [2]]])  # no U: ignored by this signal
+    assert memory.update(tiny_lm, "r", PARAMS, SAMPLING, [a, b, bon])
+    assert memory.prompts == 2
+    start = ControlMemory(signal="control", max_rms=10.0, warmup_prompts=1)
+    start.update(tiny_lm, "r", PARAMS, SAMPLING, [a, b])
+    U = start.start(memory_key(tiny_lm, "r", PARAMS, SAMPLING))
+    assert U is not None
+    assert torch.allclose(U[:, 0], torch.tensor([2.0, 2.0, 1.0, 0.0]))  # (2*1 + 1*4)/3, (2*1)/2, unreached -> 0
+    assert not memory.update(tiny_lm, "r", PARAMS, SAMPLING, [bon])  # nothing the control signal can use
+
+
+def test_window_forgets_old_prompts(tiny_lm):
+    key = memory_key(tiny_lm, "r", PARAMS, SAMPLING)
+    memory = ControlMemory(window=1, warmup_prompts=1)
+    _teach(memory, tiny_lm, prompts=2, good=TOKENS[0], bad=TOKENS[1])
+    _teach(memory, tiny_lm, prompts=2, good=TOKENS[2], bad=TOKENS[3])
+    start = memory.start(key)
+    assert start is not None
+    cosine = torch.nn.functional.cosine_similarity(start[0].double(), _expected_direction(tiny_lm, *TOKENS[2:]), dim=0)
+    assert float(cosine) > 0.99  # only the latest call is remembered
+    forever = ControlMemory()
+    _teach(forever, tiny_lm, prompts=2, good=TOKENS[0], bad=TOKENS[1])
+    _teach(forever, tiny_lm, prompts=2, good=TOKENS[2], bad=TOKENS[3])
+    assert forever.signal_share() < 0.9  # both directions kept: they disagree
+
+
+def test_frozen_memory_and_results_without_spread_do_not_update(tiny_lm):
+    memory = ControlMemory(learning=False)
+    assert not memory.update(tiny_lm, "r", PARAMS, SAMPLING, [_taught_result(0, 1, 2)])
+    memory.learning = True
+    flat = PromptResult(index=0, rewards=[[1.0, 1.0]], sample_token_ids=[[[1], [2]]])
+    assert not memory.update(tiny_lm, "r", PARAMS, SAMPLING, [flat])
+    assert memory.updates == 0 and memory.model is None  # nothing learned, nothing bound
+
+
+def test_a_memory_refuses_another_model_reward_or_shape(tiny_lm, default_lm):
+    memory = ControlMemory()
+    _teach(memory, tiny_lm)
+    assert (memory.model, memory.reward, memory.shape) == ("tiny-llama", "r", (4, tiny_lm.hidden_size))
+    with pytest.raises(ValueError, match="reward 'r' but the call uses reward 'other'"):
+        memory.update(tiny_lm, "other", PARAMS, SAMPLING, [_taught_result(0, 1, 2)])
+    with pytest.raises(ValueError, match=r"shape \(4, 32\).*needs \(2, 32\).*min\(tau, max_tokens\)"):
+        memory.initial_U(tiny_lm, "r", PARAMS, SamplingParams(max_tokens=2))
+    with pytest.raises(ValueError, match="model 'tiny-llama' but the call uses model 'SmolLM2-135M-Instruct'"):
+        memory.initial_U(default_lm, "r", PARAMS, SAMPLING)
+    assert memory.initial_U(tiny_lm, "r", dataclasses.replace(PARAMS, method="bon"), SAMPLING) is None
+    with pytest.raises(ValueError, match="reward 'r' but the call uses reward 'x'"):  # refused before it runs
+        memory.initial_U(tiny_lm, "x", dataclasses.replace(PARAMS, method="bon"), SAMPLING)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"signal": "gradient"}, "signal must be one of"),
+        ({"strength": 0}, r"strength must be a number in \(0.0, 1000.0\], got 0"),
+        ({"strength": float("nan")}, "strength must be a finite number"),
+        ({"max_rms": -1}, "max_rms"),
+        ({"window": 0}, "window must be None or an integer >= 1"),
+        ({"warmup_prompts": 0}, "warmup_prompts must be an integer >= 1"),
+        ({"shape": (4,)}, "shape must be"),
+    ],
+)
+def test_bad_settings_are_refused(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        ControlMemory(**kwargs)
+
+
+def test_head_principal_directions_and_their_removal(tiny_lm):
+    generator = torch.Generator().manual_seed(0)
+    scales = torch.tensor([10.0, 5.0] + [1.0] * 14)
+    W = torch.randn(500, 16, generator=generator) * scales  # a head with two dominant directions
+    axes = head_principal_directions(W, 2)
+    assert axes.shape == (16, 2)
+    top = torch.linalg.eigh(W.T.double() @ W.double())[1][:, [-1, -2]]  # the two largest eigenvalues' vectors
+    assert torch.allclose((axes.T @ top).abs(), torch.eye(2, dtype=torch.float64), atol=1e-4)
+    assert torch.equal(axes, head_principal_directions(W, 2))  # deterministic: no random start
+    # like a real LM head: every row shares a common component (the mean row), the top direction
+    common = torch.randn(tiny_lm.hidden_size, generator=generator)
+    lm = dataclasses.replace(tiny_lm, head_weight=tiny_lm.head_weight.detach() + 0.1 * common)
+    axis = head_principal_directions(lm.head_weight, 1)[:, 0].float()
+    assert float(torch.nn.functional.cosine_similarity(axis, common, dim=0)).__abs__() > 0.99
+    key = memory_key(lm, "r", PARAMS, SAMPLING)
+    removed, kept = ControlMemory(warmup_prompts=1), ControlMemory(warmup_prompts=1, frequency_axes=0)
+    for memory in (removed, kept):
+        _teach(memory, lm)
+    assert abs(float(removed.start(key)[0] @ axis)) < 1e-5 * float(removed.start(key)[0].norm())
+    assert abs(float(kept.start(key)[0] @ axis)) > 1e-2 * float(kept.start(key)[0].norm())
+    with pytest.raises(ValueError, match="frequency_axes must be an integer in"):
+        ControlMemory(frequency_axes=-1)
+
+
+# --- thread safety and determinism ------------------------------------------------------------------
+
+
+def test_concurrent_updates_are_all_folded_in(tiny_lm):
+    calls = [[_taught_result(i, TOKENS[i % 2], TOKENS[2 + i % 2], spread=1.0 + i % 5)] for i in range(64)]
+    sequential = ControlMemory()
+    for results in calls:
+        sequential.update(tiny_lm, "r", PARAMS, SAMPLING, results)
+    shared = ControlMemory()
+    barrier = threading.Barrier(8)
+    errors: list[BaseException] = []
+
+    def worker(part: list[list[PromptResult]]) -> None:
+        try:
+            barrier.wait()
+            for results in part:
+                shared.update(tiny_lm, "r", PARAMS, SAMPLING, results)
+                shared.start(memory_key(tiny_lm, "r", PARAMS, SAMPLING))  # reads interleave with writes
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(calls[i::8],)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    assert (shared.updates, shared.prompts) == (64, 64)
+    key = memory_key(tiny_lm, "r", PARAMS, SAMPLING)
+    assert torch.allclose(shared.start(key), sequential.start(key), rtol=1e-6, atol=1e-9)  # the same average
+
+
+def test_same_calls_and_seeds_give_the_same_memory(tiny_lm, encode):
+    prompts = [[encode("Hello"), encode("Name a fruit.")], [encode("Name a colour."), encode("Say hi.")]] * 2
+    runs = []
+    for _ in range(2):
+        memory = ControlMemory()
+        texts = []
+        for i, batch in enumerate(prompts):
+            results = run_with_memory(memory, tiny_lm, batch, _length_score, PARAMS, SAMPLING, reward="len", seed=i)
+            texts.append([r.texts for r in results])
+        runs.append((memory, texts))
+    (a, texts_a), (b, texts_b) = runs
+    assert texts_a == texts_b and a.updates == b.updates == 4
+    assert torch.equal(a._sum, b._sum) and a.stats() == b.stats()
+
+
+# --- profiles: save / load ------------------------------------------------------------------------
+
+
+def test_save_load_round_trip(tiny_lm, tmp_path):
+    memory = ControlMemory(strength=0.7, window=50, warmup_prompts=3, shrink=True, frequency_axes=2)
+    _teach(memory, tiny_lm)
+    _teach(memory, tiny_lm, prompts=3)
+    path = memory.save(tmp_path / "profile.safetensors")
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as handle:
+        header = json.loads(handle.metadata()[METADATA_KEY])
+    assert {k: header[k] for k in ("model", "reward", "shape", "updates", "prompts", "signal")} == {
+        "model": "tiny-llama", "reward": "r", "shape": [4, 32], "updates": 2, "prompts": 5, "signal": "tokens",
+    }  # fmt: skip
+    loaded = ControlMemory.load(path, model="tiny-llama", reward="r", shape=(4, 32))
+    key = memory_key(tiny_lm, "r", PARAMS, SAMPLING)
+    assert torch.equal(loaded.start(key), memory.start(key)) and loaded.stats() == memory.stats()
+    assert (loaded.strength, loaded.window, loaded.warmup_prompts, loaded.shrink, loaded.learning) == (
+        0.7, 50, 3, True, True,
+    )  # fmt: skip
+    assert loaded.frequency_axes == 2 and torch.equal(loaded._axes, memory._axes)
+    _teach(loaded, tiny_lm)  # a loaded profile keeps learning
+    assert loaded.updates == 3
+    assert not list(tmp_path.glob("*.tmp"))  # written through a temporary file
+
+
+def test_control_signal_round_trip(tiny_lm, tmp_path):
+    memory = ControlMemory(signal="control")
+    results = run(tiny_lm, [[1, 2, 3]], _length_score, PARAMS, SAMPLING, seed=0)
+    memory.update(tiny_lm, "r", PARAMS, SAMPLING, results)
+    loaded = ControlMemory.load(memory.save(tmp_path / "c.safetensors"))
+    key = memory_key(tiny_lm, "r", PARAMS, SAMPLING)
+    assert loaded.signal == "control" and torch.equal(loaded.start(key), memory.start(key))
+
+
+def test_load_errors(tiny_lm, tmp_path):
+    memory = ControlMemory()
+    with pytest.raises(ValueError, match="learned nothing yet"):
+        memory.save(tmp_path / "empty.safetensors")
+    _teach(memory, tiny_lm)
+    path = memory.save(tmp_path / "p.safetensors")
+    with pytest.raises(ValueError, match=r"profile for model 'tiny-llama', not 'Qwen/Qwen2.5-0.5B-Instruct'"):
+        ControlMemory.load(path, model="Qwen/Qwen2.5-0.5B-Instruct")
+    with pytest.raises(ValueError, match=r"profile for shape \(4, 32\), not \(1, 32\)"):
+        ControlMemory.load(path, shape=(1, 32))
+    with pytest.raises(ValueError, match="profile for reward 'r', not 'politeness'"):
+        ControlMemory.load(path, reward="politeness")
+    with pytest.raises(FileNotFoundError, match="no control-memory profile"):
+        ControlMemory.load(tmp_path / "missing.safetensors")
+    corrupt = tmp_path / "corrupt.safetensors"
+    corrupt.write_bytes(path.read_bytes()[:40])
+    with pytest.raises(ValueError, match="not a readable safetensors"):
+        ControlMemory.load(corrupt)
+    from safetensors.torch import save_file
+
+    plain = tmp_path / "plain.safetensors"
+    save_file({"sum": torch.zeros(32)}, str(plain))
+    with pytest.raises(ValueError, match="not a control-memory profile"):
+        ControlMemory.load(plain)
+    with safe_open_header(path) as header:
+        bad_shape = tmp_path / "bad.safetensors"
+        save_file({"sum": torch.zeros(31, dtype=torch.float64)}, str(bad_shape), metadata={METADATA_KEY: header})
+    with pytest.raises(ValueError, match=r"tensor 'sum' should have shape \(32,\)"):
+        ControlMemory.load(bad_shape)
+    future = tmp_path / "future.safetensors"
+    save_file(
+        {"sum": torch.zeros(32)}, str(future), metadata={METADATA_KEY: json.dumps({**json.loads(header), "format": 9})}
+    )
+    with pytest.raises(ValueError, match="format 9 is not supported"):
+        ControlMemory.load(future)
+    loaded = ControlMemory.load(path)
+    with pytest.raises(ValueError, match="learned for model 'tiny-llama'"):
+        loaded.start(dataclasses.replace(memory_key(tiny_lm, "r", PARAMS, SAMPLING), model="other"))
+
+
+class safe_open_header:  # noqa: N801 - a tiny context manager for the test above
+    def __init__(self, path):
+        self.path = path
+
+    def __enter__(self) -> str:
+        from safetensors import safe_open
+
+        with safe_open(str(self.path), framework="pt") as handle:
+            return handle.metadata()[METADATA_KEY]
+
+    def __exit__(self, *exc) -> None:
+        return None
+
+
+# --- the chat model --------------------------------------------------------------------------------
+
+
+def _chat(tiny_lm, memory=None, **kwargs):
+    base = {"reward": _length_score_reward, "llm": tiny_lm, "num_samples": 3, "num_iterations": 2, "tau": 4}
+    base.update({"max_tokens": 4, "seed": 0, "control_memory": memory, **kwargs})
+    return AISPChatModel(**base)
+
+
+def _length_score_reward(prompt: str, response: str) -> float:
+    return float(len(response))
+
+
+def test_chat_metadata_without_memory(tiny_lm):
+    aisp = _chat(tiny_lm).invoke("Name a fruit.").response_metadata["aisp"]
+    assert aisp["warm_start"] is False and aisp["warm_start_norm"] == 0.0
+
+
+def test_chat_model_warm_starts_and_updates_once_per_call(tiny_lm):
+    llm = _chat(tiny_lm)
+    memory = ControlMemory(strength=0.5, warmup_prompts=2, reward=llm.reward_name)
+    llm = _chat(tiny_lm, memory)
+    key = memory_key(tiny_lm, llm.reward_name, PARAMS, SAMPLING)
+    _teach_chat = [_taught_result(i, TOKENS[0], TOKENS[1]) for i in range(2)]
+    memory.update(tiny_lm, llm.reward_name, PARAMS, SAMPLING, _teach_chat)
+    expected = float(memory.start(key).norm())
+    msg = llm.invoke("Name a fruit.")
+    aisp = msg.response_metadata["aisp"]
+    assert aisp["warm_start"] is True and aisp["warm_start_norm"] == pytest.approx(expected, rel=1e-5)
+    assert memory.updates == 2 and memory.prompts == 3
+    llm.batch(["Name a fruit.", "Name a colour.", "Name a city."])
+    assert memory.updates == 3 and memory.prompts == 6  # Batched AISP: one update with all prompts' results
+    bon = llm.invoke("Name a fruit.", method="bon").response_metadata["aisp"]
+    assert bon["warm_start"] is False and memory.updates == 4  # Best-of-N is not steered but still teaches
+    bound = llm.bind_tools([_add_tool()], tool_choice="add")
+    bound.invoke("1 + 2?")
+    assert memory.updates == 4  # a call with tools bound neither uses nor teaches the memory
+    assert llm._identifying_params["control_memory"] == "tokens, strength 0.5"
+
+
+def test_chat_model_with_memory_keeps_its_timeout(tiny_lm):
+    """run_with_memory passes the call's deadline through: the slow run stops after its first
+    iteration with its best answer, and that scored iteration still teaches the memory."""
+    import time
+
+    def slow(prompt: str, response: str) -> float:
+        time.sleep(0.6)  # one scored response outlasts the timeout
+        return float(len(response))
+
+    memory = ControlMemory()
+    llm = _chat(tiny_lm, memory, reward=slow, num_iterations=4)
+    aisp = llm.invoke("Name a fruit.", timeout=0.5).response_metadata["aisp"]
+    assert aisp["timed_out"] is True and len(aisp["rewards"]) == 1
+    assert memory.updates == 1 and memory.prompts == 1
+
+
+def _add_tool():
+    from langchain_core.tools import tool
+
+    @tool
+    def add(a: int, b: int) -> int:
+        """Add two integers."""
+        return a + b
+
+    return add
+
+
+def test_chat_model_learns_from_scratch_and_refuses_another_model(tiny_lm):
+    memory = ControlMemory()
+    llm = _chat(tiny_lm, memory)
+    first = llm.invoke("Name a fruit.").response_metadata["aisp"]
+    assert first["warm_start"] is False and memory.updates == 1 and memory.model == "tiny-llama"
+    other = ControlMemory(model="another-model")
+    with pytest.raises(ValueError, match="learned for model 'another-model'"):
+        _chat(tiny_lm, other).invoke("Name a fruit.")
+
+
+def test_chat_model_with_memory_serialises_with_a_marker(tiny_lm):
+    from langchain_core.load import dumpd, load
+
+    model = AISPChatModel(reward="test_memory:_length_score_reward", control_memory=ControlMemory(), num_samples=2)
+    data = dumpd(model)
+    assert data["kwargs"]["control_memory"].startswith("<not serialisable>")
+    with pytest.raises(ValueError, match="control memory is not serialised"):
+        load(data, valid_namespaces=["langchain_aisp"], allowed_objects=[AISPChatModel])
