@@ -35,7 +35,7 @@ from typing import Any
 from langchain_aisp.aisp import PromptResult
 from langchain_aisp.bench import metrics
 from langchain_aisp.bench.prompts import BenchPrompt, encode_prompts
-from langchain_aisp.bench.runner import Split, _now, machine_info, prompts_digest, write_json_atomic
+from langchain_aisp.bench.runner import Split, _now, load_results, machine_info, prompts_digest, write_json_atomic
 from langchain_aisp.bench.scorers import TextEmbedder, engine_score
 from langchain_aisp.config import AISPParams, SamplingParams
 from langchain_aisp.lm import CausalLM
@@ -304,12 +304,8 @@ def _frozen_copy(memory: ControlMemory) -> ControlMemory:
 
 
 def load_memory_results(out_dir: str | Path) -> dict[str, Any]:
-    path = Path(out_dir) / RESULTS_FILE
-    with open(path, encoding="utf-8") as handle:
-        data: dict[str, Any] = json.load(handle)
-    if data.get("format") != RESULTS_FORMAT:
-        raise ValueError(f"{path}: not a memory benchmark ({data.get('format')!r}, expected {RESULTS_FORMAT!r})")
-    return data
+    """Read a memory benchmark's ``results.json`` (refuses other benchmarks' results)."""
+    return load_results(out_dir, RESULTS_FORMAT)
 
 
 def run_memory_benchmark(

@@ -473,13 +473,13 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
-def load_results(out_dir: str | Path) -> dict[str, Any]:
-    """Read ``results.json`` from a results folder."""
+def load_results(out_dir: str | Path, expected_format: str = RESULTS_FORMAT) -> dict[str, Any]:
+    """Read ``results.json`` from a results folder, checking that it is a run of the expected benchmark."""
     path = Path(out_dir) / RESULTS_FILE
     with open(path, encoding="utf-8") as handle:
         data: dict[str, Any] = json.load(handle)
-    if data.get("format") != RESULTS_FORMAT:
-        raise ValueError(f"{path}: unknown results format {data.get('format')!r} (expected {RESULTS_FORMAT})")
+    if data.get("format") != expected_format:
+        raise ValueError(f"{path}: unknown results format {data.get('format')!r} (expected {expected_format!r})")
     return data
 
 
