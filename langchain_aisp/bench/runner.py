@@ -473,7 +473,7 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
-def load_results(out_dir: str | Path, expected_format: str = RESULTS_FORMAT) -> dict[str, Any]:
+def load_results(out_dir: str | Path, expected_format: int | str = RESULTS_FORMAT) -> dict[str, Any]:
     """Read ``results.json`` from a results folder, checking that it is a run of the expected benchmark."""
     path = Path(out_dir) / RESULTS_FILE
     with open(path, encoding="utf-8") as handle:
