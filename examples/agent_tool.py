@@ -25,8 +25,8 @@ from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, ToolMe
 from langchain_core.tools import tool
 
 from langchain_aisp import AISPChatModel
+from langchain_aisp.engine.threads import set_cpu_threads
 from langchain_aisp.rewards import Reward
-from langchain_aisp.threads import set_cpu_threads
 
 FAST = "--fast" in sys.argv or os.environ.get("AISP_EXAMPLE_FAST") == "1"
 QUESTION = "What is the weather in Paris?"

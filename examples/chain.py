@@ -15,7 +15,7 @@ from langchain_core.prompts import ChatPromptTemplate
 from langchain_core.runnables import RunnableParallel
 
 from langchain_aisp import AISPChatModel
-from langchain_aisp.threads import num_threads_arg, set_cpu_threads
+from langchain_aisp.engine.threads import num_threads_arg, set_cpu_threads
 
 
 def concise_and_on_topic(prompt: str, response: str) -> float:

@@ -15,7 +15,7 @@ from textblob import TextBlob
 
 from langchain_aisp import AISPChatModel, ControlMemory
 from langchain_aisp.bench.prompts import load_prompts
-from langchain_aisp.lm import load_causal_lm
+from langchain_aisp.engine.lm import load_causal_lm
 
 FAST = os.environ.get("AISP_EXAMPLE_FAST") == "1"
 

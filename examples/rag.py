@@ -19,8 +19,8 @@ from langchain_core.runnables import RunnablePassthrough
 from langchain_core.vectorstores import InMemoryVectorStore
 
 from langchain_aisp import AISPChatModel, MiniLMEmbeddings
+from langchain_aisp.engine.threads import num_threads_arg, set_cpu_threads
 from langchain_aisp.rewards import EmbeddingSimilarityReward
-from langchain_aisp.threads import num_threads_arg, set_cpu_threads
 
 DOCUMENTS = [
     Document("The Eiffel Tower is in Paris and was completed in 1889 for the World's Fair.", id="eiffel"),

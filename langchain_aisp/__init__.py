@@ -10,23 +10,38 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from langchain_aisp.aisp import PromptResult, RewardError
     from langchain_aisp.chat_models import AISPChatModel
-    from langchain_aisp.config import AISPParams, SamplingParams
     from langchain_aisp.embeddings import MiniLMEmbeddings
-    from langchain_aisp.memory import ControlMemory
+    from langchain_aisp.engine.aisp import PromptResult
+    from langchain_aisp.engine.config import AISPParams, SamplingParams
+    from langchain_aisp.engine.memory import ControlMemory
+    from langchain_aisp.errors import (
+        ModelLoadError,
+        RewardError,
+        RewardFailure,
+        RunCancelledError,
+        RunError,
+        RunFailedError,
+        RunTimeoutError,
+    )
     from langchain_aisp.rewards import FunctionReward, Reward, as_reward, batched
 
 __version__ = "0.1.0"
 
 _EXPORTS = {
     "AISPChatModel": "langchain_aisp.chat_models",
-    "AISPParams": "langchain_aisp.config",
-    "SamplingParams": "langchain_aisp.config",
-    "ControlMemory": "langchain_aisp.memory",
+    "AISPParams": "langchain_aisp.engine.config",
+    "SamplingParams": "langchain_aisp.engine.config",
+    "ControlMemory": "langchain_aisp.engine.memory",
     "MiniLMEmbeddings": "langchain_aisp.embeddings",
-    "PromptResult": "langchain_aisp.aisp",
-    "RewardError": "langchain_aisp.aisp",
+    "PromptResult": "langchain_aisp.engine.aisp",
+    "RewardError": "langchain_aisp.errors",
+    "RewardFailure": "langchain_aisp.errors",
+    "RunError": "langchain_aisp.errors",
+    "RunFailedError": "langchain_aisp.errors",
+    "RunTimeoutError": "langchain_aisp.errors",
+    "RunCancelledError": "langchain_aisp.errors",
+    "ModelLoadError": "langchain_aisp.errors",
     "Reward": "langchain_aisp.rewards",
     "FunctionReward": "langchain_aisp.rewards",
     "as_reward": "langchain_aisp.rewards",
@@ -39,9 +54,15 @@ __all__ = [
     "ControlMemory",
     "FunctionReward",
     "MiniLMEmbeddings",
+    "ModelLoadError",
     "PromptResult",
     "Reward",
     "RewardError",
+    "RewardFailure",
+    "RunCancelledError",
+    "RunError",
+    "RunFailedError",
+    "RunTimeoutError",
     "SamplingParams",
     "__version__",
     "as_reward",

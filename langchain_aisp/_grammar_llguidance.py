@@ -1,4 +1,4 @@
-"""The llguidance adapter: JSON-schema and tool-call grammars behind :mod:`langchain_aisp.constraints`.
+"""The llguidance adapter: JSON-schema and tool-call grammars behind :mod:`langchain_aisp.engine.constraints`.
 
 Why llguidance: see ``docs/grammar.md`` (measured against xgrammar and outlines-core on
 SmolLM2's tokenizer: full JSON-schema coverage, ~0.6 ms of mask work per step at batch 32
@@ -46,7 +46,8 @@ import llguidance
 import llguidance.hf
 import torch
 
-from langchain_aisp.constraints import ConstraintError, bitmask_words
+from langchain_aisp.engine.constraints import bitmask_words
+from langchain_aisp.errors import ConstraintError, GrammarError
 
 TOOL_CALL_OPEN = "<tool_call>"
 TOOL_CALL_CLOSE = "</tool_call>"
@@ -62,10 +63,6 @@ CLOSERS = ('"', "}", "]", ",", "0", "1", "false", "null", "{", "[", "\n")
 _LOCK = threading.Lock()
 _TOKENIZERS: weakref.WeakKeyDictionary[Any, dict[Any, Any]] = weakref.WeakKeyDictionary()
 _COMPILED: OrderedDict[tuple[int, str, str], tuple[Any, Any]] = OrderedDict()
-
-
-class GrammarError(ValueError):
-    """A schema or tool definition the grammar library cannot enforce (raised when it is bound)."""
 
 
 # --- grammar text -----------------------------------------------------------------------
@@ -201,7 +198,7 @@ def clear_cache() -> None:
 
 
 class LLGuidanceMatcher:
-    """One row's grammar state (:class:`langchain_aisp.constraints.Matcher`)."""
+    """One row's grammar state (:class:`langchain_aisp.engine.constraints.Matcher`)."""
 
     __slots__ = ("_closing", "_eos", "_matcher", "_path", "_path_at")
 
@@ -308,7 +305,7 @@ def _closing_for(tokenizer: Any, vocab_size: int) -> _Closing:
 
 @dataclass(frozen=True)
 class LLGuidanceConstraint:
-    """Compiled grammars for one prompt (:class:`langchain_aisp.constraints.Constraint`).
+    """Compiled grammars for one prompt (:class:`langchain_aisp.engine.constraints.Constraint`).
 
     Sample ``i`` of an iteration follows ``templates[i % len(templates)]`` (one template: every
     sample alike; several: e.g. the forced-call rows of ``tool_choice="auto"``, one tool each).

@@ -1,7 +1,7 @@
 """``AISPChatModel``: a LangChain chat model over a local Hugging Face LLM, aligned to a reward at test time.
 
 The class translates LangChain messages and settings into token ids and engine
-parameters, calls :func:`langchain_aisp.aisp.run` and turns its :class:`PromptResult`
+parameters, calls :func:`langchain_aisp.engine.aisp.run` and turns its :class:`PromptResult`
 into an ``AIMessage``. No part of the algorithm lives here.
 
 Module-level state: ``_LM_CACHE`` (guarded by ``_LM_CACHE_LOCK``) shares a loaded model
@@ -53,7 +53,7 @@ from tenacity import Retrying, stop_after_attempt, stop_before_delay, wait_expon
 
 from langchain_aisp import _chat_format as fmtlib
 from langchain_aisp import _grammar_llguidance as grammarlib
-from langchain_aisp.aisp import (
+from langchain_aisp.engine.aisp import (
     IterationEvent,
     PromptResult,
     RewardError,
@@ -61,7 +61,7 @@ from langchain_aisp.aisp import (
     context_window_error,
     run,
 )
-from langchain_aisp.config import (
+from langchain_aisp.engine.config import (
     DEFAULT_ALPHA,
     DEFAULT_CONTROL,
     DEFAULT_DECODING,
@@ -86,7 +86,8 @@ from langchain_aisp.config import (
     SamplingParams,
     check_seed,
 )
-from langchain_aisp.memory import ControlMemory, run_with_memory
+from langchain_aisp.engine.memory import ControlMemory, run_with_memory
+from langchain_aisp.errors import RunCancelledError
 from langchain_aisp.rewards import Reward, as_reward
 
 PROGRESS_EVENT = "aisp_progress"
@@ -131,15 +132,6 @@ RETRY_WAIT_MAX = 8.0
 """Longest wait (seconds) between two attempts of a failing reward call (exponential backoff from 0.5 s)."""
 
 
-class RunCancelledError(RuntimeError):
-    """An async call was cancelled (or ``run_prepared``'s ``keep`` dropped it); its run stopped at the next
-    iteration boundary. ``partial`` holds what was computed for the call before (None where unknown)."""
-
-    def __init__(self, message: str, partial: list[PromptResult | None] | None = None) -> None:
-        super().__init__(message)
-        self.partial = partial if partial is not None else [None]
-
-
 def _check_timeout(value: Any) -> float | None:
     """A call's timeout: a finite number of seconds > 0, or None."""
     if value is None:
@@ -156,7 +148,7 @@ def clear_model_cache() -> None:
 
 
 def _cached_lm(model: str | None, device: str, dtype: str, trust_remote_code: bool) -> Any:
-    from langchain_aisp.lm import load_causal_lm
+    from langchain_aisp.engine.lm import load_causal_lm
 
     key = (model, device, dtype, trust_remote_code)
     with _LM_CACHE_LOCK:
@@ -491,7 +483,7 @@ class AISPChatModel(BaseChatModel):
     """Hugging Face hub id or local folder; None uses the embedded default model."""
 
     llm: Any = Field(default=None, exclude=True)
-    """An already loaded :class:`langchain_aisp.lm.CausalLM` (then ``model`` is only a label)."""
+    """An already loaded :class:`langchain_aisp.engine.lm.CausalLM` (then ``model`` is only a label)."""
 
     hf_model: Any = Field(default=None, exclude=True)
     """An already loaded transformers ``PreTrainedModel``; requires ``tokenizer``."""
@@ -640,7 +632,8 @@ class AISPChatModel(BaseChatModel):
     def _existing_model(cls, value: Any) -> Any:
         if value is None:
             return value
-        from langchain_aisp.lm import ModelLoadError, resolve_model_source
+        from langchain_aisp.engine.lm import resolve_model_source
+        from langchain_aisp.errors import ModelLoadError
 
         try:
             resolve_model_source(value)  # a local path must exist now; a hub id is only checked when loaded
@@ -733,7 +726,7 @@ class AISPChatModel(BaseChatModel):
             return str(self.llm.name)
         if self.hf_model is not None:
             return str(getattr(self.hf_model.config, "_name_or_path", "") or type(self.hf_model).__name__)
-        from langchain_aisp.default_model import DEFAULT_MODEL_NAME
+        from langchain_aisp.engine.default_model import DEFAULT_MODEL_NAME
 
         return DEFAULT_MODEL_NAME
 
@@ -815,7 +808,7 @@ class AISPChatModel(BaseChatModel):
                     if self.llm is not None:
                         self._lm = self.llm
                     elif self.hf_model is not None:
-                        from langchain_aisp.lm import wrap_model
+                        from langchain_aisp.engine.lm import wrap_model
 
                         self._lm = wrap_model(self.hf_model, self.tokenizer)
                     else:

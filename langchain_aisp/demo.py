@@ -7,7 +7,7 @@ and the answer under all-MiniLM-L6-v2, offline). It prints the plain sample's
 reward next to the AISP answer's reward and the cost of each.
 
 It runs on one CPU thread unless ``--num-threads N`` (or ``all``) or the environment
-variable ``LANGCHAIN_AISP_NUM_THREADS`` says otherwise (see ``langchain_aisp.threads``);
+variable ``LANGCHAIN_AISP_NUM_THREADS`` says otherwise (see ``langchain_aisp.engine.threads``);
 the first line of its output says the model, device and thread count, which (with the
 seed) decide the answer.
 """
@@ -17,7 +17,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from langchain_aisp.threads import DEFAULT_NUM_THREADS, NUM_THREADS_ENV, num_threads_arg, set_cpu_threads
+from langchain_aisp.engine.threads import DEFAULT_NUM_THREADS, NUM_THREADS_ENV, num_threads_arg, set_cpu_threads
 
 DEFAULT_QUESTION = "How do I keep basil alive on a kitchen windowsill?"
 

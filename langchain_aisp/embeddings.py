@@ -108,7 +108,7 @@ def load_encoder(
     Loaded once per ``(path, device, local_files_only)`` and process (thread-safe); a local folder or, with
     ``local_files_only=False``, a hub id.
     """
-    from langchain_aisp.lm import resolve_device
+    from langchain_aisp.engine.lm import resolve_device
 
     resolved = resolve_device(device)
     path = str(model_path) if model_path is not None else str(default_model_path())
@@ -186,7 +186,8 @@ class MiniLMEmbeddings(BaseModel, Embeddings):
     @field_validator("model_path")
     @classmethod
     def _check_model_path(cls, value: str | None) -> str | None:
-        from langchain_aisp.lm import ModelLoadError, resolve_model_source
+        from langchain_aisp.engine.lm import resolve_model_source
+        from langchain_aisp.errors import ModelLoadError
 
         if value is None:
             return value
@@ -198,7 +199,8 @@ class MiniLMEmbeddings(BaseModel, Embeddings):
     @field_validator("device")
     @classmethod
     def _check_device(cls, value: str) -> str:
-        from langchain_aisp.lm import ModelLoadError, resolve_device
+        from langchain_aisp.engine.lm import resolve_device
+        from langchain_aisp.errors import ModelLoadError
 
         try:
             resolve_device(value)

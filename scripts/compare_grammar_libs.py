@@ -379,7 +379,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
     torch.set_num_threads(1)
-    from langchain_aisp.lm import load_causal_lm
+    from langchain_aisp.engine.lm import load_causal_lm
 
     lm = load_causal_lm(None, device="cpu")
     tokenizer = lm.tokenizer

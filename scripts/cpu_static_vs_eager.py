@@ -23,12 +23,12 @@ from typing import Any
 
 import torch
 
-from langchain_aisp import aisp as branch_aisp
-from langchain_aisp import decoding as branch_decoding
+import langchain_aisp.engine.aisp as branch_aisp
+import langchain_aisp.engine.decode.eager as branch_decoding
 from langchain_aisp.bench.speed import THROUGHPUT_PROMPT, _no_eos, render
-from langchain_aisp.config import AISPParams, SamplingParams
-from langchain_aisp.lm import load_causal_lm
-from langchain_aisp.static_decoding import decode_static
+from langchain_aisp.engine.config import AISPParams, SamplingParams
+from langchain_aisp.engine.decode.static import decode_static
+from langchain_aisp.engine.lm import load_causal_lm
 
 TOKENS = 32
 

@@ -25,7 +25,7 @@ import torch
 import transformers
 
 from langchain_aisp.bench import speed
-from langchain_aisp.lm import CausalLM
+from langchain_aisp.engine.lm import CausalLM
 
 TARGETS = {
     ("1.7B", 8): 3.0,
@@ -296,10 +296,10 @@ def main(argv: list[str] | None = None) -> int:
 def replay_step(lm: CausalLM, batch: int, tokens: int, compile_step: bool, profile: bool) -> dict[str, Any]:
     """Time the captured step alone (CUDA events around tokens - 1 replays) and, optionally, list the
     kernels of one eager (uncaptured) step by device time: where a step's time goes."""
-    from langchain_aisp import static_decoding as sd
+    import langchain_aisp.engine.decode.static as sd
     from langchain_aisp.bench.prompts import render
-    from langchain_aisp.config import SamplingParams
-    from langchain_aisp.decoding import Decoder, prefill
+    from langchain_aisp.engine.config import SamplingParams
+    from langchain_aisp.engine.decode.eager import Decoder, prefill
 
     lm = speed._no_eos(lm)
     device = lm.device
@@ -382,9 +382,9 @@ def host_masked(lm: CausalLM, batch: int, tokens: int, repeats: int = 3) -> dict
     import statistics
 
     from langchain_aisp.bench.prompts import render
-    from langchain_aisp.config import SamplingParams
-    from langchain_aisp.decoding import Decoder, prefill
-    from langchain_aisp.static_decoding import clear_static_cache, decode_static
+    from langchain_aisp.engine.config import SamplingParams
+    from langchain_aisp.engine.decode.eager import Decoder, prefill
+    from langchain_aisp.engine.decode.static import clear_static_cache, decode_static
 
     lm = speed._no_eos(lm)
     decoder = Decoder.build(lm, SamplingParams(max_tokens=tokens))

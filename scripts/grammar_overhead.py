@@ -20,10 +20,10 @@ import time
 import torch
 
 from langchain_aisp import _grammar_llguidance as grammarlib
-from langchain_aisp.config import SamplingParams
-from langchain_aisp.constraints import RowMasks
-from langchain_aisp.decoding import Decoder, decode, prefill
-from langchain_aisp.lm import load_causal_lm
+from langchain_aisp.engine.config import SamplingParams
+from langchain_aisp.engine.constraints import RowMasks
+from langchain_aisp.engine.decode.eager import Decoder, decode, prefill
+from langchain_aisp.engine.lm import load_causal_lm
 
 SCHEMA = {
     "type": "object",

@@ -13,7 +13,7 @@ import torch
 
 @pytest.fixture(scope="session")
 def default_lm():
-    from langchain_aisp.lm import load_causal_lm
+    from langchain_aisp.engine.lm import load_causal_lm
 
     return load_causal_lm(None, device="cpu")
 
@@ -22,7 +22,7 @@ def default_lm():
 def tiny_lm(default_lm):
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from langchain_aisp.lm import wrap_model
+    from langchain_aisp.engine.lm import wrap_model
 
     tokenizer = default_lm.tokenizer
     config = LlamaConfig(

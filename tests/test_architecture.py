@@ -5,21 +5,24 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
-ENGINE = ("config", "lm", "processors", "constraints", "decoding", "static_decoding", "aisp", "memory", "default_model")
+ROOT = Path(__file__).resolve().parents[1]
+_ENGINE_FILES = (p for p in (ROOT / "langchain_aisp" / "engine").rglob("*.py") if p.name != "__init__.py")
+ENGINE = [*sorted(".".join(p.relative_to(ROOT).with_suffix("").parts) for p in _ENGINE_FILES), "langchain_aisp.errors"]
 SURFACES = ("langchain_core", "langchain", "langgraph", "fastapi", "starlette", "uvicorn", "ray", "llguidance")
 
 
 @pytest.mark.parametrize("module", ENGINE)
 def test_engine_module_imports_no_surface(module):
     code = (
-        f"import json, sys; import langchain_aisp.{module}; "
+        f"import json, sys; import {module}; "
         f"print(json.dumps(sorted({{m.split('.')[0] for m in sys.modules}} & set({list(SURFACES)!r}))))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=300)
-    assert json.loads(out.stdout.strip().splitlines()[-1]) == [], f"langchain_aisp.{module} imports a surface"
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == [], f"{module} imports a surface"
 
 
 def test_the_check_sees_a_surface():
@@ -27,3 +30,25 @@ def test_the_check_sees_a_surface():
     code = "import json, sys; import langchain_aisp.chat_models; print(json.dumps('langchain_core' in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=300)
     assert json.loads(out.stdout.strip().splitlines()[-1]) is True
+
+
+def test_every_engine_module_is_checked():
+    """The list is discovered from the folder, so a new engine module is covered without editing this file."""
+    assert {"langchain_aisp.engine.aisp", "langchain_aisp.engine.decode.static", "langchain_aisp.engine.memory"} <= set(
+        ENGINE
+    )
+
+
+@pytest.mark.parametrize("old", ["aisp", "config", "lm", "decoding", "static_decoding", "memory"])
+def test_old_import_paths_are_the_engine_modules(old):
+    """The pre-0.2 paths still import, warn, and are the same module object (patching one patches the other)."""
+    code = (
+        "import importlib, json, warnings\n"
+        "with warnings.catch_warnings(record=True) as caught:\n"
+        "    warnings.simplefilter('always')\n"
+        f"    old = importlib.import_module('langchain_aisp.{old}')\n"
+        "print(json.dumps([old.__name__, any(issubclass(w.category, DeprecationWarning) for w in caught)]))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=300)
+    name, warned = json.loads(out.stdout.strip().splitlines()[-1])
+    assert name.startswith("langchain_aisp.engine.") and warned

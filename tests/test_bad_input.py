@@ -20,9 +20,9 @@ from langchain_core.messages import AIMessage, ChatMessage, HumanMessage
 from pydantic import ValidationError
 
 from langchain_aisp import AISPChatModel
-from langchain_aisp.aisp import RewardError, run
-from langchain_aisp.config import MAX_SEED, AISPParams, SamplingParams
-from langchain_aisp.lm import ModelLoadError, load_causal_lm
+from langchain_aisp.engine.aisp import RewardError, run
+from langchain_aisp.engine.config import MAX_SEED, AISPParams, SamplingParams
+from langchain_aisp.engine.lm import ModelLoadError, load_causal_lm
 from langchain_aisp.rewards import SafeReward
 
 pytestmark = pytest.mark.usefixtures("single_torch_thread")

@@ -21,7 +21,7 @@ from typing_extensions import TypedDict
 import langchain_aisp.chat_models as cm
 from langchain_aisp import AISPChatModel
 from langchain_aisp import _chat_format as fmtlib
-from langchain_aisp.aisp import PromptResult, RewardError
+from langchain_aisp.engine.aisp import PromptResult, RewardError
 from langchain_aisp.rewards import Reward
 
 pytestmark = pytest.mark.usefixtures("single_torch_thread")

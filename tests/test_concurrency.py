@@ -24,10 +24,10 @@ import torch
 from langchain_core.messages import AIMessage
 
 import langchain_aisp.chat_models as cm
-import langchain_aisp.lm as lmlib
+import langchain_aisp.engine.lm as lmlib
 from langchain_aisp import AISPChatModel
-from langchain_aisp.aisp import run
-from langchain_aisp.config import AISPParams, SamplingParams
+from langchain_aisp.engine.aisp import run
+from langchain_aisp.engine.config import AISPParams, SamplingParams
 
 THREADS = 8
 PROMPTS = [f"Request t{i}: write one short sentence." for i in range(THREADS)]

@@ -13,14 +13,14 @@ import threading
 import pytest
 import torch
 
-import langchain_aisp.aisp as aisp_mod
-import langchain_aisp.decoding as decoding_mod
+import langchain_aisp.engine.aisp as aisp_mod
+import langchain_aisp.engine.decode.eager as decoding_mod
 from langchain_aisp import _grammar_llguidance as grammarlib
-from langchain_aisp.aisp import RunTimeoutError, run
-from langchain_aisp.config import AISPParams, SamplingParams
-from langchain_aisp.constraints import RowMasks, bitmask_words, unpack_bitmask
-from langchain_aisp.decoding import Decoder, decode, prefill
-from langchain_aisp.processors import Softcap, sample_tokens
+from langchain_aisp.engine.aisp import RunTimeoutError, run
+from langchain_aisp.engine.config import AISPParams, SamplingParams
+from langchain_aisp.engine.constraints import RowMasks, bitmask_words, unpack_bitmask
+from langchain_aisp.engine.decode.eager import Decoder, decode, prefill
+from langchain_aisp.engine.processors import Softcap, sample_tokens
 
 pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
@@ -371,7 +371,7 @@ def length_reward(indices, responses):
 def test_static_path_gives_the_eager_tokens_under_constraints(tiny_lm, encode, method):
     """JSON schema, a forced tool call and free text in one Batched AISP run, with a stop string that
     ends free rows early and grammars that end constrained rows at different steps."""
-    from langchain_aisp.static_decoding import static_graph_stats
+    from langchain_aisp.engine.decode.static import static_graph_stats
 
     lm = dataclasses.replace(tiny_lm)  # its own static cache
     forced = grammarlib.compile_constraint(
@@ -403,7 +403,7 @@ def test_static_path_gives_the_eager_tokens_under_constraints(tiny_lm, encode, m
 def test_rows_ending_early_keep_their_matchers_aligned_on_the_static_path(tiny_lm, encode):
     """Scripted grammars of different lengths: each matcher sees exactly its row's tokens, ended rows none."""
     tiny_lm = dataclasses.replace(tiny_lm)  # its own static cache, freed with it
-    from langchain_aisp.static_decoding import decode_static
+    from langchain_aisp.engine.decode.static import decode_static
 
     tok = tiny_lm.tokenizer
     words = ["hello", " world", " again", " and", " more", " words", " here"]
@@ -425,7 +425,7 @@ def test_rows_ending_early_keep_their_matchers_aligned_on_the_static_path(tiny_l
 
 def test_constrained_runs_take_the_static_path_when_asked(tiny_lm, encode):
     """decoding='static' is honoured for a constrained run (it used to fall back to the eager decoder)."""
-    from langchain_aisp.static_decoding import static_graph_stats
+    from langchain_aisp.engine.decode.static import static_graph_stats
 
     lm = dataclasses.replace(tiny_lm)
     params = AISPParams(method="bon", num_samples=4, num_iterations=1)
@@ -458,7 +458,7 @@ class CountingClock:
 @pytest.mark.parametrize("constrained", [False, True])
 def test_static_decode_stops_at_the_deadline_like_the_eager_one(tiny_lm, encode, monkeypatch, constrained):
     tiny_lm = dataclasses.replace(tiny_lm)  # its own static cache, freed with it
-    from langchain_aisp.static_decoding import decode_static
+    from langchain_aisp.engine.decode.static import decode_static
 
     decoder = Decoder.build(tiny_lm, SamplingParams(max_tokens=20))
     args = (

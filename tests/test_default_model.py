@@ -10,9 +10,9 @@ import textwrap
 
 import pytest
 
-from langchain_aisp import default_model
-from langchain_aisp.default_model import DefaultModelError, ensure_default_model, validate_cache
-from langchain_aisp.lm import ModelLoadError, load_causal_lm
+import langchain_aisp.engine.default_model as default_model
+from langchain_aisp.engine.default_model import DefaultModelError, ensure_default_model, validate_cache
+from langchain_aisp.engine.lm import ModelLoadError, load_causal_lm
 
 
 def test_default_model_loads_offline_from_the_cache(default_lm):
@@ -26,7 +26,7 @@ def test_default_model_loads_offline_from_the_cache(default_lm):
         socket.socket.connect = _refuse
         socket.create_connection = _refuse
         start = time.perf_counter()
-        from langchain_aisp.lm import load_causal_lm
+        from langchain_aisp.engine.lm import load_causal_lm
         lm = load_causal_lm(None, device="cpu")
         print("loaded", lm.name, lm.hidden_size, len(lm.tokenizer), round(time.perf_counter() - start, 2))
         """

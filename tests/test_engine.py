@@ -8,9 +8,9 @@ import pytest
 import torch
 from torch import nn
 
-from langchain_aisp.aisp import IterationEvent, RewardError, run
-from langchain_aisp.config import AISPParams, SamplingParams
-from langchain_aisp.decoding import Decoder, decode, prefill
+from langchain_aisp.engine.aisp import IterationEvent, RewardError, run
+from langchain_aisp.engine.config import AISPParams, SamplingParams
+from langchain_aisp.engine.decode.eager import Decoder, decode, prefill
 
 
 class CountingBody(nn.Module):

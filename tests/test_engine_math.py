@@ -7,14 +7,14 @@ import math
 import pytest
 import torch
 
-from langchain_aisp.aisp import (
+from langchain_aisp.engine.config import AISPParams, SamplingParams
+from langchain_aisp.engine.importance import (
     control_inner,
     effective_sample_size,
     importance_weights,
     lambda_for_ess,
     update_mean,
 )
-from langchain_aisp.config import AISPParams, SamplingParams
 
 
 @pytest.mark.parametrize(
@@ -81,11 +81,29 @@ def test_lambda_for_ess_with_equal_rewards_is_harmless():
     assert lambda_for_ess(torch.ones(4), torch.zeros(4), 0.999, 0.1, 2.0) == 1.0
 
 
-def test_control_inner_is_masked_to_reached_positions():
+def test_control_inner_sums_every_position():
     U = torch.ones(3, 2)  # (tau, d)
-    V = torch.ones(2, 3, 2)  # (n, tau, d)
-    reached = torch.tensor([[1, 1, 1], [1, 0, 0]], dtype=torch.float32)  # (n, tau)
-    assert control_inner(U, V, reached).tolist() == [6.0, 2.0]
+    V = torch.stack([torch.ones(3, 2), 2 * torch.ones(3, 2)])  # (n, tau, d)
+    assert control_inner(U, V).tolist() == [6.0, 12.0]
+
+
+@pytest.mark.parametrize("sigma", [0.038, 0.3])
+def test_with_equal_rewards_the_weights_do_not_follow_sample_length(sigma):
+    """Issue 17: the prior term summed over reached positions only gave short samples ~0.7 ||u_t||^2
+    nats each. With equal rewards the exact ratio leaves weights uncorrelated with length."""
+    generator = torch.Generator().manual_seed(0)
+    n, tau, d = 512, 32, 16
+    U = 0.5 * torch.randn(tau, d, generator=generator)  # (tau, d) a U after a few rounds
+    V = U + sigma * torch.randn(n, tau, d, generator=generator)  # (n, tau, d)
+    lengths = torch.randint(1, tau + 1, (n,), generator=generator).double()  # (n,) where each sample stopped
+    w = importance_weights(torch.zeros(n), control_inner(U, V), 1.0, alpha=0.999, sigma=sigma)  # (n,)
+    corr = torch.corrcoef(torch.stack([w.log(), lengths]))[0, 1]
+    assert abs(float(corr)) < 0.15  # 512 samples: |r| of independent draws < 0.15 at ~3.4 SE
+    # the removed form (reached positions only) does correlate: the check can fail
+    reached = (torch.arange(tau)[None, :] < lengths[:, None]).double()  # (n, tau)
+    masked = (torch.einsum("td,ntd->nt", U.double(), V.double()) * reached).sum(dim=1)  # (n,)
+    w_masked = importance_weights(torch.zeros(n), masked, 1.0, alpha=0.999, sigma=sigma)  # (n,)
+    assert float(torch.corrcoef(torch.stack([w_masked.log(), lengths]))[0, 1]) < -0.5
 
 
 def test_update_is_the_weighted_mean_and_skips_unreached_positions():
@@ -117,7 +135,7 @@ def test_importance_sampling_loop_moves_u_to_the_known_optimum():
     for _ in range(30):
         V = U + sigma * torch.randn(n, tau, d, generator=generator)  # (n, tau, d)
         r = -((V.mean(dim=1) - target) ** 2).sum(dim=1).double()  # (n,)
-        inner = control_inner(U, V, reached)
+        inner = control_inner(U, V)
         lam = lambda_for_ess(r, inner, alpha=0.999, sigma=sigma, target=n / 4)
         U = update_mean(U, V, importance_weights(r, inner, lam, 0.999, sigma), reached)
         best = max(best, float(r.max()))
@@ -173,7 +191,7 @@ def test_budget_counts_responses_per_prompt():
 
 
 def test_token_direction_points_to_the_tokens_of_better_weighted_samples():
-    from langchain_aisp.aisp import token_direction
+    from langchain_aisp.engine.importance import token_direction
 
     W = torch.eye(4)  # (V=4, d=4): token j's head row is axis j
     weights = torch.tensor([0.7, 0.1, 0.1, 0.1])
@@ -196,3 +214,41 @@ def test_method_options_are_validated(kwargs, fragment):
     with pytest.raises(ValueError) as info:
         AISPParams(**kwargs)
     assert fragment in str(info.value)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_the_control_survives_half_precision(dtype):
+    """Issue 17: in bf16, ``z + v`` rounds a control of sigma ~ 0.04 away where |z| is large. The head
+    adds ``W v`` to ``W z`` in fp32 instead; its logit shift matches the fp32 reference."""
+    from types import SimpleNamespace
+
+    from langchain_aisp.engine.decode.eager import head_for
+
+    generator = torch.Generator().manual_seed(0)
+    vocab, d = 256, 64
+    W = torch.randn(vocab, d, generator=generator) / d**0.5  # (vocab, d)
+    z = 2.0 * torch.randn(4, d, generator=generator)  # (A, d)
+    z[:, :4] = 20.0  # outlier coordinates, as real pre-logits have
+    v = 0.038 * torch.randn(4, d, generator=generator)  # (A, d)
+    reference = v @ W.T  # (A, vocab) the fp32 logit shift W v
+    lm = SimpleNamespace(head_weight=W.to(dtype), head_bias=None)
+    head = head_for(lm)  # type: ignore[arg-type]
+    shift = head(z.to(dtype), v.to(dtype)) - head(z.to(dtype), torch.zeros_like(v, dtype=dtype))  # (A, vocab)
+    assert shift.dtype == torch.float32
+    error = (shift - reference).norm() / reference.norm()
+    assert error < 0.02, f"relative error of the logit shift {float(error):.3f}"
+    # adding v to z in half precision first loses part of the shift (most of it in bf16): the check can fail
+    naive = (z.to(dtype) + v.to(dtype)).float() @ W.to(dtype).float().T - z.to(dtype).float() @ W.to(dtype).float().T
+    naive_error = (naive - reference).norm() / reference.norm()
+    assert naive_error > (0.1 if dtype == torch.bfloat16 else 0.01) and naive_error > 3 * error
+
+
+def test_the_fp32_head_adds_the_control_before_the_head():
+    from types import SimpleNamespace
+
+    from langchain_aisp.engine.decode.eager import head_for
+
+    W, b = torch.randn(8, 4), torch.randn(8)
+    z, v = torch.randn(3, 4), torch.randn(3, 4)
+    head = head_for(SimpleNamespace(head_weight=W, head_bias=b))  # type: ignore[arg-type]
+    assert torch.allclose(head(z, v), (z + v) @ W.T + b, atol=1e-5)

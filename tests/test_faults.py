@@ -16,10 +16,10 @@ import pytest
 import torch
 from langchain_core.callbacks import BaseCallbackHandler
 
-import langchain_aisp.aisp as aisp
+import langchain_aisp.engine.aisp as aisp
 from langchain_aisp import AISPChatModel
-from langchain_aisp.aisp import RewardError, run
-from langchain_aisp.config import AISPParams, SamplingParams
+from langchain_aisp.engine.aisp import RewardError, run
+from langchain_aisp.engine.config import AISPParams, SamplingParams
 from langchain_aisp.rewards import SafeReward
 
 PARAMS = AISPParams(num_samples=4, num_iterations=3)

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from langchain_aisp import AISPChatModel
-from langchain_aisp.aisp import context_window_error
-from langchain_aisp.lm import ModelLoadError, check_hub_model, load_causal_lm
+from langchain_aisp.engine.aisp import context_window_error
+from langchain_aisp.engine.lm import ModelLoadError, check_hub_model, load_causal_lm
 
 TYPO = "HuggingFaceTB/SmolLM2-135M-Instrct"
 

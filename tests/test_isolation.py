@@ -12,9 +12,9 @@ from typing import Any
 import pytest
 
 from langchain_aisp import AISPChatModel
-from langchain_aisp.aisp import RewardError, run
 from langchain_aisp.chat_models import PreparedCall, RunCancelledError
-from langchain_aisp.config import AISPParams, SamplingParams
+from langchain_aisp.engine.aisp import RewardError, run
+from langchain_aisp.engine.config import AISPParams, SamplingParams
 
 pytestmark = pytest.mark.usefixtures("single_torch_thread")
 

@@ -11,9 +11,15 @@ import pytest
 import torch
 
 from langchain_aisp import AISPChatModel, ControlMemory
-from langchain_aisp.aisp import PromptResult, control_shape, run
-from langchain_aisp.config import AISPParams, SamplingParams
-from langchain_aisp.memory import METADATA_KEY, head_principal_directions, memory_key, run_with_memory, token_bias
+from langchain_aisp.engine.aisp import PromptResult, control_shape, run
+from langchain_aisp.engine.config import AISPParams, SamplingParams
+from langchain_aisp.engine.memory import (
+    METADATA_KEY,
+    head_principal_directions,
+    memory_key,
+    run_with_memory,
+    token_bias,
+)
 
 pytestmark = pytest.mark.usefixtures("single_torch_thread")
 

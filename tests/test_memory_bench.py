@@ -15,7 +15,7 @@ from langchain_aisp.bench.memory_bench import (
 )
 from langchain_aisp.bench.prompts import BenchPrompt
 from langchain_aisp.bench.runner import Split
-from langchain_aisp.memory import ControlMemory
+from langchain_aisp.engine.memory import ControlMemory
 from langchain_aisp.rewards import FunctionReward
 
 pytestmark = pytest.mark.usefixtures("single_torch_thread")

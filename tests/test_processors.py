@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from langchain_aisp.processors import Softcap, Temperature, TopK, TopP, build_processors, sample_tokens
+from langchain_aisp.engine.processors import Softcap, Temperature, TopK, TopP, build_processors, sample_tokens
 
 
 def test_temperature_divides_and_does_not_edit_input():

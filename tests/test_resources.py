@@ -18,8 +18,8 @@ import torch
 from transformers import DynamicCache
 
 from langchain_aisp import AISPChatModel
-from langchain_aisp.aisp import run
-from langchain_aisp.config import AISPParams, SamplingParams
+from langchain_aisp.engine.aisp import run
+from langchain_aisp.engine.config import AISPParams, SamplingParams
 
 CALLS = 100
 MAX_GROWTH_MB = 50.0

@@ -14,8 +14,8 @@ import pytest
 from langchain_core.messages import AIMessage, HumanMessage
 
 from langchain_aisp import AISPChatModel
-from langchain_aisp.aisp import RewardError, run
-from langchain_aisp.config import AISPParams, SamplingParams
+from langchain_aisp.engine.aisp import RewardError, run
+from langchain_aisp.engine.config import AISPParams, SamplingParams
 from langchain_aisp.rewards import FunctionReward, Reward, RewardFailure, SafeReward, batched, score_fn
 
 pytestmark = pytest.mark.usefixtures("single_torch_thread")

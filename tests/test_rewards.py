@@ -333,8 +333,8 @@ def test_normalized_validation():
 
 @pytest.mark.model
 def test_rewards_plug_into_the_engine(default_lm, encode):
-    from langchain_aisp.aisp import run
-    from langchain_aisp.config import AISPParams, SamplingParams
+    from langchain_aisp.engine.aisp import run
+    from langchain_aisp.engine.config import AISPParams, SamplingParams
 
     question = "Name a colour."
     conversation = [HumanMessage(question)]
@@ -356,8 +356,8 @@ def test_rewards_plug_into_the_engine(default_lm, encode):
 
 @pytest.mark.model
 def test_engine_error_locates_the_sample_and_chains_the_rewards_own_exception(default_lm, encode):
-    from langchain_aisp.aisp import RewardError, run
-    from langchain_aisp.config import AISPParams, SamplingParams
+    from langchain_aisp.engine.aisp import RewardError, run
+    from langchain_aisp.engine.config import AISPParams, SamplingParams
 
     score = score_fn(SafeReward(_raise, name="always_fails"), [[HumanMessage("Hi")]])
     with pytest.raises(RewardError, match="always_fails") as info:

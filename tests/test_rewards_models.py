@@ -172,7 +172,7 @@ def test_hf_reward_model_without_chat_template_uses_plain_text(minilm_path):
 
 
 def test_hf_reward_model_load_errors_and_validation(tmp_path):
-    from langchain_aisp.lm import ModelLoadError
+    from langchain_aisp.engine.lm import ModelLoadError
 
     with pytest.raises(ModelLoadError, match="could not load reward model"):
         HFRewardModel(tmp_path / "missing", device="cpu")

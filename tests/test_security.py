@@ -20,8 +20,8 @@ import pytest
 import transformers
 
 from langchain_aisp import AISPChatModel, default_model
-from langchain_aisp.default_model import DefaultModelError, ensure_default_model, validate_cache
-from langchain_aisp.lm import load_causal_lm
+from langchain_aisp.engine.default_model import DefaultModelError, ensure_default_model, validate_cache
+from langchain_aisp.engine.lm import load_causal_lm
 from langchain_aisp.rewards import HFRewardModel
 
 PACKAGE = Path(__file__).resolve().parents[1] / "langchain_aisp"
@@ -79,7 +79,7 @@ def test_trust_remote_code_is_off_unless_passed(tmp_path, loader_calls):
 def test_chat_model_cache_keys_on_trust_remote_code(tmp_path, monkeypatch):
     """A model loaded with remote code is never handed to an instance that did not ask for it."""
     import langchain_aisp.chat_models as cm
-    import langchain_aisp.lm as lmlib
+    import langchain_aisp.engine.lm as lmlib
 
     loaded: list[bool] = []
 

@@ -234,7 +234,7 @@ def test_metrics_render_prometheus_text():
 
 def test_no_http_or_ray_import_in_the_package_or_the_engine():
     code = (
-        "import sys, langchain_aisp, langchain_aisp.serve, langchain_aisp.aisp, langchain_aisp.chat_models;"
+        "import sys, langchain_aisp, langchain_aisp.serve, langchain_aisp.engine.aisp, langchain_aisp.chat_models;"
         "print(sorted(m for m in ('fastapi', 'uvicorn', 'starlette', 'ray', 'httpx') if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)

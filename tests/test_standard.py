@@ -102,6 +102,6 @@ class TestAISPChatModelIntegration(_Capabilities, ChatModelIntegrationTests):
     @property
     def model_override_value(self) -> str:
         """The default model's converted folder, loaded by path: a second, real model id."""
-        from langchain_aisp.default_model import default_model_dir
+        from langchain_aisp.engine.default_model import default_model_dir
 
         return str(default_model_dir())

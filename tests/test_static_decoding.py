@@ -18,10 +18,10 @@ import threading
 import pytest
 import torch
 
-from langchain_aisp.aisp import run
-from langchain_aisp.config import AISPParams, SamplingParams
-from langchain_aisp.decoding import Decoder, decode, prefill
-from langchain_aisp.static_decoding import (
+from langchain_aisp.engine.aisp import run
+from langchain_aisp.engine.config import AISPParams, SamplingParams
+from langchain_aisp.engine.decode.eager import Decoder, decode, prefill
+from langchain_aisp.engine.decode.static import (
     LENGTH_BUCKET,
     cache_length,
     clear_static_cache,
@@ -147,7 +147,7 @@ def test_ended_rows_are_masked_and_padding_rows_never_leak(tiny_lm, encode):
 def test_static_path_on_other_verified_architectures(default_lm, encode, kind):
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from langchain_aisp.lm import wrap_model
+    from langchain_aisp.engine.lm import wrap_model
 
     tokenizer = default_lm.tokenizer
     config = AutoConfig.for_model(
@@ -306,7 +306,7 @@ def test_compiled_static_path_gives_the_eager_tokens(tiny_lm, encode):
 def test_decode_sdpa_matches_transformers_sdpa_for_grouped_query_heads():
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
-    from langchain_aisp.static_decoding import decode_sdpa
+    from langchain_aisp.engine.decode.static import decode_sdpa
 
     module = torch.nn.Module()
     module.num_key_value_groups = 4
@@ -327,7 +327,7 @@ def test_decode_sdpa_matches_transformers_sdpa_for_grouped_query_heads():
 
 
 def test_decode_attention_swap_gives_the_eager_tokens_and_restores_the_config(tiny_lm, encode):
-    from langchain_aisp.static_decoding import _decode_attention
+    from langchain_aisp.engine.decode.static import _decode_attention
 
     lm = dataclasses.replace(tiny_lm)  # 4 query heads over 2 K/V heads
     config = lm.model.config

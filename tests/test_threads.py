@@ -10,7 +10,7 @@ import torch
 
 from langchain_aisp.bench import cli
 from langchain_aisp.bench import threads as bench_threads
-from langchain_aisp.threads import NUM_THREADS_ENV, available_cores, resolve_num_threads, set_cpu_threads
+from langchain_aisp.engine.threads import NUM_THREADS_ENV, available_cores, resolve_num_threads, set_cpu_threads
 
 
 @pytest.fixture(autouse=True)
@@ -52,7 +52,7 @@ def test_importing_the_package_leaves_threads_alone():
 
     code = (
         "import torch; n = torch.get_num_threads(); import langchain_aisp, langchain_aisp.chat_models, "
-        "langchain_aisp.threads, langchain_aisp.demo; print(n == torch.get_num_threads())"
+        "langchain_aisp.engine.threads, langchain_aisp.demo; print(n == torch.get_num_threads())"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "True"
@@ -100,7 +100,7 @@ def test_demo_rejects_a_bad_count(capsys, monkeypatch):
     [([], 1), (["--num-threads", "2"], 2), (["--threads", "2"], 2), (["--num-threads", "all"], None)],
 )
 def test_bench_commands_honour_the_option(monkeypatch, argv, expected):
-    import langchain_aisp.lm as lm_module
+    import langchain_aisp.engine.lm as lm_module
 
     seen = []
     monkeypatch.setattr(lm_module, "load_causal_lm", lambda *a, **k: seen.append(torch.get_num_threads()) or "lm")

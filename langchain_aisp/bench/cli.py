@@ -28,8 +28,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from langchain_aisp import config as engine_config
-from langchain_aisp.threads import DEFAULT_NUM_THREADS, NUM_THREADS_ENV, num_threads_arg, set_cpu_threads
+import langchain_aisp.engine.config as engine_config
+from langchain_aisp.engine.threads import DEFAULT_NUM_THREADS, NUM_THREADS_ENV, num_threads_arg, set_cpu_threads
 
 SUBCOMMANDS = ("run", "throughput", "prefill", "report", "threads", "memory", "memory-report")
 DEFAULT_OUT = "bench-results"
@@ -120,7 +120,7 @@ def build_parser(command: str) -> argparse.ArgumentParser:
         )
         budget.add_argument("--max-tokens", type=int, default=None, help="new tokens per response (default 32)")
         budget.add_argument("--quick", action="store_true", help="~10 min: 8 prompts, budgets 8,16,32, 1 seed, 24 tok")
-        method = parser.add_argument_group("AISP hyperparameters (defaults from langchain_aisp.config)")
+        method = parser.add_argument_group("AISP hyperparameters (defaults from langchain_aisp.engine.config)")
         method.add_argument(
             "--sigma", type=float, default=engine_config.DEFAULT_SIGMA, help="noise std / pre-logit RMS"
         )
@@ -265,7 +265,7 @@ def _memory_parser(prog: str) -> argparse.ArgumentParser:
 
 
 def _load_lm(args: argparse.Namespace) -> Any:
-    from langchain_aisp.lm import load_causal_lm
+    from langchain_aisp.engine.lm import load_causal_lm
 
     set_cpu_threads(args.num_threads)  # explicit: this command's option (default one thread)
     return load_causal_lm(args.model, device=args.device, dtype=args.dtype, trust_remote_code=args.trust_remote_code)

@@ -21,8 +21,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from langchain_aisp.aisp import ScoreFn
-from langchain_aisp.lm import CausalLM
+from langchain_aisp.engine.aisp import ScoreFn
+from langchain_aisp.engine.lm import CausalLM
 
 MIB = 1024 * 1024
 

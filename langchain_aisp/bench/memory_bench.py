@@ -6,7 +6,7 @@ For each (reward, seed) *cell*:
    4, ... learn; 1, 3, 5, ... are held out, so every category of the shipped set is in both).
 2. **Learning**: the learning prompts go, in order, through calls of ``learn_batch`` prompts each,
    every call an AISP run (``learn_split``) warm-started from the memory and folded back into it
-   (:func:`langchain_aisp.memory.run_with_memory`), as in production. After the number of learning
+   (:func:`langchain_aisp.engine.memory.run_with_memory`), as in production. After the number of learning
    prompts named in ``curve`` the held-out half is answered with the memory frozen
    (``curve_method``): the learning curve.
 3. **Evaluation** on the held-out half with the final memory frozen: Best-of-N, cold AISP and
@@ -32,14 +32,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from langchain_aisp.aisp import PromptResult
 from langchain_aisp.bench import metrics
 from langchain_aisp.bench.prompts import BenchPrompt, encode_prompts
 from langchain_aisp.bench.runner import Split, _now, load_results, machine_info, prompts_digest, write_json_atomic
 from langchain_aisp.bench.scorers import TextEmbedder, engine_score
-from langchain_aisp.config import AISPParams, SamplingParams
-from langchain_aisp.lm import CausalLM
-from langchain_aisp.memory import ControlMemory, run_with_memory
+from langchain_aisp.engine.aisp import PromptResult
+from langchain_aisp.engine.config import AISPParams, SamplingParams
+from langchain_aisp.engine.lm import CausalLM
+from langchain_aisp.engine.memory import ControlMemory, run_with_memory
 from langchain_aisp.rewards import Reward
 
 RESULTS_FILE = "results.json"

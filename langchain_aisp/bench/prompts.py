@@ -9,7 +9,7 @@ from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from langchain_aisp.lm import CausalLM
+from langchain_aisp.engine.lm import CausalLM
 
 if TYPE_CHECKING:  # langchain-core is imported where it is used: the speed tools run without it (GPU check)
     from langchain_core.messages import BaseMessage

@@ -36,14 +36,14 @@ from typing import Any
 
 import torch
 
-from langchain_aisp import config as engine_config
-from langchain_aisp.aisp import IterationEvent, PromptResult, run
+import langchain_aisp.engine.config as engine_config
 from langchain_aisp.bench import metrics
 from langchain_aisp.bench.measure import PeakMemory, TimedScore, timed_lm
 from langchain_aisp.bench.prompts import BenchPrompt, encode_prompts
 from langchain_aisp.bench.scorers import TextEmbedder, engine_score
-from langchain_aisp.config import AISPParams, SamplingParams
-from langchain_aisp.lm import CausalLM
+from langchain_aisp.engine.aisp import IterationEvent, PromptResult, run
+from langchain_aisp.engine.config import AISPParams, SamplingParams
+from langchain_aisp.engine.lm import CausalLM
 from langchain_aisp.rewards import Reward
 
 RESULTS_FILE = "results.json"
@@ -112,7 +112,7 @@ def plan_splits(budgets: Sequence[int], overrides: Sequence[Split] = ()) -> list
 
 @dataclass(frozen=True)
 class BenchConfig:
-    """Everything a benchmark run varies; the engine defaults come from ``langchain_aisp.config``."""
+    """Everything a benchmark run varies; the engine defaults come from ``langchain_aisp.engine.config``."""
 
     budgets: tuple[int, ...] = DEFAULT_BUDGETS
     seeds: tuple[int, ...] = tuple(range(DEFAULT_SEEDS))

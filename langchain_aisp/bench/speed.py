@@ -29,13 +29,13 @@ from typing import Any
 
 import torch
 
-from langchain_aisp.aisp import run
 from langchain_aisp.bench.measure import PeakMemory
 from langchain_aisp.bench.prompts import render
-from langchain_aisp.config import AISPParams, SamplingParams
-from langchain_aisp.decoding import Decoder, decode, prefill
-from langchain_aisp.lm import CausalLM
-from langchain_aisp.static_decoding import DecodeFn, clear_static_cache, decode_static, static_graph_stats
+from langchain_aisp.engine.aisp import run
+from langchain_aisp.engine.config import AISPParams, SamplingParams
+from langchain_aisp.engine.decode.eager import Decoder, decode, prefill
+from langchain_aisp.engine.decode.static import DecodeFn, clear_static_cache, decode_static, static_graph_stats
+from langchain_aisp.engine.lm import CausalLM
 
 THROUGHPUT_PROMPT = "Tell me about your favourite season and why you like it."
 MIB = 1024 * 1024
@@ -116,12 +116,12 @@ def random_weights_lm(
     """
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-    from langchain_aisp.lm import resolve_device, resolve_dtype, wrap_model
+    from langchain_aisp.engine.lm import resolve_device, resolve_dtype, wrap_model
 
     if shape not in RANDOM_SHAPES:
         raise ValueError(f"random-weights shape must be one of {sorted(RANDOM_SHAPES)}, got {shape!r}")
     if tokenizer is None:
-        from langchain_aisp.default_model import ensure_default_model
+        from langchain_aisp.engine.default_model import ensure_default_model
 
         tokenizer = str(ensure_default_model())
     tok = AutoTokenizer.from_pretrained(tokenizer)

@@ -92,7 +92,7 @@ class Measurement:
 
 
 def _build_lm(model: str) -> Any:
-    from langchain_aisp.lm import load_causal_lm, wrap_model
+    from langchain_aisp.engine.lm import load_causal_lm, wrap_model
 
     default = load_causal_lm(None, device="cpu")
     if model == "default":

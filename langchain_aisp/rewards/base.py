@@ -190,7 +190,7 @@ def to_reward(reward: Reward | Callable[..., Any]) -> Reward:
 def score_fn(
     reward: Reward | Callable[..., Any], conversations: Sequence[Conversation]
 ) -> Callable[[Sequence[int], Sequence[str]], list[float]]:
-    """Adapt a reward to the engine's ``score(prompt_indices, responses)`` (``langchain_aisp.aisp.run``).
+    """Adapt a reward to the engine's ``score(prompt_indices, responses)`` (``langchain_aisp.engine.aisp.run``).
 
     ``conversations[j]`` is the conversation behind ``prompts[j]`` given to ``run``.
     The returned function carries the reward's ``name`` (the engine uses it in errors).

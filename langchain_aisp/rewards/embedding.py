@@ -11,7 +11,7 @@ import torch
 from langchain_core.messages import SystemMessage, ToolMessage
 
 from langchain_aisp.embeddings import SentenceEncoder, default_model_path, load_encoder
-from langchain_aisp.lm import resolve_device
+from langchain_aisp.engine.lm import resolve_device
 from langchain_aisp.rewards.base import Conversation, Reward, message_text, prompt_text
 from langchain_aisp.rewards.errors import check_lengths
 

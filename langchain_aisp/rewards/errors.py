@@ -11,7 +11,7 @@ import math
 import numbers
 from collections.abc import Sequence
 
-from langchain_aisp.aisp import RewardFailure, as_float, excerpt
+from langchain_aisp.errors import RewardFailure, as_float, excerpt
 
 __all__ = [
     "RewardFailure",

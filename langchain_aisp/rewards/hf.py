@@ -9,7 +9,8 @@ from typing import Any, Literal
 
 import torch
 
-from langchain_aisp.lm import ModelLoadError, resolve_device, resolve_dtype
+from langchain_aisp.engine.lm import resolve_device, resolve_dtype
+from langchain_aisp.errors import ModelLoadError
 from langchain_aisp.rewards.base import Conversation, Reward, prompt_text
 from langchain_aisp.rewards.errors import check_lengths
 

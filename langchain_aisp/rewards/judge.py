@@ -12,6 +12,7 @@ from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import BaseMessage, HumanMessage, SystemMessage
 from tenacity import RetryError, Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential
 
+from langchain_aisp.errors import JudgeParseError
 from langchain_aisp.rewards.base import Conversation, Reward, message_text, prompt_text
 from langchain_aisp.rewards.errors import RewardFailure, check_lengths, check_timeout
 from langchain_aisp.rewards.safety import call_with_timeout
@@ -33,10 +34,6 @@ _KEYWORD = re.compile(rf"\b(?:score|rating|grade)\b\s*(?:is|of)?\s*[:=]?\s*\**\s
 _FRACTION = re.compile(rf"({_NUMBER})\s*(?:/|out of)\s*({_NUMBER})", re.IGNORECASE)
 _BOLD = re.compile(rf"\*\*\s*({_NUMBER})\s*\**")
 _ANY = re.compile(rf"(?<![\w.]){_NUMBER}(?![\w])")
-
-
-class JudgeParseError(ValueError):
-    """The judge's reply held no usable score."""
 
 
 def parse_score(reply: str, min_score: float, max_score: float) -> float:

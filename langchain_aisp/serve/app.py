@@ -22,8 +22,8 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response, Streami
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from langchain_aisp.aisp import RewardError
 from langchain_aisp.chat_models import RunCancelledError
+from langchain_aisp.engine.aisp import RewardError
 from langchain_aisp.serve.config import ServeConfig
 from langchain_aisp.serve.metrics import Metrics
 from langchain_aisp.serve.protocol import (

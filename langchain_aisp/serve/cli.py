@@ -14,8 +14,8 @@ import logging
 import sys
 from typing import Any
 
+from langchain_aisp.engine.threads import NUM_THREADS_ENV, num_threads_arg, set_cpu_threads
 from langchain_aisp.serve.config import API_KEY_ENV, DEFAULT_REWARD_SPEC, ServeConfig, parse_reward_spec
-from langchain_aisp.threads import NUM_THREADS_ENV, num_threads_arg, set_cpu_threads
 
 _INSTALL_HINT = "the server needs the 'serve' extra: pip install 'langchain-aisp[serve]'"
 

@@ -21,7 +21,7 @@ from typing import Any
 
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage, ToolMessage
 
-from langchain_aisp.config import MAX_SEED, METHODS
+from langchain_aisp.engine.config import MAX_SEED, METHODS
 
 SUPPORTED_FIELDS = (
     "model",

@@ -162,7 +162,7 @@ class _Aligner:
         self.model.prepare("ping")  # load the model now, once per actor
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
-        from langchain_aisp.aisp import RewardError
+        from langchain_aisp.engine.aisp import RewardError
         from langchain_aisp.serve.protocol import APIError, parse_messages
 
         prompts = list(batch[self.prompt_column])

@@ -26,8 +26,8 @@ from typing import Any
 
 from langchain_core.messages import AIMessage, HumanMessage
 
-from langchain_aisp.aisp import PromptResult, RewardError
 from langchain_aisp.chat_models import AISPChatModel, PreparedCall, RunCancelledError
+from langchain_aisp.engine.aisp import PromptResult, RewardError
 from langchain_aisp.serve.config import ServeConfig
 from langchain_aisp.serve.metrics import Metrics
 from langchain_aisp.serve.protocol import APIError, ChatCall, bad_request

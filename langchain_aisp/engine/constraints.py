@@ -1,0 +1,138 @@
+"""Per-row grammar constraints for decoding: the protocol and the batched mask.
+
+Plain torch, no grammar library. A grammar library plugs in through two small protocols:
+
+* :class:`Constraint`: a compiled grammar for one prompt's responses (immutable, shareable
+  across threads); ``matcher(sample)`` returns a fresh :class:`Matcher` for the prompt's
+  ``sample``-th response of an iteration (so a constraint may give different samples
+  different grammars, e.g. half of them a forced tool call);
+* :class:`Matcher`: the stateful grammar state of one decoding row. Before each step it
+  writes the row's allowed tokens into an int32 bitmask row (bit ``t % 32`` of word
+  ``t // 32``; little-endian, the layout llguidance and xgrammar use), knowing how many
+  tokens the row may still generate (so a matcher can steer a reply to completion within
+  ``max_tokens``); after the step it advances by the sampled token.
+
+:class:`RowMasks` drives the matchers of one decoding batch: the bitmask of the live rows
+is filled on the CPU, copied to the logits' device once per step, unpacked to a boolean
+mask and applied with one ``masked_fill`` (the protocol a static-shape CUDA decoder uses
+too). Rows without a constraint allow every token. A row whose grammar has completed
+allows only EOS. When the decoder drops ended rows, :meth:`RowMasks.select` drops the
+same rows, so every matcher stays aligned with its row.
+
+The mask is applied to the logits of the steered pre-logits (``W (z + v) + b``), before
+temperature, top-k and top-p, so sampling renormalises over the allowed tokens only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol, runtime_checkable
+
+import torch
+
+
+@runtime_checkable
+class Matcher(Protocol):
+    """The grammar state of one decoding row."""
+
+    def fill_bitmask(self, bitmask: torch.Tensor, row: int, remaining: int) -> None:
+        """Write the tokens allowed next into ``bitmask[row]`` (int32 words, CPU, zeroed); set bits only.
+
+        ``remaining`` is the number of tokens the row may still generate, this one included.
+        """
+        ...
+
+    def advance(self, token: int) -> None:
+        """Consume the sampled token; raise :class:`ConstraintError` if the grammar rejects it."""
+        ...
+
+    def is_finished(self) -> bool:
+        """True when the grammar is complete and admits no further text (only EOS may follow)."""
+        ...
+
+
+@runtime_checkable
+class Constraint(Protocol):
+    """A compiled grammar for the responses of one prompt."""
+
+    def matcher(self, sample: int) -> Matcher:
+        """A fresh matcher for sample ``sample`` (in [0, n)) of an iteration."""
+        ...
+
+
+def bitmask_words(vocab_size: int) -> int:
+    """int32 words per row of a token bitmask over ``vocab_size`` tokens."""
+    return (vocab_size + 31) // 32
+
+
+def unpack_bitmask(bitmask: torch.Tensor, vocab_size: int) -> torch.Tensor:
+    """int32 bitmask (B, W) -> bool allowed-token mask (B, vocab_size), on the bitmask's device."""
+    shifts = torch.arange(32, dtype=torch.int32, device=bitmask.device)  # (32,)
+    bits = (bitmask.unsqueeze(-1) >> shifts) & 1  # (B, W, 32)
+    return bits.reshape(bitmask.shape[0], -1)[:, :vocab_size].bool()  # (B, vocab)
+
+
+class RowMasks:
+    """The matchers of one decoding batch, aligned with its live rows.
+
+    ``matchers[i]`` belongs to row ``i`` of the batch (None: unconstrained). Per step:
+    :meth:`apply` masks the logits of the live rows, :meth:`advance` moves each live,
+    not yet ended row by its sampled token, :meth:`select` follows the decoder when it
+    drops ended rows. The bitmask buffer is allocated once (pinned on CUDA).
+    """
+
+    def __init__(
+        self, matchers: Sequence[Matcher | None], vocab_size: int, eos_token_ids: Sequence[int], device: torch.device
+    ) -> None:
+        if not eos_token_ids:
+            raise ValueError("a constrained decode needs at least one EOS token id, got none")
+        self.matchers: list[Matcher | None] = list(matchers)
+        self.live: list[int] = list(range(len(self.matchers)))  # batch row of each live row
+        self.vocab_size = vocab_size
+        self.device = device
+        words = bitmask_words(vocab_size)
+        self.bitmask = torch.full(
+            (len(self.matchers), words), -1, dtype=torch.int32, pin_memory=device.type == "cuda"
+        )  # (B, W)
+        eos_only = torch.zeros(words, dtype=torch.int32)  # (W,)
+        for token in eos_token_ids:
+            eos_only[token // 32] |= _bit(token % 32)
+        self.eos_only = eos_only
+
+    def apply(self, logits: torch.Tensor, remaining: int) -> torch.Tensor:
+        """Set the logits of the tokens each live row's grammar forbids to -inf: (A, V) -> (A, V).
+
+        ``remaining``: tokens each row may still generate, this one included (``max_tokens - step``).
+        """
+        rows = len(self.live)
+        bitmask = self.bitmask[:rows]  # (A, W)
+        bitmask.fill_(-1)
+        for a, row in enumerate(self.live):
+            matcher = self.matchers[row]
+            if matcher is None:
+                continue
+            if matcher.is_finished():
+                bitmask[a] = self.eos_only
+            else:
+                bitmask[a] = 0
+                matcher.fill_bitmask(bitmask, a, remaining)
+        allowed = unpack_bitmask(bitmask.to(logits.device, non_blocking=True), logits.shape[-1])  # (A, V)
+        return logits.masked_fill(~allowed, float("-inf"))  # (A, V)
+
+    def advance(self, tokens: torch.Tensor, ended: torch.Tensor) -> None:
+        """Advance every live row that had not ended before this step: tokens (A,), ended (A,) bool."""
+        values = torch.stack([tokens, ended.long()]).tolist()  # one host transfer
+        for a, row in enumerate(self.live):
+            matcher = self.matchers[row]
+            if matcher is None or values[1][a] or matcher.is_finished():
+                continue
+            matcher.advance(int(values[0][a]))
+
+    def select(self, keep: torch.Tensor) -> None:
+        """Keep only the live rows at positions ``keep`` (A',), as the decoder does."""
+        self.live = [self.live[i] for i in keep.tolist()]
+
+
+def _bit(position: int) -> int:
+    """The int32 value with only bit ``position`` set (bit 31 is the sign bit)."""
+    return -(1 << 31) if position == 31 else 1 << position
