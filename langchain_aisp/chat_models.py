@@ -586,8 +586,7 @@ class AISPChatModel(BaseChatModel):
         kwargs: dict[str, Any],
         cancel: threading.Event | None = None,
     ) -> tuple[Job, PromptResult]:
-        job = _plan.build_job(self, messages, stop, kwargs)
-        return job, _execute.execute(self, job, progress, cancel)
+        return _execute.execute(self, messages, stop, kwargs, progress, cancel)
 
     async def _aligned_async(
         self,
@@ -728,9 +727,7 @@ class AISPChatModel(BaseChatModel):
                 if isinstance(result, BaseException):
                     outcomes[i] = result
                     continue
-                message = to_message(job, result, self.reward_name)
-                message.response_metadata["aisp"]["batch_prompts"] = len(jobs)
-                outcomes[i] = message
+                outcomes[i] = to_message(job, result, self.reward_name)
         return [o for o in outcomes if o is not None]
 
     # --- tools and structured output ---------------------------------------------------------

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import dataclasses
 import json
@@ -513,3 +514,51 @@ def test_lcel_chain(llm):
     msg = chain.invoke({"q": "Name a fruit."})
     assert msg.response_metadata["aisp"]["samples"] == 4
     assert json.dumps(msg.response_metadata)  # metadata is JSON-serialisable
+
+
+# --- batch with tool_choice="auto" ---------------------------------------------------------------
+
+
+@tool
+def get_weather(city: str) -> str:
+    """Get the current weather of a city."""
+    return f"Sunny in {city}."
+
+
+def test_batch_answers_carry_the_auto_choice_of_the_run_like_invoke(tiny_lm):
+    model = AISPChatModel(reward=length_reward, llm=tiny_lm, num_samples=2, num_iterations=1, max_tokens=12, seed=0)
+    bound = model.bind_tools([get_weather])
+    questions = ["What is the weather in Paris?", "Say hello."]
+    singles = [bound.invoke(q) for q in questions]
+    batched = bound.batch(questions)
+    for single, msg in zip(singles, batched, strict=True):
+        choice = single.response_metadata["aisp"]["auto_choice"]
+        assert choice in ("call", "prose")
+        assert msg.response_metadata["aisp"]["auto_choice"] == choice
+        assert msg.content == single.content
+        assert [(c["name"], c["args"]) for c in msg.tool_calls] == [(c["name"], c["args"]) for c in single.tool_calls]
+        assert msg.response_metadata["aisp"]["batch_prompts"] == 2
+        assert single.response_metadata["aisp"]["batch_prompts"] == 1
+
+
+@pytest.mark.parametrize("asynchronous", [False, True])
+def test_batch_auto_choice_prose_is_not_parsed_and_each_input_is_rendered_once(llm, monkeypatch, asynchronous):
+    # engine prompts alternate prose variant / forced-call variant (prefilled up to "a":)
+    llm._runner = scripted_run(["Five. <tool_call>", ' 2, "b": 3}}\n</tool_call>'])
+    renders: list[int] = []
+    real_render = fmtlib.render
+
+    def counting_render(*args: Any, **kwargs: Any) -> Any:
+        renders.append(1)
+        return real_render(*args, **kwargs)
+
+    monkeypatch.setattr(fmtlib, "render", counting_render)
+    bound = llm.bind_tools([add])
+    questions = ["What is 2 + 3?", "Hi"]
+    out = asyncio.run(bound.abatch(questions)) if asynchronous else bound.batch(questions)
+    assert len(renders) == 4  # two inputs x (prose prompt + forced-call prompt), each rendered once
+    call, prose = out
+    assert call.response_metadata["aisp"]["auto_choice"] == "call" and call.tool_calls[0]["args"] == {"a": 2, "b": 3}
+    assert prose.response_metadata["aisp"]["auto_choice"] == "prose"
+    assert prose.content == "Five. <tool_call>" and not prose.tool_calls and not prose.invalid_tool_calls
+    assert [m.response_metadata["aisp"]["batch_prompts"] for m in out] == [2, 2]

@@ -14,9 +14,10 @@ import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
+from langchain_core.messages import BaseMessage
 from tenacity import Retrying, stop_after_attempt, stop_before_delay, wait_exponential
 
-from langchain_aisp.chat._plan import BATCH_PLAN, Job, Variant, format_term, merge_variants
+from langchain_aisp.chat._plan import BATCH_PLAN, BatchPlan, Job, Variant, build_job, format_term, merge_variants
 from langchain_aisp.chat._progress import ProgressFn
 from langchain_aisp.engine.aisp import IterationEvent, PromptResult, RewardError, RunTimeoutError
 from langchain_aisp.engine.memory import run_with_memory
@@ -176,43 +177,69 @@ def run_jobs(
     merged = merge_variants(entries, scored, jobs)
     outcomes: list[PromptResult | BaseException] = []
     for i, job in enumerate(jobs):
+        job.batch_prompts = len(jobs)
         mine = [r for (owner, _), r in zip(entries, results, strict=False) if owner == i and r is not None]
         outcomes.append(_outcome(job, i, mine, merged[i]))
     return outcomes
 
 
 def execute(
-    model: AISPChatModel, job: Job, progress: ProgressFn | None, cancel: threading.Event | None = None
-) -> PromptResult:
-    """Run one call's job: alone, or (inside ``batch``) as its share of the batch plan's one engine run."""
+    model: AISPChatModel,
+    messages: list[BaseMessage],
+    stop: list[str] | None,
+    kwargs: dict[str, Any],
+    progress: ProgressFn | None,
+    cancel: threading.Event | None = None,
+) -> tuple[Job, PromptResult]:
+    """Run one call; returns the job that ran and its result.
+
+    Inside ``batch`` the call claims the job the batch plan rendered for it: a member of the plan's
+    group gets its share of the group's one engine run (the first member to arrive runs it), any other
+    job runs alone. Outside a batch the call is rendered here and runs alone.
+    """
     plan = BATCH_PLAN.get()
-    index = plan.claim(job.key()) if plan is not None and plan.owner == id(model) else None
+    index = plan.claim(messages, stop, kwargs) if plan is not None and plan.owner == id(model) else None
     if plan is None or index is None:
+        job = build_job(model, messages, stop, kwargs)
+    else:
+        job = plan.jobs[index]
+    if plan is None or index is None or index not in plan.group:
         outcome = run_jobs(model, [job], lambda _i, data: progress(data) if progress else None, cancel)[0]
     else:
-        with plan.lock:
-            if progress is not None:
-                plan.progress[index] = progress
-            if plan.outcomes is None:
-
-                def on_event(i: int, data: dict[str, Any]) -> None:
-                    plan.events.setdefault(i, []).append(data)
-                    plan.deliver(i)
-
-                # Nested calls made by the reward (a judge on this very model) must not join the plan:
-                # they would wait on plan.lock, which this thread holds.
-                token = BATCH_PLAN.set(None)
-                try:
-                    plan.outcomes = run_jobs(model, plan.jobs, on_event, cancel)
-                except BaseException as exc:
-                    # Interrupted, cancelled or failed: every input of the plan gets this error, so no
-                    # other input re-runs the whole batch after the caller gave up on it.
-                    plan.outcomes = [exc] * len(plan.jobs)
-                    raise
-                finally:
-                    BATCH_PLAN.reset(token)
-            plan.deliver(index)
-            outcome = plan.outcomes[index]
+        outcome = _run_plan(model, plan, plan.group.index(index), progress, cancel)
     if isinstance(outcome, BaseException):
         raise outcome
-    return outcome
+    return job, outcome
+
+
+def _run_plan(
+    model: AISPChatModel,
+    plan: BatchPlan,
+    member: int,
+    progress: ProgressFn | None,
+    cancel: threading.Event | None,
+) -> PromptResult | BaseException:
+    """The outcome of ``plan.group[member]``: the group's engine run is made by the first member to get here."""
+    with plan.lock:
+        if progress is not None:
+            plan.progress[member] = progress
+        if plan.outcomes is None:
+
+            def on_event(i: int, data: dict[str, Any]) -> None:
+                plan.events.setdefault(i, []).append(data)
+                plan.deliver(i)
+
+            # Nested calls made by the reward (a judge on this very model) must not join the plan:
+            # they would wait on plan.lock, which this thread holds.
+            token = BATCH_PLAN.set(None)
+            try:
+                plan.outcomes = run_jobs(model, [plan.jobs[i] for i in plan.group], on_event, cancel)
+            except BaseException as exc:
+                # Interrupted, cancelled or failed: every input of the plan gets this error, so no
+                # other input re-runs the whole batch after the caller gave up on it.
+                plan.outcomes = [exc] * len(plan.group)
+                raise
+            finally:
+                BATCH_PLAN.reset(token)
+        plan.deliver(member)
+        return plan.outcomes[member]

@@ -56,6 +56,7 @@ def message_parts(
         "prefill": job.prompt.prefill,
         "timed_out": result.timed_out,
         "max_tokens": job.settings.sampling.max_tokens,
+        "batch_prompts": job.batch_prompts,
     }
     if job.auto_choice is not None:
         aisp["auto_choice"] = job.auto_choice

@@ -118,6 +118,8 @@ class Job:
     """Wall-clock limit of this call in seconds (the call's ``timeout`` argument, else the model's)."""
     deadline: float | None = None
     """``time.monotonic()`` deadline fixed by ``prepare`` (its clock starts there); None: the run's start + timeout."""
+    batch_prompts: int | None = None
+    """Set by the run: how many calls shared its engine run (1 when the call ran alone)."""
 
     def key(self) -> tuple[Any, ...]:
         return (tuple(self.token_ids), self.fmt.key(), self.settings.key(), id(self.lm), self.timeout)
@@ -133,36 +135,50 @@ class Job:
 
 @dataclass
 class BatchPlan:
-    """The prompts of one ``batch`` call: the first input to reach the engine runs them all."""
+    """The inputs of one ``batch`` call, rendered once: the first input of ``group`` to reach the engine runs
+    the whole group; the per-input calls claim their job here instead of rendering it again."""
 
     owner: int
+    """``id`` of the model whose ``batch`` made the plan (a nested call on another model does not claim)."""
+    stop: list[str] | None
+    """The batch's ``stop`` argument (a claim must match it)."""
+    kwargs: dict[str, Any]
+    """The batch's other per-call arguments (a claim must match them)."""
     jobs: list[Job]
+    """One job per input that rendered (inputs that failed to render are left to their own call)."""
+    group: list[int]
+    """Indices into ``jobs`` of the jobs that share one engine run (the largest compatible group)."""
     lock: threading.Lock = field(default_factory=threading.Lock)
     claimed: list[bool] = field(default_factory=list)
     progress: dict[int, ProgressFn] = field(default_factory=dict)
     events: dict[int, list[dict[str, Any]]] = field(default_factory=dict)
     delivered: dict[int, int] = field(default_factory=dict)
     outcomes: list[PromptResult | BaseException] | None = None
+    """One per member of ``group``, set by the run."""
     claim_lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def claim(self, key: tuple[Any, ...]) -> int | None:
+    def claim(self, messages: list[BaseMessage], stop: list[str] | None, kwargs: dict[str, Any]) -> int | None:
+        """The index in ``jobs`` of the first unclaimed job of these messages and arguments, else None."""
+        if stop != self.stop or kwargs != self.kwargs:
+            return None
         with self.claim_lock:
             if not self.claimed:
                 self.claimed = [False] * len(self.jobs)
             for i, job in enumerate(self.jobs):
-                if not self.claimed[i] and job.key() == key:
+                if not self.claimed[i] and job.messages == messages:
                     self.claimed[i] = True
                     return i
         return None
 
-    def deliver(self, index: int) -> None:
-        fn = self.progress.get(index)
-        pending = self.events.get(index, [])
-        start = self.delivered.get(index, 0)
+    def deliver(self, member: int) -> None:
+        """Send the progress events of ``group[member]`` that its caller has not seen yet."""
+        fn = self.progress.get(member)
+        pending = self.events.get(member, [])
+        start = self.delivered.get(member, 0)
         if fn is not None:
             for data in pending[start:]:
                 fn(data)
-            self.delivered[index] = len(pending)
+            self.delivered[member] = len(pending)
 
 
 BATCH_PLAN: ContextVar[BatchPlan | None] = ContextVar("langchain_aisp_batch_plan", default=None)
@@ -320,23 +336,28 @@ def _forced_variant(lm: Any, messages: list[BaseMessage], out_fmt: fmtlib.Output
     )
 
 
+TRACING_KWARGS = ("ls_structured_output_format",)
+"""Arguments langchain-core takes off before ``_generate`` (tracing only)."""
+
+
 def plan_batch(model: AISPChatModel, inputs: Sequence[LanguageModelInput], kwargs: dict[str, Any]) -> BatchPlan | None:
-    """Render every input up front; inputs that fail to render are left to their own call (and error)."""
-    call_kwargs = {k: v for k, v in kwargs.items() if k != "stop"}
+    """Render every input once, up front; inputs that fail to render are left to their own call (and error)."""
+    stop = kwargs.get("stop")
+    call_kwargs = {k: v for k, v in kwargs.items() if k != "stop" and k not in TRACING_KWARGS}
     jobs = []
     for item in inputs:
         try:
             messages = model._convert_input(item).to_messages()
-            jobs.append(build_job(model, messages, kwargs.get("stop"), call_kwargs))
+            jobs.append(build_job(model, messages, stop, call_kwargs))
         except Exception:
             continue
-    groups: dict[tuple[Any, ...], list[Job]] = {}
-    for job in jobs:
-        groups.setdefault(job.batch_key(), []).append(job)
+    groups: dict[tuple[Any, ...], list[int]] = {}
+    for i, job in enumerate(jobs):
+        groups.setdefault(job.batch_key(), []).append(i)
     if not groups:
         return None
     largest = max(groups.values(), key=len)
-    return BatchPlan(owner=id(model), jobs=largest) if len(largest) > 1 else None
+    return BatchPlan(owner=id(model), stop=stop, kwargs=call_kwargs, jobs=jobs, group=largest)
 
 
 def merge_variants(
