@@ -139,7 +139,14 @@ def test_unsupported_schema_fails_at_bind_time_naming_the_construct(tiny_lm):
         model.with_structured_output(bad)
     with pytest.raises(ValueError, match="uniqueItems"):
         model.bind_tools([{"name": "tag", "description": "Tag.", "parameters": bad}])
-    assert model.with_structured_output(bad, method="json_schema", strict=False) is not None
+    lenient = model.with_structured_output(bad, method="json_schema", strict=False)
+    assert lenient.first.kwargs["strict"] is False  # the grammar drops uniqueItems
+    assert lenient.first.kwargs["response_format"] == {"type": "json_schema", "schema": bad}
+    with pytest.raises(OutputParserException, match="does not match the schema"):  # the parser checks the rest
+        lenient.last.invoke(AIMessage('{"tags": "a"}', response_metadata={"finish_reason": "stop"}))
+    assert lenient.last.invoke(AIMessage('{"tags": ["a", "b"]}', response_metadata={"finish_reason": "stop"})) == {
+        "tags": ["a", "b"]
+    }
 
 
 def test_a_reply_cut_by_max_tokens_says_so(tiny_lm):
