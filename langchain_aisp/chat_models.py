@@ -349,6 +349,17 @@ class AISPChatModel(BaseChatModel):
 
     # --- validation --------------------------------------------------------------------
 
+    @model_validator(mode="before")
+    @classmethod
+    def _known_arguments(cls, data: Any) -> Any:
+        """An unknown argument (``temprature=0.5``) names the closest field instead of "Extra inputs ..."."""
+        if isinstance(data, dict):
+            unknown = [name for name in data if name not in cls.model_fields]
+            if unknown:
+                fields = sorted(cls.model_fields)
+                raise ValueError(f"AISPChatModel got unknown argument(s) {_plan.unknown_arguments(unknown, fields)}")
+        return data
+
     @field_validator("reward", mode="before")
     @classmethod
     def _import_reward(cls, value: Any) -> Any:

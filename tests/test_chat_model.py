@@ -562,3 +562,27 @@ def test_batch_auto_choice_prose_is_not_parsed_and_each_input_is_rendered_once(l
     assert prose.response_metadata["aisp"]["auto_choice"] == "prose"
     assert prose.content == "Five. <tool_call>" and not prose.tool_calls and not prose.invalid_tool_calls
     assert [m.response_metadata["aisp"]["batch_prompts"] for m in out] == [2, 2]
+
+
+def test_unknown_arguments_name_the_closest_one(tiny_lm, llm):
+    with pytest.raises(ValidationError, match=r"argument\(s\) \['temprature'\] \(did you mean 'temperature'\?\)"):
+        AISPChatModel(reward=length_reward, llm=tiny_lm, temprature=0.5)
+    with pytest.raises(ValidationError, match=r"'num_sample' -> 'num_samples'"):
+        AISPChatModel(reward=length_reward, llm=tiny_lm, num_sample=3, api_key="sk")
+    with pytest.raises(TypeError, match=r"argument\(s\) \['temprature'\] \(did you mean 'temperature'\?\)"):
+        llm.invoke("hi", temprature=0.5)
+    with pytest.raises(TypeError, match=r"\['tool_choise'\] \(did you mean 'tool_choice'\?\)"):
+        llm.invoke("hi", tool_choise="auto")
+
+
+def test_structured_output_batch_shares_one_engine_run(llm):
+    calls: list[int] = []
+    scripted = scripted_run(['Oslo", "population": 7}'])
+
+    def spy(lm, prompts, *args, **kwargs):
+        calls.append(len(prompts))
+        return scripted(lm, prompts, *args, **kwargs)
+
+    llm._runner = spy
+    out = llm.with_structured_output(City, method="json_schema").batch(["A city?", "Another city?"])
+    assert calls == [2] and out == [City(name="Oslo", population=7)] * 2

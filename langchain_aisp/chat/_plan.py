@@ -9,6 +9,7 @@ as one Batched AISP engine call.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import math
 import threading
 from collections.abc import Sequence
@@ -267,14 +268,26 @@ def grammars(fmt: fmtlib.OutputFormat) -> list[str]:
     return []
 
 
+def unknown_arguments(names: Sequence[str], known: Sequence[str]) -> str:
+    """``['temprature'] (did you mean 'temperature'?)``: the unknown names, each with its closest known name."""
+    hints = []
+    for name in names:
+        close = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
+        if close:
+            hints.append(f"{name!r} -> {close[0]!r}" if len(names) > 1 else repr(close[0]))
+    hint = f" (did you mean {', '.join(hints)}?)" if hints else ""
+    return f"{sorted(names)}{hint}"
+
+
 def check_kwargs(kwargs: dict[str, Any]) -> None:
-    """Refuse a per-call argument the model does not know."""
-    unknown = sorted(set(kwargs) - set(PER_CALL_FIELDS) - set(BINDING_KWARGS))
+    """Refuse a per-call argument the model does not know, naming the closest known one."""
+    known = (*PER_CALL_FIELDS, *BINDING_KWARGS)
+    unknown = sorted(set(kwargs) - set(known))
     if unknown:
         raise TypeError(
-            f"AISPChatModel got unsupported keyword argument(s) {unknown}; per-call arguments are "
-            f"{sorted(PER_CALL_FIELDS)} plus stop, model, timeout, tools, tool_choice, parallel_tool_calls, "
-            "response_format"
+            f"AISPChatModel got unsupported keyword argument(s) {unknown_arguments(unknown, (*known, 'stop'))}; "
+            f"per-call arguments are {sorted(PER_CALL_FIELDS)} plus stop, model, timeout, tools, tool_choice, "
+            "parallel_tool_calls, response_format"
         )
 
 
