@@ -11,7 +11,6 @@ This module stays the public import path of ``AISPChatModel``, ``PreparedCall``,
 from __future__ import annotations
 
 import asyncio
-import math
 import os
 import threading
 import time
@@ -32,7 +31,14 @@ from pydantic import ConfigDict, Field, PrivateAttr, field_validator, model_vali
 from langchain_aisp import _chat_format as fmtlib
 from langchain_aisp.chat import _execute, _plan, _progress
 from langchain_aisp.chat._execute import RETRY_WAIT_MAX
-from langchain_aisp.chat._loading import UNSERIALISABLE, cached_lm, clear_model_cache, import_path, reward_path
+from langchain_aisp.chat._loading import (
+    UNSERIALISABLE,
+    cached_lm,
+    clear_model_cache,
+    import_path,
+    mark_unserialisable,
+    reward_path,
+)
 from langchain_aisp.chat._messages import to_chunks, to_message
 from langchain_aisp.chat._plan import Job
 from langchain_aisp.chat._progress import PROGRESS_EVENT, ProgressFn
@@ -410,20 +416,7 @@ class AISPChatModel(BaseChatModel):
         except TypeError as exc:
             raise ValueError(str(exc)) from exc
         self._reward = reward
-        _plan.resolve_settings(self, {})  # AISPParams / SamplingParams raise ValueError naming the field and range
-        if (self.hf_model is None) != (self.tokenizer is None):
-            raise ValueError("hf_model and tokenizer must be passed together")
-        if self.llm is not None and self.hf_model is not None:
-            raise ValueError("pass either llm or hf_model + tokenizer, not both")
-        if self.max_batch_size < 1:
-            raise ValueError(f"max_batch_size must be an integer >= 1, got {self.max_batch_size}")
-        if not (isinstance(self.format_weight, (int, float)) and math.isfinite(self.format_weight)):
-            raise ValueError(f"format_weight must be a finite number >= 0, got {self.format_weight!r}")
-        if self.format_weight < 0:
-            raise ValueError(f"format_weight must be a finite number >= 0, got {self.format_weight}")
-        _plan.check_timeout(self.timeout)
-        if isinstance(self.max_retries, bool) or not 0 <= self.max_retries <= 100:
-            raise ValueError(f"max_retries must be an integer in [0, 100], got {self.max_retries!r}")
+        _plan.check_model(self)  # each error names the field, the bad value and the allowed range
         return self
 
     # --- LangChain identity ------------------------------------------------------------
@@ -490,8 +483,9 @@ class AISPChatModel(BaseChatModel):
         """
         data = super().to_json()
         kwargs = data.get("kwargs")
-        if data.get("type") != "constructor" or not isinstance(kwargs, dict):
-            return data
+        if data.get("type") == "constructor" and isinstance(kwargs, dict):
+            mark_unserialisable(self, kwargs)
+        return data
         path, why = reward_path(self.reward)
         kwargs["reward"] = path if path is not None else UNSERIALISABLE + why
         if self.llm is not None or self.hf_model is not None:

@@ -79,3 +79,19 @@ def _function_reward_type() -> type:
     from langchain_aisp.rewards import FunctionReward
 
     return FunctionReward
+
+
+def mark_unserialisable(model: Any, kwargs: dict[str, Any]) -> None:
+    """Write ``to_json``'s constructor ``kwargs`` of ``model``: the reward as its path, or a marker with the
+    reason; a model passed as loaded objects and a control memory as markers (``load`` raises with the reason)."""
+    path, why = reward_path(model.reward)
+    kwargs["reward"] = path if path is not None else UNSERIALISABLE + why
+    if model.llm is not None or model.hf_model is not None:
+        kwargs["llm"] = (
+            UNSERIALISABLE + "a model passed as loaded objects cannot be serialised; pass model=<hub id or local path>"
+        )
+    if model.control_memory is not None:
+        kwargs["control_memory"] = (
+            UNSERIALISABLE + "a control memory is not serialised with the model; save it with "
+            "memory.save(path) and pass control_memory=ControlMemory.load(path)"
+        )

@@ -185,6 +185,24 @@ class BatchPlan:
 BATCH_PLAN: ContextVar[BatchPlan | None] = ContextVar("langchain_aisp_batch_plan", default=None)
 
 
+def check_model(model: AISPChatModel) -> None:
+    """Validate the model's settings together (``ValueError`` naming the field, the bad value and the range)."""
+    resolve_settings(model, {})  # AISPParams / SamplingParams raise ValueError naming the field and range
+    if (model.hf_model is None) != (model.tokenizer is None):
+        raise ValueError("hf_model and tokenizer must be passed together")
+    if model.llm is not None and model.hf_model is not None:
+        raise ValueError("pass either llm or hf_model + tokenizer, not both")
+    if model.max_batch_size < 1:
+        raise ValueError(f"max_batch_size must be an integer >= 1, got {model.max_batch_size}")
+    if not (isinstance(model.format_weight, (int, float)) and math.isfinite(model.format_weight)):
+        raise ValueError(f"format_weight must be a finite number >= 0, got {model.format_weight!r}")
+    if model.format_weight < 0:
+        raise ValueError(f"format_weight must be a finite number >= 0, got {model.format_weight}")
+    check_timeout(model.timeout)
+    if isinstance(model.max_retries, bool) or not 0 <= model.max_retries <= 100:
+        raise ValueError(f"max_retries must be an integer in [0, 100], got {model.max_retries!r}")
+
+
 def resolve_settings(model: AISPChatModel, overrides: dict[str, Any]) -> Settings:
     """The model's settings with a call's ``overrides``; raises ``ValueError`` naming the field and range."""
     values = {name: overrides.get(name, getattr(model, name)) for name in PER_CALL_FIELDS}
