@@ -215,19 +215,7 @@ def resolve_settings(model: AISPChatModel, overrides: dict[str, Any]) -> Setting
     ):
         raise ValueError(f"temperature must be a finite number >= 0 (0 means greedy), got {temperature!r}")
     greedy = temperature == 0
-    params = AISPParams(
-        method=values["method"],
-        num_samples=values["num_samples"],
-        num_iterations=values["num_iterations"],
-        sigma=values["sigma"],
-        lambda_=values["lambda_"],
-        ess_target=values["ess_target"],
-        alpha=values["alpha"],
-        tau=values["tau"],
-        control=values["control"],
-        elite_fraction=values["elite_fraction"],
-        token_step=values["token_step"],
-    )
+    params = AISPParams(**{f.name: values[f.name] for f in dataclasses.fields(AISPParams)})
     seed = check_seed(values["seed"])
     sampling = SamplingParams(
         max_tokens=values["max_tokens"],

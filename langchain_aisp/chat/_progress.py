@@ -110,6 +110,15 @@ def _run_callbacks(model: BaseChatModel, ref: RunRef, manager_type: type[Any]) -
     )
 
 
+def _event_args(run_manager: Any, data: dict[str, Any]) -> tuple[Any, ...]:
+    """``handle_event`` / ``ahandle_event`` arguments of one progress event to ``run_manager``'s handlers."""
+    return (run_manager.handlers, "on_custom_event", "ignore_custom_event", PROGRESS_EVENT, data)
+
+
+def _event_kwargs(run_manager: Any) -> dict[str, Any]:
+    return {"run_id": run_manager.run_id, "tags": run_manager.tags, "metadata": run_manager.metadata}
+
+
 def sync_progress(model: BaseChatModel, run_manager: CallbackManagerForLLMRun | None) -> ProgressFn | None:
     """The progress sink of a sync call: its run manager, else the current run's handlers, else None."""
     if run_manager is None:
@@ -120,16 +129,7 @@ def sync_progress(model: BaseChatModel, run_manager: CallbackManagerForLLMRun | 
         return lambda data: manager.on_custom_event(PROGRESS_EVENT, data, run_id=ref.run_id)
 
     def emit(data: dict[str, Any]) -> None:
-        handle_event(
-            run_manager.handlers,
-            "on_custom_event",
-            "ignore_custom_event",
-            PROGRESS_EVENT,
-            data,
-            run_id=run_manager.run_id,
-            tags=run_manager.tags,
-            metadata=run_manager.metadata,
-        )
+        handle_event(*_event_args(run_manager, data), **_event_kwargs(run_manager))
 
     return emit
 
@@ -148,16 +148,7 @@ def async_progress(
         if cancel is not None and cancel.is_set():
             return  # the awaiting task is gone (its loop may be closing): nobody listens any more
         if run_manager is not None:
-            coro = ahandle_event(
-                run_manager.handlers,
-                "on_custom_event",
-                "ignore_custom_event",
-                PROGRESS_EVENT,
-                data,
-                run_id=run_manager.run_id,
-                tags=run_manager.tags,
-                metadata=run_manager.metadata,
-            )
+            coro = ahandle_event(*_event_args(run_manager, data), **_event_kwargs(run_manager))
         else:
             assert manager is not None and ref is not None
             coro = manager.on_custom_event(PROGRESS_EVENT, data, run_id=ref.run_id)
