@@ -197,5 +197,5 @@ def _errors(value: Any, schema: Any, root: dict[str, Any], path: str) -> list[st
 
 
 def validate(value: Any, schema: dict[str, Any]) -> list[str]:
-    """Every violation of ``schema`` by ``value`` (empty when it validates), each prefixed with its path (``$.a[0]``)."""
+    """Every violation of ``schema`` by ``value`` (empty when valid), each prefixed with its path (``$.a[0]``)."""
     return _errors(value, schema, schema, "$")

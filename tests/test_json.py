@@ -30,11 +30,15 @@ def test_find_json_lenient_closes_a_cut_object_and_says_so():
 
 
 def test_the_chat_model_and_the_reward_find_the_same_json():
-    for text in ['x {"a": 1}', "```json\n{\"a\": [1]}\n```", "[1]", "nothing"]:
+    for text in ['x {"a": 1}', '```json\n{"a": [1]}\n```', "[1]", "nothing"]:
         found = find_json(text)
-        assert extract_json(text) == found.value if found else extract_json(text) is extract_json("nothing")
+        if found is None:
+            assert extract_json(text) is extract_json("nothing")  # the private "missing" sentinel
+        else:
+            assert extract_json(text) == found.value
         value, error = fmtlib.parse_json_reply(text)
         assert (error is None) == (found is not None and isinstance(found.value, dict))
+        assert value == (found.value if error is None else None)
 
 
 def test_validate_follows_json_schema_objects_are_open():

@@ -190,8 +190,9 @@ class JSONSchemaReward(Reward):
     it is installed and ``validator="auto"``; otherwise the built-in check the chat model uses
     (:func:`langchain_aisp._json.validate`: ``$ref``, ``anyOf``/``oneOf``/``allOf``, ``type``,
     ``enum``, ``const``, ``required``, ``properties``, ``additionalProperties``, ``items``; other
-    keywords are ignored; objects are open unless ``additionalProperties: false``, as in JSON Schema). ``validator="jsonschema"`` requires the package, ``"minimal"`` never
-    uses it. ``validator_used`` says which one is active.
+    keywords are ignored; objects are open unless ``additionalProperties: false``, as in JSON
+    Schema). ``validator="jsonschema"`` requires the package, ``"minimal"`` never uses it.
+    ``validator_used`` says which one is active.
     """
 
     def __init__(
