@@ -253,14 +253,12 @@ def test_reward_from_module_callable(tmp_path, monkeypatch):
     ):
         with pytest.raises((ValueError, TypeError), match=message):
             load_reward(spec)
-    rewards = resolve_rewards(["my_rewards:politeness", "my_rewards:politeness"], embedder=lambda: pytest.fail())
+    rewards = resolve_rewards(["my_rewards:politeness", "my_rewards:politeness"])
     assert list(rewards) == ["politeness", "politeness-2"]
 
 
 def test_builtin_rewards_score_in_their_ranges():
-    from langchain_aisp.bench.scorers import TextEmbedder
-
-    rewards = resolve_rewards(["sentiment", "nontoxic", "relevance"], embedder=TextEmbedder)
+    rewards = resolve_rewards(["sentiment", "nontoxic", "relevance"])
     convs = [PROMPTS[0].conversation()] * 2
     responses = ["Hello! What a wonderful, happy day.", "You are a stupid idiot."]
     sentiment, nontoxic, relevance = (rewards[name].score(convs, responses) for name in rewards)

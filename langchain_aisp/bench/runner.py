@@ -553,10 +553,7 @@ def run_benchmark(
         "prompts": [
             {**dataclasses.asdict(p), "prompt_tokens": len(ids)} for p, ids in zip(prompts, prompt_ids, strict=True)
         ],
-        "rewards": {
-            name: {"class": type(r).__name__, "source": getattr(r, "reward_source", "user")}
-            for name, r in rewards.items()
-        },
+        "rewards": {name: {"class": type(r).__name__, "source": type(r).__module__} for name, r in rewards.items()},
         "cells": {},
     }
     path = Path(out_dir) / RESULTS_FILE if out_dir is not None else None

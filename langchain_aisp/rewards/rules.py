@@ -32,26 +32,38 @@ def require(module: str, package: str, user: str, extra: str | None = "rewards")
 
 
 class SentimentReward(Reward):
-    """VADER's compound sentiment of the response, in [-1, 1] (needs ``vaderSentiment``).
+    """The response's sentiment in [-1, 1]: VADER's compound score (``backend="vader"``, the default; needs
+    ``vaderSentiment``) or TextBlob's polarity (``backend="textblob"``; needs ``textblob``).
 
-    Lexicon based and fast; it saturates quickly on long texts, so it is a weak
-    reward on its own.
+    Both are lexicon based and fast. VADER saturates quickly on long texts (the best of 16 samples
+    of the default model already scores ~0.9), so it is a weak reward on its own; TextBlob keeps
+    headroom and is what the benchmarks use (docs/benchmarks.md).
     """
 
     name = "sentiment"
 
-    def __init__(self) -> None:
-        self._analyzer: Any = None
+    def __init__(self, backend: Literal["vader", "textblob"] = "vader") -> None:
+        if backend not in ("vader", "textblob"):
+            raise ValueError(f"backend must be 'vader' or 'textblob', got {backend!r}")
+        self.backend = backend
+        self._polarity: Any = None
+
+    def _load(self) -> Any:
+        if self.backend == "textblob":
+            textblob = require("textblob", "textblob", "SentimentReward(backend='textblob')")
+            return lambda text: float(textblob.TextBlob(text).sentiment.polarity)
+        vader = require("vaderSentiment.vaderSentiment", "vaderSentiment", "SentimentReward")
+        analyzer = vader.SentimentIntensityAnalyzer()
+        return lambda text: float(analyzer.polarity_scores(text)["compound"])
 
     def score(self, conversations: Sequence[Conversation], responses: Sequence[str]) -> list[float]:
         check_lengths(conversations, responses, self.name)
-        if self._analyzer is None:
-            vader = require("vaderSentiment.vaderSentiment", "vaderSentiment", "SentimentReward")
-            self._analyzer = vader.SentimentIntensityAnalyzer()
+        if self._polarity is None:
+            self._polarity = self._load()
         cache: dict[str, float] = {}
         for text in responses:
             if text not in cache:
-                cache[text] = float(self._analyzer.polarity_scores(text)["compound"])
+                cache[text] = self._polarity(text)
         return [cache[text] for text in responses]
 
 
