@@ -130,3 +130,19 @@ def test_bench_builtins_are_the_rewards_package_classes_and_fail_loudly(monkeypa
     monkeypatch.setitem(sys.modules, "profanity_check", None)  # not installed: no silent fallback
     with pytest.raises(ImportError, match="pip install 'langchain-aisp\\[rewards\\]'"):
         builtin_reward("nontoxic").score([CONV], ["hi"])
+
+
+def test_the_encoder_is_neutral_and_the_rewards_do_not_import_the_embeddings_surface():
+    import subprocess
+
+    code = (
+        "import json, sys; import langchain_aisp.sentence_encoder; a = sorted(m for m in sys.modules "
+        "if m.split('.')[0] in ('langchain_core', 'langchain', 'pydantic')); import langchain_aisp.rewards; "
+        "print(json.dumps([a, 'langchain_aisp.embeddings' in sys.modules]))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=300)
+    surfaces, embeddings_loaded = json.loads(out.stdout.strip().splitlines()[-1])
+    assert surfaces == [] and embeddings_loaded is False
+    from langchain_aisp import embeddings, sentence_encoder
+
+    assert embeddings.load_encoder is sentence_encoder.load_encoder  # one implementation, re-exported

