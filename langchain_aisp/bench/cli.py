@@ -205,7 +205,7 @@ def build_parser(command: str) -> argparse.ArgumentParser:
         parser.add_argument("--tokens", type=int, default=32, help="new tokens per sample (exactly)")
         parser.add_argument("--repeats", type=int, default=1)
     elif command == "threads":
-        from langchain_aisp.bench.threads import add_arguments
+        from langchain_aisp.bench.thread_scaling import add_arguments
 
         add_arguments(parser)
         return parser
@@ -471,7 +471,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_threads(args: argparse.Namespace) -> int:
-    from langchain_aisp.bench.threads import cmd_threads as run_threads
+    from langchain_aisp.bench.thread_scaling import cmd_threads as run_threads
 
     return run_threads(args)
 

@@ -71,7 +71,7 @@ def _parser() -> argparse.ArgumentParser:
         "--num-threads",
         type=num_threads_arg,
         default=None,
-        help=f"torch CPU threads of the server: N or 'all' (default: ${NUM_THREADS_ENV}, else 1; see threads.py)",
+        help=f"torch CPU threads of the server: N or 'all' (default: ${NUM_THREADS_ENV}, else 1)",
     )
     model.add_argument("--no-warmup", action="store_true", help="skip the start-up check of every reward")
     aisp = serve.add_argument_group("defaults for requests that do not set them")
