@@ -35,7 +35,7 @@ from typing import Any
 from langchain_core.messages import BaseMessage, HumanMessage
 
 from langchain_aisp._imports import import_object
-from langchain_aisp.rewards.errors import RewardFailure, as_float, check_lengths, excerpt, fmt_indices
+from langchain_aisp.rewards.errors import RewardFailure, as_float, check_lengths, excerpt, fmt_indices, sample_failure
 
 Conversation = Sequence[BaseMessage]
 
@@ -155,13 +155,7 @@ class FunctionReward(Reward):
             try:
                 values.append(self.fn(prompt, response))
             except Exception as exc:
-                reason = f"raised {type(exc).__name__}: {exc}"
-                raise RewardFailure(
-                    f"reward {self.name} {reason} on sample {i} (response {excerpt(response)})",
-                    reward=self.name,
-                    index=i,
-                    reason=reason,
-                ) from exc
+                raise sample_failure(self.name, f"raised {type(exc).__name__}: {exc}", i, response) from exc
         return values
 
 

@@ -25,6 +25,7 @@ from langchain_aisp.rewards.errors import (
     check_timeout,
     excerpt,
     fmt_indices,
+    sample_failure,
 )
 
 __all__ = [
@@ -211,21 +212,9 @@ class SafeReward(Reward):
         try:
             return call_with_timeout(inner.fn, self.timeout, prompt_text(conversation), text)
         except TimeoutError as exc:
-            reason = f"timed out after {self.timeout:g} s"
-            raise RewardFailure(
-                f"reward {self.name} {reason} on sample {index} (response {excerpt(text)})",
-                reward=self.name,
-                index=index,
-                reason=reason,
-            ) from exc
+            raise sample_failure(self.name, f"timed out after {self.timeout:g} s", index, text) from exc
         except Exception as exc:
-            reason = f"raised {type(exc).__name__}: {exc}"
-            raise RewardFailure(
-                f"reward {self.name} {reason} on sample {index} (response {excerpt(text)})",
-                reward=self.name,
-                index=index,
-                reason=reason,
-            ) from exc
+            raise sample_failure(self.name, f"raised {type(exc).__name__}: {exc}", index, text) from exc
 
     def _validate(self, raw: Sequence[Any], texts: list[str], first: list[int]) -> list[float]:
         values: list[float | None] = []
