@@ -21,7 +21,9 @@ from typing import Any
 
 def split_path(path: str) -> tuple[str, str]:
     """``"module:qualname"`` -> ``(module, qualname)``; ValueError naming the expected form otherwise."""
-    module, sep, qualname = path.rpartition(":") if isinstance(path, str) else ("", "", "")
+    if not isinstance(path, str):
+        raise ValueError(f"expected a 'package.module:qualname' string, got {path!r} ({type(path).__name__})")
+    module, sep, qualname = path.rpartition(":")
     if not sep or not module.strip() or not qualname.strip():
         raise ValueError(f"expected 'package.module:qualname' (or 'path/to/file.py:qualname'), got {path!r}")
     return module.strip(), qualname.strip()
