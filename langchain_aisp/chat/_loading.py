@@ -8,11 +8,10 @@ frees it.
 
 from __future__ import annotations
 
-import importlib
 import threading
 from typing import Any
 
-from langchain_aisp.rewards import Reward
+from langchain_aisp.rewards import import_reward as import_path
 
 UNSERIALISABLE = "<not serialisable> "
 """Prefix of the placeholder ``to_json`` writes for a reward or model that cannot be re-created."""
@@ -36,19 +35,6 @@ def cached_lm(model: str | None, device: str, dtype: str, trust_remote_code: boo
         if key not in _LM_CACHE:
             _LM_CACHE[key] = load_causal_lm(model, device=device, dtype=dtype, trust_remote_code=trust_remote_code)
         return _LM_CACHE[key]
-
-
-def import_path(path: str) -> Any:
-    """The object at ``"package.module:qualname"``; a ``Reward`` subclass is instantiated."""
-    module_name, _, qualname = path.partition(":")
-    if not module_name or not qualname:
-        raise ValueError(f"reward path must look like 'package.module:qualname', got {path!r}")
-    obj: Any = importlib.import_module(module_name)
-    for part in qualname.split("."):
-        obj = getattr(obj, part)
-    if isinstance(obj, type) and issubclass(obj, Reward):
-        obj = obj()
-    return obj
 
 
 def reward_path(reward: Any) -> tuple[str | None, str]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Iterator
 from typing import Any
 
@@ -11,14 +10,10 @@ from langchain_core.messages import AIMessage, AIMessageChunk, ToolCallChunk, Us
 from langchain_core.outputs import ChatGenerationChunk
 
 from langchain_aisp import _chat_format as fmtlib
+from langchain_aisp._text import stream_pieces
 from langchain_aisp.chat._plan import Job
 from langchain_aisp.chat._structured import cut_message
 from langchain_aisp.engine.aisp import PromptResult
-
-
-def split_chunks(text: str) -> list[str]:
-    """Stream pieces: words with their trailing whitespace (concatenates back to ``text``)."""
-    return re.findall(r"\s*\S+\s*|\s+", text) or []
 
 
 def message_parts(
@@ -85,7 +80,7 @@ def to_message(job: Job, result: PromptResult, reward_name: str) -> AIMessage:
 def to_chunks(job: Job, result: PromptResult, reward_name: str) -> Iterator[ChatGenerationChunk]:
     """One answer as stream chunks: its words, then a last chunk with tool calls, metadata and usage."""
     parsed, metadata, usage = message_parts(job, result, reward_name)
-    for piece in split_chunks(parsed.content):
+    for piece in stream_pieces(parsed.content):
         yield ChatGenerationChunk(message=AIMessageChunk(content=piece))
     tool_chunks = [
         ToolCallChunk(
