@@ -37,7 +37,7 @@ def main() -> None:
     # 1. learn: every call folds its scored samples into the memory (a batch counts as one call)
     memory = ControlMemory(warmup_prompts=len(learn))
     teacher = AISPChatModel(
-        reward=upbeat, llm=lm, control_memory=memory, num_samples=samples, num_iterations=2, max_tokens=tokens, seed=0
+        reward=upbeat, model=lm, control_memory=memory, num_samples=samples, num_iterations=2, max_tokens=tokens, seed=0
     )
     per_call = 2 if FAST else 6
     for i in range(0, len(learn), per_call):

@@ -34,9 +34,13 @@ from langchain_aisp.chat._execute import RETRY_WAIT_MAX
 from langchain_aisp.chat._loading import (
     UNSERIALISABLE,
     cached_lm,
+    check_model_object,
     clear_model_cache,
+    display_name,
     import_path,
     mark_unserialisable,
+    model_lm,
+    renamed_arguments,
     reward_path,
 )
 from langchain_aisp.chat._messages import to_chunks, to_message
@@ -234,17 +238,14 @@ class AISPChatModel(BaseChatModel):
     """The reward: ``fn(prompt, response) -> float``, a ``@batched`` function, a
     :class:`~langchain_aisp.rewards.Reward`, or the ``"module:qualname"`` path of one."""
 
-    model: str | None = None
-    """Hugging Face hub id or local folder; None uses the embedded default model."""
-
-    llm: Any = Field(default=None, exclude=True)
-    """An already loaded :class:`langchain_aisp.engine.lm.CausalLM` (then ``model`` is only a label)."""
-
-    hf_model: Any = Field(default=None, exclude=True)
-    """An already loaded transformers ``PreTrainedModel``; requires ``tokenizer``."""
+    model: Any = None
+    """The LLM: a Hugging Face hub id or local folder (str), a loaded :class:`~langchain_aisp.engine.lm.CausalLM`,
+    or a transformers ``PreTrainedModel`` with ``tokenizer``; None uses the embedded default model. Chat models
+    over one ``PreTrainedModel`` and tokenizer share one wrapping (and its static decoding cache).
+    (``llm=`` and ``hf_model=`` are deprecated spellings of it.)"""
 
     tokenizer: Any = Field(default=None, exclude=True)
-    """The tokenizer of ``hf_model``."""
+    """The tokenizer of a ``PreTrainedModel`` passed as ``model`` (required with one, refused otherwise)."""
 
     method: Method = DEFAULT_METHOD
     """"aisp" (adaptive importance sampling), "bon" (Best-of-N) or "sample" (one plain sample)."""
@@ -298,8 +299,9 @@ class AISPChatModel(BaseChatModel):
     stop: list[str] | None = None
     """Stop strings: a response ends where one completes and is cut before it."""
 
-    max_batch_size: int = DEFAULT_MAX_BATCH_SIZE
-    """Rows decoded together; a batch of prompts shares them (Batched AISP)."""
+    max_batch_rows: int = DEFAULT_MAX_BATCH_SIZE
+    """Most rows (responses: prompts x ``num_samples``) decoded together; a batch of prompts shares them
+    (Batched AISP). (``max_batch_size`` is its deprecated spelling.)"""
 
     decoding: Decoding = DEFAULT_DECODING
     """Decode path, chosen once per run: ``"static"`` (preallocated KV cache; on CUDA each token is
@@ -360,6 +362,7 @@ class AISPChatModel(BaseChatModel):
     def _known_arguments(cls, data: Any) -> Any:
         """An unknown argument (``temprature=0.5``) names the closest field instead of "Extra inputs ..."."""
         if isinstance(data, dict):
+            data = renamed_arguments(data)  # llm= / hf_model= / max_batch_size=, deprecated
             unknown = [name for name in data if name not in cls.model_fields]
             if unknown:
                 fields = sorted(cls.model_fields)
@@ -378,7 +381,7 @@ class AISPChatModel(BaseChatModel):
                 raise ValueError(f"reward path {value!r} does not import: {exc}") from exc
         return value
 
-    @field_validator("llm", "control_memory", mode="before")
+    @field_validator("control_memory", mode="before")
     @classmethod
     def _no_marker(cls, value: Any) -> Any:
         if isinstance(value, str) and value.startswith(UNSERIALISABLE):
@@ -398,8 +401,10 @@ class AISPChatModel(BaseChatModel):
     @field_validator("model", mode="before")
     @classmethod
     def _existing_model(cls, value: Any) -> Any:
-        if value is None:
-            return value
+        if isinstance(value, str) and value.startswith(UNSERIALISABLE):
+            raise ValueError(f"cannot load this AISPChatModel: {value[len(UNSERIALISABLE) :]}")
+        if value is None or not isinstance(value, (str, os.PathLike)):
+            return None if value is None else check_model_object(value)
         from langchain_aisp.engine.lm import resolve_model_source
         from langchain_aisp.errors import ModelLoadError
 
@@ -440,16 +445,8 @@ class AISPChatModel(BaseChatModel):
 
     @property
     def model_name(self) -> str:
-        """The model's display name (hub id, path, or the default model's name)."""
-        if self.model is not None:
-            return self.model
-        if self.llm is not None:
-            return str(self.llm.name)
-        if self.hf_model is not None:
-            return str(getattr(self.hf_model.config, "_name_or_path", "") or type(self.hf_model).__name__)
-        from langchain_aisp.engine.default_model import DEFAULT_MODEL_NAME
-
-        return DEFAULT_MODEL_NAME
+        """The model's display name (hub id, path, the loaded model's name, or the default model's name)."""
+        return display_name(self.model)
 
     @property
     def _identifying_params(self) -> dict[str, Any]:
@@ -486,19 +483,6 @@ class AISPChatModel(BaseChatModel):
         if data.get("type") == "constructor" and isinstance(kwargs, dict):
             mark_unserialisable(self, kwargs)
         return data
-        path, why = reward_path(self.reward)
-        kwargs["reward"] = path if path is not None else UNSERIALISABLE + why
-        if self.llm is not None or self.hf_model is not None:
-            kwargs["llm"] = (
-                UNSERIALISABLE + "a model passed as loaded objects cannot be serialised; "
-                "pass model=<hub id or local path>"
-            )
-        if self.control_memory is not None:
-            kwargs["control_memory"] = (
-                UNSERIALISABLE + "a control memory is not serialised with the model; save it with "
-                "memory.save(path) and pass control_memory=ControlMemory.load(path)"
-            )
-        return data
 
     # --- the model -----------------------------------------------------------------------
 
@@ -509,14 +493,7 @@ class AISPChatModel(BaseChatModel):
         if self._lm is None:
             with self._lm_lock:
                 if self._lm is None:
-                    if self.llm is not None:
-                        self._lm = self.llm
-                    elif self.hf_model is not None:
-                        from langchain_aisp.engine.lm import wrap_model
-
-                        self._lm = wrap_model(self.hf_model, self.tokenizer)
-                    else:
-                        self._lm = cached_lm(self.model, self.device, self.dtype, self.trust_remote_code)
+                    self._lm = model_lm(self)
         return self._lm
 
     # --- the LangChain entry points -------------------------------------------------------

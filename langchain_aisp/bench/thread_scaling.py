@@ -124,7 +124,7 @@ def child(spec: dict[str, Any]) -> dict[str, Any]:
     lm = _build_lm(spec["model"])
     load_seconds = time.perf_counter() - start
     llm = AISPChatModel(
-        llm=lm,
+        model=lm,
         reward=concise,
         num_samples=spec["num_samples"],
         num_iterations=spec["num_iterations"],

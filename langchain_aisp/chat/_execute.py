@@ -163,7 +163,7 @@ def run_jobs(
             settings.sampling,
             reward=model.reward_name,
             seed=seeds[0] if len(set(seeds)) == 1 else seeds,
-            max_batch_size=model.max_batch_size,
+            max_batch_size=model.max_batch_rows,  # the engine's name: rows
             on_iteration=_iteration_hook(entries, settings.params.method, on_event, cancel),
             runner=model._runner,
             on_reward_error="isolate",

@@ -1,14 +1,27 @@
-"""The process-wide model cache and rewards as import paths (serialisation of ``AISPChatModel``).
+"""The process-wide model caches and rewards as import paths (serialisation of ``AISPChatModel``).
 
-Module-level state: ``_LM_CACHE`` (guarded by ``_LM_CACHE_LOCK``) shares a loaded model between
-instances with the same ``(model, device, dtype, trust_remote_code)``, so ``AISPChatModel(reward=a)``
-and ``AISPChatModel(reward=b)`` load the default model once per process. :func:`clear_model_cache`
-frees it.
+Module-level state (documented caches, each guarded by ``_LM_CACHE_LOCK``):
+
+- ``_LM_CACHE`` shares a model loaded by name between instances with the same ``(model, device, dtype,
+  trust_remote_code)``, so ``AISPChatModel(reward=a)`` and ``AISPChatModel(reward=b)`` load the default model
+  once per process. It is bounded: at most :data:`MODEL_CACHE_SIZE` models are held (least recently used
+  evicted first); an evicted model that a live chat model still uses stays shared through a weak reference
+  (``_LM_WEAK``) instead of being loaded a second time. A load holds only its own key's lock
+  (``_LM_LOADING``), so loading one model never blocks a call that uses or loads another.
+- ``_WRAPPED`` maps a transformers ``PreTrainedModel`` (weakly) to the ``CausalLM`` that wraps it (weakly):
+  every chat model over one model object and tokenizer shares one ``CausalLM`` and so one static
+  (CUDA-graph) cache; nothing here keeps either alive.
+
+:func:`clear_model_cache` empties both.
 """
 
 from __future__ import annotations
 
 import threading
+import warnings
+import weakref
+from collections import OrderedDict
+from collections.abc import Callable
 from typing import Any
 
 from langchain_aisp.rewards import import_reward as import_path
@@ -16,25 +29,168 @@ from langchain_aisp.rewards import import_reward as import_path
 UNSERIALISABLE = "<not serialisable> "
 """Prefix of the placeholder ``to_json`` writes for a reward or model that cannot be re-created."""
 
-_LM_CACHE: dict[tuple[Any, ...], Any] = {}
+MODEL_CACHE_SIZE = 2
+"""Most models the process-wide cache holds; older ones are dropped once no chat model uses them."""
+
+CacheKey = tuple[Any, ...]
+"""``(model, device, dtype, trust_remote_code)``."""
+
+_LM_CACHE: OrderedDict[CacheKey, Any] = OrderedDict()
+_LM_WEAK: weakref.WeakValueDictionary[CacheKey, Any] = weakref.WeakValueDictionary()
+_LM_LOADING: dict[CacheKey, threading.Lock] = {}
+_WRAPPED: weakref.WeakKeyDictionary[Any, weakref.ref[Any]] = weakref.WeakKeyDictionary()
 _LM_CACHE_LOCK = threading.Lock()
 
 
 def clear_model_cache() -> None:
-    """Drop every model shared through the process-wide cache (instances keep theirs)."""
+    """Drop every model shared through the process-wide caches (instances keep theirs)."""
     with _LM_CACHE_LOCK:
         _LM_CACHE.clear()
+        _LM_WEAK.clear()
+        _WRAPPED.clear()
 
 
-def cached_lm(model: str | None, device: str, dtype: str, trust_remote_code: bool) -> Any:
-    """The ``CausalLM`` of ``model`` from the process-wide cache (loaded on first use)."""
-    from langchain_aisp.engine.lm import load_causal_lm
+def _lookup(key: CacheKey) -> Any:
+    """The cached model of ``key`` (now the most recently used) or None; call under ``_LM_CACHE_LOCK``."""
+    lm = _LM_CACHE.get(key)
+    if lm is None:
+        lm = _LM_WEAK.get(key)
+        if lm is None:
+            return None
+        _LM_CACHE[key] = lm  # used again: held again
+    _LM_CACHE.move_to_end(key)
+    while len(_LM_CACHE) > MODEL_CACHE_SIZE:
+        _LM_CACHE.popitem(last=False)  # still reachable through _LM_WEAK while a chat model holds it
+    return lm
+
+
+def cached_lm(
+    model: str | None,
+    device: str,
+    dtype: str,
+    trust_remote_code: bool,
+    *,
+    load: Callable[..., Any] | None = None,
+) -> Any:
+    """The ``CausalLM`` of ``model`` from the process-wide cache, loaded on first use by ``load`` (default
+    :func:`~langchain_aisp.engine.lm.load_causal_lm`). Two threads asking for one model load it once; a
+    load blocks only the callers of that same model."""
+    if load is None:
+        from langchain_aisp.engine.lm import load_causal_lm as load
 
     key = (model, device, dtype, trust_remote_code)
     with _LM_CACHE_LOCK:
-        if key not in _LM_CACHE:
-            _LM_CACHE[key] = load_causal_lm(model, device=device, dtype=dtype, trust_remote_code=trust_remote_code)
-        return _LM_CACHE[key]
+        lm = _lookup(key)
+        if lm is not None:
+            return lm
+        key_lock = _LM_LOADING.setdefault(key, threading.Lock())
+    try:
+        with key_lock:
+            with _LM_CACHE_LOCK:
+                lm = _lookup(key)  # loaded by the thread this one waited for
+            if lm is None:
+                lm = load(model, device=device, dtype=dtype, trust_remote_code=trust_remote_code)
+                with _LM_CACHE_LOCK:
+                    _LM_WEAK[key] = lm
+                    _LM_CACHE[key] = lm
+                    _lookup(key)  # evicts down to MODEL_CACHE_SIZE
+            return lm
+    finally:
+        with _LM_CACHE_LOCK:
+            if _LM_LOADING.get(key) is key_lock and not key_lock.locked():
+                del _LM_LOADING[key]
+
+
+def wrapped_lm(hf_model: Any, tokenizer: Any) -> Any:
+    """The ``CausalLM`` over a transformers model and tokenizer, shared by every caller passing the same
+    two objects (one static graph cache per model); wrapped on first use."""
+    from langchain_aisp.engine.lm import wrap_model
+
+    with _LM_CACHE_LOCK:
+        ref = _WRAPPED.get(hf_model)
+        lm = None if ref is None else ref()
+    if lm is not None and lm.tokenizer is tokenizer:
+        return lm
+    lm = wrap_model(hf_model, tokenizer)  # outside the lock: it runs the model once (pre-logit scale)
+    with _LM_CACHE_LOCK:
+        ref = _WRAPPED.get(hf_model)
+        shared = None if ref is None else ref()
+        if shared is not None and shared.tokenizer is tokenizer:
+            return shared  # another thread wrapped it meanwhile
+        _WRAPPED[hf_model] = weakref.ref(lm)
+    return lm
+
+
+DEPRECATED_ARGUMENTS = {"llm": "model", "hf_model": "model", "max_batch_size": "max_batch_rows"}
+"""Constructor arguments renamed in 0.2 (old -> new); the old names still work, with a ``DeprecationWarning``,
+until 0.3."""
+
+
+def renamed_arguments(data: dict[str, Any]) -> dict[str, Any]:
+    """``data`` with the deprecated argument names replaced by the new ones (one warning per old name)."""
+    old = [name for name in DEPRECATED_ARGUMENTS if name in data]
+    if not old:
+        return data
+    data = dict(data)
+    for name in old:
+        new = DEPRECATED_ARGUMENTS[name]
+        value = data.pop(name)
+        if data.get(new) is not None:
+            raise ValueError(f"pass {new}= only ({name}= is its deprecated spelling), not both")
+        warnings.warn(
+            f"AISPChatModel({name}=...) is deprecated and will be removed in 0.3; pass {new}=... instead",
+            DeprecationWarning,
+            stacklevel=5,  # the caller's AISPChatModel(...) line (through pydantic's validators)
+        )
+        data[new] = value
+    return data
+
+
+def check_model_object(value: Any) -> Any:
+    """``model=`` given as an object: a ``CausalLM`` or a transformers ``PreTrainedModel``, else ``ValueError``."""
+    from transformers import PreTrainedModel
+
+    from langchain_aisp.engine.lm import CausalLM
+
+    if isinstance(value, (CausalLM, PreTrainedModel)):
+        return value
+    raise ValueError(
+        "model must be a hub id or local path (str), a langchain_aisp CausalLM or a transformers "
+        f"PreTrainedModel (with tokenizer=), or None for the default model; got {type(value).__name__}"
+    )
+
+
+def needs_tokenizer(value: Any) -> bool:
+    """Whether ``model=`` is a transformers model (then ``tokenizer=`` is required, else refused)."""
+    from langchain_aisp.engine.lm import CausalLM
+
+    return value is not None and not isinstance(value, (str, CausalLM))
+
+
+def model_lm(model: Any) -> Any:
+    """The ``CausalLM`` of a chat model's ``model=``: loaded through the cache, given, or wrapped (shared)."""
+    from langchain_aisp.engine.lm import CausalLM
+
+    value = model.model
+    if value is None or isinstance(value, str):
+        return cached_lm(value, model.device, model.dtype, model.trust_remote_code)
+    if isinstance(value, CausalLM):
+        return value
+    return wrapped_lm(value, model.tokenizer)
+
+
+def display_name(value: Any) -> str:
+    """The display name of ``model=``: the hub id or path, the loaded model's name, or the default's."""
+    if isinstance(value, str):
+        return value
+    if value is None:
+        from langchain_aisp.engine.default_model import DEFAULT_MODEL_NAME
+
+        return DEFAULT_MODEL_NAME
+    name = getattr(value, "name", None)  # a CausalLM
+    if isinstance(name, str):
+        return name
+    return str(getattr(value.config, "_name_or_path", "") or type(value).__name__)
 
 
 def reward_path(reward: Any) -> tuple[str | None, str]:
@@ -72,10 +228,11 @@ def mark_unserialisable(model: Any, kwargs: dict[str, Any]) -> None:
     reason; a model passed as loaded objects and a control memory as markers (``load`` raises with the reason)."""
     path, why = reward_path(model.reward)
     kwargs["reward"] = path if path is not None else UNSERIALISABLE + why
-    if model.llm is not None or model.hf_model is not None:
-        kwargs["llm"] = (
+    if model.model is not None and not isinstance(model.model, str):
+        kwargs["model"] = (
             UNSERIALISABLE + "a model passed as loaded objects cannot be serialised; pass model=<hub id or local path>"
         )
+        kwargs.pop("tokenizer", None)
     if model.control_memory is not None:
         kwargs["control_memory"] = (
             UNSERIALISABLE + "a control memory is not serialised with the model; save it with "

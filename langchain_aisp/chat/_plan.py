@@ -22,6 +22,7 @@ from langchain_core.messages import BaseMessage
 
 from langchain_aisp import _chat_format as fmtlib
 from langchain_aisp import _grammar_llguidance as grammarlib
+from langchain_aisp.chat._loading import needs_tokenizer
 from langchain_aisp.chat._progress import ProgressFn
 from langchain_aisp.engine.aisp import PromptResult, context_window_error
 from langchain_aisp.engine.config import AISPParams, SamplingParams, check_seed
@@ -188,12 +189,13 @@ BATCH_PLAN: ContextVar[BatchPlan | None] = ContextVar("langchain_aisp_batch_plan
 def check_model(model: AISPChatModel) -> None:
     """Validate the model's settings together (``ValueError`` naming the field, the bad value and the range)."""
     resolve_settings(model, {})  # AISPParams / SamplingParams raise ValueError naming the field and range
-    if (model.hf_model is None) != (model.tokenizer is None):
-        raise ValueError("hf_model and tokenizer must be passed together")
-    if model.llm is not None and model.hf_model is not None:
-        raise ValueError("pass either llm or hf_model + tokenizer, not both")
-    if model.max_batch_size < 1:
-        raise ValueError(f"max_batch_size must be an integer >= 1, got {model.max_batch_size}")
+    if needs_tokenizer(model.model) != (model.tokenizer is not None):
+        raise ValueError(
+            "tokenizer= goes with model=<a transformers PreTrainedModel> (and only with it); got model of type "
+            f"{type(model.model).__name__} and tokenizer {'None' if model.tokenizer is None else 'given'}"
+        )
+    if model.max_batch_rows < 1:
+        raise ValueError(f"max_batch_rows must be an integer >= 1, got {model.max_batch_rows}")
     if not (isinstance(model.format_weight, (int, float)) and math.isfinite(model.format_weight)):
         raise ValueError(f"format_weight must be a finite number >= 0, got {model.format_weight!r}")
     if model.format_weight < 0:
@@ -224,7 +226,8 @@ def resolve_settings(model: AISPChatModel, overrides: dict[str, Any]) -> Setting
         top_k=1 if greedy else values["top_k"],
         stop=tuple(overrides["stop"] if overrides.get("stop") is not None else (model.stop or ())),
     )
-    return Settings(params, sampling, seed, float(values["format_weight"]), overrides.get("model", model.model))
+    source = overrides.get("model", model.model if isinstance(model.model, str) else None)  # loaded objects: by lm
+    return Settings(params, sampling, seed, float(values["format_weight"]), source)
 
 
 def output_format(kwargs: dict[str, Any]) -> fmtlib.OutputFormat:

@@ -77,7 +77,7 @@ class ServeConfig:
     max_batch_prompts: int = 32
     """Most requests collected into one round of engine runs."""
     max_batch_size: int = 64
-    """Rows (prompts x num_samples) decoded together (AISPChatModel.max_batch_size)."""
+    """Rows (prompts x num_samples) decoded together (AISPChatModel.max_batch_rows)."""
     max_queue: int = 128
     """Requests waiting or running at once; one more gets 429 with Retry-After."""
     max_budget: int = 256

@@ -237,7 +237,8 @@ def align_dataset(
         raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
     if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
         raise ValueError(f"concurrency must be an integer >= 1 (actors), got {concurrency!r}")
-    chat_model_kwargs.setdefault("max_batch_size", max(64, batch_size * chat_model_kwargs.get("num_samples", 8)))
+    if "max_batch_size" not in chat_model_kwargs:  # its deprecated spelling
+        chat_model_kwargs.setdefault("max_batch_rows", max(64, batch_size * chat_model_kwargs.get("num_samples", 8)))
     return dataset.map_batches(
         _Aligner,
         fn_constructor_kwargs={

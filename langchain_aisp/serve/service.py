@@ -93,7 +93,7 @@ class AlignmentService:
             return
         cfg = self.config
         source: dict[str, Any] = (
-            {"llm": self._llm}
+            {"model": self._llm}
             if self._llm is not None
             else {
                 "model": cfg.model,
@@ -105,7 +105,7 @@ class AlignmentService:
         for name, reward in cfg.rewards.items():
             try:
                 self._models[name] = AISPChatModel(
-                    reward=reward, max_batch_size=cfg.max_batch_size, **source, **cfg.defaults
+                    reward=reward, max_batch_rows=cfg.max_batch_size, **source, **cfg.defaults
                 )
             except ValueError as exc:
                 errors = getattr(exc, "errors", None)  # pydantic: keep the messages, drop the boilerplate
