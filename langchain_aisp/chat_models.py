@@ -10,7 +10,6 @@ This module stays the public import path of ``AISPChatModel``, ``PreparedCall``,
 
 from __future__ import annotations
 
-import asyncio
 import os
 import threading
 import time
@@ -577,14 +576,7 @@ class AISPChatModel(BaseChatModel):
         run_manager: AsyncCallbackManagerForLLMRun | None,
         kwargs: dict[str, Any],
     ) -> tuple[Job, PromptResult]:
-        """``_aligned`` in an executor thread; cancelling the awaiting task stops the run at its next iteration."""
-        cancel = threading.Event()
-        progress = _progress.async_progress(self, run_manager, cancel)
-        try:
-            return await run_in_executor(None, self._aligned, messages, stop, progress, kwargs, cancel)
-        except asyncio.CancelledError:
-            cancel.set()
-            raise
+        return await _execute.aexecute(self, messages, stop, kwargs, run_manager)
 
     def _generate(
         self,

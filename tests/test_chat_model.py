@@ -63,7 +63,7 @@ class CityDict(TypedDict):
 
 @pytest.fixture
 def llm(tiny_lm):
-    return AISPChatModel(reward=length_reward, llm=tiny_lm, num_samples=2, num_iterations=2, max_tokens=8, seed=0)
+    return AISPChatModel(reward=length_reward, model=tiny_lm, num_samples=2, num_iterations=2, max_tokens=8, seed=0)
 
 
 def scripted_run(replies: list[str], calls: list[dict[str, Any]] | None = None):
@@ -133,7 +133,7 @@ def test_no_chat_template_uses_plain_fallback(tiny_lm):
     tokenizer = copy.copy(tiny_lm.tokenizer)
     tokenizer.chat_template = None
     lm = dataclasses.replace(tiny_lm, tokenizer=tokenizer)
-    model = AISPChatModel(reward=length_reward, llm=lm, num_samples=2, num_iterations=1, max_tokens=6, seed=0)
+    model = AISPChatModel(reward=length_reward, model=lm, num_samples=2, num_iterations=1, max_tokens=6, seed=0)
     job = model.prepare([SystemMessage("Be brief."), HumanMessage("Hi")])._job
     assert job.prompt.plain
     assert job.prompt.text == "System: Be brief.\nUser: Hi\nAssistant:"
@@ -147,7 +147,7 @@ def test_media_content_is_rejected_not_ignored(llm):
 
 
 def test_prompt_too_long_is_a_clear_error(tiny_lm):
-    model = AISPChatModel(reward=length_reward, llm=tiny_lm, num_samples=2, num_iterations=1, max_tokens=8)
+    model = AISPChatModel(reward=length_reward, model=tiny_lm, num_samples=2, num_iterations=1, max_tokens=8)
     with pytest.raises(
         ValueError, match=r"conversation is too long: \d+ tokens.*512 tokens.*shorten it by.*nothing is truncated"
     ):
@@ -188,7 +188,7 @@ def test_seed_max_tokens_and_stop_are_honoured(llm, monkeypatch):
     assert params.num_samples == 3 and calls[0]["seed"] == 7
     llm.model_copy(update={"stop": ["X"]}).invoke("Hello")
     assert calls[1]["sampling"].stop == ("X",)
-    greedy = AISPChatModel(reward=length_reward, llm=llm.llm, temperature=0)
+    greedy = AISPChatModel(reward=length_reward, model=llm.model, temperature=0)
     greedy._runner = scripted_run(["ok"], calls)
     greedy.invoke("Hello")
     assert calls[2]["sampling"].top_k == 1  # temperature 0 = greedy
@@ -218,15 +218,15 @@ def test_unknown_invoke_kwargs_raise(llm):
     ],
 )
 def test_validation_errors_name_field_and_range(tiny_lm, kwargs, message):
-    params = {"reward": length_reward, "llm": tiny_lm, **kwargs}
+    params = {"reward": length_reward, "model": tiny_lm, **kwargs}
     with pytest.raises(ValidationError, match=message):
         AISPChatModel(**params)
 
 
 def test_identifying_params_differ_between_configs(tiny_lm):
-    a = AISPChatModel(reward=length_reward, llm=tiny_lm)
-    b = AISPChatModel(reward=length_reward, llm=tiny_lm, sigma=0.1)
-    c = AISPChatModel(reward=ConstantReward(), llm=tiny_lm)
+    a = AISPChatModel(reward=length_reward, model=tiny_lm)
+    b = AISPChatModel(reward=length_reward, model=tiny_lm, sigma=0.1)
+    c = AISPChatModel(reward=ConstantReward(), model=tiny_lm)
     assert a._identifying_params != b._identifying_params != c._identifying_params
     for key in (
         "method",
@@ -429,7 +429,7 @@ def test_format_term_steers_selection(tiny_lm, monkeypatch):
         best = max(range(len(candidates)), key=rewards.__getitem__)
         return [PromptResult(index=0, text=candidates[best], reward=rewards[best], rewards=[rewards], samples=2)]
 
-    model = AISPChatModel(reward=length_reward, llm=tiny_lm, num_samples=2, num_iterations=1)
+    model = AISPChatModel(reward=length_reward, model=tiny_lm, num_samples=2, num_iterations=1)
     model._runner = fake_run
     msg = model.bind_tools([add], tool_choice="add").invoke("1 + 2?")
     assert (
@@ -484,7 +484,7 @@ def test_reward_error_carries_partial(tiny_lm):
             raise RuntimeError("judge down")
         return 1.0
 
-    model = AISPChatModel(reward=flaky, llm=tiny_lm, num_samples=2, num_iterations=2, max_tokens=6, seed=0)
+    model = AISPChatModel(reward=flaky, model=tiny_lm, num_samples=2, num_iterations=2, max_tokens=6, seed=0)
     with pytest.raises(RewardError, match="judge down") as info:
         model.invoke("Hello")
     partial = info.value.partial
@@ -504,7 +504,7 @@ def test_serialisation_round_trip_and_clear_error(tiny_lm):
     assert dumpd(lam)["kwargs"]["reward"].startswith("<not serialisable>")  # tracing still works
     with pytest.raises(ValidationError, match=r"cannot load this AISPChatModel: reward .* lambda, a closure"):
         loads(dumps(lam), valid_namespaces=["langchain_aisp"], allowed_objects=[AISPChatModel])
-    with_obj = AISPChatModel(reward=length_reward, llm=tiny_lm)
+    with_obj = AISPChatModel(reward=length_reward, model=tiny_lm)
     with pytest.raises(ValidationError, match="loaded objects cannot be serialised"):
         loads(dumps(with_obj), valid_namespaces=["langchain_aisp"], allowed_objects=[AISPChatModel])
 
@@ -526,7 +526,7 @@ def get_weather(city: str) -> str:
 
 
 def test_batch_answers_carry_the_auto_choice_of_the_run_like_invoke(tiny_lm):
-    model = AISPChatModel(reward=length_reward, llm=tiny_lm, num_samples=2, num_iterations=1, max_tokens=12, seed=0)
+    model = AISPChatModel(reward=length_reward, model=tiny_lm, num_samples=2, num_iterations=1, max_tokens=12, seed=0)
     bound = model.bind_tools([get_weather])
     questions = ["What is the weather in Paris?", "Say hello."]
     singles = [bound.invoke(q) for q in questions]
@@ -566,9 +566,9 @@ def test_batch_auto_choice_prose_is_not_parsed_and_each_input_is_rendered_once(l
 
 def test_unknown_arguments_name_the_closest_one(tiny_lm, llm):
     with pytest.raises(ValidationError, match=r"argument\(s\) \['temprature'\] \(did you mean 'temperature'\?\)"):
-        AISPChatModel(reward=length_reward, llm=tiny_lm, temprature=0.5)
+        AISPChatModel(reward=length_reward, model=tiny_lm, temprature=0.5)
     with pytest.raises(ValidationError, match=r"'num_sample' -> 'num_samples'"):
-        AISPChatModel(reward=length_reward, llm=tiny_lm, num_sample=3, api_key="sk")
+        AISPChatModel(reward=length_reward, model=tiny_lm, num_sample=3, api_key="sk")
     with pytest.raises(TypeError, match=r"argument\(s\) \['temprature'\] \(did you mean 'temperature'\?\)"):
         llm.invoke("hi", temprature=0.5)
     with pytest.raises(TypeError, match=r"\['tool_choise'\] \(did you mean 'tool_choice'\?\)"):

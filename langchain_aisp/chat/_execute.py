@@ -7,6 +7,8 @@ nothing scored gets ``TimeoutError``; the others get their merged ``PromptResult
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import dataclasses
 import math
 import threading
@@ -14,14 +16,16 @@ import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
+from langchain_core.callbacks import AsyncCallbackManagerForLLMRun
 from langchain_core.messages import BaseMessage
+from langchain_core.runnables.config import run_in_executor
 from tenacity import Retrying, stop_after_attempt, stop_before_delay, wait_exponential
 
 from langchain_aisp.chat._plan import BATCH_PLAN, BatchPlan, Job, Variant, build_job, format_term, merge_variants
-from langchain_aisp.chat._progress import ProgressFn
+from langchain_aisp.chat._progress import ProgressFn, async_progress
 from langchain_aisp.engine.aisp import IterationEvent, PromptResult, RewardError, RunTimeoutError
 from langchain_aisp.engine.memory import run_with_memory
-from langchain_aisp.errors import RunCancelledError
+from langchain_aisp.errors import RunCancelledError, RunError, RunFailedError
 from langchain_aisp.rewards import Reward
 
 if TYPE_CHECKING:
@@ -123,6 +127,32 @@ def _outcome(
     return merged
 
 
+def _own_error(exc: BaseException, partial: list[PromptResult | None]) -> BaseException:
+    """A copy of the run's error ``exc`` for one job (its type, message and cause), with that job's ``partial``.
+
+    Every job of a batch gets its own object: raising one exception object from several threads would
+    mix their tracebacks, and each job's ``partial`` is its own.
+    """
+    try:
+        own = type(exc)(*exc.args, partial) if isinstance(exc, RunError) else type(exc)(*exc.args)
+    except TypeError:  # an exception type that does not rebuild from its args
+        own = RunFailedError(f"the engine run failed: {type(exc).__name__}: {exc}", partial)
+    if isinstance(own, RunError):
+        own.partial = partial
+    own.__cause__ = exc.__cause__ if isinstance(exc, RunError) and exc.__cause__ is not None else exc
+    return own
+
+
+def _failed(exc: RunError, entries: Sequence[tuple[int, Variant]], jobs: Sequence[Job]) -> list[BaseException]:
+    """One error per job for a run that broke mid-way: ``exc``'s type and message, the job's merged best in
+    ``.partial`` (the engine's ``partial`` holds one entry per engine prompt, i.e. per variant)."""
+    partial = list(exc.partial) if len(exc.partial) == len(entries) else [None] * len(entries)
+    merged = merge_variants(entries, [r if r is not None and r.rewards else None for r in partial], jobs)
+    for job in jobs:
+        job.batch_prompts = len(jobs)
+    return [_own_error(exc, [merged[i]]) for i in range(len(jobs))]
+
+
 def run_jobs(
     model: AISPChatModel,
     jobs: Sequence[Job],
@@ -131,6 +161,10 @@ def run_jobs(
     keep: Callable[[int], bool] | None = None,
 ) -> list[PromptResult | BaseException]:
     """One engine call over ``jobs`` (same settings and model): results or per-job errors.
+
+    A failure of the whole run gives each job its own error of the run's type: after a scored iteration
+    (:class:`~langchain_aisp.errors.RunFailedError`, a cancellation, ...) with that job's best so far in
+    ``.partial``; before one, the engine's error itself (a copy per job in a batch).
 
     ``cancel`` (set when an async caller is cancelled) stops the run at the next iteration
     boundary with :class:`RunCancelledError`, so an abandoned executor thread does not keep
@@ -153,26 +187,31 @@ def run_jobs(
     engine_deadlines = [deadlines[i] for i, _ in entries]
     memory = None if any(j.fmt.constrained for j in jobs) else model.control_memory
     # isolated: a reward failure or a timeout with nothing scored is recorded on its prompt, never raised
-    results: list[PromptResult | None] = list(
-        run_with_memory(
-            memory,
-            lm,
-            [v.token_ids for _, v in entries],
-            score,
-            params,
-            settings.sampling,
-            reward=model.reward_name,
-            seed=seeds[0] if len(set(seeds)) == 1 else seeds,
-            max_batch_size=model.max_batch_rows,  # the engine's name: rows
-            on_iteration=_iteration_hook(entries, settings.params.method, on_event, cancel),
-            runner=model._runner,
-            on_reward_error="isolate",
-            keep=engine_keep,
-            decoding=model.decoding,
-            constraints=[v.constraint for _, v in entries],
-            deadline=engine_deadlines[0] if len(set(engine_deadlines)) == 1 else engine_deadlines,
+    try:
+        results: list[PromptResult | None] = list(
+            run_with_memory(
+                memory,
+                lm,
+                [v.token_ids for _, v in entries],
+                score,
+                params,
+                settings.sampling,
+                reward=model.reward_name,
+                seed=seeds[0] if len(set(seeds)) == 1 else seeds,
+                max_batch_size=model.max_batch_rows,  # the engine's name: rows
+                on_iteration=_iteration_hook(entries, settings.params.method, on_event, cancel),
+                runner=model._runner,
+                on_reward_error="isolate",
+                keep=engine_keep,
+                decoding=model.decoding,
+                constraints=[v.constraint for _, v in entries],
+                deadline=engine_deadlines[0] if len(set(engine_deadlines)) == 1 else engine_deadlines,
+            )
         )
-    )
+    except RunError as exc:  # the run broke after some iterations: each job keeps its own best
+        return _failed(exc, entries, jobs)
+    except Exception as exc:  # before any iteration was scored: nothing to keep
+        return [exc] if len(jobs) == 1 else [_own_error(exc, [None]) for _ in jobs]
     scored = [r if r is not None and r.rewards else None for r in results]  # failed calls keep their partial
     merged = merge_variants(entries, scored, jobs)
     outcomes: list[PromptResult | BaseException] = []
@@ -210,6 +249,35 @@ def execute(
     if isinstance(outcome, BaseException):
         raise outcome
     return job, outcome
+
+
+async def aexecute(
+    model: AISPChatModel,
+    messages: list[BaseMessage],
+    stop: list[str] | None,
+    kwargs: dict[str, Any],
+    run_manager: AsyncCallbackManagerForLLMRun | None,
+) -> tuple[Job, PromptResult]:
+    """:func:`execute` in an executor thread; cancelling the awaiting task stops the run at its next iteration.
+
+    Progress events go to the caller's loop without the engine thread waiting for them; every event sent
+    is delivered before this returns or raises (a cancelled call sends no more).
+    """
+    cancel = threading.Event()
+    progress = async_progress(model, run_manager, cancel)
+    try:
+        outcome = await run_in_executor(None, execute, model, messages, stop, kwargs, progress, cancel)
+    except asyncio.CancelledError:
+        cancel.set()
+        raise
+    except Exception:
+        if progress is not None:
+            with contextlib.suppress(Exception):  # the run's error is the one to raise
+                await progress.drain()
+        raise
+    if progress is not None:
+        await progress.drain()
+    return outcome
 
 
 def _run_plan(

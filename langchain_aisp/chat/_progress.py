@@ -8,6 +8,7 @@ points fix the run id up front and make the run known here while LangChain's cod
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import threading
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -134,24 +135,69 @@ def sync_progress(model: BaseChatModel, run_manager: CallbackManagerForLLMRun | 
     return emit
 
 
+class AsyncProgress:
+    """The progress sink of an async call: called from the engine thread, it schedules each event on the
+    caller's loop and returns at once, so a slow handler never holds up a run (shared by a whole batch).
+
+    Events reach the handlers one at a time, in order (each delivery waits for the one before).
+    :meth:`drain` waits for the last; the call awaits it before returning. A handler error (a handler with
+    ``raise_error=True``) stops later deliveries and is raised by :meth:`drain`.
+    """
+
+    def __init__(
+        self, loop: asyncio.AbstractEventLoop, send: Callable[[dict[str, Any]], Any], cancel: threading.Event | None
+    ) -> None:
+        self._loop, self._send, self._cancel = loop, send, cancel
+        self._lock = threading.Lock()  # calls come from the engine thread; one order for all of them
+        self._last: concurrent.futures.Future[None] | None = None
+        self._error: BaseException | None = None
+
+    def __call__(self, data: dict[str, Any]) -> None:
+        if self._cancel is not None and self._cancel.is_set():
+            return  # the awaiting task is gone (its loop may be closing): nobody listens any more
+        with self._lock:
+            previous = self._last
+            try:
+                self._last = asyncio.run_coroutine_threadsafe(self._deliver(previous, data), self._loop)
+            except RuntimeError:  # the loop is closed
+                return
+
+    async def _deliver(self, previous: concurrent.futures.Future[None] | None, data: dict[str, Any]) -> None:
+        if previous is not None:
+            await asyncio.wrap_future(previous)  # never raises: _deliver keeps errors in _error
+        if self._error is not None:
+            return
+        try:
+            await self._send(data)
+        except Exception as exc:
+            self._error = exc
+
+    async def drain(self) -> None:
+        """Wait until every event sent so far reached the handlers; raise the first handler error."""
+        if self._last is not None:
+            await asyncio.wrap_future(self._last)
+        if self._error is not None:
+            raise self._error
+
+
 def async_progress(
     model: BaseChatModel, run_manager: AsyncCallbackManagerForLLMRun | None, cancel: threading.Event | None = None
-) -> ProgressFn | None:
-    """The progress sink of an async call, called from the engine's executor thread (runs on the caller's loop)."""
+) -> AsyncProgress | None:
+    """The progress sink of an async call (see :class:`AsyncProgress`); None when nobody listens."""
     ref = CURRENT_RUN.get()
     if run_manager is None and ref is None:
         return None
-    loop = asyncio.get_running_loop()
-    manager = None if run_manager is not None or ref is None else _run_callbacks(model, ref, AsyncCallbackManager)
+    if run_manager is not None:
+        manager = run_manager
 
-    def emit(data: dict[str, Any]) -> None:
-        if cancel is not None and cancel.is_set():
-            return  # the awaiting task is gone (its loop may be closing): nobody listens any more
-        if run_manager is not None:
-            coro = ahandle_event(*_event_args(run_manager, data), **_event_kwargs(run_manager))
-        else:
-            assert manager is not None and ref is not None
-            coro = manager.on_custom_event(PROGRESS_EVENT, data, run_id=ref.run_id)
-        asyncio.run_coroutine_threadsafe(coro, loop).result()
+        def send(data: dict[str, Any]) -> Any:
+            return ahandle_event(*_event_args(manager, data), **_event_kwargs(manager))
 
-    return emit
+    else:
+        assert ref is not None
+        callbacks = _run_callbacks(model, ref, AsyncCallbackManager)
+
+        def send(data: dict[str, Any]) -> Any:
+            return callbacks.on_custom_event(PROGRESS_EVENT, data, run_id=ref.run_id)
+
+    return AsyncProgress(asyncio.get_running_loop(), send, cancel)
