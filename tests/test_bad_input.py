@@ -83,7 +83,7 @@ class Ctx:
         if not pad:
             tokenizer.pad_token = None
         return AISPChatModel(
-            hf_model=hf_model, tokenizer=tokenizer, reward=length_reward, num_samples=2, num_iterations=1, max_tokens=4
+            model=hf_model, tokenizer=tokenizer, reward=length_reward, num_samples=2, num_iterations=1, max_tokens=4
         )
 
 
@@ -288,7 +288,7 @@ ROWS: list[tuple[str, Call, type[BaseException] | None, tuple[str, ...]]] = [
     ("top_k_negative", lambda c: c.model(top_k=-1), ValidationError, ("top_k must be an integer in [0,", "got -1")),
     ("ess_target_zero", lambda c: c.model(ess_target=0.0), ValidationError, ("ess_target must be a number in (0.0",)),
     ("alpha_above_one", lambda c: c.model(alpha=2.0), ValidationError, ("alpha must be a number in [0.0, 1.0]",)),
-    ("max_batch_size_zero", lambda c: c.model(max_batch_size=0), ValidationError, ("max_batch_size must be", "got 0")),
+    ("max_batch_rows_zero", lambda c: c.model(max_batch_rows=0), ValidationError, ("max_batch_rows must be", "got 0")),
     (
         "format_weight_nan",
         lambda c: c.model(format_weight=NAN),
@@ -364,7 +364,7 @@ ROWS: list[tuple[str, Call, type[BaseException] | None, tuple[str, ...]]] = [
         "model_not_a_string",
         lambda c: AISPChatModel(model=3.5, reward=length_reward),
         ValidationError,
-        ("model must be None, a hub id or a local path, got 3.5 (float)",),
+        ("model must be None, a hub id or a local path, a langchain_aisp CausalLM", "got 3.5 (float)"),
     ),
     ("tokenizer_without_eos", no_eos_token, ModelLoadError, ("the tokenizer has no EOS token",)),
     ("tokenizer_without_pad_uses_eos", no_pad_token, None, ()),

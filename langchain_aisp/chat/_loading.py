@@ -155,8 +155,8 @@ def check_model_object(value: Any) -> Any:
     if isinstance(value, (CausalLM, PreTrainedModel)):
         return value
     raise ValueError(
-        "model must be a hub id or local path (str), a langchain_aisp CausalLM or a transformers "
-        f"PreTrainedModel (with tokenizer=), or None for the default model; got {type(value).__name__}"
+        "model must be None, a hub id or a local path, a langchain_aisp CausalLM or a transformers "
+        f"PreTrainedModel (with tokenizer=), got {value!r} ({type(value).__name__})"
     )
 
 
