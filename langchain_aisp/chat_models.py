@@ -10,7 +10,6 @@ This module stays the public import path of ``AISPChatModel``, ``PreparedCall``,
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
@@ -24,23 +23,21 @@ from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResu
 from langchain_core.runnables import Runnable, RunnableConfig
 from langchain_core.runnables.config import run_in_executor
 from langchain_core.tools import BaseTool
-from langchain_core.utils.function_calling import convert_to_openai_tool
 from pydantic import ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
-from langchain_aisp import _chat_format as fmtlib
 from langchain_aisp.chat import _execute, _plan, _progress
 from langchain_aisp.chat._execute import RETRY_WAIT_MAX
 from langchain_aisp.chat._loading import (
-    UNSERIALISABLE,
     cached_lm,
-    check_model_object,
     clear_model_cache,
     display_name,
-    import_path,
     mark_unserialisable,
     model_lm,
+    model_value,
+    no_marker,
     renamed_arguments,
     reward_path,
+    reward_value,
 )
 from langchain_aisp.chat._messages import to_chunks, to_message
 from langchain_aisp.chat._plan import Job
@@ -134,19 +131,13 @@ class AISPChatModel(BaseChatModel):
         ``pip install langchain-aisp`` ships a small default model (SmolLM2-135M-Instruct),
         used when ``model=None``; nothing is downloaded for it.
 
-    Key init args — alignment:
+    Key init args:
         reward: ``fn(prompt, response) -> float``, a ``Reward`` or a ``"module:qualname"`` path.
-        method: ``"aisp"`` | ``"bon"`` | ``"sample"``.
-        num_samples, num_iterations, sigma, lambda_, ess_target, alpha, tau: see the fields.
-        format_weight: weight of the tool-call / JSON validity term added to the reward.
+        model: a hub id or local path, a loaded ``CausalLM``, or a ``PreTrainedModel`` with ``tokenizer``.
+        method, num_samples, num_iterations, sigma, lambda_, tau, ...: the alignment (see the fields).
+        max_tokens, temperature (0 = greedy), top_p, top_k, seed, stop, max_batch_rows, decoding: sampling.
 
-    Key init args — model and sampling:
-        model: hub id or local path (None: the embedded default); or ``llm=`` a loaded
-        ``CausalLM``, or ``hf_model=`` + ``tokenizer=`` loaded transformers objects.
-        max_tokens, temperature (0 = greedy), top_p, top_k, seed, stop, max_batch_size,
-        decoding (static KV cache + CUDA graphs on GPU), device, dtype, trust_remote_code.
-
-    Instantiate:
+    Instantiate and invoke:
         .. code-block:: python
 
             from langchain_aisp import AISPChatModel
@@ -155,76 +146,14 @@ class AISPChatModel(BaseChatModel):
                 return -abs(len(response.split()) - 12)
 
             llm = AISPChatModel(reward=brevity, num_samples=2, num_iterations=1, max_tokens=16, seed=0)
-
-    Invoke:
-        .. code-block:: python
-
             msg = llm.invoke("Name a fruit.")
-            msg.content                                  # the selected answer
-            msg.response_metadata["aisp"]["reward"]      # its reward (float)
-            msg.response_metadata["aisp"]["rewards"]     # rewards per iteration
-            msg.usage_metadata                           # input / output tokens of the answer
+            msg.response_metadata["aisp"]["reward"]      # its reward; ["rewards"]: per iteration
 
-    Stream (the answer is chosen first, then streamed; the last chunk carries the metadata):
-        .. code-block:: python
-
-            for chunk in llm.stream("Name a fruit."):
-                print(chunk.content, end="")
-
-    Batch (one Batched AISP engine run over all prompts):
-        .. code-block:: python
-
-            llm.batch(["Name a fruit.", "Name a color."])
-
-    Async:
-        .. code-block:: python
-
-            await llm.ainvoke("Name a fruit.")   # also astream / abatch; the event loop is not blocked
-
-    Tool calling:
-        .. code-block:: python
-
-            from langchain_core.tools import tool
-
-            @tool
-            def add(a: int, b: int) -> int:
-                '''Add two integers.'''
-                return a + b
-
-            msg = llm.bind_tools([add], tool_choice="add").invoke("What is 2 + 3?")
-            msg.tool_calls or msg.invalid_tool_calls
-
-    Structured output:
-        .. code-block:: python
-
-            from pydantic import BaseModel
-
-            class City(BaseModel):
-                name: str
-
-            out = llm.with_structured_output(City, include_raw=True).invoke("Name a city.")
-            out["parsed"] or out["parsing_error"]
-
-    Progress:
-        After every iteration each input's run receives a custom callback event
-        ``"aisp_progress"`` (``BaseCallbackHandler.on_custom_event``) with ``iteration``,
-        ``num_iterations``, ``rewards`` (that iteration's) and ``best_reward``.
-
-    Control memory (learn across calls; off by default):
-        .. code-block:: python
-
-            from langchain_aisp import ControlMemory
-
-            memory = ControlMemory()          # or ControlMemory.load("profile.safetensors")
-            llm = AISPChatModel(reward=upbeat, control_memory=memory, num_iterations=1)
-            llm.batch(prompts)                # warm-started from what earlier calls taught; one update per call
-            msg.response_metadata["aisp"]["warm_start"], msg.response_metadata["aisp"]["warm_start_norm"]
-            memory.save("profile.safetensors")
-
-    Errors:
-        A failing reward raises :class:`langchain_aisp.RewardError`; ``err.partial[0]`` is
-        the best ``PromptResult`` found before the failure for that input (or None).
-        Cancelling an async call stops its run at the next iteration; see ``docs/reliability.md``.
+    ``stream`` (the answer is chosen first, then streamed), ``batch`` (one Batched AISP engine run
+    over all prompts), the async methods (the event loop is not blocked), ``bind_tools`` and
+    ``with_structured_output`` (grammar-constrained), the ``"aisp_progress"`` callback event after
+    every iteration, control memory and errors (a failed run's ``err.partial[0]`` is the best answer
+    found before the failure) are documented with examples in ``docs/chat_model.md``.
 
     Thread safety:
         One instance may serve many threads and asyncio tasks at once: the loaded model is
@@ -371,21 +300,12 @@ class AISPChatModel(BaseChatModel):
     @field_validator("reward", mode="before")
     @classmethod
     def _import_reward(cls, value: Any) -> Any:
-        if isinstance(value, str) and value.startswith(UNSERIALISABLE):
-            raise ValueError(f"cannot load this AISPChatModel: {value[len(UNSERIALISABLE) :]}")
-        if isinstance(value, str):
-            try:
-                return import_path(value)
-            except (ImportError, AttributeError) as exc:
-                raise ValueError(f"reward path {value!r} does not import: {exc}") from exc
-        return value
+        return reward_value(value)  # a "module:qualname" path is imported now
 
     @field_validator("control_memory", mode="before")
     @classmethod
     def _no_marker(cls, value: Any) -> Any:
-        if isinstance(value, str) and value.startswith(UNSERIALISABLE):
-            raise ValueError(f"cannot load this AISPChatModel: {value[len(UNSERIALISABLE) :]}")
-        return value
+        return no_marker(value)
 
     @field_validator("stop", mode="before")
     @classmethod
@@ -400,18 +320,7 @@ class AISPChatModel(BaseChatModel):
     @field_validator("model", mode="before")
     @classmethod
     def _existing_model(cls, value: Any) -> Any:
-        if isinstance(value, str) and value.startswith(UNSERIALISABLE):
-            raise ValueError(f"cannot load this AISPChatModel: {value[len(UNSERIALISABLE) :]}")
-        if value is None or not isinstance(value, (str, os.PathLike)):
-            return None if value is None else check_model_object(value)
-        from langchain_aisp.engine.lm import resolve_model_source
-        from langchain_aisp.errors import ModelLoadError
-
-        try:
-            resolve_model_source(value)  # a local path must exist now; a hub id is only checked when loaded
-        except ModelLoadError as exc:
-            raise ValueError(str(exc)) from exc
-        return os.fspath(value)
+        return model_value(value)  # a local path must exist now; a hub id is only checked when loaded
 
     @model_validator(mode="after")
     def _check(self) -> AISPChatModel:
@@ -683,26 +592,11 @@ class AISPChatModel(BaseChatModel):
         run) or the call's own error: a :class:`RewardError` (with its partial result) when the
         reward failed on that call's responses, or :class:`RunCancelledError` when ``keep(i)``
         returned False at an iteration boundary (the call stopped there, the others went on).
-        An error of the whole engine run is the outcome of every call of that run. No callbacks
-        are invoked (this is the entry for servers; use ``batch`` in chains).
+        A failure of the whole engine run gives each of its calls its own error, with that call's
+        best answer in ``.partial``. No callbacks are invoked (this is the entry for servers; use
+        ``batch`` in chains).
         """
-        groups: dict[tuple[Any, ...], list[int]] = {}
-        for i, call in enumerate(calls):
-            groups.setdefault(call.batch_key, []).append(i)
-        outcomes: list[AIMessage | BaseException | None] = [None] * len(calls)
-        for members in groups.values():
-            jobs = [calls[i]._job for i in members]
-            group_keep = None if keep is None else (lambda pos, members=members: keep(members[pos]))
-            try:
-                results = _execute.run_jobs(self, jobs, lambda _i, _data: None, keep=group_keep)
-            except Exception as exc:
-                results = [exc] * len(jobs)
-            for i, job, result in zip(members, jobs, results, strict=True):
-                if isinstance(result, BaseException):
-                    outcomes[i] = result
-                    continue
-                outcomes[i] = to_message(job, result, self.reward_name)
-        return [o for o in outcomes if o is not None]
+        return _execute.run_prepared(self, [call._job for call in calls], keep)
 
     # --- tools and structured output ---------------------------------------------------------
 
@@ -725,22 +619,7 @@ class AISPChatModel(BaseChatModel):
         ``strict``: see :meth:`with_structured_output`. A tool schema the grammar cannot enforce
         raises ``ValueError`` here, naming the unsupported construct.
         """
-        formatted = [convert_to_openai_tool(t)["function"] for t in tools]
-        names = [t["name"] for t in formatted]
-        choice = fmtlib.normalize_tool_choice(tool_choice, names)
-        extra: dict[str, Any] = {}
-        if parallel_tool_calls is not None:
-            extra["parallel_tool_calls"] = parallel_tool_calls
-        if strict is not None:
-            extra["strict"] = strict
-        fmt = fmtlib.OutputFormat(
-            tools=tuple(formatted),
-            tool_choice=choice,
-            parallel_tool_calls=parallel_tool_calls is True,
-            strict=strict,
-        )
-        _plan.grammars(fmt)  # an unsupported schema fails now, not mid-decode
-        return self.bind(tools=formatted, tool_choice=choice, **extra, **kwargs)
+        return self.bind(**_plan.tool_binding(tools, tool_choice, parallel_tool_calls, strict), **kwargs)
 
     def with_structured_output(
         self,

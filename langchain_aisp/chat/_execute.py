@@ -17,10 +17,11 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from langchain_core.callbacks import AsyncCallbackManagerForLLMRun
-from langchain_core.messages import BaseMessage
+from langchain_core.messages import AIMessage, BaseMessage
 from langchain_core.runnables.config import run_in_executor
 from tenacity import Retrying, stop_after_attempt, stop_before_delay, wait_exponential
 
+from langchain_aisp.chat._messages import to_message
 from langchain_aisp.chat._plan import BATCH_PLAN, BatchPlan, Job, Variant, build_job, format_term, merge_variants
 from langchain_aisp.chat._progress import ProgressFn, async_progress
 from langchain_aisp.engine.aisp import IterationEvent, PromptResult, RewardError, RunTimeoutError
@@ -249,6 +250,26 @@ def execute(
     if isinstance(outcome, BaseException):
         raise outcome
     return job, outcome
+
+
+def run_prepared(
+    model: AISPChatModel, jobs: Sequence[Job], keep: Callable[[int], bool] | None
+) -> list[AIMessage | BaseException]:
+    """``AISPChatModel.run_prepared``: jobs with equal ``batch_key`` share one engine run; one outcome each."""
+    groups: dict[tuple[Any, ...], list[int]] = {}
+    for i, job in enumerate(jobs):
+        groups.setdefault(job.batch_key(), []).append(i)
+    outcomes: list[AIMessage | BaseException | None] = [None] * len(jobs)
+    for members in groups.values():
+        group = [jobs[i] for i in members]
+        group_keep = None if keep is None else (lambda pos, members=members: keep(members[pos]))
+        try:
+            results = run_jobs(model, group, lambda _i, _data: None, keep=group_keep)
+        except Exception as exc:  # outside the engine run (which gives per-job outcomes): each its own copy
+            results = [_own_error(exc, [None]) for _ in group]
+        for i, job, result in zip(members, group, results, strict=True):
+            outcomes[i] = result if isinstance(result, BaseException) else to_message(job, result, model.reward_name)
+    return [o for o in outcomes if o is not None]
 
 
 async def aexecute(

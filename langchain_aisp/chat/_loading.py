@@ -17,6 +17,7 @@ Module-level state (documented caches, each guarded by ``_LM_CACHE_LOCK``):
 
 from __future__ import annotations
 
+import os
 import threading
 import warnings
 import weakref
@@ -146,13 +147,40 @@ def renamed_arguments(data: dict[str, Any]) -> dict[str, Any]:
     return data
 
 
-def check_model_object(value: Any) -> Any:
-    """``model=`` given as an object: a ``CausalLM`` or a transformers ``PreTrainedModel``, else ``ValueError``."""
+def no_marker(value: Any) -> Any:
+    """``value``, unless it is a ``to_json`` marker: then the ``ValueError`` that says why it cannot load."""
+    if isinstance(value, str) and value.startswith(UNSERIALISABLE):
+        raise ValueError(f"cannot load this AISPChatModel: {value[len(UNSERIALISABLE) :]}")
+    return value
+
+
+def reward_value(value: Any) -> Any:
+    """``reward=`` validated: a ``"module:qualname"`` path imported (``ValueError`` if it does not import)."""
+    if isinstance(no_marker(value), str):
+        try:
+            return import_path(value)
+        except (ImportError, AttributeError) as exc:
+            raise ValueError(f"reward path {value!r} does not import: {exc}") from exc
+    return value
+
+
+def model_value(value: Any) -> Any:
+    """``model=`` validated: None, a hub id or an existing local path (a str), a ``CausalLM`` or a transformers
+    ``PreTrainedModel``; anything else is a ``ValueError`` saying what is accepted."""
+    from langchain_aisp.engine.lm import CausalLM, resolve_model_source
+    from langchain_aisp.errors import ModelLoadError
+
+    if value is None or isinstance(value, CausalLM):
+        return value
+    if isinstance(no_marker(value), (str, os.PathLike)):
+        try:
+            resolve_model_source(value)  # a local path must exist now; a hub id is only checked when loaded
+        except ModelLoadError as exc:
+            raise ValueError(str(exc)) from exc
+        return os.fspath(value)
     from transformers import PreTrainedModel
 
-    from langchain_aisp.engine.lm import CausalLM
-
-    if isinstance(value, (CausalLM, PreTrainedModel)):
+    if isinstance(value, PreTrainedModel):
         return value
     raise ValueError(
         "model must be None, a hub id or a local path, a langchain_aisp CausalLM or a transformers "

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from langchain_core.language_models import LanguageModelInput
 from langchain_core.messages import BaseMessage
+from langchain_core.utils.function_calling import convert_to_openai_tool
 
 from langchain_aisp import _chat_format as fmtlib
 from langchain_aisp import _grammar_llguidance as grammarlib
@@ -429,3 +430,21 @@ def format_term(text: str, job: Job) -> float:
             return fmtlib.auto_choice_score(text, job.fmt, job.messages)
         return fmtlib.forced_call_score(text, job.fmt, job.messages)
     return fmtlib.format_validity(text, job.fmt)
+
+
+def tool_binding(
+    tools: Sequence[Any], tool_choice: Any, parallel_tool_calls: bool | None, strict: bool | None
+) -> dict[str, Any]:
+    """``bind_tools``' arguments as the per-call kwargs to bind; an unsupported schema fails here, not mid-decode."""
+    formatted = [convert_to_openai_tool(t)["function"] for t in tools]
+    choice = fmtlib.normalize_tool_choice(tool_choice, [t["name"] for t in formatted])
+    bound: dict[str, Any] = {"tools": formatted, "tool_choice": choice}
+    if parallel_tool_calls is not None:
+        bound["parallel_tool_calls"] = parallel_tool_calls
+    if strict is not None:
+        bound["strict"] = strict
+    fmt = fmtlib.OutputFormat(
+        tools=tuple(formatted), tool_choice=choice, parallel_tool_calls=parallel_tool_calls is True, strict=strict
+    )
+    grammars(fmt)
+    return bound
