@@ -45,7 +45,7 @@ class Ctx:
             return float(len(response))
 
         settings: dict[str, Any] = {
-            "llm": self.lm,
+            "model": self.lm,
             "reward": reward,
             "num_samples": 2,
             "num_iterations": 1,

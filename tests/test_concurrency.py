@@ -58,7 +58,7 @@ class TaggedReward:
 def _model(tiny_lm, reward: TaggedReward, **kwargs: Any) -> AISPChatModel:
     settings: dict[str, Any] = {"num_samples": 4, "num_iterations": 2, "max_tokens": 8, "seed": 0}
     settings.update(kwargs)
-    return AISPChatModel(llm=tiny_lm, reward=reward, **settings)
+    return AISPChatModel(model=tiny_lm, reward=reward, **settings)
 
 
 def _summary(message: AIMessage) -> tuple[Any, ...]:
@@ -265,7 +265,7 @@ def test_lazy_loading_and_the_model_cache_load_once(tiny_lm, monkeypatch):
         reward = TaggedReward()
         settings = {"num_samples": 2, "num_iterations": 1, "max_tokens": 4, "seed": 0}
         by_id = [AISPChatModel(model="org/not-downloaded", reward=reward, **settings) for _ in range(2)]
-        wrapped = AISPChatModel(hf_model=tiny_lm.model, tokenizer=tiny_lm.tokenizer, reward=reward, **settings)
+        wrapped = AISPChatModel(model=tiny_lm.model, tokenizer=tiny_lm.tokenizer, reward=reward, **settings)
         models = [*by_id, wrapped]
         out = _run_threads(lambda i: models[i % 3].invoke(PROMPTS[i]), THREADS)
         assert loads == ["org/not-downloaded"]

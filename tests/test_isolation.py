@@ -115,7 +115,7 @@ def test_keep_drops_a_prompt_at_the_next_iteration_and_its_rows_leave_the_batch(
 
 
 def _model(tiny_lm, reward: Any) -> AISPChatModel:
-    return AISPChatModel(llm=tiny_lm, reward=reward, num_samples=2, num_iterations=2, max_tokens=6, seed=0)
+    return AISPChatModel(model=tiny_lm, reward=reward, num_samples=2, num_iterations=2, max_tokens=6, seed=0)
 
 
 def _fails_on_poison(prompt: str, response: str) -> float:

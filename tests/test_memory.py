@@ -430,7 +430,7 @@ class safe_open_header:  # noqa: N801 - a tiny context manager for the test abov
 
 
 def _chat(tiny_lm, memory=None, **kwargs):
-    base = {"reward": _length_score_reward, "llm": tiny_lm, "num_samples": 3, "num_iterations": 2, "tau": 4}
+    base = {"reward": _length_score_reward, "model": tiny_lm, "num_samples": 3, "num_iterations": 2, "tau": 4}
     base.update({"max_tokens": 4, "seed": 0, "control_memory": memory, **kwargs})
     return AISPChatModel(**base)
 

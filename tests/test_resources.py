@@ -71,7 +71,7 @@ def _hook_count(model: torch.nn.Module) -> int:
 
 
 def test_hundred_invocations_do_not_grow_memory(tiny_lm):
-    model = AISPChatModel(llm=tiny_lm, reward=length_reward, num_samples=4, num_iterations=2, max_tokens=8, seed=0)
+    model = AISPChatModel(model=tiny_lm, reward=length_reward, num_samples=4, num_iterations=2, max_tokens=8, seed=0)
     prompts = [f"Question {i}: what is {i} plus {i}?" for i in range(CALLS)]
     for prompt in prompts[:10]:  # warm-up: allocator pools, tokenizer and template caches
         model.invoke(prompt)
@@ -125,7 +125,7 @@ def test_decoding_runs_under_inference_mode_and_keeps_no_graph(tiny_lm, encode):
 
 
 def test_chat_metadata_holds_no_tensors(tiny_lm):
-    model = AISPChatModel(llm=tiny_lm, reward=length_reward, num_samples=2, num_iterations=2, max_tokens=4, seed=0)
+    model = AISPChatModel(model=tiny_lm, reward=length_reward, num_samples=2, num_iterations=2, max_tokens=4, seed=0)
     message = model.invoke("Hello")
     assert not _tensors_in(message.response_metadata)
     assert not _tensors_in(dict(message.usage_metadata or {}))

@@ -282,7 +282,7 @@ def test_chat_model_decoding_field(tiny_lm):
 
     from langchain_aisp import AISPChatModel
 
-    kwargs = {"reward": lambda p, r: float(len(r)), "llm": tiny_lm, "num_samples": 2, "max_tokens": 6, "seed": 0}
+    kwargs = {"reward": lambda p, r: float(len(r)), "model": tiny_lm, "num_samples": 2, "max_tokens": 6, "seed": 0}
     eager = AISPChatModel(decoding="eager", num_iterations=2, **kwargs).invoke("Name a fruit.")
     static = AISPChatModel(decoding="static", num_iterations=2, **kwargs).invoke("Name a fruit.")
     assert eager.content == static.content
