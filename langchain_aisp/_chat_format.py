@@ -250,7 +250,12 @@ def to_template_messages(messages: Sequence[BaseMessage], native_tools: bool) ->
                         "role": "assistant",
                         "content": text,
                         "tool_calls": [
-                            {"type": "function", "function": {"name": c["name"], "arguments": c["args"]}} for c in calls
+                            {
+                                "type": "function",
+                                "id": c.get("id"),
+                                "function": {"name": c["name"], "arguments": c["args"]},
+                            }
+                            for c in calls
                         ],
                     }
                 )
@@ -314,11 +319,25 @@ class RenderedPrompt:
     """True when the plain fallback was used (no chat template)."""
 
 
-def render(tokenizer: Any, messages: Sequence[BaseMessage], fmt: OutputFormat, prefill: str = "") -> RenderedPrompt:
-    """Render a conversation for generation (tools and JSON instructions included), ending in ``prefill``."""
+def render(
+    tokenizer: Any,
+    messages: Sequence[BaseMessage],
+    fmt: OutputFormat,
+    prefill: str = "",
+    *,
+    native_tools: bool | None = None,
+    template_kwargs: dict[str, Any] | None = None,
+) -> RenderedPrompt:
+    """Render a conversation for generation (tools and JSON instructions included), ending in ``prefill``.
+
+    ``native_tools``: render tools through the template (None: when it supports them);
+    ``template_kwargs``: extra ``apply_chat_template`` arguments (``enable_thinking``).
+    """
     if not messages:
         raise ValueError("cannot generate from an empty conversation (0 messages)")
-    native = fmt.calls_tools and supports_native_tools(tokenizer) and has_chat_template(tokenizer)
+    if native_tools is None:
+        native_tools = supports_native_tools(tokenizer)
+    native = fmt.calls_tools and native_tools and has_chat_template(tokenizer)
     dicts = to_template_messages(messages, native_tools=native)
     extra = []
     if fmt.calls_tools and not native:
@@ -332,7 +351,7 @@ def render(tokenizer: Any, messages: Sequence[BaseMessage], fmt: OutputFormat, p
     if not has_chat_template(tokenizer):
         text = plain_prompt(dicts)
         return RenderedPrompt(text + (" " + prefill if prefill else ""), (" " + prefill) if prefill else "", True)
-    kwargs: dict[str, Any] = {"add_generation_prompt": True, "tokenize": False}
+    kwargs: dict[str, Any] = {**(template_kwargs or {}), "add_generation_prompt": True, "tokenize": False}
     if native:
         kwargs["tools"] = [{"type": "function", "function": t} for t in fmt.tools]
     try:

@@ -7,11 +7,13 @@ every reply thinks at most ``budget`` tokens, then closes the tag, and its answe
 
 from __future__ import annotations
 
-import copy
 import json
 
 import pytest
 import torch
+from chat_templates import PREFILLED_THINK as PREFILLED_TEMPLATE
+from chat_templates import THINK as THINK_TEMPLATE
+from chat_templates import with_template
 
 from langchain_aisp import _grammar_llguidance as grammarlib
 from langchain_aisp.chat import _reasoning as reasoning
@@ -21,27 +23,6 @@ from langchain_aisp.engine.constraints import RowMasks, ThinkingBudget, bitmask_
 from langchain_aisp.errors import ConstraintError
 
 pytestmark = pytest.mark.usefixtures("single_torch_thread")
-
-THINK_TEMPLATE = (
-    "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + "
-    "'<|im_end|>\\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}"
-    "{% if enable_thinking is defined and enable_thinking is false %}{{ '<think>\\n\\n</think>\\n\\n' }}{% endif %}"
-    "{% endif %}"
-)
-"""A Qwen3-like template: the model opens ``<think>`` itself; ``enable_thinking=False`` closes an empty one."""
-
-PREFILLED_TEMPLATE = (
-    "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + "
-    "'<|im_end|>\\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n<think>\\n' }}"
-    "{% endif %}{# the answer follows </think> #}"
-)
-"""A DeepSeek-R1-distill-like template: the generation prompt opens the think section."""
-
-
-def with_template(tokenizer, template):
-    tok = copy.deepcopy(tokenizer)
-    tok.chat_template = template
-    return tok
 
 
 class Scripted:
@@ -298,7 +279,7 @@ def test_thinking_mask_forbids_eos_and_other_spellings_of_the_tag_start(tiny_lm)
 
 
 def test_a_special_closing_tag_is_refused(default_lm):
-    tok = copy.deepcopy(default_lm.tokenizer)
+    tok = with_template(default_lm.tokenizer, None)
     tok.add_special_tokens({"additional_special_tokens": ["</reason>"]})
     with pytest.raises(ValueError, match="special token that decoding drops"):
         reasoning.close_token_ids(tok, reasoning.ReasoningTags("<reason>", "</reason>"))
