@@ -98,6 +98,13 @@ MISTRAL = """{%- if tools %}[AVAILABLE_TOOLS] {{ tools | tojson }}[/AVAILABLE_TO
 {%- endfor %}"""
 """Mistral v0.3-like: ``[TOOL_CALLS] [{"name", "arguments"}, ...]``; results in ``[TOOL_RESULTS]``."""
 
+HERMES_THINK = HERMES.replace(
+    "{%- if add_generation_prompt %}<|im_start|>assistant\n{% endif %}",
+    "{%- if add_generation_prompt %}<|im_start|>assistant\n"
+    "{% if enable_thinking is defined and enable_thinking is false %}<think>\n\n</think>\n\n{% endif %}{% endif %}",
+)
+"""Qwen3-like: Hermes tool calls and a think section (``enable_thinking``)."""
+
 UNKNOWN_TOOLS = _TURNS.replace("{%- for", "{% if tools %}{{ tools | tojson }}{% endif %}{%- for", 1) + (
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
 )
