@@ -53,6 +53,8 @@ from tenacity import Retrying, stop_after_attempt, stop_before_delay, wait_expon
 
 from langchain_aisp import _chat_format as fmtlib
 from langchain_aisp import _grammar_llguidance as grammarlib
+from langchain_aisp.chat import _reply as replylib
+from langchain_aisp.chat import _tool_formats as toolfmt
 from langchain_aisp.engine.aisp import (
     IterationEvent,
     PromptResult,
@@ -248,6 +250,10 @@ class _Job:
     """Wall-clock limit of this call in seconds (the call's ``timeout`` argument, else the model's)."""
     deadline: float | None = None
     """``time.monotonic()`` deadline fixed by ``prepare`` (its clock starts there); None: the run's start + timeout."""
+    reply: replylib.ReplyPlan | None = None
+    """Thinking and the tool-call format: how the reply is split and read (``chat/_reply.py``)."""
+    max_tokens: int = 0
+    """The answer's ``max_tokens`` (the engine decodes the thinking budget on top)."""
 
     def key(self) -> tuple[Any, ...]:
         return (tuple(self.token_ids), self.fmt.key(), self.settings.key(), id(self.lm), self.timeout)
@@ -592,6 +598,30 @@ class AISPChatModel(BaseChatModel):
     ``RETRY_WAIT_MAX`` s between attempts, never past ``timeout``) before the run fails with
     ``RewardError``. 0: no retry (a local reward that raises once will raise again)."""
 
+    reasoning: bool | None = None
+    """Thinking models (Qwen3, SmolLM3, DeepSeek-R1 distills): None uses the chat template's default, True
+    thinks (an error for a model whose template has no think section, unless ``reasoning_tags`` is set),
+    False turns thinking off (``enable_thinking=False`` where the template takes it, else an empty think
+    section is prefilled). The reasoning goes to ``additional_kwargs["reasoning_content"]``, the answer to
+    ``content``."""
+
+    reasoning_tags: tuple[str, str] | None = None
+    """The (open, close) think tags; None detects them from the chat template (``<think>``, ``</think>``)."""
+
+    thinking_budget: int | None = None
+    """Most thinking tokens, >= 0: then the closing tag is forced. With a budget the engine decodes
+    ``thinking_budget + len(closing tag) + max_tokens`` tokens, so the answer always keeps ``max_tokens``;
+    None: no limit, thinking and answer share ``max_tokens``."""
+
+    score_reasoning: bool = False
+    """False: the reward scores the answer only; True: the whole reply (the think section with its tags, then
+    the answer)."""
+
+    tool_format: toolfmt.ToolFormatName = "auto"
+    """The tool-call format: ``"auto"`` (the chat template's own when it renders tools in a known format:
+    ``"hermes"`` ``<tool_call>``, ``"llama3"`` ``{"name", "parameters"}``, ``"mistral"`` ``[TOOL_CALLS]``;
+    else ``"documented"``, the tools described in the system message) or one of those names."""
+
     _reward: Reward = PrivateAttr()
     _lm: Any = PrivateAttr(default=None)
     _lm_lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
@@ -660,6 +690,7 @@ class AISPChatModel(BaseChatModel):
         if self.format_weight < 0:
             raise ValueError(f"format_weight must be a finite number >= 0, got {self.format_weight}")
         _check_timeout(self.timeout)
+        replylib.check_settings(self.reasoning_tags, self.thinking_budget, self.tool_format)
         if isinstance(self.max_retries, bool) or not 0 <= self.max_retries <= 100:
             raise ValueError(f"max_retries must be an integer in [0, 100], got {self.max_retries!r}")
         return self
@@ -828,17 +859,25 @@ class AISPChatModel(BaseChatModel):
         out_fmt = self._output_format(kwargs)
         timeout = _check_timeout(kwargs["timeout"]) if "timeout" in kwargs else self.timeout
         lm = self._get_lm(kwargs.get("model"))
-        grammars = _grammars(out_fmt)
-        vocab, eos = int(lm.head_weight.shape[0]), lm.eos_token_ids
-        constraint, prefill, forced_grammar = None, "", None
-        if len(grammars) == 1:  # forced call / JSON: prefill what every reply must start with
-            prefill = grammarlib.forced_prefix(lm.tokenizer, vocab, eos, grammars[0])
-            constraint = grammarlib.compile_constraint(lm.tokenizer, vocab, eos, grammars[0], prefill)
-        elif grammars:  # auto: a prose prompt and a forced-call prompt
-            constraint = grammarlib.compile_constraint(lm.tokenizer, vocab, eos, grammars[0], "", close=False)
-            forced_grammar = grammars[1]
-        prompt = fmtlib.render(lm.tokenizer, messages, out_fmt, prefill)
+        reply = replylib.reply_plan(
+            lm.tokenizer,
+            out_fmt,
+            reasoning=self.reasoning,
+            reasoning_tags=self.reasoning_tags,
+            thinking_budget=self.thinking_budget,
+            score_reasoning=self.score_reasoning,
+            tool_format=self.tool_format,
+        )
+        grammars = _grammars(out_fmt, reply.tool_format)
+        single = grammars[0] if len(grammars) == 1 else None  # forced call / JSON: prefill what replies start with
+        free = replylib.render_variant(
+            lm, messages, out_fmt, reply, grammars[0] if grammars else None, prefix_grammar=single, close=bool(single)
+        )
+        reply = dataclasses.replace(reply, inside=free.inside)
+        prompt, constraint = free.prompt, free.constraint
         overrides = {k: kwargs[k] for k in _PER_CALL_FIELDS if k in kwargs}
+        answer_tokens = overrides.get("max_tokens", self.max_tokens)
+        overrides["max_tokens"] = reply.engine_max_tokens(lm.tokenizer, answer_tokens)
         if isinstance(stop, str):
             stop = [stop]  # a lone string is one stop string, not one per character
         stops = list(stop if stop is not None else (self.stop or []))
@@ -855,23 +894,24 @@ class AISPChatModel(BaseChatModel):
                 context_window_error("the conversation", len(token_ids), settings.sampling.max_tokens, limit, lm.name)
             )
         forced = None
-        if forced_grammar is not None:
-            forced_prefill = grammarlib.forced_prefix(lm.tokenizer, vocab, eos, forced_grammar)
-            forced_prompt = fmtlib.render(lm.tokenizer, messages, out_fmt, forced_prefill)
+        if len(grammars) == 2:
             # one forced-call row per tool, the tools most related to the request first, with arguments
             # taken from the conversation (the choice rule accepts no other); strict=False: the user's own
             # keywords were checked at bind time, values from the conversation may not satisfy all of them
-            grounded = fmtlib.grounded_tools(out_fmt, messages)
+            grounded = list(fmtlib.grounded_tools(out_fmt, messages))
             per_tool = [
-                grammarlib.tool_call_grammar(grounded, choice=name, strict=False)
+                reply.tool_format.grammar(grounded, choice=name, parallel=False, strict=False)
                 for name in fmtlib.rank_tools(out_fmt, messages)
             ]
+            variant = replylib.render_variant(lm, messages, out_fmt, reply, per_tool, prefix_grammar=grammars[1])
             forced = _Variant(
-                list(lm.tokenizer(forced_prompt.text, add_special_tokens=False).input_ids),
-                forced_prompt,
-                grammarlib.compile_constraint(lm.tokenizer, vocab, eos, per_tool, forced_prefill),
+                list(lm.tokenizer(variant.prompt.text, add_special_tokens=False).input_ids),
+                variant.prompt,
+                variant.constraint,
             )
-        return _Job(list(messages), token_ids, prompt, out_fmt, settings, lm, constraint, forced, timeout=timeout)
+        job = _Job(list(messages), token_ids, prompt, out_fmt, settings, lm, constraint, forced, timeout=timeout)
+        job.reply, job.max_tokens = reply, answer_tokens
+        return job
 
     @staticmethod
     def _output_format(kwargs: dict[str, Any]) -> fmtlib.OutputFormat:
@@ -934,11 +974,13 @@ class AISPChatModel(BaseChatModel):
         def score(indices: Sequence[int], responses: Sequence[str]) -> list[float]:
             full = [entries[e][1].prompt.prefill + r for e, r in zip(indices, responses, strict=True)]
             owners = [jobs[entries[e][0]] for e in indices]
-            values = list(retrying(reward.score, [job.messages for job in owners], full))
+            scored = [_reply(job).scored(text) for job, text in zip(owners, full, strict=True)]
+            values = list(retrying(reward.score, [job.messages for job in owners], scored))
             if settings.format_weight and len(values) == len(full):
                 for pos, job in enumerate(owners):
                     if job.fmt.constrained:
-                        values[pos] = values[pos] + settings.format_weight * _format_term(full[pos], job)
+                        answer = _reply(job).answer(full[pos])
+                        values[pos] = values[pos] + settings.format_weight * _format_term(answer, job)
             return values
 
         score.name = self.reward_name  # type: ignore[attr-defined]  # errors name the user's reward
@@ -1061,10 +1103,13 @@ class AISPChatModel(BaseChatModel):
 
     def _message_parts(
         self, job: _Job, result: PromptResult
-    ) -> tuple[fmtlib.ParsedReply, dict[str, Any], UsageMetadata]:
+    ) -> tuple[fmtlib.ParsedReply, dict[str, Any], UsageMetadata, str | None]:
         text = job.prompt.prefill + result.text
         if job.prompt.plain and job.prompt.prefill:
             text = text[1:]  # the space after "Assistant:"
+        reply = _reply(job)
+        reasoning = reply.split(text).reasoning
+        text = reply.answer(text)
         if job.fmt.calls_tools and job.auto_choice != "prose":
             parsed = fmtlib.parse_tool_reply(text, job.fmt)
             if result.finish_reason == "length":
@@ -1092,8 +1137,12 @@ class AISPChatModel(BaseChatModel):
             "reward_name": self.reward_name,
             "prefill": job.prompt.prefill,
             "timed_out": result.timed_out,
-            "max_tokens": job.settings.sampling.max_tokens,
+            "max_tokens": job.max_tokens or job.settings.sampling.max_tokens,
         }
+        if reply.thinks():
+            aisp["thinking_budget"] = reply.thinking_budget
+        if job.fmt.calls_tools:
+            aisp["tool_format"] = reply.tool_format.name
         if job.auto_choice is not None:
             aisp["auto_choice"] = job.auto_choice
         if job.fmt.constrained:
@@ -1103,12 +1152,13 @@ class AISPChatModel(BaseChatModel):
         usage = UsageMetadata(
             input_tokens=result.prompt_tokens, output_tokens=output, total_tokens=result.prompt_tokens + output
         )
-        return parsed, metadata, usage
+        return parsed, metadata, usage, reasoning
 
     def _to_message(self, job: _Job, result: PromptResult) -> AIMessage:
-        parsed, metadata, usage = self._message_parts(job, result)
+        parsed, metadata, usage, reasoning = self._message_parts(job, result)
         return AIMessage(
             content=parsed.content,
+            additional_kwargs=replylib.reasoning_kwargs(reasoning),
             tool_calls=parsed.tool_calls,
             invalid_tool_calls=parsed.invalid_tool_calls,
             response_metadata=metadata,
@@ -1116,7 +1166,11 @@ class AISPChatModel(BaseChatModel):
         )
 
     def _chunks(self, job: _Job, result: PromptResult) -> Iterator[ChatGenerationChunk]:
-        parsed, metadata, usage = self._message_parts(job, result)
+        parsed, metadata, usage, reasoning = self._message_parts(job, result)
+        for piece in _split_chunks(reasoning or ""):  # the reasoning first, as DeepSeek and vLLM stream it
+            yield ChatGenerationChunk(
+                message=AIMessageChunk(content="", additional_kwargs={"reasoning_content": piece})
+            )
         for piece in _split_chunks(parsed.content):
             yield ChatGenerationChunk(message=AIMessageChunk(content=piece))
         tool_chunks = [
@@ -1568,7 +1622,7 @@ class AISPChatModel(BaseChatModel):
         return RunnableMap(raw=llm) | parser_with_fallback
 
 
-def _grammars(fmt: fmtlib.OutputFormat) -> list[str]:
+def _grammars(fmt: fmtlib.OutputFormat, tool_format: toolfmt.ToolFormat = toolfmt.FORMATS["documented"]) -> list[str]:
     """The grammar(s) of a reply of ``fmt``; [] for free text.
 
     Forced calls and JSON: one grammar. ``tool_choice="auto"``: two, prose (no ``<``, so no
@@ -1580,10 +1634,10 @@ def _grammars(fmt: fmtlib.OutputFormat) -> list[str]:
         tools, parallel = list(fmt.tools), fmt.parallel_tool_calls
         if fmt.tool_choice == "auto":
             return [
-                grammarlib.prose_grammar(),
-                grammarlib.tool_call_grammar(tools, choice="any", parallel=parallel, strict=strict),
+                tool_format.prose_grammar(),
+                tool_format.grammar(tools, choice="any", parallel=parallel, strict=strict),
             ]
-        return [grammarlib.tool_call_grammar(tools, choice=fmt.tool_choice, parallel=parallel, strict=strict)]
+        return [tool_format.grammar(tools, choice=fmt.tool_choice, parallel=parallel, strict=strict)]
     if fmt.json_schema is not None:
         return [grammarlib.json_grammar(fmt.json_schema, strict=strict)]
     return []
@@ -1606,17 +1660,17 @@ def _merge_variants(
         seen.add(i)
         if result is None:
             continue
-        if forced:
+        if forced:  # its prefill beyond the free prompt's (which the reply readers add)
+            extra = variant.prompt.prefill.removeprefix(jobs[i].prompt.prefill)
             result = dataclasses.replace(
-                result,
-                text=variant.prompt.prefill + result.text,
-                texts=[[variant.prompt.prefill + t for t in ts] for ts in result.texts],
+                result, text=extra + result.text, texts=[[extra + t for t in ts] for ts in result.texts]
             )
         current = merged[i]
         if current is None:
             merged[i] = result
             continue
-        call = fmtlib.auto_choice_score(result.text, jobs[i].fmt, jobs[i].messages) > 0
+        answer = _reply(jobs[i]).answer(jobs[i].prompt.prefill + result.text)
+        call = fmtlib.auto_choice_score(answer, jobs[i].fmt, jobs[i].messages) > 0
         jobs[i].auto_choice = "call" if call else "prose"
         best = result if call else current
         merged[i] = dataclasses.replace(
@@ -1627,6 +1681,10 @@ def _merge_variants(
             texts=[a + b for a, b in zip(current.texts, result.texts, strict=False)],
         )
     return merged
+
+
+def _reply(job: _Job) -> replylib.ReplyPlan:
+    return job.reply if job.reply is not None else replylib.PLAIN
 
 
 def _format_term(text: str, job: _Job) -> float:

@@ -51,15 +51,43 @@ class ReplyPlan:
         """What the reward scores of a reply (prefill included)."""
         return reasoninglib.scored_text(text, self.mode.tags, self.inside, self.score_reasoning)
 
+    def thinks(self) -> bool:
+        """Whether replies start inside a think section."""
+        return self.mode.tags is not None and self.inside
+
     def engine_max_tokens(self, tokenizer: Any, max_tokens: Any) -> Any:
         """Tokens to decode for an answer of ``max_tokens``: with a thinking budget, the budget and the closing
         tag on top (the answer keeps its ``max_tokens``). A bad ``max_tokens`` is returned as it is, for the
         sampling settings to refuse by its own value."""
         valid = isinstance(max_tokens, int) and not isinstance(max_tokens, bool) and max_tokens >= 1
-        if not self.inside or self.mode.tags is None or self.thinking_budget is None or not valid:
+        if not self.thinks() or self.mode.tags is None or self.thinking_budget is None or not valid:
             return max_tokens
         close = reasoninglib.close_token_ids(tokenizer, self.mode.tags)
         return reasoninglib.engine_max_tokens(max_tokens, self.thinking_budget, len(close))
+
+
+PLAIN = ReplyPlan(reasoninglib.ReasoningMode(None, None), toolfmt.FORMATS["documented"])
+"""The reply of a model that does not think, without tools."""
+
+
+def check_settings(reasoning_tags: Any, thinking_budget: Any, tool_format: Any) -> None:
+    """Validate the model's reasoning and tool-format fields (ValueError naming the bad value)."""
+    reasoninglib.ReasoningTags.of(reasoning_tags)
+    _check_budget(thinking_budget)
+    if tool_format not in toolfmt.TOOL_FORMATS:
+        raise ValueError(f"tool_format must be one of {list(toolfmt.TOOL_FORMATS)}, got {tool_format!r}")
+
+
+def _check_budget(thinking_budget: Any) -> None:
+    if thinking_budget is not None and (
+        isinstance(thinking_budget, bool) or not isinstance(thinking_budget, int) or thinking_budget < 0
+    ):
+        raise ValueError(f"thinking_budget must be an integer >= 0 or None, got {thinking_budget!r}")
+
+
+def reasoning_kwargs(reasoning: str | None) -> dict[str, Any]:
+    """``additional_kwargs`` of an answer: ``{"reasoning_content": ...}`` when the reply thought, else {}."""
+    return {"reasoning_content": reasoning} if reasoning else {}
 
 
 def reply_plan(
@@ -73,10 +101,7 @@ def reply_plan(
     tool_format: str,
 ) -> ReplyPlan:
     """Resolve a call's reasoning mode and tool-call format (ValueError naming a bad setting)."""
-    if thinking_budget is not None and (
-        isinstance(thinking_budget, bool) or not isinstance(thinking_budget, int) or thinking_budget < 0
-    ):
-        raise ValueError(f"thinking_budget must be an integer >= 0 or None, got {thinking_budget!r}")
+    _check_budget(thinking_budget)
     mode = reasoninglib.resolve_mode(tokenizer, reasoning, reasoning_tags)
     found = toolfmt.resolve(tokenizer, tool_format) if fmt.calls_tools else toolfmt.FORMATS["documented"]
     return ReplyPlan(mode, found, thinking_budget, bool(score_reasoning))
