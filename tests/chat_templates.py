@@ -11,6 +11,14 @@ _TURNS = (
     "'<|im_end|>\\n' }}{% endfor %}"
 )
 
+_CHATML_TAIL = """{% elif message['role'] != 'system' %}<|im_start|>{{ message['role'] }}
+{{ message['content'] }}<|im_end|>
+{% endif %}
+{%- endfor %}
+{%- if add_generation_prompt %}<|im_start|>assistant
+{% endif %}"""
+"""The end of the ChatML-like templates below: other turns, then the generation prompt."""
+
 THINK = (
     _TURNS + "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}"
     "{% if enable_thinking is defined and enable_thinking is false %}{{ '<think>\\n\\n</think>\\n\\n' }}{% endif %}"
@@ -24,7 +32,8 @@ PREFILLED_THINK = (
 )
 """DeepSeek-R1-distill-like: the generation prompt opens the think section."""
 
-HERMES = """{%- if tools %}<|im_start|>system
+HERMES = (
+    """{%- if tools %}<|im_start|>system
 {% if messages[0]['role'] == 'system' %}{{ messages[0]['content'] }}
 
 {% endif %}# Tools
@@ -50,15 +59,13 @@ For each function call, return a json object within <tool_call></tool_call> XML 
 <tool_response>
 {{ message['content'] }}
 </tool_response><|im_end|>
-{% elif message['role'] != 'system' %}<|im_start|>{{ message['role'] }}
-{{ message['content'] }}<|im_end|>
-{% endif %}
-{%- endfor %}
-{%- if add_generation_prompt %}<|im_start|>assistant
-{% endif %}"""
+"""
+    + _CHATML_TAIL
+)
 """Qwen 2.5-like: tools in the system turn, calls in ``<tool_call>`` blocks, results as ``<tool_response>``."""
 
-LLAMA3 = """{%- for message in messages %}{% if message['role'] == 'system' %}<|im_start|>system
+LLAMA3 = (
+    """{%- for message in messages %}{% if message['role'] == 'system' %}<|im_start|>system
 {{ message['content'] }}<|im_end|>
 {% endif %}{% endfor %}
 {%- if tools %}<|im_start|>user
@@ -77,12 +84,9 @@ Respond in the format {"name": function name, "parameters": dictionary of argume
 {%- endfor %}<|im_end|>
 {% elif message['role'] == 'tool' %}<|im_start|>ipython
 {{ message['content'] }}<|im_end|>
-{% elif message['role'] != 'system' %}<|im_start|>{{ message['role'] }}
-{{ message['content'] }}<|im_end|>
-{% endif %}
-{%- endfor %}
-{%- if add_generation_prompt %}<|im_start|>assistant
-{% endif %}"""
+"""
+    + _CHATML_TAIL
+)
 """Llama 3.1-like: a call is the JSON object ``{"name", "parameters"}``; results in the ``ipython`` role."""
 
 MISTRAL = """{%- if tools %}[AVAILABLE_TOOLS] {{ tools | tojson }}[/AVAILABLE_TOOLS]{% endif %}
