@@ -283,3 +283,30 @@ def test_a_special_closing_tag_is_refused(default_lm):
     tok.add_special_tokens({"additional_special_tokens": ["</reason>"]})
     with pytest.raises(ValueError, match="special token that decoding drops"):
         reasoning.close_token_ids(tok, reasoning.ReasoningTags("<reason>", "</reason>"))
+
+
+def test_the_static_path_gives_the_eager_tokens_under_a_thinking_budget(tiny_lm):
+    import dataclasses
+
+    lm = dataclasses.replace(tiny_lm)  # its own static cache
+    tok, vocab, eos = lm.tokenizer, int(lm.head_weight.shape[0]), lm.eos_token_ids
+    schema = {"type": "object", "properties": {"ok": {"type": "boolean"}}, "required": ["ok"]}
+    answer = grammarlib.compile_constraint(tok, vocab, eos, grammarlib.json_grammar(schema))
+    tags = reasoning.ReasoningTags()
+    constraints = [reasoning.thinking_constraint(tok, vocab, eos, tags, 3, answer), None]
+    runs = {
+        decoding: run(
+            lm,
+            [_prompt_ids(tok), _prompt_ids(tok, prefill="")],
+            lambda idx, texts: [float(len(t)) for t in texts],
+            AISPParams(method="aisp", num_samples=3, num_iterations=2),
+            SamplingParams(max_tokens=24, temperature=1.0),
+            seed=5,
+            constraints=constraints,
+            decoding=decoding,
+        )
+        for decoding in ("eager", "static")
+    }
+    assert [r.sample_token_ids for r in runs["eager"]] == [r.sample_token_ids for r in runs["static"]]
+    close = list(constraints[0].close_ids)
+    assert all(0 <= _close_at(ids, close) <= 3 for it in runs["static"][0].sample_token_ids for ids in it)
