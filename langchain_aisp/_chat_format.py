@@ -26,7 +26,7 @@ from __future__ import annotations
 import json
 import re
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -320,6 +320,16 @@ class RenderedPrompt:
     """True when the plain fallback was used (no chat template)."""
 
 
+def _with_call_ids(message: dict[str, Any], call_id: Callable[[str], str]) -> dict[str, Any]:
+    """A template message with its tool-call ids (or the id its tool result answers) passed through ``call_id``."""
+    out = dict(message)
+    if out.get("tool_calls"):
+        out["tool_calls"] = [{**c, "id": call_id(str(c.get("id") or ""))} for c in out["tool_calls"]]
+    if "tool_call_id" in out:
+        out["tool_call_id"] = call_id(str(out["tool_call_id"] or ""))
+    return out
+
+
 def render(
     tokenizer: Any,
     messages: Sequence[BaseMessage],
@@ -328,11 +338,13 @@ def render(
     *,
     native_tools: bool | None = None,
     template_kwargs: dict[str, Any] | None = None,
+    call_id: Callable[[str], str] | None = None,
 ) -> RenderedPrompt:
     """Render a conversation for generation (tools and JSON instructions included), ending in ``prefill``.
 
     ``native_tools``: render tools through the template (None: when it supports them);
-    ``template_kwargs``: extra ``apply_chat_template`` arguments (``enable_thinking``).
+    ``template_kwargs``: extra ``apply_chat_template`` arguments (``enable_thinking``); ``call_id``: rewrites
+    the tool-call ids of natively rendered calls and results (Mistral's templates want 9 characters).
     """
     if not messages:
         raise ValueError("cannot generate from an empty conversation (0 messages)")
@@ -340,6 +352,8 @@ def render(
         native_tools = supports_native_tools(tokenizer)
     native = fmt.calls_tools and native_tools and has_chat_template(tokenizer)
     dicts = to_template_messages(messages, native_tools=native)
+    if native and call_id is not None:
+        dicts = [_with_call_ids(d, call_id) for d in dicts]
     extra = []
     if fmt.calls_tools and not native:
         extra.append(tools_system_text(fmt))

@@ -94,13 +94,18 @@ MISTRAL = """{%- if tools %}[AVAILABLE_TOOLS] {{ tools | tojson }}[/AVAILABLE_TO
 {%- if message['role'] in ('user', 'system') %}[INST] {{ message['content'] }}[/INST]
 {%- elif message['role'] == 'assistant' and message.tool_calls is defined and message.tool_calls %}[TOOL_CALLS] [
 {%- for call in message.tool_calls %}{% if not loop.first %}, {% endif -%}
-{"name": {{ call.function.name | tojson }}, "arguments": {{ call.function.arguments | tojson }}}
+{%- if call.id is not defined or call.id | length != 9 %}{{
+    raise_exception("Tool call IDs should be alphanumeric strings with length 9!") }}{% endif -%}
+{"name": {{ call.function.name | tojson }}, "arguments": {{ call.function.arguments | tojson }}, "id": {{
+    call.id | tojson }}}
 {%- endfor %}]<|im_end|>
 {%- elif message['role'] == 'assistant' %} {{ message['content'] }}<|im_end|>
-{%- elif message['role'] == 'tool' %}[TOOL_RESULTS] {"content": {{ message['content'] | tojson }}}[/TOOL_RESULTS]
+{%- elif message['role'] == 'tool' %}[TOOL_RESULTS] {"content": {{ message['content'] | tojson }}, "call_id": {{
+    message.tool_call_id | tojson }}}[/TOOL_RESULTS]
 {%- endif %}
 {%- endfor %}"""
-"""Mistral v0.3-like: ``[TOOL_CALLS] [{"name", "arguments"}, ...]``; results in ``[TOOL_RESULTS]``."""
+"""Mistral v0.3-like: ``[TOOL_CALLS] [{"name", "arguments"}, ...]``; results in ``[TOOL_RESULTS]``; call ids
+of 9 characters or an error, as Mistral's own templates."""
 
 HERMES_THINK = HERMES.replace(
     "{%- if add_generation_prompt %}<|im_start|>assistant\n{% endif %}",

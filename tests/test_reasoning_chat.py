@@ -189,8 +189,8 @@ def test_multi_turn_tool_results_render_through_the_template(lms, which):
     if which == "llama3":
         assert '{"name": "get_weather", "parameters": {"city": "Zürich"}}' in text and "ipython\nSonnig ☀" in text
     else:
-        assert '[TOOL_CALLS] [{"name": "get_weather", "arguments": {"city": "Zürich"}}]' in text
-        assert '[TOOL_RESULTS] {"content": "Sonnig ☀"}' in text
+        assert '[TOOL_CALLS] [{"name": "get_weather", "arguments": {"city": "Zürich"}, "id": "' in text
+        assert '[TOOL_RESULTS] {"content": "Sonnig ☀", "call_id": "' in text
     msg = llm.bind_tools([get_weather], tool_choice="get_weather").invoke(history)
     assert msg.tool_calls and isinstance(msg.tool_calls[0]["args"]["city"], str)
 

@@ -70,13 +70,14 @@ CONVERSATION = [
         ("llama3", ['{"name": "get_weather", "parameters": {"city": "Zürich", "days": 2}}', "<|im_start|>ipython"]),
         (
             "mistral",
-            ['[TOOL_CALLS] [{"name": "get_weather", "arguments": {"city": "Zürich", "days": 2}}]', "[TOOL_RES"],
+            ['[TOOL_CALLS] [{"name": "get_weather", "arguments": {"city": "Zürich", "days": 2}, "id": "', "[TOOL_RES"],
         ),
     ],
 )
 def test_multi_turn_conversations_render_through_the_template(tokenizers, name, expected):
     fmt = fmtlib.OutputFormat(tools=(WEATHER,), tool_choice="auto")
-    text = fmtlib.render(tokenizers[name], CONVERSATION, fmt, native_tools=tf.resolve(tokenizers[name]).native).text
+    found = tf.resolve(tokenizers[name])
+    text = fmtlib.render(tokenizers[name], CONVERSATION, fmt, native_tools=found.native, call_id=found.call_id).text
     for piece in [*expected, "Sonnig, 21 °C", "And in 東京?", "Weather in a city."]:
         assert piece in text, (piece, text)
     assert "# Tools\n\nYou may call" not in text  # the documented system text is not added
@@ -157,7 +158,7 @@ def test_a_wrong_argument_key_is_an_invalid_call():
 def _decode(lm, tok, grammar, messages, fmt, tool_format, n=4):
     vocab, eos = int(lm.head_weight.shape[0]), lm.eos_token_ids
     prefill = grammarlib.forced_prefix(tok, vocab, eos, grammar)
-    prompt = fmtlib.render(tok, messages, fmt, prefill, native_tools=tool_format.native)
+    prompt = fmtlib.render(tok, messages, fmt, prefill, native_tools=tool_format.native, call_id=tool_format.call_id)
     constraint = grammarlib.compile_constraint(tok, vocab, eos, grammar, prefill)
     results = run(
         lm,
@@ -239,3 +240,15 @@ def test_a_special_tag_token_is_asked_for_as_that_token(default_lm):
     for t in tok(forced + '東京", "days": 2}}]', add_special_tokens=False).input_ids:
         matcher.advance(t)  # the special token, then the call: accepted
     matcher.advance(eos[0])  # EOS is accepted only where the grammar is complete
+
+
+def test_mistral_call_ids_are_nine_characters_and_match_their_results(default_lm):
+    tok = with_template(default_lm.tokenizer, MISTRAL)
+    fmt = fmtlib.OutputFormat(tools=(WEATHER,), tool_choice="auto")
+    with pytest.raises(ValueError, match="Tool call IDs should be alphanumeric strings with length 9"):
+        fmtlib.render(tok, CONVERSATION, fmt, native_tools=True)  # the template refuses LangChain's ids
+    new_id = tf.mistral_call_id("call_1")
+    assert len(new_id) == 9 and new_id.isalnum() and new_id == tf.mistral_call_id("call_1") != tf.mistral_call_id("c2")
+    assert tf.mistral_call_id("abcDEF123") == "abcDEF123"  # already valid: kept
+    text = fmtlib.render(tok, CONVERSATION, fmt, native_tools=True, call_id=tf.mistral_call_id).text
+    assert f'"id": "{new_id}"' in text and f'"call_id": "{new_id}"' in text

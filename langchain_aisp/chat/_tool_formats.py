@@ -27,7 +27,10 @@ starts with the JSON list, which :func:`normalize` reads as calls too.
 
 from __future__ import annotations
 
+import hashlib
 import json
+import string
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any, Literal
 
@@ -43,6 +46,16 @@ MISTRAL_TAG = "[TOOL_CALLS]"
 LLAMA_PYTHON_TAG = "<|python_tag|>"
 
 
+def mistral_call_id(call_id: str) -> str:
+    """A 9-character alphanumeric id for ``call_id`` (Mistral's templates refuse others), the same for the
+    call and for the tool result that answers it."""
+    if len(call_id) == 9 and call_id.isalnum():
+        return call_id
+    digest = int.from_bytes(hashlib.sha256(call_id.encode()).digest()[:8], "big")
+    alphabet = string.ascii_letters + string.digits
+    return "".join(alphabet[(digest >> (6 * i)) % len(alphabet)] for i in range(9))
+
+
 @dataclass(frozen=True)
 class ToolFormat:
     """One tool-call format."""
@@ -55,6 +68,8 @@ class ToolFormat:
     """How calls are written (the grammar)."""
     prose: str
     """Regular expression of a prose reply under ``tool_choice="auto"`` (cannot be read as a call)."""
+    call_id: Callable[[str], str] | None = None
+    """Rewrites tool-call ids in the rendered history (None: kept)."""
 
     def grammar(self, tools: list[dict[str, Any]], *, choice: str, parallel: bool, strict: bool) -> str:
         """The grammar of a reply of calls (``choice``: "any" or a tool name)."""
@@ -78,6 +93,7 @@ FORMATS: dict[str, ToolFormat] = {
         True,
         grammarlib.CallSyntax(call_open="", call_close="", separator=", ", tag=MISTRAL_TAG, prefix=" [", suffix="]"),
         r"\s*[^<\[\s][^<]*",
+        mistral_call_id,
     ),
 }
 
