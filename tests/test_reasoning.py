@@ -151,7 +151,7 @@ def test_tags_are_detected_from_the_template_and_can_be_set(default_lm):
         (THINK_TEMPLATE, True, "<think>\n", True),
         (THINK_TEMPLATE, False, "", False),  # enable_thinking=False: the template closes an empty section
         (PREFILLED_TEMPLATE, None, "", True),  # the template opens it
-        (PREFILLED_TEMPLATE, False, "", True),  # no enable_thinking, and the template opened it: still thinking
+        (PREFILLED_TEMPLATE, False, "\n</think>\n\n", False),  # no enable_thinking, the template opened it: closed
     ],
 )
 def test_prefill_and_enable_thinking(default_lm, template, setting, prefill, inside):
@@ -182,6 +182,7 @@ def test_reasoning_off_prefills_an_empty_section_where_the_template_cannot(defau
         ("<think>\nstill thinking when cut", False, ("still thinking when cut", "", False)),
         ("Paris, no thinking.", False, (None, "Paris, no thinking.", False)),
         ("<think>\n\n</think>\n\nHi ünïcode", False, ("", "Hi ünïcode", True)),
+        ("\n</think>\n\nClosed by the prefill.", False, ("", "Closed by the prefill.", True)),
     ],
 )
 def test_split_reply(text, inside, expected):

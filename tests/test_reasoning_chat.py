@@ -227,3 +227,13 @@ def test_the_server_sends_reasoning_content_as_vllm_does():
     assert (reasoning, content) == ("The capital of France is Paris.", "Paris.")
     plain = completion_body(AIMessage("Hi"), completion_id="c2", model="m", aisp={})
     assert "reasoning_content" not in plain["choices"][0]["message"]
+
+
+def test_reasoning_false_closes_a_section_the_template_opened(lms):
+    reward = Recorder()
+    llm = model(lms["prefilled"], reward, reasoning=False, thinking_budget=4)
+    assert llm.prepare("Hi")._job.prompt.text.endswith("<think>\n\n</think>\n\n")
+    msg = llm.invoke("Hi")
+    assert "reasoning_content" not in msg.additional_kwargs and "</think>" not in msg.content
+    assert msg.content in reward.seen and "thinking_budget" not in msg.response_metadata["aisp"]
+    assert msg.usage_metadata["output_tokens"] <= 12  # no budget on top: it does not think

@@ -6,7 +6,8 @@ them) every reply of a thinking call starts inside the think section: the templa
 prompt already ends in the opening tag (DeepSeek-R1 distills), or the opening tag is prefilled
 (``"<think>\\n"``, what Qwen3 writes first). ``reasoning=False`` passes ``enable_thinking=False`` to
 templates that take it (Qwen3, SmolLM3: they close an empty think section themselves); other
-templates get the empty section prefilled (``"<think>\\n\\n</think>\\n\\n"``).
+templates get the empty section prefilled (``"<think>\\n\\n</think>\\n\\n"``), or closed when the template
+opened it (``"\\n</think>\\n\\n"``).
 
 :func:`split_reply` cuts a reply at the closing tag: the reasoning (stripped) and the answer (leading
 whitespace stripped); a reply cut inside its think section has an empty answer. The reward scores the
@@ -109,8 +110,8 @@ class ReasoningMode:
         if self.tags is None:
             return "", False
         tail = prompt_text.rstrip()
-        if tail.endswith(self.tags.open):
-            return "", True  # the template opened it (DeepSeek-R1 distills)
+        if tail.endswith(self.tags.open):  # the template opened it (DeepSeek-R1 distills)
+            return (f"\n{self.tags.close}\n\n", False) if self.reasoning is False else ("", True)
         if tail.endswith(self.tags.close):
             return "", False  # the template closed an empty one (enable_thinking=False)
         if self.reasoning is False:
@@ -159,6 +160,8 @@ def split_reply(text: str, tags: ReasoningTags | None, inside: bool) -> SplitRep
     if stripped.startswith(tags.open):
         body, inside = stripped[len(tags.open) :], True
     if not inside:
+        if stripped.startswith(tags.close):  # an opened section closed by the prefill (reasoning=False)
+            return SplitReply("", stripped[len(tags.close) :].lstrip(), True)
         return SplitReply(None, text, False)
     end = body.find(tags.close)
     if end < 0:
