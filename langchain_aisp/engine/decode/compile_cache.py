@@ -3,9 +3,10 @@
 ``decoding="compiled"`` compiles the model body of each bucket with inductor: tens of seconds per
 bucket, in every process. After a bucket compiles, :func:`save_artifacts` writes what torch's own
 caches hold (``torch.compiler.save_cache_artifacts``: the FX-graph, AOTAutograd, autotuning and
-kernel caches) to one file per bucket under ``cache_root()/compile``; before a bucket compiles,
-:func:`load_artifacts` hands that file back to torch (``torch.compiler.load_cache_artifacts``), so a
-fresh process pays only dynamo's tracing, not inductor's code generation and autotuning.
+kernel caches) to one file per bucket under ``cache_root()/compile`` (or ``$LANGCHAIN_AISP_COMPILE_CACHE``);
+before a bucket compiles, :func:`load_artifacts` hands that file back to torch
+(``torch.compiler.load_cache_artifacts``), so a fresh process pays only dynamo's tracing, not
+inductor's code generation and autotuning.
 
 An entry is keyed by :func:`compile_key`: the model's configuration (not its weights: compiled code
 depends on shapes only), dtype, attention implementation, the bucket (rows, cache length), the
@@ -37,12 +38,15 @@ FORMAT = 1
 """Version of the entry layout; part of every key."""
 MAGIC = b"langchain-aisp compile cache\n"
 SUBDIR = "compile"
+DIR_ENV_VAR = "LANGCHAIN_AISP_COMPILE_CACHE"
+"""Environment variable naming another folder for the entries (a volume of a server image, a test's folder)."""
 _VERSION_FIELDS = ("format", "torch", "transformers", "cuda")
 
 
 def cache_dir() -> Path:
-    """Where entries live: ``cache_root()/compile`` (``$LANGCHAIN_AISP_CACHE`` moves it)."""
-    return cache_root() / SUBDIR
+    """Where entries live: ``$LANGCHAIN_AISP_COMPILE_CACHE``, else ``cache_root()/compile``."""
+    folder = os.environ.get(DIR_ENV_VAR)
+    return Path(folder).expanduser() if folder else cache_root() / SUBDIR
 
 
 def environment() -> dict[str, Any]:
@@ -165,9 +169,12 @@ def load_artifacts(key: dict[str, Any]) -> bool:
     if payload is None:
         return False
     try:
-        torch.compiler.load_cache_artifacts(payload)
+        info = torch.compiler.load_cache_artifacts(payload)  # None: torch could not read it (and logged why)
+        why = "" if info is not None else "load_cache_artifacts returned None"
     except Exception as exc:  # written by a torch that reads it differently, or damaged inside a valid frame
-        _discard(entry_path(key), f"torch could not load it ({type(exc).__name__}: {exc})")
+        why = f"{type(exc).__name__}: {exc}"
+    if why:
+        _discard(entry_path(key), f"torch could not load it ({why})")
         return False
     return True
 

@@ -5,8 +5,8 @@
 tensor of the per-token loop has a fixed shape and address:
 
 * the rows are padded to a power of two (``rows_bucket``) and the KV cache is preallocated for
-  ``(rows_bucket, cache_len)`` with ``cache_len`` = prompt width + ``max_tokens`` rounded up to a
-  multiple of :data:`LENGTH_BUCKET`; prompts are left-padded into it as in the eager path;
+  ``(rows_bucket, cache_len)`` with ``cache_len`` = prompt width + ``token_bucket(max_tokens)`` rounded
+  up to a multiple of :data:`LENGTH_BUCKET`; prompts are left-padded into it as in the eager path;
 * the model body gets its own 4D attention mask and position ids (built from device tensors), and
   the cache writes at a device-side position, so the forward runs no data-dependent Python;
 * ended rows are masked (they feed and emit the pad token), never dropped;
@@ -645,7 +645,7 @@ def _runner_for(
     kv_shapes = tuple(
         (k.shape[1], k.shape[3], v.shape[3]) for k, v in zip(prefixes[0].keys, prefixes[0].values, strict=True)
     )
-    bucket, length = rows_bucket(rows), cache_length(width, decoder.sampling.max_tokens)
+    bucket, length = rows_bucket(rows), cache_length(width, max_tokens)  # sized for the max_tokens bucket
     base = (bucket, length, max_tokens, decoder.processors, kv_shapes, host_sampling)
     if compile_step == COMPILE_WHEN_WARM:  # "auto": compile only what is paid for already
         for compiled in (True, False):
