@@ -41,8 +41,11 @@ def compile_dir(tmp_path, monkeypatch):
 def _args(lm, encode, rows=3, T=6, seed=0):
     prefixes = [prefill(lm, encode("Hi")), prefill(lm, encode("A longer prompt, left-padded less"))]
     g = torch.Generator().manual_seed(seed)
-    return prefixes, torch.arange(rows) % 2, 0.3 * torch.randn(rows, 3, lm.hidden_size, generator=g), torch.rand(
-        rows, T, generator=g
+    return (
+        prefixes,
+        torch.arange(rows) % 2,
+        0.3 * torch.randn(rows, 3, lm.hidden_size, generator=g),
+        torch.rand(rows, T, generator=g),
     )
 
 

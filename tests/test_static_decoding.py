@@ -20,14 +20,13 @@ import torch
 from langchain_aisp.engine.aisp import run
 from langchain_aisp.engine.config import AISPParams, SamplingParams
 from langchain_aisp.engine.decode.eager import Decoder, decode, prefill
+from langchain_aisp.engine.decode.select import resolve_decoding, select_decode
 from langchain_aisp.engine.decode.static import (
     LENGTH_BUCKET,
     cache_length,
     clear_static_cache,
     decode_static,
-    resolve_decoding,
     rows_bucket,
-    select_decode,
     static_graph_stats,
     token_bucket,
 )
@@ -204,7 +203,8 @@ def test_buckets_are_cached_and_reused_across_calls(tiny_lm, encode):
         decode_static(decoder, [prefix], torch.zeros(rows, dtype=torch.long), V, torch.rand(rows, 5))
     stats = static_graph_stats(lm)
     assert len(stats) == 1 and stats[0]["rows"] == 4 and stats[0]["calls"] == 3
-    assert stats[0]["cache_len"] == cache_length(prefix.length, token_bucket(5)) and not stats[0]["graph"]  # no graphs on CPU
+    assert stats[0]["cache_len"] == cache_length(prefix.length, token_bucket(5))  # sized for the max_tokens bucket
+    assert not stats[0]["graph"]  # no graphs on CPU
     decode_static(decoder, [prefix], torch.zeros(5, dtype=torch.long), torch.zeros(5, 1, 32), torch.rand(5, 5))
     assert sorted(s["rows"] for s in static_graph_stats(lm)) == [4, 8]
     assert tiny_lm.static_graphs is not lm.static_graphs
@@ -241,6 +241,10 @@ def test_buckets_and_path_selection(tiny_lm):
     with pytest.raises(ValueError, match="rows must be >= 1, got 0"):
         rows_bucket(0)
     assert resolve_decoding(tiny_lm, "auto") == "eager"  # CPU: auto keeps the eager path
+    from langchain_aisp.engine.decode import select, static
+
+    assert static.resolve_decoding is resolve_decoding and static.select_decode is select.select_decode  # old home
+    assert static.DecodeFn is select.DecodeFn and static.VERIFIED_MODEL_TYPES is select.VERIFIED_MODEL_TYPES
     assert resolve_decoding(tiny_lm, "static") == "static"
     assert select_decode(tiny_lm, "eager") == (decode, "eager")
     allowed = r"\['auto', 'static', 'compiled', 'eager'\]"
