@@ -378,3 +378,51 @@ def test_warmup_compiles_saves_and_a_fresh_model_loads_the_compile(tiny_lm, enco
     out = decode_static(decoder, *args, compile_step="when_warm")
     assert out.path == "compiled" and out.token_ids == decode(decoder, *args).token_ids
     assert static_graph_stats(fresh)[0]["compile_cache"] == "hit"
+
+
+def test_the_warmup_command_builds_the_buckets_it_is_told(tiny_lm, monkeypatch, capsys):
+    from langchain_aisp.engine import lm as lm_module
+    from langchain_aisp.serve import cli
+
+    lm = dataclasses.replace(tiny_lm)
+    asked = []
+
+    def load(model, **kwargs):
+        asked.append((model, kwargs))
+        return lm
+
+    monkeypatch.setattr(lm_module, "load_causal_lm", load)
+    argv = ["warmup", "--model", "m", "--rows", "2,3", "--max-tokens", "6", "--prompt-tokens", "10"]
+    assert cli.main([*argv, "--decoding", "static", "--device", "cpu"]) == 0
+    out = capsys.readouterr().out
+    assert asked == [("m", {"device": "cpu", "dtype": "auto", "trust_remote_code": False})]
+    assert "rows 2 max_tokens 6 prompt_tokens 10: cache 64, static" in out
+    assert "rows 3 max_tokens 6 prompt_tokens 10: cache 64, static" in out
+    assert "2 bucket(s) of tiny-llama on cpu ready; compile cache: nothing compiled" in out
+    assert sorted(s["rows"] for s in static_graph_stats(lm)) == [2, 4]
+    with pytest.raises(SystemExit):
+        cli.main(["warmup", "--rows", "8,x"])
+    assert "expected comma-separated integers >= 1, got '8,x'" in capsys.readouterr().err
+
+    def broken(model, **kwargs):
+        raise OSError("no such model folder")
+
+    monkeypatch.setattr(lm_module, "load_causal_lm", broken)
+    assert cli.main(["warmup", "--model", "nowhere"]) == 1
+    assert "cannot load the model: no such model folder" in capsys.readouterr().err
+
+
+def test_the_chat_models_warmup_builds_the_bucket_its_calls_use(tiny_lm):
+    from langchain_aisp import AISPChatModel
+
+    lm = dataclasses.replace(tiny_lm)
+    kwargs = {"reward": lambda p, r: float(len(r)), "llm": lm, "num_samples": 3, "max_tokens": 6, "seed": 0}
+    eager = AISPChatModel(decoding="eager", num_iterations=2, **kwargs)
+    prompt_tokens = eager.invoke("Name a fruit.").usage_metadata["input_tokens"]  # the rendered prompt's length
+    assert eager.warmup() == [] and static_graph_stats(lm) == []
+    chat = AISPChatModel(decoding="static", num_iterations=2, **kwargs)
+    built = chat.warmup(prompt_tokens=(prompt_tokens,))
+    assert [(b["rows"], b["max_tokens"], b["path"]) for b in built] == [(3, 6, "static")]
+    chat.invoke("Name a fruit.")
+    stats = static_graph_stats(lm)
+    assert len(stats) == 1 and stats[0]["calls"] == 3  # the warm-up's call and the two iterations
