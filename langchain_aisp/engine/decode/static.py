@@ -46,6 +46,7 @@ import contextlib
 import logging
 import math
 import time
+import types
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -390,13 +391,25 @@ class _Runner:
             self._compile()
         self.capture()
 
+    def _own_body(self) -> Callable[[], None]:
+        """:meth:`_body` bound to this runner through its own copy of the code object.
+
+        dynamo caches compiled frames per code object and stops compiling one after
+        ``recompile_limit`` (8) variants, silently running it uncompiled from then on: with one shared
+        code object a process's ninth compiled bucket would be eager. A copy per runner keeps each
+        bucket's compile its own.
+        """
+        body = _Runner._body
+        code = body.__code__.replace()  # a new code object: its own dynamo cache
+        return types.MethodType(types.FunctionType(code, body.__globals__, body.__name__), self)
+
     def _compile(self) -> None:
         """``torch.compile`` the body through the persistent compile cache; on failure keep the plain body."""
         key = compile_cache.compile_key(self.lm, self.rows, self.cache_len)
         start = time.perf_counter()
         try:
             self.stats.compile_cache = "hit" if compile_cache.load_artifacts(key) else "miss"
-            self.body_fn = torch.compile(self._body, dynamic=False, fullgraph=False)
+            self.body_fn = torch.compile(self._own_body(), dynamic=False, fullgraph=False)
             self.step.fill_(1)
             self.width.fill_(1)
             with _decode_attention(self.lm) if self.is_cuda else contextlib.nullcontext():
