@@ -35,7 +35,8 @@ CPU_FALLBACK_BUDGET = 1 << 30
 class Runner(Protocol):
     """What the cache needs from a runner: its size and a description for :meth:`RunnerCache.stats`."""
 
-    nbytes: int
+    @property
+    def nbytes(self) -> int: ...
 
     def describe(self) -> dict[str, Any]: ...
 

@@ -49,7 +49,7 @@ import time
 import types
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -71,6 +71,12 @@ from langchain_aisp.engine.decode.runners import RunnerCache, default_budget
 from langchain_aisp.engine.lm import CausalLM
 from langchain_aisp.engine.processors import LogitsTransform, apply_processors, sample_tokens
 
+if TYPE_CHECKING:  # the old home of path selection (resolved lazily at run time: no import cycle)
+    from langchain_aisp.engine.decode.select import VERIFIED_MODEL_TYPES as VERIFIED_MODEL_TYPES
+    from langchain_aisp.engine.decode.select import DecodeFn as DecodeFn
+    from langchain_aisp.engine.decode.select import resolve_decoding as resolve_decoding
+    from langchain_aisp.engine.decode.select import select_decode as select_decode
+
 _log = logging.getLogger(__name__)
 
 LENGTH_BUCKET = 64
@@ -79,7 +85,7 @@ MIN_TOKEN_BUCKET = 16
 """The smallest ``max_tokens`` bucket; above it ``max_tokens`` is rounded up to a power of two."""
 CHECK_EVERY_CUDA = 8
 """Steps between two looks of the host at the rows on CUDA (ended rows, stop strings)."""
-COMPILE_WHEN_WARM = "when_warm"
+COMPILE_WHEN_WARM: Literal["when_warm"] = "when_warm"
 """``compile_step`` value of ``decoding="auto"``: compile a bucket only when its compile is paid already."""
 CompileStep = bool | Literal["when_warm"]
 _ATTENTION_IMPLEMENTATIONS = ("sdpa", "eager")
