@@ -279,7 +279,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default="gpu-check-out")
     parser.add_argument("--smoke", "--dry-run", dest="smoke", action="store_true", help="tiny model, tiny budgets")
     parser.add_argument("--tokenizer", default=None, help="tokenizer folder (default: the embedded model's)")
-    parser.add_argument("--budget-s", type=float, default=470.0, help="stop starting stages after this (s)")
+    parser.add_argument("--budget-s", type=float, default=520.0, help="stop starting stages after this (s)")
     parser.add_argument("--bandwidth-gbps", type=float, default=None)
     parser.add_argument("--only", default=None, help="comma-separated stage-name prefixes to run")
     parser.add_argument("--stages", default=None, help="comma-separated exact stage names, run in this order")
@@ -384,22 +384,22 @@ class _Context:
         return [
             (f"build:{big}", 15, lambda: self.build(big)),
             (f"warmup:{big}", 100, lambda: self.warm(big, (b1, b8, b64))),
-            (f"default:{big}:{b8}", 12, lambda: self.throughput(big, b8, default)),
-            (f"default:{big}:{b64}", 12, lambda: self.throughput(big, b64, default)),
-            (f"default:{big}:{b1}", 12, lambda: self.throughput(big, b1, default)),
+            (f"default:{big}:{b8}", 20, lambda: self.throughput(big, b8, default)),
+            (f"default:{big}:{b64}", 20, lambda: self.throughput(big, b64, default)),
+            (f"default:{big}:{b1}", 20, lambda: self.throughput(big, b1, default)),
             (f"firstcall:{big}:{b8}", 40, lambda: self.first_call(big, b8)),
+            (f"build:{large}", 30, lambda: self.build(large)),
+            (f"warmup:{large}", 80, lambda: self.warm(large, (b1, b64))),
+            (f"default:{large}:{b1}", 25, lambda: self.throughput(large, b1, default)),
+            (f"default:{large}:{b64}", 25, lambda: self.throughput(large, b64, default)),
             (f"hostmask:{big}:{b8}", 10, lambda: host_masked(self.models[big], b8, t)),
             (f"hostmask:{big}:{b32}", 10, lambda: host_masked(self.models[big], b32, t)),
+            (f"serve:{big}:{c16}", 25, lambda: speed.serving_throughput(self.models[big], c16, t, n, k)),
             (f"logits:bfloat16:{small}", 35, lambda: logit_shift(small, "bfloat16", paths, self)),
             (f"logits:float16:{small}", 35, lambda: logit_shift(small, "float16", paths, self)),
-            (f"serve:{big}:{c16}", 25, lambda: speed.serving_throughput(self.models[big], c16, t, n, k)),
-            (f"build:{large}", 30, lambda: self.build(large)),
-            (f"warmup:{large}", 90, lambda: self.warm(large, (b1, b64))),
-            (f"default:{large}:{b1}", 15, lambda: self.throughput(large, b1, default)),
-            (f"default:{large}:{b64}", 15, lambda: self.throughput(large, b64, default)),
             (f"serve:{big}:{c64}", 70, lambda: speed.serving_throughput(self.models[big], c64, t, n, k)),
             (f"warmup:{large}:{b8}", 40, lambda: self.warm(large, (b8,))),
-            (f"default:{large}:{b8}", 15, lambda: self.throughput(large, b8, default)),
+            (f"default:{large}:{b8}", 25, lambda: self.throughput(large, b8, default)),
         ]
 
     def issue11_plan(self) -> list[tuple[str, float, Callable[[], Any]]]:

@@ -10,7 +10,8 @@ intermediate buffers alias: two of them must never run at the same time. A decod
 its model's :attr:`RunnerCache.replay_lock` from loading its inputs to copying its tokens out;
 decodes of the same model on other threads wait (on one GPU they would share the device anyway),
 decodes of other models do not. Captures take :attr:`RunnerCache.capture_lock` instead (capturing
-records kernels without running them in the pool, so it may overlap a replay).
+records kernels without running them in the pool, so it may overlap a replay). A runner evicted while a
+decode still uses it is freed when that decode ends (the budget can be exceeded by that one runner meanwhile).
 """
 
 from __future__ import annotations
