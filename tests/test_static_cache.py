@@ -407,6 +407,8 @@ def test_the_warmup_command_builds_the_buckets_it_is_told(tiny_lm, monkeypatch, 
     def broken(model, **kwargs):
         raise OSError("no such model folder")
 
+    assert cli.main(["warmup", "--model", "m"]) == 0  # default decoding "auto": CPU decodes eagerly
+    assert "decoding='auto' decodes eagerly on cpu: nothing to build" in capsys.readouterr().out
     monkeypatch.setattr(lm_module, "load_causal_lm", broken)
     assert cli.main(["warmup", "--model", "nowhere"]) == 1
     assert "cannot load the model: no such model folder" in capsys.readouterr().err

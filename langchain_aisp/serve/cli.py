@@ -111,7 +111,7 @@ def _add_warmup_parser(commands: Any) -> None:
         help="compile and capture the static decoding buckets ahead (saved to the compile cache)",
         description=(
             "Build the static decoding buckets of every rows x max-tokens x prompt-tokens combination: "
-            "compile (decoding 'compiled'; 'auto' compiles on CUDA only), capture, and save the compiled "
+            "compile (decoding 'compiled', or 'auto' on CUDA), capture, and save the compiled "
             "step to the persistent compile cache, so later processes on this machine skip the compile and "
             "decoding='auto' takes the compiled path for these buckets."
         ),
@@ -125,7 +125,12 @@ def _add_warmup_parser(commands: Any) -> None:
     warm.add_argument("--rows", type=_int_list, default=None, help=f"rows decoded together ({lists}ROWS)")
     warm.add_argument("--max-tokens", type=_int_list, default=None, help=f"new tokens per call ({lists}MAX_TOKENS)")
     warm.add_argument("--prompt-tokens", type=_int_list, default=None, help=f"prompt lengths ({lists}PROMPT_TOKENS)")
-    warm.add_argument("--decoding", choices=["compiled", "static", "auto"], default="compiled")
+    warm.add_argument(
+        "--decoding",
+        choices=["auto", "compiled", "static"],
+        default="auto",
+        help="auto: what decoding='auto' uses (compiled buckets on CUDA, nothing on CPU, which decodes eagerly)",
+    )
     warm.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
 
 
@@ -157,6 +162,9 @@ def _warmup(args: argparse.Namespace) -> int:
         )
     where = compile_cache.cache_dir() if any(b["compile_cache"] for b in built) else "nothing compiled"
     print(f"{len(built)} bucket(s) of {lm.name} on {lm.device} ready; compile cache: {where}")
+    if not built:
+        hint = "nothing to build (--decoding static or compiled builds them anyway)"
+        print(f"decoding={args.decoding!r} decodes eagerly on {lm.device}: {hint}")
     return 0
 
 

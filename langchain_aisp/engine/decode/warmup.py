@@ -53,14 +53,14 @@ def warmup(
     rows: Sequence[int] = DEFAULT_ROWS,
     max_tokens: Sequence[int] = DEFAULT_MAX_TOKENS,
     prompt_tokens: Sequence[int] = DEFAULT_PROMPT_TOKENS,
-    decoding: str = "compiled",
+    decoding: str = "auto",
     sampling: SamplingParams | None = None,
 ) -> list[dict[str, Any]]:
     """Build every bucket the combinations of ``rows`` x ``max_tokens`` x ``prompt_tokens`` fall in.
 
-    ``decoding``: ``"compiled"`` (compile, capture, save to the compile cache), ``"static"`` (capture
-    only), ``"auto"`` (what a run with ``decoding="auto"`` would take: compiled on CUDA for verified
-    models, nothing elsewhere) or ``"eager"`` (nothing to build). ``sampling`` gives the logit
+    ``decoding``: ``"auto"`` (what a run with ``decoding="auto"`` would take: compiled on CUDA for
+    verified models, nothing elsewhere), ``"compiled"`` (compile, capture, save to the compile cache),
+    ``"static"`` (capture only) or ``"eager"`` (nothing to build). ``sampling`` gives the logit
     transforms of the calls to come (temperature, top-k/p; its ``max_tokens`` is replaced), since a
     captured step includes them. Returns one entry per distinct bucket: ``rows``, ``max_tokens``,
     ``prompt_tokens``, ``cache_len``, ``path`` ("compiled" or "static"), ``seconds`` and
