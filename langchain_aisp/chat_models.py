@@ -552,6 +552,25 @@ class AISPChatModel(BaseChatModel):
                         self._lm = cached_lm(self.model, self.device, self.dtype, self.trust_remote_code)
         return self._lm
 
+    def warmup(self, rows: Sequence[int] | None = None, prompt_tokens: Sequence[int] = (64,)) -> list[dict[str, Any]]:
+        """Build this model's static decoding buckets before the first call (compiled under ``decoding="compiled"``,
+        or ``"auto"`` on CUDA, and saved to the compile cache). ``rows`` defaults to ``num_samples``;
+        ``prompt_tokens``: rendered prompt lengths (chat template included) of the calls to come. Returns one
+        entry per bucket (:func:`langchain_aisp.engine.decode.warmup.warmup`); [] where decoding is eager."""
+        from langchain_aisp.engine.decode.warmup import warmup
+
+        settings = _plan.resolve_settings(self, {})
+        sizes = rows or (1 if settings.params.method == "sample" else settings.params.num_samples,)
+        sampling = settings.sampling
+        return warmup(
+            self._get_lm(),
+            rows=sizes,
+            max_tokens=(sampling.max_tokens,),
+            prompt_tokens=prompt_tokens,
+            decoding=self.decoding,
+            sampling=sampling,
+        )
+
     # --- the LangChain entry points -------------------------------------------------------
 
     def invoke(
