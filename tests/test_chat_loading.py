@@ -79,9 +79,10 @@ def test_max_batch_size_is_the_deprecated_spelling_of_max_batch_rows(tiny_lm):
 def test_bad_model_arguments_say_what_is_accepted(tiny_lm):
     with pytest.raises(ValidationError, match="tokenizer= goes with model=<a transformers PreTrainedModel>"):
         AISPChatModel(reward=length_reward, model=tiny_lm.model)  # no tokenizer
-    with pytest.raises(ValidationError, match="tokenizer= goes with .* CausalLM and tokenizer given"):
+    with pytest.raises(ValidationError, match=r"tokenizer= goes with .* CausalLM and tokenizer given"):
         AISPChatModel(reward=length_reward, model=tiny_lm, tokenizer=tiny_lm.tokenizer)
-    with pytest.raises(ValidationError, match=r"a langchain_aisp CausalLM or a transformers PreTrainedModel .*, got 3 \(int\)"):
+    accepted = r"a langchain_aisp CausalLM or a transformers PreTrainedModel .*, got 3 \(int\)"
+    with pytest.raises(ValidationError, match=accepted):
         AISPChatModel(reward=length_reward, model=3)
 
 
