@@ -135,8 +135,9 @@ def _own_error(exc: BaseException, partial: list[PromptResult | None]) -> BaseEx
     Every job of a batch gets its own object: raising one exception object from several threads would
     mix their tracebacks, and each job's ``partial`` is its own.
     """
+    kind: Any = type(exc)  # a RunError subclass takes (message, partial); others their own args
     try:
-        own = type(exc)(*exc.args, partial) if isinstance(exc, RunError) else type(exc)(*exc.args)
+        own = kind(*exc.args, partial) if isinstance(exc, RunError) else kind(*exc.args)
     except TypeError:  # an exception type that does not rebuild from its args
         own = RunFailedError(f"the engine run failed: {type(exc).__name__}: {exc}", partial)
     if isinstance(own, RunError):
@@ -145,7 +146,9 @@ def _own_error(exc: BaseException, partial: list[PromptResult | None]) -> BaseEx
     return own
 
 
-def _failed(exc: RunError, entries: Sequence[tuple[int, Variant]], jobs: Sequence[Job]) -> list[BaseException]:
+def _failed(
+    exc: RunError, entries: Sequence[tuple[int, Variant]], jobs: Sequence[Job]
+) -> list[PromptResult | BaseException]:
     """One error per job for a run that broke mid-way: ``exc``'s type and message, the job's merged best in
     ``.partial`` (the engine's ``partial`` holds one entry per engine prompt, i.e. per variant)."""
     partial = list(exc.partial) if len(exc.partial) == len(entries) else [None] * len(entries)

@@ -77,8 +77,9 @@ def cached_lm(
     :func:`~langchain_aisp.engine.lm.load_causal_lm`). Two threads asking for one model load it once; a
     load blocks only the callers of that same model."""
     if load is None:
-        from langchain_aisp.engine.lm import load_causal_lm as load
+        from langchain_aisp.engine.lm import load_causal_lm
 
+        load = load_causal_lm
     key = (model, device, dtype, trust_remote_code)
     with _LM_CACHE_LOCK:
         lm = _lookup(key)
