@@ -8,6 +8,7 @@ same seeded result as before.
 from __future__ import annotations
 
 import asyncio
+import functools
 import threading
 import time
 from typing import Any
@@ -16,10 +17,10 @@ import pytest
 import torch
 from langchain_core.callbacks import BaseCallbackHandler
 
-import langchain_aisp.engine.aisp as aisp
-from langchain_aisp import AISPChatModel
+from langchain_aisp import AISPChatModel, chat_models
 from langchain_aisp.engine.aisp import RewardError, run
 from langchain_aisp.engine.config import AISPParams, SamplingParams
+from langchain_aisp.engine.decode.eager import decode
 from langchain_aisp.rewards import SafeReward
 
 PARAMS = AISPParams(num_samples=4, num_iterations=3)
@@ -213,17 +214,15 @@ def test_out_of_memory_halves_the_decoding_batch_and_keeps_results(tiny_lm, enco
 
     params = AISPParams(num_samples=4, num_iterations=2)
     baseline = run(tiny_lm, prompts, score, params, SAMPLING, seed=1, max_batch_size=64)
-    real_decode = aisp.decode
     sizes: list[int] = []
 
     def small_memory(decoder, prefixes, row_prompt, V, uniforms, **kwargs):
         sizes.append(int(row_prompt.shape[0]))
         if row_prompt.shape[0] > 2:
             raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
-        return real_decode(decoder, prefixes, row_prompt, V, uniforms, **kwargs)
+        return decode(decoder, prefixes, row_prompt, V, uniforms, **kwargs)
 
-    monkeypatch.setattr(aisp, "decode", small_memory)
-    split = run(tiny_lm, prompts, score, params, SAMPLING, seed=1, max_batch_size=64)
+    split = run(tiny_lm, prompts, score, params, SAMPLING, seed=1, max_batch_size=64, decode_fn=small_memory)
     # 2 prompts x 4 samples: halved until it fits, then that size is kept for the second iteration
     assert sizes == [8, 4] + [2] * 8
     assert [(r.text, r.rewards) for r in split] == [(r.text, r.rewards) for r in baseline]
@@ -235,7 +234,7 @@ def test_out_of_memory_on_a_single_row_is_a_clear_error(tiny_lm, monkeypatch):
 
     model = _model(tiny_lm, length_reward, num_samples=4, num_iterations=1, max_tokens=6)
     baseline = model.invoke("Hello there")
-    monkeypatch.setattr(aisp, "decode", no_memory)
+    monkeypatch.setattr(chat_models, "run", functools.partial(run, decode_fn=no_memory))
     with pytest.raises(MemoryError) as info:
         model.invoke("Hello there")
     message = str(info.value)
