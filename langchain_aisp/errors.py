@@ -18,10 +18,11 @@ from __future__ import annotations
 
 import numbers
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import Any
 
-if TYPE_CHECKING:
-    from langchain_aisp.engine.aisp import PromptResult
+PromptResult = Any
+"""``langchain_aisp.engine.controller.PromptResult`` (not imported: this module imports nothing of the package,
+so every module may import it without a cycle)."""
 
 __all__ = [
     "ConstraintError",
