@@ -904,6 +904,7 @@ class AISPChatModel(BaseChatModel):
         on_event: Callable[[int, dict[str, Any]], None],
         cancel: threading.Event | None = None,
         keep: Callable[[int], bool] | None = None,
+        runner: Callable[..., list[PromptResult]] | None = None,
     ) -> list[PromptResult | BaseException]:
         """One engine call over ``jobs`` (same settings and model): results or per-job errors.
 
@@ -981,7 +982,7 @@ class AISPChatModel(BaseChatModel):
                 seed=seeds[0] if len(set(seeds)) == 1 else seeds,
                 max_batch_size=self.max_batch_size,
                 on_iteration=on_iteration,
-                runner=run,
+                runner=run if runner is None else runner,
                 on_reward_error="isolate",
                 keep=engine_keep,
                 decoding=self.decoding,
@@ -1435,7 +1436,11 @@ class AISPChatModel(BaseChatModel):
         return PreparedCall(job)
 
     def run_prepared(
-        self, calls: Sequence[PreparedCall], *, keep: Callable[[int], bool] | None = None
+        self,
+        calls: Sequence[PreparedCall],
+        *,
+        keep: Callable[[int], bool] | None = None,
+        runner: Callable[..., list[PromptResult]] | None = None,
     ) -> list[AIMessage | BaseException]:
         """Run prepared calls: those with equal ``batch_key`` share one Batched AISP engine run.
 
@@ -1445,7 +1450,9 @@ class AISPChatModel(BaseChatModel):
         reward failed on that call's responses, or :class:`RunCancelledError` when ``keep(i)``
         returned False at an iteration boundary (the call stopped there, the others went on).
         An error of the whole engine run is the outcome of every call of that run. No callbacks
-        are invoked (this is the entry for servers; use ``batch`` in chains).
+        are invoked (this is the entry for servers; use ``batch`` in chains). ``runner`` (default
+        :func:`~langchain_aisp.engine.aisp.run`) runs the engine call, e.g. a continuous
+        :class:`~langchain_aisp.engine.scheduler.Scheduler`'s ``run``.
         """
         groups: dict[tuple[Any, ...], list[int]] = {}
         for i, call in enumerate(calls):
@@ -1455,7 +1462,7 @@ class AISPChatModel(BaseChatModel):
             jobs = [calls[i]._job for i in members]
             group_keep = None if keep is None else (lambda pos, members=members: keep(members[pos]))
             try:
-                results = self._run_jobs(jobs, lambda _i, _data: None, keep=group_keep)
+                results = self._run_jobs(jobs, lambda _i, _data: None, keep=group_keep, runner=runner)
             except Exception as exc:
                 results = [exc] * len(jobs)
             for i, job, result in zip(members, jobs, results, strict=True):

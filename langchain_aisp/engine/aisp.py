@@ -134,4 +134,5 @@ def run(
     while not request.finished:
         group.admit()  # waiting prompts join at the iteration boundary (up to max_batch_size // n at once)
         group.iterate()  # sample, decode, score, update, report: one iteration of every live prompt
+        group.collect()
     return request.outcome()  # the results in order, or the run's error with .partial

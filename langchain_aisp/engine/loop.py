@@ -176,6 +176,8 @@ class Request:
         self.results: list[PromptResult | None] = [None] * len(prompts)
         self.waiting = list(range(len(prompts)))  # not admitted yet, in order
         self.running = 0  # admitted controllers not done yet
+        self.admitted: float | None = None
+        """``time.monotonic()`` when its first prompt was admitted (None: still waiting)."""
         self.error: BaseException | None = None
         """Set when the request failed: its :class:`RunError` (with ``.partial``) or, with nothing scored, the cause."""
 
@@ -185,6 +187,8 @@ class Request:
 
     def admit(self, count: int, now: float) -> list[Controller]:
         """Controllers for up to ``count`` waiting prompts (prefilled now); a prompt already out of time is not."""
+        if self.admitted is None:
+            self.admitted = now
         admitted: list[Controller] = []
         while self.waiting and len(admitted) < count:
             j = self.waiting.pop(0)
@@ -324,13 +328,8 @@ class DecodeGroup:
     def add(self, request: Request) -> None:
         self.requests.append(request)
 
-    @property
-    def busy(self) -> bool:
-        return bool(self.live) or any(r.waiting and r.error is None for r in self.requests)
-
-    def admit(self) -> list[Request]:
-        """At an iteration boundary: waiting prompts join while there is room. Returns the requests finished
-        (all their prompts done, or failed) since the last call, which leave the group."""
+    def admit(self) -> None:
+        """At an iteration boundary: waiting prompts join while there is room (in arrival order)."""
         waiting = [r for r in self.requests if r.waiting and r.error is None]
         if len(self.live) < self.capacity and waiting:
             now = time.monotonic()
@@ -338,6 +337,9 @@ class DecodeGroup:
                 self.live += request.admit(self.capacity - len(self.live), now)
                 if len(self.live) >= self.capacity:
                     break
+
+    def collect(self) -> list[Request]:
+        """The requests finished (all their prompts done, or failed) since the last call; they leave the group."""
         done = [r for r in self.requests if r.finished]
         self.requests = [r for r in self.requests if not r.finished]
         return done
