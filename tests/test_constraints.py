@@ -13,8 +13,8 @@ import threading
 import pytest
 import torch
 
-import langchain_aisp.engine.loop as loop_mod
 import langchain_aisp.engine.decode.eager as decoding_mod
+import langchain_aisp.engine.loop as loop_mod
 from langchain_aisp import _grammar_llguidance as grammarlib
 from langchain_aisp.engine.aisp import RunTimeoutError, run
 from langchain_aisp.engine.config import AISPParams, SamplingParams

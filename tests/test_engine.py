@@ -357,7 +357,9 @@ def test_a_call_joins_a_running_run_at_the_next_iteration_and_answers_as_if_alon
             )
 
     try:
-        tickets["first"] = scheduler.submit(tiny_lm, first, _length_score, params, sampling, seed=1, on_iteration=joiner)
+        tickets["first"] = scheduler.submit(
+            tiny_lm, first, _length_score, params, sampling, seed=1, on_iteration=joiner
+        )
         results_first = tickets["first"].result(120)
         results_second = tickets["second"].result(120)
     finally:

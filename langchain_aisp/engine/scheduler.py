@@ -12,7 +12,8 @@ is in its batch: it is the answer of a solo ``run`` with the same seed (up to ba
 arithmetic, as for Batched AISP). A failure is its call's alone (a decode failure: every call in that batch).
 
 When nothing is running, the first call waits ``window_s`` for others to start with it (a burst shares its
-first iteration); while ``hold()`` is true (more calls on their way), up to ``window_max_s``.
+first iteration); while ``hold()`` is true (more calls on their way), up to ``window_max_s``; and as long as
+calls announced with :meth:`Scheduler.expect` have not arrived (a caller's hand-off between threads).
 """
 
 from __future__ import annotations
@@ -82,6 +83,7 @@ class Scheduler:
         self._groups: dict[tuple[Any, ...], DecodeGroup] = {}  # touched by the engine thread only
         self._tickets: dict[int, Ticket] = {}  # id(request) -> its ticket (engine thread only)
         self._closing = False
+        self._expected = 0  # calls announced by expect() and not yet arrived
         self._thread: threading.Thread | None = None
 
     # --- the caller's side --------------------------------------------------------------------------------
@@ -140,6 +142,17 @@ class Scheduler:
         :func:`~langchain_aisp.engine.memory.run_with_memory`): submit and wait."""
         return self.submit(lm, prompts, score, params, sampling, **kwargs).result()
 
+    def expect(self) -> None:
+        """Announce a call that is on its way: an idle scheduler waits for it before it starts (pair each with
+        :meth:`arrived`, after its :meth:`submit` or when it will not come)."""
+        with self._cond:
+            self._expected += 1
+
+    def arrived(self) -> None:
+        with self._cond:
+            self._expected -= 1
+            self._cond.notify_all()
+
     def wake(self) -> None:
         """Re-check the window now (call it when ``hold()`` turns false)."""
         with self._cond:
@@ -182,6 +195,9 @@ class Scheduler:
         with self._cond:
             while True:
                 running = any(g.live for g in self._groups.values())
+                if self._expected > 0 and not running and not self._closing:
+                    self._cond.wait()  # a call is being handed over: a burst starts together
+                    continue
                 if self._incoming and not running:
                     first = min(t.submitted for _, _, t in self._incoming)
                     held = self._hold is not None and self._hold()

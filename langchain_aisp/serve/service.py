@@ -79,7 +79,7 @@ class AlignmentService:
         self._llm = llm
         self._models: dict[str, AISPChatModel] = {}
         self._admitted = 0
-        self._admitting = 0  # requests being read, validated or handed to the scheduler (a burst in progress)
+        self._admitting = 0  # requests being read and validated right now (a burst in progress)
         self._work = 0
         self._cond = threading.Condition()
         self._closing = False
@@ -256,7 +256,7 @@ class AlignmentService:
             pending.arrival = time.monotonic()
             self._admitted += 1
             self._work += pending.work
-            self._admitting += 1  # until its prompts reach the scheduler (see _serve)
+            self._scheduler.expect()  # until its prompts reach the scheduler (see _serve)
             self._gauges()
             if self._requests is not None:  # healthy, so started
                 self._requests.submit(self._serve, pending)
@@ -289,7 +289,7 @@ class AlignmentService:
             finally:
                 if not handed:
                     handed = True
-                    self._arriving(-1)
+                    self._scheduler.arrived()
             return pending.ticket.result()
 
         try:
@@ -304,7 +304,7 @@ class AlignmentService:
             outcome = exc
         finally:
             if not handed:
-                self._arriving(-1)
+                self._scheduler.arrived()
         self._finish(pending, outcome)
 
     def _timing(self, pending: Pending) -> tuple[float, float, int]:
