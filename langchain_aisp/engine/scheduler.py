@@ -129,18 +129,10 @@ class Scheduler:
         self.start()
         return ticket
 
-    def run(
-        self,
-        lm: CausalLM,
-        prompts: Sequence[Sequence[int]],
-        score: ScoreFn,
-        params: AISPParams,
-        sampling: SamplingParams,
-        **kwargs: Any,
-    ) -> list[PromptResult]:
+    def run(self, *args: Any, **kwargs: Any) -> list[PromptResult]:
         """:func:`~langchain_aisp.engine.aisp.run`'s signature, through the scheduler (a ``runner`` for
         :func:`~langchain_aisp.engine.memory.run_with_memory`): submit and wait."""
-        return self.submit(lm, prompts, score, params, sampling, **kwargs).result()
+        return self.submit(*args, **kwargs).result()
 
     def expect(self) -> None:
         """Announce a call that is on its way: an idle scheduler waits for it before it starts (pair each with
