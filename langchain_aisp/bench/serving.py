@@ -451,8 +451,8 @@ def main(argv: list[str] | None = None) -> int:
         for server in (batched, unbatched, baseline):
             if server is not None:
                 server.stop()
-    args.out.write_text(json.dumps(results, indent=2) + "\n")
-    print(json.dumps({k: results[k] for k in results if k not in ("settings",)}, indent=1)[:6000])
+    args.out.write_text(json.dumps(results, indent=2, default=str) + "\n")
+    print(json.dumps({k: results[k] for k in results if k not in ("settings",)}, indent=1, default=str)[:6000])
     return 0
 
 
