@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -167,8 +168,8 @@ class Controller:
     deadline: float = math.inf
     """``time.monotonic()`` value after which it starts no new iteration."""
     constraint: Constraint | None = None
-    owner: object = None
-    """Who submitted it (the run or scheduler request its scores and events go to)."""
+    owner: Any = None
+    """Who submitted it: the :class:`~langchain_aisp.engine.loop.Request` its scores, events and errors go to."""
     number: int = 0
     """Its index among its owner's prompts (what ``score``, ``keep`` and events call it)."""
     iteration: int = 0

@@ -15,7 +15,7 @@ import math
 import numbers
 import time
 from collections.abc import Callable, Sequence
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 
@@ -321,9 +321,9 @@ class DecodeGroup:
         self.requests: list[Request] = []  # with prompts waiting to be admitted, in arrival order
         self.live: list[Controller] = []
 
-    def request(self, prompts: Sequence[Sequence[int]], score: ScoreFn, **kwargs: object) -> Request:
+    def request(self, prompts: Sequence[Sequence[int]], score: ScoreFn, **kwargs: Any) -> Request:
         """A validated request for this group's settings (``kwargs``: :class:`Request`'s); not queued yet."""
-        return Request(self.lm, self.plan, prompts, score, **kwargs)  # type: ignore[arg-type]
+        return Request(self.lm, self.plan, prompts, score, **kwargs)
 
     def add(self, request: Request) -> None:
         self.requests.append(request)
@@ -351,7 +351,7 @@ class DecodeGroup:
             return
         now = time.monotonic()
         for controller in self.live:
-            controller.owner.check(controller, now)  # type: ignore[attr-defined]
+            controller.owner.check(controller, now)
         self._retire([c for c in self.live if c.stopped])
         live = self.live
         if not live:
@@ -361,7 +361,7 @@ class DecodeGroup:
             out = self._decode(live, samples)
         except Exception as exc:  # out of memory on one row, a grammar matcher: every request in the batch
             for request in dict.fromkeys(c.owner for c in live):
-                request.fail(exc)  # type: ignore[attr-defined]
+                request.fail(exc)
             self._retire(list(live))
             return
         if out.timed_out:  # an unfinished iteration is not scored: its responses are cut short
@@ -376,7 +376,7 @@ class DecodeGroup:
             self._score_and_update(request, [live[b] for b in members], [samples[b] for b in members], out, members)
         for controller in live:
             controller.iteration += 1
-        self._retire([c for c in self.live if c.done or c.owner.error is not None])  # type: ignore[attr-defined]
+        self._retire([c for c in self.live if c.done or c.owner.error is not None])
 
     def _score_and_update(
         self, request: Request, members: list[Controller], samples: list[Sample], out: DecodeOutput, rows: list[int]
@@ -389,9 +389,9 @@ class DecodeGroup:
             for m, (controller, sample) in enumerate(zip(members, samples, strict=True)):
                 if controller.result.error is not None:
                     continue  # its reward failed in this iteration: keep what it had
-                mine = rewards[m * n : (m + 1) * n]
+                mine = [r for r in rewards[m * n : (m + 1) * n] if r is not None]  # all n: its reward did not fail
                 b = rows[m]
-                controller.update(sample, out, slice(b * n, (b + 1) * n), mine)  # type: ignore[arg-type]
+                controller.update(sample, out, slice(b * n, (b + 1) * n), mine)
             request.report(members)
         except Exception as exc:
             request.fail(exc)
@@ -419,7 +419,7 @@ class DecodeGroup:
 
     def _retire(self, leaving: list[Controller]) -> None:
         for controller in leaving:
-            controller.owner.retire(controller)  # type: ignore[attr-defined]
+            controller.owner.retire(controller)
         gone = {id(c) for c in leaving}
         self.live = [c for c in self.live if id(c) not in gone]
 

@@ -35,7 +35,7 @@ from langchain_aisp.engine.scoring import ScoreFn
 logger = logging.getLogger("langchain_aisp.engine")
 
 
-class Ticket(concurrent.futures.Future):  # type: ignore[type-arg]
+class Ticket(concurrent.futures.Future[list[PromptResult]]):
     """The future of one submitted call (``result()`` is its ``list[PromptResult]`` or raises its error), with
     when it was submitted, when its first prompt joined a decode batch and when it finished (``time.monotonic()``)."""
 
