@@ -21,8 +21,7 @@ from collections.abc import Sequence
 from typing import Any
 
 PromptResult = Any
-"""``langchain_aisp.engine.controller.PromptResult`` (not imported: this module imports nothing of the package,
-so every module may import it without a cycle)."""
+"""``langchain_aisp.engine.aisp.PromptResult``; named, not imported, so this module depends on nothing."""
 
 __all__ = [
     "ConstraintError",

@@ -17,7 +17,7 @@ import pytest
 import torch
 from langchain_core.callbacks import BaseCallbackHandler
 
-from langchain_aisp import AISPChatModel, chat_models
+from langchain_aisp import AISPChatModel
 from langchain_aisp.engine.aisp import RewardError, run
 from langchain_aisp.engine.config import AISPParams, SamplingParams
 from langchain_aisp.engine.decode.eager import decode
@@ -235,14 +235,14 @@ def test_out_of_memory_on_a_single_row_is_a_clear_error(tiny_lm, monkeypatch):
 
     model = _model(tiny_lm, length_reward, num_samples=4, num_iterations=1, max_tokens=6)
     baseline = model.invoke("Hello there")
-    monkeypatch.setattr(chat_models, "run", functools.partial(run, decode_fn=no_memory))
+    model._runner = functools.partial(run, decode_fn=no_memory)
     with pytest.raises(MemoryError) as info:
         model.invoke("Hello there")
     message = str(info.value)
     assert "decoding batch sizes tried: 4, 2, 1" in message
     assert "max_tokens=6" in message and "tiny-llama" in message and "lower max_tokens" in message
     assert isinstance(info.value.__cause__, torch.OutOfMemoryError)
-    monkeypatch.undo()
+    model._runner = run
     assert _summary(model.invoke("Hello there")) == _summary(baseline)
 
 

@@ -25,7 +25,7 @@ import torch
 from langchain_aisp.engine.config import DEFAULT_DECODING, DEFAULT_MAX_BATCH_SIZE, AISPParams, SamplingParams
 from langchain_aisp.engine.constraints import Constraint
 from langchain_aisp.engine.controller import IterationEvent, PromptResult
-from langchain_aisp.engine.decode.static import DecodeFn, select_decode
+from langchain_aisp.engine.decode.select import DecodeFn, select_decode
 from langchain_aisp.engine.lm import CausalLM
 from langchain_aisp.engine.loop import (
     ON_REWARD_ERROR,

@@ -77,6 +77,8 @@ class PromptResult:
     that reached the position (0 where no sample did, and U kept its starting value)."""
     batch_prompts: int = 0
     """The most prompts that shared a decode batch with this one (itself included), over its iterations."""
+    decoding: str = ""
+    """The decode path of its last decoded iteration (``DecodeOutput.path``: "eager", "static" or "compiled")."""
 
 
 @dataclass(frozen=True)
@@ -254,6 +256,7 @@ def _record(result: PromptResult, iteration: int, out: DecodeOutput, rows: slice
     result.rewards.append(values)
     result.texts.append(texts)
     result.sample_token_ids.append(out.token_ids[rows])
+    result.decoding = out.path
     result.samples += len(texts)
     result.generated_tokens += int(out.lengths[rows].sum())
     best = max(range(len(values)), key=values.__getitem__)

@@ -23,7 +23,7 @@ from langchain_aisp.engine.config import AISPParams, SamplingParams, check_seed
 from langchain_aisp.engine.constraints import Constraint, Matcher
 from langchain_aisp.engine.controller import Controller, IterationEvent, Plan, PromptResult, Sample
 from langchain_aisp.engine.decode.eager import DecodeOutput, Decoder, PromptPrefix, decode, prefill
-from langchain_aisp.engine.decode.static import DecodeFn
+from langchain_aisp.engine.decode.select import DecodeFn
 from langchain_aisp.engine.lm import CausalLM
 from langchain_aisp.engine.scoring import ScoreFn, score_name, score_rows
 from langchain_aisp.errors import RunError, RunFailedError, RunTimeoutError
@@ -486,4 +486,5 @@ def decode_rows(
         finish_reasons=[r for p in pieces for r in p.finish_reasons],
         lengths=torch.cat([p.lengths for p in pieces]),
         timed_out=any(p.timed_out for p in pieces) or start < total,
+        path=pieces[0].path,
     ), max_rows

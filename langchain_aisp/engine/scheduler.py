@@ -27,7 +27,7 @@ from typing import Any
 
 from langchain_aisp.engine.config import DEFAULT_DECODING, DEFAULT_MAX_BATCH_SIZE, AISPParams, SamplingParams
 from langchain_aisp.engine.controller import PromptResult
-from langchain_aisp.engine.decode.static import DecodeFn, select_decode
+from langchain_aisp.engine.decode.select import DecodeFn, select_decode
 from langchain_aisp.engine.lm import CausalLM
 from langchain_aisp.engine.loop import DecodeGroup, Request, check_max_batch_size
 from langchain_aisp.engine.scoring import ScoreFn
