@@ -635,7 +635,11 @@ class AISPChatModel(BaseChatModel):
         return PreparedCall(job)
 
     def run_prepared(
-        self, calls: Sequence[PreparedCall], *, keep: Callable[[int], bool] | None = None
+        self,
+        calls: Sequence[PreparedCall],
+        *,
+        keep: Callable[[int], bool] | None = None,
+        runner: Callable[..., list[PromptResult]] | None = None,
     ) -> list[AIMessage | BaseException]:
         """Run prepared calls: those with equal ``batch_key`` share one Batched AISP engine run.
 
@@ -646,9 +650,11 @@ class AISPChatModel(BaseChatModel):
         returned False at an iteration boundary (the call stopped there, the others went on).
         A failure of the whole engine run gives each of its calls its own error, with that call's
         best answer in ``.partial``. No callbacks are invoked (this is the entry for servers; use
-        ``batch`` in chains).
+        ``batch`` in chains). ``runner`` (default: the model's engine entry,
+        :func:`~langchain_aisp.engine.aisp.run`) runs each engine call, e.g. a continuous
+        :class:`~langchain_aisp.engine.scheduler.Scheduler`'s ``run``.
         """
-        return _execute.run_prepared(self, [call._job for call in calls], keep)
+        return _execute.run_prepared(self, [call._job for call in calls], keep, runner)
 
     # --- tools and structured output ---------------------------------------------------------
 

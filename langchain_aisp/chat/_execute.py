@@ -164,12 +164,16 @@ def run_jobs(
     on_event: EventFn,
     cancel: threading.Event | None = None,
     keep: Callable[[int], bool] | None = None,
+    runner: Callable[..., list[PromptResult]] | None = None,
 ) -> list[PromptResult | BaseException]:
     """One engine call over ``jobs`` (same settings and model): results or per-job errors.
 
     A failure of the whole run gives each job its own error of the run's type: after a scored iteration
     (:class:`~langchain_aisp.errors.RunFailedError`, a cancellation, ...) with that job's best so far in
     ``.partial``; before one, the engine's error itself (a copy per job in a batch).
+
+    ``runner`` (default ``model._runner``: ``engine.aisp.run``) runs the engine call, e.g. a continuous
+    ``engine.scheduler.Scheduler``'s ``run`` (the server).
 
     ``cancel`` (set when an async caller is cancelled) stops the run at the next iteration
     boundary with :class:`RunCancelledError`, so an abandoned executor thread does not keep
@@ -205,7 +209,7 @@ def run_jobs(
                 seed=seeds[0] if len(set(seeds)) == 1 else seeds,
                 max_batch_size=model.max_batch_rows,  # the engine's name: rows
                 on_iteration=_iteration_hook(entries, settings.params.method, on_event, cancel),
-                runner=model._runner,
+                runner=model._runner if runner is None else runner,
                 on_reward_error="isolate",
                 keep=engine_keep,
                 decoding=model.decoding,
@@ -257,7 +261,10 @@ def execute(
 
 
 def run_prepared(
-    model: AISPChatModel, jobs: Sequence[Job], keep: Callable[[int], bool] | None
+    model: AISPChatModel,
+    jobs: Sequence[Job],
+    keep: Callable[[int], bool] | None,
+    runner: Callable[..., list[PromptResult]] | None = None,
 ) -> list[AIMessage | BaseException]:
     """``AISPChatModel.run_prepared``: jobs with equal ``batch_key`` share one engine run; one outcome each."""
     groups: dict[tuple[Any, ...], list[int]] = {}
@@ -268,7 +275,7 @@ def run_prepared(
         group = [jobs[i] for i in members]
         group_keep = None if keep is None else (lambda pos, members=members: keep(members[pos]))
         try:
-            results = run_jobs(model, group, lambda _i, _data: None, keep=group_keep)
+            results = run_jobs(model, group, lambda _i, _data: None, keep=group_keep, runner=runner)
         except Exception as exc:  # outside the engine run (which gives per-job outcomes): each its own copy
             results = [_own_error(exc, [None]) for _ in group]
         for i, job, result in zip(members, group, results, strict=True):
