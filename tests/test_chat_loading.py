@@ -295,3 +295,24 @@ async def test_a_slow_async_handler_does_not_slow_the_run(tiny_lm):
     await model.abatch(["Hi", "Name a fruit."], config=configs)  # one shared engine run
     assert len(spans) == 2 and spans[1] < DELAY * ITERATIONS / 2, spans
     assert [h.iterations for h in handlers] == [list(range(ITERATIONS))] * 2
+
+
+def test_a_callback_failing_at_iteration_two_keeps_the_first_iteration(tiny_lm):
+    """Through the real engine: a progress handler raising after iteration 2 fails the run with a
+    ``RunFailedError`` that holds the call's best of the iterations scored before."""
+    from langchain_core.callbacks import BaseCallbackHandler
+
+    class Breaks(BaseCallbackHandler):
+        raise_error = True
+
+        def on_custom_event(self, name: str, data: Any, **kwargs: Any) -> None:
+            if data["iteration"] == 1:
+                raise KeyError("the dashboard went away")
+
+    model = AISPChatModel(reward=length_reward, model=tiny_lm, num_samples=2, num_iterations=3, max_tokens=6, seed=0)
+    with pytest.raises(RunFailedError) as info:
+        model.invoke("Name a fruit.", config={"callbacks": [Breaks()]})
+    assert isinstance(info.value.__cause__, KeyError)
+    (best,) = info.value.partial
+    reference = model.invoke("Name a fruit.", num_iterations=2).response_metadata["aisp"]  # the same seed
+    assert best.rewards == reference["rewards"] and best.reward == reference["reward"]
