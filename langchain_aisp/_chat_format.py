@@ -689,6 +689,19 @@ _NUMBER = re.compile(r"(?<![\d.A-Za-z])-?(?:\d{1,3}(?:,\d{3})+(?!\d)|\d+)(?:\.\d
 """A number as written (``1,500`` is 1500), also next to an unspaced script (``28岁``)."""
 
 
+def conversation_texts(messages: Sequence[BaseMessage]) -> list[str]:
+    """The user and tool texts of the conversation, as written, the last message first."""
+    texts: list[str] = []
+    for m in reversed(messages):
+        is_user = isinstance(m, HumanMessage) or (isinstance(m, ChatMessage) and m.role in ("user", "human"))
+        if is_user or isinstance(m, (ToolMessage, FunctionMessage)):
+            try:
+                texts.append(content_text(m))
+            except ValueError:
+                continue
+    return texts
+
+
 def _unspaced_spans(text: str) -> list[str]:
     """Every span of up to ``MAX_UNSPACED`` characters inside runs of an unspaced script (digits included,
     never cut inside a number, never only digits): ``"王小明今年28岁"`` -> ``"王", "王小", ..., "28岁"``."""
@@ -704,14 +717,7 @@ def conversation_spans(messages: Sequence[BaseMessage], max_words: int = 6) -> t
     written, without surrounding punctuation), spans of up to ``MAX_UNSPACED`` characters inside runs of
     unspaced scripts, and numbers of the user and tool text, the last user message first; at most
     ``MAX_SPANS`` spans."""
-    texts: list[str] = []
-    for m in reversed(messages):
-        is_user = isinstance(m, HumanMessage) or (isinstance(m, ChatMessage) and m.role in ("user", "human"))
-        if is_user or isinstance(m, (ToolMessage, FunctionMessage)):
-            try:
-                texts.append(content_text(m))
-            except ValueError:
-                continue
+    texts = conversation_texts(messages)
     spans: dict[str, None] = {}
     numbers: dict[float, None] = {}
     for text in texts:
@@ -784,18 +790,13 @@ def call_is_grounded(call: ToolCall, fmt: OutputFormat, messages: Sequence[BaseM
     return relevant or numbers
 
 
-def forced_call_score(text: str, fmt: OutputFormat, messages: Sequence[BaseMessage]) -> float:
-    """Format term of a forced call: :func:`format_validity`, except that a valid call whose
-    arguments are not all taken from the conversation scores 0.5, and one where two arguments
-    have the same value 0.75, instead of 1 (so that among valid calls, one that copies distinct
-    values from the user's message wins)."""
+def forced_call_score(text: str, fmt: OutputFormat) -> float:
+    """Format term of a forced call: :func:`format_validity`, except that a valid call where two
+    arguments have the same value scores 0.75 instead of 1 (``name="36", age=36``). Whether the
+    values come from the conversation is the separate grounding term (``chat/_grounding.py``)."""
     value = format_validity(text, fmt)
-    if value == 1.0:
-        calls = parse_tool_reply(text, fmt).tool_calls
-        if not all(arguments_grounded(c, messages) for c in calls):
-            return 0.5
-        if any(_repeats_a_value(c) for c in calls):
-            return 0.75
+    if value == 1.0 and any(_repeats_a_value(c) for c in parse_tool_reply(text, fmt).tool_calls):
+        return 0.75
     return value
 
 

@@ -43,14 +43,23 @@ def test_normalize_is_light():
 
 def test_value_grounding_copied_normalised_partial_invented():
     conv = _conv("Create a customer named '你好啊集团' (Hello Group) - a Chinese technology company")
-    assert grounding.value_grounding("你好啊集团", conv) == 1.0
-    assert grounding.value_grounding("你好", conv) == 1.0  # a span starting inside an unspaced run
-    assert grounding.value_grounding("hello  GROUP!", conv) == 1.0  # case, whitespace, punctuation
+    assert grounding.value_grounding("你好啊集团", conv) == 1.0  # the user quoted it
+    assert conv.quoted == ("你好啊集团",)
+    span = grounding.SPAN_CREDIT
+    assert grounding.value_grounding("你好", conv) == span  # a span starting inside an unspaced run
+    assert grounding.value_grounding("hello  GROUP!", conv) == span  # case, whitespace, punctuation
     assert grounding.value_grounding("Group Hello", conv) == 0.5  # every word, not as a span
     assert grounding.value_grounding("Hello Photo", conv) == pytest.approx(0.5 * 5 / 10)
     assert grounding.value_grounding("Your Photo", conv) == 0.0
     assert grounding.value_grounding("", conv) == 0.0
     assert grounding.value_grounding("Hello G", conv) == pytest.approx(0.5 * 5 / 6)  # "g" is no word of it
+
+
+def test_quoted_values():
+    conv = _conv("""Name it "Blue Fox", or «Самовар-5», or 「東京タワー」; Ada's and Bob's are no quotes.""")
+    assert conv.quoted == ("Blue Fox", "Самовар-5", "東京タワー")
+    assert grounding.value_grounding("blue fox", conv) == 1.0
+    assert grounding.value_grounding("Ada", conv) == grounding.SPAN_CREDIT
 
 
 def test_numbers_are_grounded_as_written():
@@ -72,8 +81,8 @@ def test_conversation_reads_user_and_tool_text_only():
             ToolMessage("Sunny in Bergen", tool_call_id="1"),
         ]
     )
-    assert grounding.value_grounding("Oslo", conv) == 1.0
-    assert grounding.value_grounding("Bergen", conv) == 1.0
+    assert grounding.value_grounding("Oslo", conv) == grounding.SPAN_CREDIT
+    assert grounding.value_grounding("Bergen", conv) == grounding.SPAN_CREDIT
     assert grounding.value_grounding("Zanzibar", conv) == 0.0
     assert grounding.value_grounding("Lima", conv) == 0.0
 
@@ -91,7 +100,7 @@ def test_grounding_skips_what_the_conversation_cannot_supply():
     }
     conv = _conv("Ada is 36.")
     value = {"name": "Ada", "unit": "celsius", "urgent": True, "summary": "A person.", "note": None}
-    assert grounding.grounding(value, schema, conv) == 1.0  # only "name" counts
+    assert grounding.grounding(value, schema, conv) == grounding.SPAN_CREDIT  # only "name" counts
     assert grounding.grounding({**value, "name": "Bob"}, schema, conv) == 0.0
     assert grounding.grounding({"unit": "celsius"}, schema, conv) == 1.0  # nothing to ground
     joke = {"setup": "Why?", "punchline": "Because.", "rating": 7}
@@ -107,7 +116,7 @@ def test_grounding_is_the_mean_over_leaves_and_follows_refs():
     }
     conv = _conv("Ada is 36, Bob is 41.")
     value = {"people": [{"name": "Ada", "age": 36}, {"name": "Carl", "age": 41}]}
-    assert grounding.grounding(value, schema, conv) == pytest.approx(3 / 4)
+    assert grounding.grounding(value, schema, conv) == pytest.approx((grounding.SPAN_CREDIT + 2) / 4)
 
 
 def test_is_generative():
@@ -129,8 +138,9 @@ def test_reply_grounding_of_calls_and_json():
     schema = {"type": "object", "properties": {"name": {"type": "string"}, "age": {"type": "integer"}}}
     as_json = fmtlib.OutputFormat(json_schema=schema)
     conv = _conv("Ada is 36.")
-    assert grounding.reply_grounding('{"name": "Ada", "age": 36}', as_json, conv) == 1.0
-    assert grounding.reply_grounding('{"name": "36", "age": 36}', as_json, conv) == 1.0
+    span = grounding.SPAN_CREDIT
+    assert grounding.reply_grounding('{"name": "Ada", "age": 36}', as_json, conv) == pytest.approx((span + 1) / 2)
+    assert grounding.reply_grounding('{"name": "36", "age": 36}', as_json, conv) == pytest.approx((span + 1) / 2)
     assert grounding.reply_grounding('{"name": "Eve", "age": 36}', as_json, conv) == 0.5
     assert grounding.reply_grounding("not json", as_json, conv) == 0.0
     assert grounding.reply_grounding("anything", fmtlib.OutputFormat(), conv) == 1.0  # free text: no term
@@ -177,31 +187,95 @@ def _accepts(lm, grammar: str, text: str) -> bool:
     return bool(ok) and matcher.is_accepting()
 
 
-def test_grounded_grammar_of_a_forced_call(tiny_lm):
+def test_grounded_grammars_of_a_forced_call(tiny_lm):
     fmt = fmtlib.OutputFormat(tools=(CUSTOMER,), tool_choice="unicode_customer")
-    grammar = grounding.grounded_grammar(fmt, ASK)
-    assert grammar is not None
+    quoted, spans = grounding.grounded_grammars(fmt, ASK)  # the quoted values, then every span
     copied = _call("unicode_customer", {"customer_name": "你好啊集团", "description": "Anything at all"})
+    other = _call("unicode_customer", {"customer_name": "Hello Group", "description": "Anything at all"})
     invented = _call("unicode_customer", {"customer_name": "Your Photo", "description": "Anything at all"})
-    assert _accepts(tiny_lm, grammar, copied)
-    assert not _accepts(tiny_lm, grammar, invented)
+    assert _accepts(tiny_lm, quoted, copied) and _accepts(tiny_lm, spans, copied)
+    assert not _accepts(tiny_lm, quoted, other) and _accepts(tiny_lm, spans, other)
+    assert not _accepts(tiny_lm, spans, invented)
+    unquoted = [HumanMessage("Create a customer named Hello Group")]
+    assert len(grounding.grounded_grammars(fmt, unquoted)) == 1
     plain = grammarlib.tool_call_grammar(list(fmt.tools), choice="unicode_customer")
     assert _accepts(tiny_lm, plain, invented)
 
 
-def test_grounded_grammar_of_json_and_when_there_is_none(tiny_lm):
+def test_grounded_grammars_of_json_and_when_there_are_none(tiny_lm):
     schema = {
         "type": "object",
         "properties": {"name": {"type": "string"}, "age": {"type": "integer"}},
         "required": ["name", "age"],
     }
     said = [HumanMessage("王小明今年28岁，住在上海。")]
-    grammar = grounding.grounded_grammar(fmtlib.OutputFormat(json_schema=schema), said)
-    assert grammar is not None
+    (grammar,) = grounding.grounded_grammars(fmtlib.OutputFormat(json_schema=schema), said)
     assert _accepts(tiny_lm, grammar, json.dumps({"name": "王小明", "age": 28}, ensure_ascii=False))
     assert not _accepts(tiny_lm, grammar, json.dumps({"name": "王小明", "age": 29}, ensure_ascii=False))
     joke = {"type": "object", "properties": {"setup": {"type": "string"}, "punchline": {"type": "string"}}}
-    assert grounding.grounded_grammar(fmtlib.OutputFormat(json_schema=joke), said) is None
-    assert grounding.grounded_grammar(fmtlib.OutputFormat(), said) is None  # free text
+    assert grounding.grounded_grammars(fmtlib.OutputFormat(json_schema=joke), said) == []
+    assert grounding.grounded_grammars(fmtlib.OutputFormat(), said) == []  # free text
     auto = fmtlib.OutputFormat(tools=(CUSTOMER,), tool_choice="auto")
-    assert grounding.grounded_grammar(auto, said) is None  # "auto" has its own forced-call rows
+    assert grounding.grounded_grammars(auto, said) == []  # "auto" has its own forced-call rows
+
+
+# --- the chat model: forced calls and structured output --------------------------------------------
+
+
+def _customer_model(tiny_lm, reward, **kw):
+    from langchain_aisp import AISPChatModel
+
+    params = {"reward": reward, "llm": tiny_lm, "num_samples": 4, "num_iterations": 1, "max_tokens": 40, "seed": 0}
+    return AISPChatModel(**{**params, **kw}).bind_tools([CUSTOMER], tool_choice="unicode_customer")
+
+
+def _indifferent(prompt: str, response: str) -> float:
+    return 0.0
+
+
+def _prefers_invented(prompt: str, response: str) -> float:
+    """A user reward that says otherwise: 5 for a customer name the conversation does not hold."""
+    calls = fmtlib.parse_tool_reply(response, fmtlib.OutputFormat(tools=(CUSTOMER,), tool_choice="any")).tool_calls
+    name = calls[0]["args"].get("customer_name", "") if calls else ""
+    return 5.0 if name and grounding.value_grounding(name, grounding.Conversation.of(ASK)) == 0 else 0.0
+
+
+def test_forced_call_takes_a_grounded_value(tiny_lm):
+    """A random model invents names; the grounded samples copy one, and the grounding term picks it."""
+    message = _customer_model(tiny_lm, _indifferent).invoke(ASK)
+    name = message.tool_calls[0]["args"]["customer_name"]
+    assert name in fmtlib.conversation_spans(ASK)[0]
+    assert message.response_metadata["aisp"]["reward"] >= 10.0 + grounding.SPAN_CREDIT  # validity + grounding
+    off = _customer_model(tiny_lm, _indifferent, grounding_weight=0).invoke(ASK)
+    assert off.tool_calls[0]["args"]["customer_name"] not in fmtlib.conversation_spans(ASK)[0]
+    assert off.response_metadata["aisp"]["reward"] == 10.0  # validity only
+
+
+def test_a_user_reward_that_says_otherwise_keeps_its_choice(tiny_lm):
+    message = _customer_model(tiny_lm, _prefers_invented).invoke(ASK)
+    name = message.tool_calls[0]["args"]["customer_name"]
+    assert grounding.value_grounding(name, grounding.Conversation.of(ASK)) == 0.0
+
+
+def test_structured_output_takes_grounded_values(tiny_lm):
+    from pydantic import BaseModel
+
+    from langchain_aisp import AISPChatModel
+
+    class Person(BaseModel):
+        name: str
+        age: int
+
+    said = "王小明今年28岁，住在上海。"
+    params = {"llm": tiny_lm, "num_samples": 2, "num_iterations": 1, "max_tokens": 40, "seed": 0}
+    for method in ("function_calling", "json_schema"):
+        person = AISPChatModel(reward=_indifferent, **params).with_structured_output(Person, method=method).invoke(said)
+        assert person.age == 28 and person.name in fmtlib.conversation_spans([HumanMessage(said)])[0]
+
+
+def test_grounding_weight_is_validated(tiny_lm):
+    from langchain_aisp import AISPChatModel
+
+    for bad in (-1.0, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="grounding_weight must be a finite number >= 0"):
+            AISPChatModel(reward=_indifferent, llm=tiny_lm, grounding_weight=bad)

@@ -41,11 +41,18 @@ from langchain_core.messages import BaseMessage
 from langchain_aisp import _chat_format as fmtlib
 from langchain_aisp import _grammar_llguidance as grammarlib
 
-DEFAULT_GROUNDING_WEIGHT = 0.5
+DEFAULT_GROUNDING_WEIGHT = 1.0
 """Default weight of the grounding term (reward units; the term is ``weight * g`` with ``g`` in [0, 1])."""
 
+SPAN_CREDIT = 0.9
+"""Grounding of a string that is a span of the conversation but not one the user put in quotes (those score 1)."""
 PARTIAL_CREDIT = 0.5
 """Grounding of a string none of whose spans is in the conversation, times the share of its words that are."""
+_QUOTED = re.compile(
+    r"(?<!\w)'([^'\n]{1,80})'(?!\w)|\"([^\"\n]{1,80})\"|«([^»\n]{1,80})»|“([^”\n]{1,80})”|‘([^’\n]{1,80})’"
+    r"|„([^“\n]{1,80})“|「([^」\n]{1,80})」|『([^』\n]{1,80})』"
+)
+"""A value the user put in quotes ('...', "...", «...», “...”, ‘...’, „...“, 「...」, 『...』)."""
 
 _SEP = "\x1f"
 _UNIT = re.compile(rf"[{fmtlib.UNSPACED}]|[^\s{fmtlib.UNSPACED}]+")
@@ -88,26 +95,38 @@ class Conversation:
     """The set of those units."""
     numbers: frozenset[float]
     """The numbers written in the text (``1,500`` is 1500)."""
+    quoted: tuple[str, ...] = ()
+    """The values the user put in quotes, as written (the literals most worth copying)."""
+    quoted_units: frozenset[str] = frozenset()
+    """The same, normalised and joined like ``joined``."""
 
     @classmethod
     def from_text(cls, text: str, numbers: Sequence[float]) -> Conversation:
         found = units(text)
-        return cls(_SEP + _SEP.join(found) + _SEP, frozenset(found), frozenset(float(x) for x in numbers))
+        quoted = tuple(dict.fromkeys(q.strip() for m in _QUOTED.finditer(text) for q in m.groups() if q and q.strip()))
+        return cls(
+            _SEP + _SEP.join(found) + _SEP,
+            frozenset(found),
+            frozenset(float(x) for x in numbers),
+            quoted,
+            frozenset(_SEP.join(units(q)) for q in quoted),
+        )
 
     @classmethod
     def of(cls, messages: Sequence[BaseMessage]) -> Conversation:
         """The user and tool text of ``messages`` (the text the ``"auto"`` rule reads too)."""
-        text, _ = fmtlib._conversation_text(messages)
+        texts = fmtlib.conversation_texts(messages)
         _, numbers = fmtlib.conversation_spans(messages)
-        return cls.from_text(text, numbers)
+        return cls.from_text("\n".join(texts), numbers)
 
 
 def value_grounding(value: Any, conversation: Conversation) -> float:
     """How grounded one string or number is, in [0, 1].
 
-    Strings: 1 when its normalised units are a contiguous span of the conversation's; otherwise
-    ``PARTIAL_CREDIT`` x the share (by characters) of its units found anywhere in the conversation; 0
-    when empty. Numbers: 1 when the conversation writes that number, else 0. Anything else: 1.
+    Strings: 1 when it is (after :func:`normalize`) a value the user put in quotes, ``SPAN_CREDIT`` when
+    its normalised units are another contiguous span of the conversation's; otherwise ``PARTIAL_CREDIT``
+    x the share (by characters) of its units found anywhere in the conversation; 0 when empty. Numbers:
+    1 when the conversation writes that number, else 0. Anything else: 1.
     """
     if isinstance(value, bool) or not isinstance(value, (str, int, float)):
         return 1.0
@@ -116,8 +135,10 @@ def value_grounding(value: Any, conversation: Conversation) -> float:
     mine = units(value)
     if not mine:
         return 0.0
-    if _SEP + _SEP.join(mine) + _SEP in conversation.joined:
+    if _SEP.join(mine) in conversation.quoted_units:
         return 1.0
+    if _SEP + _SEP.join(mine) + _SEP in conversation.joined:
+        return SPAN_CREDIT
     covered = sum(len(u) for u in mine if u in conversation.words)
     return PARTIAL_CREDIT * covered / sum(len(u) for u in mine)
 
@@ -254,12 +275,8 @@ def grounded_schema(
     return out, changed
 
 
-def grounded_grammar(fmt: fmtlib.OutputFormat, messages: Sequence[BaseMessage]) -> str | None:
-    """The grammar of the grounded samples of a forced call or structured output (see the module
-    docstring), or None when no field can be restricted (nothing to copy, or only generative / enum
-    fields): then every sample follows the call's own grammar. ``strict=False``: values from the
-    conversation need not satisfy keywords llguidance cannot enforce (the reply is validated after)."""
-    spans, numbers = fmtlib.conversation_spans(messages)
+def _grammar(fmt: fmtlib.OutputFormat, spans: Sequence[str], numbers: Sequence[float]) -> str | None:
+    """The grammar of ``fmt`` with its free fields restricted to ``spans`` / ``numbers``; None if none is."""
     if fmt.forces_call:
         tools, changed = [], False
         for tool in fmt.tools:
@@ -275,3 +292,17 @@ def grounded_grammar(fmt: fmtlib.OutputFormat, messages: Sequence[BaseMessage]) 
         schema, changed = grounded_schema(fmt.json_schema, spans, numbers)
         return grammarlib.json_grammar(schema, strict=False) if changed else None
     return None
+
+
+def grounded_grammars(fmt: fmtlib.OutputFormat, messages: Sequence[BaseMessage]) -> list[str]:
+    """The grammars of the grounded samples of a forced call or structured output (see the module
+    docstring): when the user quoted values, one where free string fields take only those (the literals
+    a user quotes are the ones to copy) and one with every span of the conversation; else the latter
+    alone. [] when no field can be restricted (nothing to copy, or only generative / enum fields, or
+    ``tool_choice="auto"``, which has its own forced-call rows). ``strict=False``: values from the
+    conversation need not satisfy keywords llguidance cannot enforce (the reply is validated after)."""
+    spans, numbers = fmtlib.conversation_spans(messages)
+    quoted = Conversation.of(messages).quoted
+    candidates = [_grammar(fmt, quoted, numbers)] if quoted else []
+    candidates.append(_grammar(fmt, spans, numbers))
+    return [g for g in dict.fromkeys(candidates) if g is not None]
