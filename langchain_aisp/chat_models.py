@@ -53,6 +53,8 @@ from tenacity import Retrying, stop_after_attempt, stop_before_delay, wait_expon
 
 from langchain_aisp import _chat_format as fmtlib
 from langchain_aisp import _grammar_llguidance as grammarlib
+from langchain_aisp.chat import _grounding as groundlib
+from langchain_aisp.chat._grounding import DEFAULT_GROUNDING_WEIGHT
 from langchain_aisp.engine.aisp import (
     IterationEvent,
     PromptResult,
@@ -117,6 +119,7 @@ _PER_CALL_FIELDS = (
     "top_k",
     "seed",
     "format_weight",
+    "grounding_weight",
 )
 _BINDING_KWARGS = (
     "tools",
@@ -212,13 +215,14 @@ class _Settings:
     seed: int | None
     format_weight: float
     model: str | None
+    grounding_weight: float = DEFAULT_GROUNDING_WEIGHT
 
     def key(self) -> tuple[Any, ...]:
-        return (self.params, self.sampling, self.seed, self.format_weight, self.model)
+        return (self.params, self.sampling, self.seed, self.format_weight, self.model, self.grounding_weight)
 
     def batch_key(self) -> tuple[Any, ...]:
         """What calls must share to run as one engine run (each prompt keeps its own seed)."""
-        return (self.params, self.sampling, self.format_weight, self.model)
+        return (self.params, self.sampling, self.format_weight, self.model, self.grounding_weight)
 
 
 @dataclass(frozen=True)
@@ -248,6 +252,8 @@ class _Job:
     """Wall-clock limit of this call in seconds (the call's ``timeout`` argument, else the model's)."""
     deadline: float | None = None
     """``time.monotonic()`` deadline fixed by ``prepare`` (its clock starts there); None: the run's start + timeout."""
+    conversation: groundlib.Conversation | None = None
+    """Forced calls and structured output with ``grounding_weight > 0``: what the grounding term reads."""
 
     def key(self) -> tuple[Any, ...]:
         return (tuple(self.token_ids), self.fmt.key(), self.settings.key(), id(self.lm), self.timeout)
@@ -568,6 +574,13 @@ class AISPChatModel(BaseChatModel):
     ``-format_weight`` (see ``_chat_format.format_validity``). Large relative to rewards in
     [0, 1] so that well-formed outputs win first; 0 disables it."""
 
+    grounding_weight: float = DEFAULT_GROUNDING_WEIGHT
+    """Weight of the grounding term for forced tool calls and structured output: ``grounding_weight * g`` is
+    added to the reward, ``g`` in [0, 1] the share of the reply's values copied from the conversation
+    (``langchain_aisp.chat._grounding``), and every second sample is decoded with its free string / number
+    fields restricted to spans / numbers of the conversation. A user reward that separates two samples by
+    more than ``grounding_weight`` times their difference in ``g`` keeps its choice. 0 turns grounding off."""
+
     streaming: bool = False
     """When True, ``invoke`` goes through ``_stream`` (LangChain's usual meaning)."""
 
@@ -696,7 +709,13 @@ class AISPChatModel(BaseChatModel):
             top_k=1 if greedy else values["top_k"],
             stop=tuple(overrides["stop"] if overrides.get("stop") is not None else (self.stop or ())),
         )
-        return _Settings(params, sampling, seed, float(values["format_weight"]), overrides.get("model", self.model))
+        grounding_weight = values["grounding_weight"]
+        if isinstance(grounding_weight, bool) or not isinstance(grounding_weight, (int, float)):
+            raise ValueError(f"grounding_weight must be a finite number >= 0, got {grounding_weight!r}")
+        if not (math.isfinite(grounding_weight) and grounding_weight >= 0):
+            raise ValueError(f"grounding_weight must be a finite number >= 0, got {grounding_weight}")
+        model = overrides.get("model", self.model)
+        return _Settings(params, sampling, seed, float(values["format_weight"]), model, float(grounding_weight))
 
     # --- LangChain identity ------------------------------------------------------------
 
@@ -753,6 +772,7 @@ class AISPChatModel(BaseChatModel):
             "seed": self.seed,
             "stop": self.stop,
             "format_weight": self.format_weight,
+            "grounding_weight": self.grounding_weight,
             "control_memory": None
             if self.control_memory is None
             else f"{self.control_memory.signal}, strength {self.control_memory.strength}",
@@ -831,9 +851,14 @@ class AISPChatModel(BaseChatModel):
         grammars = _grammars(out_fmt)
         vocab, eos = int(lm.head_weight.shape[0]), lm.eos_token_ids
         constraint, prefill, forced_grammar = None, "", None
+        conversation = None
         if len(grammars) == 1:  # forced call / JSON: prefill what every reply must start with
             prefill = grammarlib.forced_prefix(lm.tokenizer, vocab, eos, grammars[0])
-            constraint = grammarlib.compile_constraint(lm.tokenizer, vocab, eos, grammars[0], prefill)
+            templates = [grammars[0]]
+            if kwargs.get("grounding_weight", self.grounding_weight):  # every second sample copies values
+                conversation = groundlib.Conversation.of(messages)
+                templates = groundlib.sample_grammars(grammars[0], out_fmt, messages)
+            constraint = grammarlib.compile_constraint(lm.tokenizer, vocab, eos, templates, prefill)
         elif grammars:  # auto: a prose prompt and a forced-call prompt
             constraint = grammarlib.compile_constraint(lm.tokenizer, vocab, eos, grammars[0], "", close=False)
             forced_grammar = grammars[1]
@@ -871,7 +896,18 @@ class AISPChatModel(BaseChatModel):
                 forced_prompt,
                 grammarlib.compile_constraint(lm.tokenizer, vocab, eos, per_tool, forced_prefill),
             )
-        return _Job(list(messages), token_ids, prompt, out_fmt, settings, lm, constraint, forced, timeout=timeout)
+        return _Job(
+            list(messages),
+            token_ids,
+            prompt,
+            out_fmt,
+            settings,
+            lm,
+            constraint,
+            forced,
+            timeout=timeout,
+            conversation=conversation,
+        )
 
     @staticmethod
     def _output_format(kwargs: dict[str, Any]) -> fmtlib.OutputFormat:
@@ -935,10 +971,13 @@ class AISPChatModel(BaseChatModel):
             full = [entries[e][1].prompt.prefill + r for e, r in zip(indices, responses, strict=True)]
             owners = [jobs[entries[e][0]] for e in indices]
             values = list(retrying(reward.score, [job.messages for job in owners], full))
-            if settings.format_weight and len(values) == len(full):
+            if len(values) == len(full):
                 for pos, job in enumerate(owners):
-                    if job.fmt.constrained:
+                    if job.fmt.constrained and settings.format_weight:
                         values[pos] = values[pos] + settings.format_weight * _format_term(full[pos], job)
+                    if job.conversation is not None:  # forced calls / structured output: the grounding term
+                        g = groundlib.reply_grounding(full[pos], job.fmt, job.conversation)
+                        values[pos] = values[pos] + settings.grounding_weight * g
             return values
 
         score.name = self.reward_name  # type: ignore[attr-defined]  # errors name the user's reward
@@ -1631,11 +1670,9 @@ def _merge_variants(
 
 def _format_term(text: str, job: _Job) -> float:
     """The format term of one reply (times ``format_weight``): validity, or the auto-choice rule."""
-    if job.fmt.calls_tools:
-        if job.fmt.tool_choice == "auto":
-            return fmtlib.auto_choice_score(text, job.fmt, job.messages)
-        return fmtlib.forced_call_score(text, job.fmt, job.messages)
-    return fmtlib.format_validity(text, job.fmt)
+    if job.fmt.calls_tools and job.fmt.tool_choice == "auto":
+        return fmtlib.auto_choice_score(text, job.fmt, job.messages)
+    return fmtlib.format_validity(text, job.fmt)  # forced calls / JSON; grounding is its own term
 
 
 def _cut_message(max_tokens: int, what: str) -> str:
