@@ -22,6 +22,7 @@ from typing import Any
 
 import torch
 from pydantic import BaseModel, Field
+from tool_call_rate import wordy  # the standard suite's reward (same folder)
 
 import langchain_aisp
 from langchain_aisp import AISPChatModel
@@ -105,11 +106,6 @@ def non_latin(text: str) -> bool:
     return bool(re.search(r"[^\x00-\u024f\s\d\W]", text))
 
 
-def wordy(prompt: str, response: str) -> float:
-    """The standard suite's reward: non-empty answers of up to 20 words."""
-    return min(len(response.split()), 20) / 20.0
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--num-samples", type=int, default=4)
@@ -143,7 +139,8 @@ def main() -> None:
             print(f"{name:8s} {item['prompt'][:60]!r:64s} -> {got or repr(out)[:80]}", flush=True)
     seconds = time.perf_counter() - start
     right = sum(r["ok"] for r in rows)
-    print(f"\nfield accuracy: {right}/{len(rows)} = {right / len(rows):.3f}  ({seconds:.0f} s, {seconds / 30:.1f} s/call)")
+    per_call = seconds / len(items)
+    print(f"\nfield accuracy: {right}/{len(rows)} = {right / len(rows):.3f}  ({seconds:.0f} s, {per_call:.1f} s/call)")
     for kind, fields in KINDS.items():
         sel = [r for r in rows if r["field"] in fields]
         print(f"  {kind:7s} {sum(r['ok'] for r in sel)}/{len(sel)}")

@@ -21,14 +21,10 @@ from typing import Any
 
 import torch
 from langchain_tests.integration_tests import ChatModelIntegrationTests
+from tool_call_rate import wordy  # the standard suite's reward (tests/test_standard.py), same folder
 
 import langchain_aisp
 from langchain_aisp import AISPChatModel
-
-
-def wordy_reward(prompt: str, response: str) -> float:
-    """The standard suite's reward (tests/test_standard.py): non-empty answers of up to 20 words."""
-    return min(len(response.split()), 20) / 20.0
 
 
 class Suite(ChatModelIntegrationTests):
@@ -79,19 +75,16 @@ def main() -> None:
     start = time.perf_counter()
     for budget, max_tokens, seed in itertools.product(args.budgets, args.max_tokens, args.seeds):
         n, k = (int(x) for x in budget.split("x"))
-        model = AISPChatModel(
-            reward=wordy_reward, num_samples=n, num_iterations=k, max_tokens=max_tokens, seed=seed
-        )
+        model = AISPChatModel(reward=wordy, num_samples=n, num_iterations=k, max_tokens=max_tokens, seed=seed)
         tests: list[tuple[str, Any]] = []
         if not args.no_unicode:
             tests.append(("unicode_tool_call", lambda m=model: suite.test_unicode_tool_call_integration(m)))
         if args.structured:
             for kind in ("pydantic", "typeddict", "json_schema"):
                 tests.append((f"structured[{kind}]", lambda m=model, s=kind: suite.test_structured_output(m, s)))
+            optional = suite.test_structured_output_optional_param
             for kind in ("pydantic", "typeddict", "json_schema"):
-                tests.append(
-                    (f"optional_param[{kind}]", lambda m=model, s=kind: suite.test_structured_output_optional_param(m, s))
-                )
+                tests.append((f"optional_param[{kind}]", lambda m=model, s=kind, t=optional: t(m, s)))
         for name, fn in tests:
             cell = time.perf_counter()
             ok, why = run_test(name, fn)
