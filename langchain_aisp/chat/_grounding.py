@@ -46,6 +46,9 @@ DEFAULT_GROUNDING_WEIGHT = 1.0
 
 SPAN_CREDIT = 0.9
 """Grounding of a string that is a span of the conversation but not one the user put in quotes (those score 1)."""
+OVERLAP_FACTOR = 0.0
+"""Factor on the grounding of a value that repeats another field's value, contains it or is contained in it
+(one span copied into two fields: at most one is right, and which is unknown, so neither earns credit)."""
 PARTIAL_CREDIT = 0.5
 """Grounding of a string none of whose spans is in the conversation, times the share of its words that are."""
 _QUOTED = re.compile(
@@ -177,8 +180,8 @@ def _fixed(schema: dict[str, Any]) -> bool:
     return "enum" in schema or "const" in schema or (bool(options) and all(_fixed(o) for o in options if o))
 
 
-def _collect(value: Any, schema: Any, root: dict[str, Any], conversation: Conversation, out: list[float]) -> None:
-    """Append the grounding of every leaf of ``value`` that the conversation could supply."""
+def _collect(value: Any, schema: Any, root: dict[str, Any], out: list[str | int | float]) -> None:
+    """Append every leaf of ``value`` that the conversation could supply."""
     node = _resolve(schema, root)
     if _fixed(node) or value is None or isinstance(value, bool):
         return
@@ -187,20 +190,36 @@ def _collect(value: Any, schema: Any, root: dict[str, Any], conversation: Conver
         for key, item in value.items():
             sub = _resolve(props.get(key, {}), root)
             if not is_generative(str(key), sub):
-                _collect(item, sub, root, conversation, out)
+                _collect(item, sub, root, out)
     elif isinstance(value, list):
         for item in value:
-            _collect(item, node.get("items", {}), root, conversation, out)
+            _collect(item, node.get("items", {}), root, out)
     elif isinstance(value, (str, int, float)):
-        out.append(value_grounding(value, conversation))
+        out.append(value)
+
+
+def _overlaps(leaves: Sequence[str | int | float]) -> list[bool]:
+    """For each leaf: whether another leaf has the same normalised text or contains it, or it contains
+    another (``name="36", age=36``; ``customer="Chloe"``, ``product="Chloe Dubois"``): a value copied twice."""
+    keys = [_SEP + _SEP.join(units(str(v))) + _SEP for v in leaves]
+    return [
+        any(j != i and len(b) > 2 and len(a) > 2 and (a in b or b in a) for j, b in enumerate(keys))  # non-empty
+        for i, a in enumerate(keys)
+    ]
 
 
 def grounding(value: Any, schema: dict[str, Any] | None, conversation: Conversation) -> float:
     """The mean :func:`value_grounding` of the leaves of ``value`` (validated against ``schema``) that the
-    conversation could supply; 1.0 when there are none (nothing to ground, nothing invented)."""
-    scores: list[float] = []
+    conversation could supply, a leaf that repeats or contains another (or is contained in one) counting
+    ``OVERLAP_FACTOR`` times its grounding (one span copied into two fields); 1.0 when there are none
+    (nothing to ground, nothing invented)."""
+    leaves: list[str | int | float] = []
     root = schema if isinstance(schema, dict) else {}
-    _collect(value, root, root, conversation, scores)
+    _collect(value, root, root, leaves)
+    scores = [
+        value_grounding(v, conversation) * (OVERLAP_FACTOR if twice else 1.0)
+        for v, twice in zip(leaves, _overlaps(leaves), strict=True)
+    ]
     return sum(scores) / len(scores) if scores else 1.0
 
 
@@ -292,6 +311,21 @@ def _grammar(fmt: fmtlib.OutputFormat, spans: Sequence[str], numbers: Sequence[f
         schema, changed = grounded_schema(fmt.json_schema, spans, numbers)
         return grammarlib.json_grammar(schema, strict=False) if changed else None
     return None
+
+
+GROUNDED_CYCLE = 4
+"""Samples per cycle of grammars: sample 0 of every 4 follows the call's own grammar, the other 3 a grounded one."""
+
+
+def sample_grammars(grammar: str, fmt: fmtlib.OutputFormat, messages: Sequence[BaseMessage]) -> list[str]:
+    """The grammar of each sample (sample ``i`` follows entry ``i % len``): ``[grammar]`` when nothing can
+    be grounded (:func:`grounded_grammars` is empty); else ``grammar`` for one sample in ``GROUNDED_CYCLE``
+    and the grounded grammars, in turn, for the others (quoted values, every span, quoted values when the
+    user quoted some): 2 samples are one free and one grounded, 4 are one free and three grounded."""
+    grounded = grounded_grammars(fmt, messages)
+    if not grounded:
+        return [grammar]
+    return [grammar, *(grounded[i % len(grounded)] for i in range(GROUNDED_CYCLE - 1))]
 
 
 def grounded_grammars(fmt: fmtlib.OutputFormat, messages: Sequence[BaseMessage]) -> list[str]:
