@@ -790,16 +790,6 @@ def call_is_grounded(call: ToolCall, fmt: OutputFormat, messages: Sequence[BaseM
     return relevant or numbers
 
 
-def forced_call_score(text: str, fmt: OutputFormat) -> float:
-    """Format term of a forced call: :func:`format_validity`, except that a valid call where two
-    arguments have the same value scores 0.75 instead of 1 (``name="36", age=36``). Whether the
-    values come from the conversation is the separate grounding term (``chat/_grounding.py``)."""
-    value = format_validity(text, fmt)
-    if value == 1.0 and any(_repeats_a_value(c) for c in parse_tool_reply(text, fmt).tool_calls):
-        return 0.75
-    return value
-
-
 def _repeats_a_value(call: ToolCall) -> bool:
     """Two arguments with the same value (``name="30", age=30``): a small model's usual slip."""
     leaves = [str(v).strip().lower() for v in _leaves(call["args"])]

@@ -273,18 +273,6 @@ def test_auto_prefers_the_more_related_tool_and_distinct_values():
     assert right > repeated > 0 and other < repeated
 
 
-def test_forced_calls_prefer_distinct_values():
-    @tool
-    def person(name: str, age: int) -> str:
-        """Record a person."""
-        return name
-
-    people = fmtlib.OutputFormat(tools=_fmt(person).tools, tool_choice="any")
-    assert fmtlib.forced_call_score(_call("person", {"name": "Ada", "age": 36}), people) == 1.0
-    assert fmtlib.forced_call_score(_call("person", {"name": "36", "age": 36}), people) == 0.75  # repeated
-    assert fmtlib.forced_call_score("<tool_call>\n{", people) == -1.0  # (grounding: tests/test_grounding.py)
-
-
 def test_auto_forced_rows_propose_values_from_the_conversation():
     fmt = _fmt(get_weather, paint)
     ask = [HumanMessage("What is the weather in San Francisco, CA? Paint 2 walls.")]

@@ -119,6 +119,16 @@ def test_grounding_is_the_mean_over_leaves_and_follows_refs():
     assert grounding.grounding(value, schema, conv) == pytest.approx((grounding.SPAN_CREDIT + 2) / 4)
 
 
+def test_a_value_copied_into_two_fields_counts_less():
+    conv = _conv("Chloe Dubois buys 25 croissants.")
+    schema = {"properties": {"customer": {"type": "string"}, "product": {"type": "string"}}}
+    right = grounding.grounding({"customer": "Chloe Dubois", "product": "croissants"}, schema, conv)
+    twice = grounding.grounding({"customer": "Chloe", "product": "Chloe Dubois"}, schema, conv)
+    assert right == grounding.SPAN_CREDIT
+    assert twice == pytest.approx(grounding.SPAN_CREDIT * grounding.OVERLAP_FACTOR)
+    assert grounding.grounding({"customer": "Chloe", "product": "Chloe"}, schema, conv) == twice
+
+
 def test_is_generative():
     assert grounding.is_generative("punchline", {})
     assert grounding.is_generative("shortSummary", {})
@@ -140,7 +150,8 @@ def test_reply_grounding_of_calls_and_json():
     conv = _conv("Ada is 36.")
     span = grounding.SPAN_CREDIT
     assert grounding.reply_grounding('{"name": "Ada", "age": 36}', as_json, conv) == pytest.approx((span + 1) / 2)
-    assert grounding.reply_grounding('{"name": "36", "age": 36}', as_json, conv) == pytest.approx((span + 1) / 2)
+    twice = grounding.OVERLAP_FACTOR * (span + 1) / 2  # one value copied into two fields
+    assert grounding.reply_grounding('{"name": "36", "age": 36}', as_json, conv) == pytest.approx(twice)
     assert grounding.reply_grounding('{"name": "Eve", "age": 36}', as_json, conv) == 0.5
     assert grounding.reply_grounding("not json", as_json, conv) == 0.0
     assert grounding.reply_grounding("anything", fmtlib.OutputFormat(), conv) == 1.0  # free text: no term
@@ -200,6 +211,17 @@ def test_grounded_grammars_of_a_forced_call(tiny_lm):
     assert len(grounding.grounded_grammars(fmt, unquoted)) == 1
     plain = grammarlib.tool_call_grammar(list(fmt.tools), choice="unicode_customer")
     assert _accepts(tiny_lm, plain, invented)
+
+
+def test_sample_grammars_cycle_one_free_and_three_grounded():
+    fmt = fmtlib.OutputFormat(tools=(CUSTOMER,), tool_choice="unicode_customer")
+    quoted, spans = grounding.grounded_grammars(fmt, ASK)
+    assert grounding.sample_grammars("FREE", fmt, ASK) == ["FREE", quoted, spans, quoted]
+    unquoted = [HumanMessage("Create a customer named Hello Group")]
+    (only,) = grounding.grounded_grammars(fmt, unquoted)
+    assert grounding.sample_grammars("FREE", fmt, unquoted) == ["FREE", only, only, only]
+    joke = fmtlib.OutputFormat(json_schema={"type": "object", "properties": {"punchline": {"type": "string"}}})
+    assert grounding.sample_grammars("FREE", joke, ASK) == ["FREE"]
 
 
 def test_grounded_grammars_of_json_and_when_there_are_none(tiny_lm):
