@@ -1,5 +1,12 @@
-"""Private modules of :class:`langchain_aisp.chat_models.AISPChatModel` (import the model from ``chat_models``).
+"""Private rooms of :class:`langchain_aisp.chat_models.AISPChatModel` (import the model from ``chat_models``).
 
-- ``_grounding``: how grounded a call's / structured output's values are in the conversation (the grounding
-  term added to the reward), and the span-restricted grammar of the grounded samples.
+- ``_loading``: the process-wide model cache and rewards as ``"module:qualname"`` paths (serialisation);
+- ``_plan``: one call -> a ``Job`` (settings, rendered prompt, grammar, the auto-choice variant), the plan of
+  a ``batch`` call, and merging the variants of a job (the auto choice);
+- ``_execute``: running jobs through the engine (retries, memory, deadlines, per-input outcomes);
+- ``_progress``: the ``"aisp_progress"`` callback events and the run id of the current public call;
+- ``_messages``: an engine result -> ``AIMessage`` / stream chunks (tool-call parsing, metadata);
+- ``_structured``: ``with_structured_output`` parsers (cut replies, schema checks);
+- ``_grounding``: how grounded a forced call's / structured output's values are in the conversation (the
+  grounding term added to the reward) and the span-restricted grammars of the grounded samples.
 """
