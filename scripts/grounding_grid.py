@@ -20,35 +20,10 @@ import traceback
 from typing import Any
 
 import torch
-from langchain_tests.integration_tests import ChatModelIntegrationTests
-from tool_call_rate import wordy  # the standard suite's reward (tests/test_standard.py), same folder
 
 import langchain_aisp
 from langchain_aisp import AISPChatModel
-
-
-class Suite(ChatModelIntegrationTests):
-    """The capabilities tests/test_standard.py declares."""
-
-    @property
-    def chat_model_class(self) -> Any:
-        return AISPChatModel
-
-    @property
-    def chat_model_params(self) -> dict[str, Any]:
-        return {}
-
-    @property
-    def has_tool_calling(self) -> bool:
-        return True
-
-    @property
-    def has_tool_choice(self) -> bool:
-        return True
-
-    @property
-    def has_structured_output(self) -> bool:
-        return True
+from tests.test_standard import TestAISPChatModelIntegration, wordy_reward  # the suite's capabilities and reward
 
 
 def run_test(name: str, fn: Any) -> tuple[bool, str]:
@@ -70,12 +45,12 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
     print("langchain_aisp from", langchain_aisp.__file__, flush=True)
-    suite = Suite()
+    suite = TestAISPChatModelIntegration()
     totals: dict[str, list[int]] = {}
     start = time.perf_counter()
     for budget, max_tokens, seed in itertools.product(args.budgets, args.max_tokens, args.seeds):
         n, k = (int(x) for x in budget.split("x"))
-        model = AISPChatModel(reward=wordy, num_samples=n, num_iterations=k, max_tokens=max_tokens, seed=seed)
+        model = AISPChatModel(reward=wordy_reward, num_samples=n, num_iterations=k, max_tokens=max_tokens, seed=seed)
         tests: list[tuple[str, Any]] = []
         if not args.no_unicode:
             tests.append(("unicode_tool_call", lambda m=model: suite.test_unicode_tool_call_integration(m)))

@@ -40,6 +40,7 @@ from langchain_core.messages import BaseMessage
 
 from langchain_aisp import _chat_format as fmtlib
 from langchain_aisp import _grammar_llguidance as grammarlib
+from langchain_aisp._json import resolve_ref
 
 DEFAULT_GROUNDING_WEIGHT = 1.0
 """Default weight of the grounding term (reward units; the term is ``weight * g`` with ``g`` in [0, 1])."""
@@ -161,19 +162,6 @@ def is_generative(name: str, schema: Any) -> bool:
     return isinstance(description, str) and bool(set(re.findall(r"\w+", description.lower())) & GENERATIVE_DESCRIPTIONS)
 
 
-def _resolve(schema: Any, root: dict[str, Any]) -> dict[str, Any]:
-    """``schema`` with a local ``$ref`` followed (one level), or {} when it is not a dict."""
-    if not isinstance(schema, dict):
-        return {}
-    ref = schema.get("$ref")
-    if isinstance(ref, str) and ref.startswith("#/"):
-        node: Any = root
-        for part in ref[2:].split("/"):
-            node = node.get(part) if isinstance(node, dict) else None
-        return node if isinstance(node, dict) else {}
-    return schema
-
-
 def _fixed(schema: dict[str, Any]) -> bool:
     """A schema whose value comes from the schema itself (enum / const), not from the conversation."""
     options = schema.get("anyOf") or schema.get("oneOf") or []
@@ -182,13 +170,13 @@ def _fixed(schema: dict[str, Any]) -> bool:
 
 def _collect(value: Any, schema: Any, root: dict[str, Any], out: list[str | int | float]) -> None:
     """Append every leaf of ``value`` that the conversation could supply."""
-    node = _resolve(schema, root)
+    node = resolve_ref(schema, root)
     if _fixed(node) or value is None or isinstance(value, bool):
         return
     if isinstance(value, dict):
         props = node.get("properties") if isinstance(node.get("properties"), dict) else {}
         for key, item in value.items():
-            sub = _resolve(props.get(key, {}), root)
+            sub = resolve_ref(props.get(key, {}), root)
             if not is_generative(str(key), sub):
                 _collect(item, sub, root, out)
     elif isinstance(value, list):
