@@ -174,7 +174,8 @@ def _collect(value: Any, schema: Any, root: dict[str, Any], out: list[str | int 
     if _fixed(node) or value is None or isinstance(value, bool):
         return
     if isinstance(value, dict):
-        props = node.get("properties") if isinstance(node.get("properties"), dict) else {}
+        found = node.get("properties")
+        props: dict[str, Any] = found if isinstance(found, dict) else {}
         for key, item in value.items():
             sub = resolve_ref(props.get(key, {}), root)
             if not is_generative(str(key), sub):
