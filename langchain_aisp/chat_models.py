@@ -44,6 +44,7 @@ from langchain_aisp.chat._messages import to_chunks, to_message
 from langchain_aisp.chat._plan import Job
 from langchain_aisp.chat._progress import PROGRESS_EVENT, ProgressFn
 from langchain_aisp.chat._structured import StructuredMethod, structured_output
+from langchain_aisp.chat._tool_formats import ToolFormatName
 from langchain_aisp.engine.aisp import PromptResult, RewardError, run
 from langchain_aisp.engine.config import (
     DEFAULT_ALPHA,
@@ -84,7 +85,15 @@ __all__ = [
     "clear_model_cache",
 ]
 
-_IDENTIFYING_FIELDS = (*_plan.PER_CALL_FIELDS, "stop")
+_IDENTIFYING_FIELDS = (
+    *_plan.PER_CALL_FIELDS,
+    "stop",
+    "reasoning",
+    "reasoning_tags",
+    "thinking_budget",
+    "score_reasoning",
+    "tool_format",
+)
 """Fields that tell two configurations apart (with the model, the reward and the control memory)."""
 
 
@@ -357,6 +366,30 @@ class AISPChatModel(BaseChatModel):
     ``RETRY_WAIT_MAX`` s between attempts, never past ``timeout``) before the run fails with
     ``RewardError``. 0: no retry (a local reward that raises once will raise again)."""
 
+    reasoning: bool | None = None
+    """Thinking models (Qwen3, SmolLM3, DeepSeek-R1 distills): None uses the chat template's default, True
+    thinks (an error for a model whose template has no think section, unless ``reasoning_tags`` is set),
+    False turns thinking off (``enable_thinking=False`` where the template takes it, else an empty think
+    section is prefilled). The reasoning goes to ``additional_kwargs["reasoning_content"]``, the answer to
+    ``content``."""
+
+    reasoning_tags: tuple[str, str] | None = None
+    """The (open, close) think tags; None detects them from the chat template (``<think>``, ``</think>``)."""
+
+    thinking_budget: int | None = None
+    """Most thinking tokens, >= 0: then the closing tag is forced. With a budget the engine decodes
+    ``thinking_budget + len(closing tag) + max_tokens`` tokens, so the answer always keeps ``max_tokens``;
+    None: no limit, thinking and answer share ``max_tokens``."""
+
+    score_reasoning: bool = False
+    """False: the reward scores the answer only; True: the whole reply (the think section with its tags, then
+    the answer)."""
+
+    tool_format: ToolFormatName = "auto"
+    """The tool-call format: ``"auto"`` (the chat template's own when it renders tools in a known format:
+    ``"hermes"`` ``<tool_call>``, ``"llama3"`` ``{"name", "parameters"}``, ``"mistral"`` ``[TOOL_CALLS]``;
+    else ``"documented"``, the tools described in the system message) or one of those names."""
+
     _reward: Reward = PrivateAttr()
     _lm: Any = PrivateAttr(default=None)
     _lm_lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
@@ -528,6 +561,25 @@ class AISPChatModel(BaseChatModel):
                     else:
                         self._lm = cached_lm(self.model, self.device, self.dtype, self.trust_remote_code)
         return self._lm
+
+    def warmup(self, rows: Sequence[int] | None = None, prompt_tokens: Sequence[int] = (64,)) -> list[dict[str, Any]]:
+        """Build this model's static decoding buckets before the first call (compiled under ``decoding="compiled"``,
+        or ``"auto"`` on CUDA, and saved to the compile cache). ``rows`` defaults to ``num_samples``;
+        ``prompt_tokens``: rendered prompt lengths (chat template included) of the calls to come. Returns one
+        entry per bucket (:func:`langchain_aisp.engine.decode.warmup.warmup`); [] where decoding is eager."""
+        from langchain_aisp.engine.decode.warmup import warmup
+
+        settings = _plan.resolve_settings(self, {})
+        sizes = rows or (1 if settings.params.method == "sample" else settings.params.num_samples,)
+        sampling = settings.sampling
+        return warmup(
+            self._get_lm(),
+            rows=sizes,
+            max_tokens=(sampling.max_tokens,),
+            prompt_tokens=prompt_tokens,
+            decoding=self.decoding,
+            sampling=sampling,
+        )
 
     # --- the LangChain entry points -------------------------------------------------------
 

@@ -53,13 +53,14 @@ def _scorer(
     def score(indices: Sequence[int], responses: Sequence[str]) -> list[float]:
         full = [entries[e][1].prompt.prefill + r for e, r in zip(indices, responses, strict=True)]
         owners = [jobs[entries[e][0]] for e in indices]
-        values = list(retrying(reward.score, [job.messages for job in owners], full))
+        scored = [job.reply.scored(text) for job, text in zip(owners, full, strict=True)]  # the answer, by default
+        values = list(retrying(reward.score, [job.messages for job in owners], scored))
         if len(values) == len(full):
             for pos, job in enumerate(owners):
                 if format_weight and job.fmt.constrained:
-                    values[pos] = values[pos] + format_weight * format_term(full[pos], job)
-                if job.conversation is not None:
-                    g = groundlib.reply_grounding(full[pos], job.fmt, job.conversation)
+                    values[pos] = values[pos] + format_weight * format_term(job.reply.answer(full[pos]), job)
+                if job.conversation is not None:  # forced calls / structured output: the grounding term
+                    g = groundlib.reply_grounding(job.reply.answer(full[pos]), job.fmt, job.conversation)
                     values[pos] = values[pos] + grounding_weight * g
         return values
 

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import re
 import unicodedata
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -283,7 +283,13 @@ def grounded_schema(
     return out, changed
 
 
-def _grammar(fmt: fmtlib.OutputFormat, spans: Sequence[str], numbers: Sequence[float]) -> str | None:
+ToolGrammar = Callable[..., str]
+"""``(tools, *, choice, parallel, strict) -> grammar``: the tool-call grammar of the call's tool format."""
+
+
+def _grammar(
+    fmt: fmtlib.OutputFormat, spans: Sequence[str], numbers: Sequence[float], tool_grammar: ToolGrammar
+) -> str | None:
     """The grammar of ``fmt`` with its free fields restricted to ``spans`` / ``numbers``; None if none is."""
     if fmt.forces_call:
         tools, changed = [], False
@@ -293,9 +299,7 @@ def _grammar(fmt: fmtlib.OutputFormat, spans: Sequence[str], numbers: Sequence[f
             changed = changed or did
         if not changed:
             return None
-        return grammarlib.tool_call_grammar(
-            tools, choice=fmt.tool_choice, parallel=fmt.parallel_tool_calls, strict=False
-        )
+        return tool_grammar(tools, choice=fmt.tool_choice, parallel=fmt.parallel_tool_calls, strict=False)
     if fmt.json_schema is not None and not fmt.calls_tools:
         schema, changed = grounded_schema(fmt.json_schema, spans, numbers)
         return grammarlib.json_grammar(schema, strict=False) if changed else None
@@ -306,18 +310,25 @@ GROUNDED_CYCLE = 4
 """Samples per cycle of grammars: sample 0 of every 4 follows the call's own grammar, the other 3 a grounded one."""
 
 
-def sample_grammars(grammar: str, fmt: fmtlib.OutputFormat, messages: Sequence[BaseMessage]) -> list[str]:
+def sample_grammars(
+    grammar: str,
+    fmt: fmtlib.OutputFormat,
+    messages: Sequence[BaseMessage],
+    tool_grammar: ToolGrammar = grammarlib.tool_call_grammar,
+) -> list[str]:
     """The grammar of each sample (sample ``i`` follows entry ``i % len``): ``[grammar]`` when nothing can
     be grounded (:func:`grounded_grammars` is empty); else ``grammar`` for one sample in ``GROUNDED_CYCLE``
     and the grounded grammars, in turn, for the others (quoted values, every span, quoted values when the
     user quoted some): 2 samples are one free and one grounded, 4 are one free and three grounded."""
-    grounded = grounded_grammars(fmt, messages)
+    grounded = grounded_grammars(fmt, messages, tool_grammar)
     if not grounded:
         return [grammar]
     return [grammar, *(grounded[i % len(grounded)] for i in range(GROUNDED_CYCLE - 1))]
 
 
-def grounded_grammars(fmt: fmtlib.OutputFormat, messages: Sequence[BaseMessage]) -> list[str]:
+def grounded_grammars(
+    fmt: fmtlib.OutputFormat, messages: Sequence[BaseMessage], tool_grammar: ToolGrammar = grammarlib.tool_call_grammar
+) -> list[str]:
     """The grammars of the grounded samples of a forced call or structured output (see the module
     docstring): when the user quoted values, one where free string fields take only those (the literals
     a user quotes are the ones to copy) and one with every span of the conversation; else the latter
@@ -326,6 +337,6 @@ def grounded_grammars(fmt: fmtlib.OutputFormat, messages: Sequence[BaseMessage])
     conversation need not satisfy keywords llguidance cannot enforce (the reply is validated after)."""
     spans, numbers = fmtlib.conversation_spans(messages)
     quoted = Conversation.of(messages).quoted
-    candidates = [_grammar(fmt, quoted, numbers)] if quoted else []
-    candidates.append(_grammar(fmt, spans, numbers))
+    candidates = [_grammar(fmt, quoted, numbers, tool_grammar)] if quoted else []
+    candidates.append(_grammar(fmt, spans, numbers, tool_grammar))
     return [g for g in dict.fromkeys(candidates) if g is not None]
