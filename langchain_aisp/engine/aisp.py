@@ -20,7 +20,7 @@ import math
 import numbers
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 import torch
@@ -44,6 +44,7 @@ from langchain_aisp.engine.importance import (
     update_mean,
 )
 from langchain_aisp.engine.lm import CausalLM
+from langchain_aisp.engine.token_bias import bias_head, grow_support, perturb
 from langchain_aisp.errors import RewardError, RewardFailure, RunTimeoutError, as_float, excerpt
 
 ScoreFn = Callable[[Sequence[int], Sequence[str]], Sequence[float]]
@@ -319,7 +320,7 @@ def control_shape(lm: CausalLM, params: AISPParams, sampling: SamplingParams) ->
     """Shape (steps, d) of one prompt's mean control U: steps = min(tau, max_tokens) for ``control="position"``,
     1 for ``"shared"``; d the model's hidden size."""
     steps = min(params.tau, sampling.max_tokens) if params.control == "position" else 1
-    return steps, lm.hidden_size
+    return steps, lm.head_weight.shape[0] if params.control == "token-bias" else lm.hidden_size
 
 
 def _initial_controls(
@@ -353,6 +354,14 @@ class _PromptState:
     generator: torch.Generator
     mass: torch.Tensor  # (steps,) importance mass per position, summed over iterations
     elite_uniforms: torch.Tensor | None = None  # (T,) token-sampling noise of the best response so far
+    support: torch.Tensor | None = None  # (vocab,) control="token-bias": the tokens its samples used so far
+
+
+def _support(state: _PromptState, vocab: int, device: torch.device) -> torch.Tensor:
+    """The prompt's token-bias support (vocab,), empty before its first scored iteration."""
+    if state.support is None:
+        state.support = torch.zeros(vocab, dtype=torch.bool, device=device)  # (vocab,)
+    return state.support
 
 
 def run(
@@ -426,6 +435,10 @@ def run(
     sigma = params.sigma * lm.prelogit_rms if steer else 0.0  # absolute, in pre-logit units
     tau = min(params.tau, sampling.max_tokens)
     d = lm.hidden_size
+    biased = steer and params.control == "token-bias"  # a logit bias over the used tokens (engine/token_bias.py)
+    if biased:  # eager decoding: the static path's captured head adds pre-logit controls only
+        decoder, decode_fn = replace(decoder, head=bias_head(lm)), None
+        sigma, d = params.sigma, control_shape(lm, params, sampling)[1]  # nats; d = vocab
     device = lm.device
     # Which control vector drives each perturbed position: its own (position) or the one shared vector.
     control_index = torch.arange(tau) if params.control == "position" else torch.zeros(tau, dtype=torch.long)  # (tau,)
@@ -483,9 +496,14 @@ def run(
                 elite = torch.stack([s.elite_uniforms for s in live if s.elite_uniforms is not None])  # (b, T)
                 uniforms[:, :elite_rows] = elite[:, None]  # (b, n, T)
             U = torch.stack([s.U for s in live])  # (b, steps, d)
-            V = U[:, None] + sigma * eps  # (b, n, steps, d)
-            V_pos = V[:, :, control_index.to(device)].reshape(-1, tau, d)  # (b*n, tau, d)
-            V_rows = torch.cat([V_pos, V.new_zeros(len(live) * n, 1, d)], dim=1)  # (b*n, tau+1, d)
+            if biased:  # V (b, n, 1, vocab), applied at every position
+                drawn = [perturb(s.U, e, _support(s, d, device), sigma) for s, e in zip(live, eps, strict=True)]
+                V = torch.stack(drawn)  # (b, n, 1, vocab)
+                V_rows = V.reshape(-1, 1, d)  # (b*n, 1, vocab)
+            else:
+                V = U[:, None] + sigma * eps  # (b, n, steps, d)
+                V_pos = V[:, :, control_index.to(device)].reshape(-1, tau, d)  # (b*n, tau, d)
+                V_rows = torch.cat([V_pos, V.new_zeros(len(live) * n, 1, d)], dim=1)  # (b*n, tau+1, d)
             out, decode_rows = _decode_rows(
                 decoder,
                 prefixes,
@@ -532,6 +550,8 @@ def run(
                 state.result.weights.append(weights.tolist())
                 state.result.ess.append(effective_sample_size(weights))
                 state.result.u_norms.append(float(state.U.norm()))
+                if biased:
+                    state.support = grow_support(_support(state, d, device), out.token_ids[rows])  # (vocab,)
             scored = [s for s in live if s.result.error is None]
             if on_iteration is not None and scored:
                 on_iteration(

@@ -1,0 +1,66 @@
+"""The token-bias control (issue 17): AISP's importance-sampling update on a logit bias over the used tokens."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from langchain_aisp.engine.aisp import control_shape, run
+from langchain_aisp.engine.config import AISPParams, SamplingParams
+from langchain_aisp.engine.token_bias import bias_head, grow_support, perturb
+
+pytestmark = pytest.mark.usefixtures("single_torch_thread")
+
+
+def test_pieces_perturb_only_the_support_and_add_the_bias_to_the_logits(tiny_lm):
+    vocab = tiny_lm.head_weight.shape[0]
+    support = grow_support(torch.zeros(vocab, dtype=torch.bool), [[5, 9], [9, 2], []])
+    assert support.nonzero().squeeze(-1).tolist() == [2, 5, 9]
+    U = torch.zeros(1, vocab)
+    U[0, 7] = 1.5
+    eps = torch.randn(3, 1, vocab, generator=torch.Generator().manual_seed(0))
+    V = perturb(U, eps, support, 2.0)
+    assert V.shape == (3, 1, vocab)
+    changed = (V[:, 0] != U).any(dim=0).nonzero().squeeze(-1).tolist()
+    assert changed == [2, 5, 9] and torch.equal(V[:, 0, 7], torch.full((3,), 1.5))
+    z = torch.randn(3, tiny_lm.hidden_size)
+    logits = bias_head(tiny_lm)(z, V[:, 0])
+    assert torch.allclose(logits, z @ tiny_lm.head_weight.T + V[:, 0], atol=1e-5)
+
+
+def test_token_bias_run_learns_a_bias_on_the_tokens_it_sampled(tiny_lm, encode):
+    params = AISPParams(method="aisp", num_samples=4, num_iterations=3, sigma=2.0, control="token-bias")
+    sampling = SamplingParams(max_tokens=6)
+    vocab = tiny_lm.head_weight.shape[0]
+    assert control_shape(tiny_lm, params, sampling) == (1, vocab)
+
+    def score(indices, texts):
+        return [float(len(t)) for t in texts]
+
+    results = run(tiny_lm, [encode("Hi"), encode("Why?")], score, params, sampling, seed=3)
+    again = run(tiny_lm, [encode("Hi"), encode("Why?")], score, params, sampling, seed=3)
+    for result, repeat in zip(results, again, strict=True):
+        assert result.texts == repeat.texts  # same seed, same answer
+        assert result.U is not None and result.U.shape == (1, vocab)
+        used_before_last = {t for it in result.sample_token_ids[:-1] for ids in it for t in ids}
+        biased = set(result.U[0].nonzero().squeeze(-1).tolist())
+        assert biased and biased <= used_before_last  # only tokens earlier samples used get a bias
+        assert len(result.rewards) == 3 and result.samples == 12
+    alone = run(tiny_lm, [encode("Why?")], score, params, sampling, seed=3)[0]
+    assert alone.texts == results[1].texts  # batch-independent
+
+
+def test_token_bias_rejects_token_step():
+    with pytest.raises(ValueError, match=r"token_step must be 0 with control='token-bias'.*got 0.5"):
+        AISPParams(control="token-bias", token_step=0.5)
+    with pytest.raises(ValueError, match=r"control must be one of \['position', 'shared', 'token-bias'\]"):
+        AISPParams(control="bias")
+
+
+def test_a_control_memory_refuses_token_bias(tiny_lm, encode):
+    from langchain_aisp.engine.memory import ControlMemory, run_with_memory
+
+    params = AISPParams(method="aisp", num_samples=2, num_iterations=1, sigma=1.0, control="token-bias")
+    with pytest.raises(ValueError, match=r"control memory learns pre-logit controls.*got control='token-bias'"):
+        run_with_memory(ControlMemory(), tiny_lm, [encode("Hi")], lambda i, t: [0.0] * len(t), params,
+                        SamplingParams(max_tokens=2), reward="r")  # fmt: skip
