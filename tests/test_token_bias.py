@@ -64,3 +64,21 @@ def test_a_control_memory_refuses_token_bias(tiny_lm, encode):
     with pytest.raises(ValueError, match=r"control memory learns pre-logit controls.*got control='token-bias'"):
         run_with_memory(ControlMemory(), tiny_lm, [encode("Hi")], lambda i, t: [0.0] * len(t), params,
                         SamplingParams(max_tokens=2), reward="r")  # fmt: skip
+
+
+def test_same_seed_same_uniforms_whatever_the_control(tiny_lm, encode):
+    """The control noise has its own generator: Best-of-N and AISP sample with the same uniforms."""
+    sampling = SamplingParams(max_tokens=6)
+    prompts = [encode("Hi")]
+
+    def score(indices, texts):
+        return [float(len(t)) for t in texts]
+
+    def texts(**kwargs):
+        params = AISPParams(num_samples=4, num_iterations=2, **kwargs)
+        return run(tiny_lm, prompts, score, params, sampling, seed=11)[0].texts
+
+    bon = texts(method="bon")
+    assert texts(method="bon", control="shared") == bon  # BoN ignores the control's shape
+    assert texts(method="aisp", control="token-bias", sigma=2.0)[0] == bon[0]  # empty support: BoN's samples
+    assert texts(method="aisp", sigma=1e-6) == bon  # a negligible control changes nothing (Gumbel-max coupling)

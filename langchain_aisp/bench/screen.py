@@ -43,6 +43,7 @@ def screen_parser(prog: str, model_args: Callable[[argparse.ArgumentParser], Non
     )
     parser.add_argument("--prompts", default=None, help="JSONL file of {id, prompt, context?} (default: shipped set)")
     parser.add_argument("--limit-prompts", type=int, default=DEFAULT_PROMPTS, help=f"first K ({DEFAULT_PROMPTS})")
+    parser.add_argument("--ids", default=None, help="comma-separated prompt ids to use instead of the first K")
     parser.add_argument("--reward", action="append", default=None, help=f"rewards (default {DEFAULT_REWARDS})")
     parser.add_argument(
         "--designs",
@@ -70,6 +71,7 @@ def coupling_parser(prog: str, model_args: Callable[[argparse.ArgumentParser], N
     )
     parser.add_argument("--prompts", default=None, help="JSONL file of {id, prompt, context?} (default: shipped set)")
     parser.add_argument("--limit-prompts", type=int, default=DEFAULT_PROMPTS)
+    parser.add_argument("--ids", default=None, help="comma-separated prompt ids to use instead of the first K")
     parser.add_argument("--sigmas", default=COUPLING_SIGMAS, help="control std / pre-logit RMS (0.01,0.02,0.05)")
     parser.add_argument("--controls", type=int, default=2, help="control draws per prompt and sigma (default 2)")
     parser.add_argument("--sampling-sets", type=int, default=4, help="sampling-uniform sets per prompt (default 4)")
@@ -78,6 +80,20 @@ def coupling_parser(prog: str, model_args: Callable[[argparse.ArgumentParser], N
     parser.add_argument("--out", default="bench-results/coupling", help="folder for coupling.json / coupling.md")
     model_args(parser)
     return parser
+
+
+def select_prompts(args: argparse.Namespace) -> list[Any]:
+    """The prompts of ``--prompts``: those named by ``--ids`` (in that order), else the first ``--limit-prompts``."""
+    from langchain_aisp.bench.prompts import load_prompts
+
+    if not args.ids:
+        return load_prompts(args.prompts, args.limit_prompts)
+    by_id = {p.id: p for p in load_prompts(args.prompts)}
+    wanted = [i.strip() for i in args.ids.split(",") if i.strip()]
+    missing = [i for i in wanted if i not in by_id]
+    if missing:
+        raise ValueError(f"--ids: no prompt with id {missing} (known: {sorted(by_id)})")
+    return [by_id[i] for i in wanted]
 
 
 def _log(message: str) -> None:
@@ -127,13 +143,13 @@ def _text_score(reward: Any, conversation: Any) -> engine_screen.TextScore:
 
 
 def cmd_screen(args: argparse.Namespace, load_lm: Callable[[argparse.Namespace], Any]) -> int:
-    from langchain_aisp.bench.prompts import encode_prompts, load_prompts
+    from langchain_aisp.bench.prompts import encode_prompts
     from langchain_aisp.engine.config import SamplingParams
 
     designs = [engine_screen.parse_design(t, args.sigma) for t in args.designs.split(",") if t.strip()]
     if not designs:
         raise ValueError(f"--designs names no design: {args.designs!r}")
-    prompts = load_prompts(args.prompts, args.limit_prompts)
+    prompts = select_prompts(args)
     rewards = _reward_scores(args.reward)
     sampling = SamplingParams(max_tokens=args.max_tokens)
     lm = load_lm(args)
@@ -211,13 +227,13 @@ def changed_share(a: Sequence[Sequence[int]], b: Sequence[Sequence[int]]) -> tup
 
 
 def cmd_coupling(args: argparse.Namespace, load_lm: Callable[[argparse.Namespace], Any]) -> int:
-    from langchain_aisp.bench.prompts import encode_prompts, load_prompts
+    from langchain_aisp.bench.prompts import encode_prompts
     from langchain_aisp.engine.config import SamplingParams
     from langchain_aisp.engine.decode.eager import Decoder, decode, prefill
     from langchain_aisp.engine.processors import inverse_cdf_tokens, sample_tokens
 
     sigmas = [float(s) for s in args.sigmas.split(",") if s.strip()]
-    prompts = load_prompts(args.prompts, args.limit_prompts)
+    prompts = select_prompts(args)
     sampling = SamplingParams(max_tokens=args.max_tokens)
     lm = load_lm(args)
     decoder = Decoder.build(lm, sampling)

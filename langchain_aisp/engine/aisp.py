@@ -44,7 +44,7 @@ from langchain_aisp.engine.importance import (
     update_mean,
 )
 from langchain_aisp.engine.lm import CausalLM
-from langchain_aisp.engine.token_bias import bias_head, grow_support, perturb
+from langchain_aisp.engine.token_bias import TokenBias, bias_head
 from langchain_aisp.errors import RewardError, RewardFailure, RunTimeoutError, as_float, excerpt
 
 ScoreFn = Callable[[Sequence[int], Sequence[str]], Sequence[float]]
@@ -138,12 +138,22 @@ def _prompt_deadlines(deadline: object, count: int) -> list[float]:
     return [check(deadline, "deadline")] * count
 
 
-def _generator(seed: int | None, device: torch.device) -> torch.Generator:
+NOISE_SEED_SALT = 0x70B1A5
+"""XOR-ed into a prompt's seed for its control-noise generator."""
+
+
+def _generator(seed: int | None, device: torch.device, salt: int = 0) -> torch.Generator:
+    """A generator of its own: ``seed ^ salt``, or fresh entropy for a None seed (the global RNG is untouched).
+
+    Each prompt has two: the main one draws the token-sampling uniforms, the ``NOISE_SEED_SALT`` one the
+    control noise. So every method run with the same seed samples with the same uniforms in every
+    iteration, whatever its control's shape: Best-of-N and AISP are paired sample by sample.
+    """
     generator = torch.Generator(device=device)
     if seed is None:
-        generator.seed()  # fresh entropy for this generator only; the global RNG is untouched
+        generator.seed()
     else:
-        generator.manual_seed(seed)
+        generator.manual_seed(seed ^ salt)
     return generator
 
 
@@ -353,15 +363,9 @@ class _PromptState:
     U: torch.Tensor  # (steps, d)
     generator: torch.Generator
     mass: torch.Tensor  # (steps,) importance mass per position, summed over iterations
+    noise: torch.Generator  # the control noise's own generator (``generator`` draws the uniforms)
     elite_uniforms: torch.Tensor | None = None  # (T,) token-sampling noise of the best response so far
-    support: torch.Tensor | None = None  # (vocab,) control="token-bias": the tokens its samples used so far
-
-
-def _support(state: _PromptState, vocab: int, device: torch.device) -> torch.Tensor:
-    """The prompt's token-bias support (vocab,), empty before its first scored iteration."""
-    if state.support is None:
-        state.support = torch.zeros(vocab, dtype=torch.bool, device=device)  # (vocab,)
-    return state.support
+    bias: TokenBias | None = None  # control="token-bias": the tokens its samples used
 
 
 def run(
@@ -437,13 +441,12 @@ def run(
     d = lm.hidden_size
     biased = steer and params.control == "token-bias"  # a logit bias over the used tokens (engine/token_bias.py)
     if biased:  # eager decoding: the static path's captured head adds pre-logit controls only
-        decoder, decode_fn = replace(decoder, head=bias_head(lm)), None
-        sigma, d = params.sigma, control_shape(lm, params, sampling)[1]  # nats; d = vocab
+        decoder, decode_fn, sigma = replace(decoder, head=bias_head(lm)), None, params.sigma  # sigma in nats
     device = lm.device
     # Which control vector drives each perturbed position: its own (position) or the one shared vector.
     control_index = torch.arange(tau) if params.control == "position" else torch.zeros(tau, dtype=torch.long)  # (tau,)
     steps = int(control_index.max()) + 1  # control vectors per sample
-    start_U = _initial_controls(initial_U, len(prompts), (steps, d), params, device)  # (P, steps, d)
+    start_U = _initial_controls(initial_U, len(prompts), control_shape(lm, params, sampling), params, device)
     elite_rows = round(params.elite_fraction * n) if steer else 0  # rows reusing the elite's noise
     name = _score_name(score)
     prompts_per_batch = max(1, max_batch_size // n)
@@ -465,6 +468,8 @@ def run(
                 start_U[j],  # (steps, d)
                 _generator(seeds[j], device),
                 torch.zeros(steps, device=device),  # (steps,)
+                noise=_generator(seeds[j], device, NOISE_SEED_SALT),
+                bias=TokenBias.start(start_U.shape[-1], device) if biased else None,
             )
             for j in chunk
         ]
@@ -487,7 +492,7 @@ def run(
                 for i in range(n)
             ]
             eps = torch.stack(
-                [torch.randn(n, steps, d, generator=s.generator, device=device) for s in live]
+                [torch.randn(n, steps, d, generator=s.noise, device=device) for s in live]
             )  # (b, n, steps, d)
             uniforms = torch.stack(
                 [torch.rand(n, sampling.max_tokens, generator=s.generator, device=device) for s in live]
@@ -497,9 +502,8 @@ def run(
                 uniforms[:, :elite_rows] = elite[:, None]  # (b, n, T)
             U = torch.stack([s.U for s in live])  # (b, steps, d)
             if biased:  # V (b, n, 1, vocab), applied at every position
-                drawn = [perturb(s.U, e, _support(s, d, device), sigma) for s, e in zip(live, eps, strict=True)]
-                V = torch.stack(drawn)  # (b, n, 1, vocab)
-                V_rows = V.reshape(-1, 1, d)  # (b*n, 1, vocab)
+                V = torch.stack([s.bias.draw(s.U, n, sigma, s.noise) for s in live if s.bias is not None])
+                V_rows = V.reshape(len(live) * n, 1, -1)  # (b*n, 1, vocab)
             else:
                 V = U[:, None] + sigma * eps  # (b, n, steps, d)
                 V_pos = V[:, :, control_index.to(device)].reshape(-1, tau, d)  # (b*n, tau, d)
@@ -550,8 +554,8 @@ def run(
                 state.result.weights.append(weights.tolist())
                 state.result.ess.append(effective_sample_size(weights))
                 state.result.u_norms.append(float(state.U.norm()))
-                if biased:
-                    state.support = grow_support(_support(state, d, device), out.token_ids[rows])  # (vocab,)
+                if state.bias is not None:
+                    state.bias.observe(out.token_ids[rows])
             scored = [s for s in live if s.result.error is None]
             if on_iteration is not None and scored:
                 on_iteration(

@@ -11,13 +11,14 @@ move ``u`` towards the biases of the better responses (``importance.update_mean`
 reward-weighted vocabulary bias. The weights and lambda are the paper's (``importance``); only the
 space differs: U has shape (1, vocab) and V (n, 1, vocab).
 
-Pure torch; the loop calls :func:`bias_head` once per run and :func:`perturb` / :func:`grow_support`
-once per prompt and iteration.
+Pure torch; the loop calls :func:`bias_head` once per run, :meth:`TokenBias.start` once per prompt, and
+:meth:`TokenBias.draw` / :meth:`TokenBias.observe` once per prompt and iteration.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 
@@ -47,3 +48,24 @@ def grow_support(support: torch.Tensor, token_ids: Sequence[Sequence[int]]) -> t
 def perturb(U: torch.Tensor, eps: torch.Tensor, support: torch.Tensor, sigma: float) -> torch.Tensor:
     """``V_i = U + sigma * eps_i`` on the support, ``U`` elsewhere: U (1, vocab), eps (n, 1, vocab) -> (n, 1, vocab)."""
     return U[None] + sigma * eps * support.to(eps.dtype)  # (n, 1, vocab)
+
+
+@dataclass
+class TokenBias:
+    """One prompt's token-bias support: the tokens its scored samples used, where the noise goes."""
+
+    support: torch.Tensor
+    """(vocab,) bool."""
+
+    @classmethod
+    def start(cls, vocab: int, device: torch.device) -> TokenBias:
+        return cls(torch.zeros(vocab, dtype=torch.bool, device=device))  # (vocab,)
+
+    def draw(self, U: torch.Tensor, n: int, sigma: float, generator: torch.Generator) -> torch.Tensor:
+        """This iteration's controls ``V`` (n, 1, vocab) around the mean ``U`` (1, vocab)."""
+        eps = torch.randn(n, *U.shape, generator=generator, device=U.device)  # (n, 1, vocab)
+        return perturb(U, eps, self.support, sigma)  # (n, 1, vocab)
+
+    def observe(self, token_ids: Sequence[Sequence[int]]) -> None:
+        """Add the tokens of this iteration's samples to the support."""
+        self.support = grow_support(self.support, token_ids)  # (vocab,)
