@@ -44,7 +44,7 @@ from langchain_aisp.engine.importance import (
     update_mean,
 )
 from langchain_aisp.engine.lm import CausalLM
-from langchain_aisp.engine.token_bias import TokenBias, bias_head
+from langchain_aisp.engine.logit_control import LOGIT_CONTROLS, LogitControl, control_head, control_width
 from langchain_aisp.errors import RewardError, RewardFailure, RunTimeoutError, as_float, excerpt
 
 ScoreFn = Callable[[Sequence[int], Sequence[str]], Sequence[float]]
@@ -330,7 +330,7 @@ def control_shape(lm: CausalLM, params: AISPParams, sampling: SamplingParams) ->
     """Shape (steps, d) of one prompt's mean control U: steps = min(tau, max_tokens) for ``control="position"``,
     1 for ``"shared"``; d the model's hidden size."""
     steps = min(params.tau, sampling.max_tokens) if params.control == "position" else 1
-    return steps, lm.head_weight.shape[0] if params.control == "token-bias" else lm.hidden_size
+    return steps, control_width(lm, params.control) if params.control in LOGIT_CONTROLS else lm.hidden_size
 
 
 def _initial_controls(
@@ -365,7 +365,7 @@ class _PromptState:
     mass: torch.Tensor  # (steps,) importance mass per position, summed over iterations
     noise: torch.Generator  # the control noise's own generator (``generator`` draws the uniforms)
     elite_uniforms: torch.Tensor | None = None  # (T,) token-sampling noise of the best response so far
-    bias: TokenBias | None = None  # control="token-bias": the tokens its samples used
+    bias: LogitControl | None = None  # control="token-bias" / "temperature": where its noise goes
 
 
 def run(
@@ -439,9 +439,9 @@ def run(
     sigma = params.sigma * lm.prelogit_rms if steer else 0.0  # absolute, in pre-logit units
     tau = min(params.tau, sampling.max_tokens)
     d = lm.hidden_size
-    biased = steer and params.control == "token-bias"  # a logit bias over the used tokens (engine/token_bias.py)
+    biased = steer and params.control in LOGIT_CONTROLS  # a logit-space control (engine/logit_control.py)
     if biased:  # eager decoding: the static path's captured head adds pre-logit controls only
-        decoder, decode_fn, sigma = replace(decoder, head=bias_head(lm)), None, params.sigma  # sigma in nats
+        decoder, decode_fn, sigma = replace(decoder, head=control_head(lm, params.control)), None, params.sigma
     device = lm.device
     # Which control vector drives each perturbed position: its own (position) or the one shared vector.
     control_index = torch.arange(tau) if params.control == "position" else torch.zeros(tau, dtype=torch.long)  # (tau,)
@@ -469,7 +469,7 @@ def run(
                 _generator(seeds[j], device),
                 torch.zeros(steps, device=device),  # (steps,)
                 noise=_generator(seeds[j], device, NOISE_SEED_SALT),
-                bias=TokenBias.start(start_U.shape[-1], device) if biased else None,
+                bias=LogitControl.start(lm, params.control, device) if biased else None,
             )
             for j in chunk
         ]
@@ -501,9 +501,9 @@ def run(
                 elite = torch.stack([s.elite_uniforms for s in live if s.elite_uniforms is not None])  # (b, T)
                 uniforms[:, :elite_rows] = elite[:, None]  # (b, n, T)
             U = torch.stack([s.U for s in live])  # (b, steps, d)
-            if biased:  # V (b, n, 1, vocab), applied at every position
+            if biased:  # V (b, n, 1, width), applied at every position
                 V = torch.stack([s.bias.draw(s.U, n, sigma, s.noise) for s in live if s.bias is not None])
-                V_rows = V.reshape(len(live) * n, 1, -1)  # (b*n, 1, vocab)
+                V_rows = V.reshape(len(live) * n, 1, -1)  # (b*n, 1, width)
             else:
                 V = U[:, None] + sigma * eps  # (b, n, steps, d)
                 V_pos = V[:, :, control_index.to(device)].reshape(-1, tau, d)  # (b*n, tau, d)

@@ -7,7 +7,7 @@ import torch
 
 from langchain_aisp.engine.aisp import control_shape, run
 from langchain_aisp.engine.config import AISPParams, SamplingParams
-from langchain_aisp.engine.token_bias import bias_head, grow_support, perturb
+from langchain_aisp.engine.logit_control import control_head, grow_support, perturb
 
 pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
@@ -24,7 +24,7 @@ def test_pieces_perturb_only_the_support_and_add_the_bias_to_the_logits(tiny_lm)
     changed = (V[:, 0] != U).any(dim=0).nonzero().squeeze(-1).tolist()
     assert changed == [2, 5, 9] and torch.equal(V[:, 0, 7], torch.full((3,), 1.5))
     z = torch.randn(3, tiny_lm.hidden_size)
-    logits = bias_head(tiny_lm)(z, V[:, 0])
+    logits = control_head(tiny_lm, "token-bias")(z, V[:, 0])
     assert torch.allclose(logits, z @ tiny_lm.head_weight.T + V[:, 0], atol=1e-5)
 
 
@@ -51,9 +51,13 @@ def test_token_bias_run_learns_a_bias_on_the_tokens_it_sampled(tiny_lm, encode):
 
 
 def test_token_bias_rejects_token_step():
-    with pytest.raises(ValueError, match=r"token_step must be 0 with control='token-bias'.*got 0.5"):
+    with pytest.raises(
+        ValueError, match=r"token_step must be 0 with control='token-bias' \(it drifts a pre-logit control\), got 0.5"
+    ):
         AISPParams(control="token-bias", token_step=0.5)
-    with pytest.raises(ValueError, match=r"control must be one of \['position', 'shared', 'token-bias'\]"):
+    with pytest.raises(
+        ValueError, match=r"control must be one of \['position', 'shared', 'token-bias', 'temperature'\]"
+    ):
         AISPParams(control="bias")
 
 
@@ -82,3 +86,20 @@ def test_same_seed_same_uniforms_whatever_the_control(tiny_lm, encode):
     assert texts(method="bon", control="shared") == bon  # BoN ignores the control's shape
     assert texts(method="aisp", control="token-bias", sigma=2.0)[0] == bon[0]  # empty support: BoN's samples
     assert texts(method="aisp", sigma=1e-6) == bon  # a negligible control changes nothing (Gumbel-max coupling)
+
+
+def test_temperature_control_adapts_one_number_per_prompt(tiny_lm, encode):
+    z = torch.randn(2, tiny_lm.hidden_size)
+    v = torch.tensor([[0.0], [0.5]])
+    logits = control_head(tiny_lm, "temperature")(z, v)
+    plain = z @ tiny_lm.head_weight.T
+    assert torch.allclose(logits[0], plain[0], atol=1e-5) and torch.allclose(
+        logits[1], plain[1] / 0.5**0 / 1.6487212707, atol=1e-4
+    )
+    params = AISPParams(method="aisp", num_samples=4, num_iterations=2, sigma=0.3, control="temperature")
+    sampling = SamplingParams(max_tokens=4)
+    assert control_shape(tiny_lm, params, sampling) == (1, 1)
+    result = run(tiny_lm, [encode("Hi")], lambda i, t: [float(len(x)) for x in t], params, sampling, seed=2)[0]
+    assert result.U is not None and result.U.shape == (1, 1) and float(result.U.abs()) > 0
+    with pytest.raises(ValueError, match=r"logit control must be one of \['token-bias', 'temperature'\], got 'x'"):
+        control_head(tiny_lm, "x")
