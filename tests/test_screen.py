@@ -102,7 +102,8 @@ def test_screen_on_the_tiny_model(tiny_lm, encode):
         tiny_lm, encode("Hi"), {"length": by_length}, designs, sampling, num_controls=4, num_sampling=3, seed=5
     )
     assert [c.design for c in cells] == ["position@0", "position@3", "token-bias@3", "eos@0"]
-    assert lengths == [12] * 4  # K x M responses per design, one call each
+    assert len(lengths) == 4 and all(n <= 12 for n in lengths)  # one call per design, distinct responses only
+    assert lengths[0] <= 3  # scale 0: the K rows repeat the M responses
     for cell in cells:
         split = cell.splits["length"]
         assert split.control + split.sampling + split.residual == pytest.approx(1.0) or split.ss_total == 0
@@ -121,3 +122,9 @@ def test_screen_on_the_tiny_model(tiny_lm, encode):
 def test_screen_validates_its_sizes(tiny_lm, encode):
     with pytest.raises(ValueError, match="num_controls must be an integer >= 2, got 1"):
         screen_prompt(tiny_lm, encode("Hi"), {}, [], SamplingParams(max_tokens=4), num_controls=1)
+
+
+def test_identical_rows_explain_exactly_nothing_despite_rounding():
+    column = torch.tensor([0.1, 0.7, 0.30000000000000004, 0.2], dtype=torch.float64)
+    split = variance_split(column.expand(8, 4).clone())  # every control gives the same rewards
+    assert split.control == 0.0 and split.f_control == 0.0 and split.sampling == pytest.approx(1.0)

@@ -35,15 +35,19 @@ DEFAULT_PROMPTS = 6
 COUPLING_SIGMAS = "0.01,0.02,0.05"
 
 
+def _prompt_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--prompts", default=None, help="JSONL file of {id, prompt, context?} (default: shipped set)")
+    parser.add_argument("--limit-prompts", type=int, default=DEFAULT_PROMPTS, help=f"first K ({DEFAULT_PROMPTS})")
+    parser.add_argument("--ids", default=None, help="comma-separated prompt ids to use instead of the first K")
+
+
 def screen_parser(prog: str, model_args: Callable[[argparse.ArgumentParser], None]) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=prog,
         description="Signal screen: per control design, the share of reward variance explained by the control "
         "vs by token sampling (K controls x M sampling sets per prompt, two-way ANOVA, F of the control).",
     )
-    parser.add_argument("--prompts", default=None, help="JSONL file of {id, prompt, context?} (default: shipped set)")
-    parser.add_argument("--limit-prompts", type=int, default=DEFAULT_PROMPTS, help=f"first K ({DEFAULT_PROMPTS})")
-    parser.add_argument("--ids", default=None, help="comma-separated prompt ids to use instead of the first K")
+    _prompt_args(parser)
     parser.add_argument("--reward", action="append", default=None, help=f"rewards (default {DEFAULT_REWARDS})")
     parser.add_argument(
         "--designs",
@@ -69,9 +73,7 @@ def coupling_parser(prog: str, model_args: Callable[[argparse.ArgumentParser], N
         description="Share of tokens a small pre-logit control changes under the same sampling uniforms, for the "
         "Gumbel-max sampler and the inverse CDF in vocabulary order.",
     )
-    parser.add_argument("--prompts", default=None, help="JSONL file of {id, prompt, context?} (default: shipped set)")
-    parser.add_argument("--limit-prompts", type=int, default=DEFAULT_PROMPTS)
-    parser.add_argument("--ids", default=None, help="comma-separated prompt ids to use instead of the first K")
+    _prompt_args(parser)
     parser.add_argument("--sigmas", default=COUPLING_SIGMAS, help="control std / pre-logit RMS (0.01,0.02,0.05)")
     parser.add_argument("--controls", type=int, default=2, help="control draws per prompt and sigma (default 2)")
     parser.add_argument("--sampling-sets", type=int, default=4, help="sampling-uniform sets per prompt (default 4)")

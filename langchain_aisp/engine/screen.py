@@ -41,6 +41,8 @@ PRELOGIT_DESIGNS: tuple[str, ...] = ("position", "shared", "first")
 """Designs whose scale is relative to the pre-logit RMS (like ``AISPParams.sigma``); the others are in nats
 (``token-bias``, ``eos``) or in log-temperature (``temperature``)."""
 MAX_SCALE = 1e3
+ROUNDING = 1e-12
+"""Relative size below which a sum of squares counts as zero in :func:`variance_split`."""
 
 TextScore = Callable[[Sequence[str]], Sequence[float]]
 """``score(responses) -> rewards`` for the responses to one prompt."""
@@ -109,16 +111,23 @@ def variance_split(rewards: torch.Tensor) -> VarianceSplit:
     r = rewards.double()  # (K, M)
     k, m = r.shape
     grand = r.mean()
+    rows, cols = r.mean(dim=1, keepdim=True), r.mean(dim=0, keepdim=True)  # (K, 1), (1, M)
     ss_total = float((r - grand).pow(2).sum())
-    ss_control = float(m * (r.mean(dim=1) - grand).pow(2).sum())
-    ss_sampling = float(k * (r.mean(dim=0) - grand).pow(2).sum())
-    ss_residual = max(0.0, ss_total - ss_control - ss_sampling)
+    floor = ROUNDING * ss_total  # sums of squares below it are rounding error (identical rows: exactly zero)
+    ss_control, ss_sampling, ss_residual = (
+        v if v > floor else 0.0
+        for v in (
+            float(m * (rows - grand).pow(2).sum()),
+            float(k * (cols - grand).pow(2).sum()),
+            float((r - rows - cols + grand).pow(2).sum()),
+        )
+    )
     df_control, df_residual = k - 1, (k - 1) * (m - 1)
     if ss_residual > 0:
         f_control = (ss_control / df_control) / (ss_residual / df_residual)
     else:
         f_control = math.inf if ss_control > 0 else 0.0
-    if ss_total > 0:
+    if ss_total > 0:  # the three add up to ss_total (up to rounding)
         shares = (ss_control / ss_total, ss_sampling / ss_total, ss_residual / ss_total)
     else:
         shares = (0.0, 0.0, 0.0)
@@ -231,12 +240,15 @@ class ScreenCell:
 
 
 def _score_all(rewards: Mapping[str, TextScore], texts: Sequence[str], k: int, m: int) -> dict[str, torch.Tensor]:
+    """Score each distinct response once (identical responses get identical rewards) -> (K, M) per reward."""
+    distinct = list(dict.fromkeys(texts))
     out: dict[str, torch.Tensor] = {}
     for name, score in rewards.items():
-        values = [float(x) for x in score(list(texts))]
-        if len(values) != k * m:
-            raise ValueError(f"reward {name} returned {len(values)} scores for {k * m} responses")
-        out[name] = torch.tensor(values, dtype=torch.float64).reshape(k, m)  # (K, M)
+        values = [float(x) for x in score(distinct)]
+        if len(values) != len(distinct):
+            raise ValueError(f"reward {name} returned {len(values)} scores for {len(distinct)} responses")
+        by_text = dict(zip(distinct, values, strict=True))
+        out[name] = torch.tensor([by_text[t] for t in texts], dtype=torch.float64).reshape(k, m)  # (K, M)
     return out
 
 
