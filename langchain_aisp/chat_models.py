@@ -16,11 +16,9 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import importlib
 import json
 import math
 import os
-import re
 import threading
 import time
 import uuid
@@ -53,6 +51,7 @@ from tenacity import Retrying, stop_after_attempt, stop_before_delay, wait_expon
 
 from langchain_aisp import _chat_format as fmtlib
 from langchain_aisp import _grammar_llguidance as grammarlib
+from langchain_aisp._text import stream_pieces as _split_chunks
 from langchain_aisp.engine.aisp import (
     IterationEvent,
     PromptResult,
@@ -89,6 +88,7 @@ from langchain_aisp.engine.config import (
 from langchain_aisp.engine.memory import ControlMemory, run_with_memory
 from langchain_aisp.errors import RunCancelledError
 from langchain_aisp.rewards import Reward, as_reward
+from langchain_aisp.rewards import import_reward as _import_path
 
 PROGRESS_EVENT = "aisp_progress"
 """Name of the custom callback event sent after every AISP/BoN iteration."""
@@ -158,18 +158,6 @@ def _cached_lm(model: str | None, device: str, dtype: str, trust_remote_code: bo
 
 
 # --- rewards as import paths (serialisation) -----------------------------------------
-
-
-def _import_path(path: str) -> Any:
-    module_name, _, qualname = path.partition(":")
-    if not module_name or not qualname:
-        raise ValueError(f"reward path must look like 'package.module:qualname', got {path!r}")
-    obj: Any = importlib.import_module(module_name)
-    for part in qualname.split("."):
-        obj = getattr(obj, part)
-    if isinstance(obj, type) and issubclass(obj, Reward):
-        obj = obj()
-    return obj
 
 
 def _reward_path(reward: Any) -> tuple[str | None, str]:
@@ -356,11 +344,6 @@ class PreparedCall:
     def prompt_tokens(self) -> int:
         """Length of the rendered prompt in tokens."""
         return len(self._job.token_ids)
-
-
-def _split_chunks(text: str) -> list[str]:
-    """Stream pieces: words with their trailing whitespace (concatenates back to ``text``)."""
-    return re.findall(r"\s*\S+\s*|\s+", text) or []
 
 
 class AISPChatModel(BaseChatModel):

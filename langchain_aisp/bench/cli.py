@@ -212,7 +212,7 @@ def build_parser(command: str) -> argparse.ArgumentParser:
         parser.add_argument("--tokens", type=int, default=32, help="new tokens per sample (exactly)")
         parser.add_argument("--repeats", type=int, default=1)
     elif command == "threads":
-        from langchain_aisp.bench.threads import add_arguments
+        from langchain_aisp.bench.thread_scaling import add_arguments
 
         add_arguments(parser)
         return parser
@@ -325,15 +325,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     )
     prompts = load_prompts(args.prompts, limit)
     specs = _reward_specs(args.reward)
-    holder: list[TextEmbedder] = []
-
-    def embedder() -> TextEmbedder:
-        if not holder:
-            holder.append(TextEmbedder())
-        return holder[0]
-
-    rewards = resolve_rewards(specs, embedder)
-    coherence = None if args.no_coherence else embedder()
+    rewards = resolve_rewards(specs)
+    coherence = None if args.no_coherence else TextEmbedder()
     out = Path(args.out)
     if (out / "results.json").exists() and not (args.resume or args.overwrite):
         raise FileExistsError(f"{out / 'results.json'} exists: add --resume to continue it or --overwrite to replace")
@@ -449,14 +442,7 @@ def cmd_memory(args: argparse.Namespace) -> int:
         max_batch_size=args.max_batch_size,
     )
     prompts = load_prompts(args.prompts, args.limit_prompts)
-    holder: list[TextEmbedder] = []
-
-    def embedder() -> TextEmbedder:
-        if not holder:
-            holder.append(TextEmbedder())
-        return holder[0]
-
-    rewards = resolve_rewards(_reward_specs(args.reward or ["sentiment,relevance"]), embedder)
+    rewards = resolve_rewards(_reward_specs(args.reward or ["sentiment,relevance"]))
     lm = _load_lm(args)
     out = Path(args.out)
     run_memory_benchmark(
@@ -467,7 +453,7 @@ def cmd_memory(args: argparse.Namespace) -> int:
         out,
         resume=args.resume,
         overwrite=args.overwrite,
-        embedder=None if args.no_coherence else embedder(),
+        embedder=None if args.no_coherence else TextEmbedder(),
     )
     print((out / "summary.md").read_text(encoding="utf-8"))
     return 0
@@ -504,7 +490,7 @@ def cmd_coupling(args: argparse.Namespace) -> int:
 
 
 def cmd_threads(args: argparse.Namespace) -> int:
-    from langchain_aisp.bench.threads import cmd_threads as run_threads
+    from langchain_aisp.bench.thread_scaling import cmd_threads as run_threads
 
     return run_threads(args)
 
