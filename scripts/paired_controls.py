@@ -23,7 +23,7 @@ import time
 import torch
 
 from langchain_aisp.bench.prompts import encode_prompts, load_prompts
-from langchain_aisp.bench.scorers import TextEmbedder, engine_score, resolve_rewards
+from langchain_aisp.bench.scorers import engine_score, resolve_rewards
 from langchain_aisp.engine.aisp import run
 from langchain_aisp.engine.config import AISPParams, SamplingParams
 from langchain_aisp.engine.lm import load_causal_lm
@@ -56,7 +56,13 @@ def main() -> int:
     parser.add_argument("--max-tokens", type=int, default=24)
     parser.add_argument("--methods", default="bon;aisp;aisp:control=token-bias,sigma=2", help="';'-separated")
     parser.add_argument("--out", default="paired_controls.json")
+    parser.add_argument("--summarize", default=None, help="print the table of a (partial) results JSON and exit")
     args = parser.parse_args()
+    if args.summarize:
+        with open(args.summarize, encoding="utf-8") as handle:
+            saved = json.load(handle)
+        print(summarize(saved["best"], next(iter(next(iter(saved["best"].values())))))[0])
+        return 0
     torch.set_num_threads(1)
     prompts = load_prompts(None)
     if args.ids:
@@ -66,14 +72,7 @@ def main() -> int:
         prompts = prompts[: args.limit]
     n, k = (int(x) for x in args.split.split("x"))
     methods = [parse_method(m, n, k) for m in args.methods.split(";") if m.strip()]
-    holder: list[TextEmbedder] = []
-
-    def embedder() -> TextEmbedder:
-        if not holder:
-            holder.append(TextEmbedder())
-        return holder[0]
-
-    rewards = resolve_rewards([r for r in args.reward.split(",") if r], embedder)
+    rewards = resolve_rewards([r for r in args.reward.split(",") if r])
     lm = load_causal_lm(None, device="cpu")
     ids = encode_prompts(lm, prompts)
     sampling = SamplingParams(max_tokens=args.max_tokens)
@@ -86,11 +85,21 @@ def main() -> int:
                 t0 = time.time()
                 results = run(lm, ids, score, params, sampling, seed=[1000 * seed + j for j in range(len(ids))])
                 best[reward_name][name].extend(r.reward for r in results)
+                with open(args.out, "w", encoding="utf-8") as handle:  # partial results after every call
+                    json.dump({"config": vars(args), "best": best}, handle, indent=1)
                 print(f"[{time.strftime('%H:%M:%S')}] {reward_name} seed {seed} {name}: "
                       f"{sum(r.reward for r in results) / len(results):.3f} ({time.time() - t0:.0f}s)",
                       file=sys.stderr, flush=True)  # fmt: skip
     # the rows of best[r][m] line up: same order of seeds and prompts for every method
-    base = methods[0][0]
+    table, summary = summarize(best, methods[0][0])
+    with open(args.out, "w", encoding="utf-8") as handle:
+        json.dump({"config": vars(args), "best": best, "summary": summary}, handle, indent=1)
+    print(table)
+    return 0
+
+
+def summarize(best: dict[str, dict[str, list[float]]], base: str) -> tuple[str, dict[str, dict[str, dict[str, float]]]]:
+    """Paired table against ``base``; only as many rows as every method of a reward has."""
     lines = [
         f"| reward | method | mean best ± SE | paired diff vs {base} ± SE | t | wins/losses |",
         "|---|---|---|---|---|---|",
@@ -98,6 +107,10 @@ def main() -> int:
     summary: dict[str, dict[str, dict[str, float]]] = {}
     for reward_name, by_method in best.items():
         summary[reward_name] = {}
+        rows = min(len(v) for v in by_method.values())
+        if rows == 0:
+            continue
+        by_method = {name: values[:rows] for name, values in by_method.items()}
         for name, values in by_method.items():
             m, se = mean_se(values)
             diffs = [a - b for a, b in zip(values, by_method[base], strict=True)]
@@ -115,11 +128,7 @@ def main() -> int:
             lines.append(
                 f"| {reward_name} | {name} | {m:.3f} ± {se:.3f} | {dm:+.4f} ± {dse:.4f} | {t:.2f} | {wins}/{losses} |"
             )
-    table = "\n".join(lines)
-    with open(args.out, "w", encoding="utf-8") as handle:
-        json.dump({"config": vars(args), "best": best, "summary": summary}, handle, indent=1)
-    print(table)
-    return 0
+    return "\n".join(lines), summary
 
 
 if __name__ == "__main__":

@@ -122,17 +122,10 @@ def screen_table(pooled: dict[str, dict[str, engine_screen.PooledSplit]], means:
 
 
 def _reward_scores(specs: Sequence[str] | None) -> dict[str, Any]:
-    from langchain_aisp.bench.scorers import TextEmbedder, resolve_rewards
-
-    holder: list[TextEmbedder] = []
-
-    def embedder() -> TextEmbedder:
-        if not holder:
-            holder.append(TextEmbedder())
-        return holder[0]
+    from langchain_aisp.bench.scorers import resolve_rewards
 
     names = [s.strip() for v in (specs or [DEFAULT_REWARDS]) for s in v.split(",") if s.strip()]
-    return resolve_rewards(list(dict.fromkeys(names)), embedder)
+    return resolve_rewards(list(dict.fromkeys(names)))
 
 
 def _text_score(reward: Any, conversation: Any) -> engine_screen.TextScore:
