@@ -103,3 +103,10 @@ def test_temperature_control_adapts_one_number_per_prompt(tiny_lm, encode):
     assert result.U is not None and result.U.shape == (1, 1) and float(result.U.abs()) > 0
     with pytest.raises(ValueError, match=r"logit control must be one of \['token-bias', 'temperature'\], got 'x'"):
         control_head(tiny_lm, "x")
+
+
+def test_logit_controls_refuse_the_static_path(tiny_lm, encode):
+    params = AISPParams(method="aisp", num_samples=2, num_iterations=1, sigma=1.0, control="token-bias")
+    with pytest.raises(ValueError, match=r"control='token-bias' decodes on the eager path.*got decoding='static'"):
+        run(tiny_lm, [encode("Hi")], lambda i, t: [0.0] * len(t), params, SamplingParams(max_tokens=2),
+            decoding="static")  # fmt: skip

@@ -440,6 +440,9 @@ def run(
     tau = min(params.tau, sampling.max_tokens)
     d = lm.hidden_size
     biased = steer and params.control in LOGIT_CONTROLS  # a logit-space control (engine/logit_control.py)
+    if biased and decoding in ("static", "compiled"):
+        raise ValueError(f"control={params.control!r} decodes on the eager path; use decoding='auto' or 'eager', "
+                         f"got decoding={decoding!r}")  # fmt: skip
     if biased:  # eager decoding: the static path's captured head adds pre-logit controls only
         decoder, decode_fn, sigma = replace(decoder, head=control_head(lm, params.control)), None, params.sigma
     device = lm.device
