@@ -196,15 +196,19 @@ def cmd_screen(args: argparse.Namespace, load_lm: Callable[[argparse.Namespace],
 
 @contextmanager
 def _sampler(fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> Iterator[None]:
-    """Decode with ``fn`` as the eager path's token sampler (the coupling benchmark compares two)."""
+    """Decode with ``fn`` as the eager path's token sampler (the coupling benchmark compares two).
+
+    It swaps the module attribute the eager decoder calls, for this benchmark process only (not thread-safe;
+    the engine has one sampler and no option to choose another).
+    """
     from langchain_aisp.engine.decode import eager
 
     before = eager.sample_tokens
-    eager.sample_tokens = fn
+    setattr(eager, "sample_tokens", fn)  # noqa: B010 - a module attribute, typed as the function itself
     try:
         yield
     finally:
-        eager.sample_tokens = before
+        setattr(eager, "sample_tokens", before)  # noqa: B010
 
 
 def changed_share(a: Sequence[Sequence[int]], b: Sequence[Sequence[int]]) -> tuple[float, float]:
