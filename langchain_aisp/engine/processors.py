@@ -126,14 +126,22 @@ def sample_tokens(logits: torch.Tensor, uniforms: torch.Tensor) -> torch.Tensor:
     CDF in vocabulary-id order changed about a quarter of the tokens at a control of 1% of the
     pre-logit RMS (docs/benchmarks.md, "Signal screen").
     """
+    gumbel = gumbel_noise(uniforms, logits.shape[-1])  # (B, V)
+    return torch.argmax(gumbel.add_(logits.float()), dim=-1)  # (B,)
+
+
+def gumbel_noise(uniforms: torch.Tensor, vocab: int) -> torch.Tensor:
+    """The Gumbel noise :func:`sample_tokens` adds: uniforms (B,) in [0, 1) -> (B, vocab) float32, on their device.
+
+    A counter hash of (the uniform's 24-bit key, token id), two xorshift-multiply rounds in int32.
+    """
     keys = (uniforms.float() * float(1 << _KEY_BITS)).to(torch.int32) * _HASH_KEY  # (B,)
-    ids = torch.arange(logits.shape[-1], dtype=torch.int32, device=logits.device) * _HASH_ID  # (V,)
+    ids = torch.arange(vocab, dtype=torch.int32, device=uniforms.device) * _HASH_ID  # (V,)
     x = (ids[None, :] ^ keys[:, None]) * _HASH_MIX  # (B, V) int32, wraps
     x = (x ^ ((x >> 15) & 0x1FFFF)) * _HASH_ID  # (B, V) xorshift-multiply round
     # 23 bits: (2^23 - 0.5) / 2^23 is the largest float32 below 1 (24 bits would round up to 1, so -log(-log u) = inf)
     u = ((x >> 9) & 0x7FFFFF).float().add_(0.5).mul_(1.0 / (1 << 23))  # (B, V) in (0, 1)
-    gumbel = u.log_().neg_().log_().neg_()  # (B, V): -log(-log u)
-    return torch.argmax(gumbel.add_(logits.float()), dim=-1)  # (B,)
+    return u.log_().neg_().log_().neg_()  # (B, V): -log(-log u)
 
 
 def inverse_cdf_tokens(logits: torch.Tensor, uniforms: torch.Tensor) -> torch.Tensor:
