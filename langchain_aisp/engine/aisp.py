@@ -328,7 +328,7 @@ def _score_name(score: ScoreFn) -> str:
 
 def control_shape(lm: CausalLM, params: AISPParams, sampling: SamplingParams) -> tuple[int, int]:
     """Shape (steps, d) of one prompt's mean control U: steps = min(tau, max_tokens) for ``control="position"``,
-    1 for ``"shared"``; d the model's hidden size."""
+    1 otherwise; d the model's hidden size, the vocabulary for ``"token-bias"``, 1 for ``"temperature"``."""
     steps = min(params.tau, sampling.max_tokens) if params.control == "position" else 1
     return steps, control_width(lm, params.control) if params.control in LOGIT_CONTROLS else lm.hidden_size
 
