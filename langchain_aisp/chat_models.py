@@ -767,7 +767,11 @@ class AISPChatModel(BaseChatModel):
         return PreparedCall(job)
 
     def run_prepared(
-        self, calls: Sequence[PreparedCall], *, keep: Callable[[int], bool] | None = None
+        self,
+        calls: Sequence[PreparedCall],
+        *,
+        keep: Callable[[int], bool] | None = None,
+        runner: Callable[..., list[PromptResult]] | None = None,
     ) -> list[AIMessage | BaseException]:
         """Run prepared calls: those with equal ``batch_key`` share one Batched AISP engine run.
 
@@ -777,7 +781,9 @@ class AISPChatModel(BaseChatModel):
         reward failed on that call's responses, or :class:`RunCancelledError` when ``keep(i)``
         returned False at an iteration boundary (the call stopped there, the others went on).
         An error of the whole engine run is the outcome of every call of that run. No callbacks
-        are invoked (this is the entry for servers; use ``batch`` in chains).
+        are invoked (this is the entry for servers; use ``batch`` in chains). ``runner`` (default: the
+        model's engine entry, :func:`~langchain_aisp.engine.aisp.run`) runs each engine call, e.g. a continuous
+        :class:`~langchain_aisp.engine.scheduler.Scheduler`'s ``run``.
         """
         groups: dict[tuple[Any, ...], list[int]] = {}
         for i, call in enumerate(calls):
@@ -787,7 +793,7 @@ class AISPChatModel(BaseChatModel):
             jobs = [calls[i]._job for i in members]
             group_keep = None if keep is None else (lambda pos, members=members: keep(members[pos]))
             try:
-                results = _execute.run_jobs(self, jobs, lambda _i, _data: None, keep=group_keep)
+                results = _execute.run_jobs(self, jobs, lambda _i, _data: None, keep=group_keep, runner=runner)
             except Exception as exc:
                 results = [exc] * len(jobs)
             for i, job, result in zip(members, jobs, results, strict=True):

@@ -135,8 +135,12 @@ def run_jobs(
     on_event: EventFn,
     cancel: threading.Event | None = None,
     keep: Callable[[int], bool] | None = None,
+    runner: Callable[..., list[PromptResult]] | None = None,
 ) -> list[PromptResult | BaseException]:
     """One engine call over ``jobs`` (same settings and model): results or per-job errors.
+
+    ``runner`` (default ``model._runner``: ``engine.aisp.run``) runs the engine call, e.g. a continuous
+    ``engine.scheduler.Scheduler``'s ``run`` (the server).
 
     ``cancel`` (set when an async caller is cancelled) stops the run at the next iteration
     boundary with :class:`RunCancelledError`, so an abandoned executor thread does not keep
@@ -171,7 +175,7 @@ def run_jobs(
             seed=seeds[0] if len(set(seeds)) == 1 else seeds,
             max_batch_size=model.max_batch_size,
             on_iteration=_iteration_hook(entries, settings.params.method, on_event, cancel),
-            runner=model._runner,
+            runner=model._runner if runner is None else runner,
             on_reward_error="isolate",
             keep=engine_keep,
             decoding=model.decoding,

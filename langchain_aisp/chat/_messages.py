@@ -56,6 +56,7 @@ def message_parts(
         "prefill": job.prompt.prefill,
         "timed_out": result.timed_out,
         "max_tokens": max_tokens,
+        "decoding": result.decoding,
         "batch_prompts": job.batch_prompts,
     }
     if job.reply.thinks():
