@@ -27,6 +27,7 @@ from pydantic import ConfigDict, Field, PrivateAttr, field_validator, model_vali
 
 from langchain_aisp.chat import _execute, _plan, _progress
 from langchain_aisp.chat._execute import RETRY_WAIT_MAX
+from langchain_aisp.chat._grounding import DEFAULT_GROUNDING_WEIGHT
 from langchain_aisp.chat._loading import (
     cached_lm,
     clear_model_cache,
@@ -144,6 +145,7 @@ class AISPChatModel(BaseChatModel):
         reward: ``fn(prompt, response) -> float``, a ``Reward`` or a ``"module:qualname"`` path.
         model: a hub id or local path, a loaded ``CausalLM``, or a ``PreTrainedModel`` with ``tokenizer``.
         method, num_samples, num_iterations, sigma, lambda_, tau, ...: the alignment (see the fields).
+        format_weight, grounding_weight: the tool-call / JSON format and grounding terms (0: off).
         max_tokens, temperature (0 = greedy), top_p, top_k, seed, stop, max_batch_rows, decoding: sampling.
 
     Instantiate and invoke:
@@ -261,6 +263,14 @@ class AISPChatModel(BaseChatModel):
     valid call / schema-valid JSON gets ``+format_weight``, a malformed or missing forced call
     ``-format_weight`` (see ``_chat_format.format_validity``). Large relative to rewards in
     [0, 1] so that well-formed outputs win first; 0 disables it."""
+
+    grounding_weight: float = DEFAULT_GROUNDING_WEIGHT
+    """Weight of the grounding term of forced tool calls and structured output: ``grounding_weight * g`` is
+    added to the reward, ``g`` in [0, 1] how much of the reply's values is copied from the conversation
+    (``langchain_aisp.chat._grounding``), and three samples in four are decoded with their free string /
+    number fields restricted to spans / numbers of the conversation. A user reward that separates two
+    samples by more than ``grounding_weight`` times their difference in ``g`` keeps its choice. 0 turns
+    grounding off."""
 
     streaming: bool = False
     """When True, ``invoke`` goes through ``_stream`` (LangChain's usual meaning)."""

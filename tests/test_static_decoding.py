@@ -30,6 +30,7 @@ from langchain_aisp.engine.decode.static import (
     static_graph_stats,
     token_bucket,
 )
+from langchain_aisp.engine.processors import gumbel_noise
 
 pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
@@ -70,27 +71,27 @@ def test_static_path_gives_the_eager_tokens_on_the_tiny_model(tiny_lm, prompts, 
 
 
 def test_static_path_gives_the_eager_tokens_on_the_default_model(default_lm, prompts):
-    # top_k keeps the sampling CDF to 40 well separated steps; over the full 49k vocabulary the tail
-    # tokens sit ~1e-7 apart in the CDF, within fp32 rounding, and either path may pick a neighbour
-    # there (see the row-by-row test below, which accepts exactly that and nothing else)
+    # top_k keeps the candidates to 40 tokens; over the full vocabulary two tokens' logits + Gumbel noise
+    # can tie within fp32 rounding, and either path may pick either one there (see the row-by-row test
+    # below, which accepts exactly that and nothing else)
     params = AISPParams(method="aisp", num_samples=3, num_iterations=2)
     sampling = SamplingParams(max_tokens=12, stop=(".",), top_k=40)
     eager = run(default_lm, prompts, _length_score, params, sampling, seed=0, decoding="eager")
     static = run(default_lm, prompts, _length_score, params, sampling, seed=0, decoding="static")
     _same(eager, static)
-    assert {p.finish_reason for p in static} >= {"stop"}
+    assert any(p.generated_tokens < p.samples * sampling.max_tokens for p in static)  # some samples stopped
 
 
 def _tie_at(lm, prompt, ids, V_row, u_row, step) -> float:
-    """Distance between the sampling target and the nearest CDF boundary at ``step``, recomputed from scratch."""
+    """Gap between the two largest ``logits + gumbel`` at ``step`` (the Gumbel-max sampler), recomputed from scratch."""
     with torch.inference_mode():
         full = torch.tensor([prompt + ids[:step]])
         z = lm.body(input_ids=full).last_hidden_state[0, -1]
         v = V_row[min(step, V_row.shape[0] - 1)].to(lm.dtype)
-        probs = torch.softmax(torch.nn.functional.linear(z + v, lm.head_weight, lm.head_bias).double(), -1)
-        cdf = torch.cumsum(probs, -1)
-        target = float(u_row[step]) * float(cdf[-1])
-        return float((cdf - target).abs().min())
+        logits = torch.nn.functional.linear(z + v, lm.head_weight, lm.head_bias).float()
+        scores = logits + gumbel_noise(u_row[step : step + 1], logits.shape[-1])[0]
+        top = torch.topk(scores, 2).values
+        return float(top[0] - top[1])
 
 
 def test_static_decode_matches_eager_row_by_row_up_to_sampling_ties(default_lm, prompts):

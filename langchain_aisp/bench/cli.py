@@ -14,6 +14,9 @@ Subcommands (``run`` is the default when none is given)::
     langchain-aisp-bench memory [--reward sentiment,relevance] [--seeds 3] [--signal tokens] [--strength 0.5]
                          [--methods bon-8x4,cold-8x4,warm-8x1,...] [--out bench-results/memory] [--resume]
     langchain-aisp-bench memory-report --out bench-results/memory
+    langchain-aisp-bench screen [--reward relevance,sentiment] [--prompts FILE] [--designs position@0.02,...]
+                         [--sigma 0.02] [--tau 32] [--controls 8] [--sampling-sets 4] [--out bench-results/screen]
+    langchain-aisp-bench coupling [--sigmas 0.01,0.02,0.05] [--out bench-results/coupling]
 
 Everything runs offline on the embedded default model unless ``--model`` names another, on one
 CPU thread unless ``--num-threads N|all`` or ``$LANGCHAIN_AISP_NUM_THREADS`` says otherwise.
@@ -31,7 +34,7 @@ from typing import Any
 import langchain_aisp.engine.config as engine_config
 from langchain_aisp.engine.threads import DEFAULT_NUM_THREADS, NUM_THREADS_ENV, num_threads_arg, set_cpu_threads
 
-SUBCOMMANDS = ("run", "throughput", "prefill", "report", "threads", "memory", "memory-report")
+SUBCOMMANDS = ("run", "throughput", "prefill", "report", "threads", "memory", "memory-report", "screen", "coupling")
 DEFAULT_OUT = "bench-results"
 DEFAULT_REWARDS = ("sentiment", "nontoxic", "relevance")
 
@@ -164,6 +167,10 @@ def build_parser(command: str) -> argparse.ArgumentParser:
         return parser
     if command == "memory":
         return _memory_parser(prog)
+    if command in ("screen", "coupling"):
+        from langchain_aisp.bench import screen
+
+        return (screen.screen_parser if command == "screen" else screen.coupling_parser)(prog, _model_args)
     parser = argparse.ArgumentParser(prog=prog)
     if command == "throughput":
         parser.description = (
@@ -470,6 +477,18 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_screen(args: argparse.Namespace) -> int:
+    from langchain_aisp.bench import screen
+
+    return screen.cmd_screen(args, _load_lm)
+
+
+def cmd_coupling(args: argparse.Namespace) -> int:
+    from langchain_aisp.bench import screen
+
+    return screen.cmd_coupling(args, _load_lm)
+
+
 def cmd_threads(args: argparse.Namespace) -> int:
     from langchain_aisp.bench.thread_scaling import cmd_threads as run_threads
 
@@ -499,6 +518,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "threads": cmd_threads,
         "memory": cmd_memory,
         "memory-report": cmd_memory_report,
+        "screen": cmd_screen,
+        "coupling": cmd_coupling,
     }
     try:
         return handlers[command](args)

@@ -27,6 +27,7 @@ from langchain_aisp.engine.constraints import Constraint
 from langchain_aisp.engine.controller import IterationEvent, PromptResult
 from langchain_aisp.engine.decode.select import DecodeFn, select_decode
 from langchain_aisp.engine.lm import CausalLM
+from langchain_aisp.engine.logit_control import LOGIT_CONTROLS
 from langchain_aisp.engine.loop import (
     ON_REWARD_ERROR,
     DecodeGroup,
@@ -116,6 +117,11 @@ def run(
     ``RunTimeoutError`` in ``error`` and the others are unaffected.
     """
     check_max_batch_size(max_batch_size)
+    if params.method == "aisp" and params.control in LOGIT_CONTROLS and decoding in ("static", "compiled"):
+        raise ValueError(
+            f"control={params.control!r} decodes on the eager path; use decoding='auto' or 'eager', "
+            f"got decoding={decoding!r}"
+        )
     if decode_fn is None:
         decode_fn = select_decode(lm, decoding)[0]  # every path takes the constraints and the deadline
     group = DecodeGroup(lm, params, sampling, max_batch_size=max_batch_size, decode_fn=decode_fn)

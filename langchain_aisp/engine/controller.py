@@ -30,6 +30,7 @@ from langchain_aisp.engine.importance import (
     update_mean,
 )
 from langchain_aisp.engine.lm import CausalLM
+from langchain_aisp.engine.logit_control import LOGIT_CONTROLS, LogitControl, control_width
 from langchain_aisp.errors import RewardError, RunTimeoutError
 
 
@@ -118,6 +119,8 @@ class Plan:
     device: torch.device
     head_weight: torch.Tensor = field(repr=False)
     """(vocab, d) the LM head, for ``token_step``."""
+    logit_control: bool = False
+    """``control`` is a logit-space control (``engine/logit_control.py``): U (1, width), ``sigma`` in its own units."""
 
     @classmethod
     def build(cls, lm: CausalLM, params: AISPParams, sampling: SamplingParams) -> Plan:
@@ -125,6 +128,7 @@ class Plan:
         steer = params.method == "aisp"
         n = 1 if single else params.num_samples
         tau = min(params.tau, sampling.max_tokens)
+        logit_control = steer and params.control in LOGIT_CONTROLS
         if params.control == "position":
             control_index = torch.arange(tau)  # (tau,)
         else:
@@ -134,15 +138,16 @@ class Plan:
             num_samples=n,
             num_iterations=1 if single else params.num_iterations,
             steer=steer,
-            sigma=params.sigma * lm.prelogit_rms if steer else 0.0,
+            sigma=(params.sigma if logit_control else params.sigma * lm.prelogit_rms) if steer else 0.0,
             tau=tau,
             steps=int(control_index.max()) + 1,
-            hidden_size=lm.hidden_size,
+            hidden_size=control_width(lm, params.control) if logit_control else lm.hidden_size,
             max_tokens=sampling.max_tokens,
             control_index=control_index.to(lm.device),
             elite_rows=round(params.elite_fraction * n) if steer else 0,
             device=lm.device,
             head_weight=lm.head_weight,
+            logit_control=logit_control,
         )
 
 
@@ -167,6 +172,10 @@ class Controller:
     prefix: PromptPrefix
     U: torch.Tensor  # (steps, d)
     generator: torch.Generator
+    """Draws the token-sampling uniforms."""
+    noise: torch.Generator
+    """Draws the control noise: its own generator, so every method run with one seed samples with the same
+    uniforms in every iteration whatever its control's shape (Best-of-N and AISP are paired sample by sample)."""
     deadline: float = math.inf
     """``time.monotonic()`` value after which it starts no new iteration."""
     constraint: Constraint | None = None
@@ -180,6 +189,8 @@ class Controller:
     elite_uniforms: torch.Tensor | None = None  # (T,) token-sampling noise of the best response so far
     seen: dict[str, float] = field(default_factory=dict)
     """Rewards of the responses scored so far: an identical response is scored once."""
+    logit: LogitControl | None = None
+    """A logit-space control's support (where its noise goes); None for the pre-logit controls."""
 
     def __post_init__(self) -> None:
         self.mass = torch.zeros(self.plan.steps, device=self.plan.device)  # (steps,)
@@ -198,10 +209,13 @@ class Controller:
         """Draw this iteration's eps and uniforms from the prompt's generator; build its V rows."""
         plan = self.plan
         n, d = plan.num_samples, plan.hidden_size
-        eps = torch.randn(n, plan.steps, d, generator=self.generator, device=plan.device)  # (n, steps, d)
         uniforms = torch.rand(n, plan.max_tokens, generator=self.generator, device=plan.device)  # (n, T)
         if plan.elite_rows and self.elite_uniforms is not None:
             uniforms[: plan.elite_rows] = self.elite_uniforms  # (n, T)
+        if self.logit is not None:  # applied at every position: V_rows (n, 1, width)
+            V = self.logit.draw(self.U, n, plan.sigma, self.noise)  # (n, 1, width)
+            return Sample(V, V, uniforms)
+        eps = torch.randn(n, plan.steps, d, generator=self.noise, device=plan.device)  # (n, steps, d)
         V = self.U[None] + plan.sigma * eps  # (n, steps, d)
         V_pos = V[:, plan.control_index]  # (n, tau, d)
         V_rows = torch.cat([V_pos, V.new_zeros(n, 1, d)], dim=1)  # (n, tau + 1, d)
@@ -232,6 +246,8 @@ class Controller:
         result.weights.append(weights.tolist())
         result.ess.append(effective_sample_size(weights))
         result.u_norms.append(float(self.U.norm()))
+        if self.logit is not None:
+            self.logit.observe(out.token_ids[rows])  # token-bias: the support grows by the sampled tokens
 
     def _reached(self, lengths: torch.Tensor) -> torch.Tensor:
         """(n, steps) True where a sample reached the control vector (its response is long enough)."""

@@ -15,6 +15,7 @@ import math
 import numbers
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from typing import Any, Literal
 
 import torch
@@ -25,6 +26,7 @@ from langchain_aisp.engine.controller import Controller, IterationEvent, Plan, P
 from langchain_aisp.engine.decode.eager import DecodeOutput, Decoder, PromptPrefix, decode, prefill
 from langchain_aisp.engine.decode.select import DecodeFn
 from langchain_aisp.engine.lm import CausalLM
+from langchain_aisp.engine.logit_control import LOGIT_CONTROLS, LogitControl, control_head, control_width
 from langchain_aisp.engine.scoring import ScoreFn, score_name, score_rows
 from langchain_aisp.errors import RunError, RunFailedError, RunTimeoutError
 
@@ -95,9 +97,9 @@ def check_prompts(lm: CausalLM, prompts: Sequence[Sequence[int]], max_tokens: in
 
 def control_shape(lm: CausalLM, params: AISPParams, sampling: SamplingParams) -> tuple[int, int]:
     """Shape (steps, d) of one prompt's mean control U: steps = min(tau, max_tokens) for ``control="position"``,
-    1 for ``"shared"``; d the model's hidden size."""
+    1 otherwise; d the model's hidden size, the vocabulary for ``"token-bias"``, 1 for ``"temperature"``."""
     steps = min(params.tau, sampling.max_tokens) if params.control == "position" else 1
-    return steps, lm.hidden_size
+    return steps, control_width(lm, params.control) if params.control in LOGIT_CONTROLS else lm.hidden_size
 
 
 def initial_controls(
@@ -129,12 +131,21 @@ def check_max_batch_size(max_batch_size: object) -> int:
     return max_batch_size
 
 
-def _generator(seed: int | None, device: torch.device) -> torch.Generator:
+NOISE_SEED_SALT = 0x70B1A5
+"""XOR-ed into a prompt's seed for its control-noise generator."""
+
+
+def _generator(seed: int | None, device: torch.device, salt: int = 0) -> torch.Generator:
+    """A generator of its own: ``seed ^ salt``, or fresh entropy for a None seed (the global RNG is untouched).
+
+    Each prompt has two: the main one draws the token-sampling uniforms, the ``NOISE_SEED_SALT`` one the
+    control noise (:class:`~langchain_aisp.engine.controller.Controller`).
+    """
     generator = torch.Generator(device=device)
     if seed is None:
-        generator.seed()  # fresh entropy for this generator only; the global RNG is untouched
+        generator.seed()
     else:
-        generator.manual_seed(seed)
+        generator.manual_seed(seed ^ salt)
     return generator
 
 
@@ -208,10 +219,14 @@ class Request:
             prefix=prefill(self.lm, self.prompts[j]),  # once per prompt, for all n x k samples
             U=self.start_U[j],  # (steps, d)
             generator=_generator(self.seeds[j], self.plan.device),
+            noise=_generator(self.seeds[j], self.plan.device, NOISE_SEED_SALT),
             deadline=self.deadlines[j],
             constraint=None if self.constraints is None else self.constraints[j],
             owner=self,
             number=j,
+            logit=LogitControl.start(self.lm, self.plan.params.control, self.plan.device)
+            if self.plan.logit_control
+            else None,
         )
 
     def check(self, controller: Controller, now: float) -> None:
@@ -314,6 +329,9 @@ class DecodeGroup:
         self.plan = Plan.build(lm, params, sampling)
         self.decoder = Decoder.build(lm, sampling)
         self.decode_fn = decode_fn
+        if self.plan.logit_control:  # its head adds a logit-space control: the eager path (the static one captures
+            self.decoder = replace(self.decoder, head=control_head(lm, params.control))  # a pre-logit head)
+            self.decode_fn = decode
         self.capacity = max(1, check_max_batch_size(max_batch_size) // self.plan.num_samples)  # prompts at once
         if max_prompts is not None:
             self.capacity = max(1, min(self.capacity, max_prompts))

@@ -43,6 +43,7 @@ graphs and says so in the log; if a compile fails the bucket takes the uncompile
 from __future__ import annotations
 
 import contextlib
+import importlib
 import logging
 import math
 import time
@@ -97,10 +98,8 @@ DECODE_ATTENTION = "langchain_aisp_decode_sdpa"
 
 def __getattr__(name: str) -> Any:
     """Path selection moved to :mod:`langchain_aisp.engine.decode.select`; its old names still resolve here."""
-    if name in _MOVED:
-        from langchain_aisp.engine.decode import select
-
-        return getattr(select, name)
+    if name in _MOVED:  # a lookup at attribute time, after both modules are loaded: no import cycle
+        return getattr(importlib.import_module("langchain_aisp.engine.decode.select"), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
