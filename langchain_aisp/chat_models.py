@@ -42,7 +42,7 @@ from langchain_aisp.chat._loading import (
 )
 from langchain_aisp.chat._messages import to_chunks, to_message
 from langchain_aisp.chat._plan import Job
-from langchain_aisp.chat._progress import PROGRESS_EVENT, ProgressFn
+from langchain_aisp.chat._progress import PROGRESS_EVENT
 from langchain_aisp.chat._structured import StructuredMethod, structured_output
 from langchain_aisp.chat._tool_formats import ToolFormatName
 from langchain_aisp.engine.aisp import PromptResult, RewardError, run
@@ -530,25 +530,6 @@ class AISPChatModel(BaseChatModel):
         async for chunk in _progress.aiterate_as_run(ref, super().astream(input, config, stop=stop, **kwargs)):
             yield chunk
 
-    def _aligned(
-        self,
-        messages: list[BaseMessage],
-        stop: list[str] | None,
-        progress: ProgressFn | None,
-        kwargs: dict[str, Any],
-        cancel: threading.Event | None = None,
-    ) -> tuple[Job, PromptResult]:
-        return _execute.execute(self, messages, stop, kwargs, progress, cancel)
-
-    async def _aligned_async(
-        self,
-        messages: list[BaseMessage],
-        stop: list[str] | None,
-        run_manager: AsyncCallbackManagerForLLMRun | None,
-        kwargs: dict[str, Any],
-    ) -> tuple[Job, PromptResult]:
-        return await _execute.aexecute(self, messages, stop, kwargs, run_manager)
-
     def _generate(
         self,
         messages: list[BaseMessage],
@@ -556,7 +537,7 @@ class AISPChatModel(BaseChatModel):
         run_manager: CallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> ChatResult:
-        job, result = self._aligned(messages, stop, _progress.sync_progress(self, run_manager), kwargs)
+        job, result = _execute.execute(self, messages, stop, kwargs, _progress.sync_progress(self, run_manager))
         return ChatResult(generations=[ChatGeneration(message=to_message(job, result, self.reward_name))])
 
     async def _agenerate(
@@ -566,7 +547,7 @@ class AISPChatModel(BaseChatModel):
         run_manager: AsyncCallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> ChatResult:
-        job, result = await self._aligned_async(messages, stop, run_manager, kwargs)
+        job, result = await _execute.aexecute(self, messages, stop, kwargs, run_manager)
         return ChatResult(generations=[ChatGeneration(message=to_message(job, result, self.reward_name))])
 
     def _stream(
@@ -576,7 +557,7 @@ class AISPChatModel(BaseChatModel):
         run_manager: CallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> Iterator[ChatGenerationChunk]:
-        job, result = self._aligned(messages, stop, _progress.sync_progress(self, run_manager), kwargs)
+        job, result = _execute.execute(self, messages, stop, kwargs, _progress.sync_progress(self, run_manager))
         for chunk in to_chunks(job, result, self.reward_name):
             if run_manager is not None and isinstance(chunk.message.content, str):
                 run_manager.on_llm_new_token(chunk.message.content, chunk=chunk)
@@ -589,7 +570,7 @@ class AISPChatModel(BaseChatModel):
         run_manager: AsyncCallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> AsyncIterator[ChatGenerationChunk]:
-        job, result = await self._aligned_async(messages, stop, run_manager, kwargs)
+        job, result = await _execute.aexecute(self, messages, stop, kwargs, run_manager)
         for chunk in to_chunks(job, result, self.reward_name):
             if run_manager is not None and isinstance(chunk.message.content, str):
                 await run_manager.on_llm_new_token(chunk.message.content, chunk=chunk)
