@@ -16,6 +16,7 @@ once every running prompt is out of time.
 
 from __future__ import annotations
 
+import functools
 import math
 import numbers
 import time
@@ -35,6 +36,7 @@ from langchain_aisp.engine.config import (
 from langchain_aisp.engine.constraints import Constraint, Matcher
 from langchain_aisp.engine.decode.eager import DecodeOutput, Decoder, PromptPrefix, decode, prefill
 from langchain_aisp.engine.decode.static import DecodeFn, select_decode
+from langchain_aisp.engine.early_rejection import EarlyRejection
 from langchain_aisp.engine.importance import (
     control_inner,
     effective_sample_size,
@@ -419,8 +421,10 @@ def run(
     decoder = Decoder.build(lm, sampling)
     static_fn, path = select_decode(lm, decoding)
     decode_fn = None if path == "eager" else static_fn  # every path takes the constraints and the deadline
+    rejection = EarlyRejection.build(lm, params, sampling, decoder, constrained=bool(constraints and any(constraints)))
     single = params.method == "sample"
     n = 1 if single else params.num_samples
+    n_out = n if rejection is None else rejection.keep  # finished responses per prompt and iteration
     k = 1 if single else params.num_iterations
     steer = params.method == "aisp"
     sigma = params.sigma * lm.prelogit_rms if steer else 0.0  # absolute, in pre-logit units
@@ -437,6 +441,7 @@ def run(
     results: list[PromptResult | None] = [None] * len(prompts)
     decode_rows = max_batch_size  # rows per decode call; lowered for the rest of the run after out-of-memory
     seen: dict[tuple[int, str], float] = {}  # identical responses are scored once
+    isolate = on_reward_error == "isolate"
 
     for chunk_start in range(0, len(prompts), prompts_per_batch):
         chunk = list(range(chunk_start, min(len(prompts), chunk_start + prompts_per_batch)))
@@ -486,33 +491,45 @@ def run(
             V = U[:, None] + sigma * eps  # (b, n, steps, d)
             V_pos = V[:, :, control_index.to(device)].reshape(-1, tau, d)  # (b*n, tau, d)
             V_rows = torch.cat([V_pos, V.new_zeros(len(live) * n, 1, d)], dim=1)  # (b*n, tau+1, d)
-            out, decode_rows = _decode_rows(
-                decoder,
-                prefixes,
-                row_prompt,
-                V_rows,
-                uniforms.reshape(-1, sampling.max_tokens),
-                decode_rows,
-                row_constraints,
-                max(deadlines[s.result.index] for s in live),  # decoding stops only when all are out of time
-                decode_fn,
-            )
+            deadline_live = max(deadlines[s.result.index] for s in live)  # decoding stops only when all are out of time
+            rejected_tokens = [0] * len(live)
+            if rejection is None:
+                out, decode_rows = _decode_rows(
+                    decoder,
+                    prefixes,
+                    row_prompt,
+                    V_rows,
+                    uniforms.reshape(-1, sampling.max_tokens),
+                    decode_rows,
+                    row_constraints,
+                    deadline_live,
+                    decode_fn,
+                )
+            else:  # BoN with early rejection: partials scored like responses (same cache, same isolation)
+                out, rejected_tokens = rejection.decode(
+                    prefixes,
+                    uniforms.reshape(-1, sampling.max_tokens),
+                    functools.partial(_score_partials, score, name, n, seen, results, live, iteration, isolate),
+                    deadline_live,
+                    decode_fn,
+                )
             if out.timed_out:  # an unfinished iteration is not scored: its responses are cut short
                 for state in live:
                     state.result.timed_out = True
                 break
-            rewards = _score_rows(
-                score, name, n, out.texts, seen, results, live, iteration, on_reward_error == "isolate"
-            )
+            rewards = _score_rows(score, name, n_out, out.texts, seen, results, live, iteration, isolate)
             reached_pos = (torch.arange(tau)[None, :] < out.lengths[:, None]).float()  # (b*n, tau)
-            reached = torch.zeros(len(live) * n, steps).index_add_(1, control_index, reached_pos) > 0  # (b*n, steps)
-            reached = reached.reshape(len(live), n, steps)  # (b, n, steps)
+            reached = (
+                torch.zeros(len(live) * n_out, steps).index_add_(1, control_index, reached_pos) > 0
+            )  # (b*n, steps)
+            reached = reached.reshape(len(live), n_out, steps)  # (b, n, steps)
             for b_idx, state in enumerate(live):
                 if state.result.error is not None:
                     continue  # its reward failed in this iteration: keep what it had
-                rows = slice(b_idx * n, (b_idx + 1) * n)
+                rows = slice(b_idx * n_out, (b_idx + 1) * n_out)
                 r = torch.tensor(rewards[rows], dtype=torch.float64)  # (n,)
                 improved = _record(state.result, iteration, out, rows, r)
+                state.result.generated_tokens += rejected_tokens[b_idx]  # early rejection's discarded partials
                 if improved >= 0:
                     state.elite_uniforms = uniforms[b_idx, improved].clone()  # (T,)
                 if steer:
@@ -602,6 +619,21 @@ def _score_rows(
         else:
             seen.update(zip(todo, values, strict=True))
     return [seen.get(key) for key in keys]
+
+
+def _score_partials(
+    score: ScoreFn,
+    name: str,
+    n: int,
+    seen: dict[tuple[int, str], float],
+    results: list[PromptResult | None],
+    live: list[_PromptState],
+    iteration: int,
+    isolate: bool,
+    texts: list[str],
+) -> list[float | None]:
+    """:func:`_score_rows` for early rejection's partial responses (the texts come last)."""
+    return _score_rows(score, name, n, texts, seen, results, live, iteration, isolate)
 
 
 def _own_cause(exc: Exception) -> BaseException:
