@@ -447,8 +447,8 @@ def summarize(results: Mapping[str, Any]) -> dict[str, Any]:
             "grid": {n: mean_se(curves_t[:, n - 1].tolist()) for n in grid},
             "tokens_per_prompt_32": metrics.mean(tokens32),
             "wall_s_32": metrics.mean(walls32),
-            "diversity_32": metrics.mean([q["diversity"] for q in quality32]),
-            "coherence_32": metrics.mean([q["coherence"] for q in quality32]),
+            "diversity_32": metrics.mean([_num(q["diversity"]) for q in quality32]),
+            "coherence_32": metrics.mean([_num(q["coherence"]) for q in quality32]),
         }
         rows = {}
         for name, info in results["methods"].items():
@@ -462,6 +462,8 @@ def summarize(results: Mapping[str, Any]) -> dict[str, Any]:
             n_prime = match_budget(ns, mean_curve, metrics.mean(best))
             low, high = efficiency_interval(curves_t, torch.tensor(best, dtype=torch.float64), ns)
             budget = int(info["budget"])
+            tokens = metrics.mean([float(e["generated_tokens"]) for e in entries])
+            token_budget = tokens / (bon["tokens_per_prompt_32"] / REFERENCE_N)  # BoN samples with these tokens
             rows[name] = {
                 "budget": budget,
                 "best": mean_se(best),
@@ -471,14 +473,21 @@ def summarize(results: Mapping[str, Any]) -> dict[str, Any]:
                 "matched_n": n_prime,
                 "matched_n_95": (low, high),
                 "efficiency": n_prime / budget,
-                "tokens_per_prompt": metrics.mean([float(e["generated_tokens"]) for e in entries]),
+                "token_budget": token_budget,
+                "compute_efficiency": n_prime / token_budget,
+                "tokens_per_prompt": tokens,
                 "wall_s": metrics.mean([float(cells[k]["wall_s"]) for k in keys]),
-                "diversity": metrics.mean([float(e["diversity"]) for e in entries]),
-                "coherence": metrics.mean([float(e["coherence"]) for e in entries]),
+                "diversity": metrics.mean([_num(e["diversity"]) for e in entries]),
+                "coherence": metrics.mean([_num(e["coherence"]) for e in entries]),
                 "pairs": len(diffs),
             }
         summary["rewards"][reward] = {"bon": bon, "methods": rows}
     return summary
+
+
+def _num(value: float | None) -> float:
+    """A saved figure: JSON null (NaN or infinity when written) reads as NaN."""
+    return math.nan if value is None else float(value)
 
 
 def _n(value: float, pool: int) -> str:
@@ -491,7 +500,11 @@ def markdown(summary: Mapping[str, Any], model: str = "") -> str:
     lines = [f"# Sample efficiency against Best-of-N{f' ({model})' if model else ''}", ""]
     lines.append(
         f"Seeds {summary['seeds']}; BoN from one pool of {pool} samples per prompt-seed (expected best of N); "
-        f"differences are paired per prompt-seed against BoN-{REFERENCE_N}; mean +- standard error."
+        f"differences are paired per prompt-seed against BoN-{REFERENCE_N}; mean +- standard error. "
+        "N': the BoN budget whose expected best equals the method's mean best (log-N interpolation, bootstrap "
+        "95% interval); N'/budget: sample efficiency (samples started); N'/token budget: the same per generated "
+        f"token (the token budget is the number of BoN samples with the method's tokens). BoN-{REFERENCE_N}'s "
+        f"tokens, wall-clock and text quality come from the first {REFERENCE_N} samples of the pool."
     )
     for reward, data in summary["rewards"].items():
         bon = data["bon"]
@@ -500,18 +513,22 @@ def markdown(summary: Mapping[str, Any], model: str = "") -> str:
         lines.append("| expected best | " + " | ".join(f"{m:.4f} +- {s:.4f}" for m, s in bon["grid"].values()) + " |")
         lines += [
             "",
-            "| method | budget | best | diff vs BoN-32 | t | W/T/L | N' (95% CI) | efficiency N'/budget "
+            "| method | budget | best | diff vs BoN-32 | t | W/T/L | N' (95% CI) | N'/budget | N'/token budget "
             "| tokens/prompt (x BoN-32) | wall s/seed (x BoN-32) | diversity (BoN-32) | coherence (BoN-32) |",
-            "|---|---|---|---|---|---|---|---|---|---|---|---|",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         for name, row in data["methods"].items():
             (b, b_se), (d, d_se) = row["best"], row["diff_vs_bon32"]
             low, high = row["matched_n_95"]
-            eff = "> " + f"{pool / row['budget']:.2f}" if math.isinf(row["efficiency"]) else f"{row['efficiency']:.2f}"
+            eff, ceff = (
+                (f"> {pool / row['budget']:.2f}", f"> {pool / row['token_budget']:.2f}")
+                if math.isinf(row["efficiency"])
+                else (f"{row['efficiency']:.2f}", f"{row['compute_efficiency']:.2f}")
+            )
             lines.append(
                 f"| {name} | {row['budget']} | {b:.4f} +- {b_se:.4f} | {d:+.4f} +- {d_se:.4f} | {row['t']:+.1f} "
                 f"| {'/'.join(map(str, row['wins_ties_losses']))} | {_n(row['matched_n'], pool)} "
-                f"({_n(low, pool)}-{_n(high, pool)}) | {eff} "
+                f"({_n(low, pool)}-{_n(high, pool)}) | {eff} | {ceff} "
                 f"| {row['tokens_per_prompt']:.0f} ({row['tokens_per_prompt'] / bon['tokens_per_prompt_32']:.2f}) "
                 f"| {row['wall_s']:.1f} ({row['wall_s'] / bon['wall_s_32']:.2f}) "
                 f"| {row['diversity']:.3f} ({bon['diversity_32']:.3f}) "
