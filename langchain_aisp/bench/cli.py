@@ -28,7 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -328,7 +328,6 @@ def _efficiency_parser(prog: str) -> argparse.ArgumentParser:
 def cmd_efficiency(args: argparse.Namespace) -> int:
     from langchain_aisp.bench.efficiency import EfficiencyConfig, parse_method, resolve_eval_rewards, run_efficiency
     from langchain_aisp.bench.prompts import load_prompts
-    from langchain_aisp.bench.scorers import TextEmbedder
 
     if args.seeds < 1:
         raise ValueError(f"--seeds must be >= 1, got {args.seeds}")
@@ -340,13 +339,7 @@ def cmd_efficiency(args: argparse.Namespace) -> int:
     )
     methods = [parse_method(m) for m in args.methods.split(",") if m.strip()]
     prompts = load_prompts(args.prompts, args.limit_prompts)
-    holder: list[TextEmbedder] = []
-
-    def embedder() -> TextEmbedder:
-        if not holder:
-            holder.append(TextEmbedder())
-        return holder[0]
-
+    embedder = _lazy_embedder()
     specs = _reward_specs(args.reward or ["relevance,sentiment,reference"])
     rewards = resolve_eval_rewards(specs, prompts, embedder, args.references)
     out = Path(args.out)
@@ -377,6 +370,20 @@ def cmd_efficiency_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _lazy_embedder() -> Callable[[], Any]:
+    """``embedder()`` -> the one MiniLM :class:`~langchain_aisp.bench.scorers.TextEmbedder`, loaded on first use."""
+    holder: list[Any] = []
+
+    def embedder() -> Any:
+        if not holder:
+            from langchain_aisp.bench.scorers import TextEmbedder
+
+            holder.append(TextEmbedder())
+        return holder[0]
+
+    return embedder
+
+
 def _load_lm(args: argparse.Namespace) -> Any:
     from langchain_aisp.engine.lm import load_causal_lm
 
@@ -400,7 +407,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         Split,
         run_benchmark,
     )
-    from langchain_aisp.bench.scorers import TextEmbedder, resolve_rewards
+    from langchain_aisp.bench.scorers import resolve_rewards
 
     quick = bool(args.quick)
     limit = args.limit_prompts if args.limit_prompts is not None else (QUICK_PROMPTS if quick else None)
@@ -431,13 +438,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     )
     prompts = load_prompts(args.prompts, limit)
     specs = _reward_specs(args.reward)
-    holder: list[TextEmbedder] = []
-
-    def embedder() -> TextEmbedder:
-        if not holder:
-            holder.append(TextEmbedder())
-        return holder[0]
-
+    embedder = _lazy_embedder()
     rewards = resolve_rewards(specs, embedder)
     coherence = None if args.no_coherence else embedder()
     out = Path(args.out)
@@ -530,7 +531,7 @@ def cmd_memory(args: argparse.Namespace) -> int:
     from langchain_aisp.bench.memory_bench import MemoryBenchConfig, run_memory_benchmark
     from langchain_aisp.bench.prompts import load_prompts
     from langchain_aisp.bench.runner import Split
-    from langchain_aisp.bench.scorers import TextEmbedder, resolve_rewards
+    from langchain_aisp.bench.scorers import resolve_rewards
 
     if args.seeds < 1:
         raise ValueError(f"--seeds must be >= 1, got {args.seeds}")
@@ -555,13 +556,7 @@ def cmd_memory(args: argparse.Namespace) -> int:
         max_batch_size=args.max_batch_size,
     )
     prompts = load_prompts(args.prompts, args.limit_prompts)
-    holder: list[TextEmbedder] = []
-
-    def embedder() -> TextEmbedder:
-        if not holder:
-            holder.append(TextEmbedder())
-        return holder[0]
-
+    embedder = _lazy_embedder()
     rewards = resolve_rewards(_reward_specs(args.reward or ["sentiment,relevance"]), embedder)
     lm = _load_lm(args)
     out = Path(args.out)

@@ -28,6 +28,7 @@ an interrupted run resumes with ``resume=True`` where it stopped.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import re
 import sys
@@ -392,19 +393,15 @@ def run_efficiency(
             raise FileExistsError(f"{path} exists: pass resume=True (--resume) or overwrite=True (--overwrite)")
     for s_idx, seed in enumerate(config.seeds):
         cells: list[tuple[str, Callable[[], dict[str, Any]]]] = [
-            (f"pool|s{seed}", lambda seed=seed: run_pool(lm, prompts, prompt_ids, rewards, config, seed, embedder))
+            (f"pool|s{seed}", functools.partial(run_pool, lm, prompts, prompt_ids, rewards, config, seed, embedder))
         ]
         order = list(methods) if s_idx % 2 == 0 else list(reversed(methods))
         for name, reward in rewards.items():
             for method in order:
-                cells.append(
-                    (
-                        f"{method.name}|{name}|s{seed}",
-                        lambda m=method, n=name, r=reward, seed=seed: run_method_cell(
-                            lm, m, prompts, prompt_ids, n, r, config, seed, embedder
-                        ),
-                    )
+                cell = functools.partial(
+                    run_method_cell, lm, method, prompts, prompt_ids, name, reward, config, seed, embedder
                 )
+                cells.append((f"{method.name}|{name}|s{seed}", cell))
         for key, job in cells:
             if key in results["cells"]:
                 continue
@@ -443,7 +440,7 @@ def summarize(results: Mapping[str, Any]) -> dict[str, Any]:
                 quality32.append(entry["quality"][reward])
         curves_t = torch.tensor(curves, dtype=torch.float64)  # (S, pool)
         mean_curve = curves_t.mean(dim=0).tolist()
-        bon = {
+        bon: dict[str, Any] = {
             "grid": {n: mean_se(curves_t[:, n - 1].tolist()) for n in grid},
             "tokens_per_prompt_32": metrics.mean(tokens32),
             "wall_s_32": metrics.mean(walls32),
