@@ -41,7 +41,8 @@ from langchain_core.messages import (
     ToolCall,
     ToolMessage,
 )
-from langchain_core.utils.json import parse_partial_json
+
+from langchain_aisp._json import close_objects, find_json, validate
 
 TOOL_CALL_OPEN = "<tool_call>"
 TOOL_CALL_CLOSE = "</tool_call>"
@@ -342,127 +343,28 @@ def render(tokenizer: Any, messages: Sequence[BaseMessage], fmt: OutputFormat, p
     return RenderedPrompt(str(text) + prefill, prefill, False)
 
 
-# --- JSON schema validation (the subset JSON schemas from pydantic / TypedDict use) ---
+# --- JSON schema validation and parsing (one implementation: langchain_aisp._json) ---------------
 
 
-def _resolve(schema: dict[str, Any], root: dict[str, Any]) -> dict[str, Any]:
-    ref = schema.get("$ref")
-    if isinstance(ref, str) and ref.startswith("#/"):
-        node: Any = root
-        for part in ref[2:].split("/"):
-            node = node.get(part, {}) if isinstance(node, dict) else {}
-        return node if isinstance(node, dict) else {}
-    return schema
-
-
-_TYPES: dict[str, tuple[type, ...]] = {
-    "string": (str,),
-    "integer": (int,),
-    "number": (int, float),
-    "boolean": (bool,),
-    "array": (list,),
-    "object": (dict,),
-    "null": (type(None),),
-}
-
-
-def schema_errors(
-    value: Any, schema: dict[str, Any], root: dict[str, Any] | None = None, path: str = "$"
-) -> str | None:
-    """The first violation of ``schema`` by ``value`` (None when it validates)."""
-    root = schema if root is None else root
-    schema = _resolve(schema, root)
-    for key in ("anyOf", "oneOf"):
-        options = schema.get(key)
-        if isinstance(options, list) and options:
-            if all(schema_errors(value, o, root, path) is not None for o in options):
-                return f"{path}: matches none of {key}"
-    for sub in schema.get("allOf", []) or []:
-        if (err := schema_errors(value, sub, root, path)) is not None:
-            return err
-    if "enum" in schema and value not in schema["enum"]:
-        return f"{path}: {value!r} is not one of {schema['enum']}"
-    if "const" in schema and value != schema["const"]:
-        return f"{path}: {value!r} != {schema['const']!r}"
-    kinds = schema.get("type")
-    if kinds is not None:
-        kinds = kinds if isinstance(kinds, list) else [kinds]
-        ok = False
-        for kind in kinds:
-            types = _TYPES.get(kind, (object,))
-            if isinstance(value, bool) and kind in ("integer", "number"):
-                continue
-            if kind == "integer" and isinstance(value, float) and value.is_integer():
-                ok = True
-            if isinstance(value, types):
-                ok = True
-        if not ok:
-            return f"{path}: expected {'/'.join(kinds)}, got {type(value).__name__}"
-    if isinstance(value, dict):
-        props = schema.get("properties") or {}
-        for name in schema.get("required", []) or []:
-            if name not in value:
-                return f"{path}: missing required property {name!r}"
-        for name, item in value.items():
-            if name in props:
-                if (err := schema_errors(item, props[name], root, f"{path}.{name}")) is not None:
-                    return err
-            elif schema.get("additionalProperties") is False or (props and "additionalProperties" not in schema):
-                return f"{path}: unexpected property {name!r}"
-    if isinstance(value, list) and isinstance(schema.get("items"), dict):
-        for i, item in enumerate(value):
-            if (err := schema_errors(item, schema["items"], root, f"{path}[{i}]")) is not None:
-                return err
-    return None
-
-
-# --- parsing replies ---------------------------------------------------------------
-
-
-def _first_json(text: str) -> tuple[Any, bool]:
-    """Parse the first JSON object in ``text``; returns (value, ok). Unterminated JSON is closed."""
-    start = text.find("{")
-    if start < 0:
-        return None, False
-    try:
-        value, _ = json.JSONDecoder().raw_decode(text[start:])
-        return value, True
-    except ValueError:
-        pass
-    try:
-        value = parse_partial_json(text[start:].strip())
-    except ValueError:
-        return None, False
-    return value, value is not None
-
-
-_FENCE = re.compile(r"```(?:json)?\s*(.*?)(?:```|$)", re.DOTALL)
-
-
-def _strip_fences(text: str) -> str:
-    match = _FENCE.search(text)
-    return match.group(1) if match else text
+def schema_errors(value: Any, schema: dict[str, Any]) -> str | None:
+    """The first violation of ``schema`` by ``value`` (None when it validates), with objects closed as the grammar
+    decodes them (``additionalProperties: false`` unless the schema says otherwise; docs/chat_model.md)."""
+    errors = validate(value, close_objects(schema))
+    return errors[0] if errors else None
 
 
 def json_complete(text: str) -> bool:
-    """Whether the reply's first JSON object is complete (a cut reply is not, even if it can be closed)."""
-    body = _strip_fences(text)
-    start = body.find("{")
-    if start < 0:
-        return False
-    try:
-        json.JSONDecoder().raw_decode(body[start:])
-    except ValueError:
-        return False
-    return True
+    """Whether the reply holds complete JSON (a cut reply does not, even if it can be closed)."""
+    found = find_json(text)
+    return found is not None
 
 
 def parse_json_reply(text: str) -> tuple[Any, str | None]:
-    """The JSON object of a structured-output reply and an error (None when it parsed)."""
-    value, ok = _first_json(_strip_fences(text))
-    if not ok or not isinstance(value, dict):
+    """The JSON object of a structured-output reply and an error (None when it parsed; a cut object is closed)."""
+    found = find_json(text, lenient=True)
+    if found is None or not isinstance(found.value, dict):
         return None, "the reply contains no JSON object"
-    return value, None
+    return found.value, None
 
 
 @dataclass
@@ -513,10 +415,9 @@ def parse_tool_reply(text: str, fmt: OutputFormat) -> ParsedReply:
         unclosed = {i for i, m in enumerate(blocks) if not m.group(0).endswith(TOOL_CALL_CLOSE)}
         content = _CALL_BLOCK.sub("", text).strip()
     else:
-        stripped = _strip_fences(text).strip()
-        value, ok = _first_json(stripped)
-        if ok and isinstance(value, dict) and "name" in value:
-            candidates, content = [stripped], ""
+        found = find_json(text, lenient=True)
+        if found is not None and isinstance(found.value, dict) and "name" in found.value:
+            candidates, content = [text], ""
         else:
             candidates, content = [], text
     parsed = ParsedReply(content=content, attempted=bool(candidates))
@@ -532,8 +433,8 @@ def parse_tool_reply(text: str, fmt: OutputFormat) -> ParsedReply:
                 )
             )
             continue
-        value, ok = _first_json(_strip_fences(raw))
-        if not ok:
+        found = find_json(raw, lenient=True)
+        if found is None:
             parsed.invalid_tool_calls.append(
                 InvalidToolCall(
                     name=None,
@@ -544,7 +445,7 @@ def parse_tool_reply(text: str, fmt: OutputFormat) -> ParsedReply:
                 )
             )
             continue
-        name, args, error = _check_call(value, fmt)
+        name, args, error = _check_call(found.value, fmt)
         if error is None:
             parsed.tool_calls.append(ToolCall(name=str(name), args=args, id=_new_id(), type="tool_call"))
         else:

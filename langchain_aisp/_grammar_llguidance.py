@@ -46,6 +46,7 @@ import llguidance
 import llguidance.hf
 import torch
 
+from langchain_aisp._json import close_objects
 from langchain_aisp.engine.constraints import bitmask_words
 from langchain_aisp.errors import ConstraintError, GrammarError
 
@@ -66,21 +67,6 @@ _COMPILED: OrderedDict[tuple[int, str, str], tuple[Any, Any]] = OrderedDict()
 
 
 # --- grammar text -----------------------------------------------------------------------
-
-
-def close_objects(schema: Any) -> Any:
-    """A copy of ``schema`` where every object with ``properties`` and no ``additionalProperties`` is closed."""
-    if isinstance(schema, list):
-        return [close_objects(s) for s in schema]
-    if not isinstance(schema, dict):
-        return schema
-    out = {k: close_objects(v) for k, v in schema.items() if k not in ("properties", "$defs", "definitions")}
-    for key in ("properties", "$defs", "definitions"):
-        if isinstance(schema.get(key), dict):
-            out[key] = {name: close_objects(sub) for name, sub in schema[key].items()}
-    if isinstance(schema.get("properties"), dict) and "additionalProperties" not in schema:
-        out["additionalProperties"] = False
-    return out
 
 
 def _with_options(schema: dict[str, Any], strict: bool) -> dict[str, Any]:

@@ -1,66 +1,49 @@
 """``AISPChatModel``: a LangChain chat model over a local Hugging Face LLM, aligned to a reward at test time.
 
-The class translates LangChain messages and settings into token ids and engine
-parameters, calls :func:`langchain_aisp.engine.aisp.run` and turns its :class:`PromptResult`
-into an ``AIMessage``. No part of the algorithm lives here.
-
-Module-level state: ``_LM_CACHE`` (guarded by ``_LM_CACHE_LOCK``) shares a loaded model
-between instances with the same ``(model, device, dtype, trust_remote_code)``, so
-``AISPChatModel(reward=a)`` and ``AISPChatModel(reward=b)`` load the default model once
-per process. ``_BATCH_PLAN`` is a context variable (not shared state): it carries the
-prompts of one ``batch`` call to the per-input ``_generate`` calls so that they run as
-one Batched AISP engine call. Use :func:`clear_model_cache` to free the cache.
+The class translates LangChain messages and settings into engine calls and their results into
+``AIMessage``s; no part of the algorithm lives here. Its private rooms are in :mod:`langchain_aisp.chat`:
+call planning (``_plan``), execution (``_execute``), progress events (``_progress``), results to
+messages (``_messages``), structured output (``_structured``) and the model cache (``_loading``).
+This module stays the public import path of ``AISPChatModel``, ``PreparedCall``, ``PROGRESS_EVENT``,
+``RETRY_WAIT_MAX`` and ``clear_model_cache``.
 """
 
 from __future__ import annotations
 
 import asyncio
-import dataclasses
-import importlib
-import json
-import math
 import os
-import re
 import threading
 import time
-import uuid
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
-from contextvars import ContextVar
 from dataclasses import dataclass, field
-from functools import partial
-from typing import Any, Literal
+from typing import Any
 
-from langchain_core.callbacks import (
-    AsyncCallbackManager,
-    AsyncCallbackManagerForLLMRun,
-    CallbackManager,
-    CallbackManagerForLLMRun,
-)
-from langchain_core.callbacks.manager import ahandle_event, handle_event
-from langchain_core.exceptions import OutputParserException
+from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
 from langchain_core.language_models import BaseChatModel, LangSmithParams, LanguageModelInput
-from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage, ToolCallChunk, UsageMetadata
-from langchain_core.output_parsers import JsonOutputParser, PydanticOutputParser
-from langchain_core.output_parsers.openai_tools import JsonOutputKeyToolsParser, PydanticToolsParser
+from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
-from langchain_core.runnables import Runnable, RunnableConfig, RunnableLambda, RunnableMap, RunnablePassthrough
-from langchain_core.runnables.config import ensure_config, run_in_executor
+from langchain_core.runnables import Runnable, RunnableConfig
+from langchain_core.runnables.config import run_in_executor
 from langchain_core.tools import BaseTool
-from langchain_core.utils.function_calling import convert_to_json_schema, convert_to_openai_tool
-from langchain_core.utils.pydantic import is_basemodel_subclass
+from langchain_core.utils.function_calling import convert_to_openai_tool
 from pydantic import ConfigDict, Field, PrivateAttr, field_validator, model_validator
-from tenacity import Retrying, stop_after_attempt, stop_before_delay, wait_exponential
 
 from langchain_aisp import _chat_format as fmtlib
-from langchain_aisp import _grammar_llguidance as grammarlib
-from langchain_aisp.engine.aisp import (
-    IterationEvent,
-    PromptResult,
-    RewardError,
-    RunTimeoutError,
-    context_window_error,
-    run,
+from langchain_aisp.chat import _execute, _plan, _progress
+from langchain_aisp.chat._execute import RETRY_WAIT_MAX
+from langchain_aisp.chat._loading import (
+    UNSERIALISABLE,
+    cached_lm,
+    clear_model_cache,
+    import_path,
+    mark_unserialisable,
+    reward_path,
 )
+from langchain_aisp.chat._messages import to_chunks, to_message
+from langchain_aisp.chat._plan import Job
+from langchain_aisp.chat._progress import PROGRESS_EVENT, ProgressFn
+from langchain_aisp.chat._structured import StructuredMethod, structured_output
+from langchain_aisp.engine.aisp import PromptResult, RewardError, run
 from langchain_aisp.engine.config import (
     DEFAULT_ALPHA,
     DEFAULT_CONTROL,
@@ -86,245 +69,22 @@ from langchain_aisp.engine.config import (
     SamplingParams,
     check_seed,
 )
-from langchain_aisp.engine.memory import ControlMemory, run_with_memory
+from langchain_aisp.engine.memory import ControlMemory
 from langchain_aisp.errors import RunCancelledError
 from langchain_aisp.rewards import Reward, as_reward
 
-PROGRESS_EVENT = "aisp_progress"
-"""Name of the custom callback event sent after every AISP/BoN iteration."""
+__all__ = [
+    "PROGRESS_EVENT",
+    "RETRY_WAIT_MAX",
+    "AISPChatModel",
+    "PreparedCall",
+    "RewardError",
+    "RunCancelledError",
+    "clear_model_cache",
+]
 
-_UNSERIALISABLE = "<not serialisable> "
-"""Prefix of the placeholder ``to_json`` writes for a reward or model that cannot be re-created."""
-
-_LM_CACHE: dict[tuple[Any, ...], Any] = {}
-_LM_CACHE_LOCK = threading.Lock()
-
-_PER_CALL_FIELDS = (
-    "method",
-    "num_samples",
-    "num_iterations",
-    "sigma",
-    "lambda_",
-    "ess_target",
-    "alpha",
-    "tau",
-    "control",
-    "elite_fraction",
-    "token_step",
-    "max_tokens",
-    "temperature",
-    "top_p",
-    "top_k",
-    "seed",
-    "format_weight",
-)
-_BINDING_KWARGS = (
-    "tools",
-    "tool_choice",
-    "parallel_tool_calls",
-    "response_format",
-    "strict",
-    "model",
-    "stream",
-    "timeout",
-)
-RETRY_WAIT_MAX = 8.0
-"""Longest wait (seconds) between two attempts of a failing reward call (exponential backoff from 0.5 s)."""
-
-
-def _check_timeout(value: Any) -> float | None:
-    """A call's timeout: a finite number of seconds > 0, or None."""
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (math.isfinite(value) and value > 0):
-        raise ValueError(f"timeout must be a finite number of seconds > 0 or None, got {value!r}")
-    return float(value)
-
-
-def clear_model_cache() -> None:
-    """Drop every model shared through the process-wide cache (instances keep theirs)."""
-    with _LM_CACHE_LOCK:
-        _LM_CACHE.clear()
-
-
-def _cached_lm(model: str | None, device: str, dtype: str, trust_remote_code: bool) -> Any:
-    from langchain_aisp.engine.lm import load_causal_lm
-
-    key = (model, device, dtype, trust_remote_code)
-    with _LM_CACHE_LOCK:
-        if key not in _LM_CACHE:
-            _LM_CACHE[key] = load_causal_lm(model, device=device, dtype=dtype, trust_remote_code=trust_remote_code)
-        return _LM_CACHE[key]
-
-
-# --- rewards as import paths (serialisation) -----------------------------------------
-
-
-def _import_path(path: str) -> Any:
-    module_name, _, qualname = path.partition(":")
-    if not module_name or not qualname:
-        raise ValueError(f"reward path must look like 'package.module:qualname', got {path!r}")
-    obj: Any = importlib.import_module(module_name)
-    for part in qualname.split("."):
-        obj = getattr(obj, part)
-    if isinstance(obj, type) and issubclass(obj, Reward):
-        obj = obj()
-    return obj
-
-
-def _reward_path(reward: Any) -> tuple[str | None, str]:
-    """("module:qualname", "") when ``reward`` can be re-imported by path, else (None, why not)."""
-    if isinstance(reward, str):
-        return reward, ""
-    target = reward
-    fn = getattr(reward, "fn", None)
-    if isinstance(reward, _function_reward_type()) and fn is not None:
-        target = fn
-    module = getattr(target, "__module__", None)
-    qualname = getattr(target, "__qualname__", None)
-    if module is None or qualname is None or "<" in qualname:
-        return None, (
-            f"reward {reward!r} is a lambda, a closure or an instance, which cannot be re-imported; "
-            "pass a module-level function, a Reward subclass or its 'module:qualname' path"
-        )
-    try:
-        found = _import_path(f"{module}:{qualname}")
-    except Exception as exc:
-        return None, f"reward path {module}:{qualname} does not import: {exc}"
-    if found is not target and not isinstance(target, type):
-        return None, f"{module}:{qualname} does not resolve to the reward {reward!r}"
-    return f"{module}:{qualname}", ""
-
-
-def _function_reward_type() -> type:
-    from langchain_aisp.rewards import FunctionReward
-
-    return FunctionReward
-
-
-# --- per-call settings and jobs -------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class _Settings:
-    params: AISPParams
-    sampling: SamplingParams
-    seed: int | None
-    format_weight: float
-    model: str | None
-
-    def key(self) -> tuple[Any, ...]:
-        return (self.params, self.sampling, self.seed, self.format_weight, self.model)
-
-    def batch_key(self) -> tuple[Any, ...]:
-        """What calls must share to run as one engine run (each prompt keeps its own seed)."""
-        return (self.params, self.sampling, self.format_weight, self.model)
-
-
-@dataclass(frozen=True)
-class _Variant:
-    """One engine prompt of a job: its token ids, rendered prompt (with prefill) and grammar."""
-
-    token_ids: list[int]
-    prompt: fmtlib.RenderedPrompt
-    constraint: Any
-
-
-@dataclass
-class _Job:
-    messages: list[BaseMessage]
-    token_ids: list[int]
-    prompt: fmtlib.RenderedPrompt
-    fmt: fmtlib.OutputFormat
-    settings: _Settings
-    lm: Any
-    constraint: Any = None
-    """The compiled grammar of the reply (``_grammar_llguidance.LLGuidanceConstraint``), or None for free text."""
-    forced: _Variant | None = None
-    """Under ``tool_choice="auto"``: the forced-call prompt decoded beside the prose one (half the samples each)."""
-    auto_choice: str | None = None
-    """Under ``tool_choice="auto"``, set by the run: "call" or "prose" (what the choice rule took)."""
-    timeout: float | None = None
-    """Wall-clock limit of this call in seconds (the call's ``timeout`` argument, else the model's)."""
-    deadline: float | None = None
-    """``time.monotonic()`` deadline fixed by ``prepare`` (its clock starts there); None: the run's start + timeout."""
-
-    def key(self) -> tuple[Any, ...]:
-        return (tuple(self.token_ids), self.fmt.key(), self.settings.key(), id(self.lm), self.timeout)
-
-    def variants(self) -> list[_Variant]:
-        free = _Variant(self.token_ids, self.prompt, self.constraint)
-        return [free] if self.forced is None else [free, self.forced]
-
-
-ProgressFn = Callable[[dict[str, Any]], None]
-
-
-@dataclass
-class _BatchPlan:
-    """The prompts of one ``batch`` call: the first input to reach the engine runs them all."""
-
-    owner: int
-    jobs: list[_Job]
-    lock: threading.Lock = field(default_factory=threading.Lock)
-    claimed: list[bool] = field(default_factory=list)
-    progress: dict[int, ProgressFn] = field(default_factory=dict)
-    events: dict[int, list[dict[str, Any]]] = field(default_factory=dict)
-    delivered: dict[int, int] = field(default_factory=dict)
-    outcomes: list[PromptResult | BaseException] | None = None
-    claim_lock: threading.Lock = field(default_factory=threading.Lock)
-
-    def claim(self, key: tuple[Any, ...]) -> int | None:
-        with self.claim_lock:
-            if not self.claimed:
-                self.claimed = [False] * len(self.jobs)
-            for i, job in enumerate(self.jobs):
-                if not self.claimed[i] and job.key() == key:
-                    self.claimed[i] = True
-                    return i
-        return None
-
-    def deliver(self, index: int) -> None:
-        fn = self.progress.get(index)
-        pending = self.events.get(index, [])
-        start = self.delivered.get(index, 0)
-        if fn is not None:
-            for data in pending[start:]:
-                fn(data)
-            self.delivered[index] = len(pending)
-
-
-_BATCH_PLAN: ContextVar[_BatchPlan | None] = ContextVar("langchain_aisp_batch_plan", default=None)
-
-
-@dataclass(frozen=True)
-class _RunRef:
-    """The LangChain run of the current public call: its id (fixed up front) and config."""
-
-    run_id: uuid.UUID
-    config: RunnableConfig
-
-
-_CURRENT_RUN: ContextVar[_RunRef | None] = ContextVar("langchain_aisp_current_run", default=None)
-"""Set by ``invoke``/``ainvoke``/``stream``/``astream`` only while LangChain's code runs for them:
-langchain-core calls ``_stream`` without a run manager (``stream``, ``astream``, ``streaming=True``,
-``astream_events``), so progress events find their run here."""
-
-
-def _new_run_id() -> uuid.UUID:
-    try:
-        from langchain_core.utils.uuid import uuid7  # the run ids LangChain itself makes (time-ordered)
-    except ImportError:  # langchain-core < 1.x
-        return uuid.uuid4()
-    return uuid7()
-
-
-def _with_run_id(config: RunnableConfig | None) -> tuple[RunnableConfig, _RunRef]:
-    """A copy of ``config`` with ``run_id`` set (the caller's, else a fresh one): that id is the chat model run's."""
-    config = ensure_config(config)
-    run_id = config.get("run_id") or _new_run_id()
-    config["run_id"] = run_id
-    return config, _RunRef(run_id, dict(config))  # type: ignore[arg-type]
+_IDENTIFYING_FIELDS = (*_plan.PER_CALL_FIELDS, "stop")
+"""Fields that tell two configurations apart (with the model, the reward and the control memory)."""
 
 
 @dataclass(frozen=True)
@@ -335,12 +95,12 @@ class PreparedCall:
     calls of one model with equal ``batch_key`` share one Batched AISP engine run.
     """
 
-    _job: _Job = field(repr=False)
+    _job: Job = field(repr=False)
 
     @property
     def batch_key(self) -> tuple[Any, ...]:
         """Calls with equal keys (on the same model) can run together: same settings and loaded model."""
-        return (self._job.settings.batch_key(), id(self._job.lm), self._job.forced is None)
+        return self._job.batch_key()
 
     @property
     def params(self) -> AISPParams:
@@ -356,11 +116,6 @@ class PreparedCall:
     def prompt_tokens(self) -> int:
         """Length of the rendered prompt in tokens."""
         return len(self._job.token_ids)
-
-
-def _split_chunks(text: str) -> list[str]:
-    """Stream pieces: words with their trailing whitespace (concatenates back to ``text``)."""
-    return re.findall(r"\s*\S+\s*|\s+", text) or []
 
 
 class AISPChatModel(BaseChatModel):
@@ -595,17 +350,30 @@ class AISPChatModel(BaseChatModel):
     _reward: Reward = PrivateAttr()
     _lm: Any = PrivateAttr(default=None)
     _lm_lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
+    _runner: Callable[..., list[PromptResult]] = PrivateAttr(default_factory=lambda: run)
+    """The engine entry (``engine.aisp.run``); tests set a stand-in on an instance (``llm._runner = fake``)."""
 
     # --- validation --------------------------------------------------------------------
+
+    @model_validator(mode="before")
+    @classmethod
+    def _known_arguments(cls, data: Any) -> Any:
+        """An unknown argument (``temprature=0.5``) names the closest field instead of "Extra inputs ..."."""
+        if isinstance(data, dict):
+            unknown = [name for name in data if name not in cls.model_fields]
+            if unknown:
+                fields = sorted(cls.model_fields)
+                raise ValueError(f"AISPChatModel got unknown argument(s) {_plan.unknown_arguments(unknown, fields)}")
+        return data
 
     @field_validator("reward", mode="before")
     @classmethod
     def _import_reward(cls, value: Any) -> Any:
-        if isinstance(value, str) and value.startswith(_UNSERIALISABLE):
-            raise ValueError(f"cannot load this AISPChatModel: {value[len(_UNSERIALISABLE) :]}")
+        if isinstance(value, str) and value.startswith(UNSERIALISABLE):
+            raise ValueError(f"cannot load this AISPChatModel: {value[len(UNSERIALISABLE) :]}")
         if isinstance(value, str):
             try:
-                return _import_path(value)
+                return import_path(value)
             except (ImportError, AttributeError) as exc:
                 raise ValueError(f"reward path {value!r} does not import: {exc}") from exc
         return value
@@ -613,8 +381,8 @@ class AISPChatModel(BaseChatModel):
     @field_validator("llm", "control_memory", mode="before")
     @classmethod
     def _no_marker(cls, value: Any) -> Any:
-        if isinstance(value, str) and value.startswith(_UNSERIALISABLE):
-            raise ValueError(f"cannot load this AISPChatModel: {value[len(_UNSERIALISABLE) :]}")
+        if isinstance(value, str) and value.startswith(UNSERIALISABLE):
+            raise ValueError(f"cannot load this AISPChatModel: {value[len(UNSERIALISABLE) :]}")
         return value
 
     @field_validator("stop", mode="before")
@@ -648,55 +416,8 @@ class AISPChatModel(BaseChatModel):
         except TypeError as exc:
             raise ValueError(str(exc)) from exc
         self._reward = reward
-        self._settings({})  # AISPParams / SamplingParams raise ValueError naming the field and range
-        if (self.hf_model is None) != (self.tokenizer is None):
-            raise ValueError("hf_model and tokenizer must be passed together")
-        if self.llm is not None and self.hf_model is not None:
-            raise ValueError("pass either llm or hf_model + tokenizer, not both")
-        if self.max_batch_size < 1:
-            raise ValueError(f"max_batch_size must be an integer >= 1, got {self.max_batch_size}")
-        if not (isinstance(self.format_weight, (int, float)) and math.isfinite(self.format_weight)):
-            raise ValueError(f"format_weight must be a finite number >= 0, got {self.format_weight!r}")
-        if self.format_weight < 0:
-            raise ValueError(f"format_weight must be a finite number >= 0, got {self.format_weight}")
-        _check_timeout(self.timeout)
-        if isinstance(self.max_retries, bool) or not 0 <= self.max_retries <= 100:
-            raise ValueError(f"max_retries must be an integer in [0, 100], got {self.max_retries!r}")
+        _plan.check_model(self)  # each error names the field, the bad value and the allowed range
         return self
-
-    def _settings(self, overrides: dict[str, Any]) -> _Settings:
-        values = {name: overrides.get(name, getattr(self, name)) for name in _PER_CALL_FIELDS}
-        temperature = values["temperature"]
-        if (
-            isinstance(temperature, bool)
-            or not isinstance(temperature, (int, float))
-            or not math.isfinite(temperature)
-            or temperature < 0
-        ):
-            raise ValueError(f"temperature must be a finite number >= 0 (0 means greedy), got {temperature!r}")
-        greedy = temperature == 0
-        params = AISPParams(
-            method=values["method"],
-            num_samples=values["num_samples"],
-            num_iterations=values["num_iterations"],
-            sigma=values["sigma"],
-            lambda_=values["lambda_"],
-            ess_target=values["ess_target"],
-            alpha=values["alpha"],
-            tau=values["tau"],
-            control=values["control"],
-            elite_fraction=values["elite_fraction"],
-            token_step=values["token_step"],
-        )
-        seed = check_seed(values["seed"])
-        sampling = SamplingParams(
-            max_tokens=values["max_tokens"],
-            temperature=1.0 if greedy else float(temperature),
-            top_p=values["top_p"],
-            top_k=1 if greedy else values["top_k"],
-            stop=tuple(overrides["stop"] if overrides.get("stop") is not None else (self.stop or ())),
-        )
-        return _Settings(params, sampling, seed, float(values["format_weight"]), overrides.get("model", self.model))
 
     # --- LangChain identity ------------------------------------------------------------
 
@@ -714,7 +435,7 @@ class AISPChatModel(BaseChatModel):
 
     @property
     def reward_name(self) -> str:
-        path, _ = _reward_path(self.reward)
+        path, _ = reward_path(self.reward)
         return path or str(getattr(self._reward, "name", None) or type(self._reward).__name__)
 
     @property
@@ -732,30 +453,12 @@ class AISPChatModel(BaseChatModel):
 
     @property
     def _identifying_params(self) -> dict[str, Any]:
+        memory = self.control_memory
         return {
             "model": self.model_name,
             "reward": self.reward_name,
-            "method": self.method,
-            "num_samples": self.num_samples,
-            "num_iterations": self.num_iterations,
-            "sigma": self.sigma,
-            "lambda_": self.lambda_,
-            "ess_target": self.ess_target,
-            "alpha": self.alpha,
-            "tau": self.tau,
-            "control": self.control,
-            "elite_fraction": self.elite_fraction,
-            "token_step": self.token_step,
-            "max_tokens": self.max_tokens,
-            "temperature": self.temperature,
-            "top_p": self.top_p,
-            "top_k": self.top_k,
-            "seed": self.seed,
-            "stop": self.stop,
-            "format_weight": self.format_weight,
-            "control_memory": None
-            if self.control_memory is None
-            else f"{self.control_memory.signal}, strength {self.control_memory.strength}",
+            **{name: getattr(self, name) for name in _IDENTIFYING_FIELDS},
+            "control_memory": None if memory is None else f"{memory.signal}, strength {memory.strength}",
         }
 
     def _get_ls_params(self, stop: list[str] | None = None, **kwargs: Any) -> LangSmithParams:
@@ -780,18 +483,19 @@ class AISPChatModel(BaseChatModel):
         """
         data = super().to_json()
         kwargs = data.get("kwargs")
-        if data.get("type") != "constructor" or not isinstance(kwargs, dict):
-            return data
-        path, why = _reward_path(self.reward)
-        kwargs["reward"] = path if path is not None else _UNSERIALISABLE + why
+        if data.get("type") == "constructor" and isinstance(kwargs, dict):
+            mark_unserialisable(self, kwargs)
+        return data
+        path, why = reward_path(self.reward)
+        kwargs["reward"] = path if path is not None else UNSERIALISABLE + why
         if self.llm is not None or self.hf_model is not None:
             kwargs["llm"] = (
-                _UNSERIALISABLE + "a model passed as loaded objects cannot be serialised; "
+                UNSERIALISABLE + "a model passed as loaded objects cannot be serialised; "
                 "pass model=<hub id or local path>"
             )
         if self.control_memory is not None:
             kwargs["control_memory"] = (
-                _UNSERIALISABLE + "a control memory is not serialised with the model; save it with "
+                UNSERIALISABLE + "a control memory is not serialised with the model; save it with "
                 "memory.save(path) and pass control_memory=ControlMemory.load(path)"
             )
         return data
@@ -801,7 +505,7 @@ class AISPChatModel(BaseChatModel):
     def _get_lm(self, model_override: str | None = None) -> Any:
         """The loaded ``CausalLM`` (loaded once, on first use; thread-safe)."""
         if model_override is not None and model_override != self.model:
-            return _cached_lm(model_override, self.device, self.dtype, self.trust_remote_code)
+            return cached_lm(model_override, self.device, self.dtype, self.trust_remote_code)
         if self._lm is None:
             with self._lm_lock:
                 if self._lm is None:
@@ -812,400 +516,8 @@ class AISPChatModel(BaseChatModel):
 
                         self._lm = wrap_model(self.hf_model, self.tokenizer)
                     else:
-                        self._lm = _cached_lm(self.model, self.device, self.dtype, self.trust_remote_code)
+                        self._lm = cached_lm(self.model, self.device, self.dtype, self.trust_remote_code)
         return self._lm
-
-    # --- jobs ----------------------------------------------------------------------------
-
-    def _job(self, messages: list[BaseMessage], stop: list[str] | None, kwargs: dict[str, Any]) -> _Job:
-        unknown = sorted(set(kwargs) - set(_PER_CALL_FIELDS) - set(_BINDING_KWARGS))
-        if unknown:
-            raise TypeError(
-                f"AISPChatModel got unsupported keyword argument(s) {unknown}; per-call arguments are "
-                f"{sorted(_PER_CALL_FIELDS)} plus stop, model, timeout, tools, tool_choice, parallel_tool_calls, "
-                "response_format"
-            )
-        out_fmt = self._output_format(kwargs)
-        timeout = _check_timeout(kwargs["timeout"]) if "timeout" in kwargs else self.timeout
-        lm = self._get_lm(kwargs.get("model"))
-        grammars = _grammars(out_fmt)
-        vocab, eos = int(lm.head_weight.shape[0]), lm.eos_token_ids
-        constraint, prefill, forced_grammar = None, "", None
-        if len(grammars) == 1:  # forced call / JSON: prefill what every reply must start with
-            prefill = grammarlib.forced_prefix(lm.tokenizer, vocab, eos, grammars[0])
-            constraint = grammarlib.compile_constraint(lm.tokenizer, vocab, eos, grammars[0], prefill)
-        elif grammars:  # auto: a prose prompt and a forced-call prompt
-            constraint = grammarlib.compile_constraint(lm.tokenizer, vocab, eos, grammars[0], "", close=False)
-            forced_grammar = grammars[1]
-        prompt = fmtlib.render(lm.tokenizer, messages, out_fmt, prefill)
-        overrides = {k: kwargs[k] for k in _PER_CALL_FIELDS if k in kwargs}
-        if isinstance(stop, str):
-            stop = [stop]  # a lone string is one stop string, not one per character
-        stops = list(stop if stop is not None else (self.stop or []))
-        if prompt.plain:
-            stops.append(fmtlib.PLAIN_STOP)
-        overrides["stop"] = list(dict.fromkeys(stops))
-        if "model" in kwargs:
-            overrides["model"] = kwargs["model"]
-        settings = self._settings(overrides)
-        token_ids = list(lm.tokenizer(prompt.text, add_special_tokens=False).input_ids)
-        limit = lm.max_context
-        if limit is not None and len(token_ids) + settings.sampling.max_tokens > limit:
-            raise ValueError(
-                context_window_error("the conversation", len(token_ids), settings.sampling.max_tokens, limit, lm.name)
-            )
-        forced = None
-        if forced_grammar is not None:
-            forced_prefill = grammarlib.forced_prefix(lm.tokenizer, vocab, eos, forced_grammar)
-            forced_prompt = fmtlib.render(lm.tokenizer, messages, out_fmt, forced_prefill)
-            # one forced-call row per tool, the tools most related to the request first, with arguments
-            # taken from the conversation (the choice rule accepts no other); strict=False: the user's own
-            # keywords were checked at bind time, values from the conversation may not satisfy all of them
-            grounded = fmtlib.grounded_tools(out_fmt, messages)
-            per_tool = [
-                grammarlib.tool_call_grammar(grounded, choice=name, strict=False)
-                for name in fmtlib.rank_tools(out_fmt, messages)
-            ]
-            forced = _Variant(
-                list(lm.tokenizer(forced_prompt.text, add_special_tokens=False).input_ids),
-                forced_prompt,
-                grammarlib.compile_constraint(lm.tokenizer, vocab, eos, per_tool, forced_prefill),
-            )
-        return _Job(list(messages), token_ids, prompt, out_fmt, settings, lm, constraint, forced, timeout=timeout)
-
-    @staticmethod
-    def _output_format(kwargs: dict[str, Any]) -> fmtlib.OutputFormat:
-        tools = tuple(kwargs.get("tools") or ())
-        names = [t["name"] for t in tools]
-        choice = fmtlib.normalize_tool_choice(kwargs.get("tool_choice"), names) if tools else "auto"
-        response_format = kwargs.get("response_format")
-        schema = None
-        if response_format is not None:
-            if not isinstance(response_format, dict) or response_format.get("type") not in ("json_schema", "json_mode"):
-                raise ValueError(
-                    "response_format must be {'type': 'json_schema' | 'json_mode', 'schema': {...}}, "
-                    f"got {response_format!r}"
-                )
-            schema = response_format.get("schema") or {"type": "object"}
-        strict = kwargs.get("strict")
-        if strict is not None and not isinstance(strict, bool):
-            raise ValueError(f"strict must be True, False or None, got {strict!r}")
-        return fmtlib.OutputFormat(
-            tools=tools,
-            tool_choice=choice,
-            json_schema=schema,
-            parallel_tool_calls=kwargs.get("parallel_tool_calls") is True,
-            strict=strict,
-        )
-
-    def _run_jobs(
-        self,
-        jobs: Sequence[_Job],
-        on_event: Callable[[int, dict[str, Any]], None],
-        cancel: threading.Event | None = None,
-        keep: Callable[[int], bool] | None = None,
-    ) -> list[PromptResult | BaseException]:
-        """One engine call over ``jobs`` (same settings and model): results or per-job errors.
-
-        ``cancel`` (set when an async caller is cancelled) stops the run at the next iteration
-        boundary with :class:`RunCancelledError`, so an abandoned executor thread does not keep
-        the CPU busy until the end of the run. ``keep(job_index)`` False drops that job alone at
-        the next iteration boundary (its outcome is a ``RunCancelledError``). A reward failing
-        on one job's responses fails that job only (a ``RewardError`` with its partial result);
-        the others go on.
-        """
-        settings, lm = jobs[0].settings, jobs[0].lm
-        entries = [(i, v) for i, job in enumerate(jobs) for v in job.variants()]  # engine prompts
-        params = settings.params
-        if len(entries) > len(jobs):  # auto: the free and the forced prompt share the samples
-            params = dataclasses.replace(params, num_samples=max(1, math.ceil(params.num_samples / 2)))
-        reward = self._reward
-        start = time.monotonic()
-        deadlines = [  # per job: prepare() fixed it, else this run's start + the call's timeout
-            job.deadline if job.deadline is not None else (None if job.timeout is None else start + job.timeout)
-            for job in jobs
-        ]
-        stop: Any = stop_after_attempt(self.max_retries + 1)
-        if all(d is not None for d in deadlines):  # reward retries never outlast every call's deadline
-            stop = stop | stop_before_delay(max(0.0, max(d for d in deadlines if d is not None) - time.monotonic()))
-        retrying = Retrying(stop=stop, wait=wait_exponential(multiplier=0.5, max=RETRY_WAIT_MAX), reraise=True)
-        seeds = [jobs[i].settings.seed for i, _ in entries]  # calls of one run may differ in seed only
-
-        def score(indices: Sequence[int], responses: Sequence[str]) -> list[float]:
-            full = [entries[e][1].prompt.prefill + r for e, r in zip(indices, responses, strict=True)]
-            owners = [jobs[entries[e][0]] for e in indices]
-            values = list(retrying(reward.score, [job.messages for job in owners], full))
-            if settings.format_weight and len(values) == len(full):
-                for pos, job in enumerate(owners):
-                    if job.fmt.constrained:
-                        values[pos] = values[pos] + settings.format_weight * _format_term(full[pos], job)
-            return values
-
-        score.name = self.reward_name  # type: ignore[attr-defined]  # errors name the user's reward
-
-        def on_iteration(event: IterationEvent) -> None:
-            if cancel is not None and cancel.is_set():
-                raise RunCancelledError(
-                    f"the run was cancelled by its caller after iteration {event.iteration + 1} of "
-                    f"{event.num_iterations}"
-                )
-            per_job: dict[int, tuple[list[float], float]] = {}
-            for pos, e in enumerate(event.prompt_indices):
-                rewards, best = per_job.get(entries[e][0], ([], -math.inf))
-                per_job[entries[e][0]] = ([*rewards, *event.rewards[pos]], max(best, event.best_rewards[pos]))
-            for i, (rewards, best) in per_job.items():
-                on_event(
-                    i,
-                    {
-                        "iteration": event.iteration,
-                        "num_iterations": event.num_iterations,
-                        "rewards": rewards,
-                        "best_reward": best,
-                        "method": settings.params.method,
-                    },
-                )
-
-        engine_keep = None if keep is None else (lambda e: keep(entries[e][0]))
-        engine_deadlines = [deadlines[i] for i, _ in entries]
-        memory = None if any(j.fmt.constrained for j in jobs) else self.control_memory
-        # isolated: a reward failure or a timeout with nothing scored is recorded on its prompt, never raised
-        results: list[PromptResult | None] = list(
-            run_with_memory(
-                memory,
-                lm,
-                [v.token_ids for _, v in entries],
-                score,
-                params,
-                settings.sampling,
-                reward=self.reward_name,
-                seed=seeds[0] if len(set(seeds)) == 1 else seeds,
-                max_batch_size=self.max_batch_size,
-                on_iteration=on_iteration,
-                runner=run,
-                on_reward_error="isolate",
-                keep=engine_keep,
-                decoding=self.decoding,
-                constraints=[v.constraint for _, v in entries],
-                deadline=engine_deadlines[0] if len(set(engine_deadlines)) == 1 else engine_deadlines,
-            )
-        )
-        scored = [r if r is not None and r.rewards else None for r in results]  # failed calls keep their partial
-        merged = _merge_variants(entries, scored, jobs)
-        outcomes: list[PromptResult | BaseException] = []
-        for i in range(len(jobs)):
-            mine = [r for (owner, _), r in zip(entries, results, strict=False) if owner == i and r is not None]
-            failed = next((r.error for r in mine if isinstance(r.error, RewardError)), None)
-            if failed is not None:
-                err = RewardError(
-                    str(failed),
-                    [merged[i]],
-                    reward=failed.reward,
-                    prompt_index=i,
-                    iteration=failed.iteration,
-                    response_index=failed.response_index,
-                    response=failed.response,
-                )
-                err.__cause__ = failed.__cause__  # the reward's own exception
-                outcomes.append(err)
-            elif any(r.cancelled for r in mine):
-                done = max((len(r.rewards) for r in mine), default=0)
-                outcomes.append(
-                    RunCancelledError(f"the call was dropped by its caller after {done} iteration(s)", [merged[i]])
-                )
-            elif merged[i] is None:
-                timed_out = TimeoutError(
-                    f"timeout={jobs[i].timeout} s passed before the first {settings.params.num_samples} samples "
-                    f"(max_tokens={settings.sampling.max_tokens}) were decoded, so no answer was scored; raise "
-                    "timeout, or lower num_samples or max_tokens"
-                )
-                timed_out.__cause__ = next((r.error for r in mine if isinstance(r.error, RunTimeoutError)), None)
-                outcomes.append(timed_out)
-            else:
-                outcomes.append(merged[i])  # type: ignore[arg-type]
-        return outcomes
-
-    def _execute(self, job: _Job, progress: ProgressFn | None, cancel: threading.Event | None = None) -> PromptResult:
-        plan = _BATCH_PLAN.get()
-        index = plan.claim(job.key()) if plan is not None and plan.owner == id(self) else None
-        if plan is None or index is None:
-            outcome = self._run_jobs([job], lambda _i, data: progress(data) if progress else None, cancel)[0]
-        else:
-            with plan.lock:
-                if progress is not None:
-                    plan.progress[index] = progress
-                if plan.outcomes is None:
-
-                    def on_event(i: int, data: dict[str, Any]) -> None:
-                        plan.events.setdefault(i, []).append(data)
-                        plan.deliver(i)
-
-                    # Nested calls made by the reward (a judge on this very model) must not join the plan:
-                    # they would wait on plan.lock, which this thread holds.
-                    token = _BATCH_PLAN.set(None)
-                    try:
-                        plan.outcomes = self._run_jobs(plan.jobs, on_event, cancel)
-                    except BaseException as exc:
-                        # Interrupted, cancelled or failed: every input of the plan gets this error, so no
-                        # other input re-runs the whole batch after the caller gave up on it.
-                        plan.outcomes = [exc] * len(plan.jobs)
-                        raise
-                    finally:
-                        _BATCH_PLAN.reset(token)
-                plan.deliver(index)
-                outcome = plan.outcomes[index]
-        if isinstance(outcome, BaseException):
-            raise outcome
-        return outcome
-
-    # --- results -> messages -------------------------------------------------------------
-
-    def _message_parts(
-        self, job: _Job, result: PromptResult
-    ) -> tuple[fmtlib.ParsedReply, dict[str, Any], UsageMetadata]:
-        text = job.prompt.prefill + result.text
-        if job.prompt.plain and job.prompt.prefill:
-            text = text[1:]  # the space after "Assistant:"
-        if job.fmt.calls_tools and job.auto_choice != "prose":
-            parsed = fmtlib.parse_tool_reply(text, job.fmt)
-            if result.finish_reason == "length":
-                cut = _cut_message(job.settings.sampling.max_tokens, "tool call")
-                for call in parsed.invalid_tool_calls:
-                    call["error"] = f"{cut} ({call.get('error')})"
-        else:
-            parsed = fmtlib.ParsedReply(content=text)
-        finish = "tool_calls" if parsed.tool_calls else result.finish_reason
-        aisp = {
-            "reward": result.reward,
-            "samples": result.samples,
-            "rewards": result.rewards,
-            "method": job.settings.params.method,
-            "num_samples": job.settings.params.num_samples,
-            "num_iterations": job.settings.params.num_iterations,
-            "ess": result.ess,
-            "lambdas": result.lambdas,
-            "u_norms": result.u_norms,
-            "warm_start": result.initial_U_norm > 0,
-            "warm_start_norm": result.initial_U_norm,
-            "best_iteration": result.best_iteration,
-            "generated_tokens": result.generated_tokens,
-            "finish_reason": result.finish_reason,
-            "reward_name": self.reward_name,
-            "prefill": job.prompt.prefill,
-            "timed_out": result.timed_out,
-            "max_tokens": job.settings.sampling.max_tokens,
-        }
-        if job.auto_choice is not None:
-            aisp["auto_choice"] = job.auto_choice
-        if job.fmt.constrained:
-            aisp["format_validity"] = fmtlib.format_validity(text, job.fmt)
-        metadata = {"model_name": str(job.lm.name), "finish_reason": finish, "aisp": aisp}
-        output = len(result.token_ids)
-        usage = UsageMetadata(
-            input_tokens=result.prompt_tokens, output_tokens=output, total_tokens=result.prompt_tokens + output
-        )
-        return parsed, metadata, usage
-
-    def _to_message(self, job: _Job, result: PromptResult) -> AIMessage:
-        parsed, metadata, usage = self._message_parts(job, result)
-        return AIMessage(
-            content=parsed.content,
-            tool_calls=parsed.tool_calls,
-            invalid_tool_calls=parsed.invalid_tool_calls,
-            response_metadata=metadata,
-            usage_metadata=usage,
-        )
-
-    def _chunks(self, job: _Job, result: PromptResult) -> Iterator[ChatGenerationChunk]:
-        parsed, metadata, usage = self._message_parts(job, result)
-        for piece in _split_chunks(parsed.content):
-            yield ChatGenerationChunk(message=AIMessageChunk(content=piece))
-        tool_chunks = [
-            ToolCallChunk(
-                name=c["name"],
-                args=json.dumps(c["args"], ensure_ascii=False),
-                id=c["id"],
-                index=i,
-                type="tool_call_chunk",
-            )
-            for i, c in enumerate(parsed.tool_calls)
-        ]
-        last = AIMessageChunk(
-            content="",
-            tool_call_chunks=tool_chunks,
-            response_metadata=metadata,
-            usage_metadata=usage,
-            chunk_position="last",
-        )
-        if parsed.invalid_tool_calls:
-            last.invalid_tool_calls = list(parsed.invalid_tool_calls)
-        yield ChatGenerationChunk(message=last)
-
-    # --- progress callbacks --------------------------------------------------------------
-
-    def _run_callbacks(self, ref: _RunRef, manager_type: type[Any]) -> Any:
-        """The callback manager of the run ``ref`` (the handlers LangChain gives the chat model run)."""
-        config = ref.config
-        return manager_type.configure(
-            config.get("callbacks"),
-            self.callbacks,
-            self.verbose,
-            config.get("tags"),
-            self.tags,
-            config.get("metadata"),
-            self.metadata,
-        )
-
-    def _sync_progress(self, run_manager: CallbackManagerForLLMRun | None) -> ProgressFn | None:
-        if run_manager is None:
-            ref = _CURRENT_RUN.get()
-            if ref is None:
-                return None
-            manager = self._run_callbacks(ref, CallbackManager)
-            return lambda data: manager.on_custom_event(PROGRESS_EVENT, data, run_id=ref.run_id)
-
-        def emit(data: dict[str, Any]) -> None:
-            handle_event(
-                run_manager.handlers,
-                "on_custom_event",
-                "ignore_custom_event",
-                PROGRESS_EVENT,
-                data,
-                run_id=run_manager.run_id,
-                tags=run_manager.tags,
-                metadata=run_manager.metadata,
-            )
-
-        return emit
-
-    def _async_progress(
-        self, run_manager: AsyncCallbackManagerForLLMRun | None, cancel: threading.Event | None = None
-    ) -> ProgressFn | None:
-        ref = _CURRENT_RUN.get()
-        if run_manager is None and ref is None:
-            return None
-        loop = asyncio.get_running_loop()
-        manager = None if run_manager is not None or ref is None else self._run_callbacks(ref, AsyncCallbackManager)
-
-        def emit(data: dict[str, Any]) -> None:
-            if cancel is not None and cancel.is_set():
-                return  # the awaiting task is gone (its loop may be closing): nobody listens any more
-            if run_manager is not None:
-                coro = ahandle_event(
-                    run_manager.handlers,
-                    "on_custom_event",
-                    "ignore_custom_event",
-                    PROGRESS_EVENT,
-                    data,
-                    run_id=run_manager.run_id,
-                    tags=run_manager.tags,
-                    metadata=run_manager.metadata,
-                )
-            else:
-                assert manager is not None and ref is not None
-                coro = manager.on_custom_event(PROGRESS_EVENT, data, run_id=ref.run_id)
-            asyncio.run_coroutine_threadsafe(coro, loop).result()
-
-        return emit
 
     # --- the LangChain entry points -------------------------------------------------------
 
@@ -1218,12 +530,12 @@ class AISPChatModel(BaseChatModel):
         **kwargs: Any,
     ) -> AIMessage:
         """``BaseChatModel.invoke``; with ``streaming=True`` progress events still reach the run (see ``stream``)."""
-        config, ref = _with_run_id(config)
-        token = _CURRENT_RUN.set(ref)
+        config, ref = _progress.with_run_id(config)
+        token = _progress.CURRENT_RUN.set(ref)
         try:
             return super().invoke(input, config, stop=stop, **kwargs)
         finally:
-            _CURRENT_RUN.reset(token)
+            _progress.CURRENT_RUN.reset(token)
 
     async def ainvoke(
         self,
@@ -1234,12 +546,12 @@ class AISPChatModel(BaseChatModel):
         **kwargs: Any,
     ) -> AIMessage:
         """``BaseChatModel.ainvoke``; see ``invoke``."""
-        config, ref = _with_run_id(config)
-        token = _CURRENT_RUN.set(ref)
+        config, ref = _progress.with_run_id(config)
+        token = _progress.CURRENT_RUN.set(ref)
         try:
             return await super().ainvoke(input, config, stop=stop, **kwargs)
         finally:
-            _CURRENT_RUN.reset(token)
+            _progress.CURRENT_RUN.reset(token)
 
     def stream(
         self,
@@ -1255,20 +567,8 @@ class AISPChatModel(BaseChatModel):
         is fixed up front and the run is made known to ``_stream`` only while LangChain's
         generator advances (never while the caller holds a chunk).
         """
-        config, ref = _with_run_id(config)
-        inner = super().stream(input, config, stop=stop, **kwargs)
-        try:
-            while True:
-                token = _CURRENT_RUN.set(ref)
-                try:
-                    chunk = next(inner)
-                except StopIteration:
-                    return
-                finally:
-                    _CURRENT_RUN.reset(token)
-                yield chunk
-        finally:
-            inner.close()  # type: ignore[attr-defined]  # a generator
+        config, ref = _progress.with_run_id(config)
+        yield from _progress.iterate_as_run(ref, super().stream(input, config, stop=stop, **kwargs))
 
     async def astream(
         self,
@@ -1279,20 +579,9 @@ class AISPChatModel(BaseChatModel):
         **kwargs: Any,
     ) -> AsyncIterator[AIMessageChunk]:
         """``BaseChatModel.astream`` with progress events (also under ``astream_events``); see ``stream``."""
-        config, ref = _with_run_id(config)
-        inner = super().astream(input, config, stop=stop, **kwargs)
-        try:
-            while True:
-                token = _CURRENT_RUN.set(ref)
-                try:
-                    chunk = await inner.__anext__()
-                except StopAsyncIteration:
-                    return
-                finally:
-                    _CURRENT_RUN.reset(token)
-                yield chunk
-        finally:
-            await inner.aclose()  # type: ignore[attr-defined]  # an async generator
+        config, ref = _progress.with_run_id(config)
+        async for chunk in _progress.aiterate_as_run(ref, super().astream(input, config, stop=stop, **kwargs)):
+            yield chunk
 
     def _aligned(
         self,
@@ -1301,9 +590,8 @@ class AISPChatModel(BaseChatModel):
         progress: ProgressFn | None,
         kwargs: dict[str, Any],
         cancel: threading.Event | None = None,
-    ) -> tuple[_Job, PromptResult]:
-        job = self._job(messages, stop, kwargs)
-        return job, self._execute(job, progress, cancel)
+    ) -> tuple[Job, PromptResult]:
+        return _execute.execute(self, messages, stop, kwargs, progress, cancel)
 
     async def _aligned_async(
         self,
@@ -1311,10 +599,10 @@ class AISPChatModel(BaseChatModel):
         stop: list[str] | None,
         run_manager: AsyncCallbackManagerForLLMRun | None,
         kwargs: dict[str, Any],
-    ) -> tuple[_Job, PromptResult]:
+    ) -> tuple[Job, PromptResult]:
         """``_aligned`` in an executor thread; cancelling the awaiting task stops the run at its next iteration."""
         cancel = threading.Event()
-        progress = self._async_progress(run_manager, cancel)
+        progress = _progress.async_progress(self, run_manager, cancel)
         try:
             return await run_in_executor(None, self._aligned, messages, stop, progress, kwargs, cancel)
         except asyncio.CancelledError:
@@ -1328,8 +616,8 @@ class AISPChatModel(BaseChatModel):
         run_manager: CallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> ChatResult:
-        job, result = self._aligned(messages, stop, self._sync_progress(run_manager), kwargs)
-        return ChatResult(generations=[ChatGeneration(message=self._to_message(job, result))])
+        job, result = self._aligned(messages, stop, _progress.sync_progress(self, run_manager), kwargs)
+        return ChatResult(generations=[ChatGeneration(message=to_message(job, result, self.reward_name))])
 
     async def _agenerate(
         self,
@@ -1339,7 +627,7 @@ class AISPChatModel(BaseChatModel):
         **kwargs: Any,
     ) -> ChatResult:
         job, result = await self._aligned_async(messages, stop, run_manager, kwargs)
-        return ChatResult(generations=[ChatGeneration(message=self._to_message(job, result))])
+        return ChatResult(generations=[ChatGeneration(message=to_message(job, result, self.reward_name))])
 
     def _stream(
         self,
@@ -1348,8 +636,8 @@ class AISPChatModel(BaseChatModel):
         run_manager: CallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> Iterator[ChatGenerationChunk]:
-        job, result = self._aligned(messages, stop, self._sync_progress(run_manager), kwargs)
-        for chunk in self._chunks(job, result):
+        job, result = self._aligned(messages, stop, _progress.sync_progress(self, run_manager), kwargs)
+        for chunk in to_chunks(job, result, self.reward_name):
             if run_manager is not None and isinstance(chunk.message.content, str):
                 run_manager.on_llm_new_token(chunk.message.content, chunk=chunk)
             yield chunk
@@ -1362,30 +650,12 @@ class AISPChatModel(BaseChatModel):
         **kwargs: Any,
     ) -> AsyncIterator[ChatGenerationChunk]:
         job, result = await self._aligned_async(messages, stop, run_manager, kwargs)
-        for chunk in self._chunks(job, result):
+        for chunk in to_chunks(job, result, self.reward_name):
             if run_manager is not None and isinstance(chunk.message.content, str):
                 await run_manager.on_llm_new_token(chunk.message.content, chunk=chunk)
             yield chunk
 
     # --- Batched AISP ----------------------------------------------------------------------
-
-    def _plan(self, inputs: Sequence[LanguageModelInput], kwargs: dict[str, Any]) -> _BatchPlan | None:
-        """Render every input up front; inputs that fail to render are left to their own call (and error)."""
-        call_kwargs = {k: v for k, v in kwargs.items() if k != "stop"}
-        jobs = []
-        for item in inputs:
-            try:
-                messages = self._convert_input(item).to_messages()
-                jobs.append(self._job(messages, kwargs.get("stop"), call_kwargs))
-            except Exception:
-                continue
-        groups: dict[tuple[Any, ...], list[_Job]] = {}
-        for job in jobs:
-            groups.setdefault((job.settings.batch_key(), id(job.lm), job.forced is None), []).append(job)
-        if not groups:
-            return None
-        largest = max(groups.values(), key=len)
-        return _BatchPlan(owner=id(self), jobs=largest) if len(largest) > 1 else None
 
     def batch(
         self,
@@ -1397,12 +667,12 @@ class AISPChatModel(BaseChatModel):
     ) -> list[AIMessage]:
         """Like ``Runnable.batch`` (callbacks, configs, ``return_exceptions``, ``max_concurrency``
         unchanged), but all prompts run in one Batched AISP engine call."""
-        plan = self._plan(inputs, kwargs) if len(inputs) > 1 else None
-        token = _BATCH_PLAN.set(plan)
+        plan = _plan.plan_batch(self, inputs, kwargs) if len(inputs) > 1 else None
+        token = _plan.BATCH_PLAN.set(plan)
         try:
             return super().batch(inputs, config, return_exceptions=return_exceptions, **kwargs)
         finally:
-            _BATCH_PLAN.reset(token)
+            _plan.BATCH_PLAN.reset(token)
 
     async def abatch(
         self,
@@ -1413,12 +683,12 @@ class AISPChatModel(BaseChatModel):
         **kwargs: Any,
     ) -> list[AIMessage]:
         """Async ``batch``: one Batched AISP engine call, run in an executor thread."""
-        plan = await run_in_executor(None, self._plan, inputs, kwargs) if len(inputs) > 1 else None
-        token = _BATCH_PLAN.set(plan)
+        plan = await run_in_executor(None, _plan.plan_batch, self, inputs, kwargs) if len(inputs) > 1 else None
+        token = _plan.BATCH_PLAN.set(plan)
         try:
             return await super().abatch(inputs, config, return_exceptions=return_exceptions, **kwargs)
         finally:
-            _BATCH_PLAN.reset(token)
+            _plan.BATCH_PLAN.reset(token)
 
     def prepare(self, input: LanguageModelInput, *, stop: list[str] | None = None, **kwargs: Any) -> PreparedCall:
         """Validate and render one call without running it (same arguments as ``invoke``).
@@ -1429,7 +699,7 @@ class AISPChatModel(BaseChatModel):
         caller's queue counts against it, and calls with different timeouts still share a run.
         """
         messages = self._convert_input(input).to_messages()
-        job = self._job(messages, stop, kwargs)
+        job = _plan.build_job(self, messages, stop, kwargs)
         if job.timeout is not None:
             job.deadline = time.monotonic() + job.timeout  # a prepared call's clock starts now
         return PreparedCall(job)
@@ -1455,16 +725,14 @@ class AISPChatModel(BaseChatModel):
             jobs = [calls[i]._job for i in members]
             group_keep = None if keep is None else (lambda pos, members=members: keep(members[pos]))
             try:
-                results = self._run_jobs(jobs, lambda _i, _data: None, keep=group_keep)
+                results = _execute.run_jobs(self, jobs, lambda _i, _data: None, keep=group_keep)
             except Exception as exc:
                 results = [exc] * len(jobs)
             for i, job, result in zip(members, jobs, results, strict=True):
                 if isinstance(result, BaseException):
                     outcomes[i] = result
                     continue
-                message = self._to_message(job, result)
-                message.response_metadata["aisp"]["batch_prompts"] = len(jobs)
-                outcomes[i] = message
+                outcomes[i] = to_message(job, result, self.reward_name)
         return [o for o in outcomes if o is not None]
 
     # --- tools and structured output ---------------------------------------------------------
@@ -1502,7 +770,7 @@ class AISPChatModel(BaseChatModel):
             parallel_tool_calls=parallel_tool_calls is True,
             strict=strict,
         )
-        _grammars(fmt)  # an unsupported schema fails now, not mid-decode
+        _plan.grammars(fmt)  # an unsupported schema fails now, not mid-decode
         return self.bind(tools=formatted, tool_choice=choice, **extra, **kwargs)
 
     def with_structured_output(
@@ -1510,7 +778,7 @@ class AISPChatModel(BaseChatModel):
         schema: dict[str, Any] | type | None = None,
         *,
         include_raw: bool = False,
-        method: Literal["function_calling", "json_schema", "json_mode"] = "function_calling",
+        method: StructuredMethod = "function_calling",
         strict: bool | None = None,
         **kwargs: Any,
     ) -> Runnable[LanguageModelInput, dict[str, Any] | Any]:
@@ -1534,155 +802,4 @@ class AISPChatModel(BaseChatModel):
             raise ValueError(f"strict must be True, False or None, got {strict!r}")
         if schema is None and method != "json_mode":
             raise ValueError(f"schema is required for method={method!r} (only json_mode takes schema=None)")
-        json_schema = convert_to_json_schema(schema) if schema is not None else {"type": "object"}
-        is_pydantic = isinstance(schema, type) and is_basemodel_subclass(schema)
-        ls_format = {"kwargs": {"method": method}, "schema": schema if schema is not None else json_schema}
-        if method == "function_calling":
-            name = convert_to_openai_tool(schema)["function"]["name"]  # type: ignore[arg-type]
-            llm = self.bind_tools(
-                [schema],  # type: ignore[list-item]
-                tool_choice=name,
-                parallel_tool_calls=False,
-                strict=strict,
-                ls_structured_output_format=ls_format,
-            )
-            inner: Runnable[Any, Any] = (
-                PydanticToolsParser(tools=[schema], first_tool_only=True)  # type: ignore[list-item]
-                if is_pydantic
-                else JsonOutputKeyToolsParser(key_name=name, first_tool_only=True)
-            )
-            parser: Runnable[Any, Any] = RunnableLambda(partial(_parse_tool_output, inner, name))
-        else:
-            grammarlib.json_grammar(json_schema, strict=strict is not False)  # unsupported schema: fail now
-            bound: dict[str, Any] = {"response_format": {"type": method, "schema": json_schema}}
-            if strict is not None:
-                bound["strict"] = strict
-            llm = self.bind(**bound, ls_structured_output_format=ls_format)
-            inner = PydanticOutputParser(pydantic_object=schema) if is_pydantic else JsonOutputParser()  # type: ignore[arg-type]
-            parser = RunnableLambda(partial(_parse_json_output, inner, json_schema))
-        if not include_raw:
-            return llm | parser
-        parser_assign = RunnablePassthrough.assign(parsed=_RAW | parser, parsing_error=lambda _: None)
-        parser_none = RunnablePassthrough.assign(parsed=lambda _: None)
-        parser_with_fallback = parser_assign.with_fallbacks([parser_none], exception_key="parsing_error")
-        return RunnableMap(raw=llm) | parser_with_fallback
-
-
-def _grammars(fmt: fmtlib.OutputFormat) -> list[str]:
-    """The grammar(s) of a reply of ``fmt``; [] for free text.
-
-    Forced calls and JSON: one grammar. ``tool_choice="auto"``: two, prose (no ``<``, so no
-    call tag) and forced calls; each is decoded from its own prompt with half the samples, and
-    :func:`_chat_format.auto_choice_score` decides between them (see :func:`_merge_variants`).
-    """
-    strict = fmt.strict is not False
-    if fmt.calls_tools:
-        tools, parallel = list(fmt.tools), fmt.parallel_tool_calls
-        if fmt.tool_choice == "auto":
-            return [
-                grammarlib.prose_grammar(),
-                grammarlib.tool_call_grammar(tools, choice="any", parallel=parallel, strict=strict),
-            ]
-        return [grammarlib.tool_call_grammar(tools, choice=fmt.tool_choice, parallel=parallel, strict=strict)]
-    if fmt.json_schema is not None:
-        return [grammarlib.json_grammar(fmt.json_schema, strict=strict)]
-    return []
-
-
-def _merge_variants(
-    entries: Sequence[tuple[int, _Variant]], results: Sequence[PromptResult | None], jobs: Sequence[_Job]
-) -> list[PromptResult | None]:
-    """One result per job. A job with a forced-call variant (``tool_choice="auto"``) returns that
-    variant's best sample when it is a valid, grounded, new call (:func:`_chat_format.auto_choice_score`
-    is positive), else the prose variant's best: the choice does not depend on the reward's scale.
-
-    The forced variant's prefill is put in front of its texts (the free prompt has none); samples,
-    tokens and per-iteration rewards of both variants are reported together.
-    """
-    merged: list[PromptResult | None] = [None] * len(jobs)
-    seen: set[int] = set()
-    for (i, variant), result in zip(entries, results, strict=False):
-        forced = i in seen  # a job's second variant is its forced-call prompt
-        seen.add(i)
-        if result is None:
-            continue
-        if forced:
-            result = dataclasses.replace(
-                result,
-                text=variant.prompt.prefill + result.text,
-                texts=[[variant.prompt.prefill + t for t in ts] for ts in result.texts],
-            )
-        current = merged[i]
-        if current is None:
-            merged[i] = result
-            continue
-        call = fmtlib.auto_choice_score(result.text, jobs[i].fmt, jobs[i].messages) > 0
-        jobs[i].auto_choice = "call" if call else "prose"
-        best = result if call else current
-        merged[i] = dataclasses.replace(
-            best,
-            samples=current.samples + result.samples,
-            generated_tokens=current.generated_tokens + result.generated_tokens,
-            rewards=[a + b for a, b in zip(current.rewards, result.rewards, strict=False)],
-            texts=[a + b for a, b in zip(current.texts, result.texts, strict=False)],
-        )
-    return merged
-
-
-def _format_term(text: str, job: _Job) -> float:
-    """The format term of one reply (times ``format_weight``): validity, or the auto-choice rule."""
-    if job.fmt.calls_tools:
-        if job.fmt.tool_choice == "auto":
-            return fmtlib.auto_choice_score(text, job.fmt, job.messages)
-        return fmtlib.forced_call_score(text, job.fmt, job.messages)
-    return fmtlib.format_validity(text, job.fmt)
-
-
-def _cut_message(max_tokens: int, what: str) -> str:
-    return (
-        f"the reply was cut by max_tokens={max_tokens} inside the {what} (finish_reason 'length'): decoding is "
-        f"grammar-constrained, so only the length limit can leave it incomplete; raise max_tokens (e.g. to "
-        f"{2 * max_tokens})"
-    )
-
-
-def _max_tokens_of(message: AIMessage) -> int:
-    aisp = message.response_metadata.get("aisp") or {}
-    return int(aisp.get("max_tokens") or 0)
-
-
-def _parse_tool_output(inner: Runnable[Any, Any], name: str, message: AIMessage) -> Any:
-    """Structured output (function_calling): the first valid call, else an ``OutputParserException``."""
-    if (message.response_metadata.get("aisp") or {}).get("finish_reason") == "length":
-        raise OutputParserException(_cut_message(_max_tokens_of(message), f"{name} call"), llm_output=message.text)
-    if not message.tool_calls:
-        errors = "; ".join(str(c.get("error") or "") for c in message.invalid_tool_calls)
-        raise OutputParserException(
-            f"the reply contains no valid {name} call: {errors or 'no tool call'}", llm_output=message.text
-        )
-    return inner.invoke(message)
-
-
-def _parse_json_output(inner: Runnable[Any, Any], schema: dict[str, Any], message: AIMessage) -> Any:
-    """Structured output (json_schema / json_mode): parse, then check the JSON against the schema."""
-    cut = message.response_metadata.get("finish_reason") == "length"
-    if cut:  # a lenient parser could close the cut JSON: never return a truncated value
-        raise OutputParserException(_cut_message(_max_tokens_of(message), "JSON"), llm_output=message.text)
-    try:
-        value = inner.invoke(message)
-    except OutputParserException:
-        if cut:
-            cut_error = _cut_message(_max_tokens_of(message), "JSON")
-            raise OutputParserException(cut_error, llm_output=message.text) from None
-        raise
-    error = fmtlib.schema_errors(value, schema) if isinstance(value, dict) else None
-    if value is None or error is not None:
-        if cut:
-            raise OutputParserException(_cut_message(_max_tokens_of(message), "JSON"), llm_output=message.text)
-        if value is None:
-            raise OutputParserException("the reply contains no JSON object", llm_output=message.text)
-        raise OutputParserException(f"the JSON reply does not match the schema: {error}", llm_output=message.text)
-    return value
-
-
-_RAW: Runnable[Any, Any] = RunnableLambda(lambda x: x["raw"])
+        return structured_output(self, schema, include_raw, method, strict)

@@ -18,10 +18,10 @@ from __future__ import annotations
 
 import numbers
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import Any
 
-if TYPE_CHECKING:
-    from langchain_aisp.engine.aisp import PromptResult
+PromptResult = Any
+"""``langchain_aisp.engine.aisp.PromptResult``; named, not imported, so this module depends on nothing."""
 
 __all__ = [
     "ConstraintError",

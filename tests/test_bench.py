@@ -12,7 +12,7 @@ import textwrap
 
 import pytest
 
-from langchain_aisp.bench import metrics
+from langchain_aisp.bench import text_stats
 from langchain_aisp.bench.prompts import BenchPrompt, load_prompts
 from langchain_aisp.bench.report import paired_best, summarize
 from langchain_aisp.bench.runner import BenchConfig, Split, default_split, load_results, plan_splits, run_benchmark
@@ -24,35 +24,35 @@ from langchain_aisp.rewards import FunctionReward, Reward
 
 def test_diversity_pools_ngrams_over_the_responses():
     # bigrams: ab ba ab | ab bc -> 3 distinct of 5; trigrams aba bab | abc -> 3 of 3; 4-gram abab -> 1 of 1
-    assert metrics.diversity(["a b a b", "a b c"]) == pytest.approx(3 / 5)
+    assert text_stats.diversity(["a b a b", "a b c"]) == pytest.approx(3 / 5)
     # one degenerate response: 1/4 * 1/3 * 1/2
-    assert metrics.diversity(["x x x x x"]) == pytest.approx(1 / 24)
+    assert text_stats.diversity(["x x x x x"]) == pytest.approx(1 / 24)
     # words are lower-cased, punctuation is a token: "Hi, hi," -> hi , hi , -> bigrams (hi ,) (, hi) (hi ,)
-    assert metrics.repetition_rate(["Hi, hi,"], 2) == pytest.approx(1 / 3)
-    assert metrics.diversity([]) == 1.0
-    assert metrics.diversity(["one"]) == 1.0  # no n-gram at all: every factor is 1
+    assert text_stats.repetition_rate(["Hi, hi,"], 2) == pytest.approx(1 / 3)
+    assert text_stats.diversity([]) == 1.0
+    assert text_stats.diversity(["one"]) == 1.0  # no n-gram at all: every factor is 1
 
 
 def test_win_rate_counts_ties_half():
-    assert metrics.win_rate([1, 2, 3, 7], [0, 2, 5, 1]) == pytest.approx(2.5 / 4)
-    assert metrics.win_rate([0.5], [0.5 + 1e-12]) == 0.5
-    assert math.isnan(metrics.win_rate([], []))
+    assert text_stats.win_rate([1, 2, 3, 7], [0, 2, 5, 1]) == pytest.approx(2.5 / 4)
+    assert text_stats.win_rate([0.5], [0.5 + 1e-12]) == 0.5
+    assert math.isnan(text_stats.win_rate([], []))
     with pytest.raises(ValueError, match="paired"):
-        metrics.win_rate([1.0], [1.0, 2.0])
+        text_stats.win_rate([1.0], [1.0, 2.0])
 
 
 def test_best_so_far_and_iteration_means():
     rewards = [[0.1, 0.5], [0.3, 0.2], [0.9, 0.0]]
-    assert metrics.best_so_far(rewards) == [0.5, 0.5, 0.9]
-    assert metrics.iteration_means(rewards) == pytest.approx([0.3, 0.25, 0.45])
-    assert metrics.mean_curves([[1.0, 2.0], [3.0, 4.0]]) == [2.0, 3.0]
+    assert text_stats.best_so_far(rewards) == [0.5, 0.5, 0.9]
+    assert text_stats.iteration_means(rewards) == pytest.approx([0.3, 0.25, 0.45])
+    assert text_stats.mean_curves([[1.0, 2.0], [3.0, 4.0]]) == [2.0, 3.0]
 
 
 def test_seed_mean_std_is_over_per_seed_means():
-    mean, std = metrics.seed_mean_std([[1.0, 3.0], [2.0, 4.0]])  # per-seed means 2 and 3
+    mean, std = text_stats.seed_mean_std([[1.0, 3.0], [2.0, 4.0]])  # per-seed means 2 and 3
     assert mean == pytest.approx(2.5)
     assert std == pytest.approx(math.sqrt(0.5))
-    mean, std = metrics.seed_mean_std([[1.0, 2.0]])
+    mean, std = text_stats.seed_mean_std([[1.0, 2.0]])
     assert mean == 1.5 and math.isnan(std)
 
 
@@ -253,14 +253,12 @@ def test_reward_from_module_callable(tmp_path, monkeypatch):
     ):
         with pytest.raises((ValueError, TypeError), match=message):
             load_reward(spec)
-    rewards = resolve_rewards(["my_rewards:politeness", "my_rewards:politeness"], embedder=lambda: pytest.fail())
+    rewards = resolve_rewards(["my_rewards:politeness", "my_rewards:politeness"])
     assert list(rewards) == ["politeness", "politeness-2"]
 
 
 def test_builtin_rewards_score_in_their_ranges():
-    from langchain_aisp.bench.scorers import TextEmbedder
-
-    rewards = resolve_rewards(["sentiment", "nontoxic", "relevance"], embedder=TextEmbedder)
+    rewards = resolve_rewards(["sentiment", "nontoxic", "relevance"])
     convs = [PROMPTS[0].conversation()] * 2
     responses = ["Hello! What a wonderful, happy day.", "You are a stupid idiot."]
     sentiment, nontoxic, relevance = (rewards[name].score(convs, responses) for name in rewards)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import dataclasses
 import json
@@ -15,6 +16,7 @@ from langchain_core.load import dumpd, dumps, loads
 from langchain_core.messages import AIMessage, HumanMessage, SystemMessage, ToolMessage
 from langchain_core.prompts import ChatPromptTemplate
 from langchain_core.tools import tool
+from langchain_core.utils.function_calling import convert_to_json_schema, convert_to_openai_tool
 from pydantic import BaseModel, ValidationError
 from typing_extensions import TypedDict
 
@@ -99,7 +101,7 @@ def scripted_run(replies: list[str], calls: list[dict[str, Any]] | None = None):
 
 
 def test_render_every_message_type_ending_in_tool_message(tiny_lm):
-    fmt = fmtlib.OutputFormat(tools=(cm.convert_to_openai_tool(add)["function"],))
+    fmt = fmtlib.OutputFormat(tools=(convert_to_openai_tool(add)["function"],))
     messages = [
         SystemMessage("Be brief."),
         HumanMessage("What is 1 + 2?"),
@@ -132,7 +134,7 @@ def test_no_chat_template_uses_plain_fallback(tiny_lm):
     tokenizer.chat_template = None
     lm = dataclasses.replace(tiny_lm, tokenizer=tokenizer)
     model = AISPChatModel(reward=length_reward, llm=lm, num_samples=2, num_iterations=1, max_tokens=6, seed=0)
-    job = model._job([SystemMessage("Be brief."), HumanMessage("Hi")], None, {})
+    job = model.prepare([SystemMessage("Be brief."), HumanMessage("Hi")])._job
     assert job.prompt.plain
     assert job.prompt.text == "System: Be brief.\nUser: Hi\nAssistant:"
     assert fmtlib.PLAIN_STOP in job.settings.sampling.stop
@@ -165,7 +167,7 @@ def test_metadata_and_usage(llm, tiny_lm):
         assert len(aisp[key]) == 2
     assert aisp["best_iteration"] in (0, 1) and aisp["finish_reason"] in ("stop", "length")
     assert aisp["generated_tokens"] >= msg.usage_metadata["output_tokens"]
-    prompt_ids = llm._job([HumanMessage("Name a fruit.")], None, {}).token_ids
+    prompt_ids = llm.prepare([HumanMessage("Name a fruit.")])._job.token_ids
     usage = msg.usage_metadata
     assert usage["input_tokens"] == len(prompt_ids)
     assert 1 <= usage["output_tokens"] <= 8
@@ -179,14 +181,16 @@ def test_seed_max_tokens_and_stop_are_honoured(llm, monkeypatch):
     assert a.content == b.content
     assert llm.invoke("Hello", max_tokens=3).usage_metadata["output_tokens"] <= 3
     calls: list[dict[str, Any]] = []
-    monkeypatch.setattr(cm, "run", scripted_run(["ok"], calls))
+    llm._runner = scripted_run(["ok"], calls)
     llm.invoke("Hello", stop=["END"], temperature=0.5, top_k=5, seed=7, num_samples=3)
     sampling, params = calls[0]["sampling"], calls[0]["params"]
     assert sampling.stop == ("END",) and sampling.temperature == 0.5 and sampling.top_k == 5
     assert params.num_samples == 3 and calls[0]["seed"] == 7
     llm.model_copy(update={"stop": ["X"]}).invoke("Hello")
     assert calls[1]["sampling"].stop == ("X",)
-    AISPChatModel(reward=length_reward, llm=llm.llm, temperature=0).invoke("Hello")
+    greedy = AISPChatModel(reward=length_reward, llm=llm.llm, temperature=0)
+    greedy._runner = scripted_run(["ok"], calls)
+    greedy.invoke("Hello")
     assert calls[2]["sampling"].top_k == 1  # temperature 0 = greedy
 
 
@@ -251,13 +255,13 @@ def test_identifying_params_differ_between_configs(tiny_lm):
 
 def test_batch_is_one_batched_aisp_run_equal_to_invokes(llm, monkeypatch):
     calls: list[int] = []
-    real_run = cm.run
+    real_run = llm._runner
 
     def spy(lm, prompts, *args, **kwargs):
         calls.append(len(prompts))
         return real_run(lm, prompts, *args, **kwargs)
 
-    monkeypatch.setattr(cm, "run", spy)
+    llm._runner = spy
     questions = ["Name a fruit.", "Name a color.", "Name a city."]
     batched = llm.batch(questions)
     assert calls == [3]
@@ -270,13 +274,13 @@ def test_batch_is_one_batched_aisp_run_equal_to_invokes(llm, monkeypatch):
 
 def test_batch_keeps_langchain_semantics(llm, monkeypatch):
     calls: list[int] = []
-    real_run = cm.run
+    real_run = llm._runner
 
     def spy(lm, prompts, *args, **kwargs):
         calls.append(len(prompts))
         return real_run(lm, prompts, *args, **kwargs)
 
-    monkeypatch.setattr(cm, "run", spy)
+    llm._runner = spy
     ok_and_bad = ["Name a fruit.", [HumanMessage([{"type": "image", "url": "x"}])], "Name a city."]
     out = llm.batch(ok_and_bad, config={"max_concurrency": 1}, return_exceptions=True)
     assert isinstance(out[0], AIMessage) and isinstance(out[2], AIMessage)
@@ -304,13 +308,13 @@ async def test_async_invoke_stream_batch(llm, monkeypatch):
     text = "".join([c.content async for c in llm.astream("Name a fruit.")])
     assert text == expected.content
     calls: list[int] = []
-    real_run = cm.run
+    real_run = llm._runner
 
     def spy(lm, prompts, *args, **kwargs):
         calls.append(len(prompts))
         return real_run(lm, prompts, *args, **kwargs)
 
-    monkeypatch.setattr(cm, "run", spy)
+    llm._runner = spy
     out = await llm.abatch(["Name a fruit.", "Name a color."])
     assert calls == [2] and out[0].content == expected.content
 
@@ -363,7 +367,7 @@ async def test_async_progress_events(llm):
 
 def test_tool_call_parsing_valid_and_invalid(llm, monkeypatch):
     reply = '1, "b": 2}}\n</tool_call>'
-    monkeypatch.setattr(cm, "run", scripted_run([reply]))
+    llm._runner = scripted_run([reply])
     msg = llm.bind_tools([add], tool_choice="add").invoke("What is 1 + 2?")
     assert msg.tool_calls[0]["name"] == "add" and msg.tool_calls[0]["args"] == {"a": 1, "b": 2}
     assert msg.response_metadata["finish_reason"] == "tool_calls"
@@ -376,16 +380,16 @@ def test_tool_call_parsing_valid_and_invalid(llm, monkeypatch):
         streamed = chunk if streamed is None else streamed + chunk
     assert streamed.tool_calls[0]["args"] == {"a": 1, "b": 2}
 
-    monkeypatch.setattr(cm, "run", scripted_run(['"one"}}</tool_call>']))
+    llm._runner = scripted_run(['"one"}}</tool_call>'])
     msg = llm.bind_tools([add], tool_choice="any").invoke("What is 1 + 2?")
     assert not msg.tool_calls and msg.invalid_tool_calls[0]["name"] == "add"
     assert "missing required property 'b'" in msg.invalid_tool_calls[0]["error"]
 
-    monkeypatch.setattr(cm, "run", scripted_run(["I would rather chat."]))
+    llm._runner = scripted_run(["I would rather chat."])
     msg = llm.bind_tools([add]).invoke("Hi")  # optional call: plain text is fine
     assert msg.content == "I would rather chat." and not msg.tool_calls and not msg.invalid_tool_calls
     # auto: engine prompt 0 is the prose variant, prompt 1 the forced-call variant (prefilled up to "a":)
-    monkeypatch.setattr(cm, "run", scripted_run(["Five.", ' 2, "b": 3}}\n</tool_call>']))
+    llm._runner = scripted_run(["Five.", ' 2, "b": 3}}\n</tool_call>'])
     msg = llm.bind_tools([add]).invoke("What is 2 + 3?")  # a call whose arguments come from the question
     assert msg.tool_calls[0]["args"] == {"a": 2, "b": 3} and msg.response_metadata["aisp"]["auto_choice"] == "call"
     msg = llm.bind_tools([add]).invoke("Hi")  # invented arguments: prose
@@ -400,7 +404,7 @@ def test_tool_choice_forms_and_errors(llm):
 
 
 def test_format_validity_scores():
-    tools = fmtlib.OutputFormat(tools=(cm.convert_to_openai_tool(add)["function"],), tool_choice="any")
+    tools = fmtlib.OutputFormat(tools=(convert_to_openai_tool(add)["function"],), tool_choice="any")
     good = '<tool_call>\n{"name": "add", "arguments": {"a": 1, "b": 2}}\n</tool_call>'
     assert fmtlib.format_validity(good, tools) == 1.0
     assert fmtlib.format_validity('<tool_call>{"name": "add", "arguments": {"a": 1}}</tool_call>', tools) == -0.5
@@ -409,7 +413,7 @@ def test_format_validity_scores():
     assert fmtlib.format_validity("no call", tools) == -1.0
     optional = dataclasses.replace(tools, tool_choice="auto")
     assert fmtlib.format_validity("no call", optional) == 0.0
-    js = fmtlib.OutputFormat(json_schema=cm.convert_to_json_schema(City))
+    js = fmtlib.OutputFormat(json_schema=convert_to_json_schema(City))
     assert fmtlib.format_validity('{"name": "Oslo", "population": 7}', js) == 1.0
     assert fmtlib.format_validity('{"name": "Oslo"}', js) == -0.5
     assert fmtlib.format_validity("Oslo", js) == -1.0
@@ -425,8 +429,8 @@ def test_format_term_steers_selection(tiny_lm, monkeypatch):
         best = max(range(len(candidates)), key=rewards.__getitem__)
         return [PromptResult(index=0, text=candidates[best], reward=rewards[best], rewards=[rewards], samples=2)]
 
-    monkeypatch.setattr(cm, "run", fake_run)
     model = AISPChatModel(reward=length_reward, llm=tiny_lm, num_samples=2, num_iterations=1)
+    model._runner = fake_run
     msg = model.bind_tools([add], tool_choice="add").invoke("1 + 2?")
     assert (
         msg.tool_calls
@@ -438,7 +442,7 @@ def test_format_term_steers_selection(tiny_lm, monkeypatch):
 @pytest.mark.parametrize("method", ["function_calling", "json_schema"])
 def test_structured_output_valid_and_invalid(llm, monkeypatch, schema, method):
     valid = 'Oslo", "population": 700000}' + ("}</tool_call>" if method == "function_calling" else "")
-    monkeypatch.setattr(cm, "run", scripted_run([valid]))
+    llm._runner = scripted_run([valid])
     out = llm.with_structured_output(schema, method=method, include_raw=True).invoke("A city?")
     assert out["parsing_error"] is None
     parsed = out["parsed"]
@@ -447,7 +451,7 @@ def test_structured_output_valid_and_invalid(llm, monkeypatch, schema, method):
     plain = llm.with_structured_output(schema, method=method).invoke("A city?")
     assert plain == parsed
 
-    monkeypatch.setattr(cm, "run", scripted_run(["7 ... I cannot"]))
+    llm._runner = scripted_run(["7 ... I cannot"])
     out = llm.with_structured_output(schema, method=method, include_raw=True).invoke("A city?")
     assert out["parsed"] is None or isinstance(schema, dict) or method == "json_schema"
     if schema is City:
@@ -510,3 +514,75 @@ def test_lcel_chain(llm):
     msg = chain.invoke({"q": "Name a fruit."})
     assert msg.response_metadata["aisp"]["samples"] == 4
     assert json.dumps(msg.response_metadata)  # metadata is JSON-serialisable
+
+
+# --- batch with tool_choice="auto" ---------------------------------------------------------------
+
+
+@tool
+def get_weather(city: str) -> str:
+    """Get the current weather of a city."""
+    return f"Sunny in {city}."
+
+
+def test_batch_answers_carry_the_auto_choice_of_the_run_like_invoke(tiny_lm):
+    model = AISPChatModel(reward=length_reward, llm=tiny_lm, num_samples=2, num_iterations=1, max_tokens=12, seed=0)
+    bound = model.bind_tools([get_weather])
+    questions = ["What is the weather in Paris?", "Say hello."]
+    singles = [bound.invoke(q) for q in questions]
+    batched = bound.batch(questions)
+    for single, msg in zip(singles, batched, strict=True):
+        choice = single.response_metadata["aisp"]["auto_choice"]
+        assert choice in ("call", "prose")
+        assert msg.response_metadata["aisp"]["auto_choice"] == choice
+        assert msg.content == single.content
+        assert [(c["name"], c["args"]) for c in msg.tool_calls] == [(c["name"], c["args"]) for c in single.tool_calls]
+        assert msg.response_metadata["aisp"]["batch_prompts"] == 2
+        assert single.response_metadata["aisp"]["batch_prompts"] == 1
+
+
+@pytest.mark.parametrize("asynchronous", [False, True])
+def test_batch_auto_choice_prose_is_not_parsed_and_each_input_is_rendered_once(llm, monkeypatch, asynchronous):
+    # engine prompts alternate prose variant / forced-call variant (prefilled up to "a":)
+    llm._runner = scripted_run(["Five. <tool_call>", ' 2, "b": 3}}\n</tool_call>'])
+    renders: list[int] = []
+    real_render = fmtlib.render
+
+    def counting_render(*args: Any, **kwargs: Any) -> Any:
+        renders.append(1)
+        return real_render(*args, **kwargs)
+
+    monkeypatch.setattr(fmtlib, "render", counting_render)
+    bound = llm.bind_tools([add])
+    questions = ["What is 2 + 3?", "Hi"]
+    out = asyncio.run(bound.abatch(questions)) if asynchronous else bound.batch(questions)
+    assert len(renders) == 4  # two inputs x (prose prompt + forced-call prompt), each rendered once
+    call, prose = out
+    assert call.response_metadata["aisp"]["auto_choice"] == "call" and call.tool_calls[0]["args"] == {"a": 2, "b": 3}
+    assert prose.response_metadata["aisp"]["auto_choice"] == "prose"
+    assert prose.content == "Five. <tool_call>" and not prose.tool_calls and not prose.invalid_tool_calls
+    assert [m.response_metadata["aisp"]["batch_prompts"] for m in out] == [2, 2]
+
+
+def test_unknown_arguments_name_the_closest_one(tiny_lm, llm):
+    with pytest.raises(ValidationError, match=r"argument\(s\) \['temprature'\] \(did you mean 'temperature'\?\)"):
+        AISPChatModel(reward=length_reward, llm=tiny_lm, temprature=0.5)
+    with pytest.raises(ValidationError, match=r"'num_sample' -> 'num_samples'"):
+        AISPChatModel(reward=length_reward, llm=tiny_lm, num_sample=3, api_key="sk")
+    with pytest.raises(TypeError, match=r"argument\(s\) \['temprature'\] \(did you mean 'temperature'\?\)"):
+        llm.invoke("hi", temprature=0.5)
+    with pytest.raises(TypeError, match=r"\['tool_choise'\] \(did you mean 'tool_choice'\?\)"):
+        llm.invoke("hi", tool_choise="auto")
+
+
+def test_structured_output_batch_shares_one_engine_run(llm):
+    calls: list[int] = []
+    scripted = scripted_run(['Oslo", "population": 7}'])
+
+    def spy(lm, prompts, *args, **kwargs):
+        calls.append(len(prompts))
+        return scripted(lm, prompts, *args, **kwargs)
+
+    llm._runner = spy
+    out = llm.with_structured_output(City, method="json_schema").batch(["A city?", "Another city?"])
+    assert calls == [2] and out == [City(name="Oslo", population=7)] * 2

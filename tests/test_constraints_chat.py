@@ -12,10 +12,10 @@ import pytest
 from langchain_core.exceptions import OutputParserException
 from langchain_core.messages import AIMessage, HumanMessage, ToolMessage
 from langchain_core.tools import tool
+from langchain_core.utils.function_calling import convert_to_openai_tool
 from pydantic import BaseModel
 from typing_extensions import TypedDict
 
-import langchain_aisp.chat_models as cm
 from langchain_aisp import AISPChatModel
 from langchain_aisp import _chat_format as fmtlib
 from langchain_aisp.engine.aisp import RewardError
@@ -88,14 +88,15 @@ def test_forced_tool_calls_are_valid_by_construction(tiny_lm):
 
 def test_auto_runs_a_free_and_a_forced_prompt_with_half_the_samples_each(tiny_lm, monkeypatch):
     seen = []
-    real = cm.run
+    model = tiny(tiny_lm, num_samples=4, seed=0)
+    real = model._runner
 
     def spy(lm, prompts, score, params, sampling, **kwargs):
         seen.append((len(prompts), params.num_samples, kwargs["constraints"]))
         return real(lm, prompts, score, params, sampling, **kwargs)
 
-    monkeypatch.setattr(cm, "run", spy)
-    msg = tiny(tiny_lm, num_samples=4, seed=0).bind_tools([paint]).invoke("Paint the wall red, two coats.")
+    model._runner = spy
+    msg = model.bind_tools([paint]).invoke("Paint the wall red, two coats.")
     assert seen[0][0] == 2 and seen[0][1] == 2 and all(c is not None for c in seen[0][2])
     assert msg.response_metadata["aisp"]["samples"] == 8  # 4 samples x 2 iterations in total
     assert msg.tool_calls or not msg.invalid_tool_calls
@@ -138,7 +139,14 @@ def test_unsupported_schema_fails_at_bind_time_naming_the_construct(tiny_lm):
         model.with_structured_output(bad)
     with pytest.raises(ValueError, match="uniqueItems"):
         model.bind_tools([{"name": "tag", "description": "Tag.", "parameters": bad}])
-    assert model.with_structured_output(bad, method="json_schema", strict=False) is not None
+    lenient = model.with_structured_output(bad, method="json_schema", strict=False)
+    assert lenient.first.kwargs["strict"] is False  # the grammar drops uniqueItems
+    assert lenient.first.kwargs["response_format"] == {"type": "json_schema", "schema": bad}
+    with pytest.raises(OutputParserException, match="does not match the schema"):  # the parser checks the rest
+        lenient.last.invoke(AIMessage('{"tags": "a"}', response_metadata={"finish_reason": "stop"}))
+    assert lenient.last.invoke(AIMessage('{"tags": ["a", "b"]}', response_metadata={"finish_reason": "stop"})) == {
+        "tags": ["a", "b"]
+    }
 
 
 def test_a_reply_cut_by_max_tokens_says_so(tiny_lm):
@@ -220,7 +228,7 @@ def test_max_retries_retries_a_failing_reward(tiny_lm):
 
 
 def _fmt(*tools):
-    return fmtlib.OutputFormat(tools=tuple(cm.convert_to_openai_tool(t)["function"] for t in tools))
+    return fmtlib.OutputFormat(tools=tuple(convert_to_openai_tool(t)["function"] for t in tools))
 
 
 def _call(name, args):

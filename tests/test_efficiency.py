@@ -122,9 +122,9 @@ def test_a_method_equal_to_bon_matches_bon(tiny_lm, tmp_path):
 
 def test_reference_answers_cover_the_shipped_prompts():
     prompts = load_prompts()
-    reward = efficiency.resolve_eval_rewards(["reference"], prompts, lambda: None)["reference"]
+    reward = efficiency.resolve_eval_rewards(["reference"], prompts)["reference"]
     assert set(reward.references) == {p.user_text for p in prompts}  # type: ignore[attr-defined]
     with pytest.raises(ValueError, match=r"no reference answer for prompts \['new'\]"):
-        efficiency.resolve_eval_rewards(["reference"], [prompts[0], BenchPrompt("new", "My own prompt")], lambda: None)
+        efficiency.resolve_eval_rewards(["reference"], [prompts[0], BenchPrompt("new", "My own prompt")])
     with pytest.raises(ValueError, match="references must map at least one prompt"):
-        efficiency.resolve_eval_rewards(["reference"], [BenchPrompt("new", "My own prompt")], lambda: None)
+        efficiency.resolve_eval_rewards(["reference"], [BenchPrompt("new", "My own prompt")])

@@ -10,6 +10,7 @@ from langchain_core.callbacks import AsyncCallbackHandler, BaseCallbackHandler
 
 import langchain_aisp.chat_models as cm
 from langchain_aisp import AISPChatModel
+from langchain_aisp.chat._progress import CURRENT_RUN
 
 pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
@@ -161,8 +162,13 @@ def test_caller_run_id_is_kept_and_nothing_leaks(tiny_lm):
     run_id = uuid4()
     stream = make(tiny_lm, log).stream("Name a fruit.", config={"callbacks": [handler], "run_id": run_id})
     next(stream)  # the caller holds a chunk: no run is current in its context
-    assert cm._CURRENT_RUN.get() is None
+    assert CURRENT_RUN.get() is None
     stream.close()
     assert handler.starts == [run_id] and handler.run_ids == {run_id}
-    # a top-level stream without callbacks works and emits nothing anywhere
-    assert "".join(c.content for c in make(tiny_lm, Log()).stream("Hi")) is not None
+    # a top-level stream without callbacks gives invoke's answer and sends no event to the earlier run's handler
+    seen = len(log.entries)
+    quiet_log = Log()
+    quiet = make(tiny_lm, quiet_log)
+    streamed = "".join(c.content for c in quiet.stream("Hi"))
+    assert streamed == quiet.invoke("Hi").content != ""
+    assert len(log.entries) == seen and [k for k, _ in quiet_log.entries if k != "score"] == []

@@ -134,7 +134,7 @@ def test_json_schema_minimal_messages_and_no_schema():
     minimal = JSONSchemaReward(SCHEMA, validator="minimal")
     assert minimal.validator_used == "minimal"
     assert minimal.errors('{"age": 1.5, "tags": ["x", 2]}') == [
-        "$: missing required key 'name'",
+        "$: missing required property 'name'",
         "$.age: expected integer, got float",
         "$.tags[1]: expected string, got int",
     ]

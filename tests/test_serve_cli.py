@@ -67,8 +67,9 @@ def test_cli_rejects_bad_reward_specs_before_loading_anything():
 def test_cli_fails_fast_on_a_reward_that_does_not_import():
     process = _spawn("serve", "--port", "0", "--reward", "mine=no_such_module:score")
     output, _ = process.communicate(timeout=120)
-    assert process.returncode == 1
-    assert "reward 'mine' ('no_such_module:score') cannot be served" in output and "no_such_module" in output
+    assert process.returncode == 2  # imported with the arguments (--app-dir), before the model loads
+    assert "reward 'mine' ('no_such_module:score') cannot be served" in output
+    assert f"no module named 'no_such_module' in the app dir {str(ROOT)!r}" in output
 
 
 def test_cli_serves_and_sigterm_finishes_the_request_in_flight():

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from langchain_aisp.bench import cli
-from langchain_aisp.bench import threads as bench_threads
+from langchain_aisp.bench import thread_scaling as bench_threads
 from langchain_aisp.engine.threads import NUM_THREADS_ENV, available_cores, resolve_num_threads, set_cpu_threads
 
 

@@ -14,16 +14,16 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from langchain_aisp.bench.metrics import best_so_far, diversity, iteration_means, win_rate
     from langchain_aisp.bench.prompts import BenchPrompt, load_prompts
     from langchain_aisp.bench.runner import BenchConfig, Cell, Split, default_split, load_results, run_benchmark
+    from langchain_aisp.bench.text_stats import best_so_far, diversity, iteration_means, win_rate
 
 # Loaded on first use, so that ``langchain_aisp.bench.speed`` imports without langchain-core (GPU check).
 _EXPORTS = {
-    "best_so_far": "langchain_aisp.bench.metrics",
-    "diversity": "langchain_aisp.bench.metrics",
-    "iteration_means": "langchain_aisp.bench.metrics",
-    "win_rate": "langchain_aisp.bench.metrics",
+    "best_so_far": "langchain_aisp.bench.text_stats",
+    "diversity": "langchain_aisp.bench.text_stats",
+    "iteration_means": "langchain_aisp.bench.text_stats",
+    "win_rate": "langchain_aisp.bench.text_stats",
     "BenchPrompt": "langchain_aisp.bench.prompts",
     "load_prompts": "langchain_aisp.bench.prompts",
     "BenchConfig": "langchain_aisp.bench.runner",

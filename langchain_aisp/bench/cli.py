@@ -28,7 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -221,7 +221,7 @@ def build_parser(command: str) -> argparse.ArgumentParser:
         parser.add_argument("--tokens", type=int, default=32, help="new tokens per sample (exactly)")
         parser.add_argument("--repeats", type=int, default=1)
     elif command == "threads":
-        from langchain_aisp.bench.threads import add_arguments
+        from langchain_aisp.bench.thread_scaling import add_arguments
 
         add_arguments(parser)
         return parser
@@ -328,6 +328,7 @@ def _efficiency_parser(prog: str) -> argparse.ArgumentParser:
 def cmd_efficiency(args: argparse.Namespace) -> int:
     from langchain_aisp.bench.efficiency import EfficiencyConfig, parse_method, resolve_eval_rewards, run_efficiency
     from langchain_aisp.bench.prompts import load_prompts
+    from langchain_aisp.bench.scorers import TextEmbedder
 
     if args.seeds < 1:
         raise ValueError(f"--seeds must be >= 1, got {args.seeds}")
@@ -339,9 +340,8 @@ def cmd_efficiency(args: argparse.Namespace) -> int:
     )
     methods = [parse_method(m) for m in args.methods.split(",") if m.strip()]
     prompts = load_prompts(args.prompts, args.limit_prompts)
-    embedder = _lazy_embedder()
     specs = _reward_specs(args.reward or ["relevance,sentiment,reference"])
-    rewards = resolve_eval_rewards(specs, prompts, embedder, args.references)
+    rewards = resolve_eval_rewards(specs, prompts, args.references)
     out = Path(args.out)
     if (out / "results.json").exists() and not (args.resume or args.overwrite):
         raise FileExistsError(f"{out / 'results.json'} exists: add --resume to continue it or --overwrite to replace")
@@ -355,7 +355,7 @@ def cmd_efficiency(args: argparse.Namespace) -> int:
         out,
         resume=args.resume,
         overwrite=args.overwrite,
-        embedder=None if args.no_coherence else embedder(),
+        embedder=None if args.no_coherence else TextEmbedder(),
     )
     print((out / "summary.md").read_text(encoding="utf-8"))
     return 0
@@ -368,20 +368,6 @@ def cmd_efficiency_report(args: argparse.Namespace) -> int:
     written = write_summary(load_results(args.out, RESULTS_FORMAT), args.out)
     print("\n".join(str(p) for p in written))
     return 0
-
-
-def _lazy_embedder() -> Callable[[], Any]:
-    """``embedder()`` -> the one MiniLM :class:`~langchain_aisp.bench.scorers.TextEmbedder`, loaded on first use."""
-    holder: list[Any] = []
-
-    def embedder() -> Any:
-        if not holder:
-            from langchain_aisp.bench.scorers import TextEmbedder
-
-            holder.append(TextEmbedder())
-        return holder[0]
-
-    return embedder
 
 
 def _load_lm(args: argparse.Namespace) -> Any:
@@ -407,7 +393,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         Split,
         run_benchmark,
     )
-    from langchain_aisp.bench.scorers import resolve_rewards
+    from langchain_aisp.bench.scorers import TextEmbedder, resolve_rewards
 
     quick = bool(args.quick)
     limit = args.limit_prompts if args.limit_prompts is not None else (QUICK_PROMPTS if quick else None)
@@ -438,9 +424,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     )
     prompts = load_prompts(args.prompts, limit)
     specs = _reward_specs(args.reward)
-    embedder = _lazy_embedder()
-    rewards = resolve_rewards(specs, embedder)
-    coherence = None if args.no_coherence else embedder()
+    rewards = resolve_rewards(specs)
+    coherence = None if args.no_coherence else TextEmbedder()
     out = Path(args.out)
     if (out / "results.json").exists() and not (args.resume or args.overwrite):
         raise FileExistsError(f"{out / 'results.json'} exists: add --resume to continue it or --overwrite to replace")
@@ -531,7 +516,7 @@ def cmd_memory(args: argparse.Namespace) -> int:
     from langchain_aisp.bench.memory_bench import MemoryBenchConfig, run_memory_benchmark
     from langchain_aisp.bench.prompts import load_prompts
     from langchain_aisp.bench.runner import Split
-    from langchain_aisp.bench.scorers import resolve_rewards
+    from langchain_aisp.bench.scorers import TextEmbedder, resolve_rewards
 
     if args.seeds < 1:
         raise ValueError(f"--seeds must be >= 1, got {args.seeds}")
@@ -556,8 +541,7 @@ def cmd_memory(args: argparse.Namespace) -> int:
         max_batch_size=args.max_batch_size,
     )
     prompts = load_prompts(args.prompts, args.limit_prompts)
-    embedder = _lazy_embedder()
-    rewards = resolve_rewards(_reward_specs(args.reward or ["sentiment,relevance"]), embedder)
+    rewards = resolve_rewards(_reward_specs(args.reward or ["sentiment,relevance"]))
     lm = _load_lm(args)
     out = Path(args.out)
     run_memory_benchmark(
@@ -568,7 +552,7 @@ def cmd_memory(args: argparse.Namespace) -> int:
         out,
         resume=args.resume,
         overwrite=args.overwrite,
-        embedder=None if args.no_coherence else embedder(),
+        embedder=None if args.no_coherence else TextEmbedder(),
     )
     print((out / "summary.md").read_text(encoding="utf-8"))
     return 0
@@ -593,7 +577,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_threads(args: argparse.Namespace) -> int:
-    from langchain_aisp.bench.threads import cmd_threads as run_threads
+    from langchain_aisp.bench.thread_scaling import cmd_threads as run_threads
 
     return run_threads(args)
 

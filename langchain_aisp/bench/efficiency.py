@@ -17,7 +17,7 @@ reward. Per reward and method the report gives:
   wall-clock per seed (all prompts in one call), against BoN-32's (from the pool: the tokens of its
   first 32 samples, and 32/pool of the pool's decoding time plus the reward's time on 32 samples);
 * **text quality**: diversity of the method's samples and coherence of its best answer
-  (``bench/metrics.py``), against BoN-32's (first 32 pool samples and their best).
+  (``bench/text_stats.py``), against BoN-32's (first 32 pool samples and their best).
 
 The pool uses seed ``seed + POOL_SEED_OFFSET``: its draws are independent of the methods' (sharing
 random numbers between a 128-row and an 8-row batch would correlate them in no controlled way).
@@ -40,8 +40,8 @@ from typing import Any
 
 import torch
 
-from langchain_aisp.bench import metrics
-from langchain_aisp.bench.measure import TimedScore
+from langchain_aisp.bench import text_stats as metrics
+from langchain_aisp.bench.cost_meters import TimedScore
 from langchain_aisp.bench.prompts import BenchPrompt, encode_prompts
 from langchain_aisp.bench.runner import (
     _check_resumable,
@@ -209,10 +209,7 @@ def _parse_value(raw: str) -> Any:
 
 
 def resolve_eval_rewards(
-    specs: Sequence[str],
-    prompts: Sequence[BenchPrompt],
-    embedder: Callable[[], TextEmbedder],
-    references: str | Path | None = None,
+    specs: Sequence[str], prompts: Sequence[BenchPrompt], references: str | Path | None = None
 ) -> dict[str, Reward]:
     """The bench's rewards by name, plus ``reference``: MiniLM similarity to each prompt's hidden reference
     answer (``references`` JSONL of {id, reference}; default: the shipped answers of the shipped prompts)."""
@@ -222,7 +219,7 @@ def resolve_eval_rewards(
     rewards: dict[str, Reward] = {}
     for spec in specs:
         if spec != "reference":
-            rewards.update(resolve_rewards([spec], embedder))
+            rewards.update(resolve_rewards([spec]))
             continue
         path = Path(references) if references is not None else default_references_path()
         reward = ReferenceSimilarityReward.from_jsonl(path, {p.id: p.user_text for p in prompts})

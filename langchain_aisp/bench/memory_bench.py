@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from langchain_aisp.bench import metrics
+from langchain_aisp.bench import text_stats
 from langchain_aisp.bench.prompts import BenchPrompt, encode_prompts
 from langchain_aisp.bench.runner import Split, _now, load_results, machine_info, prompts_digest, write_json_atomic
 from langchain_aisp.bench.scorers import TextEmbedder, engine_score
@@ -166,9 +166,9 @@ def _record(
             "best_reward": r.reward,
             "best_text": r.text,
             "best_iteration": r.best_iteration,
-            "first_mean": metrics.mean(r.rewards[0]) if r.rewards else math.nan,
-            "iteration_means": metrics.iteration_means(r.rewards),
-            "diversity": metrics.diversity([t for texts in r.texts for t in texts]),
+            "first_mean": text_stats.mean(r.rewards[0]) if r.rewards else math.nan,
+            "iteration_means": text_stats.iteration_means(r.rewards),
+            "diversity": text_stats.diversity([t for texts in r.texts for t in texts]),
             "coherence": coherence[i],
             "initial_U_norm": r.initial_U_norm,
             "final_U_norm": r.u_norms[-1] if r.u_norms else 0.0,
@@ -182,7 +182,7 @@ def summarize(record: dict[str, Any]) -> dict[str, float]:
     """Means over prompts of one method's record."""
     rows = record["prompts"]
     return {
-        key: metrics.mean([_num(p[key]) for p in rows])
+        key: text_stats.mean([_num(p[key]) for p in rows])
         for key in ("best_reward", "first_mean", "diversity", "coherence", "initial_U_norm")
     }
 
@@ -289,7 +289,7 @@ class _Cell:
                 {
                     "prompts": [self.learn[j].id for j in chunk],
                     "best": [r.reward for r in results],
-                    "first_mean": [metrics.mean(r.rewards[0]) for r in results],
+                    "first_mean": [text_stats.mean(r.rewards[0]) for r in results],
                     "initial_U_norm": [r.initial_U_norm for r in results],
                 }
             )

@@ -11,7 +11,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from langchain_aisp.bench import metrics
+from langchain_aisp.bench import text_stats
 
 SUMMARY_MD = "summary.md"
 PLOT_CURVE = "learning_curve.png"
@@ -55,12 +55,12 @@ def method_table(results: dict[str, Any], reward: str) -> list[str]:
         "|---|---|---|---|---|---|---|---|",
     ]
     for m in methods:
-        best = metrics.seed_mean_std(_per_seed(cells, m, "best_reward"))
-        first = metrics.seed_mean_std(_per_seed(cells, m, "first_mean"))
-        div = metrics.mean([v for s in _per_seed(cells, m, "diversity") for v in s])
-        coh = metrics.mean([v for s in _per_seed(cells, m, "coherence") for v in s])
-        norm = metrics.mean([v for s in _per_seed(cells, m, "initial_U_norm") for v in s])
-        wall = metrics.mean([c["eval"][m]["wall_s"] for c in cells if m in c["eval"]])
+        best = text_stats.seed_mean_std(_per_seed(cells, m, "best_reward"))
+        first = text_stats.seed_mean_std(_per_seed(cells, m, "first_mean"))
+        div = text_stats.mean([v for s in _per_seed(cells, m, "diversity") for v in s])
+        coh = text_stats.mean([v for s in _per_seed(cells, m, "coherence") for v in s])
+        norm = text_stats.mean([v for s in _per_seed(cells, m, "initial_U_norm") for v in s])
+        wall = text_stats.mean([c["eval"][m]["wall_s"] for c in cells if m in c["eval"]])
         seeds = sum(1 for c in cells if m in c["eval"])
         lines.append(
             f"| {m} | {seeds} | {_fmt(*best)} | {_fmt(*first)} | {div:.3f} | {coh:.3f} | {norm:.3f} | {wall:.0f} |"
@@ -74,7 +74,7 @@ def targets(results: dict[str, Any], reward: str) -> list[str]:
     out: list[str] = []
 
     def mean_of(method: str, key: str = "best_reward") -> float:
-        return metrics.seed_mean_std(_per_seed(cells, method, key))[0]
+        return text_stats.seed_mean_std(_per_seed(cells, method, key))[0]
 
     bon32 = mean_of("bon-8x4")
     for warm8 in ("warm-8x1", "warm-4x2"):
@@ -87,7 +87,7 @@ def targets(results: dict[str, Any], reward: str) -> list[str]:
         xs, ys = _paired(cells, "warm-8x4", "cold-8x4")
         out.append(
             f"- warm-8x4 - cold-8x4 = {warm32 - cold32:+.3f} (target >= +0.03 on sentiment, >= 0 on relevance); "
-            f"paired win rate {metrics.win_rate(xs, ys):.0%}"
+            f"paired win rate {text_stats.win_rate(xs, ys):.0%}"
         )
     bon_div, bon_coh = mean_of("bon-8x4", "diversity"), mean_of("bon-8x4", "coherence")
     for warm in ("warm-8x1", "warm-4x2", "warm-8x4"):
@@ -128,15 +128,15 @@ def curve_rows(results: dict[str, Any], reward: str) -> list[tuple[int, float, f
             for c in cells
             if str(p) in c["learning"]["curve"]
         ]
-        rel = metrics.mean(
+        rel = text_stats.mean(
             [
                 _num(c["learning"]["curve"][str(p)]["memory"].get("start_rms_over_prelogit_rms"))
                 for c in cells
                 if str(p) in c["learning"]["curve"]
             ]
         )
-        mean, std = metrics.seed_mean_std(per_seed)
-        rows.append((p, mean, std, metrics.seed_mean_std(first)[0], rel))
+        mean, std = text_stats.seed_mean_std(per_seed)
+        rows.append((p, mean, std, text_stats.seed_mean_std(first)[0], rel))
     return rows
 
 
@@ -144,9 +144,9 @@ def memory_lines(results: dict[str, Any], reward: str) -> list[str]:
     cells = [c for c in _cells(results, reward) if "memory" in c]
     if not cells:
         return []
-    rel = metrics.mean([_num(c["memory"].get("start_rms_over_prelogit_rms")) for c in cells])
-    norm = metrics.mean([_num(c["memory"].get("start_norm")) for c in cells])
-    share = metrics.mean([_num(c["memory"].get("signal_share")) for c in cells])
+    rel = text_stats.mean([_num(c["memory"].get("start_rms_over_prelogit_rms")) for c in cells])
+    norm = text_stats.mean([_num(c["memory"].get("start_norm")) for c in cells])
+    share = text_stats.mean([_num(c["memory"].get("signal_share")) for c in cells])
     sigma = _num(results["config"].get("sigma"))
     return [
         f"- learned warm start: norm {norm:.3f}, RMS per coordinate {rel:.4f} x the pre-logit RMS "
@@ -208,7 +208,7 @@ def plot_curve(results: dict[str, Any], path: Path) -> Path | None:
         ax.plot(xs, [r[3] for r in rows], marker=".", linestyle=":", label=f"{method} first-round mean")
         cells = _cells(results, reward)
         for ref, style in (("bon-8x1", "--"), ("bon-8x4", "-."), ("cold-8x4", ":")):
-            value = metrics.seed_mean_std(_per_seed(cells, ref, "best_reward"))[0]
+            value = text_stats.seed_mean_std(_per_seed(cells, ref, "best_reward"))[0]
             if not math.isnan(value):
                 ax.axhline(value, linestyle=style, color="grey", linewidth=1)
                 ax.annotate(ref, (xs[-1], value), fontsize=8, ha="right", va="bottom", color="grey")

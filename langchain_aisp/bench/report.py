@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from langchain_aisp.bench import metrics
+from langchain_aisp.bench import text_stats
 
 SUMMARY_CSV = "summary.csv"
 SUMMARY_MD = "summary.md"
@@ -72,23 +72,23 @@ def method_summary(cells: Sequence[dict[str, Any]], method: str) -> dict[str, An
     runs = [c["methods"][method] for c in cells if method in c["methods"]]
     if not runs:
         return None
-    best_mean, best_std = metrics.seed_mean_std([_best(r) for r in runs])
-    wall = metrics.mean([_num(r["wall_s"]) for r in runs])
-    forward = metrics.mean([_num(r["forward_s"]) for r in runs])
-    reward = metrics.mean([_num(r["reward_s"]) for r in runs])
-    other = metrics.mean([_num(r["other_s"]) for r in runs])
-    tokens = metrics.mean([float(r["generated_tokens"]) for r in runs])
+    best_mean, best_std = text_stats.seed_mean_std([_best(r) for r in runs])
+    wall = text_stats.mean([_num(r["wall_s"]) for r in runs])
+    forward = text_stats.mean([_num(r["forward_s"]) for r in runs])
+    reward = text_stats.mean([_num(r["reward_s"]) for r in runs])
+    other = text_stats.mean([_num(r["other_s"]) for r in runs])
+    tokens = text_stats.mean([float(r["generated_tokens"]) for r in runs])
     return {
         "seeds": len(runs),
         "prompts": len(runs[0]["prompts"]),
         "best_mean": best_mean,
         "best_std": best_std,
-        "diversity": metrics.mean([_num(p["diversity"]) for r in runs for p in r["prompts"]]),
-        "coherence": metrics.mean([_num(p["coherence"]) for r in runs for p in r["prompts"]]),
+        "diversity": text_stats.mean([_num(p["diversity"]) for r in runs for p in r["prompts"]]),
+        "coherence": text_stats.mean([_num(p["coherence"]) for r in runs for p in r["prompts"]]),
         "wall_s": wall,
         "generated_tokens": tokens,
         "tokens_per_s": tokens / wall if wall > 0 else math.nan,
-        "peak_mem_mib": metrics.mean([_num(r["peak_mem_mib"]) for r in runs]),
+        "peak_mem_mib": text_stats.mean([_num(r["peak_mem_mib"]) for r in runs]),
         "mem_kind": runs[0].get("mem_kind", ""),
         "forward_s": forward,
         "reward_s": reward,
@@ -111,7 +111,7 @@ def summarize(results: dict[str, Any]) -> list[dict[str, Any]]:
             row: dict[str, Any] = {"mode": mode, "reward": reward, "budget": budget, "split": split, "method": method}
             row.update(summary)
             if method == "aisp" and bon is not None:
-                row["win_rate_vs_bon"] = metrics.win_rate(*paired_best(cells))
+                row["win_rate_vs_bon"] = text_stats.win_rate(*paired_best(cells))
                 row["time_ratio_vs_bon"] = _ratio(summary["wall_s"], bon["wall_s"])
                 row["mem_ratio_vs_bon"] = _ratio(summary["peak_mem_mib"], bon["peak_mem_mib"])
                 extra = summary["other_s"] - bon["other_s"]
@@ -242,12 +242,12 @@ def curves(cells: Sequence[dict[str, Any]], method: str, kind: str = "best") -> 
     runs = [c["methods"][method] for c in cells if method in c["methods"]]
     if not runs:
         return [], []
-    fn = metrics.best_so_far if kind == "best" else metrics.iteration_means
+    fn = text_stats.best_so_far if kind == "best" else text_stats.iteration_means
     ys = [fn(p["rewards"]) for r in runs for p in r["prompts"] if p["rewards"]]
     if not ys:
         return [], []
     n = int(runs[0]["n"])
-    y = metrics.mean_curves(ys)
+    y = text_stats.mean_curves(ys)
     return [n * (j + 1) for j in range(len(y))], y
 
 
@@ -286,7 +286,7 @@ def write_plots(results: dict[str, Any], out_dir: Path) -> list[Path]:
                 for p in c["methods"]["sample"]["prompts"]
             ]
             if sample:
-                ax.axhline(metrics.mean(sample), color="gray", linestyle=":", label="plain sample")
+                ax.axhline(text_stats.mean(sample), color="gray", linestyle=":", label="plain sample")
             if xs_seen and max(xs_seen) >= 4 * min(xs_seen):
                 ax.set_xscale("log", base=2)
                 ticks = sorted(set(xs_seen))

@@ -37,8 +37,8 @@ from typing import Any
 import torch
 
 import langchain_aisp.engine.config as engine_config
-from langchain_aisp.bench import metrics
-from langchain_aisp.bench.measure import PeakMemory, TimedScore, timed_lm
+from langchain_aisp.bench import text_stats
+from langchain_aisp.bench.cost_meters import PeakMemory, TimedScore, timed_lm
 from langchain_aisp.bench.prompts import BenchPrompt, encode_prompts
 from langchain_aisp.bench.scorers import TextEmbedder, engine_score
 from langchain_aisp.engine.aisp import IterationEvent, PromptResult, run
@@ -331,7 +331,7 @@ def method_record(run_: MethodRun, prompts: Sequence[BenchPrompt], embedder: Tex
             "finish_reason": r.finish_reason,
             "samples": r.samples,
             "generated_tokens": r.generated_tokens,
-            "diversity": metrics.diversity(all_texts),
+            "diversity": text_stats.diversity(all_texts),
             "coherence": coherence[i],
             "rewards": r.rewards,
             "ess": r.ess,
@@ -553,10 +553,7 @@ def run_benchmark(
         "prompts": [
             {**dataclasses.asdict(p), "prompt_tokens": len(ids)} for p, ids in zip(prompts, prompt_ids, strict=True)
         ],
-        "rewards": {
-            name: {"class": type(r).__name__, "source": getattr(r, "reward_source", "user")}
-            for name, r in rewards.items()
-        },
+        "rewards": {name: {"class": type(r).__name__, "source": type(r).__module__} for name, r in rewards.items()},
         "cells": {},
     }
     path = Path(out_dir) / RESULTS_FILE if out_dir is not None else None

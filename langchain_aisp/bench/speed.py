@@ -29,7 +29,7 @@ from typing import Any
 
 import torch
 
-from langchain_aisp.bench.measure import PeakMemory
+from langchain_aisp.bench.cost_meters import PeakMemory
 from langchain_aisp.bench.prompts import render
 from langchain_aisp.engine.aisp import run
 from langchain_aisp.engine.config import AISPParams, SamplingParams

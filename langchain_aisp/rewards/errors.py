@@ -21,6 +21,7 @@ __all__ = [
     "check_timeout",
     "excerpt",
     "fmt_indices",
+    "sample_failure",
 ]
 
 
@@ -50,3 +51,13 @@ def fmt_indices(indices: Sequence[int], limit: int = 10) -> str:
     """``[0, 1, 2, ...]``: at most ``limit`` indices."""
     shown = ", ".join(str(i) for i in indices[:limit])
     return f"[{shown}{', ...' if len(indices) > limit else ''}]"
+
+
+def sample_failure(reward: str, reason: str, index: int, response: str) -> RewardFailure:
+    """The :class:`RewardFailure` of one known sample: "reward NAME REASON on sample I (response '...')"."""
+    return RewardFailure(
+        f"reward {reward} {reason} on sample {index} (response {excerpt(response)})",
+        reward=reward,
+        index=index,
+        reason=reason,
+    )

@@ -8,12 +8,12 @@ ImportError that says what to install. Nothing here touches the network.
 from __future__ import annotations
 
 import importlib
-import json
 import math
 import re
 from collections.abc import Sequence
 from typing import Any, Literal
 
+from langchain_aisp._json import find_json, validate
 from langchain_aisp.rewards.base import Conversation, Reward
 from langchain_aisp.rewards.errors import check_lengths
 
@@ -32,26 +32,38 @@ def require(module: str, package: str, user: str, extra: str | None = "rewards")
 
 
 class SentimentReward(Reward):
-    """VADER's compound sentiment of the response, in [-1, 1] (needs ``vaderSentiment``).
+    """The response's sentiment in [-1, 1]: VADER's compound score (``backend="vader"``, the default; needs
+    ``vaderSentiment``) or TextBlob's polarity (``backend="textblob"``; needs ``textblob``).
 
-    Lexicon based and fast; it saturates quickly on long texts, so it is a weak
-    reward on its own.
+    Both are lexicon based and fast. VADER saturates quickly on long texts (the best of 16 samples
+    of the default model already scores ~0.9), so it is a weak reward on its own; TextBlob keeps
+    headroom and is what the benchmarks use (docs/benchmarks.md).
     """
 
     name = "sentiment"
 
-    def __init__(self) -> None:
-        self._analyzer: Any = None
+    def __init__(self, backend: Literal["vader", "textblob"] = "vader") -> None:
+        if backend not in ("vader", "textblob"):
+            raise ValueError(f"backend must be 'vader' or 'textblob', got {backend!r}")
+        self.backend = backend
+        self._polarity: Any = None
+
+    def _load(self) -> Any:
+        if self.backend == "textblob":
+            textblob = require("textblob", "textblob", "SentimentReward(backend='textblob')")
+            return lambda text: float(textblob.TextBlob(text).sentiment.polarity)
+        vader = require("vaderSentiment.vaderSentiment", "vaderSentiment", "SentimentReward")
+        analyzer = vader.SentimentIntensityAnalyzer()
+        return lambda text: float(analyzer.polarity_scores(text)["compound"])
 
     def score(self, conversations: Sequence[Conversation], responses: Sequence[str]) -> list[float]:
         check_lengths(conversations, responses, self.name)
-        if self._analyzer is None:
-            vader = require("vaderSentiment.vaderSentiment", "vaderSentiment", "SentimentReward")
-            self._analyzer = vader.SentimentIntensityAnalyzer()
+        if self._polarity is None:
+            self._polarity = self._load()
         cache: dict[str, float] = {}
         for text in responses:
             if text not in cache:
-                cache[text] = float(self._analyzer.polarity_scores(text)["compound"])
+                cache[text] = self._polarity(text)
         return [cache[text] for text in responses]
 
 
@@ -166,83 +178,33 @@ class RegexReward(Reward):
         return self.match_score if found else self.miss_score
 
 
-_FENCE = re.compile(r"```[ \t]*(?:json|JSON)?[ \t]*\n(.*?)```", re.DOTALL)
 _MISSING = object()
 
 
 def extract_json(text: str) -> Any:
-    """The JSON value in ``text``: the whole text, else the first fenced block (```json or ```) that parses.
+    """The JSON value in ``text``, found as the chat model finds it (:func:`langchain_aisp._json.find_json`):
+    the whole text, else each ``` fence's body (```json or plain), each as a whole or from its first ``{``.
 
     Returns a private sentinel (``_MISSING``) when nothing parses.
     """
-    try:
-        return json.loads(text)
-    except ValueError:
-        pass
-    for match in _FENCE.finditer(text):
-        try:
-            return json.loads(match.group(1))
-        except ValueError:
-            continue
-    return _MISSING
-
-
-_TYPES: dict[str, tuple[type, ...]] = {
-    "object": (dict,),
-    "array": (list,),
-    "string": (str,),
-    "number": (int, float),
-    "integer": (int,),
-    "boolean": (bool,),
-    "null": (type(None),),
-}
-
-
-def minimal_validate(instance: Any, schema: dict[str, Any], path: str = "$") -> list[str]:
-    """A small subset of JSON Schema: ``type`` (name or list), ``enum``, ``required``, ``properties``, ``items``.
-
-    Returns the list of violations (empty when valid). Other keywords are ignored.
-    """
-    errors: list[str] = []
-    expected = schema.get("type")
-    if expected is not None:
-        names = [expected] if isinstance(expected, str) else list(expected)
-        if not any(_is_type(instance, n) for n in names):
-            return [f"{path}: expected {' or '.join(names)}, got {type(instance).__name__}"]
-    if "enum" in schema and instance not in schema["enum"]:
-        errors.append(f"{path}: {instance!r} is not one of {schema['enum']!r}")
-    if isinstance(instance, dict):
-        errors += [f"{path}: missing required key {key!r}" for key in schema.get("required", []) if key not in instance]
-        for key, sub in schema.get("properties", {}).items():
-            if key in instance and isinstance(sub, dict):
-                errors += minimal_validate(instance[key], sub, f"{path}.{key}")
-    if isinstance(instance, list) and isinstance(schema.get("items"), dict):
-        for i, item in enumerate(instance):
-            errors += minimal_validate(item, schema["items"], f"{path}[{i}]")
-    return errors
-
-
-def _is_type(instance: Any, name: str) -> bool:
-    if name not in _TYPES:
-        return True  # unknown type names are not checked
-    if isinstance(instance, bool) and name in ("number", "integer"):
-        return False
-    if name == "integer" and isinstance(instance, float):
-        return instance.is_integer()
-    return isinstance(instance, _TYPES[name])
+    found = find_json(text)
+    return _MISSING if found is None else found.value
 
 
 class JSONSchemaReward(Reward):
     """1.0 when the response is JSON that validates against ``schema``; ``partial_credit`` when it parses but
     does not validate; 0.0 when no JSON is found.
 
-    The JSON may be the whole response or inside a ``` fence (```json or plain).
+    The JSON may be the whole response, inside a ``` fence (```json or plain), or the first
+    JSON object in either (:func:`extract_json`).
     ``schema=None`` only asks for parseable JSON. Validation uses the ``jsonschema``
     package (full JSON Schema, the draft named by ``$schema``, default the latest) when
-    it is installed and ``validator="auto"``; otherwise a minimal built-in check of
-    ``type``, ``enum``, ``required``, ``properties`` and ``items`` (other keywords are
-    ignored). ``validator="jsonschema"`` requires the package, ``"minimal"`` never
-    uses it. ``validator_used`` says which one is active.
+    it is installed and ``validator="auto"``; otherwise the built-in check the chat model uses
+    (:func:`langchain_aisp._json.validate`: ``$ref``, ``anyOf``/``oneOf``/``allOf``, ``type``,
+    ``enum``, ``const``, ``required``, ``properties``, ``additionalProperties``, ``items``; other
+    keywords are ignored; objects are open unless ``additionalProperties: false``, as in JSON
+    Schema). ``validator="jsonschema"`` requires the package, ``"minimal"`` never uses it.
+    ``validator_used`` says which one is active.
     """
 
     def __init__(
@@ -288,7 +250,7 @@ class JSONSchemaReward(Reward):
             return []
         if self._validator is not None:
             return [error.message for error in self._validator.iter_errors(value)]
-        return minimal_validate(value, self.schema)
+        return validate(value, self.schema)
 
     def score(self, conversations: Sequence[Conversation], responses: Sequence[str]) -> list[float]:
         check_lengths(conversations, responses, self.name)

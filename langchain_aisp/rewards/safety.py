@@ -16,7 +16,7 @@ from typing import Any, Literal, TypeVar
 
 from langchain_core.messages import BaseMessage
 
-from langchain_aisp.rewards.base import Conversation, FunctionReward, Reward, prompt_text, to_reward
+from langchain_aisp.rewards.base import Conversation, FunctionReward, Reward, _to_reward, prompt_text
 from langchain_aisp.rewards.errors import (
     RewardFailure,
     RewardWarning,
@@ -25,6 +25,7 @@ from langchain_aisp.rewards.errors import (
     check_timeout,
     excerpt,
     fmt_indices,
+    sample_failure,
 )
 
 __all__ = [
@@ -147,7 +148,7 @@ class SafeReward(Reward):
             raise ValueError(f"on_invalid must be 'raise' or 'worst', got {on_invalid!r}")
         if floor is not None and (as_float(floor) is None or not math.isfinite(float(floor))):
             raise ValueError(f"floor must be None or a finite number, got {floor!r}")
-        self.reward = to_reward(reward)
+        self.reward = _to_reward(reward)
         self.on_invalid: OnInvalid = on_invalid
         self.timeout = check_timeout(timeout)
         self.floor = None if floor is None else float(floor)
@@ -211,21 +212,9 @@ class SafeReward(Reward):
         try:
             return call_with_timeout(inner.fn, self.timeout, prompt_text(conversation), text)
         except TimeoutError as exc:
-            reason = f"timed out after {self.timeout:g} s"
-            raise RewardFailure(
-                f"reward {self.name} {reason} on sample {index} (response {excerpt(text)})",
-                reward=self.name,
-                index=index,
-                reason=reason,
-            ) from exc
+            raise sample_failure(self.name, f"timed out after {self.timeout:g} s", index, text) from exc
         except Exception as exc:
-            reason = f"raised {type(exc).__name__}: {exc}"
-            raise RewardFailure(
-                f"reward {self.name} {reason} on sample {index} (response {excerpt(text)})",
-                reward=self.name,
-                index=index,
-                reason=reason,
-            ) from exc
+            raise sample_failure(self.name, f"raised {type(exc).__name__}: {exc}", index, text) from exc
 
     def _validate(self, raw: Sequence[Any], texts: list[str], first: list[int]) -> list[float]:
         values: list[float | None] = []
@@ -283,5 +272,16 @@ def as_reward(
     function becomes a :class:`~langchain_aisp.rewards.FunctionReward`).
     """
     if on_invalid is not None or timeout is not None:
-        return SafeReward(to_reward(reward), on_invalid=on_invalid or "raise", timeout=timeout)  # type: ignore[arg-type]
-    return to_reward(reward)
+        return SafeReward(_to_reward(reward), on_invalid=on_invalid or "raise", timeout=timeout)  # type: ignore[arg-type]
+    return _to_reward(reward)
+
+
+def to_reward(reward: Reward | Callable[..., Any]) -> Reward:
+    """Deprecated alias of :func:`as_reward` (without keywords); it goes in 0.3."""
+    warnings.warn(
+        "langchain_aisp.rewards.to_reward is deprecated and goes in 0.3: use as_reward (the same, plus the "
+        "on_invalid / timeout keywords)",
+        DeprecationWarning,
+        stacklevel=2,
+    )
+    return as_reward(reward)

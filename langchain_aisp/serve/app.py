@@ -28,6 +28,7 @@ from langchain_aisp.serve.config import ServeConfig
 from langchain_aisp.serve.metrics import Metrics
 from langchain_aisp.serve.protocol import (
     APIError,
+    aisp_headers,
     aisp_summary,
     chunk_events,
     completion_body,
@@ -216,14 +217,15 @@ def create_app(config: ServeConfig | None = None, *, service: AlignmentService |
             run_ms=round(answer.run_seconds * 1000, 1),
         )
         model = service.served_model_name
+        headers = aisp_headers(aisp)
         if call.stream:
             events = chunk_events(
                 answer.message, completion_id=completion_id, model=model, aisp=aisp, include_usage=call.include_usage
             )
-            return StreamingResponse(
-                events, media_type="text/event-stream", headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-            )
-        return JSONResponse(completion_body(answer.message, completion_id=completion_id, model=model, aisp=aisp))
+            headers.update({"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+            return StreamingResponse(events, media_type="text/event-stream", headers=headers)
+        body = completion_body(answer.message, completion_id=completion_id, model=model, aisp=aisp)
+        return JSONResponse(body, headers=headers)
 
     return app
 

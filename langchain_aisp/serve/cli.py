@@ -20,6 +20,16 @@ from langchain_aisp.serve.config import API_KEY_ENV, DEFAULT_REWARD_SPEC, ServeC
 _INSTALL_HINT = "the server needs the 'serve' extra: pip install 'langchain-aisp[serve]'"
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """``(default: X)`` after an option's help, unless the help states its default or there is none to show."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        if "default" in text.lower() or action.default is None or action.default is False or action.default == []:
+            return text
+        return super()._get_help_string(action)
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="langchain-aisp", description="langchain-aisp command line")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -30,11 +40,11 @@ def _parser() -> argparse.ArgumentParser:
             "Serve POST /v1/chat/completions (JSON and SSE streaming), GET /v1/models, GET /health and GET /metrics. "
             "Requests that arrive within the batching window and share settings run as one Batched AISP engine run."
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=_HelpFormatter,
     )
     net = serve.add_argument_group("network and security")
     net.add_argument("--host", default="127.0.0.1", help="address to bind (0.0.0.0 exposes the server)")
-    net.add_argument("--port", type=int, default=8000)
+    net.add_argument("--port", type=int, default=8000, help="port to bind (0: a free port)")
     net.add_argument(
         "--api-key", default=None, help=f"bearer token required on /v1/* and /metrics (default: ${API_KEY_ENV}, if set)"
     )
@@ -49,14 +59,19 @@ def _parser() -> argparse.ArgumentParser:
         metavar="NAME=module:callable",
         help=f"register a reward by name (repeatable; the first is the default). Default: {DEFAULT_REWARD_SPEC}",
     )
-    model.add_argument("--device", default="auto")
-    model.add_argument("--dtype", default="auto")
+    model.add_argument(
+        "--app-dir",
+        default=".",
+        help="folder searched first for reward modules, as uvicorn's --app-dir (default: the working folder)",
+    )
+    model.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
+    model.add_argument("--dtype", default="auto", help="auto, float32, bfloat16 or float16")
     model.add_argument("--trust-remote-code", action="store_true")
     model.add_argument(
         "--num-threads",
         type=num_threads_arg,
         default=None,
-        help=f"torch CPU threads of the server: N or 'all' (default: ${NUM_THREADS_ENV}, else 1; see threads.py)",
+        help=f"torch CPU threads of the server: N or 'all' (default: ${NUM_THREADS_ENV}, else 1)",
     )
     model.add_argument("--no-warmup", action="store_true", help="skip the start-up check of every reward")
     aisp = serve.add_argument_group("defaults for requests that do not set them")
@@ -124,6 +139,7 @@ def config_from_args(args: argparse.Namespace) -> ServeConfig:
         max_pending_work=args.max_pending_work,
         max_body_bytes=args.max_body_bytes,
         warmup=not args.no_warmup,
+        app_dir=args.app_dir,
     )
 
 

@@ -1,7 +1,9 @@
 """Server settings: one validated dataclass shared by the CLI, the FastAPI app and the Ray Serve builder.
 
 Plain Python (no HTTP or Ray import). Rewards are registered by the operator, by name:
-``NAME=module:qualname`` specs are imported here, at start, never from a request.
+``NAME=module:qualname`` specs are imported at start, never from a request. With ``app_dir`` set
+(the CLI's ``--app-dir``, default ``.``) they are imported here, from that folder first, as uvicorn
+imports an app; without it, by the chat model from ``sys.path``.
 """
 
 from __future__ import annotations
@@ -93,6 +95,10 @@ class ServeConfig:
     """Largest request body accepted (413 above it)."""
     warmup: bool = True
     """Score a ping with every reward and decode one token at start, so a broken reward fails the start."""
+    app_dir: str | None = None
+    """Folder searched first for reward modules (as uvicorn's ``--app-dir``; put first on ``sys.path``);
+    string rewards are then imported when the config is built, and an error names the folder. None: the
+    rewards are imported from ``sys.path`` only, when the service starts."""
 
     def __post_init__(self) -> None:
         if self.api_key is None:
@@ -107,6 +113,8 @@ class ServeConfig:
                 raise ValueError(f"reward name {name!r} must be 1-64 letters, digits, '_', '.', '-'")
             if isinstance(reward, str):
                 parse_reward_spec(f"{name}={reward}")
+        if self.app_dir is not None:
+            self.rewards = {name: _import_reward(name, reward, self.app_dir) for name, reward in self.rewards.items()}
         unknown = sorted(set(self.defaults) - set(CHAT_MODEL_DEFAULTS))
         if unknown:
             raise ValueError(f"unknown server default(s) {unknown}; allowed: {list(CHAT_MODEL_DEFAULTS)}")
@@ -152,6 +160,18 @@ class ServeConfig:
     def to_mapping(self) -> dict[str, Any]:
         """Plain values (for shipping to Ray replicas); rewards given as objects are kept as objects."""
         return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+def _import_reward(name: str, reward: Any, app_dir: str) -> Any:
+    """A string reward imported from ``app_dir`` first (ValueError naming the reward, its path and the folder)."""
+    if not isinstance(reward, str):
+        return reward
+    from langchain_aisp.rewards.base import import_reward
+
+    try:
+        return import_reward(reward, app_dir=app_dir)
+    except (ImportError, AttributeError) as exc:
+        raise ValueError(f"reward {name!r} ({reward!r}) cannot be served: {exc}") from exc
 
 
 def _parse_rewards(raw: Any) -> dict[str, Any]:

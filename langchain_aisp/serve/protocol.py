@@ -21,6 +21,7 @@ from typing import Any
 
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage, ToolMessage
 
+from langchain_aisp._text import stream_pieces
 from langchain_aisp.engine.config import MAX_SEED, METHODS
 
 SUPPORTED_FIELDS = (
@@ -496,6 +497,21 @@ def aisp_summary(message: AIMessage, **extra: Any) -> dict[str, Any]:
     return out
 
 
+AISP_HEADERS = {
+    "x-aisp-reward": "reward",
+    "x-aisp-samples": "samples",
+    "x-aisp-iterations": "iterations",
+    "x-aisp-batch-prompts": "batch_prompts",
+}
+"""Response headers -> the ``aisp`` fields they repeat (for clients that drop unknown body fields, such as
+``ChatOpenAI(include_response_headers=True)``)."""
+
+
+def aisp_headers(aisp: dict[str, Any]) -> dict[str, str]:
+    """The key figures of an ``aisp`` object as response headers (a field that is None is left out)."""
+    return {header: str(aisp[key]) for header, key in AISP_HEADERS.items() if aisp.get(key) is not None}
+
+
 def _tool_calls(message: AIMessage) -> list[dict[str, Any]]:
     return [
         {
@@ -543,11 +559,6 @@ def completion_body(
     }
 
 
-def _pieces(text: str) -> list[str]:
-    """Stream pieces: words with their whitespace (they concatenate back to ``text``)."""
-    return re.findall(r"\s*\S+\s*|\s+", text)
-
-
 def chunk_events(
     message: AIMessage,
     *,
@@ -560,7 +571,9 @@ def chunk_events(
     """Server-sent events of a streamed answer, OpenAI's ``chat.completion.chunk`` format, ending in ``[DONE]``.
 
     The answer is selected before streaming starts (as ``AISPChatModel.stream`` does); the last
-    chunk with choices carries ``finish_reason`` and the ``aisp`` object.
+    chunk with choices carries ``finish_reason`` and the ``aisp`` object. With ``include_usage`` the
+    final chunk (no choices, the ``usage``) carries the ``aisp`` object too, so the last chunk a client
+    reads always has it.
     """
     created = int(time.time()) if created is None else created
 
@@ -581,7 +594,7 @@ def chunk_events(
 
     yield event(delta({"role": "assistant", "content": ""}))
     text = message.content if isinstance(message.content, str) else message.text
-    for piece in _pieces(text):
+    for piece in stream_pieces(text):
         yield event(delta({"content": piece}))
     for index, call in enumerate(_tool_calls(message)):
         yield event(delta({"tool_calls": [{"index": index, **call}]}))
@@ -590,5 +603,5 @@ def chunk_events(
         last["usage"] = None
     yield event(delta({}, _finish_reason(message)), **last)
     if include_usage:
-        yield event([], usage=_usage(message))
+        yield event([], usage=_usage(message), aisp=aisp)
     yield "data: [DONE]\n\n"

@@ -179,7 +179,7 @@ def run_one(spec: dict[str, Any], timeout: float) -> dict[str, Any]:
         "TOKENIZERS_PARALLELISM": "false",
         "HF_HUB_OFFLINE": "1",
     }
-    cmd = [sys.executable, "-m", "langchain_aisp.bench.threads", "--child", json.dumps(spec)]
+    cmd = [sys.executable, "-m", "langchain_aisp.bench.thread_scaling", "--child", json.dumps(spec)]
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env, check=False)
     except subprocess.TimeoutExpired:
@@ -361,6 +361,6 @@ if __name__ == "__main__":
     if len(sys.argv) == 3 and sys.argv[1] == "--child":
         print(json.dumps(child(json.loads(sys.argv[2]))))
         sys.exit(0)
-    parser = argparse.ArgumentParser(prog="python -m langchain_aisp.bench.threads")
+    parser = argparse.ArgumentParser(prog="python -m langchain_aisp.bench.thread_scaling")
     add_arguments(parser)
     sys.exit(cmd_threads(parser.parse_args()))

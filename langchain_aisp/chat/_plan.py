@@ -1,0 +1,428 @@
+"""Call planning: one call -> a :class:`Job`, the plan of a ``batch`` call, and the auto choice.
+
+A job holds what one call decodes: its settings, rendered prompt and token ids, grammar, and under
+``tool_choice="auto"`` a second, forced-call variant. ``BATCH_PLAN`` is a context variable (not shared
+state): it carries the jobs of one ``batch`` call to the per-input ``_generate`` calls so that they run
+as one Batched AISP engine call.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+import threading
+from collections.abc import Sequence
+from contextvars import ContextVar
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from langchain_core.language_models import LanguageModelInput
+from langchain_core.messages import BaseMessage
+
+from langchain_aisp import _chat_format as fmtlib
+from langchain_aisp import _grammar_llguidance as grammarlib
+from langchain_aisp.chat._progress import ProgressFn
+from langchain_aisp.engine.aisp import PromptResult, context_window_error
+from langchain_aisp.engine.config import AISPParams, SamplingParams, check_seed
+
+if TYPE_CHECKING:
+    from langchain_aisp.chat_models import AISPChatModel
+
+PER_CALL_FIELDS = (
+    "method",
+    "num_samples",
+    "num_iterations",
+    "sigma",
+    "lambda_",
+    "ess_target",
+    "alpha",
+    "tau",
+    "control",
+    "elite_fraction",
+    "token_step",
+    "max_tokens",
+    "temperature",
+    "top_p",
+    "top_k",
+    "seed",
+    "format_weight",
+)
+"""Fields of the model that a call may override (``invoke(..., temperature=0.5)``)."""
+
+BINDING_KWARGS = (
+    "tools",
+    "tool_choice",
+    "parallel_tool_calls",
+    "response_format",
+    "strict",
+    "model",
+    "stream",
+    "timeout",
+)
+"""Other per-call arguments (set by ``bind_tools`` / ``with_structured_output`` or passed directly)."""
+
+
+def check_timeout(value: Any) -> float | None:
+    """A call's timeout: a finite number of seconds > 0, or None."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (math.isfinite(value) and value > 0):
+        raise ValueError(f"timeout must be a finite number of seconds > 0 or None, got {value!r}")
+    return float(value)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """A call's resolved engine settings."""
+
+    params: AISPParams
+    sampling: SamplingParams
+    seed: int | None
+    format_weight: float
+    model: str | None
+
+    def key(self) -> tuple[Any, ...]:
+        return (self.params, self.sampling, self.seed, self.format_weight, self.model)
+
+    def batch_key(self) -> tuple[Any, ...]:
+        """What calls must share to run as one engine run (each prompt keeps its own seed)."""
+        return (self.params, self.sampling, self.format_weight, self.model)
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One engine prompt of a job: its token ids, rendered prompt (with prefill) and grammar."""
+
+    token_ids: list[int]
+    prompt: fmtlib.RenderedPrompt
+    constraint: Any
+
+
+@dataclass
+class Job:
+    """One call, validated and rendered: what the engine decodes for it and how to read the result."""
+
+    messages: list[BaseMessage]
+    token_ids: list[int]
+    prompt: fmtlib.RenderedPrompt
+    fmt: fmtlib.OutputFormat
+    settings: Settings
+    lm: Any
+    constraint: Any = None
+    """The compiled grammar of the reply (``_grammar_llguidance.LLGuidanceConstraint``), or None for free text."""
+    forced: Variant | None = None
+    """Under ``tool_choice="auto"``: the forced-call prompt decoded beside the prose one (half the samples each)."""
+    auto_choice: str | None = None
+    """Under ``tool_choice="auto"``, set by the run: "call" or "prose" (what the choice rule took)."""
+    timeout: float | None = None
+    """Wall-clock limit of this call in seconds (the call's ``timeout`` argument, else the model's)."""
+    deadline: float | None = None
+    """``time.monotonic()`` deadline fixed by ``prepare`` (its clock starts there); None: the run's start + timeout."""
+    batch_prompts: int | None = None
+    """Set by the run: how many calls shared its engine run (1 when the call ran alone)."""
+
+    def key(self) -> tuple[Any, ...]:
+        return (tuple(self.token_ids), self.fmt.key(), self.settings.key(), id(self.lm), self.timeout)
+
+    def batch_key(self) -> tuple[Any, ...]:
+        """Jobs with equal keys can share one engine run: same settings, loaded model and variant count."""
+        return (self.settings.batch_key(), id(self.lm), self.forced is None)
+
+    def variants(self) -> list[Variant]:
+        free = Variant(self.token_ids, self.prompt, self.constraint)
+        return [free] if self.forced is None else [free, self.forced]
+
+
+@dataclass
+class BatchPlan:
+    """The inputs of one ``batch`` call, rendered once: the first input of ``group`` to reach the engine runs
+    the whole group; the per-input calls claim their job here instead of rendering it again."""
+
+    owner: int
+    """``id`` of the model whose ``batch`` made the plan (a nested call on another model does not claim)."""
+    stop: list[str] | None
+    """The batch's ``stop`` argument (a claim must match it)."""
+    kwargs: dict[str, Any]
+    """The batch's other per-call arguments (a claim must match them)."""
+    jobs: list[Job]
+    """One job per input that rendered (inputs that failed to render are left to their own call)."""
+    group: list[int]
+    """Indices into ``jobs`` of the jobs that share one engine run (the largest compatible group)."""
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    claimed: list[bool] = field(default_factory=list)
+    progress: dict[int, ProgressFn] = field(default_factory=dict)
+    events: dict[int, list[dict[str, Any]]] = field(default_factory=dict)
+    delivered: dict[int, int] = field(default_factory=dict)
+    outcomes: list[PromptResult | BaseException] | None = None
+    """One per member of ``group``, set by the run."""
+    claim_lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def claim(self, messages: list[BaseMessage], stop: list[str] | None, kwargs: dict[str, Any]) -> int | None:
+        """The index in ``jobs`` of the first unclaimed job of these messages and arguments, else None."""
+        if stop != self.stop or kwargs != self.kwargs:
+            return None
+        with self.claim_lock:
+            if not self.claimed:
+                self.claimed = [False] * len(self.jobs)
+            for i, job in enumerate(self.jobs):
+                if not self.claimed[i] and job.messages == messages:
+                    self.claimed[i] = True
+                    return i
+        return None
+
+    def deliver(self, member: int) -> None:
+        """Send the progress events of ``group[member]`` that its caller has not seen yet."""
+        fn = self.progress.get(member)
+        pending = self.events.get(member, [])
+        start = self.delivered.get(member, 0)
+        if fn is not None:
+            for data in pending[start:]:
+                fn(data)
+            self.delivered[member] = len(pending)
+
+
+BATCH_PLAN: ContextVar[BatchPlan | None] = ContextVar("langchain_aisp_batch_plan", default=None)
+
+
+def check_model(model: AISPChatModel) -> None:
+    """Validate the model's settings together (``ValueError`` naming the field, the bad value and the range)."""
+    resolve_settings(model, {})  # AISPParams / SamplingParams raise ValueError naming the field and range
+    if (model.hf_model is None) != (model.tokenizer is None):
+        raise ValueError("hf_model and tokenizer must be passed together")
+    if model.llm is not None and model.hf_model is not None:
+        raise ValueError("pass either llm or hf_model + tokenizer, not both")
+    if model.max_batch_size < 1:
+        raise ValueError(f"max_batch_size must be an integer >= 1, got {model.max_batch_size}")
+    if not (isinstance(model.format_weight, (int, float)) and math.isfinite(model.format_weight)):
+        raise ValueError(f"format_weight must be a finite number >= 0, got {model.format_weight!r}")
+    if model.format_weight < 0:
+        raise ValueError(f"format_weight must be a finite number >= 0, got {model.format_weight}")
+    check_timeout(model.timeout)
+    if isinstance(model.max_retries, bool) or not 0 <= model.max_retries <= 100:
+        raise ValueError(f"max_retries must be an integer in [0, 100], got {model.max_retries!r}")
+
+
+def resolve_settings(model: AISPChatModel, overrides: dict[str, Any]) -> Settings:
+    """The model's settings with a call's ``overrides``; raises ``ValueError`` naming the field and range."""
+    values = {name: overrides.get(name, getattr(model, name)) for name in PER_CALL_FIELDS}
+    temperature = values["temperature"]
+    if (
+        isinstance(temperature, bool)
+        or not isinstance(temperature, (int, float))
+        or not math.isfinite(temperature)
+        or temperature < 0
+    ):
+        raise ValueError(f"temperature must be a finite number >= 0 (0 means greedy), got {temperature!r}")
+    greedy = temperature == 0
+    params = AISPParams(**{f.name: values[f.name] for f in dataclasses.fields(AISPParams)})
+    seed = check_seed(values["seed"])
+    sampling = SamplingParams(
+        max_tokens=values["max_tokens"],
+        temperature=1.0 if greedy else float(temperature),
+        top_p=values["top_p"],
+        top_k=1 if greedy else values["top_k"],
+        stop=tuple(overrides["stop"] if overrides.get("stop") is not None else (model.stop or ())),
+    )
+    return Settings(params, sampling, seed, float(values["format_weight"]), overrides.get("model", model.model))
+
+
+def output_format(kwargs: dict[str, Any]) -> fmtlib.OutputFormat:
+    """The reply format of a call from its ``tools`` / ``tool_choice`` / ``response_format`` / ``strict``."""
+    tools = tuple(kwargs.get("tools") or ())
+    names = [t["name"] for t in tools]
+    choice = fmtlib.normalize_tool_choice(kwargs.get("tool_choice"), names) if tools else "auto"
+    response_format = kwargs.get("response_format")
+    schema = None
+    if response_format is not None:
+        if not isinstance(response_format, dict) or response_format.get("type") not in ("json_schema", "json_mode"):
+            raise ValueError(
+                "response_format must be {'type': 'json_schema' | 'json_mode', 'schema': {...}}, "
+                f"got {response_format!r}"
+            )
+        schema = response_format.get("schema") or {"type": "object"}
+    strict = kwargs.get("strict")
+    if strict is not None and not isinstance(strict, bool):
+        raise ValueError(f"strict must be True, False or None, got {strict!r}")
+    return fmtlib.OutputFormat(
+        tools=tools,
+        tool_choice=choice,
+        json_schema=schema,
+        parallel_tool_calls=kwargs.get("parallel_tool_calls") is True,
+        strict=strict,
+    )
+
+
+def grammars(fmt: fmtlib.OutputFormat) -> list[str]:
+    """The grammar(s) of a reply of ``fmt``; [] for free text.
+
+    Forced calls and JSON: one grammar. ``tool_choice="auto"``: two, prose (no ``<``, so no
+    call tag) and forced calls; each is decoded from its own prompt with half the samples, and
+    :func:`_chat_format.auto_choice_score` decides between them (see :func:`merge_variants`).
+    """
+    strict = fmt.strict is not False
+    if fmt.calls_tools:
+        tools, parallel = list(fmt.tools), fmt.parallel_tool_calls
+        if fmt.tool_choice == "auto":
+            return [
+                grammarlib.prose_grammar(),
+                grammarlib.tool_call_grammar(tools, choice="any", parallel=parallel, strict=strict),
+            ]
+        return [grammarlib.tool_call_grammar(tools, choice=fmt.tool_choice, parallel=parallel, strict=strict)]
+    if fmt.json_schema is not None:
+        return [grammarlib.json_grammar(fmt.json_schema, strict=strict)]
+    return []
+
+
+def unknown_arguments(names: Sequence[str], known: Sequence[str]) -> str:
+    """``['temprature'] (did you mean 'temperature'?)``: the unknown names, each with its closest known name."""
+    hints = []
+    for name in names:
+        close = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
+        if close:
+            hints.append(f"{name!r} -> {close[0]!r}" if len(names) > 1 else repr(close[0]))
+    hint = f" (did you mean {', '.join(hints)}?)" if hints else ""
+    return f"{sorted(names)}{hint}"
+
+
+def check_kwargs(kwargs: dict[str, Any]) -> None:
+    """Refuse a per-call argument the model does not know, naming the closest known one."""
+    known = (*PER_CALL_FIELDS, *BINDING_KWARGS)
+    unknown = sorted(set(kwargs) - set(known))
+    if unknown:
+        raise TypeError(
+            f"AISPChatModel got unsupported keyword argument(s) {unknown_arguments(unknown, (*known, 'stop'))}; "
+            f"per-call arguments are {sorted(PER_CALL_FIELDS)} plus stop, model, timeout, tools, tool_choice, "
+            "parallel_tool_calls, response_format"
+        )
+
+
+def build_job(model: AISPChatModel, messages: list[BaseMessage], stop: list[str] | None, kwargs: dict[str, Any]) -> Job:
+    """Validate and render one call (raises ``ValueError`` / ``TypeError`` on bad input)."""
+    check_kwargs(kwargs)
+    out_fmt = output_format(kwargs)
+    timeout = check_timeout(kwargs["timeout"]) if "timeout" in kwargs else model.timeout
+    lm = model._get_lm(kwargs.get("model"))
+    reply_grammars = grammars(out_fmt)
+    vocab, eos = int(lm.head_weight.shape[0]), lm.eos_token_ids
+    constraint, prefill, forced_grammar = None, "", None
+    if len(reply_grammars) == 1:  # forced call / JSON: prefill what every reply must start with
+        prefill = grammarlib.forced_prefix(lm.tokenizer, vocab, eos, reply_grammars[0])
+        constraint = grammarlib.compile_constraint(lm.tokenizer, vocab, eos, reply_grammars[0], prefill)
+    elif reply_grammars:  # auto: a prose prompt and a forced-call prompt
+        constraint = grammarlib.compile_constraint(lm.tokenizer, vocab, eos, reply_grammars[0], "", close=False)
+        forced_grammar = reply_grammars[1]
+    prompt = fmtlib.render(lm.tokenizer, messages, out_fmt, prefill)
+    overrides = {k: kwargs[k] for k in PER_CALL_FIELDS if k in kwargs}
+    if isinstance(stop, str):
+        stop = [stop]  # a lone string is one stop string, not one per character
+    stops = list(stop if stop is not None else (model.stop or []))
+    if prompt.plain:
+        stops.append(fmtlib.PLAIN_STOP)
+    overrides["stop"] = list(dict.fromkeys(stops))
+    if "model" in kwargs:
+        overrides["model"] = kwargs["model"]
+    settings = resolve_settings(model, overrides)
+    token_ids = list(lm.tokenizer(prompt.text, add_special_tokens=False).input_ids)
+    limit = lm.max_context
+    if limit is not None and len(token_ids) + settings.sampling.max_tokens > limit:
+        raise ValueError(
+            context_window_error("the conversation", len(token_ids), settings.sampling.max_tokens, limit, lm.name)
+        )
+    forced = None if forced_grammar is None else _forced_variant(lm, messages, out_fmt, forced_grammar)
+    return Job(list(messages), token_ids, prompt, out_fmt, settings, lm, constraint, forced, timeout=timeout)
+
+
+def _forced_variant(lm: Any, messages: list[BaseMessage], out_fmt: fmtlib.OutputFormat, forced_grammar: str) -> Variant:
+    """The forced-call prompt of a ``tool_choice="auto"`` call.
+
+    One forced-call row per tool, the tools most related to the request first, with arguments
+    taken from the conversation (the choice rule accepts no other); strict=False: the user's own
+    keywords were checked at bind time, values from the conversation may not satisfy all of them.
+    """
+    vocab, eos = int(lm.head_weight.shape[0]), lm.eos_token_ids
+    forced_prefill = grammarlib.forced_prefix(lm.tokenizer, vocab, eos, forced_grammar)
+    forced_prompt = fmtlib.render(lm.tokenizer, messages, out_fmt, forced_prefill)
+    grounded = fmtlib.grounded_tools(out_fmt, messages)
+    per_tool = [
+        grammarlib.tool_call_grammar(grounded, choice=name, strict=False)
+        for name in fmtlib.rank_tools(out_fmt, messages)
+    ]
+    return Variant(
+        list(lm.tokenizer(forced_prompt.text, add_special_tokens=False).input_ids),
+        forced_prompt,
+        grammarlib.compile_constraint(lm.tokenizer, vocab, eos, per_tool, forced_prefill),
+    )
+
+
+TRACING_KWARGS = ("ls_structured_output_format",)
+"""Arguments langchain-core takes off before ``_generate`` (tracing only)."""
+
+
+def plan_batch(model: AISPChatModel, inputs: Sequence[LanguageModelInput], kwargs: dict[str, Any]) -> BatchPlan | None:
+    """Render every input once, up front; inputs that fail to render are left to their own call (and error)."""
+    stop = kwargs.get("stop")
+    call_kwargs = {k: v for k, v in kwargs.items() if k != "stop" and k not in TRACING_KWARGS}
+    jobs = []
+    for item in inputs:
+        try:
+            messages = model._convert_input(item).to_messages()
+            jobs.append(build_job(model, messages, stop, call_kwargs))
+        except Exception:
+            continue
+    groups: dict[tuple[Any, ...], list[int]] = {}
+    for i, job in enumerate(jobs):
+        groups.setdefault(job.batch_key(), []).append(i)
+    if not groups:
+        return None
+    largest = max(groups.values(), key=len)
+    return BatchPlan(owner=id(model), stop=stop, kwargs=call_kwargs, jobs=jobs, group=largest)
+
+
+def merge_variants(
+    entries: Sequence[tuple[int, Variant]], results: Sequence[PromptResult | None], jobs: Sequence[Job]
+) -> list[PromptResult | None]:
+    """One result per job. A job with a forced-call variant (``tool_choice="auto"``) returns that
+    variant's best sample when it is a valid, grounded, new call (:func:`_chat_format.auto_choice_score`
+    is positive), else the prose variant's best: the choice does not depend on the reward's scale.
+
+    The forced variant's prefill is put in front of its texts (the free prompt has none); samples,
+    tokens and per-iteration rewards of both variants are reported together.
+    """
+    merged: list[PromptResult | None] = [None] * len(jobs)
+    seen: set[int] = set()
+    for (i, variant), result in zip(entries, results, strict=False):
+        forced = i in seen  # a job's second variant is its forced-call prompt
+        seen.add(i)
+        if result is None:
+            continue
+        if forced:
+            result = dataclasses.replace(
+                result,
+                text=variant.prompt.prefill + result.text,
+                texts=[[variant.prompt.prefill + t for t in ts] for ts in result.texts],
+            )
+        current = merged[i]
+        if current is None:
+            merged[i] = result
+            continue
+        call = fmtlib.auto_choice_score(result.text, jobs[i].fmt, jobs[i].messages) > 0
+        jobs[i].auto_choice = "call" if call else "prose"
+        best = result if call else current
+        merged[i] = dataclasses.replace(
+            best,
+            samples=current.samples + result.samples,
+            generated_tokens=current.generated_tokens + result.generated_tokens,
+            rewards=[a + b for a, b in zip(current.rewards, result.rewards, strict=False)],
+            texts=[a + b for a, b in zip(current.texts, result.texts, strict=False)],
+        )
+    return merged
+
+
+def format_term(text: str, job: Job) -> float:
+    """The format term of one reply (times ``format_weight``): validity, or the auto-choice rule."""
+    if job.fmt.calls_tools:
+        if job.fmt.tool_choice == "auto":
+            return fmtlib.auto_choice_score(text, job.fmt, job.messages)
+        return fmtlib.forced_call_score(text, job.fmt, job.messages)
+    return fmtlib.format_validity(text, job.fmt)
