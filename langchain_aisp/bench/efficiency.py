@@ -277,7 +277,7 @@ def run_pool(
 ) -> dict[str, Any]:
     """Decode the BoN pool of every prompt once, score it with every reward; JSON-ready record."""
     params = AISPParams(method="bon", num_samples=config.pool, num_iterations=1)
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     results = run(
         lm,
         prompt_ids,
@@ -287,9 +287,9 @@ def run_pool(
         seed=seed + POOL_SEED_OFFSET,
         max_batch_size=config.max_batch_size,
     )
-    decode_s = time.perf_counter() - start
+    decode_s, decode_cpu_s = time.perf_counter() - start, time.process_time() - cpu_start
     conversations = [p.conversation() for p in prompts]
-    record: dict[str, Any] = {"decode_s": decode_s, "reward_s": {}, "prompts": []}
+    record: dict[str, Any] = {"decode_s": decode_s, "decode_cpu_s": decode_cpu_s, "reward_s": {}, "prompts": []}
     texts = [r.texts[0] for r in results]
     scored: dict[str, list[list[float]]] = {}
     for name, reward in rewards.items():
@@ -326,9 +326,9 @@ def run_method_cell(
 ) -> dict[str, Any]:
     """One method on every prompt for one reward and seed (one batched call); JSON-ready record."""
     scorer = TimedScore(engine_score(reward, [p.conversation() for p in prompts], reward_name), reward_name)
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     results = method.fn(lm, prompt_ids, scorer, config.sampling(), seed, config.max_batch_size)
-    wall_s = time.perf_counter() - start
+    wall_s, cpu_s = time.perf_counter() - start, time.process_time() - cpu_start
     per_prompt = []
     for r in results:
         texts = [t for iteration in r.texts for t in iteration]
@@ -341,7 +341,13 @@ def run_method_cell(
                 **_quality(texts, r.text, prompts[r.index], embedder),
             }
         )
-    return {"wall_s": wall_s, "reward_s": scorer.seconds, "budget": method.budget, "prompts": per_prompt}
+    return {
+        "wall_s": wall_s,
+        "cpu_s": cpu_s,
+        "reward_s": scorer.seconds,
+        "budget": method.budget,
+        "prompts": per_prompt,
+    }
 
 
 def run_efficiency(
