@@ -26,7 +26,7 @@ from __future__ import annotations
 import json
 import re
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -251,7 +251,12 @@ def to_template_messages(messages: Sequence[BaseMessage], native_tools: bool) ->
                         "role": "assistant",
                         "content": text,
                         "tool_calls": [
-                            {"type": "function", "function": {"name": c["name"], "arguments": c["args"]}} for c in calls
+                            {
+                                "type": "function",
+                                "id": c.get("id"),
+                                "function": {"name": c["name"], "arguments": c["args"]},
+                            }
+                            for c in calls
                         ],
                     }
                 )
@@ -315,12 +320,40 @@ class RenderedPrompt:
     """True when the plain fallback was used (no chat template)."""
 
 
-def render(tokenizer: Any, messages: Sequence[BaseMessage], fmt: OutputFormat, prefill: str = "") -> RenderedPrompt:
-    """Render a conversation for generation (tools and JSON instructions included), ending in ``prefill``."""
+def _with_call_ids(message: dict[str, Any], call_id: Callable[[str], str]) -> dict[str, Any]:
+    """A template message with its tool-call ids (or the id its tool result answers) passed through ``call_id``."""
+    out = dict(message)
+    if out.get("tool_calls"):
+        out["tool_calls"] = [{**c, "id": call_id(str(c.get("id") or ""))} for c in out["tool_calls"]]
+    if "tool_call_id" in out:
+        out["tool_call_id"] = call_id(str(out["tool_call_id"] or ""))
+    return out
+
+
+def render(
+    tokenizer: Any,
+    messages: Sequence[BaseMessage],
+    fmt: OutputFormat,
+    prefill: str = "",
+    *,
+    native_tools: bool | None = None,
+    template_kwargs: dict[str, Any] | None = None,
+    call_id: Callable[[str], str] | None = None,
+) -> RenderedPrompt:
+    """Render a conversation for generation (tools and JSON instructions included), ending in ``prefill``.
+
+    ``native_tools``: render tools through the template (None: when it supports them);
+    ``template_kwargs``: extra ``apply_chat_template`` arguments (``enable_thinking``); ``call_id``: rewrites
+    the tool-call ids of natively rendered calls and results (Mistral's templates want 9 characters).
+    """
     if not messages:
         raise ValueError("cannot generate from an empty conversation (0 messages)")
-    native = fmt.calls_tools and supports_native_tools(tokenizer) and has_chat_template(tokenizer)
+    if native_tools is None:
+        native_tools = supports_native_tools(tokenizer)
+    native = fmt.calls_tools and native_tools and has_chat_template(tokenizer)
     dicts = to_template_messages(messages, native_tools=native)
+    if native and call_id is not None:
+        dicts = [_with_call_ids(d, call_id) for d in dicts]
     extra = []
     if fmt.calls_tools and not native:
         extra.append(tools_system_text(fmt))
@@ -333,7 +366,7 @@ def render(tokenizer: Any, messages: Sequence[BaseMessage], fmt: OutputFormat, p
     if not has_chat_template(tokenizer):
         text = plain_prompt(dicts)
         return RenderedPrompt(text + (" " + prefill if prefill else ""), (" " + prefill) if prefill else "", True)
-    kwargs: dict[str, Any] = {"add_generation_prompt": True, "tokenize": False}
+    kwargs: dict[str, Any] = {**(template_kwargs or {}), "add_generation_prompt": True, "tokenize": False}
     if native:
         kwargs["tools"] = [{"type": "function", "function": t} for t in fmt.tools]
     try:

@@ -35,6 +35,7 @@ Module-level caches (documented, bounded, guarded by ``_LOCK``):
 from __future__ import annotations
 
 import json
+import re
 import threading
 import weakref
 from collections import OrderedDict
@@ -97,27 +98,67 @@ def json_grammar(schema: dict[str, Any], *, strict: bool = True) -> str:
     return _check(grammar, "the JSON schema")
 
 
-def _call_schema(tool: dict[str, Any]) -> dict[str, Any]:
+@dataclass(frozen=True)
+class CallSyntax:
+    """How a reply writes its tool calls (a chat template's own format; see ``chat/_tool_formats.py``).
+
+    A reply of calls is ``tag prefix call (separator call)* suffix`` (one call unless parallel), each
+    call ``call_open {"name": ..., <args_key>: {...}} call_close``.
+    """
+
+    call_open: str = TOOL_CALL_OPEN + "\n"
+    """Text before each call's JSON object."""
+    call_close: str = "\n" + TOOL_CALL_CLOSE
+    """Text after each call's JSON object."""
+    separator: str = "\n"
+    """Text between two calls (parallel calls)."""
+    args_key: str = "arguments"
+    """The key of the arguments object ("parameters" for Llama 3.1+)."""
+    tag: str = ""
+    """A marker before all calls (Mistral's ``[TOOL_CALLS]``)."""
+    tag_token: int | None = None
+    """The token id of ``tag`` when it is a single special token (the grammar then asks for that token)."""
+    prefix: str = ""
+    """Text after ``tag``, before the first call (Mistral: ``" ["``)."""
+    suffix: str = ""
+    """Text after the last call (Mistral: ``"]"``)."""
+
+
+HERMES = CallSyntax()
+"""The Hermes / Qwen ``<tool_call>`` format (the documented one)."""
+
+
+def _literal(text: str) -> str:
+    return json.dumps(text, ensure_ascii=False) if text else ""
+
+
+def _call_schema(tool: dict[str, Any], args_key: str = "arguments") -> dict[str, Any]:
     params = tool.get("parameters") or {"type": "object", "properties": {}}
     if isinstance(params, dict) and params.get("type") == "object" and not params.get("properties"):
         params = {**params, "properties": {}}  # no arguments: exactly {}
     return {
         "type": "object",
-        "properties": {"name": {"const": tool["name"]}, "arguments": params},
-        "required": ["name", "arguments"],
+        "properties": {"name": {"const": tool["name"]}, args_key: params},
+        "required": ["name", args_key],
         "additionalProperties": False,
     }
 
 
 def tool_call_grammar(
-    tools: Sequence[dict[str, Any]], *, choice: str, parallel: bool = False, strict: bool = True
+    tools: Sequence[dict[str, Any]],
+    *,
+    choice: str,
+    parallel: bool = False,
+    strict: bool = True,
+    syntax: CallSyntax = HERMES,
 ) -> str:
     """The grammar of a reply under ``tool_choice``.
 
     ``choice`` is "any" (one or more calls of any bound tool), a tool name (calls of that
     tool), or "auto" (either prose without ``<`` characters, or prose followed by calls).
     Each call is ``<tool_call>\\n{"name": ..., "arguments": {...}}\\n</tool_call>``;
-    with ``parallel`` several calls follow each other, separated by a newline.
+    with ``parallel`` several calls follow each other, separated by a newline. ``syntax``: another
+    call format (a chat template's own, :class:`CallSyntax`).
     """
     if not tools:
         raise GrammarError("tool_call_grammar needs at least one tool")
@@ -125,12 +166,14 @@ def tool_call_grammar(
     if choice not in ("any", "auto") and choice not in names:
         raise GrammarError(f"tool choice must be 'any', 'auto' or one of {names}, got {choice!r}")
     chosen = [t for t in tools if choice in ("any", "auto") or t["name"] == choice]
-    schemas = [_call_schema(t) for t in chosen]
+    schemas = [_call_schema(t, syntax.args_key) for t in chosen]
     body = schemas[0] if len(schemas) == 1 else {"anyOf": schemas}
+    tag = f"<[{syntax.tag_token}]>" if syntax.tag_token is not None else _literal(syntax.tag)
+    more = f"({_literal(syntax.separator)} call)*" if parallel else ""
     lines = [
         "start: TEXT | TEXT? calls" if choice == "auto" else "start: calls",
-        'calls: call ("\\n" call)*' if parallel else "calls: call",
-        f'call: "{TOOL_CALL_OPEN}\\n" body "\\n{TOOL_CALL_CLOSE}"',
+        " ".join(["calls:", tag, _literal(syntax.prefix), "call", more, _literal(syntax.suffix)]),
+        " ".join(["call:", _literal(syntax.call_open), "body", _literal(syntax.call_close)]),
         "body: %json " + json.dumps(_with_options(body, strict), ensure_ascii=False),
         "TEXT: /[^<]+/",
     ]
@@ -138,9 +181,11 @@ def tool_call_grammar(
     return _check(grammar, "the tool definitions (" + ", ".join(names) + ")")
 
 
-def prose_grammar() -> str:
-    """Free text without ``<`` (so no ``<tool_call>`` tag): the free rows under ``tool_choice="auto"``."""
-    return _check(llguidance.LLMatcher.grammar_from_lark("start: TEXT\nTEXT: /[^<]+/\n"), "the prose grammar")
+def prose_grammar(pattern: str = "[^<]+") -> str:
+    """Free text matching ``pattern`` (default: no ``<``, so no ``<tool_call>`` tag): the free rows under
+    ``tool_choice="auto"``."""
+    grammar = llguidance.LLMatcher.grammar_from_lark(f"start: TEXT\nTEXT: /{pattern}/\n")
+    return _check(grammar, "the prose grammar")
 
 
 # --- compiled grammars and matchers ----------------------------------------------------------
@@ -338,5 +383,10 @@ def forced_prefix(tokenizer: Any, vocab_size: int, eos_token_ids: Sequence[int],
     """
     template = _compiled(_tokenizer(tokenizer, vocab_size, eos_token_ids), tokenizer, grammar, "")
     with _LOCK:
-        forced = template.deep_copy().compute_ff_bytes()
-    return bytes(forced).decode("utf-8", errors="ignore").rstrip()
+        forced = bytes(template.deep_copy().compute_ff_bytes())
+    # a special token (``<[id]>`` in the grammar) is forced as the bytes 0xFF "[id]": write the token's own text
+    forced = _SPECIAL_BYTES.sub(lambda m: tokenizer.convert_ids_to_tokens(int(m.group(1))).encode(), forced)
+    return forced.decode("utf-8", errors="ignore").rstrip()
+
+
+_SPECIAL_BYTES = re.compile(rb"\xff\[(\d+)\]")

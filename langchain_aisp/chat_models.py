@@ -43,6 +43,7 @@ from langchain_aisp.chat._messages import to_chunks, to_message
 from langchain_aisp.chat._plan import Job
 from langchain_aisp.chat._progress import PROGRESS_EVENT, ProgressFn
 from langchain_aisp.chat._structured import StructuredMethod, structured_output
+from langchain_aisp.chat._tool_formats import ToolFormatName
 from langchain_aisp.engine.aisp import PromptResult, RewardError, run
 from langchain_aisp.engine.config import (
     DEFAULT_ALPHA,
@@ -83,7 +84,15 @@ __all__ = [
     "clear_model_cache",
 ]
 
-_IDENTIFYING_FIELDS = (*_plan.PER_CALL_FIELDS, "stop")
+_IDENTIFYING_FIELDS = (
+    *_plan.PER_CALL_FIELDS,
+    "stop",
+    "reasoning",
+    "reasoning_tags",
+    "thinking_budget",
+    "score_reasoning",
+    "tool_format",
+)
 """Fields that tell two configurations apart (with the model, the reward and the control memory)."""
 
 
@@ -347,6 +356,30 @@ class AISPChatModel(BaseChatModel):
     ``RETRY_WAIT_MAX`` s between attempts, never past ``timeout``) before the run fails with
     ``RewardError``. 0: no retry (a local reward that raises once will raise again)."""
 
+    reasoning: bool | None = None
+    """Thinking models (Qwen3, SmolLM3, DeepSeek-R1 distills): None uses the chat template's default, True
+    thinks (an error for a model whose template has no think section, unless ``reasoning_tags`` is set),
+    False turns thinking off (``enable_thinking=False`` where the template takes it, else an empty think
+    section is prefilled). The reasoning goes to ``additional_kwargs["reasoning_content"]``, the answer to
+    ``content``."""
+
+    reasoning_tags: tuple[str, str] | None = None
+    """The (open, close) think tags; None detects them from the chat template (``<think>``, ``</think>``)."""
+
+    thinking_budget: int | None = None
+    """Most thinking tokens, >= 0: then the closing tag is forced. With a budget the engine decodes
+    ``thinking_budget + len(closing tag) + max_tokens`` tokens, so the answer always keeps ``max_tokens``;
+    None: no limit, thinking and answer share ``max_tokens``."""
+
+    score_reasoning: bool = False
+    """False: the reward scores the answer only; True: the whole reply (the think section with its tags, then
+    the answer)."""
+
+    tool_format: ToolFormatName = "auto"
+    """The tool-call format: ``"auto"`` (the chat template's own when it renders tools in a known format:
+    ``"hermes"`` ``<tool_call>``, ``"llama3"`` ``{"name", "parameters"}``, ``"mistral"`` ``[TOOL_CALLS]``;
+    else ``"documented"``, the tools described in the system message) or one of those names."""
+
     _reward: Reward = PrivateAttr()
     _lm: Any = PrivateAttr(default=None)
     _lm_lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
@@ -518,6 +551,25 @@ class AISPChatModel(BaseChatModel):
                     else:
                         self._lm = cached_lm(self.model, self.device, self.dtype, self.trust_remote_code)
         return self._lm
+
+    def warmup(self, rows: Sequence[int] | None = None, prompt_tokens: Sequence[int] = (64,)) -> list[dict[str, Any]]:
+        """Build this model's static decoding buckets before the first call (compiled under ``decoding="compiled"``,
+        or ``"auto"`` on CUDA, and saved to the compile cache). ``rows`` defaults to ``num_samples``;
+        ``prompt_tokens``: rendered prompt lengths (chat template included) of the calls to come. Returns one
+        entry per bucket (:func:`langchain_aisp.engine.decode.warmup.warmup`); [] where decoding is eager."""
+        from langchain_aisp.engine.decode.warmup import warmup
+
+        settings = _plan.resolve_settings(self, {})
+        sizes = rows or (1 if settings.params.method == "sample" else settings.params.num_samples,)
+        sampling = settings.sampling
+        return warmup(
+            self._get_lm(),
+            rows=sizes,
+            max_tokens=(sampling.max_tokens,),
+            prompt_tokens=prompt_tokens,
+            decoding=self.decoding,
+            sampling=sampling,
+        )
 
     # --- the LangChain entry points -------------------------------------------------------
 
@@ -705,7 +757,11 @@ class AISPChatModel(BaseChatModel):
         return PreparedCall(job)
 
     def run_prepared(
-        self, calls: Sequence[PreparedCall], *, keep: Callable[[int], bool] | None = None
+        self,
+        calls: Sequence[PreparedCall],
+        *,
+        keep: Callable[[int], bool] | None = None,
+        runner: Callable[..., list[PromptResult]] | None = None,
     ) -> list[AIMessage | BaseException]:
         """Run prepared calls: those with equal ``batch_key`` share one Batched AISP engine run.
 
@@ -715,7 +771,9 @@ class AISPChatModel(BaseChatModel):
         reward failed on that call's responses, or :class:`RunCancelledError` when ``keep(i)``
         returned False at an iteration boundary (the call stopped there, the others went on).
         An error of the whole engine run is the outcome of every call of that run. No callbacks
-        are invoked (this is the entry for servers; use ``batch`` in chains).
+        are invoked (this is the entry for servers; use ``batch`` in chains). ``runner`` (default: the
+        model's engine entry, :func:`~langchain_aisp.engine.aisp.run`) runs each engine call, e.g. a continuous
+        :class:`~langchain_aisp.engine.scheduler.Scheduler`'s ``run``.
         """
         groups: dict[tuple[Any, ...], list[int]] = {}
         for i, call in enumerate(calls):
@@ -725,7 +783,7 @@ class AISPChatModel(BaseChatModel):
             jobs = [calls[i]._job for i in members]
             group_keep = None if keep is None else (lambda pos, members=members: keep(members[pos]))
             try:
-                results = _execute.run_jobs(self, jobs, lambda _i, _data: None, keep=group_keep)
+                results = _execute.run_jobs(self, jobs, lambda _i, _data: None, keep=group_keep, runner=runner)
             except Exception as exc:
                 results = [exc] * len(jobs)
             for i, job, result in zip(members, jobs, results, strict=True):

@@ -59,8 +59,12 @@ def main() -> int:
     parser.add_argument("--out", default="cpu-static-vs-eager.json")
     args = parser.parse_args()
     torch.set_num_threads(1)
-    base_decoding = _load("base_decoding", Path(args.base) / "langchain_aisp" / "decoding.py")
-    base_aisp = _load("base_aisp", Path(args.base) / "langchain_aisp" / "aisp.py")
+    package = Path(args.base) / "langchain_aisp"
+    engine = package / "engine"  # since the engine moved (0.2); older checkouts keep the top-level modules
+    base_decoding = _load(
+        "base_decoding", engine / "decode" / "eager.py" if engine.is_dir() else package / "decoding.py"
+    )
+    base_aisp = _load("base_aisp", engine / "aisp.py" if engine.is_dir() else package / "aisp.py")
     lm = _no_eos(load_causal_lm(None, device="cpu"))
     ids = render(lm, THROUGHPUT_PROMPT)
 

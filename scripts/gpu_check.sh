@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
-# Issue-11 GPU check: static vs eager decoding, generate (eager / static cache), the weights-only
-# bandwidth limit, one AISP 8x4 answer end to end and Batched AISP vs BoN, on random-weight Llama
-# shapes (135M, 1.7B, 8B) with the default tokenizer. Finishes in under 6 minutes on an H100/H200
-# (stages that would not fit in --budget-s, default 330 s, are skipped and reported as such).
-# Needs torch and transformers only.
+# Issue-20 GPU check: warm-up (compile cache), the default path's ms/step at 1.7B and 8B (batch 1/8/64),
+# a fresh process's first call with a warm cache, the fp32 control's logit shift in bf16 and fp16, the
+# grammar-masked step at batch 8/32, and engine-level serving throughput at 16/64 clients, on random-weight
+# Llama shapes with the default tokenizer; stages that would not fit in --budget-s (default 520 s) are
+# skipped and reported as such (--issue11: the earlier static-vs-eager-vs-generate plan). Needs torch and
+# transformers only. See docs/benchmarks.md ("issue 20") for how a session with a lent GPU runs it.
 #
-#   OUT=results/ scripts/gpu_check.sh [--tokenizer DIR] [--budget-s 330] [--only throughput:1.7B]
-#   OUT=/tmp/smoke scripts/gpu_check.sh --smoke      # tiny model, tiny budgets: checks the script (CPU is fine)
+#   OUT=results/ scripts/gpu_check.sh [--tokenizer DIR] [--budget-s 520] [--only default:1.7B]
+#   OUT=/tmp/dry scripts/gpu_check.sh --dry-run     # tiny model, tiny budgets, no compile (CPU is fine)
 #
 # Writes $OUT/report.json (every stage, as it completes), $OUT/report.md and $OUT/log.txt.
 set -uo pipefail

@@ -13,8 +13,8 @@ import threading
 import pytest
 import torch
 
-import langchain_aisp.engine.aisp as aisp_mod
 import langchain_aisp.engine.decode.eager as decoding_mod
+import langchain_aisp.engine.loop as loop_mod
 from langchain_aisp import _grammar_llguidance as grammarlib
 from langchain_aisp.engine.aisp import RunTimeoutError, run
 from langchain_aisp.engine.config import AISPParams, SamplingParams
@@ -287,7 +287,7 @@ class FakeClock:
 
 def test_deadline_returns_best_of_finished_iterations(tiny_lm, encode, monkeypatch):
     clock = FakeClock()
-    monkeypatch.setattr(aisp_mod.time, "monotonic", clock)
+    monkeypatch.setattr(loop_mod.time, "monotonic", clock)
     calls = []
 
     def reward(indices, responses):
@@ -486,7 +486,7 @@ def test_static_decode_stops_at_the_deadline_like_the_eager_one(tiny_lm, encode,
 def test_deadline_outcomes_are_the_same_on_both_paths(tiny_lm, encode, monkeypatch, decoding):
     tiny_lm = dataclasses.replace(tiny_lm)  # its own static cache, freed with it
     clock = FakeClock()
-    monkeypatch.setattr(aisp_mod.time, "monotonic", clock)
+    monkeypatch.setattr(loop_mod.time, "monotonic", clock)
 
     def reward(indices, responses):
         clock.now = 11.0  # the deadline passes while the first iteration is scored
@@ -537,7 +537,7 @@ def test_per_prompt_deadlines_stop_only_the_prompt_out_of_time(tiny_lm, encode, 
     sampling = SamplingParams(max_tokens=8)
     reference = run(tiny_lm, prompts, length_reward, params, sampling, seed=5, decoding=decoding)
     clock = FakeClock()
-    monkeypatch.setattr(aisp_mod.time, "monotonic", clock)
+    monkeypatch.setattr(loop_mod.time, "monotonic", clock)
 
     def reward(indices, responses):
         clock.now = 11.0  # prompt 0's deadline passes while the first iteration is scored
@@ -556,14 +556,14 @@ def test_decoding_is_cut_only_when_every_running_prompt_is_out_of_time(tiny_lm, 
     params = AISPParams(method="bon", num_samples=2, num_iterations=2)
     sampling = SamplingParams(max_tokens=12)
     reference = run(tiny_lm, prompts, length_reward, params, sampling, seed=7)
-    monkeypatch.setattr(aisp_mod.time, "monotonic", CountingClock())  # one second per look at the clock
+    monkeypatch.setattr(loop_mod.time, "monotonic", CountingClock())  # one second per look at the clock
     # prompt 0's deadline passes a few steps into the first decode; prompt 1 still has time: the decode goes on
     results = run(tiny_lm, prompts, length_reward, params, sampling, seed=7, deadline=[4.0, 1e9])
     assert [r.timed_out for r in results] == [True, False]
     assert results[0].texts == reference[0].texts[:1]  # its first iteration was complete (not cut) and scored
     assert _texts(results[1:]) == _texts(reference[1:])
     # every deadline passes mid-decode: the unfinished iteration is dropped, nothing was scored
-    monkeypatch.setattr(aisp_mod.time, "monotonic", CountingClock())
+    monkeypatch.setattr(loop_mod.time, "monotonic", CountingClock())
     with pytest.raises(RunTimeoutError, match=r"prompt\(s\) \[0, 1\]") as info:
         run(tiny_lm, prompts, length_reward, params, sampling, seed=7, deadline=[4.0, 5.0])
     assert info.value.partial == [None, None]

@@ -11,6 +11,7 @@ from torch import nn
 from langchain_aisp.engine.aisp import IterationEvent, RewardError, run
 from langchain_aisp.engine.config import AISPParams, SamplingParams
 from langchain_aisp.engine.decode.eager import Decoder, decode, prefill
+from langchain_aisp.engine.scheduler import Scheduler
 
 
 class CountingBody(nn.Module):
@@ -324,3 +325,95 @@ def test_numpy_and_tensor_scalar_scores_are_accepted(tiny_lm, encode):
     )[0]
     assert result.reward == max(float(len(t)) for t in result.texts[0])
     assert all(isinstance(r, float) for r in result.rewards[0])
+
+
+# --- continuous Batched AISP (issue 19 §3) -----------------------------------------------------------------
+
+
+def _summary(results):
+    return [(r.texts, r.rewards, r.ess, r.u_norms) for r in results]
+
+
+def test_a_call_joins_a_running_run_at_the_next_iteration_and_answers_as_if_alone(tiny_lm, encode):
+    params, sampling = AISPParams(num_samples=3, num_iterations=3), SamplingParams(max_tokens=6)
+    first, second = [encode("Hello there")], [encode("Another question"), encode("A third one")]
+    solo_first = run(tiny_lm, first, _length_score, params, sampling, seed=1)
+    solo_second = run(tiny_lm, second, _length_score, params, sampling, seed=[2, 3])
+    scheduler = Scheduler()
+    tickets = {}
+    events: list[tuple[str, int, list[int]]] = []
+
+    def joiner(event: IterationEvent) -> None:
+        events.append(("first", event.iteration, event.prompt_indices))
+        if event.iteration == 0:  # submitted while the first call runs: it joins at the next boundary
+            tickets["second"] = scheduler.submit(
+                tiny_lm,
+                second,
+                _length_score,
+                params,
+                sampling,
+                seed=[2, 3],
+                on_iteration=lambda e: events.append(("second", e.iteration, e.prompt_indices)),
+            )
+
+    try:
+        tickets["first"] = scheduler.submit(
+            tiny_lm, first, _length_score, params, sampling, seed=1, on_iteration=joiner
+        )
+        results_first = tickets["first"].result(120)
+        results_second = tickets["second"].result(120)
+    finally:
+        scheduler.close()
+    # same answers as alone (each prompt has its own controller, generator and iteration counter)
+    assert _summary(results_first) == _summary(solo_first) and _summary(results_second) == _summary(solo_second)
+    # the second call ran beside the first: its iterations 0-1 shared decode batches with the first's 1-2
+    assert tickets["second"].admitted < tickets["first"].finished
+    assert [r.batch_prompts for r in results_first + results_second] == [3, 3, 3]
+    assert events == [
+        ("first", 0, [0]),
+        ("first", 1, [0]),
+        ("second", 0, [0, 1]),
+        ("first", 2, [0]),
+        ("second", 1, [0, 1]),
+        ("second", 2, [0, 1]),
+    ]
+
+
+def test_a_failing_call_fails_alone_and_other_settings_take_turns(tiny_lm, encode):
+    params, sampling = AISPParams(num_samples=2, num_iterations=2), SamplingParams(max_tokens=5)
+    other = SamplingParams(max_tokens=4)  # incompatible settings: a group of its own
+    good, bad = [encode("Fine")], [encode("Broken")]
+    solo = run(tiny_lm, good, _length_score, params, sampling, seed=5)
+    solo_other = run(tiny_lm, good, _length_score, params, other, seed=5)
+    calls = []
+
+    def broken(indices, texts):
+        calls.append(len(texts))
+        if len(calls) > 1:
+            raise ConnectionError("judge went away")
+        return [1.0] * len(texts)
+
+    with Scheduler(window_s=0.2) as scheduler:  # all three wait for each other before the first iteration
+        tickets = [
+            scheduler.submit(tiny_lm, bad, broken, params, sampling, seed=5),
+            scheduler.submit(tiny_lm, good, _length_score, params, sampling, seed=5),
+            scheduler.submit(tiny_lm, good, _length_score, params, other, seed=5),
+        ]
+        with pytest.raises(RewardError, match="judge went away") as info:
+            tickets[0].result(120)
+        assert len(info.value.partial[0].rewards) == 1  # its first iteration is kept
+        assert _summary(tickets[1].result(120)) == _summary(solo)
+        assert _summary(tickets[2].result(120)) == _summary(solo_other)
+        assert [t.batch_prompts for t in tickets] == [2, 2, 1]
+    with pytest.raises(RuntimeError, match="closed"):
+        scheduler.submit(tiny_lm, good, _length_score, params, sampling)
+
+
+def test_the_scheduler_refuses_bad_calls_in_the_callers_thread(tiny_lm, encode):
+    with Scheduler() as scheduler:
+        with pytest.raises(ValueError, match="prompt 0 is empty"):
+            scheduler.submit(tiny_lm, [[]], _length_score, AISPParams(), SamplingParams())
+        with pytest.raises(ValueError, match="max_batch_size must be an integer >= 1, got 0"):
+            scheduler.submit(tiny_lm, [encode("x")], _length_score, AISPParams(), SamplingParams(), max_batch_size=0)
+    with pytest.raises(ValueError, match="max_prompts must be an integer >= 1 or None, got 0"):
+        Scheduler(max_prompts=0)

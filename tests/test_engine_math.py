@@ -205,7 +205,10 @@ def test_token_direction_points_to_the_tokens_of_better_weighted_samples():
 @pytest.mark.parametrize(
     ("kwargs", "fragment"),
     [
-        ({"control": "diagonal"}, "control must be one of ['position', 'shared'], got 'diagonal'"),
+        (
+            {"control": "diagonal"},
+            "control must be one of ['position', 'shared', 'token-bias', 'temperature'], got 'diagonal'",
+        ),
         ({"elite_fraction": 1.5}, "elite_fraction must be a number in [0.0, 1.0], got 1.5"),
         ({"token_step": -1.0}, "token_step must be a number in [0.0, 1000.0], got -1.0"),
     ],

@@ -8,6 +8,7 @@ same seeded result as before.
 from __future__ import annotations
 
 import asyncio
+import functools
 import threading
 import time
 from typing import Any
@@ -16,10 +17,11 @@ import pytest
 import torch
 from langchain_core.callbacks import BaseCallbackHandler
 
-import langchain_aisp.engine.aisp as aisp
 from langchain_aisp import AISPChatModel
 from langchain_aisp.engine.aisp import RewardError, run
 from langchain_aisp.engine.config import AISPParams, SamplingParams
+from langchain_aisp.engine.decode.eager import decode
+from langchain_aisp.errors import ConstraintError, RunCancelledError, RunFailedError
 from langchain_aisp.rewards import SafeReward
 
 PARAMS = AISPParams(num_samples=4, num_iterations=3)
@@ -213,17 +215,15 @@ def test_out_of_memory_halves_the_decoding_batch_and_keeps_results(tiny_lm, enco
 
     params = AISPParams(num_samples=4, num_iterations=2)
     baseline = run(tiny_lm, prompts, score, params, SAMPLING, seed=1, max_batch_size=64)
-    real_decode = aisp.decode
     sizes: list[int] = []
 
     def small_memory(decoder, prefixes, row_prompt, V, uniforms, **kwargs):
         sizes.append(int(row_prompt.shape[0]))
         if row_prompt.shape[0] > 2:
             raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
-        return real_decode(decoder, prefixes, row_prompt, V, uniforms, **kwargs)
+        return decode(decoder, prefixes, row_prompt, V, uniforms, **kwargs)
 
-    monkeypatch.setattr(aisp, "decode", small_memory)
-    split = run(tiny_lm, prompts, score, params, SAMPLING, seed=1, max_batch_size=64)
+    split = run(tiny_lm, prompts, score, params, SAMPLING, seed=1, max_batch_size=64, decode_fn=small_memory)
     # 2 prompts x 4 samples: halved until it fits, then that size is kept for the second iteration
     assert sizes == [8, 4] + [2] * 8
     assert [(r.text, r.rewards) for r in split] == [(r.text, r.rewards) for r in baseline]
@@ -235,12 +235,111 @@ def test_out_of_memory_on_a_single_row_is_a_clear_error(tiny_lm, monkeypatch):
 
     model = _model(tiny_lm, length_reward, num_samples=4, num_iterations=1, max_tokens=6)
     baseline = model.invoke("Hello there")
-    monkeypatch.setattr(aisp, "decode", no_memory)
+    model._runner = functools.partial(run, decode_fn=no_memory)
     with pytest.raises(MemoryError) as info:
         model.invoke("Hello there")
     message = str(info.value)
     assert "decoding batch sizes tried: 4, 2, 1" in message
     assert "max_tokens=6" in message and "tiny-llama" in message and "lower max_tokens" in message
     assert isinstance(info.value.__cause__, torch.OutOfMemoryError)
-    monkeypatch.undo()
+    model._runner = run
     assert _summary(model.invoke("Hello there")) == _summary(baseline)
+
+
+# --- no lost work on any failure (issue 18): a non-reward failure at iteration 2 keeps iteration 1 ----------
+
+
+def _first_iteration(reference, result) -> None:
+    """``result`` holds exactly the reference run's first iteration, and its best."""
+    assert result is not None and result.texts == reference.texts[:1] and result.rewards == reference.rewards[:1]
+    assert result.reward == max(reference.rewards[0]) and result.best_iteration == 0
+
+
+def _solo(tiny_lm, encode, **kwargs):
+    params = AISPParams(num_samples=2, num_iterations=3)
+
+    def score(_indices, texts):
+        return [float(len(t)) for t in texts]
+
+    return run(tiny_lm, [encode("a"), encode("b")], score, params, SAMPLING, seed=4, **kwargs)
+
+
+def test_out_of_memory_at_iteration_two_keeps_iteration_one(tiny_lm, encode):
+    reference = _solo(tiny_lm, encode)
+    calls = []
+
+    def memory_runs_out(decoder, prefixes, row_prompt, V, uniforms, **kwargs):
+        calls.append(int(row_prompt.shape[0]))
+        if len(calls) > 1:  # the second iteration's decode, at every size down to one row
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+        return decode(decoder, prefixes, row_prompt, V, uniforms, **kwargs)
+
+    with pytest.raises(RunFailedError, match=r"after 1 scored iteration\(s\): MemoryError") as info:
+        _solo(tiny_lm, encode, decode_fn=memory_runs_out)
+    assert isinstance(info.value.__cause__, MemoryError) and "best answers" in str(info.value)
+    assert calls == [4, 4, 2, 1]
+    for ref, partial in zip(reference, info.value.partial, strict=True):
+        _first_iteration(ref, partial)
+
+
+class AnyToken:
+    """A grammar that allows every token and fails (as a grammar library might) on ``fail_from``-th matcher."""
+
+    def __init__(self, fail_from: int) -> None:
+        self.fail_from, self.made = fail_from, 0
+
+    def matcher(self, sample: int) -> AnyToken:
+        self.made += 1
+        self.failing = self.made > self.fail_from
+        return self
+
+    def fill_bitmask(self, bitmask, row, remaining) -> None:
+        bitmask[row] = -1  # every bit set
+
+    def advance(self, token: int) -> None:
+        if self.failing:
+            raise ConstraintError("the matcher's state is corrupt (simulated)")
+
+    def is_finished(self) -> bool:
+        return False
+
+
+def test_grammar_matcher_error_at_iteration_two_keeps_iteration_one(tiny_lm, encode):
+    reference = _solo(tiny_lm, encode, constraints=[AnyToken(10**9), AnyToken(10**9)])
+    grammars = [AnyToken(2), AnyToken(2)]  # 2 samples each: the second iteration's matchers fail
+    with pytest.raises(RunFailedError, match="ConstraintError") as info:
+        _solo(tiny_lm, encode, constraints=grammars)
+    assert isinstance(info.value.__cause__, ConstraintError)
+    for ref, partial in zip(reference, info.value.partial, strict=True):
+        _first_iteration(ref, partial)
+
+
+def test_progress_callback_error_at_iteration_two_keeps_iteration_one(tiny_lm, encode):
+    reference = _solo(tiny_lm, encode)
+
+    def on_iteration(event):
+        if event.iteration == 1:
+            raise KeyError("progress bar closed")
+
+    with pytest.raises(RunFailedError, match="KeyError") as info:
+        _solo(tiny_lm, encode, on_iteration=on_iteration)
+    assert isinstance(info.value.__cause__, KeyError)
+    partial = info.value.partial  # the second iteration was scored before its callback failed: both are kept
+    assert [len(p.rewards) for p in partial] == [2, 2]
+    assert [p.texts for p in partial] == [r.texts[:2] for r in reference]
+
+
+def test_a_failure_before_anything_was_scored_propagates_unchanged(tiny_lm, encode):
+    def broken(*args, **kwargs):
+        raise ValueError("no decoder today")
+
+    with pytest.raises(ValueError, match="no decoder today"):  # nothing to keep: the error itself
+        _solo(tiny_lm, encode, decode_fn=broken)
+
+    def cancelled(event):  # a RunError of the caller's keeps its type and gets the partial results
+        if event.iteration == 1:
+            raise RunCancelledError("stop")
+
+    with pytest.raises(RunCancelledError) as info:
+        _solo(tiny_lm, encode, on_iteration=cancelled)
+    assert [len(p.rewards) for p in info.value.partial] == [2, 2]

@@ -5,7 +5,15 @@ from __future__ import annotations
 import pytest
 import torch
 
-from langchain_aisp.engine.processors import Softcap, Temperature, TopK, TopP, build_processors, sample_tokens
+from langchain_aisp.engine.processors import (
+    Softcap,
+    Temperature,
+    TopK,
+    TopP,
+    build_processors,
+    inverse_cdf_tokens,
+    sample_tokens,
+)
 
 
 def test_temperature_divides_and_does_not_edit_input():
@@ -68,6 +76,42 @@ def test_sampler_is_a_deterministic_function_of_the_uniforms():
     logits = torch.randn(3, 50, generator=torch.Generator().manual_seed(0))
     u = torch.tensor([0.0, 0.5, 0.999999])
     assert torch.equal(sample_tokens(logits, u), sample_tokens(logits, u))
-    # u = 0 picks the first token with positive probability; u -> 1 the last.
-    assert int(sample_tokens(logits, u)[0]) == 0
-    assert int(sample_tokens(logits, u)[2]) == 49
+    # batch independence: a row's token depends on its logits and uniform only
+    alone = torch.cat([sample_tokens(logits[i : i + 1], u[i : i + 1]) for i in range(3)])
+    assert torch.equal(alone, sample_tokens(logits, u))
+    assert torch.equal(sample_tokens(logits.flip(0), u.flip(0)), alone.flip(0))
+
+
+def test_sampler_matches_the_distribution_over_a_large_vocabulary():
+    g = torch.Generator().manual_seed(3)
+    probs = torch.tensor([0.4, 0.25, 0.2, 0.1, 0.05])
+    logits = torch.full((1, 5000), float("-inf"))
+    logits[0, [17, 4000, 123, 2, 4999]] = probs.log()
+    uniforms = torch.rand(20000, generator=g)
+    tokens = torch.cat([sample_tokens(logits.expand(2000, -1), chunk) for chunk in uniforms.split(2000)])
+    counts = torch.bincount(tokens, minlength=5000)[[17, 4000, 123, 2, 4999]].double()
+    expected = 20000 * probs.double()
+    chi2 = float(((counts - expected) ** 2 / expected).sum())
+    assert counts.sum() == 20000  # never a masked token
+    assert chi2 < 18.5  # chi-square with 4 degrees of freedom, p = 0.001
+
+
+def test_a_small_logit_change_keeps_the_token_unlike_the_inverse_cdf():
+    """The coupling: under the same uniforms a small change of the logits changes few tokens."""
+    g = torch.Generator().manual_seed(4)
+    logits = 2.0 * torch.randn(400, 1000, generator=g)
+    nudged = logits + 0.05 * torch.randn(400, 1000, generator=g)
+    u = torch.rand(400, generator=g)
+    gumbel = (sample_tokens(logits, u) != sample_tokens(nudged, u)).double().mean()
+    inverse = (inverse_cdf_tokens(logits, u) != inverse_cdf_tokens(nudged, u)).double().mean()
+    assert gumbel < 0.1 and inverse > 2 * gumbel
+
+
+def test_samplers_never_return_a_masked_token_with_top_k_and_top_p():
+    g = torch.Generator().manual_seed(5)
+    logits = torch.randn(256, 300, generator=g)
+    for transform in (TopK(3), TopP(0.5)):
+        masked = transform(logits)
+        for fn in (sample_tokens, inverse_cdf_tokens):
+            tokens = fn(masked, torch.rand(256, generator=g))
+            assert torch.isfinite(masked.gather(1, tokens[:, None])).all()

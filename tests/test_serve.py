@@ -232,9 +232,30 @@ def test_concurrent_requests_share_one_engine_run_and_each_is_scored_under_its_o
     assert lone.json()["aisp"]["batch_prompts"] == 1
     for question, body in zip(questions, bodies, strict=True):
         assert body["aisp"]["reward"] == overlap(question, body["choices"][0]["message"]["content"])
-    assert server.metric("aisp_batch_prompts") == runs_before + 3  # blocker, the four together, the odd one
+    # observed once per request: the blocker (alone), the four (together), the odd one (alone)
+    assert server.metric("aisp_batch_prompts") == runs_before + 6
     metrics = httpx.get(f"{server.url}/metrics").text
     assert 'aisp_batch_prompts_bucket{le="2"}' in metrics and "aisp_samples_generated_total" in metrics
+
+
+def test_a_request_joins_a_running_run_at_its_next_iteration_and_answers_as_if_alone(server, gate):
+    """Continuous batching (issue 19): B arrives while A's first iteration is being scored; it joins A's run at
+    the next iteration boundary (other reward, same settings), decodes beside A, and answers as it does alone."""
+    settings = {"num_iterations": 3}
+    gate.reset()
+    with ThreadPoolExecutor(2) as pool:
+        first = pool.submit(_post, server, _ask("BLOCK: name a fruit.", aisp={"reward": "gate", **settings}))
+        assert gate.entered.wait(60)  # A holds the engine in its first iteration's scoring
+        second = pool.submit(_post, server, _ask("Name a river.", seed=3, aisp=settings))
+        server.wait_for("aisp_queue_depth", 2)
+        gate.release()
+        a, b = first.result(120).json(), second.result(120).json()
+    assert a["aisp"]["iterations"] == b["aisp"]["iterations"] == 3
+    assert a["aisp"]["batch_prompts"] == b["aisp"]["batch_prompts"] == 2  # B decoded beside A: it did not wait
+    alone = _post(server, _ask("Name a river.", seed=3, aisp=settings)).json()
+    assert alone["aisp"]["batch_prompts"] == 1
+    assert b["choices"][0]["message"]["content"] == alone["choices"][0]["message"]["content"]
+    assert b["aisp"]["best_rewards"] == alone["aisp"]["best_rewards"]
 
 
 # --- limits, auth, bad input -----------------------------------------------------------------------------
@@ -425,7 +446,8 @@ def test_requests_with_different_timeouts_share_one_run_and_each_keeps_its_own(d
         assert normal_aisp["timed_out"] is False and normal_aisp["iterations"] == 2
         assert short_aisp["timed_out"] is True and short_aisp["iterations"] == 1
         assert short_done.choices[0].message.content
-        assert normal_aisp["batch_prompts"] == short_aisp["batch_prompts"] == 3  # one engine run
+        # one decode batch: the third request's deadline passed before it joined, so it never decoded
+        assert normal_aisp["batch_prompts"] == short_aisp["batch_prompts"] == 2
         assert late.status_code == 504, late.text
         error = late.json()["error"]
         assert error["type"] == "timeout_error" and error["code"] == "timeout" and error["param"] == "timeout"

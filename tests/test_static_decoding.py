@@ -12,7 +12,6 @@ uses the full vocabulary and accepts a divergence only at such a tie, checked fr
 from __future__ import annotations
 
 import dataclasses
-import shutil
 import threading
 
 import pytest
@@ -21,16 +20,17 @@ import torch
 from langchain_aisp.engine.aisp import run
 from langchain_aisp.engine.config import AISPParams, SamplingParams
 from langchain_aisp.engine.decode.eager import Decoder, decode, prefill
+from langchain_aisp.engine.decode.select import resolve_decoding, select_decode
 from langchain_aisp.engine.decode.static import (
     LENGTH_BUCKET,
     cache_length,
     clear_static_cache,
     decode_static,
-    resolve_decoding,
     rows_bucket,
-    select_decode,
     static_graph_stats,
+    token_bucket,
 )
+from langchain_aisp.engine.processors import gumbel_noise
 
 pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
@@ -71,27 +71,27 @@ def test_static_path_gives_the_eager_tokens_on_the_tiny_model(tiny_lm, prompts, 
 
 
 def test_static_path_gives_the_eager_tokens_on_the_default_model(default_lm, prompts):
-    # top_k keeps the sampling CDF to 40 well separated steps; over the full 49k vocabulary the tail
-    # tokens sit ~1e-7 apart in the CDF, within fp32 rounding, and either path may pick a neighbour
-    # there (see the row-by-row test below, which accepts exactly that and nothing else)
+    # top_k keeps the candidates to 40 tokens; over the full vocabulary two tokens' logits + Gumbel noise
+    # can tie within fp32 rounding, and either path may pick either one there (see the row-by-row test
+    # below, which accepts exactly that and nothing else)
     params = AISPParams(method="aisp", num_samples=3, num_iterations=2)
     sampling = SamplingParams(max_tokens=12, stop=(".",), top_k=40)
     eager = run(default_lm, prompts, _length_score, params, sampling, seed=0, decoding="eager")
     static = run(default_lm, prompts, _length_score, params, sampling, seed=0, decoding="static")
     _same(eager, static)
-    assert {p.finish_reason for p in static} >= {"stop"}
+    assert any(p.generated_tokens < p.samples * sampling.max_tokens for p in static)  # some samples stopped
 
 
 def _tie_at(lm, prompt, ids, V_row, u_row, step) -> float:
-    """Distance between the sampling target and the nearest CDF boundary at ``step``, recomputed from scratch."""
+    """Gap between the two largest ``logits + gumbel`` at ``step`` (the Gumbel-max sampler), recomputed from scratch."""
     with torch.inference_mode():
         full = torch.tensor([prompt + ids[:step]])
         z = lm.body(input_ids=full).last_hidden_state[0, -1]
         v = V_row[min(step, V_row.shape[0] - 1)].to(lm.dtype)
-        probs = torch.softmax(torch.nn.functional.linear(z + v, lm.head_weight, lm.head_bias).double(), -1)
-        cdf = torch.cumsum(probs, -1)
-        target = float(u_row[step]) * float(cdf[-1])
-        return float((cdf - target).abs().min())
+        logits = torch.nn.functional.linear(z + v, lm.head_weight, lm.head_bias).float()
+        scores = logits + gumbel_noise(u_row[step : step + 1], logits.shape[-1])[0]
+        top = torch.topk(scores, 2).values
+        return float(top[0] - top[1])
 
 
 def test_static_decode_matches_eager_row_by_row_up_to_sampling_ties(default_lm, prompts):
@@ -204,7 +204,8 @@ def test_buckets_are_cached_and_reused_across_calls(tiny_lm, encode):
         decode_static(decoder, [prefix], torch.zeros(rows, dtype=torch.long), V, torch.rand(rows, 5))
     stats = static_graph_stats(lm)
     assert len(stats) == 1 and stats[0]["rows"] == 4 and stats[0]["calls"] == 3
-    assert stats[0]["cache_len"] == cache_length(prefix.length, 5) and not stats[0]["graph"]  # no graphs on CPU
+    assert stats[0]["cache_len"] == cache_length(prefix.length, token_bucket(5))  # sized for the max_tokens bucket
+    assert not stats[0]["graph"]  # no graphs on CPU
     decode_static(decoder, [prefix], torch.zeros(5, dtype=torch.long), torch.zeros(5, 1, 32), torch.rand(5, 5))
     assert sorted(s["rows"] for s in static_graph_stats(lm)) == [4, 8]
     assert tiny_lm.static_graphs is not lm.static_graphs
@@ -241,6 +242,10 @@ def test_buckets_and_path_selection(tiny_lm):
     with pytest.raises(ValueError, match="rows must be >= 1, got 0"):
         rows_bucket(0)
     assert resolve_decoding(tiny_lm, "auto") == "eager"  # CPU: auto keeps the eager path
+    from langchain_aisp.engine.decode import select, static
+
+    assert static.resolve_decoding is resolve_decoding and static.select_decode is select.select_decode  # old home
+    assert static.DecodeFn is select.DecodeFn and static.VERIFIED_MODEL_TYPES is select.VERIFIED_MODEL_TYPES
     assert resolve_decoding(tiny_lm, "static") == "static"
     assert select_decode(tiny_lm, "eager") == (decode, "eager")
     allowed = r"\['auto', 'static', 'compiled', 'eager'\]"
@@ -288,19 +293,6 @@ def test_chat_model_decoding_field(tiny_lm):
     assert eager.content == static.content
     with pytest.raises(ValidationError, match="decoding"):
         AISPChatModel(decoding="fast", **kwargs)
-
-
-@pytest.mark.slow
-@pytest.mark.skipif(shutil.which("c++") is None and shutil.which("g++") is None, reason="inductor needs a C++ compiler")
-def test_compiled_static_path_gives_the_eager_tokens(tiny_lm, encode):
-    lm = dataclasses.replace(tiny_lm)
-    decoder = Decoder.build(lm, SamplingParams(max_tokens=4))
-    prefixes = [prefill(lm, encode("Hi")), prefill(lm, encode("A longer prompt, left-padded less"))]
-    args = (prefixes, torch.tensor([0, 1, 1]), torch.zeros(3, 1, 32), torch.rand(3, 4))
-    fn, path = select_decode(lm, "compiled")
-    assert path == "compiled"
-    assert fn(decoder, *args).token_ids == decode(decoder, *args).token_ids
-    assert [s["compiled"] for s in static_graph_stats(lm)] == [True]
 
 
 def test_decode_sdpa_matches_transformers_sdpa_for_grouped_query_heads():

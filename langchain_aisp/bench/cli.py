@@ -14,6 +14,9 @@ Subcommands (``run`` is the default when none is given)::
     langchain-aisp-bench memory [--reward sentiment,relevance] [--seeds 3] [--signal tokens] [--strength 0.5]
                          [--methods bon-8x4,cold-8x4,warm-8x1,...] [--out bench-results/memory] [--resume]
     langchain-aisp-bench memory-report --out bench-results/memory
+    langchain-aisp-bench screen [--reward relevance,sentiment] [--prompts FILE] [--designs position@0.02,...]
+                         [--sigma 0.02] [--tau 32] [--controls 8] [--sampling-sets 4] [--out bench-results/screen]
+    langchain-aisp-bench coupling [--sigmas 0.01,0.02,0.05] [--out bench-results/coupling]
     langchain-aisp-bench efficiency [--reward relevance,sentiment,reference] [--methods aisp-8x4,er-64x1@8/0.25]
                          [--seeds 2] [--limit-prompts 12] [--max-tokens 24] [--pool 128] [--out DIR]
                          [--resume | --overwrite]
@@ -43,6 +46,8 @@ SUBCOMMANDS = (
     "threads",
     "memory",
     "memory-report",
+    "screen",
+    "coupling",
     "efficiency",
     "efficiency-report",
 )
@@ -178,6 +183,10 @@ def build_parser(command: str) -> argparse.ArgumentParser:
         return parser
     if command == "memory":
         return _memory_parser(prog)
+    if command in ("screen", "coupling"):
+        from langchain_aisp.bench import screen
+
+        return (screen.screen_parser if command == "screen" else screen.coupling_parser)(prog, _model_args)
     if command == "efficiency":
         return _efficiency_parser(prog)
     parser = argparse.ArgumentParser(prog=prog)
@@ -576,6 +585,18 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_screen(args: argparse.Namespace) -> int:
+    from langchain_aisp.bench import screen
+
+    return screen.cmd_screen(args, _load_lm)
+
+
+def cmd_coupling(args: argparse.Namespace) -> int:
+    from langchain_aisp.bench import screen
+
+    return screen.cmd_coupling(args, _load_lm)
+
+
 def cmd_threads(args: argparse.Namespace) -> int:
     from langchain_aisp.bench.thread_scaling import cmd_threads as run_threads
 
@@ -605,6 +626,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "threads": cmd_threads,
         "memory": cmd_memory,
         "memory-report": cmd_memory_report,
+        "screen": cmd_screen,
+        "coupling": cmd_coupling,
         "efficiency": cmd_efficiency,
         "efficiency-report": cmd_efficiency_report,
     }

@@ -12,7 +12,13 @@ same model, same rewards) and measures, interleaving variants and repeating:
    end-to-end latency on the 5 ms server vs the 0 ms one, against its service time (``aisp.run_ms``);
 3. a load test: ``--load-requests`` requests from ``--load-clients`` concurrent clients mixing good,
    malformed and failing-reward requests; tally per kind and status, ``/health`` afterwards, and the
-   server's RSS before, between and after two passes.
+   server's RSS before, between and after two passes;
+4. continuous batching (issue 19): ``--clients`` requests arriving one every ``--stagger-ms`` (a burst
+   spread over more than the window, so requests arrive while others run): p95 of their queue wait
+   (``aisp.queue_ms``: arrival to joining a decode batch) against one iteration of the running group
+   (median ``run_ms / iterations``), repeated ``--repeats`` times;
+5. with ``--baseline-dir DIR`` (a checkout of the code before, e.g. ``main``): a lone request's end-to-end
+   latency on this server vs a server started from DIR (same settings), alternating, and their ratio.
 
 The machine's load average is recorded with every phase (the figures are only comparable within a run).
 """
@@ -21,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import re
 import socket
@@ -58,7 +65,7 @@ def _free_port() -> int:
 class Server:
     """``python -m langchain_aisp.serve serve`` in a subprocess."""
 
-    def __init__(self, window_ms: float, threads: int, extra: list[str]) -> None:
+    def __init__(self, window_ms: float, threads: int, extra: list[str], cwd: Path | None = None) -> None:
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         env = dict(os.environ, OMP_NUM_THREADS=str(threads))
@@ -83,6 +90,7 @@ class Server:
                 *extra,
             ],
             env=env,
+            cwd=cwd,  # `python -m` imports langchain_aisp from here first (a baseline checkout)
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             text=True,
@@ -205,19 +213,27 @@ def throughput(client: Any, server: Server, questions: list[str], args: argparse
     return {"runs": runs, "ratios": ratios, "median_ratio": statistics.median(ratios)}
 
 
-def window_latency(client: Any, batched: Server, unbatched: Server, args: argparse.Namespace) -> dict[str, Any]:
-    """A lone request on the 5 ms-window server vs the 0 ms one, alternating."""
-    rows: dict[str, list[tuple[float, float, float]]] = {"window": [], "no_window": []}
+def _alternate(client: Any, servers: dict[str, Server], args: argparse.Namespace) -> dict[str, list[dict[str, Any]]]:
+    """The same lone request on each server in turn (order alternating), ``--window-repeats`` times: the answered
+    ones per server, each with its ``aisp`` object and its end-to-end time (``e2e_ms``)."""
     body = _body("How long should I boil an egg for a soft yolk?", args, seed=0)
-    load = _load()
+    rows: dict[str, list[dict[str, Any]]] = {name: [] for name in servers}
     for i in range(args.window_repeats):
-        pair = [("window", batched), ("no_window", unbatched)]
+        pair = list(servers.items())
         if i % 2:
             pair.reverse()
         for name, server in pair:
             status, data, elapsed = _post(client, server, body)
             if status == 200:
-                rows[name].append((data["aisp"]["queue_ms"], data["aisp"]["run_ms"], elapsed * 1000))
+                rows[name].append({**data["aisp"], "e2e_ms": elapsed * 1000})
+    return rows
+
+
+def window_latency(client: Any, batched: Server, unbatched: Server, args: argparse.Namespace) -> dict[str, Any]:
+    """A lone request on the 5 ms-window server vs the 0 ms one, alternating."""
+    load = _load()
+    answers = _alternate(client, {"window": batched, "no_window": unbatched}, args)
+    rows = {name: [(a["queue_ms"], a["run_ms"], a["e2e_ms"]) for a in values] for name, values in answers.items()}
     summary: dict[str, Any] = {"loadavg_before": load, "loadavg_after": _load(), "repeats": args.window_repeats}
     for name, values in rows.items():
         summary[name] = {
@@ -232,6 +248,63 @@ def window_latency(client: Any, batched: Server, unbatched: Server, args: argpar
     e2e = summary["window"]["end_to_end_ms_median"] - summary["no_window"]["end_to_end_ms_median"]
     summary["end_to_end_difference_ms"] = round(e2e, 1)
     return summary
+
+
+def staggered(client: Any, server: Server, questions: list[str], args: argparse.Namespace) -> dict[str, Any]:
+    """Requests arriving one every ``--stagger-ms`` while others run: their queue wait vs one iteration."""
+    runs: list[dict[str, Any]] = []
+    for repeat in range(args.repeats):
+        bodies = [_body(q, args, seed=100 * repeat + i) for i, q in enumerate(questions)]
+        start = time.perf_counter()
+
+        def one(item: tuple[int, dict[str, Any]], start: float = start) -> tuple[int, dict[str, Any], float]:
+            time.sleep(max(0.0, start + item[0] * args.stagger_ms / 1000 - time.perf_counter()))
+            return _post(client, server, item[1])
+
+        load = _load()
+        with ThreadPoolExecutor(len(bodies)) as pool:
+            out = list(pool.map(one, enumerate(bodies)))
+        answered = [data["aisp"] for status, data, _ in out if status == 200]
+        queue = sorted(a["queue_ms"] for a in answered)
+        iteration = statistics.median(a["run_ms"] / max(1, a["iterations"]) for a in answered)
+        p95 = queue[min(len(queue) - 1, math.ceil(0.95 * len(queue)) - 1)]
+        runs.append(
+            {
+                "repeat": repeat,
+                "answered": len(answered),
+                "sent": len(bodies),
+                "queue_ms_p50": round(statistics.median(queue), 1),
+                "queue_ms_p95": round(p95, 1),
+                "queue_ms_max": round(queue[-1], 1),
+                "iteration_ms_median": round(iteration, 1),
+                "p95_over_iteration": round(p95 / iteration, 3),
+                "batch_prompts": sorted(Counter(a["batch_prompts"] for a in answered).items()),
+                "loadavg_before": load,
+                "loadavg_after": _load(),
+            }
+        )
+        print(f"  staggered repeat {repeat}: p95 queue {p95:.0f} ms, one iteration {iteration:.0f} ms", flush=True)
+    return {"stagger_ms": args.stagger_ms, "runs": runs}
+
+
+def lone_latency(client: Any, current: Server, baseline: Server, args: argparse.Namespace) -> dict[str, Any]:
+    """A lone request on this code's server vs the baseline's, alternating: end-to-end medians and their ratio."""
+    load = _load()
+    answers = _alternate(client, {"current": current, "baseline": baseline}, args)
+    times = {name: [a["e2e_ms"] for a in values] for name, values in answers.items()}
+    medians = {name: round(statistics.median(values), 1) for name, values in times.items()}
+    pairs = [c / b for c, b in zip(times["current"], times["baseline"], strict=False)]
+    mean = statistics.mean(pairs)
+    sem = statistics.stdev(pairs) / math.sqrt(len(pairs)) if len(pairs) > 1 else 0.0
+    return {
+        "repeats": args.window_repeats,
+        "end_to_end_ms_median": medians,
+        "ratio_of_medians": round(medians["current"] / medians["baseline"], 3),
+        "paired_ratio_mean": round(mean, 3),
+        "paired_ratio_sem": round(sem, 3),
+        "loadavg_before": load,
+        "loadavg_after": _load(),
+    }
 
 
 _MALFORMED: list[tuple[str, Callable[[dict[str, Any]], Any]]] = [
@@ -303,7 +376,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--load-requests", type=int, default=200)
     parser.add_argument("--load-clients", type=int, default=32)
     parser.add_argument("--load-passes", type=int, default=2)
-    parser.add_argument("--skip", action="append", default=[], choices=["throughput", "window", "load"])
+    parser.add_argument("--stagger-ms", type=float, default=250.0, help="gap between arrivals (continuous phase)")
+    parser.add_argument("--baseline-dir", type=Path, default=None, help="checkout to compare a lone request with")
+    parser.add_argument("--skip", action="append", default=[], choices=["throughput", "window", "load", "continuous"])
     args = parser.parse_args(argv)
 
     import httpx
@@ -316,21 +391,35 @@ def main(argv: list[str] | None = None) -> int:
     extra = ["--max-queue", "512", "--max-batch-prompts", str(max(32, args.clients))]
     batched = Server(5.0, args.num_threads, extra)
     unbatched = Server(0.0, args.num_threads, extra) if "window" not in args.skip else None
+    baseline = Server(5.0, args.num_threads, extra, cwd=args.baseline_dir) if args.baseline_dir else None
     results: dict[str, Any] = {
         "settings": {k: v for k, v in vars(args).items() if k != "out"} | {"out": str(args.out)},
         "cpu_count": os.cpu_count(),
         "python": sys.version.split()[0],
     }
+    if args.baseline_dir:
+        head = subprocess.run(
+            ["git", "-C", str(args.baseline_dir), "rev-parse", "HEAD"], capture_output=True, text=True
+        )
+        results["baseline"] = {"dir": str(args.baseline_dir), "commit": head.stdout.strip()}
     try:
-        for server in (batched, unbatched):
+        for server in (batched, unbatched, baseline):
             if server is not None:
                 server.wait_ready(client)
-        for server in (batched, unbatched):  # one warm-up answer each (first decoding steps are slow)
+        for server in (batched, unbatched, baseline):  # one warm-up answer each (first decoding steps are slow)
             if server is not None:
                 _post(client, server, _body("Hello!", args, seed=0))
         if "throughput" not in args.skip:
             print("throughput (answers/s)", flush=True)
             results["throughput"] = throughput(client, batched, questions, args)
+        if "continuous" not in args.skip:
+            print("continuous batching: staggered arrivals", flush=True)
+            results["continuous"] = staggered(client, batched, questions, args)
+        if baseline is not None:
+            print("a lone request: this code vs the baseline", flush=True)
+            results["lone"] = lone_latency(client, batched, baseline, args)
+            baseline.stop()
+            baseline = None
         if unbatched is not None:
             print("batching window on a lone request", flush=True)
             results["window"] = window_latency(client, batched, unbatched, args)
@@ -359,11 +448,11 @@ def main(argv: list[str] | None = None) -> int:
             or line.startswith(("aisp_reward_failures_total", "aisp_samples_generated_total"))
         ]
     finally:
-        batched.stop()
-        if unbatched is not None:
-            unbatched.stop()
-    args.out.write_text(json.dumps(results, indent=2) + "\n")
-    print(json.dumps({k: results[k] for k in results if k not in ("settings",)}, indent=1)[:6000])
+        for server in (batched, unbatched, baseline):
+            if server is not None:
+                server.stop()
+    args.out.write_text(json.dumps(results, indent=2, default=str) + "\n")
+    print(json.dumps({k: results[k] for k in results if k not in ("settings",)}, indent=1, default=str)[:6000])
     return 0
 
 

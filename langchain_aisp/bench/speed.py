@@ -34,16 +34,19 @@ from langchain_aisp.bench.prompts import render
 from langchain_aisp.engine.aisp import run
 from langchain_aisp.engine.config import AISPParams, SamplingParams
 from langchain_aisp.engine.decode.eager import Decoder, decode, prefill
-from langchain_aisp.engine.decode.static import DecodeFn, clear_static_cache, decode_static, static_graph_stats
+from langchain_aisp.engine.decode.select import DecodeFn, select_decode
+from langchain_aisp.engine.decode.static import clear_static_cache, decode_static, static_graph_stats
 from langchain_aisp.engine.lm import CausalLM
 
 THROUGHPUT_PROMPT = "Tell me about your favourite season and why you like it."
 MIB = 1024 * 1024
 
-VARIANTS = ("ours", "ours_static", "ours_static_compiled", "generate", "generate_static")
+VARIANTS = ("ours", "ours_static", "ours_static_compiled", "ours_auto", "generate", "generate_static")
 """``ours``: the eager decoder; ``ours_static``: the static path; ``ours_static_compiled``: the static
-path with its step compiled by inductor before capture (experimental); ``generate``: transformers
-eager; ``generate_static``: ``generate(cache_implementation="static")`` (transformers compiles it on CUDA)."""
+path with its step compiled by inductor before capture; ``ours_auto``: the default path
+(``decoding="auto"``: compiled on CUDA where the compile cache holds the bucket, e.g. after
+``warmup``, static otherwise; eager on CPU); ``generate``: transformers eager; ``generate_static``:
+``generate(cache_implementation="static")`` (transformers compiles it on CUDA)."""
 DEFAULT_VARIANTS_CUDA = ("ours", "ours_static", "generate", "generate_static")
 DEFAULT_VARIANTS_CPU = ("ours", "ours_static", "generate")
 
@@ -293,6 +296,9 @@ def throughput(
             "ours_static_compiled": functools.partial(
                 _ours, forced, ids, batch, tokens, decode_fn=functools.partial(decode_static, compile_step=True)
             ),
+            "ours_auto": functools.partial(
+                _ours, forced, ids, batch, tokens, decode_fn=select_decode(forced, "auto")[0]
+            ),
             "generate": functools.partial(_generate_seeded, lm, ids, batch, tokens, False),
             "generate_static": functools.partial(_generate_seeded, lm, ids, batch, tokens, True),
         }
@@ -335,7 +341,7 @@ def throughput(
                 "peak_total_mib": totals[name],
                 "peak_working_mib": totals[name] - base_mib,  # everything above the weights (and other models)
             }
-        if "ours_static" in chosen or "ours_static_compiled" in chosen:
+        if {"ours_static", "ours_static_compiled", "ours_auto"} & set(chosen):
             entry["static_buckets"] = static_graph_stats(forced)
         if "ours" in chosen and "generate" in chosen:
             entry["speedup"] = entry["ours"]["tokens_per_s"] / entry["generate"]["tokens_per_s"]
@@ -447,6 +453,73 @@ def batched_wall_clock(
     ]
 
 
+def serving_throughput(
+    lm: CausalLM,
+    clients: int = 16,
+    tokens: int = 64,
+    num_samples: int = 4,
+    num_iterations: int = 2,
+    methods: Sequence[str] = ("aisp", "bon"),
+    decoding: str = "auto",
+    max_batch_size: int = 64,
+    repeats: int = 1,
+) -> list[dict[str, Any]]:
+    """What the server's cross-request batching buys, at the engine: ``clients`` requests answered by one
+    Batched AISP ``run`` (the server's batching round) against ``clients`` runs one after another.
+
+    Per method (AISP and BoN at the same ``num_samples`` x ``num_iterations``): answers/s and generated
+    tokens/s of both, and their ratio; repeats interleave the two. The HTTP layer is not included.
+    """
+    from langchain_aisp.bench.prompts import load_prompts
+
+    shipped = load_prompts()
+    encoded = [render(lm, shipped[i % len(shipped)].user_text) for i in range(clients)]
+    forced = _no_eos(lm)
+    sampling = SamplingParams(max_tokens=tokens)
+
+    def call(method: str, prompts: list[list[int]], seed: int) -> float:
+        params = AISPParams(method=method, num_samples=num_samples, num_iterations=num_iterations)  # type: ignore[arg-type]
+        start = time.perf_counter()
+        run(forced, prompts, _reward, params, sampling, seed=seed, max_batch_size=max_batch_size, decoding=decoding)
+        _sync(lm)
+        return time.perf_counter() - start
+
+    cells: list[dict[str, Any]] = []
+    for method in methods:
+        call(method, encoded[:1], 12345)  # warm-up: buckets, capture
+        call(method, encoded, 12345)
+        batched: list[float] = []
+        sequential: list[float] = []
+        for r in range(repeats):
+            order = [("batched", batched), ("sequential", sequential)]
+            for name, times in order if r % 2 == 0 else order[::-1]:
+                if name == "batched":
+                    times.append(call(method, encoded, r))
+                else:
+                    times.append(sum(call(method, [ids], r) for ids in encoded))
+        per_answer = num_samples * num_iterations * tokens
+        b, q = statistics.median(batched), statistics.median(sequential)
+        cells.append(
+            {
+                "method": method,
+                "clients": clients,
+                "num_samples": num_samples,
+                "num_iterations": num_iterations,
+                "tokens": tokens,
+                "decoding": decoding,
+                "max_batch_size": max_batch_size,
+                "batched_s": batched,
+                "sequential_s": sequential,
+                "batched_answers_per_s": clients / b,
+                "sequential_answers_per_s": clients / q,
+                "batched_tokens_per_s": clients * per_answer / b,
+                "sequential_tokens_per_s": clients * per_answer / q,
+                "ratio": q / b,
+            }
+        )
+    return cells
+
+
 def prefill_cost(
     lm: CausalLM, prompt_tokens: int = 1024, samples: int = 8, tokens: int = 32, repeats: int = 1
 ) -> dict[str, Any]:
@@ -489,6 +562,7 @@ _LABELS = {
     "ours": "ours eager",
     "ours_static": "ours static",
     "ours_static_compiled": "ours static compiled",
+    "ours_auto": "ours default (auto)",
     "generate": "generate eager",
     "generate_static": "generate static",
 }

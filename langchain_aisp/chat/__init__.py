@@ -6,5 +6,8 @@
 - ``_execute``: running jobs through the engine (retries, memory, deadlines, per-input outcomes);
 - ``_progress``: the ``"aisp_progress"`` callback events and the run id of the current public call;
 - ``_messages``: an engine result -> ``AIMessage`` / stream chunks (tool-call parsing, metadata);
-- ``_structured``: ``with_structured_output`` parsers (cut replies, schema checks).
+- ``_structured``: ``with_structured_output`` parsers (cut replies, schema checks);
+- ``_reasoning``: thinking models (the think tags, the reply split into reasoning and answer, the budget);
+- ``_tool_formats``: the chat template's own tool-call format (Hermes/Qwen, Llama 3.1+, Mistral, documented);
+- ``_reply``: one call's reply plan (thinking + tool format): its prefill and constraint, and how to read it.
 """

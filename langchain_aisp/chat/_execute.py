@@ -51,11 +51,12 @@ def _scorer(
     def score(indices: Sequence[int], responses: Sequence[str]) -> list[float]:
         full = [entries[e][1].prompt.prefill + r for e, r in zip(indices, responses, strict=True)]
         owners = [jobs[entries[e][0]] for e in indices]
-        values = list(retrying(reward.score, [job.messages for job in owners], full))
+        scored = [job.reply.scored(text) for job, text in zip(owners, full, strict=True)]  # the answer, by default
+        values = list(retrying(reward.score, [job.messages for job in owners], scored))
         if format_weight and len(values) == len(full):
             for pos, job in enumerate(owners):
                 if job.fmt.constrained:
-                    values[pos] = values[pos] + format_weight * format_term(full[pos], job)
+                    values[pos] = values[pos] + format_weight * format_term(job.reply.answer(full[pos]), job)
         return values
 
     score.name = name  # type: ignore[attr-defined]  # errors name the user's reward
@@ -129,8 +130,12 @@ def run_jobs(
     on_event: EventFn,
     cancel: threading.Event | None = None,
     keep: Callable[[int], bool] | None = None,
+    runner: Callable[..., list[PromptResult]] | None = None,
 ) -> list[PromptResult | BaseException]:
     """One engine call over ``jobs`` (same settings and model): results or per-job errors.
+
+    ``runner`` (default ``model._runner``: ``engine.aisp.run``) runs the engine call, e.g. a continuous
+    ``engine.scheduler.Scheduler``'s ``run`` (the server).
 
     ``cancel`` (set when an async caller is cancelled) stops the run at the next iteration
     boundary with :class:`RunCancelledError`, so an abandoned executor thread does not keep
@@ -165,7 +170,7 @@ def run_jobs(
             seed=seeds[0] if len(set(seeds)) == 1 else seeds,
             max_batch_size=model.max_batch_size,
             on_iteration=_iteration_hook(entries, settings.params.method, on_event, cancel),
-            runner=model._runner,
+            runner=model._runner if runner is None else runner,
             on_reward_error="isolate",
             keep=engine_keep,
             decoding=model.decoding,

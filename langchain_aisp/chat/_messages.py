@@ -11,6 +11,7 @@ from langchain_core.outputs import ChatGenerationChunk
 
 from langchain_aisp import _chat_format as fmtlib
 from langchain_aisp._text import stream_pieces
+from langchain_aisp.chat import _reply as replylib
 from langchain_aisp.chat._plan import Job
 from langchain_aisp.chat._structured import cut_message
 from langchain_aisp.engine.aisp import PromptResult
@@ -18,15 +19,19 @@ from langchain_aisp.engine.aisp import PromptResult
 
 def message_parts(
     job: Job, result: PromptResult, reward_name: str
-) -> tuple[fmtlib.ParsedReply, dict[str, Any], UsageMetadata]:
-    """The parsed reply (content, tool calls), the response metadata and the usage of one answer."""
+) -> tuple[fmtlib.ParsedReply, dict[str, Any], UsageMetadata, str | None]:
+    """The parsed reply (content, tool calls), the response metadata, the usage and the reasoning (None when
+    the reply did not think) of one answer."""
     text = job.prompt.prefill + result.text
     if job.prompt.plain and job.prompt.prefill:
         text = text[1:]  # the space after "Assistant:"
+    reasoning = job.reply.split(text).reasoning
+    text = job.reply.answer(text)  # the answer part, tool calls in the documented form
+    max_tokens = job.max_tokens or job.settings.sampling.max_tokens
     if job.fmt.calls_tools and job.auto_choice != "prose":
         parsed = fmtlib.parse_tool_reply(text, job.fmt)
         if result.finish_reason == "length":
-            cut = cut_message(job.settings.sampling.max_tokens, "tool call")
+            cut = cut_message(max_tokens, "tool call")
             for call in parsed.invalid_tool_calls:
                 call["error"] = f"{cut} ({call.get('error')})"
     else:
@@ -50,9 +55,14 @@ def message_parts(
         "reward_name": reward_name,
         "prefill": job.prompt.prefill,
         "timed_out": result.timed_out,
-        "max_tokens": job.settings.sampling.max_tokens,
+        "max_tokens": max_tokens,
+        "decoding": result.decoding,
         "batch_prompts": job.batch_prompts,
     }
+    if job.reply.thinks():
+        aisp["thinking_budget"] = job.reply.thinking_budget
+    if job.fmt.calls_tools:
+        aisp["tool_format"] = job.reply.tool_format.name
     if job.auto_choice is not None:
         aisp["auto_choice"] = job.auto_choice
     if job.fmt.constrained:
@@ -62,14 +72,15 @@ def message_parts(
     usage = UsageMetadata(
         input_tokens=result.prompt_tokens, output_tokens=output, total_tokens=result.prompt_tokens + output
     )
-    return parsed, metadata, usage
+    return parsed, metadata, usage, reasoning
 
 
 def to_message(job: Job, result: PromptResult, reward_name: str) -> AIMessage:
     """The ``AIMessage`` of one answer."""
-    parsed, metadata, usage = message_parts(job, result, reward_name)
+    parsed, metadata, usage, reasoning = message_parts(job, result, reward_name)
     return AIMessage(
         content=parsed.content,
+        additional_kwargs=replylib.reasoning_kwargs(reasoning),
         tool_calls=parsed.tool_calls,
         invalid_tool_calls=parsed.invalid_tool_calls,
         response_metadata=metadata,
@@ -78,8 +89,11 @@ def to_message(job: Job, result: PromptResult, reward_name: str) -> AIMessage:
 
 
 def to_chunks(job: Job, result: PromptResult, reward_name: str) -> Iterator[ChatGenerationChunk]:
-    """One answer as stream chunks: its words, then a last chunk with tool calls, metadata and usage."""
-    parsed, metadata, usage = message_parts(job, result, reward_name)
+    """One answer as stream chunks: the reasoning's words (``additional_kwargs["reasoning_content"]``, first, as
+    DeepSeek and vLLM stream it), the answer's words, then a last chunk with tool calls, metadata and usage."""
+    parsed, metadata, usage, reasoning = message_parts(job, result, reward_name)
+    for piece in stream_pieces(reasoning or ""):
+        yield ChatGenerationChunk(message=AIMessageChunk(content="", additional_kwargs={"reasoning_content": piece}))
     for piece in stream_pieces(parsed.content):
         yield ChatGenerationChunk(message=AIMessageChunk(content=piece))
     tool_chunks = [

@@ -22,6 +22,8 @@ from langchain_core.messages import BaseMessage
 
 from langchain_aisp import _chat_format as fmtlib
 from langchain_aisp import _grammar_llguidance as grammarlib
+from langchain_aisp.chat import _reply as replylib
+from langchain_aisp.chat import _tool_formats as toolfmt
 from langchain_aisp.chat._progress import ProgressFn
 from langchain_aisp.engine.aisp import PromptResult, context_window_error
 from langchain_aisp.engine.config import AISPParams, SamplingParams, check_seed
@@ -121,6 +123,10 @@ class Job:
     """``time.monotonic()`` deadline fixed by ``prepare`` (its clock starts there); None: the run's start + timeout."""
     batch_prompts: int | None = None
     """Set by the run: how many calls shared its engine run (1 when the call ran alone)."""
+    reply: replylib.ReplyPlan = replylib.PLAIN
+    """Thinking and the tool-call format: how the reply is split and read (``chat/_reply.py``)."""
+    max_tokens: int = 0
+    """The answer's ``max_tokens`` (with a thinking budget the engine decodes more, see ``ReplyPlan``)."""
 
     def key(self) -> tuple[Any, ...]:
         return (tuple(self.token_ids), self.fmt.key(), self.settings.key(), id(self.lm), self.timeout)
@@ -199,6 +205,7 @@ def check_model(model: AISPChatModel) -> None:
     if model.format_weight < 0:
         raise ValueError(f"format_weight must be a finite number >= 0, got {model.format_weight}")
     check_timeout(model.timeout)
+    replylib.check_settings(model.reasoning_tags, model.thinking_budget, model.tool_format)
     if isinstance(model.max_retries, bool) or not 0 <= model.max_retries <= 100:
         raise ValueError(f"max_retries must be an integer in [0, 100], got {model.max_retries!r}")
 
@@ -253,7 +260,7 @@ def output_format(kwargs: dict[str, Any]) -> fmtlib.OutputFormat:
     )
 
 
-def grammars(fmt: fmtlib.OutputFormat) -> list[str]:
+def grammars(fmt: fmtlib.OutputFormat, tool_format: toolfmt.ToolFormat = toolfmt.FORMATS["documented"]) -> list[str]:
     """The grammar(s) of a reply of ``fmt``; [] for free text.
 
     Forced calls and JSON: one grammar. ``tool_choice="auto"``: two, prose (no ``<``, so no
@@ -265,10 +272,10 @@ def grammars(fmt: fmtlib.OutputFormat) -> list[str]:
         tools, parallel = list(fmt.tools), fmt.parallel_tool_calls
         if fmt.tool_choice == "auto":
             return [
-                grammarlib.prose_grammar(),
-                grammarlib.tool_call_grammar(tools, choice="any", parallel=parallel, strict=strict),
+                tool_format.prose_grammar(),
+                tool_format.grammar(tools, choice="any", parallel=parallel, strict=strict),
             ]
-        return [grammarlib.tool_call_grammar(tools, choice=fmt.tool_choice, parallel=parallel, strict=strict)]
+        return [tool_format.grammar(tools, choice=fmt.tool_choice, parallel=parallel, strict=strict)]
     if fmt.json_schema is not None:
         return [grammarlib.json_grammar(fmt.json_schema, strict=strict)]
     return []
@@ -303,17 +310,31 @@ def build_job(model: AISPChatModel, messages: list[BaseMessage], stop: list[str]
     out_fmt = output_format(kwargs)
     timeout = check_timeout(kwargs["timeout"]) if "timeout" in kwargs else model.timeout
     lm = model._get_lm(kwargs.get("model"))
-    reply_grammars = grammars(out_fmt)
-    vocab, eos = int(lm.head_weight.shape[0]), lm.eos_token_ids
-    constraint, prefill, forced_grammar = None, "", None
-    if len(reply_grammars) == 1:  # forced call / JSON: prefill what every reply must start with
-        prefill = grammarlib.forced_prefix(lm.tokenizer, vocab, eos, reply_grammars[0])
-        constraint = grammarlib.compile_constraint(lm.tokenizer, vocab, eos, reply_grammars[0], prefill)
-    elif reply_grammars:  # auto: a prose prompt and a forced-call prompt
-        constraint = grammarlib.compile_constraint(lm.tokenizer, vocab, eos, reply_grammars[0], "", close=False)
-        forced_grammar = reply_grammars[1]
-    prompt = fmtlib.render(lm.tokenizer, messages, out_fmt, prefill)
+    reply = replylib.reply_plan(
+        lm.tokenizer,
+        out_fmt,
+        reasoning=model.reasoning,
+        reasoning_tags=model.reasoning_tags,
+        thinking_budget=model.thinking_budget,
+        score_reasoning=model.score_reasoning,
+        tool_format=model.tool_format,
+    )
+    reply_grammars = grammars(out_fmt, reply.tool_format)
+    single = reply_grammars[0] if len(reply_grammars) == 1 else None  # forced call / JSON: prefill its start
+    free = replylib.render_variant(
+        lm,
+        messages,
+        out_fmt,
+        reply,
+        reply_grammars[0] if reply_grammars else None,
+        prefix_grammar=single,
+        close=bool(single),
+    )
+    reply = dataclasses.replace(reply, inside=free.inside)
+    prompt, constraint = free.prompt, free.constraint
     overrides = {k: kwargs[k] for k in PER_CALL_FIELDS if k in kwargs}
+    answer_tokens = overrides.get("max_tokens", model.max_tokens)
+    overrides["max_tokens"] = reply.engine_max_tokens(lm.tokenizer, answer_tokens)
     if isinstance(stop, str):
         stop = [stop]  # a lone string is one stop string, not one per character
     stops = list(stop if stop is not None else (model.stop or []))
@@ -329,29 +350,29 @@ def build_job(model: AISPChatModel, messages: list[BaseMessage], stop: list[str]
         raise ValueError(
             context_window_error("the conversation", len(token_ids), settings.sampling.max_tokens, limit, lm.name)
         )
-    forced = None if forced_grammar is None else _forced_variant(lm, messages, out_fmt, forced_grammar)
-    return Job(list(messages), token_ids, prompt, out_fmt, settings, lm, constraint, forced, timeout=timeout)
+    forced = None if len(reply_grammars) < 2 else _forced_variant(lm, messages, out_fmt, reply, reply_grammars[1])
+    job = Job(list(messages), token_ids, prompt, out_fmt, settings, lm, constraint, forced, timeout=timeout)
+    job.reply, job.max_tokens = reply, answer_tokens
+    return job
 
 
-def _forced_variant(lm: Any, messages: list[BaseMessage], out_fmt: fmtlib.OutputFormat, forced_grammar: str) -> Variant:
+def _forced_variant(
+    lm: Any, messages: list[BaseMessage], out_fmt: fmtlib.OutputFormat, reply: replylib.ReplyPlan, forced_grammar: str
+) -> Variant:
     """The forced-call prompt of a ``tool_choice="auto"`` call.
 
     One forced-call row per tool, the tools most related to the request first, with arguments
     taken from the conversation (the choice rule accepts no other); strict=False: the user's own
     keywords were checked at bind time, values from the conversation may not satisfy all of them.
     """
-    vocab, eos = int(lm.head_weight.shape[0]), lm.eos_token_ids
-    forced_prefill = grammarlib.forced_prefix(lm.tokenizer, vocab, eos, forced_grammar)
-    forced_prompt = fmtlib.render(lm.tokenizer, messages, out_fmt, forced_prefill)
-    grounded = fmtlib.grounded_tools(out_fmt, messages)
+    grounded = list(fmtlib.grounded_tools(out_fmt, messages))
     per_tool = [
-        grammarlib.tool_call_grammar(grounded, choice=name, strict=False)
+        reply.tool_format.grammar(grounded, choice=name, parallel=False, strict=False)
         for name in fmtlib.rank_tools(out_fmt, messages)
     ]
+    variant = replylib.render_variant(lm, messages, out_fmt, reply, per_tool, prefix_grammar=forced_grammar)
     return Variant(
-        list(lm.tokenizer(forced_prompt.text, add_special_tokens=False).input_ids),
-        forced_prompt,
-        grammarlib.compile_constraint(lm.tokenizer, vocab, eos, per_tool, forced_prefill),
+        list(lm.tokenizer(variant.prompt.text, add_special_tokens=False).input_ids), variant.prompt, variant.constraint
     )
 
 
@@ -396,17 +417,17 @@ def merge_variants(
         seen.add(i)
         if result is None:
             continue
-        if forced:
+        if forced:  # its prefill beyond the free prompt's (which the reply readers add)
+            extra = variant.prompt.prefill.removeprefix(jobs[i].prompt.prefill)
             result = dataclasses.replace(
-                result,
-                text=variant.prompt.prefill + result.text,
-                texts=[[variant.prompt.prefill + t for t in ts] for ts in result.texts],
+                result, text=extra + result.text, texts=[[extra + t for t in ts] for ts in result.texts]
             )
         current = merged[i]
         if current is None:
             merged[i] = result
             continue
-        call = fmtlib.auto_choice_score(result.text, jobs[i].fmt, jobs[i].messages) > 0
+        answer = jobs[i].reply.answer(jobs[i].prompt.prefill + result.text)
+        call = fmtlib.auto_choice_score(answer, jobs[i].fmt, jobs[i].messages) > 0
         jobs[i].auto_choice = "call" if call else "prose"
         best = result if call else current
         merged[i] = dataclasses.replace(

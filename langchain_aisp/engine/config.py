@@ -13,8 +13,8 @@ from typing import Literal
 
 Method = Literal["aisp", "bon", "sample"]
 METHODS: tuple[str, ...] = ("aisp", "bon", "sample")
-Control = Literal["position", "shared"]
-CONTROLS: tuple[str, ...] = ("position", "shared")
+Control = Literal["position", "shared", "token-bias", "temperature"]
+CONTROLS: tuple[str, ...] = ("position", "shared", "token-bias", "temperature")
 Decoding = Literal["auto", "static", "compiled", "eager"]
 DECODINGS: tuple[str, ...] = ("auto", "static", "compiled", "eager")
 
@@ -124,7 +124,8 @@ class AISPParams:
     num_iterations: int = DEFAULT_NUM_ITERATIONS
     """k: importance-sampling iterations."""
     sigma: float = DEFAULT_SIGMA
-    """Std of the control noise, relative to the RMS of the model's pre-logits."""
+    """Std of the control noise, relative to the RMS of the model's pre-logits; in nats (logit units) for
+    ``control="token-bias"`` and in log-temperature for ``"temperature"`` (docs/benchmarks.md, "Signal screen")."""
     lambda_: float | None = DEFAULT_LAMBDA
     """Temperature of the reward; None chooses it per iteration from ``ess_target``."""
     ess_target: float = DEFAULT_ESS_TARGET
@@ -135,7 +136,10 @@ class AISPParams:
     """Number of leading generated tokens that are perturbed."""
     control: Control = DEFAULT_CONTROL
     """``"position"``: one control vector per position t < tau (the paper's U, shape (tau, d));
-    ``"shared"``: one vector added at every position t < tau (U of shape (1, d))."""
+    ``"shared"``: one vector added at every position t < tau (U of shape (1, d));
+    ``"token-bias"``: a logit bias over the vocabulary added at every position, perturbed on the tokens the
+    prompt's samples used so far (U of shape (1, vocab)); ``"temperature"``: the logits divided by ``exp(v)``,
+    one number per sample (U of shape (1, 1)); both in :mod:`langchain_aisp.engine.logit_control`."""
     elite_fraction: float = DEFAULT_ELITE_FRACTION
     """Share of the samples of iterations 2..k that reuse the token-sampling noise of the best
     response so far (a local search around it through V alone); 0 draws fresh noise for all."""
@@ -175,6 +179,11 @@ class AISPParams:
             raise ValueError(
                 f"keep_fraction={self.keep_fraction} has no effect without early rejection (reject_at=0); "
                 "set reject_at to a token count in [1, max_tokens - 1] or leave keep_fraction at its default"
+            )
+        if self.control in ("token-bias", "temperature") and self.token_step > 0:
+            raise ValueError(
+                f"token_step must be 0 with control={self.control!r} (it drifts a pre-logit control), "
+                f"got {self.token_step}"
             )
 
     @property

@@ -21,6 +21,10 @@ same rows, so every matcher stays aligned with its row.
 
 The mask is applied to the logits of the steered pre-logits (``W (z + v) + b``), before
 temperature, top-k and top-p, so sampling renormalises over the allowed tokens only.
+
+:class:`ThinkingBudget` wraps a constraint for thinking models: a reply that starts inside a
+think section may think for at most ``budget`` tokens, then the closing tag's tokens are forced,
+and the wrapped constraint (a grammar, or none) applies to the answer after the tag.
 """
 
 from __future__ import annotations
@@ -29,6 +33,8 @@ from collections.abc import Sequence
 from typing import Protocol, runtime_checkable
 
 import torch
+
+from langchain_aisp.errors import ConstraintError
 
 
 @runtime_checkable
@@ -131,6 +137,108 @@ class RowMasks:
     def select(self, keep: torch.Tensor) -> None:
         """Keep only the live rows at positions ``keep`` (A',), as the decoder does."""
         self.live = [self.live[i] for i in keep.tolist()]
+
+
+class ThinkingMatcher:
+    """One row's state under :class:`ThinkingBudget`: thinking (counting tokens), closing the tag, answering."""
+
+    __slots__ = ("_answer", "_answering", "_closed", "_rule", "_thought")
+
+    def __init__(self, rule: ThinkingBudget, answer: Matcher | None) -> None:
+        self._rule = rule
+        self._answer = answer
+        self._thought = 0  # thinking tokens so far (the closing tag not included)
+        self._closed = 0  # tokens of the closing tag written so far
+        self._answering = False
+
+    @property
+    def answering(self) -> bool:
+        """True once the closing tag is complete (the answer part has begun)."""
+        return self._answering
+
+    @property
+    def thought(self) -> int:
+        """Thinking tokens generated so far (the closing tag excluded)."""
+        return self._thought
+
+    def fill_bitmask(self, bitmask: torch.Tensor, row: int, remaining: int) -> None:
+        rule = self._rule
+        if self._answering:
+            if self._answer is None:
+                bitmask[row] = -1
+            else:
+                self._answer.fill_bitmask(bitmask, row, remaining)
+        elif self._closed or (rule.budget is not None and self._thought >= rule.budget):
+            token = rule.close_ids[self._closed]  # the tag was begun or the budget is spent: finish the tag
+            bitmask[row, token // 32] = _bit(token % 32)
+        else:
+            bitmask[row] = rule.thinking_mask
+
+    def advance(self, token: int) -> None:
+        rule = self._rule
+        if self._answering:
+            if self._answer is not None:
+                self._answer.advance(token)
+        elif token == rule.close_ids[self._closed]:
+            self._closed += 1
+            self._answering = self._closed == len(rule.close_ids)
+        elif self._closed:
+            raise ConstraintError(
+                f"token {token} breaks the closing tag {list(rule.close_ids)} after {self._closed} of its tokens"
+            )
+        else:
+            self._thought += 1
+
+    def is_finished(self) -> bool:
+        return self._answering and self._answer is not None and self._answer.is_finished()
+
+
+class ThinkingBudget:
+    """A constraint for replies that start inside a think section (:class:`Constraint`).
+
+    While thinking, a row may use the tokens of ``thinking_mask`` (the caller leaves out EOS, so
+    that every reply reaches its answer, and tokens that would write the closing tag other than
+    through ``close_ids``). Once the row writes ``close_ids[0]``, or has thought ``budget`` tokens,
+    the rest of ``close_ids`` is forced; after the tag, ``answer`` (a constraint, or None for free
+    text) applies to the rest of the reply. ``budget=None`` never forces the tag.
+
+    A caller that wants the answer to keep ``max_tokens`` of room decodes
+    ``budget + len(close_ids) + max_tokens`` tokens in all.
+    """
+
+    def __init__(
+        self,
+        close_ids: Sequence[int],
+        budget: int | None,
+        thinking_mask: torch.Tensor,
+        answer: Constraint | None = None,
+    ) -> None:
+        if not close_ids:
+            raise ValueError("close_ids must hold the token ids of the closing tag, got none")
+        if budget is not None and (isinstance(budget, bool) or not isinstance(budget, int) or budget < 0):
+            raise ValueError(f"budget must be an integer >= 0 or None, got {budget!r}")
+        if thinking_mask.dtype != torch.int32 or thinking_mask.dim() != 1:
+            raise ValueError(
+                f"thinking_mask must be a 1-d int32 bitmask, got {thinking_mask.dtype} of shape "
+                f"{tuple(thinking_mask.shape)}"
+            )
+        self.close_ids = tuple(int(t) for t in close_ids)
+        self.budget = budget
+        self.thinking_mask = thinking_mask.cpu()  # (W,)
+        self.answer = answer
+
+    def matcher(self, sample: int) -> ThinkingMatcher:
+        return ThinkingMatcher(self, None if self.answer is None else self.answer.matcher(sample))
+
+
+def thinking_mask(vocab_size: int, forbidden: Sequence[int]) -> torch.Tensor:
+    """The int32 bitmask (W,) that allows every token of ``vocab_size`` except ``forbidden``."""
+    mask = torch.full((bitmask_words(vocab_size),), -1, dtype=torch.int32)  # (W,)
+    for token in forbidden:
+        if not 0 <= token < vocab_size:
+            raise ValueError(f"forbidden token {token} is outside the vocabulary [0, {vocab_size})")
+        mask[token // 32] &= ~_bit(token % 32)
+    return mask
 
 
 def _bit(position: int) -> int:

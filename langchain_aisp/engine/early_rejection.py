@@ -34,12 +34,12 @@ from transformers import DynamicCache
 
 from langchain_aisp.engine.config import AISPParams, SamplingParams
 from langchain_aisp.engine.decode.eager import DecodeOutput, Decoder, PromptPrefix, decode
-from langchain_aisp.engine.decode.static import DecodeFn
+from langchain_aisp.engine.decode.select import DecodeFn
 from langchain_aisp.engine.lm import CausalLM
 
 PartialScore = Callable[[list[str]], Sequence[float | None]]
 """``score_partials(texts) -> rewards``: one per row (rows of prompt b are ``b*n .. b*n + n - 1``);
-None where that prompt's reward failed (its rows are then all rejected but one)."""
+None where that prompt's reward failed (its kept rows are then arbitrary, and the prompt stops)."""
 
 
 def kept_rows(scores: torch.Tensor, keep: int) -> torch.Tensor:
@@ -102,16 +102,11 @@ class EarlyRejection:
 
     @classmethod
     def build(
-        cls, lm: CausalLM, params: AISPParams, sampling: SamplingParams, decoder: Decoder, *, constrained: bool = False
+        cls, lm: CausalLM, params: AISPParams, sampling: SamplingParams, decoder: Decoder
     ) -> EarlyRejection | None:
         """None when ``params.reject_at`` is 0; checks the checkpoint against ``max_tokens``."""
         if params.reject_at == 0:
             return None
-        if constrained:
-            raise ValueError(
-                f"early rejection (reject_at={params.reject_at}) does not combine with grammar constraints "
-                "(tools, structured output) yet; use reject_at=0 for constrained calls"
-            )
         if params.reject_at >= sampling.max_tokens:
             raise ValueError(
                 f"reject_at must be in [1, max_tokens - 1] = [1, {sampling.max_tokens - 1}] (the partials are "
@@ -122,6 +117,13 @@ class EarlyRejection:
         head = Decoder.build(lm, dataclasses.replace(sampling, max_tokens=params.reject_at))
         tail = Decoder.build(lm, dataclasses.replace(sampling, max_tokens=sampling.max_tokens - params.reject_at))
         return cls(lm, n, params.reject_at, keep, head, tail, decoder)
+
+    def refuse_constraints(self) -> None:
+        """Raise: a constrained row cannot continue from a partial yet (its matcher would need replaying)."""
+        raise ValueError(
+            f"early rejection (reject_at={self.reject_at}) does not combine with grammar constraints "
+            "(tools, structured output) yet; use reject_at=0 for constrained calls"
+        )
 
     def decode(
         self,
@@ -185,7 +187,7 @@ class EarlyRejection:
             texts.append(self.full.text(ids))
             reasons.append(reason)
         lengths = torch.tensor([len(ids) for ids in token_ids], dtype=torch.long)  # (b*m,)
-        return DecodeOutput(token_ids, texts, reasons, lengths, rest is not None and rest.timed_out)
+        return DecodeOutput(token_ids, texts, reasons, lengths, rest is not None and rest.timed_out, first.path)
 
     def _rejected_tokens(self, first: DecodeOutput, rows: list[int], prompts: int) -> list[int]:
         """Tokens decoded for the rejected partials of each prompt."""

@@ -643,6 +643,9 @@ def run_with_memory(
     ``aisp.run`` as they are (``runner`` stands in for ``aisp.run``, e.g. a wrapper); ``memory=None``
     is a plain ``aisp.run``.
     """
+    if memory is not None and params.method == "aisp" and params.control in ("token-bias", "temperature"):
+        raise ValueError("a control memory learns pre-logit controls: use control='position' or 'shared' with it, got "
+                         f"control={params.control!r}")  # fmt: skip
     initial = memory.initial_U(lm, reward, params, sampling) if memory is not None else None
     if initial is not None:
         run_kwargs["initial_U"] = initial

@@ -102,12 +102,54 @@ def apply_processors(logits: torch.Tensor, processors: Sequence[LogitsTransform]
     return logits
 
 
-def sample_tokens(logits: torch.Tensor, uniforms: torch.Tensor) -> torch.Tensor:
-    """Inverse-CDF sampling from softmax(logits) with pre-drawn uniforms.
+# Odd 32-bit multipliers of the counter hash in :func:`sample_tokens` (as signed int32: torch multiplies
+# int32 with wrap-around on every device).
+_HASH_ID = -1640531535  # 0x9E3779B1
+_HASH_KEY = -2048144789  # 0x85EBCA6B
+_HASH_MIX = -1028477387  # 0xC2B2AE35
+_KEY_BITS = 24
+"""A float32 uniform in [0, 1) carries 24 random bits: the sampler's key for one row and step."""
 
-    logits (B, V), uniforms (B,) in [0, 1) -> token ids (B,). Using uniforms drawn
-    per prompt from its own generator keeps results independent of how rows are
-    batched, and never touches the global RNG.
+
+def sample_tokens(logits: torch.Tensor, uniforms: torch.Tensor) -> torch.Tensor:
+    """Gumbel-max sampling from softmax(logits), its noise a hash of (pre-drawn uniform, token id).
+
+    logits (B, V), uniforms (B,) in [0, 1) -> token ids (B,). Each row's uniform is a 24-bit key; the
+    Gumbel noise of token v is a counter hash of (key, v), so it depends on nothing else: results do
+    not depend on how rows are batched, the same uniforms give the same tokens, and the global RNG is
+    never touched. The token is ``argmax_v(logits_v + g_v)``: a token with -inf logit (masked by a
+    grammar, top-k or top-p) is never returned.
+
+    Why Gumbel-max rather than the inverse CDF (:func:`inverse_cdf_tokens`): under the same noise a small
+    change of the logits changes the argmax only when it reorders the top of ``logits + g``, so steering
+    with a small control changes few tokens (the coupling that paired comparisons need). The inverse
+    CDF in vocabulary-id order changed about a quarter of the tokens at a control of 1% of the
+    pre-logit RMS (docs/benchmarks.md, "Signal screen").
+    """
+    gumbel = gumbel_noise(uniforms, logits.shape[-1])  # (B, V)
+    return torch.argmax(gumbel.add_(logits.float()), dim=-1)  # (B,)
+
+
+def gumbel_noise(uniforms: torch.Tensor, vocab: int) -> torch.Tensor:
+    """The Gumbel noise :func:`sample_tokens` adds: uniforms (B,) in [0, 1) -> (B, vocab) float32, on their device.
+
+    A counter hash of (the uniform's 24-bit key, token id), two xorshift-multiply rounds in int32.
+    """
+    keys = (uniforms.float() * float(1 << _KEY_BITS)).to(torch.int32) * _HASH_KEY  # (B,)
+    ids = torch.arange(vocab, dtype=torch.int32, device=uniforms.device) * _HASH_ID  # (V,)
+    x = (ids[None, :] ^ keys[:, None]) * _HASH_MIX  # (B, V) int32, wraps
+    x = (x ^ ((x >> 15) & 0x1FFFF)) * _HASH_ID  # (B, V) xorshift-multiply round
+    # 23 bits: (2^23 - 0.5) / 2^23 is the largest float32 below 1 (24 bits would round up to 1, so -log(-log u) = inf)
+    u = ((x >> 9) & 0x7FFFFF).float().add_(0.5).mul_(1.0 / (1 << 23))  # (B, V) in (0, 1)
+    return u.log_().neg_().log_().neg_()  # (B, V): -log(-log u)
+
+
+def inverse_cdf_tokens(logits: torch.Tensor, uniforms: torch.Tensor) -> torch.Tensor:
+    """Inverse-CDF sampling in vocabulary-id order: the sampler before :func:`sample_tokens`.
+
+    logits (B, V), uniforms (B,) in [0, 1) -> token ids (B,). Kept for the coupling benchmark
+    (``langchain-aisp-bench coupling``), which measures how many tokens each sampler changes under
+    a small control.
     """
     probs = torch.softmax(logits.float(), dim=-1)  # (B, V)
     cdf = torch.cumsum(probs, dim=-1)  # (B, V)

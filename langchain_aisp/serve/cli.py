@@ -3,6 +3,9 @@
     langchain-aisp serve --reward relevance=langchain_aisp.rewards:EmbeddingSimilarityReward \\
         --num-samples 4 --num-iterations 2 --max-tokens 64
 
+``langchain-aisp warmup --model ... --rows 8,64 --max-tokens 256``: compile and capture the static
+decoding buckets ahead (for a server image), saved to the persistent compile cache.
+
 Binds 127.0.0.1:8000 unless told otherwise. SIGINT/SIGTERM shut down gracefully: no new
 request is admitted, every admitted one is answered, then the process exits.
 """
@@ -103,7 +106,81 @@ def _parser() -> argparse.ArgumentParser:
         "--graceful-timeout", type=float, default=300.0, help="seconds to finish admitted requests on shutdown"
     )
     serve.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+    _add_warmup_parser(commands)
     return parser
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        values = []
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers >= 1, got {text!r}")
+    return values
+
+
+def _add_warmup_parser(commands: Any) -> None:
+    warm = commands.add_parser(
+        "warmup",
+        help="compile and capture the static decoding buckets ahead (saved to the compile cache)",
+        description=(
+            "Build the static decoding buckets of every rows x max-tokens x prompt-tokens combination: "
+            "compile (decoding 'compiled', or 'auto' on CUDA), capture, and save the compiled "
+            "step to the persistent compile cache, so later processes on this machine skip the compile and "
+            "decoding='auto' takes the compiled path for these buckets."
+        ),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    warm.add_argument("--model", default=None, help="hub id or local folder (default: the embedded SmolLM2-135M)")
+    warm.add_argument("--device", default="auto")
+    warm.add_argument("--dtype", default="auto")
+    warm.add_argument("--trust-remote-code", action="store_true")
+    lists = "comma-separated; default: warmup.DEFAULT_"
+    warm.add_argument("--rows", type=_int_list, default=None, help=f"rows decoded together ({lists}ROWS)")
+    warm.add_argument("--max-tokens", type=_int_list, default=None, help=f"new tokens per call ({lists}MAX_TOKENS)")
+    warm.add_argument("--prompt-tokens", type=_int_list, default=None, help=f"prompt lengths ({lists}PROMPT_TOKENS)")
+    warm.add_argument(
+        "--decoding",
+        choices=["auto", "compiled", "static"],
+        default="auto",
+        help="auto: what decoding='auto' uses (compiled buckets on CUDA, nothing on CPU, which decodes eagerly)",
+    )
+    warm.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+
+
+def _warmup(args: argparse.Namespace) -> int:
+    """``langchain-aisp warmup``: load the model, build its buckets, print one line per bucket."""
+    from langchain_aisp.engine import lm as lm_module
+    from langchain_aisp.engine.decode import compile_cache
+    from langchain_aisp.engine.decode import warmup as w
+
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        lm = lm_module.load_causal_lm(
+            args.model, device=args.device, dtype=args.dtype, trust_remote_code=args.trust_remote_code
+        )
+    except Exception as exc:
+        print(f"langchain-aisp warmup: cannot load the model: {exc}", file=sys.stderr)
+        return 1
+    built = w.warmup(
+        lm,
+        rows=args.rows or w.DEFAULT_ROWS,
+        max_tokens=args.max_tokens or w.DEFAULT_MAX_TOKENS,
+        prompt_tokens=args.prompt_tokens or w.DEFAULT_PROMPT_TOKENS,
+        decoding=args.decoding,
+    )
+    for b in built:
+        print(
+            f"rows {b['rows']} max_tokens {b['max_tokens']} prompt_tokens {b['prompt_tokens']}: "
+            f"cache {b['cache_len']}, {b['path']}, {b['seconds']:.1f} s, compile cache {b['compile_cache'] or '-'}"
+        )
+    where = compile_cache.cache_dir() if any(b["compile_cache"] for b in built) else "nothing compiled"
+    print(f"{len(built)} bucket(s) of {lm.name} on {lm.device} ready; compile cache: {where}")
+    if not built:
+        hint = "nothing to build (--decoding static or compiled builds them anyway)"
+        print(f"decoding={args.decoding!r} decodes eagerly on {lm.device}: {hint}")
+    return 0
 
 
 def config_from_args(args: argparse.Namespace) -> ServeConfig:
@@ -146,6 +223,8 @@ def config_from_args(args: argparse.Namespace) -> ServeConfig:
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
+    if args.command == "warmup":
+        return _warmup(args)
     if args.command != "serve":  # pragma: no cover - argparse enforces the choice
         parser.error(f"unknown command {args.command!r}")
     try:

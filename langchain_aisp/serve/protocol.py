@@ -546,6 +546,9 @@ def completion_body(
     reply: dict[str, Any] = {"role": "assistant", "content": text if (text or not tool_calls) else None}
     if tool_calls:
         reply["tool_calls"] = tool_calls
+    reasoning = message.additional_kwargs.get("reasoning_content")
+    if reasoning:  # a thinking model's reasoning, as vLLM's and DeepSeek's APIs send it
+        reply["reasoning_content"] = reasoning
     reply["refusal"] = None
     return {
         "id": completion_id,
@@ -593,6 +596,8 @@ def chunk_events(
         return [{"index": 0, "delta": values, "finish_reason": finish, "logprobs": None}]
 
     yield event(delta({"role": "assistant", "content": ""}))
+    for piece in stream_pieces(message.additional_kwargs.get("reasoning_content") or ""):
+        yield event(delta({"reasoning_content": piece}))  # a thinking model's reasoning first, as vLLM streams it
     text = message.content if isinstance(message.content, str) else message.text
     for piece in stream_pieces(text):
         yield event(delta({"content": piece}))

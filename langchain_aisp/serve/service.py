@@ -1,15 +1,18 @@
-"""The serving core: admission, cross-request batching and the engine worker (no HTTP, no Ray).
+"""The serving core: admission, continuous Batched AISP and the engine thread (no HTTP, no Ray).
 
 One :class:`AlignmentService` per server process (or Ray Serve replica) holds the loaded
 model, one :class:`~langchain_aisp.AISPChatModel` per registered reward (all sharing that
-model), a bounded queue and one engine worker thread. Requests that arrive within
-``batch_window_ms`` of the first one waiting are collected (up to ``max_batch_prompts``);
-those of one reward with equal settings run as one Batched AISP engine run through
-``AISPChatModel.run_prepared``, the others in their own runs of the same round.
+model), a bounded admission count and one continuous
+:class:`~langchain_aisp.engine.scheduler.Scheduler` (one engine thread). Each admitted request
+runs ``AISPChatModel.run_prepared`` on a request thread with the scheduler as its engine
+``runner``: its prompts join the running Batched AISP run of compatible settings at the next
+iteration boundary (each with its own U, seed, deadline and reward) and leave when done. When
+nothing runs, a request waits ``batch_window_ms`` for others (longer, up to
+``batch_window_max_ms``, while more requests are being read), so a burst starts together.
 
-Per-request isolation comes from the chat model: a reward failing on one request's
-responses fails that request only, and a request whose client is gone (``cancel`` set)
-leaves the batch at the next iteration boundary.
+Per-request isolation comes from the chat model and the scheduler: a reward failing on one
+request's responses fails that request only, and a request whose client is gone (``cancel``
+set) leaves the batch at the next iteration boundary.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -28,6 +31,7 @@ from langchain_core.messages import AIMessage, HumanMessage
 
 from langchain_aisp.chat_models import AISPChatModel, PreparedCall, RunCancelledError
 from langchain_aisp.engine.aisp import PromptResult, RewardError
+from langchain_aisp.engine.scheduler import Scheduler, Ticket
 from langchain_aisp.serve.config import ServeConfig
 from langchain_aisp.serve.metrics import Metrics
 from langchain_aisp.serve.protocol import APIError, ChatCall, bad_request
@@ -61,24 +65,33 @@ class Pending:
     arrival: float = field(default_factory=time.monotonic)
     cancel: threading.Event = field(default_factory=threading.Event)
     future: concurrent.futures.Future[Answer] = field(default_factory=concurrent.futures.Future)
+    ticket: Ticket | None = None
+    """Its engine call in the scheduler (None until its prompts were submitted)."""
 
 
 class AlignmentService:
-    """Loads the model, validates and admits requests, batches them and runs the engine on one worker thread."""
+    """Loads the model, validates and admits requests, and runs them by continuous Batched AISP on one engine
+    thread (one request thread each waits for its answer)."""
 
     def __init__(self, config: ServeConfig, *, llm: Any = None, metrics: Metrics | None = None) -> None:
         self.config = config
         self.metrics = metrics or Metrics()
         self._llm = llm
         self._models: dict[str, AISPChatModel] = {}
-        self._queue: list[Pending] = []
         self._admitted = 0
         self._admitting = 0  # requests being read and validated right now (a burst in progress)
         self._work = 0
         self._cond = threading.Condition()
         self._closing = False
-        self._worker: threading.Thread | None = None
-        self._round_seconds = 1.0  # moving average of one round of engine runs (for Retry-After)
+        self._scheduler = Scheduler(
+            max_prompts=config.max_batch_prompts,
+            window_s=config.batch_window_ms / 1000.0,
+            window_max_s=config.batch_window_max_ms / 1000.0 if config.batch_window_ms > 0 else 0.0,
+            hold=lambda: self._admitting > 0,
+            name="aisp-engine",
+        )
+        self._requests: concurrent.futures.ThreadPoolExecutor | None = None
+        self._round_seconds = 1.0  # moving average of a request's engine time (for Retry-After)
         self.served_model_name = config.served_model_name or ""
 
     # --- life cycle ------------------------------------------------------------------------------
@@ -89,7 +102,7 @@ class AlignmentService:
         Every reward is resolved before the model loads, so a mistyped ``module:callable`` fails
         the start at once; all rewards share one loaded model.
         """
-        if self._worker is not None:
+        if self._requests is not None:
             return
         cfg = self.config
         source: dict[str, Any] = (
@@ -116,8 +129,8 @@ class AlignmentService:
         self.served_model_name = cfg.served_model_name or first.model_name
         if cfg.warmup:
             self._warm_up()
-        self._worker = threading.Thread(target=self._loop, name="aisp-engine", daemon=True)
-        self._worker.start()
+        self._scheduler.start()
+        self._requests = concurrent.futures.ThreadPoolExecutor(cfg.max_queue, thread_name_prefix="aisp-request")
         logger.info(
             "serving %s with rewards %s (default %s)", self.served_model_name, list(self._models), cfg.default_reward
         )
@@ -130,12 +143,13 @@ class AlignmentService:
                 raise RuntimeError(f"reward {name!r} failed its warm-up call: {outcome}") from outcome
 
     def close(self, timeout: float | None = None) -> None:
-        """Stop admitting (503), finish every admitted request, stop the worker."""
+        """Stop admitting (503), finish every admitted request, stop the engine thread."""
         with self._cond:
             self._closing = True
             self._cond.notify_all()
-        if self._worker is not None:
-            self._worker.join(timeout)
+        if self._requests is not None:
+            self._requests.shutdown(wait=True)
+        self._scheduler.close(timeout)
 
     @property
     def closing(self) -> bool:
@@ -143,8 +157,8 @@ class AlignmentService:
 
     @property
     def healthy(self) -> bool:
-        """The engine worker is running (False before start, after close, or if it died)."""
-        return self._worker is not None and self._worker.is_alive()
+        """The engine thread is running (False before start, after close, or if it died)."""
+        return self._requests is not None and self._scheduler.alive
 
     @property
     def reward_names(self) -> list[str]:
@@ -208,14 +222,17 @@ class AlignmentService:
     def admission(self) -> Iterator[None]:
         """Mark a request as on its way (body being read, validated) so a batch about to start waits for it
         (up to ``batch_window_max_ms``); wrap everything from the first byte to :meth:`submit`."""
-        with self._cond:
-            self._admitting += 1
+        self._arriving(+1)
         try:
             yield
         finally:
-            with self._cond:
-                self._admitting -= 1
-                self._cond.notify_all()
+            self._arriving(-1)
+
+    def _arriving(self, change: int) -> None:
+        with self._cond:
+            self._admitting += change
+        if change < 0:
+            self._scheduler.wake()
 
     def submit(self, pending: Pending) -> None:
         """Queue an admitted request; raises :class:`APIError` 429 (with Retry-After) when full, 503 when closing."""
@@ -237,11 +254,12 @@ class AlignmentService:
                     headers={"Retry-After": str(retry)},
                 )
             pending.arrival = time.monotonic()
-            self._queue.append(pending)
             self._admitted += 1
             self._work += pending.work
+            self._scheduler.expect()  # until its prompts reach the scheduler (see _serve)
             self._gauges()
-            self._cond.notify_all()
+            if self._requests is not None:  # healthy, so started
+                self._requests.submit(self._serve, pending)
 
     def retry_after(self) -> int:
         """Seconds a rejected client should wait: the rounds ahead of it times a round's average duration."""
@@ -258,60 +276,52 @@ class AlignmentService:
         self.submit(pending)
         return pending.future.result(timeout)
 
-    # --- the worker ------------------------------------------------------------------------------
+    # --- a request's thread ---------------------------------------------------------------------------
 
-    def _loop(self) -> None:
-        window = self.config.batch_window_ms / 1000.0
-        longest = max(window, self.config.batch_window_max_ms / 1000.0) if window > 0 else 0.0
-        limit = self.config.max_batch_prompts
-        while True:
-            with self._cond:
-                while not self._queue and not self._closing:
-                    self._cond.wait()
-                if not self._queue:
-                    return  # closing and drained
-                first = self._queue[0].arrival
-                while len(self._queue) < limit and not self._closing:
-                    # The window; past it, only while more requests are being admitted (a burst).
-                    until = first + (longest if self._admitting else window)
-                    remaining = until - time.monotonic()
-                    if remaining <= 0:
-                        break
-                    self._cond.wait(remaining)
-                batch = self._queue[:limit]
-                del self._queue[: len(batch)]
-            start = time.monotonic()
+    def _serve(self, pending: Pending) -> None:
+        """Run one request through the scheduler and deliver its outcome (never leaves it waiting)."""
+        handed = False
+
+        def runner(*args: Any, **kwargs: Any) -> list[PromptResult]:
+            nonlocal handed
             try:
-                self._run_round(batch)
-            except BaseException as exc:  # never leave a request waiting forever
-                for pending in batch:
-                    if not pending.future.done():
-                        self._finish(pending, exc, 0.0, 0.0)
-                if not isinstance(exc, Exception):
-                    raise
-                logger.exception("engine round failed")
-            self._round_seconds = 0.7 * self._round_seconds + 0.3 * (time.monotonic() - start)
+                pending.ticket = self._scheduler.submit(*args, **kwargs)
+            finally:
+                if not handed:
+                    handed = True
+                    self._scheduler.arrived()
+            return pending.ticket.result()
 
-    def _run_round(self, batch: list[Pending]) -> None:
-        groups: dict[tuple[Any, ...], list[Pending]] = {}
-        for pending in batch:
+        try:
             if pending.cancel.is_set():
                 self.metrics.inc("aisp_cancelled_total")
-                self._finish(pending, ClientGoneError("the client disconnected before its request ran"), 0.0, 0.0)
-                continue
-            groups.setdefault((id(pending.model), pending.call.batch_key), []).append(pending)
-        for group in groups.values():
-            start = time.monotonic()
-            for pending in group:
-                self.metrics.observe("aisp_queue_wait_seconds", start - pending.arrival)
-            self.metrics.observe("aisp_batch_prompts", len(group))
-            outcomes = group[0].model.run_prepared([p.call for p in group], keep=_keeper(group))
-            elapsed = time.monotonic() - start
-            self.metrics.observe("aisp_engine_run_seconds", elapsed)
-            for pending, outcome in zip(group, outcomes, strict=True):
-                self._finish(pending, outcome, start - pending.arrival, elapsed)
+                outcome: Any = ClientGoneError("the client disconnected before its request ran")
+            else:
+                keep = lambda _i: not pending.cancel.is_set()  # noqa: E731
+                (outcome,) = pending.model.run_prepared([pending.call], keep=keep, runner=runner)
+        except BaseException as exc:  # never leave a request waiting forever
+            logger.exception("serving a request failed")
+            outcome = exc
+        finally:
+            if not handed:
+                self._scheduler.arrived()
+        self._finish(pending, outcome)
 
-    def _finish(self, pending: Pending, outcome: Any, queued: float, elapsed: float) -> None:
+    def _timing(self, pending: Pending) -> tuple[float, float, int]:
+        """Its queue wait, engine time and the most prompts that shared its decode batches."""
+        ticket = pending.ticket
+        if ticket is None or ticket.admitted is None:
+            return max(0.0, time.monotonic() - pending.arrival), 0.0, 0
+        queued = ticket.admitted - pending.arrival
+        elapsed = (ticket.finished or time.monotonic()) - ticket.admitted
+        self.metrics.observe("aisp_queue_wait_seconds", queued)
+        self.metrics.observe("aisp_engine_run_seconds", elapsed)
+        self.metrics.observe("aisp_batch_prompts", ticket.batch_prompts)
+        self._round_seconds = 0.7 * self._round_seconds + 0.3 * elapsed
+        return queued, elapsed, ticket.batch_prompts
+
+    def _finish(self, pending: Pending, outcome: Any) -> None:
+        queued, elapsed, shared = self._timing(pending)
         with self._cond:
             self._admitted -= 1
             self._work -= pending.work
@@ -323,6 +333,8 @@ class AlignmentService:
             self.metrics.inc("aisp_tokens_generated_total", meta.get("generated_tokens") or 0)
             if meta.get("timed_out"):
                 self.metrics.inc("aisp_timed_out_total")
+            if shared:
+                meta["batch_prompts"] = shared  # engine prompts in its decode batch, not calls of run_prepared
             _settle(pending.future, Answer(outcome, pending.reward_name, queued, elapsed))
             return
         if isinstance(outcome, RewardError):
@@ -338,11 +350,6 @@ class AlignmentService:
             self.metrics.inc("aisp_tokens_generated_total", partial.generated_tokens)
         error = outcome if isinstance(outcome, BaseException) else RuntimeError(f"unexpected outcome {outcome!r}")
         _settle(pending.future, error=error)
-
-
-def _keeper(group: list[Pending]) -> Callable[[int], bool]:
-    """``keep(i)`` for ``run_prepared``: False once request i's client is gone."""
-    return lambda i: not group[i].cancel.is_set()
 
 
 def _settle(future: concurrent.futures.Future[Answer], result: Answer | None = None, error: Any = None) -> None:

@@ -65,6 +65,8 @@ class DecodeOutput:
     """Generated tokens per row (EOS included), shape (B,), on CPU."""
     timed_out: bool = False
     """The deadline passed before every row had ended: unfinished rows stop where they were."""
+    path: str = "eager"
+    """The decode path that produced it: ``"eager"``, ``"static"`` or ``"compiled"`` (failed compile: ``"static"``)."""
 
 
 @torch.inference_mode()

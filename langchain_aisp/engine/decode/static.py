@@ -5,8 +5,8 @@
 tensor of the per-token loop has a fixed shape and address:
 
 * the rows are padded to a power of two (``rows_bucket``) and the KV cache is preallocated for
-  ``(rows_bucket, cache_len)`` with ``cache_len`` = prompt width + ``max_tokens`` rounded up to a
-  multiple of :data:`LENGTH_BUCKET`; prompts are left-padded into it as in the eager path;
+  ``(rows_bucket, cache_len)`` with ``cache_len`` = prompt width + ``token_bucket(max_tokens)`` rounded
+  up to a multiple of :data:`LENGTH_BUCKET`; prompts are left-padded into it as in the eager path;
 * the model body gets its own 4D attention mask and position ids (built from device tensors), and
   the cache writes at a device-side position, so the forward runs no data-dependent Python;
 * ended rows are masked (they feed and emit the pad token), never dropped;
@@ -29,34 +29,35 @@ tensor of the per-token loop has a fixed shape and address:
 * ``compile_step`` (``decoding="compiled"``) compiles the body with ``torch.compile`` before the
   capture: fewer, fused kernels per token for a first call of tens of seconds per bucket.
 
-Buffers and graphs are cached on the :class:`~langchain_aisp.engine.lm.CausalLM` (``lm.static_graphs``) per
-(rows bucket, cache length, ``max_tokens``, logit transforms, mode) and reused by later calls; a new
-bucket's capture cost is logged and listed by :func:`static_graph_stats` (a capture holds the
-model's bucket lock, so a concurrent call for another bucket of the same model waits for it). On
-CPU the same path runs without graphs (that is what the CPU test suite checks against the eager
-path). If a capture fails the bucket falls back to the static cache without graphs and says so in
-the log.
+Buffers and graphs are cached per model in a byte-bounded :class:`~langchain_aisp.engine.decode.runners.RunnerCache`
+(``lm.static_graphs["cache"]``) per (rows bucket, cache length, ``max_tokens`` bucket, logit transforms, mode):
+``max_tokens`` is rounded up to a power of two (:func:`token_bucket`), so clients that vary it share buckets.
+A new bucket's capture cost is logged and listed by :func:`static_graph_stats`; a capture or compile holds
+only its own model's capture lock; a decode holds its model's replay lock (the graphs of one model share
+a memory pool: the replay rule in :mod:`~langchain_aisp.engine.decode.runners`); an out-of-memory error
+drops every bucket of the model. On CPU the same path runs without graphs (that is what the CPU test
+suite checks against the eager path). If a capture fails the bucket falls back to the static cache without
+graphs and says so in the log; if a compile fails the bucket takes the uncompiled step, with one warning.
 """
 
 from __future__ import annotations
 
 import contextlib
-import functools
+import importlib
 import logging
 import math
-import threading
 import time
-from collections import OrderedDict
+import types
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 import torch.nn.functional as F
 from transformers import DynamicCache
 
-from langchain_aisp.engine.config import DECODINGS
 from langchain_aisp.engine.constraints import Matcher, RowMasks
+from langchain_aisp.engine.decode import compile_cache
 from langchain_aisp.engine.decode.eager import (
     FINISH_LENGTH,
     FINISH_STOP,
@@ -67,43 +68,39 @@ from langchain_aisp.engine.decode.eager import (
     decode,
     head_for,
 )
+from langchain_aisp.engine.decode.runners import RunnerCache, default_budget
 from langchain_aisp.engine.lm import CausalLM
 from langchain_aisp.engine.processors import LogitsTransform, apply_processors, sample_tokens
+
+if TYPE_CHECKING:  # the old home of path selection (resolved lazily at run time: no import cycle)
+    from langchain_aisp.engine.decode.select import VERIFIED_MODEL_TYPES as VERIFIED_MODEL_TYPES
+    from langchain_aisp.engine.decode.select import DecodeFn as DecodeFn
+    from langchain_aisp.engine.decode.select import resolve_decoding as resolve_decoding
+    from langchain_aisp.engine.decode.select import select_decode as select_decode
 
 _log = logging.getLogger(__name__)
 
 LENGTH_BUCKET = 64
 """Cache lengths are rounded up to a multiple of this, so prompts of similar length share a graph."""
+MIN_TOKEN_BUCKET = 16
+"""The smallest ``max_tokens`` bucket; above it ``max_tokens`` is rounded up to a power of two."""
 CHECK_EVERY_CUDA = 8
 """Steps between two looks of the host at the rows on CUDA (ended rows, stop strings)."""
-MAX_RUNNERS = 8
-"""Buckets (buffers + graph) kept per model; the least recently used one is freed beyond this."""
-VERIFIED_MODEL_TYPES = frozenset({"llama", "mistral", "qwen2", "qwen3"})
-"""Architectures whose forward the static path is tested on (same tokens as the eager path);
-``decoding="auto"`` uses the static path on CUDA only for these."""
+COMPILE_WHEN_WARM: Literal["when_warm"] = "when_warm"
+"""``compile_step`` value of ``decoding="auto"``: compile a bucket only when its compile is paid already."""
+CompileStep = bool | Literal["when_warm"]
 _ATTENTION_IMPLEMENTATIONS = ("sdpa", "eager")
-
-
-class DecodeFn(Protocol):
-    """The contract of :func:`langchain_aisp.engine.decode.eager.decode` that every decode path implements."""
-
-    def __call__(
-        self,
-        decoder: Decoder,
-        prefixes: Sequence[PromptPrefix],
-        row_prompt: torch.Tensor,
-        V: torch.Tensor,
-        uniforms: torch.Tensor,
-        matchers: Sequence[Matcher | None] | None = None,
-        deadline: float = math.inf,
-    ) -> DecodeOutput: ...
-
-
-_RUNNERS_LOCK = threading.Lock()
-"""Guards the creation and eviction of buckets in ``lm.static_graphs``."""
+_MOVED = ("select_decode", "resolve_decoding", "DecodeFn", "VERIFIED_MODEL_TYPES")
 
 DECODE_ATTENTION = "langchain_aisp_decode_sdpa"
 """Name under which :func:`decode_sdpa` is registered in transformers' ``AttentionInterface``."""
+
+
+def __getattr__(name: str) -> Any:
+    """Path selection moved to :mod:`langchain_aisp.engine.decode.select`; its old names still resolve here."""
+    if name in _MOVED:  # a lookup at attribute time, after both modules are loaded: no import cycle
+        return getattr(importlib.import_module("langchain_aisp.engine.decode.select"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def rows_bucket(rows: int) -> int:
@@ -111,6 +108,13 @@ def rows_bucket(rows: int) -> int:
     if rows < 1:
         raise ValueError(f"rows must be >= 1, got {rows}")
     return 1 << (rows - 1).bit_length()
+
+
+def token_bucket(max_tokens: int) -> int:
+    """The ``max_tokens`` a bucket is built for: the smallest power of two >= ``max_tokens``, at least 16."""
+    if max_tokens < 1:
+        raise ValueError(f"max_tokens must be >= 1, got {max_tokens}")
+    return max(MIN_TOKEN_BUCKET, 1 << (max_tokens - 1).bit_length())
 
 
 def cache_length(prompt_width: int, max_tokens: int) -> int:
@@ -123,6 +127,11 @@ def _text_config(lm: CausalLM) -> Any:
     config = lm.model.config
     getter = getattr(config, "get_text_config", None)
     return getter(decoder=True) if callable(getter) else config
+
+
+def model_type(lm: CausalLM) -> str:
+    """The decoder's ``model_type`` (``"llama"``, ``"qwen3"``, ...)."""
+    return str(getattr(_text_config(lm), "model_type", ""))
 
 
 def static_unsupported(lm: CausalLM) -> str | None:
@@ -145,50 +154,17 @@ def _sliding_window(lm: CausalLM) -> int | None:
     return int(window) if isinstance(window, int) and window > 0 else None
 
 
-def resolve_decoding(lm: CausalLM, decoding: str) -> str:
-    """``"auto"`` -> ``"static"`` on CUDA for verified architectures, else ``"eager"``; checks the others.
-
-    ``"compiled"`` is the static path whose step ``torch.compile`` (inductor) fuses before it is
-    captured: fewer, fused kernels per token for a first call of tens of seconds per row bucket.
-    """
-    if decoding not in DECODINGS:
-        raise ValueError(f"decoding must be one of {list(DECODINGS)}, got {decoding!r}")
-    if decoding == "eager":
-        return "eager"
-    reason = static_unsupported(lm)
-    model_type = str(getattr(_text_config(lm), "model_type", ""))
-    if decoding == "auto":
-        if lm.device.type != "cuda":
-            return "eager"
-        if reason is not None or model_type not in VERIFIED_MODEL_TYPES:
-            _log.info(
-                "decoding='auto' uses the eager path for %s: %s",
-                lm.name,
-                reason or f"model type {model_type!r} is not among the verified {sorted(VERIFIED_MODEL_TYPES)}",
-            )
-            return "eager"
-        return "static"
-    if reason is not None:
-        raise ValueError(f"decoding={decoding!r} is not available for {lm.name}: {reason}; use decoding='eager'")
-    if model_type not in VERIFIED_MODEL_TYPES:
-        _log.warning(
-            "decoding=%r on model type %r, which is not among the verified %s: compare with decoding='eager'",
-            decoding,
-            model_type,
-            sorted(VERIFIED_MODEL_TYPES),
-        )
-    return decoding
+def runner_cache(lm: CausalLM) -> RunnerCache[_Runner]:
+    """The model's runner cache, created on first use with :func:`~.runners.default_budget` of its device."""
+    cache = lm.static_graphs.get("cache")
+    if cache is None:
+        cache = lm.static_graphs.setdefault("cache", RunnerCache(default_budget(lm.device)))
+    return cache  # type: ignore[no-any-return]
 
 
-def select_decode(lm: CausalLM, decoding: str) -> tuple[DecodeFn, str]:
-    """The decode function for a run (resolved once) and the resolved path name."""
-    path = resolve_decoding(lm, decoding)
-    functions: dict[str, DecodeFn] = {
-        "static": decode_static,
-        "compiled": functools.partial(decode_static, compile_step=True),
-        "eager": decode,
-    }
-    return functions[path], path
+def set_static_cache_budget(lm: CausalLM, budget_bytes: int) -> None:
+    """Bound the bytes ``lm``'s static buckets may hold (default: a quarter of the memory free at first use)."""
+    runner_cache(lm).set_budget(budget_bytes)
 
 
 def decode_sdpa(
@@ -272,12 +248,28 @@ class _Stats:
     rows: int
     cache_len: int
     max_tokens: int
+    """The bucket's ``max_tokens`` (:func:`token_bucket`); calls may ask for fewer."""
     graph: bool
     compiled: bool = False
     host_sampling: bool = False
     capture_s: float = 0.0
     calls: int = 0
     error: str = ""
+    compile_s: float = 0.0
+    compile_cache: str = ""
+    """``"hit"``: the compile cache held this bucket's artifacts; ``"miss"``: compiled here and saved."""
+    compile_error: str = ""
+
+
+def buffer_bytes(
+    lm: CausalLM, rows: int, cache_len: int, max_tokens: int, kv_shapes: Sequence[tuple[int, int, int]], logits: bool
+) -> int:
+    """Bytes of a bucket's preallocated buffers (KV cache, controls, uniforms, tokens, logits), before any graph."""
+    elem = lm.head_weight.element_size()
+    kv = rows * cache_len * sum(h * (dk + dv) for h, dk, dv in kv_shapes) * elem
+    controls = rows * (max_tokens + 2) * lm.hidden_size * elem  # V and z
+    per_token = rows * max_tokens * (4 + 8)  # uniforms (fp32) and out_tokens (int64)
+    return kv + controls + per_token + (rows * lm.head_weight.shape[0] * 4 if logits else 0)
 
 
 class _Runner:
@@ -300,10 +292,11 @@ class _Runner:
         self.processors = processors
         self.head = head_for(lm)  # W (z + v) + b in fp32; the control kept exact in half precision
         self.rows, self.cache_len, self.max_tokens = rows, cache_len, max_tokens
-        self.lock = threading.Lock()
+        self.call_tokens = max_tokens  # max_tokens of the call being decoded (<= the bucket's)
         self.is_cuda = device.type == "cuda"
         self.pool = pool
         self.graph: Any = None
+        self.graph_bytes = 0
         self.stats = _Stats(rows, cache_len, max_tokens, self.is_cuda, compile_step, host_sampling)
         self.keys = [torch.zeros(rows, h, cache_len, dk, dtype=dtype, device=device) for h, dk, _ in kv_shapes]
         self.values = [torch.zeros(rows, h, cache_len, dv, dtype=dtype, device=device) for h, _, dv in kv_shapes]
@@ -327,11 +320,9 @@ class _Runner:
         self.host_sampling = host_sampling
         vocab = lm.head_weight.shape[0] if host_sampling else 0
         self.logits = torch.zeros(rows, vocab, device=device)  # (R, vocab) raw logits, host-sampling mode only
-        # optional: inductor fuses the body's small kernels before the step is captured (compiled on
-        # first use); the sampler stays as is (inductor 2.11 fails on its cumsum over the vocabulary)
-        self.body_fn: Callable[[], None] = (
-            torch.compile(self._body, dynamic=False, fullgraph=False) if compile_step else self._body
-        )
+        # optional: inductor fuses the body's small kernels before the step is captured (compiled by
+        # prepare()); the sampler stays as is (inductor 2.11 fails on its cumsum over the vocabulary)
+        self.body_fn: Callable[[], None] = self._body
         self.flags = (
             [torch.zeros(1, dtype=torch.bool).pin_memory() for _ in range(2)] if self.is_cuda else []
         )  # host copies of "all rows ended", one per window in flight
@@ -387,6 +378,67 @@ class _Runner:
         else:
             self._head_sample()
 
+    # --- build: compile (optional) and capture ---------------------------------------------
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes this bucket holds: its buffers and, on CUDA, what its capture added (the pool is shared)."""
+        tensors = [*self.keys, *self.values, self.z, self.V, self.uniforms, self.out_tokens, self.logits]
+        return sum(t.nbytes for t in tensors) + self.graph_bytes
+
+    def describe(self) -> dict[str, Any]:
+        """The bucket's statistics (rows, cache length, max_tokens bucket, graph, compile, calls, errors)."""
+        return dict(vars(self.stats))
+
+    def prepare(self, compile_step: bool) -> None:
+        """Compile the body (``compile_step``; a failure falls back to the plain body) and capture the step."""
+        if compile_step:
+            self._compile()
+        self.capture()
+
+    def _own_body(self) -> Callable[[], None]:
+        """:meth:`_body` bound to this runner through its own copy of the code object.
+
+        dynamo caches compiled frames per code object and stops compiling one after
+        ``recompile_limit`` (8) variants, silently running it uncompiled from then on: with one shared
+        code object a process's ninth compiled bucket would be eager. A copy per runner keeps each
+        bucket's compile its own.
+        """
+        body = _Runner._body
+        code = body.__code__.replace()  # a new code object: its own dynamo cache
+        return types.MethodType(types.FunctionType(code, body.__globals__, body.__name__), self)
+
+    def _compile(self) -> None:
+        """``torch.compile`` the body through the persistent compile cache; on failure keep the plain body."""
+        key = compile_cache.compile_key(self.lm, self.rows, self.cache_len)
+        start = time.perf_counter()
+        try:
+            self.stats.compile_cache = "hit" if compile_cache.load_artifacts(key) else "miss"
+            self.body_fn = torch.compile(self._own_body(), dynamic=False, fullgraph=False)
+            self.step.fill_(1)
+            self.width.fill_(1)
+            with _decode_attention(self.lm) if self.is_cuda else contextlib.nullcontext():
+                self.body_fn()  # compiles now, in the attention setup the capture (or CPU calls) will use
+        except torch.OutOfMemoryError:
+            raise
+        except Exception as exc:  # inductor or dynamo could not compile this model: the static step still works
+            self.body_fn = self._body
+            self.stats.compiled = False
+            self.stats.compile_error = f"{type(exc).__name__}: {exc}"
+            runner_cache(self.lm).note_once(
+                "compile-failed",
+                logging.WARNING,
+                "torch.compile failed for %s (rows %d, cache %d): %s; decoding takes the static path uncompiled",
+                self.lm.name,
+                self.rows,
+                self.cache_len,
+                self.stats.compile_error,
+            )
+        else:
+            if self.stats.compile_cache == "miss":
+                compile_cache.save_artifacts(key)
+        self.stats.compile_s = time.perf_counter() - start
+
     # --- capture --------------------------------------------------------------------------
 
     def capture(self) -> None:
@@ -408,10 +460,12 @@ class _Runner:
                 torch.cuda.current_stream(device).wait_stream(stream)
                 graph = torch.cuda.CUDAGraph()
                 self.step.fill_(1)
+                reserved = torch.cuda.memory_reserved(device)
                 with torch.cuda.graph(graph, pool=self.pool, capture_error_mode="thread_local"):
                     self._step()
             torch.cuda.synchronize(device)
             self.graph = graph
+            self.graph_bytes = max(0, torch.cuda.memory_reserved(device) - reserved)  # pool growth (approximate)
         except torch.OutOfMemoryError:
             raise
         except Exception as exc:  # a model whose forward cannot be captured: keep the static cache, no graph
@@ -446,8 +500,12 @@ class _Runner:
     def load(
         self, prefixes: Sequence[PromptPrefix], row_prompt: torch.Tensor, V: torch.Tensor, uniforms: torch.Tensor
     ) -> None:
-        """Reset the state and copy in the prompts' caches, first pre-logits, controls and uniforms."""
+        """Reset the state and copy in the prompts' caches, first pre-logits, controls and uniforms.
+
+        ``uniforms`` (B, T) sets the call's ``max_tokens`` T (at most the bucket's).
+        """
         rows = row_prompt.shape[0]
+        self.call_tokens = uniforms.shape[1]
         width = max(p.length for p in prefixes)
         tau = V.shape[1] - 1
         for layer in range(len(self.keys)):
@@ -468,10 +526,10 @@ class _Runner:
         self.row_start[rows:].fill_(0)
         self.prompt_len[rows:].fill_(1)
         self.V[:rows, : tau + 1].copy_(V)
-        self.uniforms[:rows].copy_(uniforms)
+        self.uniforms[:rows, : self.call_tokens].copy_(uniforms)
         self.done.fill_(False)
         self.done[rows:] = True  # padding rows: ended from the start, they emit pad tokens
-        self.lengths.fill_(self.max_tokens)
+        self.lengths.fill_(self.call_tokens)
         self.out_tokens.fill_(self.lm.pad_token_id)
         self.step.fill_(0)
         self.width.fill_(width)
@@ -488,7 +546,7 @@ class _Runner:
         check stop strings (one sync per step, inherent: the next mask depends on the token). An
         ended row leaves the matchers' live rows (``masks.select``), so it is never advanced again.
         """
-        T, device = self.max_tokens, self.logits.device
+        T, device = self.call_tokens, self.logits.device
         step_fn = self.graph.replay if self.graph is not None else self._step
         tokens = torch.full((rows, T), self.lm.pad_token_id, dtype=torch.long)  # (B, T) host copy
         lengths = torch.full((rows,), T, dtype=torch.long)  # (B,)
@@ -536,7 +594,7 @@ class _Runner:
         The deadline is checked on the host after each step is queued (no sync): at the deadline no
         further step is queued, unfinished rows end at the steps queued so far.
         """
-        T = self.max_tokens
+        T = self.call_tokens
         every = CHECK_EVERY_CUDA if self.is_cuda else 1
         step_fn = self.graph.replay if self.graph is not None else self._step
         stop_len = torch.full((rows,), T + 1, dtype=torch.long)  # (B,) host side: length at the first stop string
@@ -579,7 +637,7 @@ class _Runner:
                     late = True
                     break
         # copies (on CPU .cpu() would alias the buffers, which the next call overwrites)
-        tokens = self.out_tokens[:rows].to("cpu", copy=True)  # (B, T)
+        tokens = self.out_tokens[:rows, :T].to("cpu", copy=True)  # (B, T)
         eos_len = self.lengths[:rows].to("cpu", copy=True)  # (B,)
         eos_done = self.done[:rows].to("cpu", copy=True)  # (B,)
         lengths = torch.minimum(eos_len, stop_len)  # (B,)
@@ -591,34 +649,41 @@ class _Runner:
 
 
 def _runner_for(
-    decoder: Decoder, prefixes: Sequence[PromptPrefix], rows: int, compile_step: bool, host_sampling: bool = False
+    decoder: Decoder,
+    prefixes: Sequence[PromptPrefix],
+    rows: int,
+    compile_step: CompileStep,
+    host_sampling: bool = False,
 ) -> _Runner:
+    """The cached runner of this call's bucket, built (compiled, captured) on first use."""
     lm = decoder.lm
-    max_tokens = decoder.sampling.max_tokens
+    cache = runner_cache(lm)
+    max_tokens = token_bucket(decoder.sampling.max_tokens)
     width = max(p.length for p in prefixes)
-    kv_shapes = [
+    kv_shapes = tuple(
         (k.shape[1], k.shape[3], v.shape[3]) for k, v in zip(prefixes[0].keys, prefixes[0].values, strict=True)
-    ]
-    bucket, length = rows_bucket(rows), cache_length(width, max_tokens)
-    key = (bucket, length, max_tokens, decoder.processors, tuple(kv_shapes), compile_step, host_sampling)
-    store = lm.static_graphs
-    with _RUNNERS_LOCK:
-        runners: OrderedDict[Any, _Runner] = store.setdefault("runners", OrderedDict())
-        runner = runners.get(key)
-        if runner is not None:
-            runners.move_to_end(key)
-            return runner
-        while len(runners) >= MAX_RUNNERS:
-            runners.popitem(last=False)
-        pool = None
-        if lm.device.type == "cuda":  # one memory pool for all graphs of a model: they never run at once
-            pool = store.setdefault("pool", torch.cuda.graph_pool_handle())
+    )
+    bucket, length = rows_bucket(rows), cache_length(width, max_tokens)  # sized for the max_tokens bucket
+    base = (bucket, length, max_tokens, decoder.processors, kv_shapes, host_sampling)
+    if compile_step == COMPILE_WHEN_WARM:  # "auto": compile only what is paid for already
+        for compiled in (True, False):
+            runner = cache.get((*base, compiled))
+            if runner is not None:
+                return runner
+        compile_step = compile_cache.has_entry(compile_cache.compile_key(lm, bucket, length))
+    compiled = bool(compile_step)
+
+    def build() -> _Runner:
+        if lm.device.type == "cuda" and cache.pool is None:  # one pool for every graph of the model: replay rule
+            cache.pool = torch.cuda.graph_pool_handle()
         runner = _Runner(
-            lm, decoder.processors, bucket, length, max_tokens, kv_shapes, pool, compile_step, host_sampling
+            lm, decoder.processors, bucket, length, max_tokens, kv_shapes, cache.pool, compiled, host_sampling
         )
-        runner.capture()
-        runners[key] = runner
+        runner.prepare(compiled)
         return runner
+
+    estimate = buffer_bytes(lm, bucket, length, max_tokens, kv_shapes, host_sampling)
+    return cache.get_or_build((*base, compiled), estimate, build)
 
 
 @torch.inference_mode()
@@ -631,48 +696,68 @@ def decode_static(
     matchers: Sequence[Matcher | None] | None = None,
     deadline: float = math.inf,
     *,
-    compile_step: bool = False,
+    compile_step: CompileStep = False,
 ) -> DecodeOutput:
     """Decode one response per row on the static path; same arguments and result as ``decoding.decode``.
 
     ``matchers`` (one per row, None = unconstrained; :mod:`langchain_aisp.engine.constraints`) keep the
     body and head in the graph and mask, sample and advance each step outside it; ``deadline``
     (``time.monotonic()`` seconds) stops decoding after the step during which it passed
-    (``DecodeOutput.timed_out``). ``compile_step`` (experimental) compiles the step with
-    ``torch.compile`` (inductor, fewer and fused kernels) before capturing it: a first call of tens
-    of seconds per bucket on a large model.
+    (``DecodeOutput.timed_out``). ``compile_step=True`` compiles the body with ``torch.compile``
+    (inductor, fewer and fused kernels) before capturing it: tens of seconds per bucket the first
+    time on a machine, then loaded from :mod:`~langchain_aisp.engine.decode.compile_cache`;
+    ``compile_step="when_warm"`` (``decoding="auto"``) compiles a bucket only when that cache holds it.
+    ``DecodeOutput.path`` says what ran: ``"compiled"``, ``"static"`` or (sliding-window fallback)
+    ``"eager"``. An out-of-memory error drops every cached bucket of the model before it propagates.
     """
     lm = decoder.lm
     rows = row_prompt.shape[0]
     width = max(p.length for p in prefixes)
     window = _sliding_window(lm)
+    cache = runner_cache(lm)
     if window is not None and cache_length(width, decoder.sampling.max_tokens) > window:
-        # the 4D mask here has no sliding window
+        cache.note_once(
+            "sliding-window",
+            logging.WARNING,
+            "the static path of %s decodes with the eager path when prompt + max_tokens exceeds its sliding "
+            "window of %d tokens (the static attention mask has no window)",
+            lm.name,
+            window,
+        )
         return decode(decoder, prefixes, row_prompt, V, uniforms, matchers, deadline)
     constrained = matchers is not None and any(m is not None for m in matchers)
     stop_check = decoder.stop_check if decoder.sampling.stop else None
-    runner = _runner_for(decoder, prefixes, rows, compile_step, constrained)
-    with runner.lock:
-        runner.load(prefixes, row_prompt.to(lm.device), V.to(device=lm.device, dtype=lm.dtype), uniforms.to(lm.device))
-        if matchers is not None and constrained:
-            masks = RowMasks(matchers, lm.head_weight.shape[0], lm.eos_token_ids, lm.device)
-            tokens, lengths, stopped, timed_out = runner.run_host_masked(rows, masks, stop_check, deadline)
-        else:
-            tokens, lengths, stopped, timed_out = runner.run(rows, stop_check, deadline)
-        runner.stats.calls += 1
+    try:
+        runner = _runner_for(decoder, prefixes, rows, compile_step, constrained)
+        with cache.replay_lock:  # the model's graphs share one memory pool: one decode at a time
+            runner.load(
+                prefixes, row_prompt.to(lm.device), V.to(device=lm.device, dtype=lm.dtype), uniforms.to(lm.device)
+            )
+            if matchers is not None and constrained:
+                masks = RowMasks(matchers, lm.head_weight.shape[0], lm.eos_token_ids, lm.device)
+                tokens, lengths, stopped, timed_out = runner.run_host_masked(rows, masks, stop_check, deadline)
+            else:
+                tokens, lengths, stopped, timed_out = runner.run(rows, stop_check, deadline)
+            runner.stats.calls += 1
+    except torch.OutOfMemoryError:
+        cache.evict_all(f"out of memory decoding {rows} rows of {lm.name}")
+        raise
     token_ids = [tokens[i, : int(lengths[i])].tolist() for i in range(rows)]
     texts = [decoder.text(ids) for ids in token_ids]
     reasons = [FINISH_STOP if s else FINISH_LENGTH for s in stopped.tolist()]
-    return DecodeOutput(token_ids, texts, reasons, lengths, timed_out)
+    path = "compiled" if runner.stats.compiled else "static"
+    return DecodeOutput(token_ids, texts, reasons, lengths, timed_out, path)
 
 
 def static_graph_stats(lm: CausalLM) -> list[dict[str, Any]]:
-    """One entry per cached bucket: rows, cache length, max_tokens, graph or not, capture seconds, calls, error."""
-    with _RUNNERS_LOCK:
-        return [dict(vars(r.stats)) for r in lm.static_graphs.get("runners", {}).values()]
+    """One entry per cached bucket, least recently used first: rows, cache length, max_tokens bucket, graph or
+    not, compiled or not, capture and compile seconds, compile-cache hit or miss, calls, errors, bytes."""
+    cache = lm.static_graphs.get("cache")
+    return [] if cache is None else cache.stats()  # type: ignore[no-any-return]
 
 
 def clear_static_cache(lm: CausalLM) -> None:
     """Free every cached bucket (buffers and graphs) of ``lm``."""
-    with _RUNNERS_LOCK:
-        lm.static_graphs.clear()
+    cache = lm.static_graphs.get("cache")
+    if cache is not None:
+        cache.evict_all("cleared", logging.DEBUG)

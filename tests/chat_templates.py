@@ -1,0 +1,127 @@
+"""Minimal chat templates of our own (ChatML tokens of the SmolLM2 tokenizer) for thinking models and for
+each tool-call format; shared by the reasoning, tool-format and chat-model tests."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+_TURNS = (
+    "{%- for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + "
+    "'<|im_end|>\\n' }}{% endfor %}"
+)
+
+_CHATML_TAIL = """{% elif message['role'] != 'system' %}<|im_start|>{{ message['role'] }}
+{{ message['content'] }}<|im_end|>
+{% endif %}
+{%- endfor %}
+{%- if add_generation_prompt %}<|im_start|>assistant
+{% endif %}"""
+"""The end of the ChatML-like templates below: other turns, then the generation prompt."""
+
+THINK = (
+    _TURNS + "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}"
+    "{% if enable_thinking is defined and enable_thinking is false %}{{ '<think>\\n\\n</think>\\n\\n' }}{% endif %}"
+    "{% endif %}"
+)
+"""Qwen3-like: the model opens ``<think>`` itself; ``enable_thinking=False`` closes an empty section."""
+
+PREFILLED_THINK = (
+    _TURNS + "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n<think>\\n' }}{% endif %}"
+    "{# the answer follows </think> #}"
+)
+"""DeepSeek-R1-distill-like: the generation prompt opens the think section."""
+
+HERMES = (
+    """{%- if tools %}<|im_start|>system
+{% if messages[0]['role'] == 'system' %}{{ messages[0]['content'] }}
+
+{% endif %}# Tools
+
+<tools>
+{% for tool in tools %}{{ tool | tojson }}
+{% endfor %}</tools>
+
+For each function call, return a json object within <tool_call></tool_call> XML tags:
+<tool_call>
+{"name": <function-name>, "arguments": <args-json-object>}
+</tool_call><|im_end|>
+{% elif messages[0]['role'] == 'system' %}<|im_start|>system
+{{ messages[0]['content'] }}<|im_end|>
+{% endif %}
+{%- for message in messages %}
+{%- if message['role'] == 'assistant' %}<|im_start|>assistant
+{{ message['content'] or '' }}
+{%- if message.tool_calls is defined and message.tool_calls %}{% for call in message.tool_calls %}<tool_call>
+{"name": {{ call.function.name | tojson }}, "arguments": {{ call.function.arguments | tojson }}}
+</tool_call>{% endfor %}{% endif %}<|im_end|>
+{% elif message['role'] == 'tool' %}<|im_start|>user
+<tool_response>
+{{ message['content'] }}
+</tool_response><|im_end|>
+"""
+    + _CHATML_TAIL
+)
+"""Qwen 2.5-like: tools in the system turn, calls in ``<tool_call>`` blocks, results as ``<tool_response>``."""
+
+LLAMA3 = (
+    """{%- for message in messages %}{% if message['role'] == 'system' %}<|im_start|>system
+{{ message['content'] }}<|im_end|>
+{% endif %}{% endfor %}
+{%- if tools %}<|im_start|>user
+Given the following functions, please respond with a JSON for a function call with its proper arguments.
+
+Respond in the format {"name": function name, "parameters": dictionary of argument name and its value}.
+
+{% for tool in tools %}{{ tool | tojson }}
+
+{% endfor %}<|im_end|>
+{% endif %}
+{%- for message in messages %}
+{%- if message['role'] == 'assistant' and message.tool_calls is defined and message.tool_calls %}<|im_start|>assistant
+{% for call in message.tool_calls %}{% if not loop.first %}; {% endif -%}
+{"name": {{ call.function.name | tojson }}, "parameters": {{ call.function.arguments | tojson }}}
+{%- endfor %}<|im_end|>
+{% elif message['role'] == 'tool' %}<|im_start|>ipython
+{{ message['content'] }}<|im_end|>
+"""
+    + _CHATML_TAIL
+)
+"""Llama 3.1-like: a call is the JSON object ``{"name", "parameters"}``; results in the ``ipython`` role."""
+
+MISTRAL = """{%- if tools %}[AVAILABLE_TOOLS] {{ tools | tojson }}[/AVAILABLE_TOOLS]{% endif %}
+{%- for message in messages %}
+{%- if message['role'] in ('user', 'system') %}[INST] {{ message['content'] }}[/INST]
+{%- elif message['role'] == 'assistant' and message.tool_calls is defined and message.tool_calls %}[TOOL_CALLS] [
+{%- for call in message.tool_calls %}{% if not loop.first %}, {% endif -%}
+{%- if call.id is not defined or call.id | length != 9 %}{{
+    raise_exception("Tool call IDs should be alphanumeric strings with length 9!") }}{% endif -%}
+{"name": {{ call.function.name | tojson }}, "arguments": {{ call.function.arguments | tojson }}, "id": {{
+    call.id | tojson }}}
+{%- endfor %}]<|im_end|>
+{%- elif message['role'] == 'assistant' %} {{ message['content'] }}<|im_end|>
+{%- elif message['role'] == 'tool' %}[TOOL_RESULTS] {"content": {{ message['content'] | tojson }}, "call_id": {{
+    message.tool_call_id | tojson }}}[/TOOL_RESULTS]
+{%- endif %}
+{%- endfor %}"""
+"""Mistral v0.3-like: ``[TOOL_CALLS] [{"name", "arguments"}, ...]``; results in ``[TOOL_RESULTS]``; call ids
+of 9 characters or an error, as Mistral's own templates."""
+
+HERMES_THINK = HERMES.replace(
+    "{%- if add_generation_prompt %}<|im_start|>assistant\n{% endif %}",
+    "{%- if add_generation_prompt %}<|im_start|>assistant\n"
+    "{% if enable_thinking is defined and enable_thinking is false %}<think>\n\n</think>\n\n{% endif %}{% endif %}",
+)
+"""Qwen3-like: Hermes tool calls and a think section (``enable_thinking``)."""
+
+UNKNOWN_TOOLS = _TURNS.replace("{%- for", "{% if tools %}{{ tools | tojson }}{% endif %}{%- for", 1) + (
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+"""A template that renders tools in no format we know: the documented format is used."""
+
+
+def with_template(tokenizer: Any, template: str | None) -> Any:
+    """A copy of ``tokenizer`` with ``template`` as its chat template."""
+    tok = copy.deepcopy(tokenizer)
+    tok.chat_template = template
+    return tok
