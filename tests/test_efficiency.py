@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import json
 import math
+from statistics import NormalDist
 
 import pytest
 import torch
@@ -85,39 +87,51 @@ def test_parse_method_specs():
             parse_method(bad)
 
 
-def _length_reward():
-    return as_reward(lambda prompt, response: len(set(response.split())) / 10.0)
+def _gaussian_reward():
+    """A reward that is a fixed standard-normal draw per distinct text: BoN's expected best keeps rising with N
+    (about sqrt(2 log N)), so the matched budget is well defined (a bounded reward flattens the curve)."""
+
+    def reward(prompt: str, response: str) -> float:
+        digest = hashlib.sha256(f"{prompt}|{response}".encode()).digest()
+        return NormalDist().inv_cdf((int.from_bytes(digest[:8], "big") + 0.5) / 2**64)
+
+    return as_reward(reward)
 
 
 def test_a_method_equal_to_bon_matches_bon(tiny_lm, tmp_path):
     """BoN-32 as a method (its own draws) against the pool: efficiency ~1, paired difference ~0 within its SE."""
-    prompts = [BenchPrompt(f"p{i}", q) for i, q in enumerate(["Hi", "What is a cat?", "Tell me about the sea"])]
-    config = EfficiencyConfig(seeds=(0, 1, 2), max_tokens=6, pool=64, max_batch_size=64)
+    questions = ["Hi", "What is a cat?", "Tell me about the sea", "Why is the sky blue?"]
+    prompts = [BenchPrompt(f"p{i}", q) for i, q in enumerate(questions)]
+    config = EfficiencyConfig(seeds=(0, 1, 2, 3), max_tokens=6, pool=64, max_batch_size=64)
     methods = [parse_method("bon-32x1"), parse_method("er-32x1@2/0.5")]
     logs: list[str] = []
-    results = run_efficiency(tiny_lm, prompts, {"words": _length_reward()}, methods, config, tmp_path, log=logs.append)
+    results = run_efficiency(
+        tiny_lm, prompts, {"words": _gaussian_reward()}, methods, config, tmp_path, log=logs.append
+    )
     summary = json.loads((tmp_path / "summary.json").read_text())
     row = summary["rewards"]["words"]["methods"]["bon-32x1"]
     diff, se = row["diff_vs_bon32"]
-    assert row["pairs"] == 9
+    assert row["pairs"] == 16
     assert abs(diff) <= 3 * se
-    assert 0.5 <= row["efficiency"] <= 2.0
     low, high = row["matched_n_95"]  # JSON null: infinite (the method beat BoN-64 in some resamples)
-    assert low <= row["matched_n"] <= (math.inf if high is None else high)
+    high = math.inf if high is None else high
+    assert low <= row["matched_n"] <= high
+    assert low <= 32 <= high  # efficiency 1 is inside the interval
+    assert 0.4 <= row["efficiency"] <= 2.5
     assert row["tokens_per_prompt"] == pytest.approx(32 * 6)  # the tiny model never ends early
     er = summary["rewards"]["words"]["methods"]["er-32x1@2/0.5"]
     assert er["tokens_per_prompt"] == pytest.approx(32 * 2 + 16 * 4)
     assert set(summary["rewards"]["words"]["bon"]["grid"]) == {"8", "16", "32", "64"}
     text = (tmp_path / "summary.md").read_text()
     assert "| bon-32x1 | 32 |" in text and "## words" in text
-    assert len(results["cells"]) == 3 * (1 + 2)
+    assert len(results["cells"]) == 4 * (1 + 2)
     # resumable: a second call finds every cell done and runs nothing
     logs.clear()
-    run_efficiency(tiny_lm, prompts, {"words": _length_reward()}, methods, config, tmp_path, resume=True,
+    run_efficiency(tiny_lm, prompts, {"words": _gaussian_reward()}, methods, config, tmp_path, resume=True,
                    log=logs.append)  # fmt: skip
     assert logs == []
     with pytest.raises(FileExistsError):
-        run_efficiency(tiny_lm, prompts, {"words": _length_reward()}, methods, config, tmp_path)
+        run_efficiency(tiny_lm, prompts, {"words": _gaussian_reward()}, methods, config, tmp_path)
 
 
 def test_reference_answers_cover_the_shipped_prompts():
