@@ -118,3 +118,19 @@ def test_generated_tokens_drop_as_predicted(tiny_lm, encode):
         assert b.generated_tokens == k * n * T
         assert a.generated_tokens == k * (n * C + keep * (T - C))  # rejected partials counted, not finished
         assert a.samples == k * keep
+
+
+def test_the_chat_model_takes_early_rejection(tiny_lm):
+    from langchain_aisp import AISPChatModel
+
+    def letters(prompt: str, response: str) -> float:
+        return float(response.count("e"))
+
+    model = AISPChatModel(
+        reward=letters, llm=tiny_lm, method="bon", num_samples=8, num_iterations=1, reject_at=C,
+        keep_fraction=0.25, max_tokens=T, seed=0,
+    )  # fmt: skip
+    info = model.invoke("Tell me about the sea").response_metadata["aisp"]
+    assert info["samples"] == 2  # 8 started, the best 2 partials finished
+    with pytest.raises(ValueError, match="method='bon' only"):
+        AISPChatModel(reward=letters, llm=tiny_lm, reject_at=C, max_tokens=T)
