@@ -615,12 +615,16 @@ def _relevance(tool: dict[str, Any], last_user: str) -> int:
 
 MAX_SPANS = 400
 """Most argument candidates a forced-call row of ``tool_choice="auto"`` may pick from."""
+UNSPACED = r"\u0e00-\u0eff\u1000-\u109f\u1780-\u17ff\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"
+"""Scripts written without spaces between words (Thai, Lao, Myanmar, Khmer, kana, CJK ideographs)."""
+MAX_UNSPACED = 10
+"""Longest span (in characters) taken from inside a run of an unspaced script ("王小明" in "王小明今年28岁")."""
+_NUMBER = re.compile(r"(?<![\d.A-Za-z])-?(?:\d{1,3}(?:,\d{3})+(?!\d)|\d+)(?:\.\d+)?(?![\dA-Za-z])")
+"""A number as written (``1,500`` is 1500), also next to an unspaced script (``28岁``)."""
 
 
-def conversation_spans(messages: Sequence[BaseMessage], max_words: int = 6) -> tuple[list[str], list[float]]:
-    """Candidate argument values taken from the conversation: word spans (up to ``max_words`` words, as
-    written, without surrounding punctuation) and numbers of the user and tool text, the last user
-    message first; at most ``MAX_SPANS`` spans."""
+def conversation_texts(messages: Sequence[BaseMessage]) -> list[str]:
+    """The user and tool texts of the conversation, as written, the last message first."""
     texts: list[str] = []
     for m in reversed(messages):
         is_user = isinstance(m, HumanMessage) or (isinstance(m, ChatMessage) and m.role in ("user", "human"))
@@ -629,6 +633,25 @@ def conversation_spans(messages: Sequence[BaseMessage], max_words: int = 6) -> t
                 texts.append(content_text(m))
             except ValueError:
                 continue
+    return texts
+
+
+def _unspaced_spans(text: str) -> list[str]:
+    """Every span of up to ``MAX_UNSPACED`` characters inside runs of an unspaced script (digits included,
+    never cut inside a number, never only digits): ``"王小明今年28岁"`` -> ``"王", "王小", ..., "28岁"``."""
+    out = []
+    for run in re.findall(rf"\d*[{UNSPACED}]+(?:\d+[{UNSPACED}]*)*", text):
+        cuts = [i for i in range(len(run) + 1) if i in (0, len(run)) or not (run[i - 1].isdigit() and run[i].isdigit())]
+        out += [run[i:j] for i in cuts for j in cuts if 0 < j - i <= MAX_UNSPACED and not run[i:j].isdigit()]
+    return out
+
+
+def conversation_spans(messages: Sequence[BaseMessage], max_words: int = 6) -> tuple[list[str], list[float]]:
+    """Candidate argument values taken from the conversation: word spans (up to ``max_words`` words, as
+    written, without surrounding punctuation), spans of up to ``MAX_UNSPACED`` characters inside runs of
+    unspaced scripts, and numbers of the user and tool text, the last user message first; at most
+    ``MAX_SPANS`` spans."""
+    texts = conversation_texts(messages)
     spans: dict[str, None] = {}
     numbers: dict[float, None] = {}
     for text in texts:
@@ -638,8 +661,11 @@ def conversation_spans(messages: Sequence[BaseMessage], max_words: int = 6) -> t
                 span = text[words[i].start() : words[j].end()].strip(".,;:!?\"'()[]{}<>«»“”‘’")
                 if span and len(spans) < MAX_SPANS:
                     spans.setdefault(span, None)
-        for match in re.finditer(r"(?<![\w.])-?\d+(?:\.\d+)?(?![\w])", text):
-            numbers.setdefault(float(match.group()), None)
+        for span in _unspaced_spans(text):
+            if len(spans) < MAX_SPANS:
+                spans.setdefault(span, None)
+        for match in _NUMBER.finditer(text):
+            numbers.setdefault(float(match.group().replace(",", "")), None)
     return list(spans), list(numbers)
 
 
@@ -696,21 +722,6 @@ def call_is_grounded(call: ToolCall, fmt: OutputFormat, messages: Sequence[BaseM
     leaves = _leaves(call["args"])
     numbers = bool(leaves) and all(not isinstance(v, str) for v in leaves)
     return relevant or numbers
-
-
-def forced_call_score(text: str, fmt: OutputFormat, messages: Sequence[BaseMessage]) -> float:
-    """Format term of a forced call: :func:`format_validity`, except that a valid call whose
-    arguments are not all taken from the conversation scores 0.5, and one where two arguments
-    have the same value 0.75, instead of 1 (so that among valid calls, one that copies distinct
-    values from the user's message wins)."""
-    value = format_validity(text, fmt)
-    if value == 1.0:
-        calls = parse_tool_reply(text, fmt).tool_calls
-        if not all(arguments_grounded(c, messages) for c in calls):
-            return 0.5
-        if any(_repeats_a_value(c) for c in calls):
-            return 0.75
-    return value
 
 
 def _repeats_a_value(call: ToolCall) -> bool:

@@ -123,7 +123,7 @@ def close_objects(schema: Any) -> Any:
     return out
 
 
-def _resolve(schema: Any, root: dict[str, Any]) -> dict[str, Any]:
+def resolve_ref(schema: Any, root: dict[str, Any]) -> dict[str, Any]:
     """``schema`` with a local ``$ref`` followed (an unknown reference resolves to the empty schema)."""
     if not isinstance(schema, dict):
         return {}
@@ -177,7 +177,7 @@ def _object_errors(value: dict[str, Any], schema: dict[str, Any], root: dict[str
 
 
 def _errors(value: Any, schema: Any, root: dict[str, Any], path: str) -> list[str]:
-    schema = _resolve(schema, root)
+    schema = resolve_ref(schema, root)
     errors = _combinators(value, schema, root, path)
     kinds = schema.get("type")
     if kinds is not None:

@@ -31,6 +31,7 @@ from pydantic import ConfigDict, Field, PrivateAttr, field_validator, model_vali
 from langchain_aisp import _chat_format as fmtlib
 from langchain_aisp.chat import _execute, _plan, _progress
 from langchain_aisp.chat._execute import RETRY_WAIT_MAX
+from langchain_aisp.chat._grounding import DEFAULT_GROUNDING_WEIGHT
 from langchain_aisp.chat._loading import (
     UNSERIALISABLE,
     cached_lm,
@@ -147,6 +148,7 @@ class AISPChatModel(BaseChatModel):
         method: ``"aisp"`` | ``"bon"`` | ``"sample"``.
         num_samples, num_iterations, sigma, lambda_, ess_target, alpha, tau: see the fields.
         format_weight: weight of the tool-call / JSON validity term added to the reward.
+        grounding_weight: weight of the grounding term of forced calls / structured output (0: off).
 
     Key init args — model and sampling:
         model: hub id or local path (None: the embedded default); or ``llm=`` a loaded
@@ -340,6 +342,14 @@ class AISPChatModel(BaseChatModel):
     valid call / schema-valid JSON gets ``+format_weight``, a malformed or missing forced call
     ``-format_weight`` (see ``_chat_format.format_validity``). Large relative to rewards in
     [0, 1] so that well-formed outputs win first; 0 disables it."""
+
+    grounding_weight: float = DEFAULT_GROUNDING_WEIGHT
+    """Weight of the grounding term of forced tool calls and structured output: ``grounding_weight * g`` is
+    added to the reward, ``g`` in [0, 1] how much of the reply's values is copied from the conversation
+    (``langchain_aisp.chat._grounding``), and three samples in four are decoded with their free string /
+    number fields restricted to spans / numbers of the conversation. A user reward that separates two
+    samples by more than ``grounding_weight`` times their difference in ``g`` keeps its choice. 0 turns
+    grounding off."""
 
     streaming: bool = False
     """When True, ``invoke`` goes through ``_stream`` (LangChain's usual meaning)."""

@@ -372,8 +372,8 @@ def test_tool_call_parsing_valid_and_invalid(llm, monkeypatch):
     assert msg.tool_calls[0]["name"] == "add" and msg.tool_calls[0]["args"] == {"a": 1, "b": 2}
     assert msg.response_metadata["finish_reason"] == "tool_calls"
     assert msg.response_metadata["aisp"]["format_validity"] == 1.0
-    assert msg.response_metadata["aisp"]["reward"] == pytest.approx(
-        len(msg.response_metadata["aisp"]["prefill"] + reply) + 10
+    assert msg.response_metadata["aisp"]["reward"] == pytest.approx(  # + the format and grounding terms
+        len(msg.response_metadata["aisp"]["prefill"] + reply) + 10 + 1  # (1 and 2 are both in the question)
     )
     streamed = None
     for chunk in llm.bind_tools([add], tool_choice="add").stream("What is 1 + 2?"):

@@ -281,23 +281,6 @@ def test_auto_prefers_the_more_related_tool_and_distinct_values():
     assert right > repeated > 0 and other < repeated
 
 
-def test_forced_calls_prefer_arguments_from_the_conversation():
-    fmt = fmtlib.OutputFormat(tools=_fmt(get_weather).tools, tool_choice="any")
-    ask = [HumanMessage("Create a customer named '你好啊集团'")]
-    assert fmtlib.forced_call_score(_call("get_weather", {"location": "你好啊集团"}), fmt, ask) == 1.0
-    assert fmtlib.forced_call_score(_call("get_weather", {"location": "Hello Group"}), fmt, ask) == 0.5
-
-    @tool
-    def person(name: str, age: int) -> str:
-        """Record a person."""
-        return name
-
-    people = fmtlib.OutputFormat(tools=_fmt(person).tools, tool_choice="any")
-    said = [HumanMessage("Ada is 36.")]
-    assert fmtlib.forced_call_score(_call("person", {"name": "Ada", "age": 36}), people, said) == 1.0
-    assert fmtlib.forced_call_score(_call("person", {"name": "36", "age": 36}), people, said) == 0.75  # repeated
-
-
 def test_auto_forced_rows_propose_values_from_the_conversation():
     fmt = _fmt(get_weather, paint)
     ask = [HumanMessage("What is the weather in San Francisco, CA? Paint 2 walls.")]

@@ -9,5 +9,7 @@
 - ``_structured``: ``with_structured_output`` parsers (cut replies, schema checks);
 - ``_reasoning``: thinking models (the think tags, the reply split into reasoning and answer, the budget);
 - ``_tool_formats``: the chat template's own tool-call format (Hermes/Qwen, Llama 3.1+, Mistral, documented);
-- ``_reply``: one call's reply plan (thinking + tool format): its prefill and constraint, and how to read it.
+- ``_reply``: one call's reply plan (thinking + tool format): its prefill and constraint, and how to read it;
+- ``_grounding``: how grounded a forced call's / structured output's values are in the conversation (the
+  grounding term added to the reward) and the span-restricted grammars of the grounded samples.
 """

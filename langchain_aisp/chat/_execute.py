@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from langchain_core.messages import BaseMessage
 from tenacity import Retrying, stop_after_attempt, stop_before_delay, wait_exponential
 
+from langchain_aisp.chat import _grounding as groundlib
 from langchain_aisp.chat._plan import BATCH_PLAN, BatchPlan, Job, Variant, build_job, format_term, merge_variants
 from langchain_aisp.chat._progress import ProgressFn
 from langchain_aisp.engine.aisp import IterationEvent, PromptResult, RewardError, RunTimeoutError
@@ -45,18 +46,22 @@ def _retrying(max_retries: int, deadlines: Sequence[float | None]) -> Retrying:
 def _scorer(
     reward: Reward, name: str, entries: Sequence[tuple[int, Variant]], jobs: Sequence[Job], retrying: Retrying
 ) -> Callable[[Sequence[int], Sequence[str]], list[float]]:
-    """The engine's ``score``: the reward on (conversation, prefill + response), plus the format term."""
-    format_weight = jobs[0].settings.format_weight
+    """The engine's ``score``: the reward on (conversation, prefill + response), plus the format term, plus
+    the grounding term of forced calls and structured output (``chat/_grounding.py``)."""
+    format_weight, grounding_weight = jobs[0].settings.format_weight, jobs[0].settings.grounding_weight
 
     def score(indices: Sequence[int], responses: Sequence[str]) -> list[float]:
         full = [entries[e][1].prompt.prefill + r for e, r in zip(indices, responses, strict=True)]
         owners = [jobs[entries[e][0]] for e in indices]
         scored = [job.reply.scored(text) for job, text in zip(owners, full, strict=True)]  # the answer, by default
         values = list(retrying(reward.score, [job.messages for job in owners], scored))
-        if format_weight and len(values) == len(full):
+        if len(values) == len(full):
             for pos, job in enumerate(owners):
-                if job.fmt.constrained:
+                if format_weight and job.fmt.constrained:
                     values[pos] = values[pos] + format_weight * format_term(job.reply.answer(full[pos]), job)
+                if job.conversation is not None:  # forced calls / structured output: the grounding term
+                    g = groundlib.reply_grounding(job.reply.answer(full[pos]), job.fmt, job.conversation)
+                    values[pos] = values[pos] + grounding_weight * g
         return values
 
     score.name = name  # type: ignore[attr-defined]  # errors name the user's reward

@@ -22,8 +22,10 @@ from langchain_core.messages import BaseMessage
 
 from langchain_aisp import _chat_format as fmtlib
 from langchain_aisp import _grammar_llguidance as grammarlib
+from langchain_aisp.chat import _grounding as groundlib
 from langchain_aisp.chat import _reply as replylib
 from langchain_aisp.chat import _tool_formats as toolfmt
+from langchain_aisp.chat._grounding import DEFAULT_GROUNDING_WEIGHT
 from langchain_aisp.chat._progress import ProgressFn
 from langchain_aisp.engine.aisp import PromptResult, context_window_error
 from langchain_aisp.engine.config import AISPParams, SamplingParams, check_seed
@@ -51,6 +53,7 @@ PER_CALL_FIELDS = (
     "top_k",
     "seed",
     "format_weight",
+    "grounding_weight",
 )
 """Fields of the model that a call may override (``invoke(..., temperature=0.5)``)."""
 
@@ -85,13 +88,14 @@ class Settings:
     seed: int | None
     format_weight: float
     model: str | None
+    grounding_weight: float = DEFAULT_GROUNDING_WEIGHT
 
     def key(self) -> tuple[Any, ...]:
-        return (self.params, self.sampling, self.seed, self.format_weight, self.model)
+        return (self.params, self.sampling, self.seed, self.format_weight, self.model, self.grounding_weight)
 
     def batch_key(self) -> tuple[Any, ...]:
         """What calls must share to run as one engine run (each prompt keeps its own seed)."""
-        return (self.params, self.sampling, self.format_weight, self.model)
+        return (self.params, self.sampling, self.format_weight, self.model, self.grounding_weight)
 
 
 @dataclass(frozen=True)
@@ -125,6 +129,8 @@ class Job:
     """``time.monotonic()`` deadline fixed by ``prepare`` (its clock starts there); None: the run's start + timeout."""
     batch_prompts: int | None = None
     """Set by the run: how many calls shared its engine run (1 when the call ran alone)."""
+    conversation: groundlib.Conversation | None = None
+    """Forced calls and structured output with ``grounding_weight > 0``: what the grounding term reads."""
     reply: replylib.ReplyPlan = replylib.PLAIN
     """Thinking and the tool-call format: how the reply is split and read (``chat/_reply.py``)."""
     max_tokens: int = 0
@@ -233,7 +239,13 @@ def resolve_settings(model: AISPChatModel, overrides: dict[str, Any]) -> Setting
         top_k=1 if greedy else values["top_k"],
         stop=tuple(overrides["stop"] if overrides.get("stop") is not None else (model.stop or ())),
     )
-    return Settings(params, sampling, seed, float(values["format_weight"]), overrides.get("model", model.model))
+    grounding_weight = values["grounding_weight"]
+    if isinstance(grounding_weight, bool) or not isinstance(grounding_weight, (int, float)):
+        raise ValueError(f"grounding_weight must be a finite number >= 0, got {grounding_weight!r}")
+    if not (math.isfinite(grounding_weight) and grounding_weight >= 0):
+        raise ValueError(f"grounding_weight must be a finite number >= 0, got {grounding_weight}")
+    model_name = overrides.get("model", model.model)
+    return Settings(params, sampling, seed, float(values["format_weight"]), model_name, float(grounding_weight))
 
 
 def output_format(kwargs: dict[str, Any]) -> fmtlib.OutputFormat:
@@ -323,12 +335,17 @@ def build_job(model: AISPChatModel, messages: list[BaseMessage], stop: list[str]
     )
     reply_grammars = grammars(out_fmt, reply.tool_format)
     single = reply_grammars[0] if len(reply_grammars) == 1 else None  # forced call / JSON: prefill its start
+    answer_grammar: str | list[str] | None = reply_grammars[0] if reply_grammars else None
+    conversation = None
+    if single is not None and kwargs.get("grounding_weight", model.grounding_weight):  # 3 samples in 4 copy
+        conversation = groundlib.Conversation.of(messages)
+        answer_grammar = groundlib.sample_grammars(single, out_fmt, messages, reply.tool_format.grammar)
     free = replylib.render_variant(
         lm,
         messages,
         out_fmt,
         reply,
-        reply_grammars[0] if reply_grammars else None,
+        answer_grammar,
         prefix_grammar=single,
         close=bool(single),
     )
@@ -354,7 +371,7 @@ def build_job(model: AISPChatModel, messages: list[BaseMessage], stop: list[str]
         )
     forced = None if len(reply_grammars) < 2 else _forced_variant(lm, messages, out_fmt, reply, reply_grammars[1])
     job = Job(list(messages), token_ids, prompt, out_fmt, settings, lm, constraint, forced, timeout=timeout)
-    job.reply, job.max_tokens = reply, answer_tokens
+    job.reply, job.max_tokens, job.conversation = reply, answer_tokens, conversation
     return job
 
 
@@ -444,8 +461,6 @@ def merge_variants(
 
 def format_term(text: str, job: Job) -> float:
     """The format term of one reply (times ``format_weight``): validity, or the auto-choice rule."""
-    if job.fmt.calls_tools:
-        if job.fmt.tool_choice == "auto":
-            return fmtlib.auto_choice_score(text, job.fmt, job.messages)
-        return fmtlib.forced_call_score(text, job.fmt, job.messages)
-    return fmtlib.format_validity(text, job.fmt)
+    if job.fmt.calls_tools and job.fmt.tool_choice == "auto":
+        return fmtlib.auto_choice_score(text, job.fmt, job.messages)
+    return fmtlib.format_validity(text, job.fmt)  # forced calls / JSON; grounding is its own term (_grounding)

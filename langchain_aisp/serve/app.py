@@ -115,23 +115,7 @@ def create_app(config: ServeConfig | None = None, *, service: AlignmentService |
                 headers={"WWW-Authenticate": "Bearer"},
             )
 
-    @app.exception_handler(APIError)
-    async def api_error(_request: Request, exc: APIError) -> JSONResponse:
-        return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)
-
-    @app.exception_handler(StarletteHTTPException)
-    async def http_error(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        body = APIError(exc.status_code, str(exc.detail), type="invalid_request_error").body()
-        return JSONResponse(body, status_code=exc.status_code, headers=getattr(exc, "headers", None))
-
-    @app.exception_handler(Exception)
-    async def unexpected_error(_request: Request, exc: Exception) -> JSONResponse:
-        body = APIError(500, f"internal error: {type(exc).__name__}: {exc}", type="server_error").body()
-        return JSONResponse(body, status_code=500)
-
-    @app.exception_handler(RequestValidationError)
-    async def validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:
-        return JSONResponse(APIError(400, str(exc)).body(), status_code=400)
+    _install_error_handlers(app)
 
     @app.get("/health")
     async def health() -> JSONResponse:
@@ -186,25 +170,7 @@ def create_app(config: ServeConfig | None = None, *, service: AlignmentService |
                 )
             )
             raise
-        try:
-            answer = await _wait(request, pending, metrics)
-        except RewardError as exc:
-            count("reward_error")
-            raise _reward_error(pending, exc) from None
-        except (ClientGoneError, RunCancelledError):
-            answer = None
-        except TimeoutError as exc:
-            count("timeout")
-            raise APIError(
-                504,
-                f"the request's timeout passed before any answer was scored ({exc}); other requests are unaffected",
-                type="timeout_error",
-                param="timeout",
-                code="timeout",
-            ) from None
-        except Exception as exc:
-            count("error")
-            raise APIError(500, f"the engine failed: {type(exc).__name__}: {exc}", type="server_error") from None
+        answer = await _outcome(request, pending, metrics, count)
         if answer is None:
             count("cancelled")
             return Response(status_code=499)  # the client is gone: nobody reads this
@@ -228,6 +194,52 @@ def create_app(config: ServeConfig | None = None, *, service: AlignmentService |
         return JSONResponse(body, headers=headers)
 
     return app
+
+
+def _install_error_handlers(app: FastAPI) -> None:
+    """Every error as an OpenAI-style JSON body: ours (APIError), Starlette's, validation, and the unexpected."""
+
+    @app.exception_handler(APIError)
+    async def api_error(_request: Request, exc: APIError) -> JSONResponse:
+        return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        body = APIError(exc.status_code, str(exc.detail), type="invalid_request_error").body()
+        return JSONResponse(body, status_code=exc.status_code, headers=getattr(exc, "headers", None))
+
+    @app.exception_handler(Exception)
+    async def unexpected_error(_request: Request, exc: Exception) -> JSONResponse:
+        body = APIError(500, f"internal error: {type(exc).__name__}: {exc}", type="server_error").body()
+        return JSONResponse(body, status_code=500)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:
+        return JSONResponse(APIError(400, str(exc)).body(), status_code=400)
+
+
+async def _outcome(request: Request, pending: Pending, metrics: Metrics, count: Callable[[str], None]) -> Answer | None:
+    """The request's answer, None if the client went away or the call was cancelled; engine failures as APIError."""
+    try:
+        answer = await _wait(request, pending, metrics)
+    except RewardError as exc:
+        count("reward_error")
+        raise _reward_error(pending, exc) from None
+    except (ClientGoneError, RunCancelledError):
+        answer = None
+    except TimeoutError as exc:
+        count("timeout")
+        raise APIError(
+            504,
+            f"the request's timeout passed before any answer was scored ({exc}); other requests are unaffected",
+            type="timeout_error",
+            param="timeout",
+            code="timeout",
+        ) from None
+    except Exception as exc:
+        count("error")
+        raise APIError(500, f"the engine failed: {type(exc).__name__}: {exc}", type="server_error") from None
+    return answer
 
 
 async def _read_body(request: Request, limit: int) -> bytes:

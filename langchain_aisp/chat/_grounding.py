@@ -1,0 +1,342 @@
+"""Grounding: how much of a forced tool call's or structured output's values the conversation contains.
+
+A small model under a grammar writes *valid* calls whose values are often invented (``customer_name=
+"Your Photo"`` for "Create a customer named '你好啊集团'"). Two pieces make the values come from the
+conversation when it holds them (issue 21); both apply to forced calls (``tool_choice`` = a tool
+name, ``"any"``, ``"required"``) and to ``with_structured_output``, never to free text:
+
+* **the grounding term** :func:`reply_grounding`: ``g`` in [0, 1], the mean over the reply's value
+  leaves of :func:`value_grounding` (1: the value is a span of the conversation after light
+  normalisation, see :func:`normalize`; numbers as written; 0.5 x the share of its words found there
+  when only some words are; 0: invented or empty). Leaves the conversation cannot supply are left out:
+  booleans, nulls, enum / const values and *generative* fields (a joke's ``setup`` or ``punchline``, a
+  ``summary``, an ``answer``: :func:`is_generative`). A reply without such leaves has ``g = 1``.
+  The chat model adds ``grounding_weight * g`` to the reward, beside the format term. **How it
+  combines with the user's reward:** additively, so a user reward wins wherever it separates two
+  samples by more than ``grounding_weight`` times their difference in ``g`` (with the default 0.5
+  and rewards in [0, 1]: a reward that prefers an invented value by more than 0.5 keeps it; one
+  that is indifferent to the value, or prefers it only a little, gets the copied value). AISP's
+  importance weights and the final choice both see the sum, across every iteration of the call.
+* **grounded samples** :func:`grounded_schema`: every second sample of the call (samples 1, 3, ...)
+  is decoded under a grammar whose free string fields are restricted to spans of the conversation
+  and whose free integer / number fields to its numbers (the values ``tool_choice="auto"`` offers its
+  forced-call rows, :func:`langchain_aisp._chat_format.conversation_spans`); generative fields and
+  fields with an enum, const, pattern or format stay free. The other samples are decoded as before,
+  so a value the conversation does not hold (a joke, a paraphrase) still has candidates; the reward
+  plus the grounding term chooses. ``grounding_weight=0`` turns both pieces off.
+
+Pure functions over text and JSON values; the conversation is read once per call (:class:`Conversation`).
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from langchain_core.messages import BaseMessage
+
+from langchain_aisp import _chat_format as fmtlib
+from langchain_aisp import _grammar_llguidance as grammarlib
+from langchain_aisp._json import resolve_ref
+
+DEFAULT_GROUNDING_WEIGHT = 1.0
+"""Default weight of the grounding term (reward units; the term is ``weight * g`` with ``g`` in [0, 1])."""
+
+SPAN_CREDIT = 0.9
+"""Grounding of a string that is a span of the conversation but not one the user put in quotes (those score 1)."""
+OVERLAP_FACTOR = 0.0
+"""Factor on the grounding of a value that repeats another field's value, contains it or is contained in it
+(one span copied into two fields: at most one is right, and which is unknown, so neither earns credit)."""
+PARTIAL_CREDIT = 0.5
+"""Grounding of a string none of whose spans is in the conversation, times the share of its words that are."""
+_QUOTED = re.compile(
+    r"(?<!\w)'([^'\n]{1,80})'(?!\w)|\"([^\"\n]{1,80})\"|«([^»\n]{1,80})»|“([^”\n]{1,80})”|‘([^’\n]{1,80})’"
+    r"|„([^“\n]{1,80})“|「([^」\n]{1,80})」|『([^』\n]{1,80})』"
+)
+"""A value the user put in quotes ('...', "...", «...», “...”, ‘...’, „...“, 「...」, 『...』)."""
+
+_SEP = "\x1f"
+_UNIT = re.compile(rf"[{fmtlib.UNSPACED}]|[^\s{fmtlib.UNSPACED}]+")
+"""A unit of normalised text: one character of an unspaced script, or a run of other non-space characters."""
+
+GENERATIVE_KEYS = frozenset(
+    "joke setup punchline summary summarize story poem reason reasoning explanation explain answer response reply "
+    "message content text body description comment comments feedback advice recommendation suggestion translation "
+    "sentence paragraph essay note notes opinion review thought thoughts justification rationale".split()
+)
+"""Words of a field name marking a value to compose, not to copy (the field is left out of grounding)."""
+
+GENERATIVE_DESCRIPTIONS = frozenset(
+    "joke punchline summary story poem explanation reasoning translation essay opinion advice justification".split()
+)
+"""Words of a field description with the same meaning (narrower: descriptions mention "text", "name", ...)."""
+
+
+def normalize(text: str) -> str:
+    """Light normalisation for comparing values: Unicode NFKC, case folded, punctuation and symbols as
+    spaces, whitespace collapsed (``"  Ada  LOVELACE!"`` -> ``"ada lovelace"``, ``"Ｏｓｌｏ"`` -> ``"oslo"``)."""
+    folded = unicodedata.normalize("NFKC", text).casefold()
+    spaced = "".join(" " if unicodedata.category(c)[0] in "PSZC" else c for c in folded)
+    return " ".join(spaced.split())
+
+
+def units(text: str) -> list[str]:
+    """The units of normalised ``text``: words, and single characters of scripts written without spaces
+    (``"王小明 28"`` -> ``["王", "小", "明", "28"]``), so a span can start inside an unspaced run."""
+    return _UNIT.findall(normalize(text))
+
+
+@dataclass(frozen=True)
+class Conversation:
+    """What values may be copied from: the user and tool text of a conversation, read once per call."""
+
+    joined: str
+    """The normalised units of the text joined by a separator (with one at both ends), for span search."""
+    words: frozenset[str]
+    """The set of those units."""
+    numbers: frozenset[float]
+    """The numbers written in the text (``1,500`` is 1500)."""
+    quoted: tuple[str, ...] = ()
+    """The values the user put in quotes, as written (the literals most worth copying)."""
+    quoted_units: frozenset[str] = frozenset()
+    """The same, normalised and joined like ``joined``."""
+
+    @classmethod
+    def from_text(cls, text: str, numbers: Sequence[float]) -> Conversation:
+        found = units(text)
+        quoted = tuple(dict.fromkeys(q.strip() for m in _QUOTED.finditer(text) for q in m.groups() if q and q.strip()))
+        return cls(
+            _SEP + _SEP.join(found) + _SEP,
+            frozenset(found),
+            frozenset(float(x) for x in numbers),
+            quoted,
+            frozenset(_SEP.join(units(q)) for q in quoted),
+        )
+
+    @classmethod
+    def of(cls, messages: Sequence[BaseMessage]) -> Conversation:
+        """The user and tool text of ``messages`` (the text the ``"auto"`` rule reads too)."""
+        texts = fmtlib.conversation_texts(messages)
+        _, numbers = fmtlib.conversation_spans(messages)
+        return cls.from_text("\n".join(texts), numbers)
+
+
+def value_grounding(value: Any, conversation: Conversation) -> float:
+    """How grounded one string or number is, in [0, 1].
+
+    Strings: 1 when it is (after :func:`normalize`) a value the user put in quotes, ``SPAN_CREDIT`` when
+    its normalised units are another contiguous span of the conversation's; otherwise ``PARTIAL_CREDIT``
+    x the share (by characters) of its units found anywhere in the conversation; 0 when empty. Numbers:
+    1 when the conversation writes that number, else 0. Anything else: 1.
+    """
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+        return 1.0
+    if not isinstance(value, str):
+        return 1.0 if float(value) in conversation.numbers else 0.0
+    mine = units(value)
+    if not mine:
+        return 0.0
+    if _SEP.join(mine) in conversation.quoted_units:
+        return 1.0
+    if _SEP + _SEP.join(mine) + _SEP in conversation.joined:
+        return SPAN_CREDIT
+    covered = sum(len(u) for u in mine if u in conversation.words)
+    return PARTIAL_CREDIT * covered / sum(len(u) for u in mine)
+
+
+def _key_words(name: str) -> set[str]:
+    spaced = re.sub(r"([a-z])([A-Z])", r"\1 \2", name).replace("_", " ").replace("-", " ")
+    return set(spaced.lower().split())
+
+
+def is_generative(name: str, schema: Any) -> bool:
+    """Whether the field ``name`` (with its ``schema``) holds a value to compose rather than copy: its name
+    has a word of ``GENERATIVE_KEYS`` (``setup``, ``punchline``, ``summary``, ``answer``, ...) or its
+    description one of ``GENERATIVE_DESCRIPTIONS``."""
+    if _key_words(name) & GENERATIVE_KEYS:
+        return True
+    description = schema.get("description") if isinstance(schema, dict) else None
+    return isinstance(description, str) and bool(set(re.findall(r"\w+", description.lower())) & GENERATIVE_DESCRIPTIONS)
+
+
+def _fixed(schema: dict[str, Any]) -> bool:
+    """A schema whose value comes from the schema itself (enum / const), not from the conversation."""
+    options = schema.get("anyOf") or schema.get("oneOf") or []
+    return "enum" in schema or "const" in schema or (bool(options) and all(_fixed(o) for o in options if o))
+
+
+def _collect(value: Any, schema: Any, root: dict[str, Any], out: list[str | int | float]) -> None:
+    """Append every leaf of ``value`` that the conversation could supply."""
+    node = resolve_ref(schema, root)
+    if _fixed(node) or value is None or isinstance(value, bool):
+        return
+    if isinstance(value, dict):
+        found = node.get("properties")
+        props: dict[str, Any] = found if isinstance(found, dict) else {}
+        for key, item in value.items():
+            sub = resolve_ref(props.get(key, {}), root)
+            if not is_generative(str(key), sub):
+                _collect(item, sub, root, out)
+    elif isinstance(value, list):
+        for item in value:
+            _collect(item, node.get("items", {}), root, out)
+    elif isinstance(value, (str, int, float)):
+        out.append(value)
+
+
+def _overlaps(leaves: Sequence[str | int | float]) -> list[bool]:
+    """For each leaf: whether another leaf has the same normalised text or contains it, or it contains
+    another (``name="36", age=36``; ``customer="Chloe"``, ``product="Chloe Dubois"``): a value copied twice."""
+    keys = [_SEP + _SEP.join(units(str(v))) + _SEP for v in leaves]
+    return [
+        any(j != i and len(b) > 2 and len(a) > 2 and (a in b or b in a) for j, b in enumerate(keys))  # non-empty
+        for i, a in enumerate(keys)
+    ]
+
+
+def grounding(value: Any, schema: dict[str, Any] | None, conversation: Conversation) -> float:
+    """The mean :func:`value_grounding` of the leaves of ``value`` (validated against ``schema``) that the
+    conversation could supply, a leaf that repeats or contains another (or is contained in one) counting
+    ``OVERLAP_FACTOR`` times its grounding (one span copied into two fields); 1.0 when there are none
+    (nothing to ground, nothing invented)."""
+    leaves: list[str | int | float] = []
+    root = schema if isinstance(schema, dict) else {}
+    _collect(value, root, root, leaves)
+    scores = [
+        value_grounding(v, conversation) * (OVERLAP_FACTOR if twice else 1.0)
+        for v, twice in zip(leaves, _overlaps(leaves), strict=True)
+    ]
+    return sum(scores) / len(scores) if scores else 1.0
+
+
+def reply_grounding(text: str, fmt: fmtlib.OutputFormat, conversation: Conversation) -> float:
+    """``g`` of one reply under ``fmt``: the mean :func:`grounding` of its valid tool calls (forced calls),
+    or of its JSON object (structured output). A reply with no valid call / no JSON object scores 0
+    (the format term already penalises it)."""
+    if fmt.calls_tools:
+        calls = fmtlib.parse_tool_reply(text, fmt).tool_calls
+        if not calls:
+            return 0.0
+        params = {t["name"]: t.get("parameters") or {} for t in fmt.tools}
+        return sum(grounding(c["args"], params.get(c["name"]), conversation) for c in calls) / len(calls)
+    if fmt.json_schema is not None:
+        value, error = fmtlib.parse_json_reply(text)
+        return 0.0 if error is not None else grounding(value, fmt.json_schema, conversation)
+    return 1.0
+
+
+# --- the grammar of the grounded samples -------------------------------------------------
+
+
+def _restrict(schema: dict[str, Any], spans: Sequence[str], numbers: Sequence[float]) -> dict[str, Any] | None:
+    """A free string / integer / number schema restricted to the conversation's spans / numbers; None when
+    it is not free (enum, const, pattern, format, other types) or nothing in the conversation fits."""
+    if any(k in schema for k in ("enum", "const", "pattern", "format", "$ref", "anyOf", "oneOf", "allOf")):
+        return None
+    kind = schema.get("type")
+    rest = {k: v for k, v in schema.items() if k not in ("type", "minLength", "maxLength", "minimum", "maximum")}
+    if kind == "string":
+        low, high = schema.get("minLength", 0), schema.get("maxLength", float("inf"))
+        values: list[Any] = [s for s in spans if low <= len(s) <= high]
+    elif kind in ("integer", "number"):
+        low, high = schema.get("minimum", -float("inf")), schema.get("maximum", float("inf"))
+        fits = [x for x in numbers if low <= x <= high and (kind == "number" or x.is_integer())]
+        values = [int(x) if x.is_integer() else x for x in fits]
+    else:
+        return None
+    return {**rest, "enum": values} if values else None
+
+
+def grounded_schema(
+    schema: Any, spans: Sequence[str], numbers: Sequence[float], root: dict[str, Any] | None = None
+) -> tuple[Any, bool]:
+    """(a copy of ``schema`` whose free, non-generative string and number fields take only values of the
+    conversation, whether anything was restricted). Object properties, array items and ``anyOf`` /
+    ``oneOf`` options (``Optional[str]``) are followed; local ``$ref`` targets are restricted in ``$defs``."""
+    if not isinstance(schema, dict):
+        return schema, False
+    root = schema if root is None else root
+    restricted = _restrict(schema, spans, numbers)
+    if restricted is not None:
+        return restricted, True
+    out, changed = dict(schema), False
+    if isinstance(schema.get("properties"), dict):
+        props = {}
+        for key, sub in schema["properties"].items():
+            new, did = (sub, False) if is_generative(str(key), sub) else grounded_schema(sub, spans, numbers, root)
+            props[key], changed = new, changed or did
+        out["properties"] = props
+    for key in ("anyOf", "oneOf"):
+        if isinstance(schema.get(key), list):
+            options = [grounded_schema(o, spans, numbers, root) for o in schema[key]]
+            out[key], changed = [o for o, _ in options], changed or any(d for _, d in options)
+    if isinstance(schema.get("items"), dict):
+        out["items"], did = grounded_schema(schema["items"], spans, numbers, root)
+        changed = changed or did
+    for key in ("$defs", "definitions"):
+        if isinstance(schema.get(key), dict):
+            defs = {name: grounded_schema(sub, spans, numbers, root) for name, sub in schema[key].items()}
+            out[key], changed = {n: d for n, (d, _) in defs.items()}, changed or any(c for _, c in defs.values())
+    return out, changed
+
+
+ToolGrammar = Callable[..., str]
+"""``(tools, *, choice, parallel, strict) -> grammar``: the tool-call grammar of the call's tool format."""
+
+
+def _grammar(
+    fmt: fmtlib.OutputFormat, spans: Sequence[str], numbers: Sequence[float], tool_grammar: ToolGrammar
+) -> str | None:
+    """The grammar of ``fmt`` with its free fields restricted to ``spans`` / ``numbers``; None if none is."""
+    if fmt.forces_call:
+        tools, changed = [], False
+        for tool in fmt.tools:
+            params, did = grounded_schema(tool.get("parameters") or {}, spans, numbers)
+            tools.append({**tool, "parameters": params})
+            changed = changed or did
+        if not changed:
+            return None
+        return tool_grammar(tools, choice=fmt.tool_choice, parallel=fmt.parallel_tool_calls, strict=False)
+    if fmt.json_schema is not None and not fmt.calls_tools:
+        schema, changed = grounded_schema(fmt.json_schema, spans, numbers)
+        return grammarlib.json_grammar(schema, strict=False) if changed else None
+    return None
+
+
+GROUNDED_CYCLE = 4
+"""Samples per cycle of grammars: sample 0 of every 4 follows the call's own grammar, the other 3 a grounded one."""
+
+
+def sample_grammars(
+    grammar: str,
+    fmt: fmtlib.OutputFormat,
+    messages: Sequence[BaseMessage],
+    tool_grammar: ToolGrammar = grammarlib.tool_call_grammar,
+) -> list[str]:
+    """The grammar of each sample (sample ``i`` follows entry ``i % len``): ``[grammar]`` when nothing can
+    be grounded (:func:`grounded_grammars` is empty); else ``grammar`` for one sample in ``GROUNDED_CYCLE``
+    and the grounded grammars, in turn, for the others (quoted values, every span, quoted values when the
+    user quoted some): 2 samples are one free and one grounded, 4 are one free and three grounded."""
+    grounded = grounded_grammars(fmt, messages, tool_grammar)
+    if not grounded:
+        return [grammar]
+    return [grammar, *(grounded[i % len(grounded)] for i in range(GROUNDED_CYCLE - 1))]
+
+
+def grounded_grammars(
+    fmt: fmtlib.OutputFormat, messages: Sequence[BaseMessage], tool_grammar: ToolGrammar = grammarlib.tool_call_grammar
+) -> list[str]:
+    """The grammars of the grounded samples of a forced call or structured output (see the module
+    docstring): when the user quoted values, one where free string fields take only those (the literals
+    a user quotes are the ones to copy) and one with every span of the conversation; else the latter
+    alone. [] when no field can be restricted (nothing to copy, or only generative / enum fields, or
+    ``tool_choice="auto"``, which has its own forced-call rows). ``strict=False``: values from the
+    conversation need not satisfy keywords llguidance cannot enforce (the reply is validated after)."""
+    spans, numbers = fmtlib.conversation_spans(messages)
+    quoted = Conversation.of(messages).quoted
+    candidates = [_grammar(fmt, quoted, numbers, tool_grammar)] if quoted else []
+    candidates.append(_grammar(fmt, spans, numbers, tool_grammar))
+    return [g for g in dict.fromkeys(candidates) if g is not None]
