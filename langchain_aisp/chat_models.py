@@ -52,12 +52,14 @@ from langchain_aisp.engine.config import (
     DEFAULT_DECODING,
     DEFAULT_ELITE_FRACTION,
     DEFAULT_ESS_TARGET,
+    DEFAULT_KEEP_FRACTION,
     DEFAULT_LAMBDA,
     DEFAULT_MAX_BATCH_SIZE,
     DEFAULT_MAX_TOKENS,
     DEFAULT_METHOD,
     DEFAULT_NUM_ITERATIONS,
     DEFAULT_NUM_SAMPLES,
+    DEFAULT_REJECT_AT,
     DEFAULT_SIGMA,
     DEFAULT_TAU,
     DEFAULT_TEMPERATURE,
@@ -219,6 +221,13 @@ class AISPChatModel(BaseChatModel):
 
     token_step: float = DEFAULT_TOKEN_STEP
     """Extra drift of U along the reward-weighted embedding of sampled tokens, in units of sigma, >= 0."""
+
+    reject_at: int = DEFAULT_REJECT_AT
+    """Early rejection (``method="bon"`` only): decode every sample to this many tokens, score the partial
+    answers and finish only the best ``keep_fraction``; 0 (default) disables it; < ``max_tokens``."""
+
+    keep_fraction: float = DEFAULT_KEEP_FRACTION
+    """Share of each round's samples finished after the early-rejection checkpoint, in (0, 1]."""
 
     max_tokens: int = DEFAULT_MAX_TOKENS
     """Maximum new tokens per response, >= 1."""

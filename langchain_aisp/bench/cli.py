@@ -17,6 +17,10 @@ Subcommands (``run`` is the default when none is given)::
     langchain-aisp-bench screen [--reward relevance,sentiment] [--prompts FILE] [--designs position@0.02,...]
                          [--sigma 0.02] [--tau 32] [--controls 8] [--sampling-sets 4] [--out bench-results/screen]
     langchain-aisp-bench coupling [--sigmas 0.01,0.02,0.05] [--out bench-results/coupling]
+    langchain-aisp-bench efficiency [--reward relevance,sentiment,reference] [--methods aisp-8x4,er-64x1@8/0.25]
+                         [--seeds 2] [--limit-prompts 12] [--max-tokens 24] [--pool 128] [--out DIR]
+                         [--resume | --overwrite]
+    langchain-aisp-bench efficiency-report --out bench-results/efficiency
 
 Everything runs offline on the embedded default model unless ``--model`` names another, on one
 CPU thread unless ``--num-threads N|all`` or ``$LANGCHAIN_AISP_NUM_THREADS`` says otherwise.
@@ -34,7 +38,19 @@ from typing import Any
 import langchain_aisp.engine.config as engine_config
 from langchain_aisp.engine.threads import DEFAULT_NUM_THREADS, NUM_THREADS_ENV, num_threads_arg, set_cpu_threads
 
-SUBCOMMANDS = ("run", "throughput", "prefill", "report", "threads", "memory", "memory-report", "screen", "coupling")
+SUBCOMMANDS = (
+    "run",
+    "throughput",
+    "prefill",
+    "report",
+    "threads",
+    "memory",
+    "memory-report",
+    "screen",
+    "coupling",
+    "efficiency",
+    "efficiency-report",
+)
 DEFAULT_OUT = "bench-results"
 DEFAULT_REWARDS = ("sentiment", "nontoxic", "relevance")
 
@@ -171,6 +187,8 @@ def build_parser(command: str) -> argparse.ArgumentParser:
         from langchain_aisp.bench import screen
 
         return (screen.screen_parser if command == "screen" else screen.coupling_parser)(prog, _model_args)
+    if command == "efficiency":
+        return _efficiency_parser(prog)
     parser = argparse.ArgumentParser(prog=prog)
     if command == "throughput":
         parser.description = (
@@ -218,10 +236,12 @@ def build_parser(command: str) -> argparse.ArgumentParser:
         return parser
     elif command == "memory-report":
         parser.description = "Rebuild a memory benchmark's summary.md and learning_curve.png from results.json."
+    elif command == "efficiency-report":
+        parser.description = "Rebuild an efficiency run's summary.md and summary.json from results.json."
     else:
         parser.description = "Rebuild summary.csv, summary.md and the plots from results.json."
     parser.add_argument("--out", default=DEFAULT_OUT, help=f"results folder (default {DEFAULT_OUT}/)")
-    if command not in ("report", "memory-report"):
+    if command not in ("report", "memory-report", "efficiency-report"):
         _model_args(parser)
     return parser
 
@@ -269,6 +289,94 @@ def _memory_parser(prog: str) -> argparse.ArgumentParser:
     parser.add_argument("--overwrite", action="store_true", help="replace the results already in --out")
     _model_args(parser)
     return parser
+
+
+def _efficiency_parser(prog: str) -> argparse.ArgumentParser:
+    from langchain_aisp.bench.efficiency import DEFAULT_EFFICIENCY_REWARDS, DEFAULT_METHODS, DEFAULT_POOL
+
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        description="Sample efficiency against Best-of-N: one pool of BoN samples per prompt-seed gives BoN's "
+        "expected best at N = 8..pool; each method runs at its budget on the same prompt-seeds. Paired "
+        "differences vs BoN-32 (mean +- SE, wins/ties/losses), the matched BoN budget N', tokens, wall-clock, "
+        "diversity and coherence.",
+    )
+    parser.add_argument("--prompts", default=None, help="JSONL file of {id, prompt, context?} (default: shipped set)")
+    parser.add_argument("--limit-prompts", type=int, default=None, help="use only the first K prompts")
+    parser.add_argument(
+        "--reward",
+        action="append",
+        default=None,
+        help="relevance, sentiment, nontoxic, reference (similarity to the prompt's hidden reference answer) or "
+        f"module:callable; repeat or comma-separate (default: {','.join(DEFAULT_EFFICIENCY_REWARDS)})",
+    )
+    parser.add_argument(
+        "--references", default=None, help="JSONL of {id, reference} for the reference reward (default: shipped)"
+    )
+    parser.add_argument(
+        "--methods",
+        default=",".join(DEFAULT_METHODS),
+        help="methods under test: aisp-NxK, bon-NxK, er-NxK@C/F (BoN with early rejection at C tokens, keeping a "
+        "fraction F), each with optional +field=value AISPParams overrides (default: %(default)s)",
+    )
+    parser.add_argument("--seeds", type=int, default=2, help="number of seeds (default 2)")
+    parser.add_argument("--first-seed", type=int, default=0)
+    parser.add_argument("--max-tokens", type=int, default=24, help="new tokens per response (default 24)")
+    parser.add_argument("--pool", type=int, default=DEFAULT_POOL, help=f"BoN pool per prompt-seed ({DEFAULT_POOL})")
+    parser.add_argument("--max-batch-size", type=int, default=engine_config.DEFAULT_MAX_BATCH_SIZE)
+    parser.add_argument("--no-coherence", action="store_true", help="skip the MiniLM coherence metric")
+    parser.add_argument(
+        "--out", default=f"{DEFAULT_OUT}/efficiency", help=f"results folder (default {DEFAULT_OUT}/efficiency/)"
+    )
+    parser.add_argument("--resume", action="store_true", help="continue the run in --out")
+    parser.add_argument("--overwrite", action="store_true", help="replace the results already in --out")
+    _model_args(parser)
+    return parser
+
+
+def cmd_efficiency(args: argparse.Namespace) -> int:
+    from langchain_aisp.bench.efficiency import EfficiencyConfig, parse_method, resolve_eval_rewards, run_efficiency
+    from langchain_aisp.bench.prompts import load_prompts
+    from langchain_aisp.bench.scorers import TextEmbedder
+
+    if args.seeds < 1:
+        raise ValueError(f"--seeds must be >= 1, got {args.seeds}")
+    config = EfficiencyConfig(
+        seeds=tuple(range(args.first_seed, args.first_seed + args.seeds)),
+        max_tokens=args.max_tokens,
+        pool=args.pool,
+        max_batch_size=args.max_batch_size,
+    )
+    methods = [parse_method(m) for m in args.methods.split(",") if m.strip()]
+    prompts = load_prompts(args.prompts, args.limit_prompts)
+    specs = _reward_specs(args.reward or ["relevance,sentiment,reference"])
+    rewards = resolve_eval_rewards(specs, prompts, args.references)
+    out = Path(args.out)
+    if (out / "results.json").exists() and not (args.resume or args.overwrite):
+        raise FileExistsError(f"{out / 'results.json'} exists: add --resume to continue it or --overwrite to replace")
+    lm = _load_lm(args)
+    run_efficiency(
+        lm,
+        prompts,
+        rewards,
+        methods,
+        config,
+        out,
+        resume=args.resume,
+        overwrite=args.overwrite,
+        embedder=None if args.no_coherence else TextEmbedder(),
+    )
+    print((out / "summary.md").read_text(encoding="utf-8"))
+    return 0
+
+
+def cmd_efficiency_report(args: argparse.Namespace) -> int:
+    from langchain_aisp.bench.efficiency import RESULTS_FORMAT, write_summary
+    from langchain_aisp.bench.runner import load_results
+
+    written = write_summary(load_results(args.out, RESULTS_FORMAT), args.out)
+    print("\n".join(str(p) for p in written))
+    return 0
 
 
 def _load_lm(args: argparse.Namespace) -> Any:
@@ -520,6 +628,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "memory-report": cmd_memory_report,
         "screen": cmd_screen,
         "coupling": cmd_coupling,
+        "efficiency": cmd_efficiency,
+        "efficiency-report": cmd_efficiency_report,
     }
     try:
         return handlers[command](args)

@@ -47,6 +47,8 @@ PER_CALL_FIELDS = (
     "control",
     "elite_fraction",
     "token_step",
+    "reject_at",
+    "keep_fraction",
     "max_tokens",
     "temperature",
     "top_p",

@@ -32,6 +32,9 @@ DEFAULT_TAU = 32
 DEFAULT_CONTROL: Control = "position"
 DEFAULT_ELITE_FRACTION = 0.0
 DEFAULT_TOKEN_STEP = 0.0
+DEFAULT_REJECT_AT = 0
+"""0: no early rejection (every Best-of-N sample is decoded to the end)."""
+DEFAULT_KEEP_FRACTION = 0.25
 DEFAULT_MAX_TOKENS = 128
 DEFAULT_TEMPERATURE = 1.0
 DEFAULT_TOP_P = 1.0
@@ -143,6 +146,12 @@ class AISPParams:
     token_step: float = DEFAULT_TOKEN_STEP
     """Size, in units of sigma, of an extra drift of U along the reward-weighted mean embedding
     (LM-head rows) of the sampled tokens: sum_i (w_i - 1/n) mean_t W[y_i,t]. 0 is the paper's update."""
+    reject_at: int = DEFAULT_REJECT_AT
+    """Early rejection (Speculative Rejection; method ``"bon"`` only): decode every sample to this many
+    tokens, score the partial responses and finish only the best ``keep_fraction`` of them; 0 disables.
+    See :mod:`langchain_aisp.engine.early_rejection`."""
+    keep_fraction: float = DEFAULT_KEEP_FRACTION
+    """Share of each iteration's samples finished after the early-rejection checkpoint, in (0, 1]."""
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -159,6 +168,18 @@ class AISPParams:
         _check_range("elite_fraction", self.elite_fraction, 0.0, 1.0, low_open=False, high_open=False)
         if self.control not in CONTROLS:
             raise ValueError(f"control must be one of {list(CONTROLS)}, got {self.control!r}")
+        _check_int("reject_at", self.reject_at, 0, MAX_NEW_TOKENS)
+        _check_range("keep_fraction", self.keep_fraction, 0.0, 1.0, low_open=True, high_open=False)
+        if self.reject_at and self.method != "bon":
+            raise ValueError(
+                f"reject_at (early rejection) applies to method='bon' only, got method={self.method!r} "
+                f"with reject_at={self.reject_at}; use reject_at=0 with {self.method!r}"
+            )
+        if not self.reject_at and self.keep_fraction != DEFAULT_KEEP_FRACTION:
+            raise ValueError(
+                f"keep_fraction={self.keep_fraction} has no effect without early rejection (reject_at=0); "
+                "set reject_at to a token count in [1, max_tokens - 1] or leave keep_fraction at its default"
+            )
         if self.control in ("token-bias", "temperature") and self.token_step > 0:
             raise ValueError(
                 f"token_step must be 0 with control={self.control!r} (it drifts a pre-logit control), "

@@ -241,7 +241,7 @@ class Controller:
                 drift = token_direction(plan.head_weight, out.token_ids[rows], weights, plan.tau)  # (d,)
                 self.U = self.U + params.token_step * plan.sigma * drift  # (steps, d)
         else:
-            lam, weights = 0.0, torch.full((plan.num_samples,), 1.0 / plan.num_samples)  # (n,)
+            lam, weights = 0.0, torch.full((len(rewards),), 1.0 / len(rewards))  # (n,) uniform over its responses
         result.lambdas.append(lam)
         result.weights.append(weights.tolist())
         result.ess.append(effective_sample_size(weights))

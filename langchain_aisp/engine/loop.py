@@ -25,6 +25,7 @@ from langchain_aisp.engine.constraints import Constraint, Matcher
 from langchain_aisp.engine.controller import Controller, IterationEvent, Plan, PromptResult, Sample
 from langchain_aisp.engine.decode.eager import DecodeOutput, Decoder, PromptPrefix, decode, prefill
 from langchain_aisp.engine.decode.select import DecodeFn
+from langchain_aisp.engine.early_rejection import EarlyRejection
 from langchain_aisp.engine.lm import CausalLM
 from langchain_aisp.engine.logit_control import LOGIT_CONTROLS, LogitControl, control_head, control_width
 from langchain_aisp.engine.scoring import ScoreFn, score_name, score_rows
@@ -333,6 +334,8 @@ class DecodeGroup:
             self.decoder = replace(self.decoder, head=control_head(lm, params.control))  # a pre-logit head)
             self.decode_fn = decode
         self.capacity = max(1, check_max_batch_size(max_batch_size) // self.plan.num_samples)  # prompts at once
+        self.rejection = EarlyRejection.build(lm, params, sampling, self.decoder)  # None unless params.reject_at
+        self.rows_out = self.plan.num_samples if self.rejection is None else self.rejection.keep  # per prompt
         if max_prompts is not None:
             self.capacity = max(1, min(self.capacity, max_prompts))
         self.decode_rows = max_batch_size  # rows per decode call; lowered for good after an out-of-memory
@@ -400,7 +403,7 @@ class DecodeGroup:
         self, request: Request, members: list[Controller], samples: list[Sample], out: DecodeOutput, rows: list[int]
     ) -> None:
         """Score one request's rows (one ``score`` call), update its controllers, report; a failure is its own."""
-        n = self.plan.num_samples
+        n = self.rows_out  # finished responses per prompt in ``out``
         texts = [text for b in rows for text in out.texts[b * n : (b + 1) * n]]
         try:
             rewards = score_rows(request.score, request.name, members, texts, request.isolate)
@@ -422,6 +425,10 @@ class DecodeGroup:
         row_constraints = [
             None if c.constraint is None else (c.constraint, i) for c in live for i in range(plan.num_samples)
         ]
+        if self.rejection is not None:  # Best-of-N with early rejection: engine/early_rejection.py
+            if any(row_constraints):
+                self.rejection.refuse_constraints()
+            return self._decode_early(self.rejection, live, uniforms)
         out, self.decode_rows = decode_rows(
             self.decoder,
             [c.prefix for c in live],
@@ -433,6 +440,31 @@ class DecodeGroup:
             max(c.deadline for c in live),  # decoding stops only when every live prompt is out of time
             self.decode_fn,
         )
+        return out
+
+    def _decode_early(self, rejection: EarlyRejection, live: list[Controller], uniforms: torch.Tensor) -> DecodeOutput:
+        """Decode partials, score them per request (like responses: same cache, same isolation), finish the best."""
+        n = self.plan.num_samples
+
+        def score_partials(texts: list[str]) -> list[float | None]:
+            scores: list[float | None] = [None] * len(texts)
+            for request in dict.fromkeys(c.owner for c in live):
+                members = [b for b, c in enumerate(live) if c.owner is request]
+                mine = [t for b in members for t in texts[b * n : (b + 1) * n]]
+                try:
+                    values = score_rows(request.score, request.name, [live[b] for b in members], mine, request.isolate)
+                except Exception as exc:
+                    request.fail(exc)
+                    continue
+                for m, b in enumerate(members):
+                    scores[b * n : (b + 1) * n] = values[m * n : (m + 1) * n]
+            return scores
+
+        out, rejected = rejection.decode(
+            [c.prefix for c in live], uniforms, score_partials, max(c.deadline for c in live), self.decode_fn
+        )
+        for controller, tokens in zip(live, rejected, strict=True):
+            controller.result.generated_tokens += tokens  # the rejected partials were decoded too
         return out
 
     def _retire(self, leaving: list[Controller]) -> None:

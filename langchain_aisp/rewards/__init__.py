@@ -18,6 +18,7 @@ from langchain_aisp.rewards.composition import Normalized, WeightedSum
 from langchain_aisp.rewards.embedding import EmbeddingSimilarityReward, context_text
 from langchain_aisp.rewards.hf import HFRewardModel
 from langchain_aisp.rewards.judge import DEFAULT_TEMPLATE, JudgeParseError, JudgeReward, parse_score
+from langchain_aisp.rewards.reference import ReferenceSimilarityReward
 from langchain_aisp.rewards.rules import (
     JSONSchemaReward,
     LengthReward,
@@ -47,6 +48,7 @@ __all__ = [
     "LengthReward",
     "NonToxicityReward",
     "Normalized",
+    "ReferenceSimilarityReward",
     "RegexReward",
     "Reward",
     "RewardFailure",
