@@ -127,10 +127,10 @@ def test_the_chat_model_takes_early_rejection(tiny_lm):
         return float(response.count("e"))
 
     model = AISPChatModel(
-        reward=letters, llm=tiny_lm, method="bon", num_samples=8, num_iterations=1, reject_at=C,
+        reward=letters, model=tiny_lm, method="bon", num_samples=8, num_iterations=1, reject_at=C,
         keep_fraction=0.25, max_tokens=T, seed=0,
     )  # fmt: skip
     info = model.invoke("Tell me about the sea").response_metadata["aisp"]
     assert info["samples"] == 2  # 8 started, the best 2 partials finished
     with pytest.raises(ValueError, match="method='bon' only"):
-        AISPChatModel(reward=letters, llm=tiny_lm, reject_at=C, max_tokens=T)
+        AISPChatModel(reward=letters, model=tiny_lm, reject_at=C, max_tokens=T)

@@ -58,7 +58,7 @@ class FailAfter:
 def _model(tiny_lm, reward: Any, **kwargs: Any) -> AISPChatModel:
     settings: dict[str, Any] = {"num_samples": 4, "num_iterations": 3, "max_tokens": 6, "seed": 0}
     settings.update(kwargs)
-    return AISPChatModel(llm=tiny_lm, reward=reward, **settings)
+    return AISPChatModel(model=tiny_lm, reward=reward, **settings)
 
 
 def _no_hooks(model: torch.nn.Module) -> None:

@@ -300,4 +300,4 @@ def test_grounding_weight_is_validated(tiny_lm):
 
     for bad in (-1.0, float("nan"), float("inf")):
         with pytest.raises(ValueError, match="grounding_weight must be a finite number >= 0"):
-            AISPChatModel(reward=_indifferent, llm=tiny_lm, grounding_weight=bad)
+            AISPChatModel(reward=_indifferent, model=tiny_lm, grounding_weight=bad)

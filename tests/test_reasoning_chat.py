@@ -67,7 +67,7 @@ def lms(tiny_lm, default_lm):
 
 def model(lm, reward=None, **kw):
     params = {"method": "bon", "num_samples": 3, "num_iterations": 2, "max_tokens": 12, "seed": 0}
-    return AISPChatModel(llm=lm, reward=reward or Recorder(), **{**params, **kw})
+    return AISPChatModel(model=lm, reward=reward or Recorder(), **{**params, **kw})
 
 
 # --- thinking ------------------------------------------------------------------------------------------
