@@ -123,11 +123,16 @@ def langchain_agent(question: str) -> list[BaseMessage]:
     return list(agent.invoke({"messages": [HumanMessage(question)]}, {"recursion_limit": 8})["messages"])
 
 
+def one_line(text: str) -> str:
+    """A reply on one line (a small model may add a second paragraph after its answer)."""
+    return " ".join(text.split())
+
+
 def report(name: str, messages: list[BaseMessage]) -> None:
     calls = [c for m in messages if isinstance(m, AIMessage) for c in m.tool_calls]
     final = messages[-1]
     print(f"[{name}] tool calls: {[(c['name'], c['args']) for c in calls]}")
-    print(f"[{name}] final answer: {final.text.strip()}")
+    print(f"[{name}] final answer: {one_line(final.text)}")
 
 
 def main() -> None:
@@ -143,7 +148,7 @@ def main() -> None:
             print(f"[{name}] skipped: {exc} (pip install langgraph langchain)")
             continue
         report(name, messages)
-    print("answer:", messages[-1].text.strip())
+    print("answer:", one_line(messages[-1].text))
 
 
 if __name__ == "__main__":
