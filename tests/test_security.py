@@ -83,9 +83,12 @@ def test_chat_model_cache_keys_on_trust_remote_code(tmp_path, monkeypatch):
 
     loaded: list[bool] = []
 
+    class FakeLM(list):  # weakly referenceable, as a real CausalLM is (the bounded cache holds models weakly)
+        pass
+
     def fake_load(model, *, device, dtype, trust_remote_code):
         loaded.append(trust_remote_code)
-        return ("model", trust_remote_code, len(loaded))
+        return FakeLM(["model", trust_remote_code, len(loaded)])
 
     monkeypatch.setattr(lmlib, "load_causal_lm", fake_load)
     cm.clear_model_cache()
