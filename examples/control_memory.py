@@ -37,8 +37,9 @@ def main() -> None:
     # 1. learn: every call folds its scored samples into the memory (a batch counts as one call)
     memory = ControlMemory(warmup_prompts=len(learn))
     teacher = AISPChatModel(
-        reward=upbeat, model=lm, control_memory=memory, num_samples=samples, num_iterations=2, max_tokens=tokens, seed=0
-    )
+        reward=upbeat, model=lm, control_memory=memory, method="aisp", num_samples=samples, num_iterations=2,
+        max_tokens=tokens, seed=0,
+    )  # fmt: skip
     per_call = 2 if FAST else 6
     for i in range(0, len(learn), per_call):
         teacher.batch(learn[i : i + per_call])  # Batched AISP: one engine run, one memory update
@@ -49,7 +50,15 @@ def main() -> None:
     print("boosts:", ", ".join(f"{token!r} +{nats:.1f}" for token, nats in memory.boosted_tokens(lm, k=6)))
     # 3. load it (frozen) and answer with one round of samples around the learned mean: BoN's latency
     profile = ControlMemory.load(path, learning=False)
-    common = {"reward": upbeat, "llm": lm, "num_samples": samples, "num_iterations": 1, "max_tokens": tokens, "seed": 1}
+    common = {
+        "reward": upbeat,
+        "llm": lm,
+        "method": "aisp",
+        "num_samples": samples,
+        "num_iterations": 1,
+        "max_tokens": tokens,
+        "seed": 1,
+    }
     cold = AISPChatModel(**common).invoke(QUESTION)
     warm = AISPChatModel(**common, control_memory=profile).invoke(QUESTION)
     for label, msg in (("cold", cold), ("warm", warm)):

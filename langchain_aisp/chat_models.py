@@ -57,8 +57,6 @@ from langchain_aisp.engine.config import (
     DEFAULT_MAX_BATCH_SIZE,
     DEFAULT_MAX_TOKENS,
     DEFAULT_METHOD,
-    DEFAULT_NUM_ITERATIONS,
-    DEFAULT_NUM_SAMPLES,
     DEFAULT_REJECT_AT,
     DEFAULT_SIGMA,
     DEFAULT_TAU,
@@ -189,13 +187,15 @@ class AISPChatModel(BaseChatModel):
     """The tokenizer of a ``PreTrainedModel`` passed as ``model`` (required with one, refused otherwise)."""
 
     method: Method = DEFAULT_METHOD
-    """"aisp" (adaptive importance sampling), "bon" (Best-of-N) or "sample" (one plain sample)."""
+    """"bon" (Best-of-N, the default: it ties AISP's update within noise on every reward measured and decodes
+    in one batch), "aisp" (the paper's adaptive importance sampling) or "sample" (one plain sample)."""
 
-    num_samples: int = DEFAULT_NUM_SAMPLES
-    """n: responses per iteration, in [1, 4096]."""
+    num_samples: int | None = None
+    """n: responses per iteration, in [1, 4096]; None: the method's own (32 for "bon", 8 for "aisp")."""
 
-    num_iterations: int = DEFAULT_NUM_ITERATIONS
-    """k: iterations, in [1, 1024] (Best-of-N draws num_samples * num_iterations responses)."""
+    num_iterations: int | None = None
+    """k: iterations, in [1, 1024]; None: the method's own (1 for "bon", 4 for "aisp"). Best-of-N draws
+    num_samples * num_iterations responses; more iterations give a timeout a best-so-far to return."""
 
     sigma: float = DEFAULT_SIGMA
     """Control noise scale relative to the RMS of the pre-logits, > 0."""

@@ -4,7 +4,8 @@
 
 The reward is the built-in relevance reward (cosine similarity between the question
 and the answer under all-MiniLM-L6-v2, offline). It prints the plain sample's
-reward next to the AISP answer's reward and the cost of each.
+reward next to the aligned answer's reward (Best-of-N by default, ``--method aisp`` for the
+paper's method) and the cost of each.
 
 It runs on one CPU thread unless ``--num-threads N`` (or ``all``) or the environment
 variable ``LANGCHAIN_AISP_NUM_THREADS`` says otherwise (see ``langchain_aisp.engine.threads``);
@@ -25,9 +26,9 @@ DEFAULT_QUESTION = "How do I keep basil alive on a kitchen windowsill?"
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="langchain-aisp-demo", description=__doc__.splitlines()[0])
     parser.add_argument("question", nargs="?", default=DEFAULT_QUESTION)
-    parser.add_argument("--method", default="aisp", choices=["aisp", "bon"])
-    parser.add_argument("--num-samples", type=int, default=8)
-    parser.add_argument("--num-iterations", type=int, default=4)
+    parser.add_argument("--method", default=None, choices=["aisp", "bon"], help="default: the chat model's (bon)")
+    parser.add_argument("--num-samples", type=int, default=None, help="default: the method's (32 bon, 8 aisp)")
+    parser.add_argument("--num-iterations", type=int, default=None, help="default: the method's (1 bon, 4 aisp)")
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
@@ -50,9 +51,8 @@ def main(argv: list[str] | None = None) -> int:
     reward = EmbeddingSimilarityReward(target="prompt")
     common = {"reward": reward, "max_tokens": args.max_tokens, "seed": args.seed}
     plain_model = AISPChatModel(method="sample", **common)
-    aligned_model = AISPChatModel(
-        method=args.method, num_samples=args.num_samples, num_iterations=args.num_iterations, **common
-    )
+    chosen = {"method": args.method, "num_samples": args.num_samples, "num_iterations": args.num_iterations}
+    aligned_model = AISPChatModel(**{k: v for k, v in chosen.items() if v is not None}, **common)
 
     start = time.perf_counter()
     plain = plain_model.invoke(args.question)
@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"Question: {args.question}\n")
     print(f"Plain sample (reward {p_meta['reward']:.3f}, {plain_time:.1f} s):\n{plain.content}\n")
     print(
-        f"{args.method.upper()} answer (reward {a_meta['reward']:.3f}, {a_meta['samples']} samples, "
+        f"{a_meta['method'].upper()} answer (reward {a_meta['reward']:.3f}, {a_meta['samples']} samples, "
         f"{aligned_time:.1f} s):\n{aligned.content}\n"
     )
     print("Best reward per iteration:", [round(max(r), 3) for r in a_meta["rewards"]])

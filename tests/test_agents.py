@@ -39,7 +39,9 @@ class UsesToolResults(Reward):
 
 
 def model() -> AISPChatModel:
-    return AISPChatModel(reward=UsesToolResults(), num_samples=4, num_iterations=1, max_tokens=32, seed=0)
+    return AISPChatModel(
+        method="aisp", reward=UsesToolResults(), num_samples=4, num_iterations=1, max_tokens=32, seed=0
+    )
 
 
 def check_run(messages: list[BaseMessage]) -> None:

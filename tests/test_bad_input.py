@@ -64,7 +64,7 @@ class Ctx:
             self.lm,
             prompts,
             lambda _i, texts: [float(len(t)) for t in texts],
-            AISPParams(num_samples=2, num_iterations=1),
+            AISPParams(method="aisp", num_samples=2, num_iterations=1),
             SamplingParams(**sampling),
             seed=seed,
         )
@@ -83,7 +83,13 @@ class Ctx:
         if not pad:
             tokenizer.pad_token = None
         return AISPChatModel(
-            model=hf_model, tokenizer=tokenizer, reward=length_reward, num_samples=2, num_iterations=1, max_tokens=4
+            method="aisp",
+            model=hf_model,
+            tokenizer=tokenizer,
+            reward=length_reward,
+            num_samples=2,
+            num_iterations=1,
+            max_tokens=4,
         )
 
 

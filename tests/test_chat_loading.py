@@ -171,7 +171,7 @@ def test_the_cache_is_bounded_and_keeps_models_in_use(empty_cache):
 def test_chat_models_over_one_pretrained_model_share_its_causal_lm(tiny_lm, empty_cache):
     hf_model, tokenizer = tiny_lm.model, tiny_lm.tokenizer
     a = AISPChatModel(reward=length_reward, model=hf_model, tokenizer=tokenizer)
-    b = AISPChatModel(reward=length_reward, model=hf_model, tokenizer=tokenizer, sigma=0.2)
+    b = AISPChatModel(method="aisp", reward=length_reward, model=hf_model, tokenizer=tokenizer, sigma=0.2)
     shared = a._get_lm()
     assert b._get_lm() is shared and shared.model is hf_model  # one static (CUDA-graph) cache
     assert shared is not tiny_lm  # the fixture wrapped it separately; the chat models wrap it once
@@ -215,7 +215,9 @@ def failing_at_iteration_two(lm, prompts, score, params, sampling, **kwargs: Any
 
 
 def test_invoke_failing_mid_run_keeps_its_best_answer(tiny_lm):
-    model = AISPChatModel(reward=length_reward, model=tiny_lm, num_samples=2, num_iterations=3, max_tokens=4)
+    model = AISPChatModel(
+        method="aisp", reward=length_reward, model=tiny_lm, num_samples=2, num_iterations=3, max_tokens=4
+    )
     model._runner = failing_at_iteration_two
     with pytest.raises(RunFailedError, match="after 1 scored iteration") as info:
         model.invoke("Hi")
@@ -225,7 +227,9 @@ def test_invoke_failing_mid_run_keeps_its_best_answer(tiny_lm):
 
 
 def test_batch_failing_mid_run_gives_each_input_its_own_error_and_best(tiny_lm):
-    model = AISPChatModel(reward=length_reward, model=tiny_lm, num_samples=2, num_iterations=3, max_tokens=4)
+    model = AISPChatModel(
+        method="aisp", reward=length_reward, model=tiny_lm, num_samples=2, num_iterations=3, max_tokens=4
+    )
     model._runner = failing_at_iteration_two
     first, second = model.batch(["Hi", "Name a fruit."], return_exceptions=True)
     assert isinstance(first, RunFailedError) and isinstance(second, RunFailedError) and first is not second
@@ -240,7 +244,9 @@ def test_batch_failing_before_any_score_gives_each_input_its_own_error(tiny_lm):
     def broken(*args: Any, **kwargs: Any) -> list[PromptResult]:
         raise OSError("device lost")
 
-    model = AISPChatModel(reward=length_reward, model=tiny_lm, num_samples=2, num_iterations=1, max_tokens=4)
+    model = AISPChatModel(
+        method="aisp", reward=length_reward, model=tiny_lm, num_samples=2, num_iterations=1, max_tokens=4
+    )
     model._runner = broken
     first, second = model.batch(["Hi", "Name a fruit."], return_exceptions=True)
     assert isinstance(first, OSError) and isinstance(second, OSError) and first is not second
@@ -283,7 +289,7 @@ class SlowHandler(AsyncCallbackHandler):
 
 async def test_a_slow_async_handler_does_not_slow_the_run(tiny_lm):
     spans: list[float] = []
-    model = AISPChatModel(reward=length_reward, model=tiny_lm, num_samples=2, num_iterations=ITERATIONS)
+    model = AISPChatModel(method="aisp", reward=length_reward, model=tiny_lm, num_samples=2, num_iterations=ITERATIONS)
     model._runner = quick_engine(spans)
     handler = SlowHandler()
     await model.ainvoke("Hi", config={"callbacks": [handler]})
@@ -309,7 +315,9 @@ def test_a_callback_failing_at_iteration_two_keeps_the_first_iteration(tiny_lm):
             if data["iteration"] == 1:
                 raise KeyError("the dashboard went away")
 
-    model = AISPChatModel(reward=length_reward, model=tiny_lm, num_samples=2, num_iterations=3, max_tokens=6, seed=0)
+    model = AISPChatModel(
+        method="aisp", reward=length_reward, model=tiny_lm, num_samples=2, num_iterations=3, max_tokens=6, seed=0
+    )
     with pytest.raises(RunFailedError) as info:
         model.invoke("Name a fruit.", config={"callbacks": [Breaks()]})
     assert isinstance(info.value.__cause__, KeyError)

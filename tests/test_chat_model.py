@@ -63,7 +63,9 @@ class CityDict(TypedDict):
 
 @pytest.fixture
 def llm(tiny_lm):
-    return AISPChatModel(reward=length_reward, model=tiny_lm, num_samples=2, num_iterations=2, max_tokens=8, seed=0)
+    return AISPChatModel(
+        method="aisp", reward=length_reward, model=tiny_lm, num_samples=2, num_iterations=2, max_tokens=8, seed=0
+    )
 
 
 def scripted_run(replies: list[str], calls: list[dict[str, Any]] | None = None):
@@ -133,7 +135,9 @@ def test_no_chat_template_uses_plain_fallback(tiny_lm):
     tokenizer = copy.copy(tiny_lm.tokenizer)
     tokenizer.chat_template = None
     lm = dataclasses.replace(tiny_lm, tokenizer=tokenizer)
-    model = AISPChatModel(reward=length_reward, model=lm, num_samples=2, num_iterations=1, max_tokens=6, seed=0)
+    model = AISPChatModel(
+        method="aisp", reward=length_reward, model=lm, num_samples=2, num_iterations=1, max_tokens=6, seed=0
+    )
     job = model.prepare([SystemMessage("Be brief."), HumanMessage("Hi")])._job
     assert job.prompt.plain
     assert job.prompt.text == "System: Be brief.\nUser: Hi\nAssistant:"
@@ -147,7 +151,9 @@ def test_media_content_is_rejected_not_ignored(llm):
 
 
 def test_prompt_too_long_is_a_clear_error(tiny_lm):
-    model = AISPChatModel(reward=length_reward, model=tiny_lm, num_samples=2, num_iterations=1, max_tokens=8)
+    model = AISPChatModel(
+        method="aisp", reward=length_reward, model=tiny_lm, num_samples=2, num_iterations=1, max_tokens=8
+    )
     with pytest.raises(
         ValueError, match=r"conversation is too long: \d+ tokens.*512 tokens.*shorten it by.*nothing is truncated"
     ):
@@ -155,6 +161,15 @@ def test_prompt_too_long_is_a_clear_error(tiny_lm):
 
 
 # --- metadata, parameters -------------------------------------------------------------------
+
+
+def test_default_is_best_of_32_in_one_round_and_method_aisp_gets_the_papers_split(tiny_lm):
+    default = AISPChatModel(reward=length_reward, model=tiny_lm, max_tokens=4, seed=0)
+    aisp = default.invoke("Name a fruit.").response_metadata["aisp"]
+    assert aisp["method"] == "bon" and aisp["samples"] == 32
+    assert len(aisp["rewards"]) == 1 and len(aisp["rewards"][0]) == 32  # one batch: no sequential rounds
+    per_call = default.invoke("Name a fruit.", method="aisp").response_metadata["aisp"]
+    assert per_call["method"] == "aisp" and [len(r) for r in per_call["rewards"]] == [8, 8, 8, 8]
 
 
 def test_metadata_and_usage(llm, tiny_lm):
@@ -225,7 +240,7 @@ def test_validation_errors_name_field_and_range(tiny_lm, kwargs, message):
 
 def test_identifying_params_differ_between_configs(tiny_lm):
     a = AISPChatModel(reward=length_reward, model=tiny_lm)
-    b = AISPChatModel(reward=length_reward, model=tiny_lm, sigma=0.1)
+    b = AISPChatModel(method="aisp", reward=length_reward, model=tiny_lm, sigma=0.1)
     c = AISPChatModel(reward=ConstantReward(), model=tiny_lm)
     assert a._identifying_params != b._identifying_params != c._identifying_params
     for key in (
@@ -429,7 +444,7 @@ def test_format_term_steers_selection(tiny_lm, monkeypatch):
         best = max(range(len(candidates)), key=rewards.__getitem__)
         return [PromptResult(index=0, text=candidates[best], reward=rewards[best], rewards=[rewards], samples=2)]
 
-    model = AISPChatModel(reward=length_reward, model=tiny_lm, num_samples=2, num_iterations=1)
+    model = AISPChatModel(method="aisp", reward=length_reward, model=tiny_lm, num_samples=2, num_iterations=1)
     model._runner = fake_run
     msg = model.bind_tools([add], tool_choice="add").invoke("1 + 2?")
     assert (
@@ -484,7 +499,9 @@ def test_reward_error_carries_partial(tiny_lm):
             raise RuntimeError("judge down")
         return 1.0
 
-    model = AISPChatModel(reward=flaky, model=tiny_lm, num_samples=2, num_iterations=2, max_tokens=6, seed=0)
+    model = AISPChatModel(
+        method="aisp", reward=flaky, model=tiny_lm, num_samples=2, num_iterations=2, max_tokens=6, seed=0
+    )
     with pytest.raises(RewardError, match="judge down") as info:
         model.invoke("Hello")
     partial = info.value.partial
@@ -492,7 +509,7 @@ def test_reward_error_carries_partial(tiny_lm):
 
 
 def test_serialisation_round_trip_and_clear_error(tiny_lm):
-    model = AISPChatModel(reward=length_reward, num_samples=3, sigma=0.1, seed=4, max_tokens=9)
+    model = AISPChatModel(method="aisp", reward=length_reward, num_samples=3, sigma=0.1, seed=4, max_tokens=9)
     data = dumpd(model)
     assert data["kwargs"]["reward"] == "test_chat_model:length_reward"
     back = loads(dumps(model), valid_namespaces=["langchain_aisp"], allowed_objects=[AISPChatModel])
@@ -526,7 +543,9 @@ def get_weather(city: str) -> str:
 
 
 def test_batch_answers_carry_the_auto_choice_of_the_run_like_invoke(tiny_lm):
-    model = AISPChatModel(reward=length_reward, model=tiny_lm, num_samples=2, num_iterations=1, max_tokens=12, seed=0)
+    model = AISPChatModel(
+        method="aisp", reward=length_reward, model=tiny_lm, num_samples=2, num_iterations=1, max_tokens=12, seed=0
+    )
     bound = model.bind_tools([get_weather])
     questions = ["What is the weather in Paris?", "Say hello."]
     singles = [bound.invoke(q) for q in questions]

@@ -232,7 +232,7 @@ def test_unseeded_runs_leave_the_global_rngs_alone(tiny_lm, encode):
             tiny_lm,
             [encode(PROMPTS[i])],
             lambda _j, texts: [float(len(t)) for t in texts],
-            AISPParams(num_samples=2, num_iterations=2),
+            AISPParams(method="aisp", num_samples=2, num_iterations=2),
             SamplingParams(max_tokens=4),
             seed=None,
         )

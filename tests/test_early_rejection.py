@@ -133,4 +133,4 @@ def test_the_chat_model_takes_early_rejection(tiny_lm):
     info = model.invoke("Tell me about the sea").response_metadata["aisp"]
     assert info["samples"] == 2  # 8 started, the best 2 partials finished
     with pytest.raises(ValueError, match="method='bon' only"):
-        AISPChatModel(reward=letters, model=tiny_lm, reject_at=C, max_tokens=T)
+        AISPChatModel(reward=letters, model=tiny_lm, method="aisp", reject_at=C, max_tokens=T)

@@ -56,7 +56,14 @@ def test_prompt_is_prefilled_once_for_all_samples_and_iterations(tiny_lm, encode
     counting = CountingBody(tiny_lm.body)
     lm = dataclasses.replace(tiny_lm, body=counting)
     prompts = [encode("Hello there"), encode("A second, longer question about the weather today?")]
-    run(lm, prompts, _length_score, AISPParams(num_samples=3, num_iterations=3), SamplingParams(max_tokens=6), seed=0)
+    run(
+        lm,
+        prompts,
+        _length_score,
+        AISPParams(method="aisp", num_samples=3, num_iterations=3),
+        SamplingParams(max_tokens=6),
+        seed=0,
+    )
     prefills = [c for c in counting.calls if c > 1]
     assert sorted(prefills) == sorted(len(p) for p in prompts)  # one prefill per prompt, nothing else
     assert all(c == 1 for c in counting.calls if c <= 1)
@@ -89,7 +96,7 @@ def test_perturbation_applies_exactly_at_positions_before_tau(tiny_lm, encode):
 
 def test_batched_prompts_give_the_same_result_as_alone(default_lm, encode):
     prompts = [encode("Name a fruit."), encode("What colour is the sky on a clear day?")]
-    params = AISPParams(num_samples=3, num_iterations=2)
+    params = AISPParams(method="aisp", num_samples=3, num_iterations=2)
     sampling = SamplingParams(max_tokens=10)
     together = run(default_lm, prompts, _length_score, params, sampling, seed=11)
     alone = [run(default_lm, [p], _length_score, params, sampling, seed=11)[0] for p in prompts]
@@ -101,7 +108,7 @@ def test_batched_prompts_give_the_same_result_as_alone(default_lm, encode):
 
 def test_seed_reproduces_and_different_seeds_differ(default_lm, encode):
     prompt = [encode("Tell me a short fact about the sea.")]
-    params = AISPParams(num_samples=4, num_iterations=2)
+    params = AISPParams(method="aisp", num_samples=4, num_iterations=2)
     sampling = SamplingParams(max_tokens=12)
     first = run(default_lm, prompt, _length_score, params, sampling, seed=5)[0]
     second = run(default_lm, prompt, _length_score, params, sampling, seed=5)[0]
@@ -116,7 +123,7 @@ def test_seeded_run_leaves_the_global_rng_alone(tiny_lm, encode):
         tiny_lm,
         [encode("hi")],
         _length_score,
-        AISPParams(num_samples=2, num_iterations=2),
+        AISPParams(method="aisp", num_samples=2, num_iterations=2),
         SamplingParams(max_tokens=4),
         seed=1,
     )
@@ -176,7 +183,7 @@ def test_aisp_steers_towards_the_rewarded_token_and_keeps_the_best(tiny_lm, enco
         return [float(t.count(word)) for t in texts]
 
     events: list[IterationEvent] = []
-    params = AISPParams(num_samples=16, num_iterations=6, sigma=1.5, tau=8, ess_target=0.25)
+    params = AISPParams(method="aisp", num_samples=16, num_iterations=6, sigma=1.5, tau=8, ess_target=0.25)
     result = run(
         lm, [encode("Fruit?")], score, params, SamplingParams(max_tokens=8), seed=0, on_iteration=events.append
     )[0]
@@ -221,7 +228,7 @@ def test_reward_failure_carries_the_best_so_far(tiny_lm, encode):
             tiny_lm,
             [encode("a"), encode("b")],
             flaky,
-            AISPParams(num_samples=2, num_iterations=4),
+            AISPParams(method="aisp", num_samples=2, num_iterations=4),
             SamplingParams(max_tokens=4),
             seed=0,
             max_batch_size=4,
@@ -247,7 +254,13 @@ def test_bad_scores_raise_clear_errors(tiny_lm, encode, bad, fragment):
         return bad(len(texts))
 
     with pytest.raises(RewardError) as info:
-        run(tiny_lm, [encode("q")], score, AISPParams(num_samples=2, num_iterations=1), SamplingParams(max_tokens=3))
+        run(
+            tiny_lm,
+            [encode("q")],
+            score,
+            AISPParams(method="aisp", num_samples=2, num_iterations=1),
+            SamplingParams(max_tokens=3),
+        )
     assert fragment in str(info.value)
 
 
@@ -279,7 +292,9 @@ def test_shared_control_steers_too(tiny_lm, encode):
     def score(indices, texts):
         return [float(t.count(" banana")) for t in texts]
 
-    params = AISPParams(num_samples=16, num_iterations=5, sigma=1.5, tau=8, ess_target=0.25, control="shared")
+    params = AISPParams(
+        method="aisp", num_samples=16, num_iterations=5, sigma=1.5, tau=8, ess_target=0.25, control="shared"
+    )
     result = run(lm, [encode("Fruit?")], score, params, SamplingParams(max_tokens=8), seed=0)[0]
     means = [sum(r) / len(r) for r in result.rewards]
     assert means[-1] > means[0] + 0.5
@@ -287,7 +302,7 @@ def test_shared_control_steers_too(tiny_lm, encode):
 
 def test_elite_fraction_reuses_the_best_sample_noise(tiny_lm, encode):
     # With a negligible sigma, reusing the best response's token-sampling noise reproduces it exactly.
-    params = AISPParams(num_samples=4, num_iterations=2, sigma=1e-6, elite_fraction=1.0)
+    params = AISPParams(method="aisp", num_samples=4, num_iterations=2, sigma=1e-6, elite_fraction=1.0)
     result = run(tiny_lm, [encode("Hi")], _length_score, params, SamplingParams(max_tokens=6), seed=3)[0]
     best_first = result.texts[0][max(range(4), key=result.rewards[0].__getitem__)]
     assert result.texts[1] == [best_first] * 4
@@ -303,7 +318,7 @@ def test_elite_fraction_reuses_the_best_sample_noise(tiny_lm, encode):
 
 
 def test_token_step_moves_u_beyond_the_importance_sampling_update(tiny_lm, encode):
-    params = AISPParams(num_samples=4, num_iterations=2, sigma=0.05)
+    params = AISPParams(method="aisp", num_samples=4, num_iterations=2, sigma=0.05)
     sampling = SamplingParams(max_tokens=6)
     plain = run(tiny_lm, [encode("Hi")], _length_score, params, sampling, seed=1)[0]
     drift = run(tiny_lm, [encode("Hi")], _length_score, dataclasses.replace(params, token_step=50.0), sampling, seed=1)[
@@ -321,7 +336,12 @@ def test_numpy_and_tensor_scalar_scores_are_accepted(tiny_lm, encode):
         return [np.float32(len(t)) if i % 2 else torch.tensor(float(len(t))) for i, t in enumerate(texts)]
 
     result = run(
-        tiny_lm, [encode("q")], score, AISPParams(num_samples=2, num_iterations=1), SamplingParams(max_tokens=3), seed=0
+        tiny_lm,
+        [encode("q")],
+        score,
+        AISPParams(method="aisp", num_samples=2, num_iterations=1),
+        SamplingParams(max_tokens=3),
+        seed=0,
     )[0]
     assert result.reward == max(float(len(t)) for t in result.texts[0])
     assert all(isinstance(r, float) for r in result.rewards[0])
@@ -335,7 +355,7 @@ def _summary(results):
 
 
 def test_a_call_joins_a_running_run_at_the_next_iteration_and_answers_as_if_alone(tiny_lm, encode):
-    params, sampling = AISPParams(num_samples=3, num_iterations=3), SamplingParams(max_tokens=6)
+    params, sampling = AISPParams(method="aisp", num_samples=3, num_iterations=3), SamplingParams(max_tokens=6)
     first, second = [encode("Hello there")], [encode("Another question"), encode("A third one")]
     solo_first = run(tiny_lm, first, _length_score, params, sampling, seed=1)
     solo_second = run(tiny_lm, second, _length_score, params, sampling, seed=[2, 3])
@@ -380,7 +400,7 @@ def test_a_call_joins_a_running_run_at_the_next_iteration_and_answers_as_if_alon
 
 
 def test_a_failing_call_fails_alone_and_other_settings_take_turns(tiny_lm, encode):
-    params, sampling = AISPParams(num_samples=2, num_iterations=2), SamplingParams(max_tokens=5)
+    params, sampling = AISPParams(method="aisp", num_samples=2, num_iterations=2), SamplingParams(max_tokens=5)
     other = SamplingParams(max_tokens=4)  # incompatible settings: a group of its own
     good, bad = [encode("Fine")], [encode("Broken")]
     solo = run(tiny_lm, good, _length_score, params, sampling, seed=5)

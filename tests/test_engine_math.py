@@ -185,9 +185,22 @@ def test_sampling_params_reject_bad_values(kwargs, fragment):
 
 
 def test_budget_counts_responses_per_prompt():
-    assert AISPParams(num_samples=8, num_iterations=4).budget == 32
+    assert AISPParams(method="aisp", num_samples=8, num_iterations=4).budget == 32
     assert AISPParams(method="bon", num_samples=8, num_iterations=4).budget == 32
     assert AISPParams(method="sample").budget == 1
+
+
+def test_default_is_best_of_32_in_one_batch_and_each_method_resolves_its_own_split():
+    default = AISPParams()
+    assert (default.method, default.num_samples, default.num_iterations) == ("bon", 32, 1)
+    aisp = AISPParams(method="aisp")  # the paper's split, not BoN's 32 x 1 (one AISP round would learn nothing)
+    assert (aisp.num_samples, aisp.num_iterations, aisp.budget) == (8, 4, 32)
+    sample = AISPParams(method="sample")
+    assert (sample.num_samples, sample.num_iterations) == (1, 1)
+    explicit = AISPParams(method="aisp", num_samples=4)  # a value given is kept; only None is resolved
+    assert (explicit.num_samples, explicit.num_iterations) == (4, 4)
+    with pytest.raises(ValueError, match=r"num_iterations must be an integer in \[1, 1024\], got 0"):
+        AISPParams(num_iterations=0)
 
 
 def test_token_direction_points_to_the_tokens_of_better_weighted_samples():

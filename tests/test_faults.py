@@ -24,7 +24,7 @@ from langchain_aisp.engine.decode.eager import decode
 from langchain_aisp.errors import ConstraintError, RunCancelledError, RunFailedError
 from langchain_aisp.rewards import SafeReward
 
-PARAMS = AISPParams(num_samples=4, num_iterations=3)
+PARAMS = AISPParams(method="aisp", num_samples=4, num_iterations=3)
 SAMPLING = SamplingParams(max_tokens=6)
 
 
@@ -213,7 +213,7 @@ def test_out_of_memory_halves_the_decoding_batch_and_keeps_results(tiny_lm, enco
     def score(_indices, texts):
         return [float(len(t)) for t in texts]
 
-    params = AISPParams(num_samples=4, num_iterations=2)
+    params = AISPParams(method="aisp", num_samples=4, num_iterations=2)
     baseline = run(tiny_lm, prompts, score, params, SAMPLING, seed=1, max_batch_size=64)
     sizes: list[int] = []
 
@@ -256,7 +256,7 @@ def _first_iteration(reference, result) -> None:
 
 
 def _solo(tiny_lm, encode, **kwargs):
-    params = AISPParams(num_samples=2, num_iterations=3)
+    params = AISPParams(method="aisp", num_samples=2, num_iterations=3)
 
     def score(_indices, texts):
         return [float(len(t)) for t in texts]

@@ -145,7 +145,7 @@ def test_prompt_fits_but_max_tokens_does_not():
 
 
 def test_chat_model_reports_the_overflow(tiny_lm):
-    model = AISPChatModel(reward=zero, model=tiny_lm, num_samples=1, num_iterations=1, max_tokens=4)
+    model = AISPChatModel(method="aisp", reward=zero, model=tiny_lm, num_samples=1, num_iterations=1, max_tokens=4)
     n = len(tiny_lm.tokenizer("word " * 600).input_ids)  # the rendered conversation is a little longer
     with pytest.raises(ValueError, match=r"the conversation is too long: (\d+) tokens") as info:
         model.invoke("word " * 600)

@@ -18,7 +18,7 @@ from langchain_aisp.engine.config import AISPParams, SamplingParams
 
 pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
-PARAMS = AISPParams(num_samples=3, num_iterations=3)
+PARAMS = AISPParams(method="aisp", num_samples=3, num_iterations=3)
 SAMPLING = SamplingParams(max_tokens=5)
 
 
@@ -115,7 +115,9 @@ def test_keep_drops_a_prompt_at_the_next_iteration_and_its_rows_leave_the_batch(
 
 
 def _model(tiny_lm, reward: Any) -> AISPChatModel:
-    return AISPChatModel(model=tiny_lm, reward=reward, num_samples=2, num_iterations=2, max_tokens=6, seed=0)
+    return AISPChatModel(
+        method="aisp", model=tiny_lm, reward=reward, num_samples=2, num_iterations=2, max_tokens=6, seed=0
+    )
 
 
 def _fails_on_poison(prompt: str, response: str) -> float:

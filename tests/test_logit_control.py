@@ -54,11 +54,11 @@ def test_token_bias_rejects_token_step():
     with pytest.raises(
         ValueError, match=r"token_step must be 0 with control='token-bias' \(it drifts a pre-logit control\), got 0.5"
     ):
-        AISPParams(control="token-bias", token_step=0.5)
+        AISPParams(method="aisp", control="token-bias", token_step=0.5)
     with pytest.raises(
         ValueError, match=r"control must be one of \['position', 'shared', 'token-bias', 'temperature'\]"
     ):
-        AISPParams(control="bias")
+        AISPParams(method="aisp", control="bias")
 
 
 def test_a_control_memory_refuses_token_bias(tiny_lm, encode):

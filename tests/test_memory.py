@@ -23,7 +23,7 @@ from langchain_aisp.engine.memory import (
 
 pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
-PARAMS = AISPParams(num_samples=3, num_iterations=2, tau=4)
+PARAMS = AISPParams(method="aisp", num_samples=3, num_iterations=2, tau=4)
 SAMPLING = SamplingParams(max_tokens=4)
 TOKENS = (100, 200, 300, 400)  # tokens whose frequencies carry the hand-made rewards below
 
@@ -430,7 +430,8 @@ class safe_open_header:  # noqa: N801 - a tiny context manager for the test abov
 
 
 def _chat(tiny_lm, memory=None, **kwargs):
-    base = {"reward": _length_score_reward, "model": tiny_lm, "num_samples": 3, "num_iterations": 2, "tau": 4}
+    base = {"reward": _length_score_reward, "model": tiny_lm, "method": "aisp", "num_samples": 3, "num_iterations": 2}
+    base["tau"] = 4
     base.update({"max_tokens": 4, "seed": 0, "control_memory": memory, **kwargs})
     return AISPChatModel(**base)
 
@@ -506,8 +507,22 @@ def test_chat_model_learns_from_scratch_and_refuses_another_model(tiny_lm):
 def test_chat_model_with_memory_serialises_with_a_marker(tiny_lm):
     from langchain_core.load import dumpd, load
 
-    model = AISPChatModel(reward="test_memory:_length_score_reward", control_memory=ControlMemory(), num_samples=2)
+    model = AISPChatModel(
+        method="aisp", reward="test_memory:_length_score_reward", control_memory=ControlMemory(), num_samples=2
+    )
     data = dumpd(model)
     assert data["kwargs"]["control_memory"].startswith("<not serialisable>")
     with pytest.raises(ValueError, match="control memory is not serialised"):
         load(data, valid_namespaces=["langchain_aisp"], allowed_objects=[AISPChatModel])
+
+
+def test_a_memory_that_would_do_nothing_is_refused_not_ignored(tiny_lm):
+    frozen = ControlMemory(learning=False)
+    with pytest.raises(ValueError, match=r"would do nothing with method='bon'.*pass method='aisp'"):
+        _chat(tiny_lm, frozen, method="bon")  # Best-of-N (the default) has no control to warm-start
+    with pytest.raises(ValueError, match=r"would do nothing with method='sample'"):
+        _chat(tiny_lm, ControlMemory(), method="sample", num_iterations=1)
+    learner = ControlMemory(warmup_prompts=1)
+    _chat(tiny_lm, learner, method="bon").invoke("Name a fruit.")  # Best-of-N teaches a tokens memory
+    assert learner.updates == 1
+    _chat(tiny_lm, frozen)  # AISP: accepted

@@ -68,7 +68,14 @@ class AsyncHandler(AsyncCallbackHandler):
 
 def make(tiny_lm, log: Log, **kw: Any) -> AISPChatModel:
     return AISPChatModel(
-        reward=log.reward, model=tiny_lm, num_samples=2, num_iterations=ITERATIONS, max_tokens=6, seed=0, **kw
+        method="aisp",
+        reward=log.reward,
+        model=tiny_lm,
+        num_samples=2,
+        num_iterations=ITERATIONS,
+        max_tokens=6,
+        seed=0,
+        **kw,
     )
 
 

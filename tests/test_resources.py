@@ -71,7 +71,9 @@ def _hook_count(model: torch.nn.Module) -> int:
 
 
 def test_hundred_invocations_do_not_grow_memory(tiny_lm):
-    model = AISPChatModel(model=tiny_lm, reward=length_reward, num_samples=4, num_iterations=2, max_tokens=8, seed=0)
+    model = AISPChatModel(
+        method="aisp", model=tiny_lm, reward=length_reward, num_samples=4, num_iterations=2, max_tokens=8, seed=0
+    )
     prompts = [f"Question {i}: what is {i} plus {i}?" for i in range(CALLS)]
     for prompt in prompts[:10]:  # warm-up: allocator pools, tokenizer and template caches
         model.invoke(prompt)
@@ -105,7 +107,7 @@ def test_decoding_runs_under_inference_mode_and_keeps_no_graph(tiny_lm, encode):
             tiny_lm,
             [encode("Name a fruit.")],
             lambda _i, texts: [float(len(t)) for t in texts],
-            AISPParams(num_samples=2, num_iterations=2),
+            AISPParams(method="aisp", num_samples=2, num_iterations=2),
             SamplingParams(max_tokens=4),
             seed=0,
         )
@@ -125,7 +127,9 @@ def test_decoding_runs_under_inference_mode_and_keeps_no_graph(tiny_lm, encode):
 
 
 def test_chat_metadata_holds_no_tensors(tiny_lm):
-    model = AISPChatModel(model=tiny_lm, reward=length_reward, num_samples=2, num_iterations=2, max_tokens=4, seed=0)
+    model = AISPChatModel(
+        method="aisp", model=tiny_lm, reward=length_reward, num_samples=2, num_iterations=2, max_tokens=4, seed=0
+    )
     message = model.invoke("Hello")
     assert not _tensors_in(message.response_metadata)
     assert not _tensors_in(dict(message.usage_metadata or {}))

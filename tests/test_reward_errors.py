@@ -83,7 +83,9 @@ def test_plain_function_error_names_the_function_prompt_and_response_through_the
 
 
 def test_plain_function_error_through_the_chat_model_uses_reward_name(tiny_lm):
-    llm = AISPChatModel(reward=picky, model=tiny_lm, num_samples=2, num_iterations=2, max_tokens=6, seed=0)
+    llm = AISPChatModel(
+        method="aisp", reward=picky, model=tiny_lm, num_samples=2, num_iterations=2, max_tokens=6, seed=0
+    )
     with pytest.raises(RewardError) as info:
         llm.invoke("Name a colour.")
     err = info.value
@@ -95,7 +97,9 @@ def test_plain_function_error_through_the_chat_model_uses_reward_name(tiny_lm):
 
 
 def test_batched_chat_call_names_the_failing_prompt(tiny_lm):
-    llm = AISPChatModel(reward=picky, model=tiny_lm, num_samples=2, num_iterations=1, max_tokens=6, seed=0)
+    llm = AISPChatModel(
+        method="aisp", reward=picky, model=tiny_lm, num_samples=2, num_iterations=1, max_tokens=6, seed=0
+    )
     out = llm.batch(["Name a fruit.", "Name a colour."], return_exceptions=True)
     # One engine run (Batched AISP); the reward fails on prompt 1's responses only, so only that input
     # fails (per-prompt isolation), with an error that names it; the other input is answered.
@@ -109,7 +113,9 @@ def test_closure_is_named_by_its_name(tiny_lm):
     def local_reward(prompt: str, response: str) -> float:
         raise RuntimeError("boom")
 
-    llm = AISPChatModel(reward=local_reward, model=tiny_lm, num_samples=2, num_iterations=1, max_tokens=4, seed=0)
+    llm = AISPChatModel(
+        method="aisp", reward=local_reward, model=tiny_lm, num_samples=2, num_iterations=1, max_tokens=4, seed=0
+    )
     with pytest.raises(RewardError, match=r"^reward local_reward raised RuntimeError: boom \(prompt 0, iteration 0"):
         llm.invoke("Hi")
 
@@ -122,7 +128,9 @@ def test_batched_function_that_raises_names_the_function_and_the_batch(tiny_lm):
     def scorer(prompts: list[str], responses: list[str]) -> list[float]:
         raise ValueError("backend down")
 
-    llm = AISPChatModel(reward=scorer, model=tiny_lm, num_samples=3, num_iterations=1, max_tokens=6, seed=0)
+    llm = AISPChatModel(
+        method="aisp", reward=scorer, model=tiny_lm, num_samples=3, num_iterations=1, max_tokens=6, seed=0
+    )
     with pytest.raises(RewardError) as info:
         llm.invoke("Hi")
     err = info.value
@@ -136,7 +144,9 @@ def test_batched_function_with_a_bad_value_names_the_response(tiny_lm):
     def scorer(prompts: list[str], responses: list[str]) -> list[float]:
         return [math.nan if i == len(responses) - 1 else 1.0 for i in range(len(responses))]
 
-    llm = AISPChatModel(reward=scorer, model=tiny_lm, num_samples=3, num_iterations=1, max_tokens=6, seed=0)
+    llm = AISPChatModel(
+        method="aisp", reward=scorer, model=tiny_lm, num_samples=3, num_iterations=1, max_tokens=6, seed=0
+    )
     with pytest.raises(RewardError) as info:
         llm.invoke("Hi")
     err = info.value
@@ -163,7 +173,9 @@ class Flaky(Reward):
 
 def test_reward_object_errors(tiny_lm):
     def model(mode: str) -> AISPChatModel:
-        return AISPChatModel(reward=Flaky(mode), model=tiny_lm, num_samples=3, num_iterations=1, max_tokens=6, seed=0)
+        return AISPChatModel(
+            method="aisp", reward=Flaky(mode), model=tiny_lm, num_samples=3, num_iterations=1, max_tokens=6, seed=0
+        )
 
     with pytest.raises(RewardError, match=r"^reward flaky_judge raised ConnectionError: judge unreachable \(prompt 0"):
         model("raise").invoke("Hi")
@@ -177,13 +189,17 @@ def test_reward_object_errors(tiny_lm):
 
 def test_safe_reward_and_weighted_sum_keep_the_sample_and_the_cause(tiny_lm):
     fn = FailOn(fail_at=2, error=KeyError("k"))
-    llm = AISPChatModel(reward=SafeReward(fn), model=tiny_lm, num_samples=4, num_iterations=1, max_tokens=6, seed=0)
+    llm = AISPChatModel(
+        method="aisp", reward=SafeReward(fn), model=tiny_lm, num_samples=4, num_iterations=1, max_tokens=6, seed=0
+    )
     with pytest.raises(RewardError) as info:
         llm.invoke("Hi")
     assert info.value.response == fn.seen[-1][1] and info.value.__cause__ is fn.error
     fn = FailOn(fail_at=1, error=KeyError("k"))
     total = FunctionReward(lambda p, r: 1.0, name="one") + FunctionReward(fn, name="second")
-    llm = AISPChatModel(reward=total, model=tiny_lm, num_samples=4, num_iterations=1, max_tokens=6, seed=0)
+    llm = AISPChatModel(
+        method="aisp", reward=total, model=tiny_lm, num_samples=4, num_iterations=1, max_tokens=6, seed=0
+    )
     with pytest.raises(RewardError) as info:
         llm.invoke("Hi")
     err = info.value

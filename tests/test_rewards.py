@@ -344,7 +344,7 @@ def test_rewards_plug_into_the_engine(default_lm, encode):
         default_lm,
         [encode(question)],
         score,
-        AISPParams(num_samples=2, num_iterations=1),
+        AISPParams(method="aisp", num_samples=2, num_iterations=1),
         SamplingParams(max_tokens=8),
         seed=0,
     )
@@ -362,7 +362,11 @@ def test_engine_error_locates_the_sample_and_chains_the_rewards_own_exception(de
     score = score_fn(SafeReward(_raise, name="always_fails"), [[HumanMessage("Hi")]])
     with pytest.raises(RewardError, match="always_fails") as info:
         run(
-            default_lm, [encode("Hi")], score, AISPParams(num_samples=2, num_iterations=1), SamplingParams(max_tokens=4)
+            default_lm,
+            [encode("Hi")],
+            score,
+            AISPParams(method="aisp", num_samples=2, num_iterations=1),
+            SamplingParams(max_tokens=4),
         )
     err = info.value
     assert type(err.__cause__) is RuntimeError  # the reward's own exception, not the wrapper that named the sample

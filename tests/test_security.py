@@ -248,7 +248,7 @@ _NO_NETWORK_SCRIPT = textwrap.dedent(
     ]
     print("constructed", len(rewards), model.model_name, hub.model_name)
     # First use of the default model reads the local cache only.
-    answer = AISPChatModel(reward=fn, num_samples=2, num_iterations=1, max_tokens=3, seed=0).invoke("Hi")
+    answer = AISPChatModel(method="aisp", reward=fn, num_samples=2, num_iterations=1, max_tokens=3, seed=0).invoke("Hi")
     print("answered", type(answer.content).__name__, answer.response_metadata["aisp"]["samples"])
     print("socket attempts", sorted(set(attempts)))
     """

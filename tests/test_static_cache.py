@@ -419,10 +419,10 @@ def test_the_chat_models_warmup_builds_the_bucket_its_calls_use(tiny_lm):
 
     lm = dataclasses.replace(tiny_lm)
     kwargs = {"reward": lambda p, r: float(len(r)), "llm": lm, "num_samples": 3, "max_tokens": 6, "seed": 0}
-    eager = AISPChatModel(decoding="eager", num_iterations=2, **kwargs)
+    eager = AISPChatModel(method="aisp", decoding="eager", num_iterations=2, **kwargs)
     prompt_tokens = eager.invoke("Name a fruit.").usage_metadata["input_tokens"]  # the rendered prompt's length
     assert eager.warmup() == [] and static_graph_stats(lm) == []
-    chat = AISPChatModel(decoding="static", num_iterations=2, **kwargs)
+    chat = AISPChatModel(method="aisp", decoding="static", num_iterations=2, **kwargs)
     built = chat.warmup(prompt_tokens=(prompt_tokens,))
     assert [(b["rows"], b["max_tokens"], b["path"]) for b in built] == [(3, 6, "static")]
     chat.invoke("Name a fruit.")

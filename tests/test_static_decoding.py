@@ -288,8 +288,8 @@ def test_chat_model_decoding_field(tiny_lm):
     from langchain_aisp import AISPChatModel
 
     kwargs = {"reward": lambda p, r: float(len(r)), "model": tiny_lm, "num_samples": 2, "max_tokens": 6, "seed": 0}
-    eager = AISPChatModel(decoding="eager", num_iterations=2, **kwargs).invoke("Name a fruit.")
-    static = AISPChatModel(decoding="static", num_iterations=2, **kwargs).invoke("Name a fruit.")
+    eager = AISPChatModel(method="aisp", decoding="eager", num_iterations=2, **kwargs).invoke("Name a fruit.")
+    static = AISPChatModel(method="aisp", decoding="static", num_iterations=2, **kwargs).invoke("Name a fruit.")
     assert eager.content == static.content
     with pytest.raises(ValidationError, match="decoding"):
         AISPChatModel(decoding="fast", **kwargs)
@@ -389,7 +389,7 @@ def test_an_all_allowing_matcher_samples_what_the_graph_path_samples(tiny_lm, en
 
 def test_static_path_when_a_prompt_leaves_the_batch(tiny_lm, prompts):
     """Rows of a cancelled prompt leave the batch (fewer rows: another bucket); the others are unaffected."""
-    params, sampling = AISPParams(num_samples=3, num_iterations=3), SamplingParams(max_tokens=6)
+    params, sampling = AISPParams(method="aisp", num_samples=3, num_iterations=3), SamplingParams(max_tokens=6)
 
     def keep_factory():
         asked: dict[int, int] = {}

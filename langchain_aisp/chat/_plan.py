@@ -203,7 +203,15 @@ BATCH_PLAN: ContextVar[BatchPlan | None] = ContextVar("langchain_aisp_batch_plan
 
 def check_model(model: AISPChatModel) -> None:
     """Validate the model's settings together (``ValueError`` naming the field, the bad value and the range)."""
-    resolve_settings(model, {})  # AISPParams / SamplingParams raise ValueError naming the field and range
+    settings = resolve_settings(model, {})  # AISPParams / SamplingParams raise ValueError naming field and range
+    memory, method = model.control_memory, settings.params.method
+    learns_from_bon = memory is not None and memory.learning and memory.signal != "control"
+    if memory is not None and method != "aisp" and not (method == "bon" and learns_from_bon):
+        raise ValueError(  # it would neither warm-start (AISP only) nor learn: a silently ignored parameter
+            f"this control_memory would do nothing with method={method!r}: it warm-starts method='aisp' only (the "
+            "default method is 'bon'), and learns from Best-of-N only while learning with signal='tokens'; "
+            "pass method='aisp'"
+        )
     if needs_tokenizer(model.model) != (model.tokenizer is not None):
         raise ValueError(
             "tokenizer= goes with model=<a transformers PreTrainedModel> (and only with it); got model of type "

@@ -19,9 +19,14 @@ Decoding = Literal["auto", "static", "compiled", "eager"]
 DECODINGS: tuple[str, ...] = ("auto", "static", "compiled", "eager")
 
 # --- Defaults (the benchmark in docs/benchmarks.md is what justifies them) ---
-DEFAULT_METHOD: Method = "aisp"
-DEFAULT_NUM_SAMPLES = 8
-DEFAULT_NUM_ITERATIONS = 4
+DEFAULT_METHOD: Method = "bon"
+"""Best-of-N in one batch: on every reward measured (docs/benchmarks.md, "Sample efficiency against Best-of-N")
+the AISP update ties Best-of-N at equal samples within noise, and AISP's k sequential rounds cost wall-clock."""
+DEFAULT_SPLITS: dict[str, tuple[int, int]] = {"bon": (32, 1), "aisp": (8, 4), "sample": (1, 1)}
+"""(num_samples, num_iterations) when left None, per method: the same 32 responses either way (Best-of-N in one
+batch; AISP in the paper's 8 x 4); plain sampling draws one."""
+DEFAULT_NUM_SAMPLES = DEFAULT_SPLITS[DEFAULT_METHOD][0]
+DEFAULT_NUM_ITERATIONS = DEFAULT_SPLITS[DEFAULT_METHOD][1]
 DEFAULT_SIGMA = 0.02
 """Noise scale relative to the RMS of the model's pre-logits (0.05 = 5% of it)."""
 DEFAULT_LAMBDA: float | None = None
@@ -119,10 +124,11 @@ class AISPParams:
     """The alignment method and its hyperparameters, in the paper's names."""
 
     method: Method = DEFAULT_METHOD
-    num_samples: int = DEFAULT_NUM_SAMPLES
-    """n: samples per iteration (BoN draws num_samples * num_iterations in total)."""
-    num_iterations: int = DEFAULT_NUM_ITERATIONS
-    """k: importance-sampling iterations."""
+    num_samples: int = None  # type: ignore[assignment]  # None: resolved per method (DEFAULT_SPLITS)
+    """n: samples per iteration (BoN draws num_samples * num_iterations in total); None (the default): the
+    method's own, ``DEFAULT_SPLITS`` (32 for "bon", 8 for "aisp", 1 for "sample"). Always an int after init."""
+    num_iterations: int = None  # type: ignore[assignment]  # None: resolved per method (DEFAULT_SPLITS)
+    """k: importance-sampling iterations; None (the default): the method's own (1 for "bon", 4 for "aisp")."""
     sigma: float = DEFAULT_SIGMA
     """Std of the control noise, relative to the RMS of the model's pre-logits; in nats (logit units) for
     ``control="token-bias"`` and in log-temperature for ``"temperature"`` (docs/benchmarks.md, "Signal screen")."""
@@ -156,6 +162,11 @@ class AISPParams:
     def __post_init__(self) -> None:
         if self.method not in METHODS:
             raise ValueError(f"method must be one of {list(METHODS)}, got {self.method!r}")
+        split = DEFAULT_SPLITS[self.method]
+        if self.num_samples is None:
+            object.__setattr__(self, "num_samples", split[0])  # frozen: resolved once, here
+        if self.num_iterations is None:
+            object.__setattr__(self, "num_iterations", split[1])
         _check_int("num_samples", self.num_samples, 1, MAX_SAMPLES)
         _check_int("num_iterations", self.num_iterations, 1, MAX_ITERATIONS)
         _check_positive("sigma", self.sigma)
