@@ -23,6 +23,7 @@ from langchain_aisp.bench.efficiency import (
     wins_ties_losses,
 )
 from langchain_aisp.bench.prompts import BenchPrompt, load_prompts
+from langchain_aisp.engine.config import SamplingParams
 from langchain_aisp.rewards import as_reward
 
 pytestmark = pytest.mark.usefixtures("single_torch_thread")
@@ -82,9 +83,26 @@ def test_parse_method_specs():
         ("bon-32x1@8/0.25", "only goes with er-NxK"),
         ("aisp-8x4+sigma=-1", "sigma must be a finite number > 0"),
         ("aisp-8x4+nonsense=1", "nonsense"),
+        ("bon-32x1+temperature=-1", "temperature must be a finite number > 0"),
     ]:
         with pytest.raises(ValueError, match=message):
             parse_method(bad)
+
+
+def test_a_sampling_override_changes_the_sampling_of_that_method_only(tiny_lm):
+    seen: list[float] = []
+
+    def fake_run(lm, prompt_ids, score, params, sampling, **kwargs):
+        seen.append(sampling.temperature)
+        return []
+
+    base = SamplingParams(max_tokens=4, temperature=1.0)
+    for spec in ("bon-4x1+temperature=0.7", "bon-4x1"):
+        method = parse_method(spec)
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr("langchain_aisp.bench.efficiency.run", fake_run)
+            method.fn(tiny_lm, [[1, 2]], lambda i, t: [0.0] * len(t), base, 0, 8)
+    assert seen == [0.7, 1.0]
 
 
 def _gaussian_reward():

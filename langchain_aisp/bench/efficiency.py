@@ -152,8 +152,15 @@ class EvalMethod:
     fn: MethodFn
 
 
-def engine_method(name: str, params: AISPParams) -> EvalMethod:
-    """A method that is one :func:`langchain_aisp.engine.aisp.run` call with ``params``."""
+SAMPLING_OVERRIDES = ("temperature", "top_p", "top_k")
+"""SamplingParams fields a method may set (``bon-32x1+temperature=0.7``): Best-of-N at another temperature is the
+baseline a temperature control has to beat."""
+
+
+def engine_method(name: str, params: AISPParams, sampling_overrides: Mapping[str, Any] | None = None) -> EvalMethod:
+    """A method that is one :func:`langchain_aisp.engine.aisp.run` call with ``params`` (and the evaluation's
+    sampling settings, with ``sampling_overrides`` applied)."""
+    overrides = dict(sampling_overrides or {})
 
     def fn(
         lm: CausalLM,
@@ -163,6 +170,8 @@ def engine_method(name: str, params: AISPParams) -> EvalMethod:
         seed: int,
         max_batch_size: int,
     ) -> list[PromptResult]:
+        if overrides:
+            sampling = dataclasses.replace(sampling, **overrides)
         return run(lm, prompt_ids, score, params, sampling, seed=seed, max_batch_size=max_batch_size)
 
     return EvalMethod(name, params.budget, fn)
@@ -173,7 +182,8 @@ _SPEC = re.compile(r"^(aisp|bon|er)-(\d+)x(\d+)(?:@(\d+)/([0-9.]+))?((?:\+[a-z_]
 
 def parse_method(spec: str) -> EvalMethod:
     """``aisp-8x4``, ``bon-32x1``, ``er-64x1@8/0.25`` (BoN with early rejection at 8 tokens keeping 25%),
-    each optionally followed by ``+field=value`` AISPParams overrides (``aisp-8x4+sigma=0.05``)."""
+    each optionally followed by ``+field=value`` overrides of AISPParams fields (``aisp-8x4+sigma=0.05``) or of the
+    sampling's ``temperature`` / ``top_p`` / ``top_k`` (``bon-32x1+temperature=0.7``)."""
     match = _SPEC.match(spec.strip())
     if match is None:
         raise ValueError(
@@ -186,9 +196,14 @@ def parse_method(spec: str) -> EvalMethod:
     if kind != "er" and reject_at is not None:
         raise ValueError(f"method {spec!r}: @C/F (early rejection) only goes with er-NxK")
     fields: dict[str, Any] = {}
+    sampling: dict[str, Any] = {}
     for item in filter(None, extra.split("+")):
         key, _, raw = item.partition("=")
-        fields[key] = _parse_value(raw)
+        (sampling if key in SAMPLING_OVERRIDES else fields)[key] = _parse_value(raw)
+    try:
+        SamplingParams(**sampling)  # checked now, with the field's range in the message
+    except ValueError as exc:
+        raise ValueError(f"method {spec!r}: {exc}") from exc
     if kind == "er":
         fields.update(reject_at=int(reject_at), keep_fraction=float(keep))
     method = "bon" if kind == "er" else kind
@@ -196,7 +211,7 @@ def parse_method(spec: str) -> EvalMethod:
         params = AISPParams(method=method, num_samples=int(n), num_iterations=int(k), **fields)  # type: ignore[arg-type]
     except TypeError as exc:
         raise ValueError(f"method {spec!r}: {exc}") from exc
-    return engine_method(spec.strip(), params)
+    return engine_method(spec.strip(), params, sampling)
 
 
 def _parse_value(raw: str) -> Any:
