@@ -260,7 +260,8 @@ def restrict_fields(
     if not isinstance(schema, dict):
         return schema, False
     root = schema if root is None else root
-    if schema.get("type") == "string" or schema.get("type") in ("integer", "number"):
+    free = not any(k in schema for k in ("enum", "const", "pattern", "format", "$ref", "anyOf", "oneOf", "allOf"))
+    if free and schema.get("type") in ("string", "integer", "number"):
         spans = choose(field_kind(name), field_role(name)) if schema.get("type") == "string" else None
         restricted = _restrict(schema, spans, numbers)
         if restricted is not None:

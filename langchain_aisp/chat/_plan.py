@@ -132,7 +132,8 @@ class Job:
     batch_prompts: int | None = None
     """Set by the run: how many calls shared its engine run (1 when the call ran alone)."""
     conversation: groundlib.Conversation | None = None
-    """Forced calls and structured output with ``grounding_weight > 0``: what the grounding term reads."""
+    """Forced calls, structured output and the forced rows of ``"auto"`` with ``grounding_weight > 0``: what the
+    grounding term reads (None for free text: grounding is skipped by construction)."""
     reply: replylib.ReplyPlan = replylib.PLAIN
     """Thinking and the tool-call format: how the reply is split and read (``chat/_reply.py``)."""
     max_tokens: int = 0

@@ -6,7 +6,8 @@ not cut short, and every field gets the candidates that fit its *kind*:
 * **units**: values the user put in quotes ('...', "...", «...», 「...」, ...); *names*: runs of capitalised
   words (``Ada Lovelace``, ``Kettle Pro 3000``, ``Άλφα Τεχνική``, ``Новосибирск``), runs of words of scripts
   without case (``김민준``, ``बाँसुरी``); and *dates* as written (``14 March 2025``, ``June 7``, ``2024-11-02``,
-  ``03/09/2026``, ``10月1日``). A run whose first word is a determiner, a pronoun or a request verb
+  ``03/09/2026``, ``10月1日``); a run followed by a comma and a one-word run is also offered with it
+  (``San Francisco, CA``). A run whose first word is a determiner, a pronoun or a request verb
   (``LEADING_WORDS``) is offered without it (``The Aurora X2`` -> ``Aurora X2``, ``Meet Kwame Mensah`` ->
   ``Kwame Mensah``); month names are dates, not names.
 * **kinds** (:func:`field_kind`, from the field's name): ``date`` (``date``, ``day``, ``birthday``, ...) takes
@@ -30,6 +31,7 @@ would leave nothing is dropped.
 
 from __future__ import annotations
 
+import itertools
 import re
 import unicodedata
 from collections.abc import Sequence
@@ -85,6 +87,7 @@ LEADING_WORDS = frozenset(
 )
 """Words that begin a capitalised run without being part of the name: determiners, pronouns, question
 words and the verbs of requests (``The Aurora X2`` is ``Aurora X2``, ``Meet Kwame Mensah`` is ``Kwame Mensah``)."""
+_POSSESSIVE = re.compile(r"['’]s$")
 _KANA = re.compile(r"[\u3040-\u30ff]")
 _SCRIPT_RUN = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]+|[\u30a0-\u30ff]+")
 """Runs of one script inside a Japanese run: ideographs (kanji), katakana (hiragana is grammar)."""
@@ -160,7 +163,8 @@ def field_role(name: str) -> str | None:
 
 
 def _core(word: str) -> str:
-    return word.strip(_PUNCT)
+    """A word without the punctuation around it, nor a possessive ``'s`` (``"Ada's,"`` -> ``Ada``)."""
+    return _POSSESSIVE.sub("", word.strip(_PUNCT)).strip(_PUNCT)
 
 
 def _uncased(core: str) -> bool:
@@ -171,7 +175,7 @@ def _uncased(core: str) -> bool:
 def name_runs(text: str) -> list[str]:
     """Runs of capitalised words or words of uncased scripts, as written (see the module docstring)."""
     words = list(re.finditer(r"\S+", text))
-    out: list[str] = []
+    found: list[tuple[int, int]] = []  # (start, end) of each run in the text
     run: list[re.Match[str]] = []
 
     def close() -> None:
@@ -179,14 +183,13 @@ def name_runs(text: str) -> list[str]:
         if run:
             first, last = run[0], run[-1]
             start = first.start() + len(first.group()) - len(first.group().lstrip(_PUNCT))
-            end = last.end() - (len(last.group()) - len(last.group().rstrip(_PUNCT)))
-            whole = text[start:end]
+            end = last.start() + last.group().index(_core(last.group())) + len(_core(last.group()))
             if _core(first.group()).lower() not in LEADING_WORDS:
-                out.append(whole)
+                found.append((start, end))
             else:  # without the leading word, nor a number after it (``Convert 100 USD`` -> ``USD``)
                 rest = [w for i, w in enumerate(run) if i and any(not c.isdigit() for c in _core(w.group()))]
                 if rest:
-                    out.append(text[rest[0].start() : end].lstrip(_PUNCT))
+                    found.append((rest[0].start() + len(rest[0].group()) - len(rest[0].group().lstrip(_PUNCT)), end))
         run = []
 
     for match in words:
@@ -201,6 +204,10 @@ def name_runs(text: str) -> list[str]:
             if raw[-1] in _CLOSING:
                 close()
     close()
+    out = [text[a:b] for a, b in found]
+    for (a, b), (c, d) in itertools.pairwise(found):  # "San Francisco, CA", "Paris, France"
+        if text[b:c] == ", " and " " not in text[c:d]:
+            out.append(text[a:d])
     return out
 
 
