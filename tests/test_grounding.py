@@ -428,6 +428,7 @@ def test_directions_places_and_names():
     jp = _cands("田中花子さんは19歳で、京都に住んでいます。")
     assert "京都" in jp.strings("place") and "田中花子" not in jp.strings("place")
     assert "田中花子" in jp.strings("name") and "京都" not in jp.strings("name")
+    assert jp.names == ("田中花子", "京都")  # no lone kanji of a verb or counter (住んで, 19歳で)
 
 
 def test_text_fields_apart_from_name_fields():

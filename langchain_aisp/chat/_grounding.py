@@ -3,27 +3,29 @@
 A small model under a grammar writes *valid* calls whose values are often invented (``customer_name=
 "Your Photo"`` for "Create a customer named '你好啊集团'"). Two pieces make the values come from the
 conversation when it holds them (issue 21); both apply to forced calls (``tool_choice`` = a tool
-name, ``"any"``, ``"required"``) and to ``with_structured_output``, never to free text:
+name, ``"any"``, ``"required"``), to ``with_structured_output`` and to the forced-call rows of
+``tool_choice="auto"``, never to free text. What each field may copy is the candidates of its *kind*
+(``chat/_spans.py``: name runs for a name, dates for a date, places after "in" / "from" for a city,
+whole spans that cut no name or date for other strings, sources / destinations for from / to fields).
 
 * **the grounding term** :func:`reply_grounding`: ``g`` in [0, 1], the mean over the reply's value
-  leaves of :func:`value_grounding` (1: the value is a span of the conversation after light
-  normalisation, see :func:`normalize`; numbers as written; 0.5 x the share of its words found there
-  when only some words are; 0: invented or empty). Leaves the conversation cannot supply are left out:
-  booleans, nulls, enum / const values and *generative* fields (a joke's ``setup`` or ``punchline``, a
-  ``summary``, an ``answer``: :func:`is_generative`). A reply without such leaves has ``g = 1``.
-  The chat model adds ``grounding_weight * g`` to the reward, beside the format term. **How it
-  combines with the user's reward:** additively, so a user reward wins wherever it separates two
-  samples by more than ``grounding_weight`` times their difference in ``g`` (with the default 0.5
-  and rewards in [0, 1]: a reward that prefers an invented value by more than 0.5 keeps it; one
-  that is indifferent to the value, or prefers it only a little, gets the copied value). AISP's
-  importance weights and the final choice both see the sum, across every iteration of the call.
-* **grounded samples** :func:`grounded_schema`: every second sample of the call (samples 1, 3, ...)
-  is decoded under a grammar whose free string fields are restricted to spans of the conversation
-  and whose free integer / number fields to its numbers (the values ``tool_choice="auto"`` offers its
-  forced-call rows, :func:`langchain_aisp._chat_format.conversation_spans`); generative fields and
-  fields with an enum, const, pattern or format stay free. The other samples are decoded as before,
-  so a value the conversation does not hold (a joke, a paraphrase) still has candidates; the reward
-  plus the grounding term chooses. ``grounding_weight=0`` turns both pieces off.
+  leaves of :func:`value_grounding` (1: a value the user quoted; ``SPAN_CREDIT`` 0.9: a candidate of
+  its field; ``UNFIT_CREDIT`` 0.6: another span of the conversation, e.g. a name cut short or a date
+  as a place; numbers 1 when written there; 0.5 x the share of its words found there; 0: invented or
+  empty), a value copied into two fields counting 0. Leaves the conversation cannot supply are left
+  out: booleans, nulls, enum / const values and *generative* fields (a joke's ``setup``, a ``summary``,
+  an ``answer``: :func:`is_generative`). A reply without such leaves has ``g = 1``. The chat model adds
+  ``grounding_weight * g`` to the reward, beside the format term. **How it combines with the user's
+  reward:** additively, so a user reward wins wherever it separates two samples by more than
+  ``grounding_weight`` times their difference in ``g``. AISP's importance weights and the final choice
+  both see the sum, across every iteration of the call.
+* **grounded samples** :func:`sample_grammars`: three samples in four are decoded under a grammar whose
+  free string fields take only their field's candidates and whose free integer / number fields only
+  the conversation's numbers (:func:`grounded_schema`); the fourth follows the call's own grammar, so a
+  value the conversation does not hold (a paraphrase) still has candidates. One exception: when the
+  user quoted at least as many values as the schema has name fields (:func:`claims`), the name fields
+  take a quoted value in *every* sample, the fourth included (a quoted literal is the value to copy;
+  no reward can then choose another). ``grounding_weight=0`` turns both pieces off.
 
 Pure functions over text and JSON values; the conversation is read once per call (:class:`Conversation`).
 """
@@ -370,14 +372,15 @@ def sample_grammars(
     fmt: fmtlib.OutputFormat,
     messages: Sequence[BaseMessage],
     tool_grammar: ToolGrammar = grammarlib.tool_call_grammar,
+    candidates: Candidates | None = None,
 ) -> list[str]:
     """The grammar of each sample (sample ``i`` follows entry ``i % len``): ``[grammar]`` when nothing can
     be grounded (:func:`grounded_grammars` is empty); else one sample in ``GROUNDED_CYCLE`` follows
     ``grammar`` (or, when the user's quoted values claim the name fields, :func:`claims`, ``grammar`` with
     those fields restricted to the quoted values) and the others the grounded grammars, in turn (quoted
     values, every span, quoted values when the user quoted some): 2 samples are one free and one
-    grounded, 4 are one free and three grounded."""
-    candidates = Candidates.of(messages)
+    grounded, 4 are one free and three grounded. ``candidates``: those of ``messages`` (read if None)."""
+    candidates = candidates if candidates is not None else Candidates.of(messages)
     grounded = grounded_grammars(fmt, messages, tool_grammar, candidates)
     if not grounded:
         return [grammar]

@@ -344,7 +344,9 @@ def build_job(model: AISPChatModel, messages: list[BaseMessage], stop: list[str]
     grounded = bool(kwargs.get("grounding_weight", model.grounding_weight))
     if single is not None and grounded:  # 3 samples in 4 copy
         conversation = groundlib.Conversation.of(messages)
-        answer_grammar = groundlib.sample_grammars(single, out_fmt, messages, reply.tool_format.grammar)
+        answer_grammar = groundlib.sample_grammars(
+            single, out_fmt, messages, reply.tool_format.grammar, conversation.candidates
+        )
     elif len(reply_grammars) > 1 and grounded:  # "auto": the grounding term chooses among its forced-call rows
         conversation = groundlib.Conversation.of(messages)
     free = replylib.render_variant(

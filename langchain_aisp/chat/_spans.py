@@ -12,13 +12,16 @@ not cut short, and every field gets the candidates that fit its *kind*:
   ``Kwame Mensah``); month names are dates, not names.
 * **kinds** (:func:`field_kind`, from the field's name): ``date`` (``date``, ``day``, ``birthday``, ...) takes
   dates; ``code`` (``id``, ``number``, ``code``, ``zip``, ``phone``, ``year``, ...) takes every span, numbers
-  included; ``name`` (``name``, ``person``, ``customer``, ``city``, ``country``, ``origin``, ``company``,
-  ``location``, ...) takes quoted values, name runs and, inside unspaced scripts (CJK, kana, Thai, ...),
-  spans without digits: every span of up to ``MAX_UNSPACED`` characters, or when the run has kana
-  (Japanese) its runs of one script (``田中花子`` in ``田中花子さんは``) and the whole run when it is a word
-  of its own (``こんにちは株式会社``); ``text`` (any other string) takes every word span (up to 6 words)
-  that is not a bare number, does not run across a clause end, a quote or a bracket, and cuts no unit
-  (``21`` cuts ``21 August``, ``Al-Farsi`` cuts ``Ahmed Al-Farsi``).
+  included; ``place`` (``city``, ``country``, ``location``, ``origin``, ...) takes the names after ``in`` /
+  ``at`` / ``near`` / ``from`` / ``to`` (``京都に``), else every name; ``name`` (``name``, ``person``,
+  ``customer``, ``company``, ...) takes quoted values and names not after ``in`` / ``at``. *Names* are
+  name runs and, inside unspaced scripts (CJK, kana, Thai, ...), spans without digits: every span of up
+  to ``MAX_UNSPACED`` characters, or when the run has kana (Japanese) its kanji and katakana runs of 2+
+  characters (``田中花子`` in ``田中花子さんは``) and the whole run when it is a word of its own
+  (``こんにちは株式会社``). ``text`` (any other string) takes every word span (up to 6 words) that
+  neither is nor starts or ends with a number, does not run across a clause end, a quote or a
+  bracket, and cuts no unit (``21`` cuts ``21 August``, ``Al-Farsi`` cuts ``Ahmed Al-Farsi``); in a
+  schema with name or place fields, none that contains a name run (``apart``).
 * **direction** (:func:`field_role`): a ``from`` / ``origin`` / ``source`` field takes the spans the text marks
   as a source (after ``from``, ``depart``, ``leaving``, ``从``) when there are some, else every span not
   marked as a destination (after ``to``, ``into``, ``in``, ``->``, ``往``, ``到``); a ``to`` / ``destination`` /
@@ -213,13 +216,14 @@ def name_runs(text: str) -> list[str]:
 
 def unspaced_names(text: str) -> list[str]:
     """Name candidates inside runs of unspaced scripts (no digits): every span of up to ``MAX_UNSPACED``
-    characters, or in a Japanese run (one with kana) its kanji and katakana runs, plus the whole run when
-    it is a word of its own."""
+    characters, or in a Japanese run (one with kana) its kanji and katakana runs of 2+ characters (a lone
+    kanji before kana is a verb's or a counter's: ``住んで``, ``19歳で``), plus the whole run when it is a
+    word of its own."""
     out: list[str] = []
     tokens = {_core(w) for w in text.split()}
     for run in _UNSPACED_RUN.findall(text):
         if _KANA.search(run):
-            out += _SCRIPT_RUN.findall(run) + ([run] if run in tokens else [])
+            out += [r for r in _SCRIPT_RUN.findall(run) if len(r) > 1] + ([run] if run in tokens else [])
         else:
             n = len(run)
             out += [run[i:j] for i in range(n) for j in range(i + 1, min(n, i + fmtlib.MAX_UNSPACED) + 1)]
