@@ -37,7 +37,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from langchain_core.messages import BaseMessage, HumanMessage
+from langchain_core.messages import BaseMessage
 
 from langchain_aisp import _chat_format as fmtlib
 from langchain_aisp import _grammar_llguidance as grammarlib
@@ -94,24 +94,18 @@ class Conversation:
     """The values each kind of field may take (``_spans``)."""
 
     @classmethod
-    def from_text(cls, text: str, numbers: Sequence[float], candidates: Candidates | None = None) -> Conversation:
-        found = units(text)
-        candidates = candidates if candidates is not None else Candidates.of([HumanMessage(text)])
+    def of(cls, messages: Sequence[BaseMessage]) -> Conversation:
+        """The user and tool text of ``messages`` (the text the ``"auto"`` rule reads too)."""
+        found = units("\n".join(fmtlib.conversation_texts(messages)))
+        candidates = Candidates.of(messages)
         return cls(
             _SEP + _SEP.join(found) + _SEP,
             frozenset(found),
-            frozenset(float(x) for x in numbers),
+            frozenset(float(x) for x in candidates.numbers),
             candidates.quoted,
             frozenset(_SEP.join(units(q)) for q in candidates.quoted),
             candidates,
         )
-
-    @classmethod
-    def of(cls, messages: Sequence[BaseMessage]) -> Conversation:
-        """The user and tool text of ``messages`` (the text the ``"auto"`` rule reads too)."""
-        texts = fmtlib.conversation_texts(messages)
-        candidates = Candidates.of(messages)
-        return cls.from_text("\n".join(texts), candidates.numbers, candidates)
 
 
 def value_grounding(value: Any, conversation: Conversation, kind: str = "text", role: str | None = None) -> float:

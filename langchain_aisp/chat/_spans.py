@@ -296,8 +296,9 @@ class Candidates:
         runs = [r for t in texts for r in name_runs(t)]
         unit_keys = frozenset(key(u) for u in [*quoted, *runs, *dates] if units(u))
         date_keys = frozenset(key(d) for d in dates)
-        names = [*quoted, *runs, *(s for t in texts for s in unspaced_names(t))]
-        names = [n for n in names if key(n) not in date_keys and not _cuts(n, unit_keys)]
+        found = dict.fromkeys([*quoted, *runs, *(s for t in texts for s in unspaced_names(t))])
+        first = itertools.islice(found, fmtlib.MAX_SPANS)  # at most as many as "auto" offers (last message first)
+        names = [n for n in first if key(n) not in date_keys and not _cuts(n, unit_keys)]
         text = [s for s in every if not _EDGE_NUMBER.search(s) and not _CLAUSE.search(s) and not _cuts(s, unit_keys)]
         text += [n for n in names if n not in text]
         pool = dict.fromkeys([*names, *text, *dates])
