@@ -669,36 +669,6 @@ def conversation_spans(messages: Sequence[BaseMessage], max_words: int = 6) -> t
     return list(spans), list(numbers)
 
 
-def _ground_schema(schema: Any, spans: list[str], numbers: list[float]) -> Any:
-    if not isinstance(schema, dict):
-        return schema
-    out = dict(schema)
-    if isinstance(schema.get("properties"), dict):
-        out["properties"] = {k: _ground_schema(v, spans, numbers) for k, v in schema["properties"].items()}
-    if isinstance(schema.get("items"), dict):
-        out["items"] = _ground_schema(schema["items"], spans, numbers)
-    free = not any(k in schema for k in ("enum", "const", "pattern", "format", "anyOf", "oneOf", "$ref"))
-    kind = schema.get("type")
-    if free and kind == "string" and spans:
-        out = {k: v for k, v in out.items() if k not in ("type", "minLength", "maxLength")}
-        out["enum"] = spans
-    elif free and kind == "integer" and any(x.is_integer() for x in numbers):
-        out = {k: v for k, v in out.items() if k != "type"}
-        out["enum"] = [int(x) for x in numbers if x.is_integer()]
-    elif free and kind == "number" and numbers:
-        out = {k: v for k, v in out.items() if k != "type"}
-        out["enum"] = [int(x) if x.is_integer() else x for x in numbers]
-    return out
-
-
-def grounded_tools(fmt: OutputFormat, messages: Sequence[BaseMessage]) -> tuple[dict[str, Any], ...]:
-    """The bound tools with free string and number arguments restricted to values of the conversation
-    (:func:`conversation_spans`): the forced-call rows of ``tool_choice="auto"`` propose calls that the
-    choice rule can accept, and the model picks which span or number fills which argument."""
-    spans, numbers = conversation_spans(messages)
-    return tuple({**t, "parameters": _ground_schema(t.get("parameters") or {}, spans, numbers)} for t in fmt.tools)
-
-
 def rank_tools(fmt: OutputFormat, messages: Sequence[BaseMessage]) -> list[str]:
     """The bound tools, most related to the user's last message first (stable for ties): under
     ``tool_choice="auto"`` forced-call sample ``i`` calls tool ``i % len(tools)`` of this order."""

@@ -8,6 +8,7 @@ is used, so the same script measures another checkout (``PYTHONPATH=/path/to/che
 
     OMP_NUM_THREADS=1 PYTHONPATH=. python scripts/extraction_accuracy.py
     OMP_NUM_THREADS=1 PYTHONPATH=/path/to/old/checkout python scripts/extraction_accuracy.py   # before
+    OMP_NUM_THREADS=1 PYTHONPATH=. python scripts/extraction_accuracy.py --grounding-weight 0   # grounding off
 """
 
 from __future__ import annotations
@@ -113,6 +114,7 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--method", default="function_calling", choices=["function_calling", "json_schema"])
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--grounding-weight", type=float, help="the chat model's grounding_weight (0: no grounding)")
     parser.add_argument("--json", type=Path, help="also write the per-field results here")
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -124,6 +126,7 @@ def main() -> None:
         num_iterations=args.num_iterations,
         max_tokens=args.max_tokens,
         seed=args.seed,
+        **({} if args.grounding_weight is None else {"grounding_weight": args.grounding_weight}),
     )
     rows: list[dict[str, Any]] = []
     start = time.perf_counter()

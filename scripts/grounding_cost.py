@@ -63,8 +63,8 @@ def main() -> None:
 
         def grounded(grammar=grammar, prefill=prefill, fmt=fmt, messages=messages) -> None:
             grammarlib.clear_cache()
-            groundlib.Conversation.of(messages)
-            templates = groundlib.sample_grammars(grammar, fmt, messages)
+            conversation = groundlib.Conversation.of(messages)  # as the chat model does: read once
+            templates = groundlib.sample_grammars(grammar, fmt, messages, candidates=conversation.candidates)
             grammarlib.compile_constraint(lm.tokenizer, vocab, eos, templates, prefill)
 
         plain()  # warm the tokenizer cache

@@ -132,7 +132,8 @@ class Job:
     batch_prompts: int | None = None
     """Set by the run: how many calls shared its engine run (1 when the call ran alone)."""
     conversation: groundlib.Conversation | None = None
-    """Forced calls and structured output with ``grounding_weight > 0``: what the grounding term reads."""
+    """Forced calls, structured output and the forced rows of ``"auto"`` with ``grounding_weight > 0``: what the
+    grounding term reads (None for free text: grounding is skipped by construction)."""
     reply: replylib.ReplyPlan = replylib.PLAIN
     """Thinking and the tool-call format: how the reply is split and read (``chat/_reply.py``)."""
     max_tokens: int = 0
@@ -348,9 +349,14 @@ def build_job(model: AISPChatModel, messages: list[BaseMessage], stop: list[str]
     single = reply_grammars[0] if len(reply_grammars) == 1 else None  # forced call / JSON: prefill its start
     answer_grammar: str | list[str] | None = reply_grammars[0] if reply_grammars else None
     conversation = None
-    if single is not None and kwargs.get("grounding_weight", model.grounding_weight):  # 3 samples in 4 copy
+    grounded = bool(kwargs.get("grounding_weight", model.grounding_weight))
+    if single is not None and grounded:  # 3 samples in 4 copy
         conversation = groundlib.Conversation.of(messages)
-        answer_grammar = groundlib.sample_grammars(single, out_fmt, messages, reply.tool_format.grammar)
+        answer_grammar = groundlib.sample_grammars(
+            single, out_fmt, messages, reply.tool_format.grammar, conversation.candidates
+        )
+    elif len(reply_grammars) > 1 and grounded:  # "auto": the grounding term chooses among its forced-call rows
+        conversation = groundlib.Conversation.of(messages)
     free = replylib.render_variant(
         lm,
         messages,
@@ -386,19 +392,30 @@ def build_job(model: AISPChatModel, messages: list[BaseMessage], stop: list[str]
     return job
 
 
+def auto_rows(ranked: Sequence[str]) -> list[str]:
+    """The tool of each forced-call row under ``"auto"`` (row ``i`` of the samples is entry ``i % len``): the
+    most related tool every second row, the others in turn between (``[a, b, a, c, a, d]`` for 4 tools;
+    ``[a]``, ``[a, b]`` for 1, 2), so every tool has a row once there are ``2 * (len - 1)`` samples."""
+    if len(ranked) <= 2:
+        return list(ranked)
+    return [name for other in ranked[1:] for name in (ranked[0], other)]
+
+
 def _forced_variant(
     lm: Any, messages: list[BaseMessage], out_fmt: fmtlib.OutputFormat, reply: replylib.ReplyPlan, forced_grammar: str
 ) -> Variant:
     """The forced-call prompt of a ``tool_choice="auto"`` call.
 
-    One forced-call row per tool, the tools most related to the request first, with arguments
-    taken from the conversation (the choice rule accepts no other); strict=False: the user's own
-    keywords were checked at bind time, values from the conversation may not satisfy all of them.
+    Forced-call rows of every tool, the tools most related to the request first, with arguments taken
+    from the conversation, each from the candidates of its kind (the choice rule accepts no other;
+    :func:`_grounding.grounded_tools`); every second row is the most related tool's (:func:`auto_rows`),
+    so with 4 samples and 3+ tools it gets 2 and the grounding term chooses between them. strict=False:
+    the user's own keywords were checked at bind time, values from the conversation may not satisfy all.
     """
-    grounded = list(fmtlib.grounded_tools(out_fmt, messages))
+    grounded = list(groundlib.grounded_tools(out_fmt, messages))
     per_tool = [
         reply.tool_format.grammar(grounded, choice=name, parallel=False, strict=False)
-        for name in fmtlib.rank_tools(out_fmt, messages)
+        for name in auto_rows(fmtlib.rank_tools(out_fmt, messages))
     ]
     variant = replylib.render_variant(lm, messages, out_fmt, reply, per_tool, prefix_grammar=forced_grammar)
     return Variant(
