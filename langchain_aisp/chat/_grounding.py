@@ -401,12 +401,16 @@ def grounded_grammars(
     return [g for g in dict.fromkeys(found) if g is not None]
 
 
-def grounded_tools(fmt: fmtlib.OutputFormat, messages: Sequence[BaseMessage]) -> tuple[dict[str, Any], ...]:
+def grounded_tools(
+    fmt: fmtlib.OutputFormat, messages: Sequence[BaseMessage], candidates: Candidates | None = None
+) -> tuple[dict[str, Any], ...]:
     """The bound tools with every free string and number argument (generative ones too: the ``"auto"`` rule
     accepts only calls whose values come from the conversation) restricted to the candidates of its kind
     (:func:`grounded_schema` ``"spans"``): the forced-call rows of ``tool_choice="auto"`` propose calls
-    that the choice rule can accept, and the model picks which candidate fills which argument."""
-    candidates = Candidates.of(messages)
+    that the choice rule can accept, and the model picks which candidate fills which argument.
+    ``candidates``: those of ``messages`` (read if None)."""
+    if candidates is None:
+        candidates = Candidates.of(messages)
     return tuple(
         {**t, "parameters": grounded_schema(t.get("parameters") or {}, candidates, generative=True)[0]}
         for t in fmt.tools

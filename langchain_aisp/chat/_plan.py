@@ -349,14 +349,12 @@ def build_job(model: AISPChatModel, messages: list[BaseMessage], stop: list[str]
     single = reply_grammars[0] if len(reply_grammars) == 1 else None  # forced call / JSON: prefill its start
     answer_grammar: str | list[str] | None = reply_grammars[0] if reply_grammars else None
     conversation = None
-    grounded = bool(kwargs.get("grounding_weight", model.grounding_weight))
-    if single is not None and grounded:  # 3 samples in 4 copy
-        conversation = groundlib.Conversation.of(messages)
-        answer_grammar = groundlib.sample_grammars(
-            single, out_fmt, messages, reply.tool_format.grammar, conversation.candidates
-        )
-    elif len(reply_grammars) > 1 and grounded:  # "auto": the grounding term chooses among its forced-call rows
-        conversation = groundlib.Conversation.of(messages)
+    if reply_grammars and kwargs.get("grounding_weight", model.grounding_weight):
+        conversation = groundlib.Conversation.of(messages)  # the candidates, read once for the whole call
+        if single is not None:  # 3 samples in 4 copy; under "auto" the term chooses among the forced-call rows
+            answer_grammar = groundlib.sample_grammars(
+                single, out_fmt, messages, reply.tool_format.grammar, conversation.candidates
+            )
     free = replylib.render_variant(
         lm,
         messages,
@@ -386,7 +384,12 @@ def build_job(model: AISPChatModel, messages: list[BaseMessage], stop: list[str]
         raise ValueError(
             context_window_error("the conversation", len(token_ids), settings.sampling.max_tokens, limit, lm.name)
         )
-    forced = None if len(reply_grammars) < 2 else _forced_variant(lm, messages, out_fmt, reply, reply_grammars[1])
+    candidates = None if conversation is None else conversation.candidates
+    forced = (
+        None
+        if len(reply_grammars) < 2
+        else _forced_variant(lm, messages, out_fmt, reply, reply_grammars[1], candidates)
+    )
     job = Job(list(messages), token_ids, prompt, out_fmt, settings, lm, constraint, forced, timeout=timeout)
     job.reply, job.max_tokens, job.conversation = reply, answer_tokens, conversation
     return job
@@ -402,7 +405,12 @@ def auto_rows(ranked: Sequence[str]) -> list[str]:
 
 
 def _forced_variant(
-    lm: Any, messages: list[BaseMessage], out_fmt: fmtlib.OutputFormat, reply: replylib.ReplyPlan, forced_grammar: str
+    lm: Any,
+    messages: list[BaseMessage],
+    out_fmt: fmtlib.OutputFormat,
+    reply: replylib.ReplyPlan,
+    forced_grammar: str,
+    candidates: groundlib.Candidates | None = None,
 ) -> Variant:
     """The forced-call prompt of a ``tool_choice="auto"`` call.
 
@@ -411,8 +419,9 @@ def _forced_variant(
     :func:`_grounding.grounded_tools`); every second row is the most related tool's (:func:`auto_rows`),
     so with 4 samples and 3+ tools it gets 2 and the grounding term chooses between them. strict=False:
     the user's own keywords were checked at bind time, values from the conversation may not satisfy all.
+    ``candidates``: the call's, when the grounding term already read them (read here otherwise).
     """
-    grounded = list(groundlib.grounded_tools(out_fmt, messages))
+    grounded = list(groundlib.grounded_tools(out_fmt, messages, candidates))
     per_tool = [
         reply.tool_format.grammar(grounded, choice=name, parallel=False, strict=False)
         for name in auto_rows(fmtlib.rank_tools(out_fmt, messages))

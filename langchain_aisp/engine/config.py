@@ -25,8 +25,6 @@ the AISP update ties Best-of-N at equal samples within noise, and AISP's k seque
 DEFAULT_SPLITS: dict[str, tuple[int, int]] = {"bon": (32, 1), "aisp": (8, 4), "sample": (1, 1)}
 """(num_samples, num_iterations) when left None, per method: the same 32 responses either way (Best-of-N in one
 batch; AISP in the paper's 8 x 4); plain sampling draws one."""
-DEFAULT_NUM_SAMPLES = DEFAULT_SPLITS[DEFAULT_METHOD][0]
-DEFAULT_NUM_ITERATIONS = DEFAULT_SPLITS[DEFAULT_METHOD][1]
 DEFAULT_SIGMA = 0.02
 """Noise scale relative to the RMS of the model's pre-logits (0.05 = 5% of it)."""
 DEFAULT_LAMBDA: float | None = None

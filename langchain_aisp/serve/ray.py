@@ -27,7 +27,7 @@ from typing import Any
 
 from ray import serve
 
-from langchain_aisp.engine.config import DEFAULT_METHOD, DEFAULT_SPLITS
+from langchain_aisp.engine.config import AISPParams
 from langchain_aisp.serve.config import ServeConfig
 
 DEPLOYMENT_NAME = "AISPServer"
@@ -239,9 +239,8 @@ def align_dataset(
     if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
         raise ValueError(f"concurrency must be an integer >= 1 (actors), got {concurrency!r}")
     if "max_batch_size" not in chat_model_kwargs:  # its deprecated spelling
-        method = chat_model_kwargs.get("method", DEFAULT_METHOD)
-        split = DEFAULT_SPLITS.get(method, (8, 1))  # a bad method fails in the chat model, with its message
-        n = chat_model_kwargs.get("num_samples") or split[0]
+        split = {k: chat_model_kwargs[k] for k in ("method", "num_samples") if k in chat_model_kwargs}
+        n = AISPParams(**split).num_samples  # the method's own when not given; a bad value fails here, named
         chat_model_kwargs.setdefault("max_batch_rows", max(64, batch_size * n))
     return dataset.map_batches(
         _Aligner,
