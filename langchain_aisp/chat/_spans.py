@@ -4,17 +4,25 @@ A pure rule over the user and tool text (no model): the text is cut into *units*
 not cut short, and every field gets the candidates that fit its *kind*:
 
 * **units**: values the user put in quotes ('...', "...", «...», 「...」, ...); *names*: runs of capitalised
-  words (``Ada Lovelace``, ``Kettle Pro 3000``, ``Άλφα Τεχνική``, ``Новосибирск``), runs of words of scripts
-  without case (``김민준``, ``बाँसुरी``); and *dates* as written (``14 March 2025``, ``June 7``, ``2024-11-02``,
-  ``03/09/2026``, ``10月1日``); a run followed by a comma and a one-word run is also offered with it
-  (``San Francisco, CA``). A run whose first word is a determiner, a pronoun or a request verb
-  (``LEADING_WORDS``) is offered without it (``The Aurora X2`` -> ``Aurora X2``, ``Meet Kwame Mensah`` ->
-  ``Kwame Mensah``); month names are dates, not names.
+  words (``Ada Lovelace``, ``Kettle Pro 3000``, ``Άλφα Τεχνική``, ``Новосибирск``, ``Þórður Guðmundsson``,
+  ``Anne-Marie Dubois``: letters of every script, hyphens and apostrophes inside a word), runs of words of
+  scripts without case (``김민준``, ``बाँसुरी``); and *dates* as written (``14 March 2025``, ``June 7``,
+  ``2024-11-02``, ``03/09/2026``, ``10月1日``); a run followed by a comma and a one-word run is also offered
+  with it (``San Francisco, CA``). A name is one by its form and place, not by a capital at the start of a
+  sentence (:func:`name_spans`): a run ends at a line or sentence end, and starts at its first word that can
+  start a name: not a closed-class word (``CLOSED_WORDS``: determiners, pronouns, question words,
+  auxiliaries, prepositions, request verbs), a lone letter, a number or a title (``The Aurora X2`` ->
+  ``Aurora X2``, ``Meet Kwame Mensah`` -> ``Kwame Mensah``, ``Ο Γιώργος`` -> ``Γιώργος``, ``Mr. Brown`` ->
+  ``Brown``), nor the opening word of a question (``Czy Oliwia Nowak ...?`` -> ``Oliwia Nowak``) or one the
+  text also writes in lower case. A capitalised word alone at the start of a sentence or line is an
+  *opener* (``Bókaðu``, ``Guest:``, ``Ada`` in ``Ada is 36.``): a name or place field takes it only when
+  no name fits. Month names are dates, not names.
 * **kinds** (:func:`field_kind`, from the field's name): ``date`` (``date``, ``day``, ``birthday``, ...) takes
   dates; ``code`` (``id``, ``number``, ``code``, ``zip``, ``phone``, ``year``, ...) takes every span, numbers
   included; ``place`` (``city``, ``country``, ``location``, ``origin``, ...) takes the names after ``in`` /
   ``at`` / ``near`` / ``from`` / ``to`` (``京都に``), else every name; ``name`` (``name``, ``person``,
-  ``customer``, ``company``, ...) takes quoted values and names not after ``in`` / ``at``. *Names* are
+  ``customer``, ``guest``, ``attendee``, ``passenger``, ``company``, ...) takes quoted values and names not
+  after ``in`` / ``at`` (either kind: else the openers that fit, else every name, else every opener). *Names* are
   name runs and, inside unspaced scripts (CJK, kana, Thai, ...), spans without digits: every span of up
   to ``MAX_UNSPACED`` characters, or when the run has kana (Japanese) its kanji and katakana runs of 2+
   characters (``田中花子`` in ``田中花子さんは``) and the whole run when it is a word of its own
@@ -423,7 +431,7 @@ class Candidates:
         pool = list(pools.get(kind, self.text) or self.text or self.every)
         if kind in ("place", "name"):  # the names that fit, else the openers that do (Ada in "Ada is 36.")
             fit = self._fit(kind, self.names) or self._fit(kind, self.openers)
-            pool = fit or [*self.names, *self.openers] or self._fit(kind, pool) or pool
+            pool = fit or list(self.names or self.openers) or self._fit(kind, pool) or pool
         if kind == "text" and apart:
             runs = [self.keys[n] for n in self.names if n in self.keys and not _UNSPACED_RUN.search(n)]
             pool = [s for s in pool if not any(r in self.keys.get(s, key(s)) for r in runs)] or pool
