@@ -396,6 +396,10 @@ def test_the_opening_word_of_a_question_or_a_run_is_no_name():
     assert spans.name_runs("Η Ελένη Κωνσταντίνου είναι 30 ετών.") == ["Ελένη Κωνσταντίνου"]
     assert spans.name_runs("Could you order 3 lamps for Mr. Brown?") == ["Brown"]  # a title is no name
     assert spans.name_runs("Name: Dr. Yusuf Şahin") == ["Yusuf Şahin"]
+    assert spans.name_spans("Frau Dr. Ilse Brandt-Özkan ist 50.") == (["Ilse Brandt-Özkan"], ["Frau"])
+    # a number after an opening word is a quantity, not a model number: "Boka" stays an opener
+    assert spans.name_spans("Boka 3 nätter på Hotel Kung åt Sven Åberg.") == (["Hotel Kung", "Sven Åberg"], ["Boka"])
+    assert spans.name_runs("Room 4B is free.") == ["Room 4B"]
     # a word the text also writes in lower case opens no name (a verb, a common noun)
     assert spans.name_runs("Reservar Hotel Sol para Ana Ruiz; reservar también el coche.") == ["Hotel Sol", "Ana Ruiz"]
 

@@ -261,21 +261,24 @@ def name_spans(text: str) -> tuple[list[str], list[str]]:
     def close() -> None:
         nonlocal run
         cores = [_core(w.group()) for w in run]
+        worded = [any(c.isalpha() for c in core) for core in cores]  # words with letters (not "3" of "Boka 3")
         opening = bool(run) and opens[first]
-        question = opening and asks[first] and len(run) > 1  # "Czy Oliwia Nowak ...?": the opening word asks
+        question = opening and asks[first] and sum(worded) > 1  # "Czy Oliwia Nowak ...?": the opening word asks
 
         def leading(j: int) -> bool:
             again = j == 0 and opening and (question or cores[0].casefold() in lowercase)
             return again or _not_a_name(cores[j]) or _title(run[j].group())
 
-        k = 0  # without its leading closed-class words and the numbers after them (``Convert 100 USD`` -> ``USD``)
-        while k < len(run) and leading(k):
+        k, m = 0, len(run)  # without its leading closed-class words and the numbers after them (``Convert 100
+        while k < m and leading(k):  # USD`` -> ``USD``), nor a title at its end (``Frau Dr.`` -> ``Frau``)
             k += 1
-        if k < len(run):
+        while m > k and _title(run[m - 1].group()):
+            m -= 1
+        if k < m:
             start = run[k].start() + _edges(run[k].group())[0]
-            end = run[-1].start() + run[-1].group().index(cores[-1]) + len(cores[-1])
-            if k == 0 and opening and len(run) == 1 and not _uncased(cores[0]):
-                openers.append(text[start:end])
+            end = run[m - 1].start() + run[m - 1].group().index(cores[m - 1]) + len(cores[m - 1])
+            if k == 0 and opening and sum(worded[:m]) == 1 and not _uncased(cores[0]):  # "Boka 2": an opener
+                openers.append(cores[0])
             else:
                 found.append((start, end))
         run = []
