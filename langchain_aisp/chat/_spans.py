@@ -22,14 +22,15 @@ not cut short, and every field gets the candidates that fit its *kind*:
   included; ``place`` (``city``, ``country``, ``location``, ``origin``, ...) takes the names after ``in`` /
   ``at`` / ``near`` / ``from`` / ``to`` (``京都に``), else every name; ``name`` (``name``, ``person``,
   ``customer``, ``guest``, ``attendee``, ``passenger``, ``company``, ...) takes quoted values and names not
-  after ``in`` / ``at`` (either kind: else the openers that fit, else every name, else every opener). *Names* are
-  name runs and, inside unspaced scripts (CJK, kana, Thai, ...), spans without digits: every span of up
+  after ``in`` / ``at`` (either kind: else the openers that fit, else every name, else every opener).
+  *Names* are name runs and, inside unspaced scripts (CJK, kana, Thai, ...), spans without digits: every span of up
   to ``MAX_UNSPACED`` characters, or when the run has kana (Japanese) its kanji and katakana runs of 2+
   characters (``田中花子`` in ``田中花子さんは``) and the whole run when it is a word of its own
   (``こんにちは株式会社``). ``text`` (any other string) takes every word span (up to 6 words) that
   neither is nor starts or ends with a number, does not run across a clause end, a quote or a
-  bracket, and cuts no unit (``21`` cuts ``21 August``, ``Al-Farsi`` cuts ``Ahmed Al-Farsi``); in a
-  schema with name or place fields, none that contains a name run (``apart``).
+  bracket, is not made of closed-class words only (``Please``, ``in``, ``can you``), and cuts no unit
+  (``21`` cuts ``21 August``, ``Al-Farsi`` cuts ``Ahmed Al-Farsi``); in a schema with name or place
+  fields, none that contains a name run (``apart``).
 * **direction** (:func:`field_role`): a ``from`` / ``origin`` / ``source`` field takes the spans the text marks
   as a source (after ``from``, ``depart``, ``leaving``, ``从``) when there are some, else every span not
   marked as a destination (after ``to``, ``into``, ``in``, ``->``, ``往``, ``到``); a ``to`` / ``destination`` /
@@ -405,6 +406,7 @@ class Candidates:
         first = itertools.islice(found, fmtlib.MAX_SPANS)  # at most as many as "auto" offers (last message first)
         names = [n for n in first if key(n) not in date_keys and not _cuts(n, unit_keys)]
         text = [s for s in every if not _EDGE_NUMBER.search(s) and not _CLAUSE.search(s) and not _cuts(s, unit_keys)]
+        text = [s for s in text if not all(_core(w).casefold() in CLOSED_WORDS for w in s.split())]  # "Please", "in"
         text += [n for n in names if n not in text]
         pool = dict.fromkeys([*names, *openers, *text, *dates])
         keys = {s: key(s) for s in dict.fromkeys([*pool, *every, *quoted])}
