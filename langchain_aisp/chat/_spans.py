@@ -28,9 +28,9 @@ not cut short, and every field gets the candidates that fit its *kind*:
   characters (``田中花子`` in ``田中花子さんは``) and the whole run when it is a word of its own
   (``こんにちは株式会社``). ``text`` (any other string) takes every word span (up to 6 words) that
   neither is nor starts or ends with a number, does not run across a clause end, a quote or a
-  bracket, is not made of closed-class words only (``Please``, ``in``, ``can you``), and cuts no unit
-  (``21`` cuts ``21 August``, ``Al-Farsi`` cuts ``Ahmed Al-Farsi``); in a schema with name or place
-  fields, none that contains a name run (``apart``).
+  bracket, neither starts nor ends with a closed-class word (``Please log``, ``the booking``, ``in``,
+  ``USD to``), and cuts no unit (``21`` cuts ``21 August``, ``Al-Farsi`` cuts ``Ahmed Al-Farsi``); in a
+  schema with name or place fields, none that contains a name run (``apart``).
 * **direction** (:func:`field_role`): a ``from`` / ``origin`` / ``source`` field takes the spans the text marks
   as a source (after ``from``, ``depart``, ``leaving``, ``从``) when there are some, else every span not
   marked as a destination (after ``to``, ``into``, ``in``, ``->``, ``往``, ``到``); a ``to`` / ``destination`` /
@@ -316,6 +316,13 @@ def name_runs(text: str) -> list[str]:
     return name_spans(text)[0]
 
 
+def _closed_edge(span: str) -> bool:
+    """Whether ``span`` starts or ends with a closed-class word (:data:`CLOSED_WORDS`): not a value's edge, as
+    it is not a name's (``Please log``, ``to EUR``, ``USD to``, ``the Eiffel Tower`` -> ``Eiffel Tower``)."""
+    words = span.split()
+    return _core(words[0]).casefold() in CLOSED_WORDS or _core(words[-1]).casefold() in CLOSED_WORDS
+
+
 def unspaced_names(text: str) -> list[str]:
     """Name candidates inside runs of unspaced scripts (no digits): every span of up to ``MAX_UNSPACED``
     characters, or in a Japanese run (one with kana) its kanji and katakana runs of 2+ characters (a lone
@@ -406,7 +413,7 @@ class Candidates:
         first = itertools.islice(found, fmtlib.MAX_SPANS)  # at most as many as "auto" offers (last message first)
         names = [n for n in first if key(n) not in date_keys and not _cuts(n, unit_keys)]
         text = [s for s in every if not _EDGE_NUMBER.search(s) and not _CLAUSE.search(s) and not _cuts(s, unit_keys)]
-        text = [s for s in text if not all(_core(w).casefold() in CLOSED_WORDS for w in s.split())]  # "Please", "in"
+        text = [s for s in text if not _closed_edge(s)]  # not "Please", "in", "the booking", "Convert 100 USD"
         text += [n for n in names if n not in text]
         pool = dict.fromkeys([*names, *openers, *text, *dates])
         keys = {s: key(s) for s in dict.fromkeys([*pool, *every, *quoted])}
