@@ -30,7 +30,7 @@ not cut short, and every field gets the candidates that fit its *kind*:
   neither is nor starts or ends with a number, does not run across a clause end, a quote or a
   bracket, neither starts nor ends with a closed-class word (``Please log``, ``the booking``, ``in``,
   ``USD to``), and cuts no unit (``21`` cuts ``21 August``, ``Al-Farsi`` cuts ``Ahmed Al-Farsi``); in a
-  schema with name or place fields, none that contains a name run nor is an opener (``apart``).
+  schema with name or place fields, none that contains a name run or an opener (``apart``).
 * **direction** (:func:`field_role`): a ``from`` / ``origin`` / ``source`` field takes the spans the text marks
   as a source (after ``from``, ``depart``, ``leaving``, ``从``) when there are some, else every span not
   marked as a destination (after ``to``, ``into``, ``in``, ``->``, ``往``, ``到``); a ``to`` / ``destination`` /
@@ -438,16 +438,16 @@ class Candidates:
     def strings(self, kind: str, role: str | None = None, apart: bool = False) -> list[str]:
         """The candidates of a string field of ``kind`` and direction ``role``; ``apart``: a text field of a
         schema that also has name or place fields, which takes no span containing a name run (those are
-        the name fields' values: ``product`` is not ``Chloe Dubois``), nor an opener alone (``Klient:``)."""
+        the name fields' values: ``product`` is not ``Chloe Dubois``), nor an opener (``Klient:``)."""
         pools = {"date": self.dates, "code": self.every, "text": self.text}
         pool = list(pools.get(kind, self.text) or self.text or self.every)
         if kind in ("place", "name"):  # the names that fit, else the openers that do (Ada in "Ada is 36.")
             fit = self._fit(kind, self.names) or self._fit(kind, self.openers)
             pool = fit or list(self.names or self.openers) or self._fit(kind, pool) or pool
         if kind == "text" and apart:
-            runs = [self.keys[n] for n in self.names if n in self.keys and not _UNSPACED_RUN.search(n)]
+            named = [*self.names, *self.openers]  # an opener too: a label, a verb or a name (Klient:, Zamawia)
+            runs = [self.keys[n] for n in named if n in self.keys and not _UNSPACED_RUN.search(n)]
             pool = [s for s in pool if not any(r in self.keys.get(s, key(s)) for r in runs)] or pool
-            pool = [s for s in pool if s not in self.openers] or pool  # nor a label, a verb, a name (Klient:)
         if role is not None:
             opposite = "target" if role == "source" else "source"
             ways = {s: self.marks.get(self.keys.get(s, ""), frozenset()) & {"source", "target", "none"} for s in pool}
