@@ -169,18 +169,16 @@ only while it fails with that error: another error fails the test, and so does a
 
 @pytest.fixture(scope="module")
 def built():
-    cache: dict[str, Any] = {}
+    """``get(name)``: the family built (``families.family`` keeps the last two), or a skip with the reason."""
+    unavailable: dict[str, FamilyUnavailableError] = {}
 
     def get(name: str):
-        if name not in cache:
+        if name not in unavailable:
             try:
-                cache[name] = family(name)
+                return family(name)
             except FamilyUnavailableError as exc:
-                cache[name] = exc
-        found = cache[name]
-        if isinstance(found, FamilyUnavailableError):
-            pytest.skip(f"{name}: its tokenizer or template files cannot be obtained here: {found}")
-        return found
+                unavailable[name] = exc
+        pytest.skip(f"{name}: its tokenizer or template files cannot be obtained here: {unavailable[name]}")
 
     return get
 
