@@ -121,12 +121,12 @@ def summary_line(rows: Sequence[tuple[float, Spread]]) -> str:
     plural = "s" * (len(rows) != 1)
     line = (
         f"Over {len(rows)} question{plural}: aligned {statistics.fmean(c for c, _ in rows):.3f} vs plain-sample mean "
-        f"{statistics.fmean(s.mean for _, s in rows):.3f}, a gain of {statistics.fmean(gains):+.3f} reward"
+        f"{statistics.fmean(s.mean for _, s in rows):.3f}, gain {statistics.fmean(gains):+.3f} reward"
     )
     if in_sd:
-        line += f" ({statistics.fmean(in_sd):+.1f} candidate sd)"
+        line += f" = {statistics.fmean(in_sd):+.1f} candidate sd"
     if len(rows) > 1:
-        line += " (per question: " + ", ".join(f"{g:+.3f}" for g in gains) + ")"
+        line += " (per question " + ", ".join(f"{g:+.3f}" for g in gains) + ")"
     return line
 
 
@@ -209,8 +209,11 @@ def _timed_invoke(model: Any, messages: list[tuple[str, str]]) -> tuple[Any, flo
     return reply, time.perf_counter() - start
 
 
-def _run_question(label: str, text: str, system: str, aligned: Any, plain: Any | None) -> tuple[float, Spread, float]:
-    """Print one question's block; return (chosen reward, plain spread, seconds of the aligned call)."""
+def _run_question(
+    label: str, text: str, system: str, aligned: Any, plain: Any | None
+) -> tuple[float, Spread, tuple[int, int, float]]:
+    """Print one question's block; return the chosen reward, the plain spread and the aligned call's cost (samples,
+    tokens generated, seconds)."""
     messages = [("system", system)] if system else []
     messages.append(("human", text))
     reply, seconds = _timed_invoke(aligned, messages)
@@ -227,9 +230,9 @@ def _run_question(label: str, text: str, system: str, aligned: Any, plain: Any |
         reference = f" (a separate Best-of-{spread.n} call, seed {plain.seed}, {plain_seconds:.1f} s)"
     chosen = float(meta["reward"])
     print(f"{label}: {text}")
-    sd = "" if spread.sd is None else f", sd {spread.sd:.3f}"
+    sd = "" if spread.sd is None else f" (sd {spread.sd:.3f})"
     print(
-        f"  plain sample: mean reward {spread.mean:.3f}{sd} over {spread.n} samples{reference}; "
+        f"  plain sample: mean reward {spread.mean:.3f} over {spread.n} samples{reference}{sd}; "
         f"worst {spread.worst:.3f}, median {spread.median:.3f}, best {spread.best:.3f}"
     )
     print(f"    {spread_bar(spread, chosen)}")
@@ -238,7 +241,7 @@ def _run_question(label: str, text: str, system: str, aligned: Any, plain: Any |
         print("  best reward per iteration:", " ".join(f"{max(r):.3f}" for r in meta["rewards"]))
     print(f"  cost: {meta['samples']} samples, {meta['generated_tokens']} tokens generated, {seconds:.1f} s")
     print(f"  answer:\n{answer_text(str(reply.content), meta['finish_reason'], meta['max_tokens'])}\n")
-    return chosen, spread, seconds
+    return chosen, spread, (meta["samples"], meta["generated_tokens"], seconds)
 
 
 def _chat_models(args: argparse.Namespace) -> tuple[Any, Any | None, Any]:
@@ -301,12 +304,13 @@ def main(argv: list[str] | None = None) -> int:
     print(f"Bars: reward axis 0 to 1; {BAR_LEGEND}\n")
 
     rows: list[tuple[float, Spread]] = []
-    seconds = 0.0
+    samples, tokens, seconds = 0, 0, 0.0
     for label, text in questions:
-        reward_chosen, spread, took = _run_question(label, text, args.system, aligned, plain)
+        reward_chosen, spread, cost = _run_question(label, text, args.system, aligned, plain)
         rows.append((reward_chosen, spread))
-        seconds += took
-    print(f"{summary_line(rows)}; aligned calls {seconds:.1f} s in all")
+        samples, tokens, seconds = samples + cost[0], tokens + cost[1], seconds + cost[2]
+    print(summary_line(rows))
+    print(f"Cost of the aligned answers: {samples} samples, {tokens} tokens generated, {seconds:.1f} s")
     return 0
 
 

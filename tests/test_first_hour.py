@@ -180,7 +180,7 @@ def test_spread_bar_marks_each_statistic_in_its_cell():
     assert spread_bar(steered, -3.0, width=11) == "0 *.[=o=].... 1"
     assert spread_bar(steered, 0.8, lo=-1.0, hi=1.0, width=11) == "-1 ......[o]*. 1"
     assert len(spread_bar(steered, 0.5)) == len("0  1") + demo.BAR_WIDTH
-    with pytest.raises(ValueError, match="hi > lo, got lo=1.0, hi=1.0"):
+    with pytest.raises(ValueError, match=r"hi > lo, got lo=1\.0, hi=1\.0"):
         spread_bar(steered, 0.5, lo=1.0, hi=1.0)
     with pytest.raises(ValueError, match="width must be >= 3 cells, got 2"):
         spread_bar(steered, 0.5, width=2)
@@ -192,10 +192,10 @@ def test_gain_and_summary():
     assert gain_text(0.75, spread) == "-0.050 (-0.5 sd)"
     assert gain_text(0.9, Spread.of([0.6])) == "+0.300"  # one sample: no spread
     line = summary_line([(0.9, spread), (0.6, Spread.of([0.2, 0.4]))])  # gains 0.1 (1 sd) and 0.3 (2.12 sd)
-    assert line.startswith("Over 2 questions: aligned 0.750 vs plain-sample mean 0.550, a gain of +0.200 reward")
-    assert "(+1.6 candidate sd)" in line and line.endswith("(per question: +0.100, +0.300)")
+    assert line.startswith("Over 2 questions: aligned 0.750 vs plain-sample mean 0.550, gain +0.200 reward")
+    assert "= +1.6 candidate sd" in line and line.endswith("(per question +0.100, +0.300)")
     one = summary_line([(0.9, Spread.of([0.6]))])
-    assert one == "Over 1 question: aligned 0.900 vs plain-sample mean 0.600, a gain of +0.300 reward"
+    assert one == "Over 1 question: aligned 0.900 vs plain-sample mean 0.600, gain +0.300 reward"
     with pytest.raises(ValueError, match="at least one question"):
         summary_line([])
 
@@ -278,9 +278,9 @@ def test_demo_shows_the_plain_spread_the_aligned_reward_and_the_cost(restore_thr
         gains.append(gain)
         assert cost.startswith("  cost: 4 samples, ") and "tokens generated" in cost
         assert lines[at + 5] == "  answer:" and lines[at + 6].startswith("    ")
-    summary = lines[-1]
-    assert summary.startswith("Over 2 questions: ") and "; aligned calls " in summary
-    assert float(summary.split("a gain of ")[1].split(" ")[0]) == pytest.approx(sum(gains) / 2, abs=0.0015)
+    summary, total = lines[-2:]
+    assert summary.startswith("Over 2 questions: ") and total.startswith("Cost of the aligned answers: 8 samples, ")
+    assert float(summary.split("gain ")[1].split(" ")[0]) == pytest.approx(sum(gains) / 2, abs=0.0015)
 
 
 @pytest.mark.model
@@ -293,4 +293,4 @@ def test_demo_with_aisp_compares_with_separate_plain_samples(restore_threads, ca
     assert "(AISP 2 x 2, above " in lines[at + 3] and " of the 4 plain samples)" in lines[at + 3]
     assert len(lines[at + 4].split(":")[1].split()) == 2  # the best reward of each iteration
     assert lines[at + 5].startswith("  cost: 4 samples, ")
-    assert lines[-1].startswith("Over 1 question: ")
+    assert lines[-2].startswith("Over 1 question: ") and lines[-1].startswith("Cost of the aligned answers: 4 samples")
