@@ -220,6 +220,14 @@ def test_answer_text_says_where_it_was_cut():
     assert answer_text("Water it.\nGive it sun.", "stop", 128) == "    Water it.\n    Give it sun."
     assert answer_text("Water it and", "length", 128) == "    Water it and\n    (cut at 128 tokens)"
     assert answer_text("", "stop", 8) == "    (empty)"
+    long = "word " * 30 + "\n\n1. a list"
+    assert answer_text(long, "stop", 8, width=40).splitlines() == [
+        "    " + "word " * 6 + "word",
+        *["    " + "word " * 6 + "word"] * 3,
+        "    word word",
+        "",
+        "    1. a list",
+    ]
     assert method_name("bon", 32, 1) == "Best-of-32" and method_name("aisp", 8, 4) == "AISP 8 x 4"
 
 
@@ -262,6 +270,7 @@ def test_demo_shows_the_plain_spread_the_aligned_reward_and_the_cost(restore_thr
     lines = out.splitlines()
     assert lines[0] == "Model: SmolLM2-135M-Instruct on cpu, 1 CPU thread, seed 0"
     assert lines[2].startswith("Aligned: Best-of-4 at temperature 0.7, at most 6 tokens an answer")
+    assert lines[3] == "Questions: the first 2 of the shipped set, in file order (bench/data/prompts.jsonl)"
     shipped = load_prompts(limit=2)
     gains = []
     for prompt in shipped:
