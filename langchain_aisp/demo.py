@@ -184,14 +184,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="langchain-aisp-demo",
         description=__doc__.splitlines()[0],
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("question", nargs="?", default=None, help="a question of your own (default: shipped ones)")
     parser.add_argument(
         "--questions",
         type=_count_arg("--questions"),
+        metavar="N",
         default=None,
-        help=f"shipped questions to run ({DEFAULT_QUESTIONS})",
+        help=f"run the first N shipped questions (default: {DEFAULT_QUESTIONS})",
     )
     parser.add_argument("--method", default=None, choices=["aisp", "bon"], help="default: the chat model's (bon)")
     parser.add_argument(
@@ -200,9 +200,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--num-iterations", type=_count_arg("--num-iterations"), default=None, help="default: the method's (1, 4)"
     )
-    parser.add_argument("--max-tokens", type=_count_arg("--max-tokens"), default=DEFAULT_MAX_TOKENS)
-    parser.add_argument("--system", default=DEFAULT_SYSTEM, help="the system message ('' for none)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--max-tokens",
+        type=_count_arg("--max-tokens"),
+        default=DEFAULT_MAX_TOKENS,
+        help=f"tokens an answer (default: {DEFAULT_MAX_TOKENS})",
+    )
+    parser.add_argument(
+        "--system", default=DEFAULT_SYSTEM, help=f"the system message, '' for none (default: {DEFAULT_SYSTEM!r})"
+    )
+    parser.add_argument("--seed", type=int, default=0, help="default: 0")
     parser.add_argument(
         "--num-threads",
         type=num_threads_arg,
@@ -298,8 +305,10 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         aligned, plain, params = _chat_models(args)
-    except ValueError as exc:  # pydantic's ValidationError is a ValueError
-        parser.error(str(exc))
+    except ValueError as exc:  # pydantic's ValidationError is a ValueError: keep its messages, not its layout
+        errors = getattr(exc, "errors", None)
+        messages = [e["msg"].removeprefix("Value error, ") for e in errors()] if callable(errors) else [str(exc)]
+        parser.error("; ".join(messages))
     start = time.perf_counter()
     aligned.warmup()  # loads the model (and builds the decoding buckets where decoding is static)
     aligned.reward.embed(["load the encoder before the clock starts"])

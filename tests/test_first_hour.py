@@ -241,6 +241,8 @@ def test_answer_text_says_where_it_was_cut():
         (["--num-samples", "-1"], "--num-samples must be an integer >= 1, got '-1'"),
         (["--method", "greedy"], "argument --method: invalid choice: 'greedy'"),
         (["  "], "the question is empty"),
+        (["--seed", "-1"], "error: seed must be an integer in [0, 18446744073709551615] or None, got -1\n"),
+        (["--num-samples", "5000"], "error: num_samples must be an integer in [1, 4096], got 5000\n"),
     ],
 )
 def test_demo_rejects_bad_input_before_loading(argv, message, capsys):
