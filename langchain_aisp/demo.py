@@ -107,7 +107,7 @@ def spread_bar(spread: Spread, chosen: float, *, lo: float = 0.0, hi: float = 1.
 
 
 def gain_text(chosen: float, spread: Spread) -> str:
-    """The chosen answer's gain over the plain-sample mean: ``+0.123 (2.1 sd)``; the sd part only where there is a
+    """The chosen answer's gain over the plain-sample mean: ``+0.123 (+2.1 sd)``; the sd part only where there is a
     spread."""
     gain = chosen - spread.mean
     if not spread.sd:
@@ -323,7 +323,8 @@ def main(argv: list[str] | None = None) -> int:
         f"{aligned.temperature}, at most {args.max_tokens} tokens an answer"
     )
     if args.question is None:
-        print(f"Questions: the first {len(questions)} of the shipped set, in file order (bench/data/prompts.jsonl)")
+        first = "the first" if len(questions) == 1 else f"the first {len(questions)}"
+        print(f"Questions: {first} of the shipped set, in file order (bench/data/prompts.jsonl)")
     print(f"System message: {args.system!r} (the reward sees the question alone)")
     print(f"Bars: reward axis 0 to 1; {BAR_LEGEND}\n")
 
