@@ -243,13 +243,15 @@ def _run_question(
         above = sum(r < meta["reward"] for r in plain_reply.response_metadata["aisp"]["rewards"][0])
         method = method_name(meta["method"], meta["num_samples"], meta["num_iterations"])
         where = f"{method}, above {above} of the {spread.n} plain samples"
-        reference = f" (a separate Best-of-{spread.n} call, seed {plain.seed}, {plain_seconds:.1f} s)"
+        reference = (
+            f"\n    (plain samples of a separate Best-of-{spread.n} call, seed {plain.seed}, {plain_seconds:.1f} s)"
+        )
     chosen = float(meta["reward"])
     print(f"{label}: {text}")
     sd = "" if spread.sd is None else f" (sd {spread.sd:.3f})"
     print(
-        f"  plain sample: mean reward {spread.mean:.3f} over {spread.n} samples{reference}{sd}; "
-        f"worst {spread.worst:.3f}, median {spread.median:.3f}, best {spread.best:.3f}"
+        f"  plain sample: mean reward {spread.mean:.3f}{sd} over {spread.n} samples; "
+        f"worst {spread.worst:.3f}, median {spread.median:.3f}, best {spread.best:.3f}{reference}"
     )
     print(f"    {spread_bar(spread, chosen)}")
     print(f"  aligned: reward {chosen:.3f} ({where}): {gain_text(chosen, spread)} over the plain mean")

@@ -279,7 +279,7 @@ def test_demo_shows_the_plain_spread_the_aligned_reward_and_the_cost(restore_thr
         at = lines.index(f"{prompt.id}: {prompt.prompt}")
         plain, bar, aligned, cost = lines[at + 1 : at + 5]
         mean, worst, median, best = _floats(plain, "mean reward", "worst", "median", "best")
-        assert plain.startswith("  plain sample:") and "over 4 samples" in plain
+        assert plain.startswith("  plain sample:") and "over 4 samples; worst" in plain
         assert worst <= median <= best and worst <= mean <= best
         chosen = float(aligned.split("reward ")[1].split(" ")[0])
         assert chosen == best and "(the best of 4)" in aligned  # Best-of-N: the best of its plain candidates
@@ -300,8 +300,9 @@ def test_demo_with_aisp_compares_with_separate_plain_samples(restore_threads, ca
     assert demo.main([*argv, "--seed", "3"]) == 0
     lines = capsys.readouterr().out.splitlines()
     at = lines.index("your question: Name a fruit.")
-    assert "over 4 samples (a separate Best-of-4 call, seed 4," in lines[at + 1]
-    assert "(AISP 2 x 2, above " in lines[at + 3] and " of the 4 plain samples)" in lines[at + 3]
-    assert len(lines[at + 4].split(":")[1].split()) == 2  # the best reward of each iteration
-    assert lines[at + 5].startswith("  cost: 4 samples, ")
+    assert " over 4 samples; worst " in lines[at + 1]
+    assert lines[at + 2].startswith("    (plain samples of a separate Best-of-4 call, seed 4, ")
+    assert "(AISP 2 x 2, above " in lines[at + 4] and " of the 4 plain samples)" in lines[at + 4]
+    assert len(lines[at + 5].split(":")[1].split()) == 2  # the best reward of each iteration
+    assert lines[at + 6].startswith("  cost: 4 samples, ")
     assert lines[-2].startswith("Over 1 question: ") and lines[-1].startswith("Cost of the aligned answers: 4 samples")
