@@ -139,7 +139,11 @@ def test_replies_read_back_in_every_format(name, reply, calls, content):
     ("name", "reply", "ends"),
     [
         ("llama3", '{"name": "get_weather", "parameters": {"city": "Zür', "inside the call's JSON object"),
-        ("mistral", '[TOOL_CALLS] [{"name": "get_weather", "arguments": {"city": "Zürich", "days": 1}', "before its closing ]"),
+        (
+            "mistral",
+            '[TOOL_CALLS] [{"name": "get_weather", "arguments": {"city": "Zürich", "days": 1}',
+            "before its closing ]",
+        ),
         ("hermes", '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Z', "before its closing </tool_call>"),
     ],
 )

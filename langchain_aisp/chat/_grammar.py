@@ -142,7 +142,9 @@ def _literal(text: str, tokens: Sequence[tuple[str, int]] = ()) -> str:
     pattern = "|".join(re.escape(t) for t in sorted(ids, key=len, reverse=True))
     pieces = re.split(f"({pattern})", text)  # odd positions: the tokens' texts
     return " ".join(
-        f"<[{ids[piece]}]>" if i % 2 else json.dumps(piece, ensure_ascii=False) for i, piece in enumerate(pieces) if piece
+        f"<[{ids[piece]}]>" if i % 2 else json.dumps(piece, ensure_ascii=False)
+        for i, piece in enumerate(pieces)
+        if piece
     )
 
 
@@ -155,7 +157,7 @@ def added_tokens_in(tokenizer: Any, texts: Sequence[str]) -> tuple[tuple[str, in
     ``<tool_call>`` is added but not special; Mistral-Nemo's ``[TOOL_CALLS]`` is special but missing
     from ``all_special_ids``); a text the tokenizer does not encode as exactly that token is left as text.
     """
-    added = getattr(tokenizer, "get_added_vocab", dict)()
+    added: dict[str, int] = getattr(tokenizer, "get_added_vocab", dict)()
     found = []
     for text, token in added.items():
         if text and any(text in t for t in texts):
@@ -202,7 +204,13 @@ def tool_call_grammar(
     body = schemas[0] if len(schemas) == 1 else {"anyOf": schemas}
     tokens = syntax.tokens
     more = f"({_literal(syntax.separator, tokens)} call)*" if parallel else ""
-    calls = [_literal(syntax.tag, tokens), _literal(syntax.prefix, tokens), "call", more, _literal(syntax.suffix, tokens)]
+    calls = [
+        _literal(syntax.tag, tokens),
+        _literal(syntax.prefix, tokens),
+        "call",
+        more,
+        _literal(syntax.suffix, tokens),
+    ]
     lines = [
         "start: TEXT | TEXT? calls" if choice == "auto" else "start: calls",
         " ".join(["calls:", *calls]),

@@ -29,9 +29,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 import string
+import threading
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any, Literal
@@ -123,11 +124,18 @@ def detect(tokenizer: Any) -> str:
 def resolve(tokenizer: Any, setting: str = "auto") -> ToolFormat:
     """The format of a call: ``setting``, or with "auto" the template's (:func:`detect`).
 
-    A native format needs a template that renders ``tools`` (ValueError otherwise). A tag that
-    is a single special token of the tokenizer is asked for as that token.
+    A native format needs a template that renders ``tools`` (ValueError otherwise). What the template
+    writes after the format's opening tag is read from its own rendering of a call (:func:`template_after`),
+    and a tag that is one added token of the tokenizer is asked for as that token
+    (:func:`_grammar.added_tokens_in`). Resolved once per tokenizer, setting and template (``_RESOLVED``).
     """
     if setting not in TOOL_FORMATS:
         raise ValueError(f"tool_format must be one of {list(TOOL_FORMATS)}, got {setting!r}")
+    key = (setting, template_text(tokenizer), len(tokenizer))
+    with _LOCK:
+        hit = _RESOLVED.get(tokenizer, {}).get(key)
+    if hit is not None:
+        return hit
     name = detect(tokenizer) if setting == "auto" else setting
     found = FORMATS[name]
     if found.native and not supports_native_tools(tokenizer):
@@ -137,7 +145,15 @@ def resolve(tokenizer: Any, setting: str = "auto") -> ToolFormat:
         )
     syntax = _template_opening(tokenizer, found) if found.native else found.syntax
     syntax = replace(syntax, tokens=grammarlib.added_tokens_in(tokenizer, syntax.texts()))
-    return replace(found, syntax=syntax)
+    found = replace(found, syntax=syntax)
+    with _LOCK:
+        _RESOLVED.setdefault(tokenizer, {})[key] = found
+    return found
+
+
+_LOCK = threading.Lock()
+_RESOLVED: weakref.WeakKeyDictionary[Any, dict[tuple[str, str, int], ToolFormat]] = weakref.WeakKeyDictionary()
+"""Documented cache: the resolved format per tokenizer (held weakly), setting, chat template and vocabulary size."""
 
 
 PROBE_CALL_ID = "a1b2c3d4e"
@@ -160,7 +176,8 @@ def template_after(tokenizer: Any, tag: str) -> str | None:
         )
     except Exception:  # a template that refuses the probe keeps the format's own texts
         return None
-    added = after[len(os.path.commonprefix([before, after])) :]
+    same = next((i for i, (a, b) in enumerate(zip(before, after, strict=False)) if a != b), len(before))
+    added = after[same:]  # what the assistant turn adds
     at = added.find(tag)
     start = added.find("{", at + len(tag)) if at >= 0 else -1
     between = added[at + len(tag) : start] if start >= 0 else None
