@@ -12,6 +12,7 @@ import dataclasses
 from typing import Literal
 
 import pytest
+import torch
 from chat_templates import HERMES, HERMES_THINK, with_template
 from families import FamilyUnavailableError, family
 from langchain_core.exceptions import OutputParserException
@@ -24,8 +25,7 @@ from langchain_aisp.chat import _reply
 from langchain_aisp.chat import _tool_formats as tf
 from langchain_aisp.chat._format import OutputFormat
 from langchain_aisp.chat._parse import parse_tool_reply
-from langchain_aisp.engine.constraints import MAX_GAP, ThinkingBudget, bitmask_words, thinking_mask, unpack_bitmask
-from langchain_aisp.errors import ConstraintError
+from langchain_aisp.engine.constraints import ThinkingBudget, bitmask_words, unpack_bitmask
 
 pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
@@ -162,60 +162,10 @@ def test_mistral_v03_prefills_compile_without_the_prefix_space():
 # --- whitespace after </think>, the budget handing over ---------------------------------------------------
 
 
-class Scripted:
-    def __init__(self, tokens):
-        self.tokens, self.seen = list(tokens), []
-
-    def fill_bitmask(self, bitmask, row, remaining):
-        token = self.tokens[len(self.seen)]
-        bitmask[row, token // 32] |= 1 << (token % 32)
-
-    def advance(self, token):
-        if token != self.tokens[len(self.seen)]:
-            raise ConstraintError(f"the grammar rejected token {token}")
-        self.seen.append(token)
-
-    def is_finished(self):
-        return len(self.seen) == len(self.tokens)
-
-
-class ScriptedConstraint:
-    def __init__(self, tokens):
-        self.tokens = tokens
-
-    def matcher(self, sample):
-        return Scripted(self.tokens)
-
-
-def allowed(matcher, vocab=64):
-    import torch
-
+def allowed(matcher, vocab: int) -> list[int]:
     bitmask = torch.zeros(1, bitmask_words(vocab), dtype=torch.int32)
     matcher.fill_bitmask(bitmask, 0, 10)
     return unpack_bitmask(bitmask, vocab)[0].nonzero().squeeze(-1).tolist()
-
-
-def test_gap_tokens_after_the_tag_come_before_the_answer_and_are_not_passed_to_it():
-    rule = ThinkingBudget([40], 0, thinking_mask(64, [0]), ScriptedConstraint([7, 8]), gap=[3, 4])
-    m = rule.matcher(0)
-    m.advance(40)  # the tag (forced: budget 0)
-    assert allowed(m) == [3, 4, 7]  # whitespace, or the answer's first token
-    m.advance(3)
-    m.advance(4)
-    assert allowed(m) == [3, 4, 7]
-    m.advance(7)  # the answer has begun: no more gap
-    assert allowed(m) == [8]
-    m.advance(8)
-    assert m.is_finished()
-    m = rule.matcher(0)
-    m.advance(40)
-    for _ in range(MAX_GAP):
-        m.advance(3)
-    assert allowed(m) == [7]  # at most MAX_GAP whitespace tokens
-    with pytest.raises(ConstraintError):
-        m.advance(3)
-    with pytest.raises(ValueError, match=r"gap tokens must be in \[0, 64\), got \[64\]"):
-        ThinkingBudget([40], 0, thinking_mask(64, [0]), gap=[64])
 
 
 def thinking_call(lm, budget: int | None, fmt: OutputFormat = FORCED):

@@ -20,9 +20,11 @@ described). ``AISPChatModel(tool_format=...)`` overrides the detection.
 
 Replies are read back by :func:`normalize`, which rewrites a reply of any format into the documented
 ``<tool_call>`` form, so that one parser (``_parse.parse_tool_reply``) and one set of format
-terms serve every format. Mistral's ``[TOOL_CALLS]`` is a special token in Mistral's own tokenizers:
-the grammar then asks for that token, and decoding (which drops special tokens) leaves a reply that
-starts with the JSON list, which :func:`normalize` reads as calls too.
+terms serve every format. A tag that is one added token of the tokenizer (Qwen's ``<tool_call>``,
+Mistral's ``[TOOL_CALLS]``) is asked for as that token (:func:`resolve`); decoding drops special tokens,
+so a reply that starts with Mistral's JSON list is read as calls too. What the template writes right
+after the opening tag (Nemo's ``[TOOL_CALLS][``, Mistral v0.3's ``[TOOL_CALLS] [``) is read from the
+template's own rendering of a call (:func:`template_after`).
 """
 
 from __future__ import annotations
