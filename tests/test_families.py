@@ -57,7 +57,17 @@ HISTORY = [
 ]
 """A multi-turn conversation ending in a tool result: the call's argument (Bern) is in no other message."""
 
-TOOL_CHECKS = ("format", "forced", "any", "auto", "multi_turn", "documented", "structured_fc", "structured_json")
+TOOL_CHECKS = (
+    "format",
+    "forced",
+    "any",
+    "auto",
+    "multi_turn",
+    "documented",
+    "structured_fc",
+    "structured_json",
+    "cut_call",
+)
 THINKING_CHECKS = ("reasoning_none", "reasoning_false", "reasoning_true", "thinking_budget")
 HEAD_CHECKS = ("head",)
 
@@ -108,7 +118,7 @@ GEMMA_SYSTEM = Known(
 def _known() -> dict[tuple[str, str], Known]:
     known: dict[tuple[str, str], Known] = {}
     # fixed on i26-tokens: added tags as tokens (Qwen, DeepSeek, SmolLM3, Hermes-3, Nemo), the thinking budget,
-    # Mistral v0.3's prefix space, the reasoning=None error naming the think section
+    # Mistral v0.3's prefix space, the reasoning=None error naming the think section, a cut call naming its format's end
     known[("smollm3", "format")] = SMOLLM3_FORMAT
     known[("hermes-3", "structured_json")] = HERMES_NO_TOOLS
     known[("hermes-3", "documented")] = HERMES_NO_TOOLS
@@ -126,18 +136,16 @@ only while it fails with that error: another error fails the test, and so does a
 
 @pytest.fixture(scope="module")
 def built():
-    cache: dict[str, Any] = {}
+    """``get(name)``: the family built (``families.family`` keeps the last two), or a skip with the reason."""
+    unavailable: dict[str, FamilyUnavailableError] = {}
 
     def get(name: str):
-        if name not in cache:
+        if name not in unavailable:
             try:
-                cache[name] = family(name)
+                return family(name)
             except FamilyUnavailableError as exc:
-                cache[name] = exc
-        found = cache[name]
-        if isinstance(found, FamilyUnavailableError):
-            pytest.skip(f"{name}: its tokenizer or template files cannot be obtained here: {found}")
-        return found
+                unavailable[name] = exc
+        pytest.skip(f"{name}: its tokenizer or template files cannot be obtained here: {unavailable[name]}")
 
     return get
 
@@ -224,6 +232,13 @@ def run_check(built, name: str, check: str) -> None:
         message = model.invoke("Weather in Paris?")
         check_call(message, {"get_weather"})
         assert message.response_metadata["aisp"]["tool_format"] == "documented"
+    elif check == "cut_call":  # a call cut by max_tokens: the message names the real cause, in the call's format
+        message = chat(lm, max_tokens=5).bind_tools(weather, tool_choice="get_weather").invoke("Weather in Paris?")
+        errors = [call.get("error") or "" for call in message.invalid_tool_calls]
+        assert errors and "max_tokens=5" in errors[0], f"no invalid call naming max_tokens in {message!r}"
+        resolved = message.response_metadata["aisp"]["tool_format"]
+        if resolved not in ("hermes", "documented"):  # formats that never write </tool_call>
+            assert "</tool_call>" not in errors[0], f"the {resolved} format never writes </tool_call>: {errors[0]}"
     elif check in ("structured_fc", "structured_json"):
         method = "function_calling" if check == "structured_fc" else "json_schema"
         answer = chat(lm).with_structured_output(Flags, method=method).invoke("Is it ok, and what size?")

@@ -3,29 +3,18 @@
 Granite divides its logits by ``config.logits_scaling``, Cohere multiplies them by ``config.logit_scale``,
 HyperCLOVA X multiplies them by its ``logits_scaling``, Gemma 2 (and Gemma 3 where set) soft-caps them at
 ``final_logit_softcapping``. Tiny random models of each architecture (SmolLM2's tokenizer, built from
-config, nothing downloaded) must give, through the engine's head, ``model(ids).logits`` to 1e-5, and the
-eager and static decode paths must sample the tokens that the model's own logits give with the same
-uniforms. A model whose forward changes the logits in a way the engine does not know is refused.
+config by ``tests/families.tiny_model``, nothing downloaded) must give, through the engine's head,
+``model(ids).logits`` to 1e-5, and the eager and static decode paths must sample the tokens that the model's
+own logits give with the same uniforms. A model whose forward changes the logits in a way the engine does not
+know is refused.
 """
 
 from __future__ import annotations
 
 import pytest
 import torch
-from transformers import (
-    CohereConfig,
-    CohereForCausalLM,
-    Gemma2Config,
-    Gemma2ForCausalLM,
-    Gemma3ForCausalLM,
-    Gemma3TextConfig,
-    GraniteConfig,
-    GraniteForCausalLM,
-    HyperCLOVAXConfig,
-    HyperCLOVAXForCausalLM,
-    LlamaConfig,
-    LlamaForCausalLM,
-)
+from families import tiny_model
+from transformers import GraniteForCausalLM, LlamaForCausalLM
 
 from langchain_aisp.engine.config import SamplingParams
 from langchain_aisp.engine.decode.eager import Decoder, decode, prefill
@@ -36,42 +25,20 @@ from langchain_aisp.errors import ModelLoadError
 
 pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
-SMALL = dict(
-    hidden_size=32,
-    intermediate_size=64,
-    num_hidden_layers=2,
-    num_attention_heads=4,
-    num_key_value_heads=2,
-    max_position_embeddings=256,
-)
-
-# (config class, model class, the head transform's own config fields, the scale and softcap the engine must apply)
+# architecture -> (the head transform's own config fields, the scale and softcap the engine must apply)
 ARCHITECTURES = {
-    "granite": (GraniteConfig, GraniteForCausalLM, {"logits_scaling": 8.0}, 1 / 8.0, None),
-    "cohere": (CohereConfig, CohereForCausalLM, {"logit_scale": 0.25}, 0.25, None),
-    "hyperclovax": (HyperCLOVAXConfig, HyperCLOVAXForCausalLM, {"logits_scaling": 3.0}, 3.0, None),
-    "gemma2": (Gemma2Config, Gemma2ForCausalLM, {"final_logit_softcapping": 0.5, "head_dim": 8}, 1.0, 0.5),
-    "gemma3": (Gemma3TextConfig, Gemma3ForCausalLM, {"final_logit_softcapping": 0.5, "head_dim": 8}, 1.0, 0.5),
+    "granite": ({"logits_scaling": 8.0}, 1 / 8.0, None),
+    "cohere": ({"logit_scale": 0.25}, 0.25, None),
+    "hyperclovax": ({"logits_scaling": 3.0}, 3.0, None),
+    "gemma2": ({"final_logit_softcapping": 0.5}, 1.0, 0.5),
+    "gemma3_text": ({"final_logit_softcapping": 0.5}, 1.0, 0.5),
 }
 """Scales and caps are picked so that a missing transform moves the logits far beyond the tolerance on a random
 model: its logits are ~1 in size, so the soft-capping needs a cap near 1 to bend them."""
 
 
 def _tiny(name: str, tokenizer, *, scale_up: float = 1.0):
-    config_cls, model_cls, fields, _, _ = ARCHITECTURES[name]
-    config = config_cls(
-        vocab_size=len(tokenizer),
-        tie_word_embeddings=True,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-        **SMALL,
-        **fields,
-    )
-    state = torch.random.get_rng_state()
-    torch.manual_seed(0)
-    model = model_cls(config)
-    torch.random.set_rng_state(state)
+    model = tiny_model(name, tokenizer, hidden_size=32, num_attention_heads=4, **ARCHITECTURES[name][0])
     with torch.no_grad():  # larger logits, so that the soft-capping bends them
         model.get_output_embeddings().weight.mul_(scale_up)
     return model
@@ -94,7 +61,7 @@ def ids(encode):
 
 @pytest.mark.parametrize("name", list(ARCHITECTURES))
 def test_the_config_fields_resolve_to_the_transform(wrapped, name):
-    _, _, _, scale, softcap = ARCHITECTURES[name]
+    _, scale, softcap = ARCHITECTURES[name]
     transform = wrapped[name].head_transform
     assert transform.scale == pytest.approx(scale, rel=1e-12)
     assert transform.softcap == softcap
@@ -168,9 +135,7 @@ class ScaledLlama(LlamaForCausalLM):
 
 
 def test_a_model_with_an_unknown_head_transform_is_refused(tokenizer):
-    config = LlamaConfig(vocab_size=len(tokenizer), tie_word_embeddings=True, **SMALL)
-    torch.manual_seed(0)
-    model = ScaledLlama(config)
+    model = ScaledLlama(tiny_model("llama", tokenizer).config)
     with pytest.raises(ModelLoadError) as info:
         wrap_model(model, tokenizer)
     message = str(info.value)
@@ -189,8 +154,7 @@ def test_a_refusal_names_the_config_fields_that_look_like_head_transforms(tokeni
             out.logits = out.logits * 5.0
             return out
 
-    config = GraniteConfig(vocab_size=len(tokenizer), tie_word_embeddings=True, logits_scaling=2.0, **SMALL)
-    torch.manual_seed(0)
+    config = tiny_model("granite", tokenizer, logits_scaling=2.0).config
     with pytest.raises(ModelLoadError, match=r"looks? like head transforms: \['logits_scaling'\]"):
         wrap_model(OddGranite(config), tokenizer)
 

