@@ -136,20 +136,25 @@ def test_replies_read_back_in_every_format(name, reply, calls, content):
 
 
 @pytest.mark.parametrize(
-    ("name", "reply"),
+    ("name", "reply", "ends"),
     [
-        ("llama3", '{"name": "get_weather", "parameters": {"city": "Zür'),
-        ("mistral", '[TOOL_CALLS] [{"name": "get_weather", "arguments": {"city": "Zürich", "days": 1}'),
+        ("llama3", '{"name": "get_weather", "parameters": {"city": "Zür', "inside the call's JSON object"),
+        (
+            "mistral",
+            '[TOOL_CALLS] [{"name": "get_weather", "arguments": {"city": "Zürich", "days": 1}',
+            "before its closing ]",
+        ),
+        ("hermes", '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Z', "before its closing </tool_call>"),
     ],
 )
-def test_cut_calls_are_reported_incomplete(name, reply):
+def test_cut_calls_are_reported_incomplete(name, reply, ends):
+    """The error names how the format the model writes ends a call (never ``</tool_call>`` for Llama 3 or Mistral)."""
     fmt = OutputFormat(tools=(WEATHER,), tool_choice="any")
-    parsed = parse_tool_reply(tf.normalize(reply, tf.FORMATS[name]), fmt)
+    tool_format = tf.FORMATS[name]
+    parsed = parse_tool_reply(tf.normalize(reply, tool_format), fmt, tool_format.closing)
     assert not parsed.tool_calls
-    assert [c["error"] for c in parsed.invalid_tool_calls] == [
-        "the tool call is not complete (the reply ends before </tool_call>)"
-    ]
-    assert format_validity(tf.normalize(reply, tf.FORMATS[name]), fmt) == -1.0
+    assert [c["error"] for c in parsed.invalid_tool_calls] == [f"the tool call is not complete (the reply ends {ends})"]
+    assert format_validity(tf.normalize(reply, tool_format), fmt) == -1.0
 
 
 def test_a_wrong_argument_key_is_an_invalid_call():
@@ -228,7 +233,7 @@ def test_a_special_tag_token_is_asked_for_as_that_token(default_lm):
     tok.add_special_tokens({"additional_special_tokens": ["[TOOL_CALLS]"]})
     tool_format = tf.resolve(tok)
     token = tok.convert_tokens_to_ids("[TOOL_CALLS]")
-    assert tool_format.syntax.tag_token == token
+    assert dict(tool_format.syntax.tokens) == {"[TOOL_CALLS]": token}
     grammar = tool_format.grammar([WEATHER], choice="any", parallel=False, strict=True)
     assert f"<[{token}]>" in grammar
     eos = default_lm.eos_token_ids

@@ -152,8 +152,9 @@ def render_variant(
         answer = grammarlib.compile_constraint(tokenizer, vocab, eos, grammar, grammar_prefill, close=close)
     constraint: Any = answer
     if inside and plan.mode.tags is not None and (answer is not None or plan.thinking_budget is not None):
+        gap = grammarlib.whitespace_tokens(tokenizer, vocab, eos) if answer is not None else ()
         constraint = reasoninglib.thinking_constraint(
-            tokenizer, vocab, eos, plan.mode.tags, plan.thinking_budget, answer
+            tokenizer, vocab, eos, plan.mode.tags, plan.thinking_budget, answer, gap
         )
     prompt = render(tokenizer, messages, fmt, think + grammar_prefill, **options)  # type: ignore[arg-type]
     return RenderedVariant(prompt, constraint, inside)

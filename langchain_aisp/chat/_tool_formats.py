@@ -20,16 +20,21 @@ described). ``AISPChatModel(tool_format=...)`` overrides the detection.
 
 Replies are read back by :func:`normalize`, which rewrites a reply of any format into the documented
 ``<tool_call>`` form, so that one parser (``_parse.parse_tool_reply``) and one set of format
-terms serve every format. Mistral's ``[TOOL_CALLS]`` is a special token in Mistral's own tokenizers:
-the grammar then asks for that token, and decoding (which drops special tokens) leaves a reply that
-starts with the JSON list, which :func:`normalize` reads as calls too.
+terms serve every format. A tag that is one added token of the tokenizer (Qwen's ``<tool_call>``,
+Mistral's ``[TOOL_CALLS]``) is asked for as that token (:func:`resolve`); decoding drops special tokens,
+so a reply that starts with Mistral's JSON list is read as calls too. What the template writes right
+after the opening tag (Nemo's ``[TOOL_CALLS][``, Mistral v0.3's ``[TOOL_CALLS] [``) is read from the
+template's own rendering of a call (:func:`template_after`).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import re
 import string
+import threading
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any, Literal
@@ -78,6 +83,12 @@ class ToolFormat:
     def prose_grammar(self) -> str:
         return grammarlib.prose_grammar(self.prose)
 
+    @property
+    def closing(self) -> str:
+        """What ends a reply's calls in this format, for messages: ``</tool_call>``, Mistral's ``]``; "" for
+        Llama 3's, which end with their JSON object."""
+        return self.syntax.suffix or self.syntax.call_close.strip()
+
 
 FORMATS: dict[str, ToolFormat] = {
     "documented": ToolFormat("documented", False, grammarlib.HERMES, "[^<]+"),
@@ -115,11 +126,18 @@ def detect(tokenizer: Any) -> str:
 def resolve(tokenizer: Any, setting: str = "auto") -> ToolFormat:
     """The format of a call: ``setting``, or with "auto" the template's (:func:`detect`).
 
-    A native format needs a template that renders ``tools`` (ValueError otherwise). A tag that
-    is a single special token of the tokenizer is asked for as that token.
+    A native format needs a template that renders ``tools`` (ValueError otherwise). What the template
+    writes after the format's opening tag is read from its own rendering of a call (:func:`template_after`),
+    and a tag that is one added token of the tokenizer is asked for as that token
+    (:func:`_grammar.added_tokens_in`). Resolved once per tokenizer, setting and template (``_RESOLVED``).
     """
     if setting not in TOOL_FORMATS:
         raise ValueError(f"tool_format must be one of {list(TOOL_FORMATS)}, got {setting!r}")
+    key = (setting, template_text(tokenizer), len(tokenizer))
+    with _LOCK:
+        hit = _RESOLVED.get(tokenizer, {}).get(key)
+    if hit is not None:
+        return hit
     name = detect(tokenizer) if setting == "auto" else setting
     found = FORMATS[name]
     if found.native and not supports_native_tools(tokenizer):
@@ -127,18 +145,59 @@ def resolve(tokenizer: Any, setting: str = "auto") -> ToolFormat:
             f"tool_format={name!r} needs a chat template that renders tools (apply_chat_template(..., tools=...)); "
             "this model's template does not: use tool_format='auto' or 'documented'"
         )
-    if found.syntax.tag:
-        token = special_token_id(tokenizer, found.syntax.tag)
-        if token is not None:
-            found = replace(found, syntax=replace(found.syntax, tag_token=token))
+    syntax = _template_opening(tokenizer, found) if found.native else found.syntax
+    syntax = replace(syntax, tokens=grammarlib.added_tokens_in(tokenizer, syntax.texts()))
+    found = replace(found, syntax=syntax)
+    with _LOCK:
+        _RESOLVED.setdefault(tokenizer, {})[key] = found
     return found
 
 
-def special_token_id(tokenizer: Any, text: str) -> int | None:
-    """The id of ``text`` when the tokenizer has it as one special token, else None."""
-    ids = list(tokenizer(text, add_special_tokens=False).input_ids)
-    special = set(getattr(tokenizer, "all_special_ids", ()) or ())
-    return int(ids[0]) if len(ids) == 1 and ids[0] in special else None
+_LOCK = threading.Lock()
+_RESOLVED: weakref.WeakKeyDictionary[Any, dict[tuple[str, str, int], ToolFormat]] = weakref.WeakKeyDictionary()
+"""Documented cache: the resolved format per tokenizer (held weakly), setting, chat template and vocabulary size."""
+
+
+PROBE_CALL_ID = "a1b2c3d4e"
+"""The id of the probe call rendered by :func:`template_after` (9 alphanumeric characters: Mistral's templates
+refuse other ids)."""
+
+
+def template_after(tokenizer: Any, tag: str) -> str | None:
+    """What the chat template writes between ``tag`` and the JSON object of a call: read from the template's own
+    rendering of an assistant turn with one call (the text that turn adds to the conversation before it). None
+    when the template does not render the call with that tag or refuses the probe."""
+    tool = {"type": "function", "function": {"name": "probe", "description": "", "parameters": {"type": "object"}}}
+    call = {"type": "function", "id": PROBE_CALL_ID, "function": {"name": "probe", "arguments": {}}}
+    user = [{"role": "user", "content": "probe"}]
+    turns = [user, [*user, {"role": "assistant", "content": "", "tool_calls": [call]}]]
+    try:
+        before, after = (
+            str(tokenizer.apply_chat_template(t, tools=[tool], tokenize=False, add_generation_prompt=False))
+            for t in turns
+        )
+    except Exception:  # a template that refuses the probe keeps the format's own texts
+        return None
+    same = next((i for i, (a, b) in enumerate(zip(before, after, strict=False)) if a != b), len(before))
+    added = after[same:]  # what the assistant turn adds
+    at = added.find(tag)
+    start = added.find("{", at + len(tag)) if at >= 0 else -1
+    between = added[at + len(tag) : start] if start >= 0 else None
+    return between if between is not None and re.fullmatch(r"[\s\[]*", between) else None
+
+
+def _template_opening(tokenizer: Any, found: ToolFormat) -> grammarlib.CallSyntax:
+    """``found``'s syntax with the text after its opening tag as the chat template writes it (Nemo's
+    ``[TOOL_CALLS][``, Mistral v0.3's ``[TOOL_CALLS] [``, Qwen's ``<tool_call>\\n``); a format without a tag
+    (llama3) is kept."""
+    syntax = found.syntax
+    tag = syntax.tag or syntax.call_open.strip()
+    between = template_after(tokenizer, tag) if tag else None
+    if between is None:
+        return syntax
+    if syntax.tag:
+        return replace(syntax, prefix=between)
+    return replace(syntax, call_open=tag + between)
 
 
 # --- replies -> the documented form --------------------------------------------------------------------
