@@ -36,7 +36,6 @@ from langchain_aisp.chat._loading import (
     model_lm,
     model_value,
     no_marker,
-    renamed_arguments,
     reward_path,
     reward_value,
 )
@@ -180,8 +179,7 @@ class AISPChatModel(BaseChatModel):
     model: Any = None
     """The LLM: a Hugging Face hub id or local folder (str), a loaded :class:`~langchain_aisp.engine.lm.CausalLM`,
     or a transformers ``PreTrainedModel`` with ``tokenizer``; None uses the embedded default model. Chat models
-    over one ``PreTrainedModel`` and tokenizer share one wrapping (and its static decoding cache).
-    (``llm=`` and ``hf_model=`` are deprecated spellings of it.)"""
+    over one ``PreTrainedModel`` and tokenizer share one wrapping (and its static decoding cache)."""
 
     tokenizer: Any = Field(default=None, exclude=True)
     """The tokenizer of a ``PreTrainedModel`` passed as ``model`` (required with one, refused otherwise)."""
@@ -251,7 +249,7 @@ class AISPChatModel(BaseChatModel):
 
     max_batch_rows: int = DEFAULT_MAX_BATCH_SIZE
     """Most rows (responses: prompts x ``num_samples``) decoded together; a batch of prompts shares them
-    (Batched AISP). (``max_batch_size`` is its deprecated spelling.)"""
+    (Batched AISP)."""
 
     decoding: Decoding = DEFAULT_DECODING
     """Decode path, chosen once per run: ``"static"`` (preallocated KV cache; on CUDA each token is
@@ -344,7 +342,6 @@ class AISPChatModel(BaseChatModel):
     def _known_arguments(cls, data: Any) -> Any:
         """An unknown argument (``temprature=0.5``) names the closest field instead of "Extra inputs ..."."""
         if isinstance(data, dict):
-            data = renamed_arguments(data)  # llm= / hf_model= / max_batch_size=, deprecated
             unknown = [name for name in data if name not in cls.model_fields]
             if unknown:
                 fields = sorted(cls.model_fields)

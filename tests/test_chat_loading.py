@@ -26,42 +26,28 @@ def length_reward(prompt: str, response: str) -> float:
     return float(len(response))
 
 
-# --- model= and the deprecated spellings ---------------------------------------------------------
+# --- model= and max_batch_rows= ---------------------------------------------------------------------
 
 
-def _deprecations(make: Any) -> tuple[Any, list[warnings.WarningMessage]]:
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        made = make()
-    return made, [w for w in caught if issubclass(w.category, DeprecationWarning)]
+def test_model_takes_a_causal_lm_or_a_pretrained_model(tiny_lm):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        loaded = AISPChatModel(reward=length_reward, model=tiny_lm)
+        wrapped = AISPChatModel(reward=length_reward, model=tiny_lm.model, tokenizer=tiny_lm.tokenizer)
+    assert loaded._get_lm() is tiny_lm and loaded.model_name == tiny_lm.name
+    assert wrapped._get_lm().model is tiny_lm.model
 
 
-def test_model_takes_a_causal_lm_and_llm_is_its_deprecated_spelling(tiny_lm):
-    new, none = _deprecations(lambda: AISPChatModel(reward=length_reward, model=tiny_lm))
-    assert none == [] and new._get_lm() is tiny_lm and new.model_name == tiny_lm.name
-    old, (warning,) = _deprecations(lambda: AISPChatModel(reward=length_reward, llm=tiny_lm))
-    assert "llm=" in str(warning.message) and "pass model=" in str(warning.message)
-    assert warning.filename == __file__  # points at the caller's line, not at pydantic
-    assert old.model is tiny_lm and old._get_lm() is tiny_lm
-    with pytest.raises(ValidationError, match="pass model= only"):
-        AISPChatModel(reward=length_reward, llm=tiny_lm, model=tiny_lm)
+@pytest.mark.parametrize("old", ["llm", "hf_model", "max_batch_size"])
+def test_the_pre_release_spellings_are_unknown_arguments(tiny_lm, old):
+    """``llm=`` / ``hf_model=`` (now ``model=``) and ``max_batch_size=`` (now ``max_batch_rows=``) are refused,
+    never silently ignored: there is no release to stay compatible with."""
+    with pytest.raises(ValidationError, match=rf"unknown argument\(s\) \['{old}'\]"):
+        AISPChatModel(reward=length_reward, model=tiny_lm, **{old: 8})
 
 
-def test_model_takes_a_pretrained_model_and_hf_model_is_its_deprecated_spelling(tiny_lm):
-    new, none = _deprecations(
-        lambda: AISPChatModel(reward=length_reward, model=tiny_lm.model, tokenizer=tiny_lm.tokenizer)
-    )
-    assert none == [] and new._get_lm().model is tiny_lm.model
-    old, (warning,) = _deprecations(
-        lambda: AISPChatModel(reward=length_reward, hf_model=tiny_lm.model, tokenizer=tiny_lm.tokenizer)
-    )
-    assert "hf_model=" in str(warning.message) and "pass model=" in str(warning.message)
-    assert old.model is tiny_lm.model
-
-
-def test_max_batch_size_is_the_deprecated_spelling_of_max_batch_rows(tiny_lm):
-    model, (warning,) = _deprecations(lambda: AISPChatModel(reward=length_reward, model=tiny_lm, max_batch_size=8))
-    assert model.max_batch_rows == 8 and "pass max_batch_rows=" in str(warning.message)
+def test_max_batch_rows_reaches_the_engine(tiny_lm):
+    model = AISPChatModel(reward=length_reward, model=tiny_lm, max_batch_rows=8)
     seen: list[int] = []
     real = model._runner
 

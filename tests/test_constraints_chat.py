@@ -56,7 +56,7 @@ def get_weather(location: str) -> str:
 
 
 def tiny(tiny_lm, **kw):
-    params = {"reward": length_reward, "llm": tiny_lm, "num_samples": 3, "num_iterations": 2, "max_tokens": 24}
+    params = {"reward": length_reward, "model": tiny_lm, "num_samples": 3, "num_iterations": 2, "max_tokens": 24}
     return AISPChatModel(**{**params, **kw})
 
 
