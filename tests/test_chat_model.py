@@ -199,15 +199,14 @@ def test_seed_max_tokens_and_stop_are_honoured(llm, monkeypatch):
     assert a.content == b.content
     assert llm.invoke("Hello", max_tokens=3).usage_metadata["output_tokens"] <= 3
     calls: list[dict[str, Any]] = []
-    llm._runner = scripted_run(["ok"], calls)
+    llm = llm.model_copy(update={"runner": scripted_run(["ok"], calls)})
     llm.invoke("Hello", stop=["END"], temperature=0.5, top_k=5, seed=7, num_samples=3)
     sampling, params = calls[0]["sampling"], calls[0]["params"]
     assert sampling.stop == ("END",) and sampling.temperature == 0.5 and sampling.top_k == 5
     assert params.num_samples == 3 and calls[0]["seed"] == 7
     llm.model_copy(update={"stop": ["X"]}).invoke("Hello")
     assert calls[1]["sampling"].stop == ("X",)
-    greedy = AISPChatModel(reward=length_reward, model=llm.model, temperature=0)
-    greedy._runner = scripted_run(["ok"], calls)
+    greedy = AISPChatModel(reward=length_reward, model=llm.model, temperature=0, runner=scripted_run(["ok"], calls))
     greedy.invoke("Hello")
     assert calls[2]["sampling"].top_k == 1  # temperature 0 = greedy
 
@@ -273,13 +272,13 @@ def test_identifying_params_differ_between_configs(tiny_lm):
 
 def test_batch_is_one_batched_aisp_run_equal_to_invokes(llm, monkeypatch):
     calls: list[int] = []
-    real_run = llm._runner
+    real_run = llm.runner
 
     def spy(lm, prompts, *args, **kwargs):
         calls.append(len(prompts))
         return real_run(lm, prompts, *args, **kwargs)
 
-    llm._runner = spy
+    llm = llm.model_copy(update={"runner": spy})
     questions = ["Name a fruit.", "Name a color.", "Name a city."]
     batched = llm.batch(questions)
     assert calls == [3]
@@ -292,13 +291,13 @@ def test_batch_is_one_batched_aisp_run_equal_to_invokes(llm, monkeypatch):
 
 def test_batch_keeps_langchain_semantics(llm, monkeypatch):
     calls: list[int] = []
-    real_run = llm._runner
+    real_run = llm.runner
 
     def spy(lm, prompts, *args, **kwargs):
         calls.append(len(prompts))
         return real_run(lm, prompts, *args, **kwargs)
 
-    llm._runner = spy
+    llm = llm.model_copy(update={"runner": spy})
     ok_and_bad = ["Name a fruit.", [HumanMessage([{"type": "image", "url": "x"}])], "Name a city."]
     out = llm.batch(ok_and_bad, config={"max_concurrency": 1}, return_exceptions=True)
     assert isinstance(out[0], AIMessage) and isinstance(out[2], AIMessage)
@@ -326,13 +325,13 @@ async def test_async_invoke_stream_batch(llm, monkeypatch):
     text = "".join([c.content async for c in llm.astream("Name a fruit.")])
     assert text == expected.content
     calls: list[int] = []
-    real_run = llm._runner
+    real_run = llm.runner
 
     def spy(lm, prompts, *args, **kwargs):
         calls.append(len(prompts))
         return real_run(lm, prompts, *args, **kwargs)
 
-    llm._runner = spy
+    llm = llm.model_copy(update={"runner": spy})
     out = await llm.abatch(["Name a fruit.", "Name a color."])
     assert calls == [2] and out[0].content == expected.content
 
@@ -385,7 +384,7 @@ async def test_async_progress_events(llm):
 
 def test_tool_call_parsing_valid_and_invalid(llm, monkeypatch):
     reply = '1, "b": 2}}\n</tool_call>'
-    llm._runner = scripted_run([reply])
+    llm = llm.model_copy(update={"runner": scripted_run([reply])})
     msg = llm.bind_tools([add], tool_choice="add").invoke("What is 1 + 2?")
     assert msg.tool_calls[0]["name"] == "add" and msg.tool_calls[0]["args"] == {"a": 1, "b": 2}
     assert msg.response_metadata["finish_reason"] == "tool_calls"
@@ -398,16 +397,16 @@ def test_tool_call_parsing_valid_and_invalid(llm, monkeypatch):
         streamed = chunk if streamed is None else streamed + chunk
     assert streamed.tool_calls[0]["args"] == {"a": 1, "b": 2}
 
-    llm._runner = scripted_run(['"one"}}</tool_call>'])
+    llm = llm.model_copy(update={"runner": scripted_run(['"one"}}</tool_call>'])})
     msg = llm.bind_tools([add], tool_choice="any").invoke("What is 1 + 2?")
     assert not msg.tool_calls and msg.invalid_tool_calls[0]["name"] == "add"
     assert "missing required property 'b'" in msg.invalid_tool_calls[0]["error"]
 
-    llm._runner = scripted_run(["I would rather chat."])
+    llm = llm.model_copy(update={"runner": scripted_run(["I would rather chat."])})
     msg = llm.bind_tools([add]).invoke("Hi")  # optional call: plain text is fine
     assert msg.content == "I would rather chat." and not msg.tool_calls and not msg.invalid_tool_calls
     # auto: engine prompt 0 is the prose variant, prompt 1 the forced-call variant (prefilled up to "a":)
-    llm._runner = scripted_run(["Five.", ' 2, "b": 3}}\n</tool_call>'])
+    llm = llm.model_copy(update={"runner": scripted_run(["Five.", ' 2, "b": 3}}\n</tool_call>'])})
     msg = llm.bind_tools([add]).invoke("What is 2 + 3?")  # a call whose arguments come from the question
     assert msg.tool_calls[0]["args"] == {"a": 2, "b": 3} and msg.response_metadata["aisp"]["auto_choice"] == "call"
     msg = llm.bind_tools([add]).invoke("Hi")  # invented arguments: prose
@@ -447,8 +446,9 @@ def test_format_term_steers_selection(tiny_lm, monkeypatch):
         best = max(range(len(candidates)), key=rewards.__getitem__)
         return [PromptResult(index=0, text=candidates[best], reward=rewards[best], rewards=[rewards], samples=2)]
 
-    model = AISPChatModel(method="aisp", reward=length_reward, model=tiny_lm, num_samples=2, num_iterations=1)
-    model._runner = fake_run
+    model = AISPChatModel(
+        method="aisp", reward=length_reward, model=tiny_lm, num_samples=2, num_iterations=1, runner=fake_run
+    )
     msg = model.bind_tools([add], tool_choice="add").invoke("1 + 2?")
     assert (
         msg.tool_calls
@@ -460,7 +460,7 @@ def test_format_term_steers_selection(tiny_lm, monkeypatch):
 @pytest.mark.parametrize("method", ["function_calling", "json_schema"])
 def test_structured_output_valid_and_invalid(llm, monkeypatch, schema, method):
     valid = 'Oslo", "population": 700000}' + ("}</tool_call>" if method == "function_calling" else "")
-    llm._runner = scripted_run([valid])
+    llm = llm.model_copy(update={"runner": scripted_run([valid])})
     out = llm.with_structured_output(schema, method=method, include_raw=True).invoke("A city?")
     assert out["parsing_error"] is None
     parsed = out["parsed"]
@@ -469,7 +469,7 @@ def test_structured_output_valid_and_invalid(llm, monkeypatch, schema, method):
     plain = llm.with_structured_output(schema, method=method).invoke("A city?")
     assert plain == parsed
 
-    llm._runner = scripted_run(["7 ... I cannot"])
+    llm = llm.model_copy(update={"runner": scripted_run(["7 ... I cannot"])})
     out = llm.with_structured_output(schema, method=method, include_raw=True).invoke("A city?")
     assert out["parsed"] is None or isinstance(schema, dict) or method == "json_schema"
     if schema is City:
@@ -566,7 +566,7 @@ def test_batch_answers_carry_the_auto_choice_of_the_run_like_invoke(tiny_lm):
 @pytest.mark.parametrize("asynchronous", [False, True])
 def test_batch_auto_choice_prose_is_not_parsed_and_each_input_is_rendered_once(llm, monkeypatch, asynchronous):
     # engine prompts alternate prose variant / forced-call variant (prefilled up to "a":)
-    llm._runner = scripted_run(["Five. <tool_call>", ' 2, "b": 3}}\n</tool_call>'])
+    llm = llm.model_copy(update={"runner": scripted_run(["Five. <tool_call>", ' 2, "b": 3}}\n</tool_call>'])})
     renders: list[int] = []
     real_render = render
 
@@ -605,6 +605,6 @@ def test_structured_output_batch_shares_one_engine_run(llm):
         calls.append(len(prompts))
         return scripted(lm, prompts, *args, **kwargs)
 
-    llm._runner = spy
+    llm = llm.model_copy(update={"runner": spy})
     out = llm.with_structured_output(City, method="json_schema").batch(["A city?", "Another city?"])
     assert calls == [2] and out == [City(name="Oslo", population=7)] * 2
