@@ -741,8 +741,6 @@ def _check_fields(model: AISPChatModel) -> None:
     check_settings(model.reasoning_tags, model.thinking_budget, model.tool_format)
     if isinstance(model.max_retries, bool) or not 0 <= model.max_retries <= 100:
         raise ValueError(f"max_retries must be an integer in [0, 100], got {model.max_retries!r}")
-    if not callable(model.runner):
-        raise ValueError(f"runner must be callable like langchain_aisp.engine.aisp.run, got {model.runner!r}")
 
 
 def _settings(model: AISPChatModel) -> ModelSettings:

@@ -6,6 +6,7 @@ import asyncio
 import copy
 import dataclasses
 import json
+import threading
 from collections.abc import Sequence
 from typing import Any
 from uuid import UUID
@@ -26,7 +27,7 @@ from langchain_aisp.chat import _reply as replylib
 from langchain_aisp.chat._format import OutputFormat, normalize_tool_choice
 from langchain_aisp.chat._parse import format_validity
 from langchain_aisp.chat._render import PLAIN_STOP, render
-from langchain_aisp.engine.aisp import PromptResult, RewardError
+from langchain_aisp.engine.aisp import PromptResult, RewardError, run
 from langchain_aisp.rewards import Reward
 
 pytestmark = pytest.mark.usefixtures("single_torch_thread")
@@ -527,6 +528,12 @@ def test_serialisation_round_trip_and_clear_error(tiny_lm):
     with_obj = AISPChatModel(reward=length_reward, model=tiny_lm)
     with pytest.raises(ValidationError, match="loaded objects cannot be serialised"):
         loads(dumps(with_obj), valid_namespaces=["langchain_aisp"], allowed_objects=[AISPChatModel])
+    scripted = AISPChatModel(reward=length_reward, runner=scripted_run(["ok"]))
+    assert "runner" not in dumpd(scripted)["kwargs"]  # a runner is a live object, never serialised
+    restored = loads(dumps(scripted), valid_namespaces=["langchain_aisp"], allowed_objects=[AISPChatModel])
+    assert restored.runner is run and model.runner is run  # the engine's entry by default
+    with pytest.raises(ValidationError, match="runner"):
+        AISPChatModel(reward=length_reward, runner="fast")
 
 
 def test_lcel_chain(llm):
@@ -534,6 +541,36 @@ def test_lcel_chain(llm):
     msg = chain.invoke({"q": "Name a fruit."})
     assert msg.response_metadata["aisp"]["samples"] == 4
     assert json.dumps(msg.response_metadata)  # metadata is JSON-serialisable
+
+
+def test_a_reward_calling_this_very_model_inside_a_batch_runs_on_its_own(tiny_lm):
+    """A judge reward that calls the model it scores for (from inside the batch's engine run) gets its own
+    run: it neither takes an input's place in the batch nor waits on the batch's group (which it is inside)."""
+    depth: list[int] = []
+    nested: list[int] = []
+    holder: dict[str, AISPChatModel] = {}
+
+    def judge(prompt: str, response: str) -> float:
+        if not depth:  # the nested call's own scoring does not call again
+            depth.append(1)
+            try:
+                inner = holder["model"].invoke("Rate it: " + response)
+                nested.append(inner.response_metadata["aisp"]["batch_prompts"])
+            finally:
+                depth.pop()
+        return float(len(response))
+
+    model = AISPChatModel(
+        reward=judge, model=tiny_lm, num_samples=2, num_iterations=1, max_tokens=3, runner=scripted_run(["ok"])
+    )
+    holder["model"] = model
+    done: list[list[AIMessage]] = []
+    worker = threading.Thread(target=lambda: done.append(model.batch(["Hi", "Name a fruit."])), daemon=True)
+    worker.start()
+    worker.join(timeout=120)
+    assert not worker.is_alive(), "the nested call waited on the batch it was called from"
+    assert [m.response_metadata["aisp"]["batch_prompts"] for m in done[0]] == [2, 2]
+    assert nested and set(nested) == {1}  # the nested calls ran alone
 
 
 # --- batch with tool_choice="auto" ---------------------------------------------------------------

@@ -263,6 +263,10 @@ def test_auto_choice_rule():
     numbers = [HumanMessage("What is 12 * 7?")]
     assert auto_choice_score(_call("multiply", {"a": 12, "b": 7}), _fmt(multiply), Turn.of(numbers)) > 0
     assert auto_choice_score(_call("multiply", {"a": 12, "b": 8}), _fmt(multiply), Turn.of(numbers)) == -1.0
+    # the grounding term's measure: a number as written ("1,500" is 1500, as the forced rows offer it)
+    thousands = Turn.of([HumanMessage("What is 1,500 times 3?")])
+    assert auto_choice_score(_call("multiply", {"a": 1500, "b": 3}), _fmt(multiply), thousands) > 0
+    assert auto_choice_score(_call("multiply", {"a": 150, "b": 3}), _fmt(multiply), thousands) == -1.0
 
 
 def test_auto_prefers_the_more_related_tool_and_distinct_values():
