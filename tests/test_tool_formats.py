@@ -13,7 +13,7 @@ from langchain_core.messages import AIMessage, HumanMessage, SystemMessage, Tool
 
 from langchain_aisp.chat import _grammar as grammarlib
 from langchain_aisp.chat import _tool_formats as tf
-from langchain_aisp.chat._auto import auto_choice_score
+from langchain_aisp.chat._auto import Turn, auto_choice_score
 from langchain_aisp.chat._format import OutputFormat
 from langchain_aisp.chat._parse import format_validity, parse_tool_reply
 from langchain_aisp.chat._render import render
@@ -225,7 +225,7 @@ def test_auto_prose_rows_never_read_as_calls(tiny_lm, tokenizers, name):
     for text in texts:
         parsed = parse_tool_reply(tf.normalize(text, tool_format), fmt)
         assert not parsed.attempted and parsed.content == text
-        assert auto_choice_score(tf.normalize(text, tool_format), fmt, CONVERSATION) == 0.0
+        assert auto_choice_score(tf.normalize(text, tool_format), fmt, Turn.of(CONVERSATION)) == 0.0
 
 
 def test_a_special_tag_token_is_asked_for_as_that_token(default_lm):
