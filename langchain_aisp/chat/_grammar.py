@@ -102,7 +102,8 @@ class CallSyntax:
     """How a reply writes its tool calls (a chat template's own format; see ``chat/_tool_formats.py``).
 
     A reply of calls is ``tag prefix call (separator call)* suffix`` (one call unless parallel), each
-    call ``call_open {"name": ..., <args_key>: {...}} call_close``.
+    call ``call_open {"name": ..., <args_key>: {...}} call_close``, or with ``name_sep``
+    ``call_open <name> name_sep {...} call_close``.
     """
 
     call_open: str = TOOL_CALL_OPEN + "\n"
@@ -121,6 +122,9 @@ class CallSyntax:
     """Text after ``tag``, before the first call (Mistral: ``" ["``)."""
     suffix: str = ""
     """Text after the last call (Mistral: ``"]"``)."""
+    name_sep: str | None = None
+    """None: the name is a key of the call's JSON object; else the call writes its name before its arguments
+    object, this text between them (DeepSeek: ``"\\n```json\\n"``)."""
 
 
 HERMES = CallSyntax()
@@ -131,13 +135,17 @@ def _literal(text: str) -> str:
     return json.dumps(text, ensure_ascii=False) if text else ""
 
 
-def _call_schema(tool: dict[str, Any], args_key: str = "arguments") -> dict[str, Any]:
+def _params_schema(tool: dict[str, Any]) -> Any:
     params = tool.get("parameters") or {"type": "object", "properties": {}}
     if isinstance(params, dict) and params.get("type") == "object" and not params.get("properties"):
         params = {**params, "properties": {}}  # no arguments: exactly {}
+    return params
+
+
+def _call_schema(tool: dict[str, Any], args_key: str = "arguments") -> dict[str, Any]:
     return {
         "type": "object",
-        "properties": {"name": {"const": tool["name"]}, args_key: params},
+        "properties": {"name": {"const": tool["name"]}, args_key: _params_schema(tool)},
         "required": ["name", args_key],
         "additionalProperties": False,
     }
@@ -165,15 +173,24 @@ def tool_call_grammar(
     if choice not in ("any", "auto") and choice not in names:
         raise GrammarError(f"tool choice must be 'any', 'auto' or one of {names}, got {choice!r}")
     chosen = [t for t in tools if choice in ("any", "auto") or t["name"] == choice]
-    schemas = [_call_schema(t, syntax.args_key) for t in chosen]
-    body = schemas[0] if len(schemas) == 1 else {"anyOf": schemas}
+    if syntax.name_sep is None:
+        schemas = [_call_schema(t, syntax.args_key) for t in chosen]
+        body = schemas[0] if len(schemas) == 1 else {"anyOf": schemas}
+        bodies = ["body: %json " + json.dumps(_with_options(body, strict), ensure_ascii=False)]
+    else:  # the name before its arguments: one alternative per tool
+        named = (f"{_literal(t['name'])} {_literal(syntax.name_sep)} args{i}" for i, t in enumerate(chosen))
+        bodies = ["body: " + " | ".join(named)]
+        bodies += [
+            f"args{i}: %json " + json.dumps(_with_options(_params_schema(t), strict), ensure_ascii=False)
+            for i, t in enumerate(chosen)
+        ]
     tag = f"<[{syntax.tag_token}]>" if syntax.tag_token is not None else _literal(syntax.tag)
     more = f"({_literal(syntax.separator)} call)*" if parallel else ""
     lines = [
         "start: TEXT | TEXT? calls" if choice == "auto" else "start: calls",
         " ".join(["calls:", tag, _literal(syntax.prefix), "call", more, _literal(syntax.suffix)]),
         " ".join(["call:", _literal(syntax.call_open), "body", _literal(syntax.call_close)]),
-        "body: %json " + json.dumps(_with_options(body, strict), ensure_ascii=False),
+        *bodies,
         "TEXT: /[^<]+/",
     ]
     grammar = llguidance.LLMatcher.grammar_from_lark("\n".join(lines) + "\n")

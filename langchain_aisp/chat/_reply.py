@@ -135,11 +135,7 @@ def render_variant(
     its closing tag (with the thinking budget), never a grammar prefill.
     """
     tokenizer, vocab, eos = lm.tokenizer, int(lm.head_weight.shape[0]), lm.eos_token_ids
-    options = {
-        "native_tools": plan.tool_format.native,
-        "template_kwargs": plan.mode.template_kwargs,
-        "call_id": plan.tool_format.call_id,
-    }
+    options = {"tools": plan.tool_format.rendering, "template_kwargs": plan.mode.template_kwargs}
     think, inside = "", False
     if plan.mode.tags is not None:
         base = render(tokenizer, messages, fmt, **options)  # type: ignore[arg-type]
