@@ -1,8 +1,10 @@
 """The chat template's own tool-call format: detect it, constrain replies to it, read them back.
 
-A model is trained on the call format of its chat template. When the template renders ``tools``
-(``apply_chat_template(..., tools=...)``) in a format named here, tools, AI tool calls and tool
-results go through the template, and replies are decoded under a grammar of that format:
+A model is trained on the call format of its chat template. When the template renders tool definitions,
+calls or results (:mod:`langchain_aisp.chat._template` reads which) and writes calls in a format named
+here, tools, AI tool calls and tool results go through the template as far as it renders them (the rest
+as text in that format, :mod:`langchain_aisp.chat._render`), and replies are decoded under a grammar of
+that format:
 
 =============  ==========================================================  ==========================
 format         a call                                                      detected by (in template)
@@ -11,12 +13,16 @@ format         a call                                                      detec
 ``llama3``     ``{"name": ..., "parameters": {...}}`` (the whole reply;      ``"parameters"``
                parallel calls separated by ``"; "``)
 ``mistral``    ``[TOOL_CALLS] [{"name": ..., "arguments": {...}}, ...]``    ``[TOOL_CALLS]``
+``deepseek``   ``<｜tool▁calls▁begin｜><｜tool▁call▁begin｜>function<｜tool▁sep｜>``  ``<｜tool▁calls▁begin｜>``
+               ``NAME\\n```json\\n{...}\\n```<｜tool▁call▁end｜>`` (calls
+               separated by ``"\\n"``) ``<｜tool▁calls▁end｜>``
 ``documented`` the ``hermes`` call, tools described in the system message   anything else (fallback)
 =============  ==========================================================  ==========================
 
-``documented`` is the fallback for templates that do not render tools, or render them in a format
-not named here (the tool instructions then go into the system message, where the grammar's format is
-described). ``AISPChatModel(tool_format=...)`` overrides the detection.
+``documented`` is the fallback for templates that render no tools, or write calls in a format not
+named here (the tool instructions then go into the system message, where the grammar's format is
+described; tool definitions still go where a template reads them when it writes no calls of its own,
+as Phi-4-mini's system ``tools`` field). ``AISPChatModel(tool_format=...)`` overrides the detection.
 
 Replies are read back by :func:`normalize`, which rewrites a reply of any format into the documented
 ``<tool_call>`` form, so that one parser (``_parse.parse_tool_reply``) and one set of format
