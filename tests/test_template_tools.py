@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
+import families
 import pytest
 from chat_templates import DEEPSEEK, DROPS_TOOL_HISTORY, HERMES, LLAMA3, MISTRAL, SYSTEM_TOOLS, THINK, with_template
 from langchain_core.messages import AIMessage, HumanMessage, SystemMessage, ToolMessage
@@ -245,3 +246,45 @@ def test_deepseek_replies_read_back(reply, calls, error):
     assert [(c["args"]["city"], c["args"]["days"]) for c in parsed.tool_calls] == calls
     assert [c["error"][: len(error)] for c in parsed.invalid_tool_calls] == ([error] if error else [])
     assert parsed.content == ("Checking." if reply.startswith("Checking.") else "")
+
+
+# --- the real tokenizers (tests/families) ----------------------------------------------------------------
+
+
+def _real(name):
+    """A family's real tokenizer (tests/families; skipped where its files cannot be had), the format resolved for
+    it and :data:`CONVERSATION` rendered in it."""
+    try:
+        tok = families.family(name).tokenizer
+    except families.FamilyUnavailableError as exc:
+        pytest.skip(f"{name}: {exc}")
+    found = tf.resolve(tok)
+    return tok, found, render(tok, CONVERSATION, OutputFormat(tools=(WEATHER,)), tools=found.rendering).text
+
+
+@pytest.mark.families
+def test_smollm3s_real_tokenizer_and_template_get_the_history(single_torch_thread):
+    tok, found, text = _real("smollm3")
+    assert (found.name, found.template) == ("hermes", TemplateTools("tools"))
+    assert HERMES_CALL in text and RESULT_TURN in text
+    ids = tok(text, add_special_tokens=False).input_ids
+    assert tok.convert_tokens_to_ids("<tool_call>") in ids  # the call's tag is the model's own token
+
+
+@pytest.mark.families
+def test_deepseek_r1_distill_resolves_its_own_format(single_torch_thread):
+    """DeepSeek-R1-Distill-Qwen (llama.cpp's copy of its template, its added tokens): DeepSeek's format; the
+    template lists no tools, renders calls and results."""
+    _, found, text = _real("deepseek-r1-distill-qwen")
+    assert (found.name, found.template) == ("deepseek", TemplateTools(None, calls=True, results=True))
+    assert call_example(tf.DEEPSEEK) in text and '"description": "Weather in a city."' in text
+    assert write_calls(tf.DEEPSEEK, [("get_weather", {"city": "Zürich", "days": 2})]) in text
+    assert "<｜tool▁output▁begin｜>Sonnig, 21 °C<｜tool▁output▁end｜>" in text
+
+
+@pytest.mark.families
+def test_phi4_minis_template_gets_the_tools_in_its_tool_tags(single_torch_thread):
+    _, found, text = _real("phi-4-mini")
+    assert (found.name, found.template) == ("documented", TemplateTools("system"))
+    assert '<|tool|>[{"name": "get_weather", ' in text and text.count("Weather in a city.") == 1
+    assert HERMES_CALL in text and RESULT_TURN in text
