@@ -12,8 +12,12 @@ and a tool result as a bare user turn. :func:`template_tools` finds this out for
 * **calls**: a probe assistant message with a ``tool_calls`` entry named with a marker; the template
   renders calls when the marker is in the output (and the template raised nothing);
 * **results**: a probe tool message with a marker, rendered once as a tool message and once as a user
-  message of the same text; the template renders results when the marker is in the output and the two
-  renderings differ (a template that writes a tool result as a plain user turn does not mark it as one).
+  message of the same text; the template renders results when it names the ``"tool"`` role, the marker is
+  in the output and the two renderings differ (a template that writes a tool result as a plain user turn
+  does not mark it as one; one that writes every role by its name, as SmolLM2's, has no tool role of its own).
+
+A template that renders any of these "knows tools": its text then says the call format
+(:func:`langchain_aisp.chat._tool_formats.detect`).
 
 What the template drops is rendered as text by :mod:`langchain_aisp.chat._render`: a call in the
 reply's own call format inside the assistant content, a result as a user turn inside
