@@ -34,6 +34,7 @@ COLUMNS = {
     "documented": "documented",
     "structured_fc": "structured (function_calling)",
     "structured_json": "structured (json_schema)",
+    "cut_call": "cut-call message",
     "reasoning_none": "reasoning=None",
     "reasoning_false": "reasoning=False",
     "reasoning_true": "reasoning=True",

@@ -57,7 +57,17 @@ HISTORY = [
 ]
 """A multi-turn conversation ending in a tool result: the call's argument (Bern) is in no other message."""
 
-TOOL_CHECKS = ("format", "forced", "any", "auto", "multi_turn", "documented", "structured_fc", "structured_json")
+TOOL_CHECKS = (
+    "format",
+    "forced",
+    "any",
+    "auto",
+    "multi_turn",
+    "documented",
+    "structured_fc",
+    "structured_json",
+    "cut_call",
+)
 THINKING_CHECKS = ("reasoning_none", "reasoning_false", "reasoning_true", "thinking_budget")
 HEAD_CHECKS = ("head",)
 
@@ -131,13 +141,18 @@ COHERE_FORMAT = Known(
     "was not trained on (its own is <|START_ACTION|>[...]<|END_ACTION|>): 'documented' expected until the "
     "package has Command-R's",
 )
+CUT_TAG = Known(
+    r"the (llama3|mistral) format never writes </tool_call>",
+    "a call cut by max_tokens is reported as '... (the reply ends before </tool_call>)' for a format that never "
+    "writes </tool_call> (llama3, mistral): the message must name the call's own format",
+)
 GEMMA_SYSTEM = Known(
     "chat template rejected the conversation: TemplateError: System role not supported",
     "ValueError: the chat template rejected the conversation (TemplateError: System role not supported): Gemma's "
     "template refuses a system turn and the package puts its tool / output-format instructions in one",
 )
 
-_QWEN_TOOLS = ("format", "forced", "any", "auto", "multi_turn", "documented", "structured_fc")
+_QWEN_TOOLS = ("format", "forced", "any", "auto", "multi_turn", "documented", "structured_fc", "cut_call")
 
 
 def _known() -> dict[tuple[str, str], Known]:
@@ -154,6 +169,8 @@ def _known() -> dict[tuple[str, str], Known]:
     known.update({("mistral-v0.3", c): MISTRAL_SPACE for c in ("documented", "structured_json")})
     known.update({("mistral-nemo", c): NEMO_TAG for c in ("format", "forced", "any", "auto", "multi_turn")})
     known[("mistral-nemo", "structured_fc")] = NEMO_TAG
+    known[("mistral-nemo", "cut_call")] = NEMO_TAG
+    known.update({(name, "cut_call"): CUT_TAG for name in ("llama-3.1", "llama-3.2", "mistral-v0.3", "command-r7b")})
     known[("hermes-3", "structured_json")] = HERMES_NO_TOOLS
     known[("phi-4-mini", "format")] = PHI_FORMAT
     known[("command-r7b", "format")] = COHERE_FORMAT
@@ -265,6 +282,13 @@ def run_check(built, name: str, check: str) -> None:
         message = model.invoke("Weather in Paris?")
         check_call(message, {"get_weather"})
         assert message.response_metadata["aisp"]["tool_format"] == "documented"
+    elif check == "cut_call":  # a call cut by max_tokens: the message names the real cause, in the call's format
+        message = chat(lm, max_tokens=5).bind_tools(weather, tool_choice="get_weather").invoke("Weather in Paris?")
+        errors = [call.get("error") or "" for call in message.invalid_tool_calls]
+        assert errors and "max_tokens=5" in errors[0], f"no invalid call naming max_tokens in {message!r}"
+        resolved = message.response_metadata["aisp"]["tool_format"]
+        if resolved not in ("hermes", "documented"):  # formats that never write </tool_call>
+            assert "</tool_call>" not in errors[0], f"the {resolved} format never writes </tool_call>: {errors[0]}"
     elif check in ("structured_fc", "structured_json"):
         method = "function_calling" if check == "structured_fc" else "json_schema"
         answer = chat(lm).with_structured_output(Flags, method=method).invoke("Is it ok, and what size?")
