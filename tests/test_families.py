@@ -142,9 +142,9 @@ COHERE_FORMAT = Known(
     "package has Command-R's",
 )
 CUT_TAG = Known(
-    r"the (llama3|mistral) format never writes </tool_call>",
+    r"the (llama3|mistral|deepseek) format never writes </tool_call>",
     "a call cut by max_tokens is reported as '... (the reply ends before </tool_call>)' for a format that never "
-    "writes </tool_call> (llama3, mistral): the message must name the call's own format",
+    "writes </tool_call> (llama3, mistral, deepseek): the message must name the call's own format",
 )
 GEMMA_SYSTEM = Known(
     "chat template rejected the conversation: TemplateError: System role not supported",
@@ -170,7 +170,8 @@ def _known() -> dict[tuple[str, str], Known]:
     known.update({("mistral-nemo", c): NEMO_TAG for c in ("format", "forced", "any", "auto", "multi_turn")})
     known[("mistral-nemo", "structured_fc")] = NEMO_TAG
     known[("mistral-nemo", "cut_call")] = NEMO_TAG
-    known.update({(name, "cut_call"): CUT_TAG for name in ("llama-3.1", "llama-3.2", "mistral-v0.3", "command-r7b")})
+    cut = ("llama-3.1", "llama-3.2", "mistral-v0.3", "command-r7b", "deepseek-r1-distill-qwen")
+    known.update({(name, "cut_call"): CUT_TAG for name in cut})
     known[("hermes-3", "structured_json")] = HERMES_NO_TOOLS
     known[("phi-4-mini", "format")] = PHI_FORMAT
     known[("command-r7b", "format")] = COHERE_FORMAT
