@@ -116,13 +116,6 @@ NEMO_TAG = Known(
     "tokenizer but missing from all_special_ids, so the grammar writes it as text; and the package forces "
     "'[TOOL_CALLS] [' while Nemo's template writes '[TOOL_CALLS]['",
 )
-DEEPSEEK_BUDGET = Known(
-    "no tool call in AIMessage.*the reply was cut by max_tokens=48 inside the tool call",
-    "a forced call with thinking_budget=8 is cut by max_tokens=48: after the forced </think> the answer must write "
-    "DeepSeek's whole call, 70 tokens in this vocabulary (its <｜tool▁...｜> tags are text here, 8-11 tokens each), "
-    "while without thinking the grammar's forced part is prefilled and costs nothing; the thinking reply's token "
-    "allowance does not count that forced part on top of max_tokens",
-)
 HERMES_NO_TOOLS = Known(
     "chat template rejected the conversation: TypeError: 'NoneType' object is not iterable",
     "ValueError: the chat template rejected the conversation (TypeError: 'NoneType' object is not iterable): "
@@ -160,7 +153,6 @@ def _known() -> dict[tuple[str, str], Known]:
     for name in ("qwen2.5", "hermes-3"):
         known.update({(name, c): ADDED_TAG for c in _QWEN_TOOLS})
     known[("deepseek-r1-distill-qwen", "documented")] = ADDED_TAG
-    known[("deepseek-r1-distill-qwen", "thinking_budget")] = DEEPSEEK_BUDGET
     for name in ("qwen3", "smollm3"):
         known.update({(name, c): BUDGET_TAG for c in (*_QWEN_TOOLS, "thinking_budget")})
         known[(name, "reasoning_false")] = ADDED_TAG

@@ -162,7 +162,9 @@ def test_calls_written_as_history_read_back_as_the_same_calls(name):
 def _model(lm, template, **kw):
     params = {"method": "bon", "num_samples": 4, "num_iterations": 1, "max_tokens": 40, "seed": 0}
     tokenizer = with_template(lm.tokenizer, template)
-    return AISPChatModel(model=dataclasses.replace(lm, tokenizer=tokenizer), reward=lambda p, r: 0.0, **params, **kw)
+    return AISPChatModel(
+        model=dataclasses.replace(lm, tokenizer=tokenizer), reward=lambda p, r: 0.0, **{**params, **kw}
+    )
 
 
 def _prompt(model, messages, **kwargs):
@@ -223,6 +225,21 @@ def test_deepseek_prose_under_auto_never_reads_as_a_call(tiny_lm):
     assert msg.response_metadata["aisp"]["tool_format"] == "deepseek"
     assert msg.tool_calls or msg.content  # either a call or prose, nothing invalid
     assert not msg.invalid_tool_calls
+
+
+def test_a_thinking_reply_gets_room_for_the_forced_start_it_writes_itself(tiny_lm):
+    """Without thinking the grammar's forced start (DeepSeek's: its tags, the name, the json fence) is prefilled;
+    after a think section the reply writes it, so it comes on top of ``max_tokens`` like the budget does."""
+    thinking = DEEPSEEK.replace("<|im_start|>assistant\n{% endif %}", "<|im_start|>assistant\n<think>\n{% endif %}")
+    model = _model(tiny_lm, thinking, reasoning_tags=("<think>", "</think>"), thinking_budget=4, max_tokens=40)
+    job = model.prepare(CONVERSATION[:2], tools=[WEATHER], tool_choice="get_weather")._job
+    assert job.prompt.prefill == "" and job.reply.thinks()
+    tok = job.lm.tokenizer
+    forced = len(tok(DEEPSEEK_PREFILL, add_special_tokens=False).input_ids)
+    close = len(tok("</think>", add_special_tokens=False).input_ids)
+    assert job.settings.sampling.max_tokens == 4 + close + forced + 40
+    msg = model.bind_tools([WEATHER], tool_choice="get_weather").invoke(CONVERSATION[:2])
+    assert msg.tool_calls and not msg.invalid_tool_calls, msg
 
 
 @pytest.mark.parametrize(

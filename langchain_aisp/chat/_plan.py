@@ -367,7 +367,7 @@ def build_job(model: AISPChatModel, messages: list[BaseMessage], stop: list[str]
         prefix_grammar=single,
         close=bool(single),
     )
-    reply = dataclasses.replace(reply, inside=free.inside)
+    reply = dataclasses.replace(reply, inside=free.inside, forced=free.forced)
     prompt, constraint = free.prompt, free.constraint
     overrides = {k: kwargs[k] for k in PER_CALL_FIELDS if k in kwargs}
     answer_tokens = overrides.get("max_tokens", model.max_tokens)
