@@ -332,8 +332,9 @@ class AISPChatModel(BaseChatModel):
 
     tool_format: ToolFormatName = "auto"
     """The tool-call format: ``"auto"`` (the chat template's own when it renders tools in a known format:
-    ``"hermes"`` ``<tool_call>``, ``"llama3"`` ``{"name", "parameters"}``, ``"mistral"`` ``[TOOL_CALLS]``;
-    else ``"documented"``, the tools described in the system message) or one of those names."""
+    ``"hermes"`` ``<tool_call>``, ``"llama3"`` ``{"name", "parameters"}``, ``"mistral"`` ``[TOOL_CALLS]``,
+    ``"deepseek"`` ``<｜tool▁calls▁begin｜>``; else ``"documented"``, the tools described in the system message)
+    or one of those names."""
 
     runner: Callable[..., list[PromptResult]] = Field(default=run, exclude=True)
     """The engine entry every call runs through: :func:`langchain_aisp.engine.aisp.run` (default), or anything

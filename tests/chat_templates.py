@@ -120,6 +120,58 @@ UNKNOWN_TOOLS = _TURNS.replace("{%- for", "{% if tools %}{{ tools | tojson }}{% 
 """A template that renders tools in no format we know: the documented format is used."""
 
 
+DROPS_TOOL_HISTORY = (
+    """{%- if tools %}<|im_start|>system
+# Tools
+
+<tools>
+{% for tool in tools %}{{ tool | tojson }}
+{% endfor %}</tools>
+
+For each function call, return a json object within <tool_call></tool_call> XML tags.<|im_end|>
+{% endif %}
+{%- for message in messages %}
+{%- if message['role'] == 'tool' %}<|im_start|>user
+{{ message['content'] }}<|im_end|>
+"""
+    + _CHATML_TAIL
+)
+"""SmolLM3-like: Hermes tools, but an assistant message's ``tool_calls`` are dropped (only its content is
+written) and a tool result is written as a plain user turn."""
+
+SYSTEM_TOOLS = """{%- for message in messages %}
+{%- if message['role'] == 'system' and message['tools'] is defined and message['tools'] %}<|im_start|>system
+{{ message['content'] }}<tools>{{ message['tools'] }}</tools><|im_end|>
+{% else %}<|im_start|>{{ message['role'] }}
+{{ message['content'] }}<|im_end|>
+{% endif %}{% endfor %}
+{%- if add_generation_prompt %}<|im_start|>assistant
+{% endif %}"""
+"""Phi-4-mini-like: tool definitions read from the system message's ``tools`` field (a JSON string); calls
+and results not rendered as such (every other message is written as its role and content)."""
+
+DEEPSEEK = """{{ messages[0]['content'] if messages[0]['role'] == 'system' else '' }}
+{%- for message in messages %}
+{%- if message['role'] == 'user' %}<|im_start|>user
+{{ message['content'] }}<|im_end|>
+{% elif message['role'] == 'assistant' %}<|im_start|>assistant
+{{ message['content'] }}
+{%- if message['tool_calls'] %}<｜tool▁calls▁begin｜>
+{%- for tool in message['tool_calls'] %}{% if not loop.first %}{{ '\n' }}{% endif -%}
+<｜tool▁call▁begin｜>{{ tool['type'] }}<｜tool▁sep｜>{{ tool['function']['name'] }}
+```json
+{{ tool['function']['arguments'] | tojson }}
+```<｜tool▁call▁end｜>
+{%- endfor %}<｜tool▁calls▁end｜>{% endif %}<|im_end|>
+{% elif message['role'] == 'tool' %}<|im_start|>user
+<｜tool▁output▁begin｜>{{ message['content'] }}<｜tool▁output▁end｜><|im_end|>
+{% endif %}{% endfor %}
+{%- if add_generation_prompt %}<|im_start|>assistant
+{% endif %}"""
+"""DeepSeek-R1-distill-like (its tool part): no tool definitions; calls as
+``<｜tool▁calls▁begin｜><｜tool▁call▁begin｜>function<｜tool▁sep｜>NAME\\n```json\\n{...}\\n```<｜tool▁call▁end｜>...``."""
+
+
 def with_template(tokenizer: Any, template: str | None) -> Any:
     """A copy of ``tokenizer`` with ``template`` as its chat template."""
     tok = copy.deepcopy(tokenizer)

@@ -86,11 +86,6 @@ class Known:
     reason: str
 
 
-SMOLLM3_FORMAT = Known(
-    "assert 'documented' == 'hermes'",
-    "detection resolves 'documented': SmolLM3's template renders tools through its own xml_tools variable "
-    "(<tool_call> JSON, the hermes syntax), not tools=",
-)
 HERMES_NO_TOOLS = Known(
     "chat template rejected the conversation: TypeError: 'NoneType' object is not iterable",
     "ValueError: the chat template rejected the conversation (TypeError: 'NoneType' object is not iterable): "
@@ -99,8 +94,9 @@ HERMES_NO_TOOLS = Known(
 )
 PHI_FORMAT = Known(
     "assert 'documented' == 'phi4-mini'",
-    "detection resolves 'documented': Phi-4-mini's template reads tools from the system message's 'tools' field "
-    "(<|tool|>...<|/tool|>), not from tools=, and its calls are <|tool_call|>[...]<|/tool_call|>",
+    "detection resolves 'documented' (with the tools in the system message's 'tools' field, where Phi-4-mini's "
+    "template reads them): the template writes no call format, and the package has no Phi-4-mini call format "
+    "(public parsers disagree on it: <|tool_call|>[...]<|/tool_call|> in BFCL's, functools[...] in vLLM's)",
 )
 COHERE_FORMAT = Known(
     "assert 'llama3' == 'documented'",
@@ -118,8 +114,8 @@ GEMMA_SYSTEM = Known(
 def _known() -> dict[tuple[str, str], Known]:
     known: dict[tuple[str, str], Known] = {}
     # fixed on i26-tokens: added tags as tokens (Qwen, DeepSeek, SmolLM3, Hermes-3, Nemo), the thinking budget,
-    # Mistral v0.3's prefix space, the reasoning=None error naming the think section, a cut call naming its format's end
-    known[("smollm3", "format")] = SMOLLM3_FORMAT
+    # Mistral v0.3's prefix space, the reasoning=None error naming the think section, a cut call naming its end;
+    # on i26-templates: SmolLM3's format (its template's own tools), DeepSeek's own format, dropped history
     known[("hermes-3", "structured_json")] = HERMES_NO_TOOLS
     known[("hermes-3", "documented")] = HERMES_NO_TOOLS
     known[("phi-4-mini", "format")] = PHI_FORMAT

@@ -7,6 +7,8 @@ reply must read back as valid calls (forced and ``"any"``), or as prose (the pro
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 from chat_templates import HERMES, LLAMA3, MISTRAL, UNKNOWN_TOOLS, with_template
 from langchain_core.messages import AIMessage, HumanMessage, SystemMessage, ToolMessage
@@ -80,7 +82,7 @@ CONVERSATION = [
 def test_multi_turn_conversations_render_through_the_template(tokenizers, name, expected):
     fmt = OutputFormat(tools=(WEATHER,), tool_choice="auto")
     found = tf.resolve(tokenizers[name])
-    text = render(tokenizers[name], CONVERSATION, fmt, native_tools=found.native, call_id=found.call_id).text
+    text = render(tokenizers[name], CONVERSATION, fmt, tools=found.rendering).text
     for piece in [*expected, "Sonnig, 21 °C", "And in 東京?", "Weather in a city."]:
         assert piece in text, (piece, text)
     assert "# Tools\n\nYou may call" not in text  # the documented system text is not added
@@ -166,7 +168,7 @@ def test_a_wrong_argument_key_is_an_invalid_call():
 def _decode(lm, tok, grammar, messages, fmt, tool_format, n=4):
     vocab, eos = int(lm.head_weight.shape[0]), lm.eos_token_ids
     prefill = grammarlib.forced_prefix(tok, vocab, eos, grammar)
-    prompt = render(tok, messages, fmt, prefill, native_tools=tool_format.native, call_id=tool_format.call_id)
+    prompt = render(tok, messages, fmt, prefill, tools=tool_format.rendering)
     constraint = grammarlib.compile_constraint(tok, vocab, eos, grammar, prefill)
     results = run(
         lm,
@@ -254,9 +256,9 @@ def test_mistral_call_ids_are_nine_characters_and_match_their_results(default_lm
     tok = with_template(default_lm.tokenizer, MISTRAL)
     fmt = OutputFormat(tools=(WEATHER,), tool_choice="auto")
     with pytest.raises(ValueError, match="Tool call IDs should be alphanumeric strings with length 9"):
-        render(tok, CONVERSATION, fmt, native_tools=True)  # the template refuses LangChain's ids
+        render(tok, CONVERSATION, fmt, tools=replace(tf.resolve(tok).rendering, call_id=None))  # LangChain's ids
     new_id = tf.mistral_call_id("call_1")
     assert len(new_id) == 9 and new_id.isalnum() and new_id == tf.mistral_call_id("call_1") != tf.mistral_call_id("c2")
     assert tf.mistral_call_id("abcDEF123") == "abcDEF123"  # already valid: kept
-    text = render(tok, CONVERSATION, fmt, native_tools=True, call_id=tf.mistral_call_id).text
+    text = render(tok, CONVERSATION, fmt, tools=tf.resolve(tok).rendering).text
     assert f'"id": "{new_id}"' in text and f'"call_id": "{new_id}"' in text

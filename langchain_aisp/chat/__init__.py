@@ -12,7 +12,8 @@ messages), never the chat model object: nothing in ``chat/`` imports ``chat_mode
 - ``_messages``: an engine result -> ``AIMessage`` / stream chunks (tool-call parsing, metadata);
 - ``_structured``: ``with_structured_output`` parsers (cut replies, schema checks);
 - ``_reasoning``: thinking models (the think tags, the reply split into reasoning and answer, the budget);
-- ``_tool_formats``: the chat template's own tool-call format (Hermes/Qwen, Llama 3.1+, Mistral, documented);
+- ``_tool_formats``: the chat template's own tool-call format (Hermes/Qwen, Llama 3.1+, Mistral, DeepSeek, documented);
+- ``_template``: what a chat template renders of tools (definitions and where, calls, results), read once per tokenizer;
 - ``_reply``: one call's reply plan (thinking + tool format): its prefill and constraint, and how to read it;
 - ``_format``: what a reply must look like (``OutputFormat``: free text, tool calls, one JSON object);
 - ``_render``: LangChain messages -> the prompt (chat template or plain; tool and JSON instructions);

@@ -102,7 +102,8 @@ class CallSyntax:
     """How a reply writes its tool calls (a chat template's own format; see ``chat/_tool_formats.py``).
 
     A reply of calls is ``tag prefix call (separator call)* suffix`` (one call unless parallel), each
-    call ``call_open {"name": ..., <args_key>: {...}} call_close``.
+    call ``call_open {"name": ..., <args_key>: {...}} call_close``, or with ``name_sep``
+    ``call_open <name> name_sep {...} call_close``.
     """
 
     call_open: str = TOOL_CALL_OPEN + "\n"
@@ -122,10 +123,21 @@ class CallSyntax:
     tokens: tuple[tuple[str, int], ...] = ()
     """(text, token id) of the tokenizer's added tokens that occur in this syntax's texts (``<tool_call>`` of
     Qwen, ``[TOOL_CALLS]`` of Mistral; :func:`added_tokens_in`): the grammar asks for each as its token."""
+    name_sep: str | None = None
+    """None: the name is a key of the call's JSON object; else the call writes its name before its arguments
+    object, this text between them (DeepSeek: ``"\\n```json\\n"``)."""
 
     def texts(self) -> tuple[str, ...]:
         """The fixed texts of a reply of calls (where a tag that is one token can occur)."""
-        return (self.call_open, self.call_close, self.separator, self.tag, self.prefix, self.suffix)
+        return (
+            self.call_open,
+            self.call_close,
+            self.separator,
+            self.tag,
+            self.prefix,
+            self.suffix,
+            self.name_sep or "",
+        )
 
 
 HERMES = CallSyntax()
@@ -166,13 +178,17 @@ def added_tokens_in(tokenizer: Any, texts: Sequence[str]) -> tuple[tuple[str, in
     return tuple(sorted(found, key=lambda item: item[1]))
 
 
-def _call_schema(tool: dict[str, Any], args_key: str = "arguments") -> dict[str, Any]:
+def _params_schema(tool: dict[str, Any]) -> Any:
     params = tool.get("parameters") or {"type": "object", "properties": {}}
     if isinstance(params, dict) and params.get("type") == "object" and not params.get("properties"):
         params = {**params, "properties": {}}  # no arguments: exactly {}
+    return params
+
+
+def _call_schema(tool: dict[str, Any], args_key: str = "arguments") -> dict[str, Any]:
     return {
         "type": "object",
-        "properties": {"name": {"const": tool["name"]}, args_key: params},
+        "properties": {"name": {"const": tool["name"]}, args_key: _params_schema(tool)},
         "required": ["name", args_key],
         "additionalProperties": False,
     }
@@ -200,9 +216,20 @@ def tool_call_grammar(
     if choice not in ("any", "auto") and choice not in names:
         raise GrammarError(f"tool choice must be 'any', 'auto' or one of {names}, got {choice!r}")
     chosen = [t for t in tools if choice in ("any", "auto") or t["name"] == choice]
-    schemas = [_call_schema(t, syntax.args_key) for t in chosen]
-    body = schemas[0] if len(schemas) == 1 else {"anyOf": schemas}
     tokens = syntax.tokens
+    if syntax.name_sep is None:
+        schemas = [_call_schema(t, syntax.args_key) for t in chosen]
+        body = schemas[0] if len(schemas) == 1 else {"anyOf": schemas}
+        bodies = ["body: %json " + json.dumps(_with_options(body, strict), ensure_ascii=False)]
+    else:  # the name before its arguments: one alternative per tool
+        named = (
+            f"{_literal(t['name'], tokens)} {_literal(syntax.name_sep, tokens)} args{i}" for i, t in enumerate(chosen)
+        )
+        bodies = ["body: " + " | ".join(named)]
+        bodies += [
+            f"args{i}: %json " + json.dumps(_with_options(_params_schema(t), strict), ensure_ascii=False)
+            for i, t in enumerate(chosen)
+        ]
     more = f"({_literal(syntax.separator, tokens)} call)*" if parallel else ""
     calls = [
         _literal(syntax.tag, tokens),
@@ -215,7 +242,7 @@ def tool_call_grammar(
         "start: TEXT | TEXT? calls" if choice == "auto" else "start: calls",
         " ".join(["calls:", *calls]),
         " ".join(["call:", _literal(syntax.call_open, tokens), "body", _literal(syntax.call_close, tokens)]),
-        "body: %json " + json.dumps(_with_options(body, strict), ensure_ascii=False),
+        *bodies,
         "TEXT: /[^<]+/",
     ]
     grammar = llguidance.LLMatcher.grammar_from_lark("\n".join(lines) + "\n")

@@ -383,7 +383,7 @@ def build_job(
         for grammar, prefix, close in variants
     ]
     free = rendered[0]
-    reply = dataclasses.replace(reply, inside=free.inside)
+    reply = dataclasses.replace(reply, inside=free.inside, forced=free.forced)
     overrides = {k: kwargs[k] for k in PER_CALL_FIELDS if k in kwargs}
     answer_tokens = overrides.get("max_tokens", model.defaults["max_tokens"])
     overrides["max_tokens"] = reply.engine_max_tokens(lm.tokenizer, answer_tokens)

@@ -1,8 +1,10 @@
 """The chat template's own tool-call format: detect it, constrain replies to it, read them back.
 
-A model is trained on the call format of its chat template. When the template renders ``tools``
-(``apply_chat_template(..., tools=...)``) in a format named here, tools, AI tool calls and tool
-results go through the template, and replies are decoded under a grammar of that format:
+A model is trained on the call format of its chat template. When the template renders tool definitions,
+calls or results (:mod:`langchain_aisp.chat._template` reads which) and writes calls in a format named
+here, tools, AI tool calls and tool results go through the template as far as it renders them (the rest
+as text in that format, :mod:`langchain_aisp.chat._render`), and replies are decoded under a grammar of
+that format:
 
 =============  ==========================================================  ==========================
 format         a call                                                      detected by (in template)
@@ -11,12 +13,16 @@ format         a call                                                      detec
 ``llama3``     ``{"name": ..., "parameters": {...}}`` (the whole reply;      ``"parameters"``
                parallel calls separated by ``"; "``)
 ``mistral``    ``[TOOL_CALLS] [{"name": ..., "arguments": {...}}, ...]``    ``[TOOL_CALLS]``
+``deepseek``   ``<｜tool▁calls▁begin｜><｜tool▁call▁begin｜>function<｜tool▁sep｜>``  ``<｜tool▁calls▁begin｜>``
+               ``NAME\\n```json\\n{...}\\n```<｜tool▁call▁end｜>`` (calls
+               separated by ``"\\n"``) ``<｜tool▁calls▁end｜>``
 ``documented`` the ``hermes`` call, tools described in the system message   anything else (fallback)
 =============  ==========================================================  ==========================
 
-``documented`` is the fallback for templates that do not render tools, or render them in a format
-not named here (the tool instructions then go into the system message, where the grammar's format is
-described). ``AISPChatModel(tool_format=...)`` overrides the detection.
+``documented`` is the fallback for templates that render no tools, or write calls in a format not
+named here (the tool instructions then go into the system message, where the grammar's format is
+described; tool definitions still go where a template reads them when it writes no calls of its own,
+as Phi-4-mini's system ``tools`` field). ``AISPChatModel(tool_format=...)`` overrides the detection.
 
 Replies are read back by :func:`normalize`, which rewrites a reply of any format into the documented
 ``<tool_call>`` form, so that one parser (``_parse.parse_tool_reply``) and one set of format
@@ -41,14 +47,24 @@ from typing import Any, Literal
 
 from langchain_aisp.chat import _grammar as grammarlib
 from langchain_aisp.chat._reasoning import template_text
-from langchain_aisp.chat._render import supports_native_tools
+from langchain_aisp.chat._render import ToolRendering
+from langchain_aisp.chat._template import NOTHING, TemplateTools, template_tools
 
-ToolFormatName = Literal["auto", "documented", "hermes", "llama3", "mistral"]
-TOOL_FORMATS = ("auto", "documented", "hermes", "llama3", "mistral")
+ToolFormatName = Literal["auto", "documented", "hermes", "llama3", "mistral", "deepseek"]
+TOOL_FORMATS = ("auto", "documented", "hermes", "llama3", "mistral", "deepseek")
 """Values of ``AISPChatModel.tool_format`` ("auto": detected from the chat template)."""
 
 MISTRAL_TAG = "[TOOL_CALLS]"
 LLAMA_PYTHON_TAG = "<|python_tag|>"
+DEEPSEEK = grammarlib.CallSyntax(
+    call_open="<｜tool▁call▁begin｜>function<｜tool▁sep｜>",
+    call_close="\n```<｜tool▁call▁end｜>",
+    separator="\n",
+    tag="<｜tool▁calls▁begin｜>",
+    suffix="<｜tool▁calls▁end｜>",
+    name_sep="\n```json\n",
+)
+"""DeepSeek's calls (V3 and the R1 distills' templates): the name, then the arguments in a json code block."""
 
 
 def mistral_call_id(call_id: str) -> str:
@@ -66,15 +82,23 @@ class ToolFormat:
     """One tool-call format."""
 
     name: str
-    """"documented", "hermes", "llama3" or "mistral"."""
+    """"documented", "hermes", "llama3", "mistral" or "deepseek"."""
     native: bool
-    """Tools, AI tool calls and tool results are rendered by the chat template (``tools=``)."""
+    """The format is the chat template's own: tools, AI tool calls and tool results go through the template
+    as far as it renders them (``template``)."""
     syntax: grammarlib.CallSyntax
     """How calls are written (the grammar)."""
     prose: str
     """Regular expression of a prose reply under ``tool_choice="auto"`` (cannot be read as a call)."""
     call_id: Callable[[str], str] | None = None
     """Rewrites tool-call ids in the rendered history (None: kept)."""
+    template: TemplateTools = NOTHING
+    """What the chat template renders of tools (set by :func:`resolve`; nothing: all as text)."""
+
+    @property
+    def rendering(self) -> ToolRendering:
+        """How tools, calls and results of this format reach the prompt (``_render.render(tools=...)``)."""
+        return ToolRendering(self.template, self.syntax, self.native, self.call_id)
 
     def grammar(self, tools: list[dict[str, Any]], *, choice: str, parallel: bool, strict: bool) -> str:
         """The grammar of a reply of calls (``choice``: "any" or a tool name)."""
@@ -106,28 +130,34 @@ FORMATS: dict[str, ToolFormat] = {
         r"\s*[^<\[\s][^<]*",
         mistral_call_id,
     ),
+    "deepseek": ToolFormat("deepseek", True, DEEPSEEK, "[^<]+"),
 }
+
+TEMPLATE_MARKERS = (("mistral", MISTRAL_TAG), ("deepseek", DEEPSEEK.tag), ("hermes", "<tool_call>"))
+"""Text a chat template writes in a format's calls, looked for in order (then Llama 3.1's ``"parameters"``)."""
 
 
 def detect(tokenizer: Any) -> str:
-    """The format the chat template renders tools in: "hermes", "llama3", "mistral" or "documented"."""
-    template = template_text(tokenizer)
-    if not supports_native_tools(tokenizer):
+    """The format the chat template writes calls in: "hermes", "llama3", "mistral", "deepseek" or "documented"
+    (a template that renders no tool definitions and no calls, or writes calls in no format named here)."""
+    if not template_tools(tokenizer).knows_tools:
         return "documented"
-    if MISTRAL_TAG in template:
-        return "mistral"
-    if "<tool_call>" in template:
-        return "hermes"
+    template = template_text(tokenizer)
+    for name, marker in TEMPLATE_MARKERS:
+        if marker in template:
+            return name
     if '"parameters"' in template or "ipython" in template:
         return "llama3"
     return "documented"
 
 
 def resolve(tokenizer: Any, setting: str = "auto") -> ToolFormat:
-    """The format of a call: ``setting``, or with "auto" the template's (:func:`detect`).
+    """The format of a call: ``setting``, or with "auto" the template's (:func:`detect`), with what the template
+    renders of tools (:func:`~langchain_aisp.chat._template.template_tools`; ``"documented"`` set explicitly:
+    nothing, all as text).
 
-    A native format needs a template that renders ``tools`` (ValueError otherwise). What the template
-    writes after the format's opening tag is read from its own rendering of a call (:func:`template_after`),
+    A native format needs a template that renders tool definitions or calls (ValueError otherwise). What the
+    template writes after the format's opening tag is read from its own rendering of a call (:func:`template_after`),
     and a tag that is one added token of the tokenizer is asked for as that token
     (:func:`_grammar.added_tokens_in`). Resolved once per tokenizer, setting and template (``_RESOLVED``).
     """
@@ -140,11 +170,16 @@ def resolve(tokenizer: Any, setting: str = "auto") -> ToolFormat:
         return hit
     name = detect(tokenizer) if setting == "auto" else setting
     found = FORMATS[name]
-    if found.native and not supports_native_tools(tokenizer):
+    template = template_tools(tokenizer) if setting == "auto" or found.native else NOTHING
+    if not found.native and template.calls:  # its calls are in a format not named here: none through the template
+        template = NOTHING
+    if found.native and not template.knows_tools:
         raise ValueError(
-            f"tool_format={name!r} needs a chat template that renders tools (apply_chat_template(..., tools=...)); "
+            f"tool_format={name!r} needs a chat template that renders tools or tool calls "
+            "(apply_chat_template(..., tools=...), or tool_calls on assistant messages); "
             "this model's template does not: use tool_format='auto' or 'documented'"
         )
+    found = replace(found, template=template)
     syntax = _template_opening(tokenizer, found) if found.native else found.syntax
     syntax = replace(syntax, tokens=grammarlib.added_tokens_in(tokenizer, syntax.texts()))
     found = replace(found, syntax=syntax)
@@ -232,6 +267,24 @@ def _json_values(text: str, separator: str) -> tuple[list[Any], str]:
     return values, ""
 
 
+def _named_calls(text: str, syntax: grammarlib.CallSyntax) -> str:
+    """A reply whose calls write their name before their arguments (``syntax.name_sep``: DeepSeek) in the
+    documented form; a call without its closing text is kept as an unclosed block (cut short)."""
+    at = text.find(syntax.tag + syntax.prefix)
+    if at < 0:
+        return text
+    content, body = text[:at].strip(), text[at + len(syntax.tag + syntax.prefix) :]
+    blocks = []
+    for piece in body.split(syntax.call_open)[1:]:
+        call, closed, _ = piece.partition(syntax.call_close)
+        name, sep, args = call.partition(syntax.name_sep or "")
+        written = '{"name": ' + json.dumps(name.strip(), ensure_ascii=False) + ', "arguments": ' + args.strip() + "}"
+        blocks.append(_block(written, complete=bool(closed and sep)))
+    if not blocks:
+        blocks = [_block(body, complete=False)]
+    return "\n".join([content, *blocks] if content else blocks)
+
+
 def normalize(text: str, tool_format: ToolFormat) -> str:
     """``text`` (a reply in ``tool_format``) rewritten in the documented ``<tool_call>`` form.
 
@@ -261,4 +314,6 @@ def normalize(text: str, tool_format: ToolFormat) -> str:
         else:  # not one complete list: cut short, or malformed
             blocks = [_block(body, complete=False)]
         return "\n".join([content, *blocks] if content else blocks)
+    if tool_format.syntax.name_sep is not None:
+        return _named_calls(text, tool_format.syntax)
     return text
