@@ -172,6 +172,58 @@ DEEPSEEK = """{{ messages[0]['content'] if messages[0]['role'] == 'system' else 
 ``<｜tool▁calls▁begin｜><｜tool▁call▁begin｜>function<｜tool▁sep｜>NAME\\n```json\\n{...}\\n```<｜tool▁call▁end｜>...``."""
 
 
+_GEMMA_TURNS = """{%- for message in loop_messages %}
+{%- if (message['role'] == 'user') != (loop.index0 % 2 == 0) %}
+{{- raise_exception('Conversation roles must alternate') }}{% endif %}
+{%- set role = 'model' if message['role'] == 'assistant' else message['role'] %}
+{{- '<start_of_turn>' + role + '\\n' + (first_user_prefix if loop.first else '')
+    + message['content'] | trim + '<end_of_turn>\\n' }}
+{%- endfor %}
+{%- if add_generation_prompt %}{{ '<start_of_turn>model\\n' }}{% endif %}"""
+
+NO_SYSTEM = (
+    "{% if messages[0]['role'] == 'system' %}{{ raise_exception('System role not supported') }}{% endif %}"
+    "{% set loop_messages = messages %}{% set first_user_prefix = '' %}" + _GEMMA_TURNS
+)
+"""Gemma 2-like: refuses a system turn; user and model turns must alternate."""
+
+FOLDS_SYSTEM = (
+    "{% if messages[0]['role'] == 'system' %}{% set first_user_prefix = messages[0]['content'] + '\\n\\n' %}"
+    "{% set loop_messages = messages[1:] %}{% else %}{% set first_user_prefix = '' %}"
+    "{% set loop_messages = messages %}{% endif %}" + _GEMMA_TURNS
+)
+"""Gemma 3-like: the same turns, a system message folded into the first user turn by the template itself (its
+text, a blank line, the user text), as google/gemma-3-*-it's template does."""
+
+NEEDS_TOOLS = """<|im_start|>system
+You may call these functions: {% for tool in tools %}{{ tool.function.name }} ({{
+    tool.function.description }}) {% endfor %}<|im_end|>
+{% for message in messages %}<|im_start|>{{ message['role'] }}
+{{ message['content'] }}<|im_end|>
+{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant
+{% endif %}"""
+"""Hermes-3's tool_use-like: iterates ``tools`` without a check, so it cannot render a conversation without
+them (transformers passes ``tools=None``)."""
+
+ACTIONS = (
+    """{%- if tools %}<|im_start|>system
+Tools: [{% for tool in tools %}{"name": {{ tool.function.name | tojson }}, "parameters": {{
+    tool.function.parameters | tojson }}}{% endfor %}]<|im_end|>
+{% endif %}
+{%- for message in messages %}
+{%- if message['role'] == 'assistant' and message.tool_calls %}<|im_start|>assistant
+<|START_ACTION|>[{% for call in message.tool_calls %}{"tool_call_id": "{{ loop.index0 }}", "tool_name": {{
+    call.function.name | tojson }}, "parameters": {{ call.function.arguments | tojson
+    }}}{% endfor %}]<|END_ACTION|><|im_end|>
+{% elif message['role'] == 'tool' %}<|im_start|>tool
+{{ message['content'] }}<|im_end|>
+"""
+    + _CHATML_TAIL
+)
+"""Command-R7B-like: the tool list says ``"parameters"``, but calls are written as ``<|START_ACTION|>[...]``
+with ``"tool_name"``: a format the package does not have."""
+
+
 def with_template(tokenizer: Any, template: str | None) -> Any:
     """A copy of ``tokenizer`` with ``template`` as its chat template."""
     tok = copy.deepcopy(tokenizer)

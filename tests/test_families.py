@@ -86,42 +86,13 @@ class Known:
     reason: str
 
 
-HERMES_NO_TOOLS = Known(
-    "chat template rejected the conversation: TypeError: 'NoneType' object is not iterable",
-    "ValueError: the chat template rejected the conversation (TypeError: 'NoneType' object is not iterable): "
-    "Hermes-3's tool_use template (the one llama.cpp vendors) iterates tools, and json_schema and "
-    "tool_format='documented' render without tools; the package passes tools=None to it",
-)
-PHI_FORMAT = Known(
-    "assert 'documented' == 'phi4-mini'",
-    "detection resolves 'documented' (with the tools in the system message's 'tools' field, where Phi-4-mini's "
-    "template reads them): the template writes no call format, and the package has no Phi-4-mini call format "
-    "(public parsers disagree on it: <|tool_call|>[...]<|/tool_call|> in BFCL's, functools[...] in vLLM's)",
-)
-COHERE_FORMAT = Known(
-    "assert 'llama3' == 'documented'",
-    "detection resolves 'llama3' for Command-R7B's template (it contains '\"parameters\"'), a format the model "
-    "was not trained on (its own is <|START_ACTION|>[...]<|END_ACTION|>): 'documented' expected until the "
-    "package has Command-R's",
-)
-GEMMA_SYSTEM = Known(
-    "chat template rejected the conversation: TemplateError: System role not supported",
-    "ValueError: the chat template rejected the conversation (TemplateError: System role not supported): Gemma's "
-    "template refuses a system turn and the package puts its tool / output-format instructions in one",
-)
-
-
 def _known() -> dict[tuple[str, str], Known]:
     known: dict[tuple[str, str], Known] = {}
     # fixed on i26-tokens: added tags as tokens (Qwen, DeepSeek, SmolLM3, Hermes-3, Nemo), the thinking budget,
     # Mistral v0.3's prefix space, the reasoning=None error naming the think section, a cut call naming its end;
-    # on i26-templates: SmolLM3's format (its template's own tools), DeepSeek's own format, dropped history
-    known[("hermes-3", "structured_json")] = HERMES_NO_TOOLS
-    known[("hermes-3", "documented")] = HERMES_NO_TOOLS
-    known[("phi-4-mini", "format")] = PHI_FORMAT
-    known[("command-r7b", "format")] = COHERE_FORMAT
-    for name in ("gemma-2", "gemma-3"):
-        known.update({(name, c): GEMMA_SYSTEM for c in TOOL_CHECKS})
+    # on i26-templates: SmolLM3's format (its template's own tools), DeepSeek's own format, dropped history;
+    # on i26-rest: Gemma's system turn folded into the user turn, Hermes-3's named templates (and a tool_use
+    # template alone), the format read from the template's rendering of a call (Command-R7B), Phi-4-mini documented
     return known
 
 
@@ -171,6 +142,14 @@ class ThinkingLM:
     settings: tuple[tuple[str, Any], ...] = (("thinking_budget", 8),)
 
 
+def recorded(lm) -> tuple[Any, RecordingBody]:
+    """``lm`` (or a :class:`ThinkingLM`'s model) with its body recording the prompt it is given."""
+    base = lm.lm if isinstance(lm, ThinkingLM) else lm
+    recording = RecordingBody(base.body)
+    seen = dataclasses.replace(base, body=recording)
+    return (dataclasses.replace(lm, lm=seen) if isinstance(lm, ThinkingLM) else seen), recording
+
+
 def chat(lm, **kwargs: Any) -> AISPChatModel:
     params: dict[str, Any] = {"method": "bon", "num_samples": 2, "num_iterations": 1, "max_tokens": 48, "seed": 0}
     if isinstance(lm, ThinkingLM):
@@ -201,8 +180,14 @@ def run_check(built, name: str, check: str) -> None:
         lm = ThinkingLM(lm)
     weather = [get_weather]
     if check == "format":
-        message = chat(lm).bind_tools(weather, tool_choice="get_weather").invoke("Weather in Paris for 1 day?")
+        seen, recording = recorded(lm)
+        message = chat(seen).bind_tools(weather, tool_choice="get_weather").invoke("Weather in Paris for 1 day?")
         assert message.response_metadata["aisp"]["tool_format"] == b.family.tool_format
+        if b.family.tools_block is not None:  # the definitions inside the template's own block
+            opening, closing = b.family.tools_block
+            prompt = b.tokenizer.decode(recording.prompt)
+            block = prompt.partition(opening)[2].partition(closing)[0]
+            assert "Get the weather forecast for a city." in block, f"no tools inside {opening}: {prompt!r}"
     elif check == "forced":
         check_call(chat(lm).bind_tools(weather, tool_choice="get_weather").invoke("Weather in Paris?"), {"get_weather"})
     elif check == "any":
@@ -215,10 +200,8 @@ def run_check(built, name: str, check: str) -> None:
         else:
             assert isinstance(message.content, str) and not message.invalid_tool_calls
     elif check == "multi_turn":
-        base = lm.lm if isinstance(lm, ThinkingLM) else lm
-        recording = RecordingBody(base.body)
-        seen = dataclasses.replace(base, body=recording)
-        message = chat(ThinkingLM(seen) if isinstance(lm, ThinkingLM) else seen).bind_tools(weather).invoke(HISTORY)
+        seen, recording = recorded(lm)
+        message = chat(seen).bind_tools(weather).invoke(HISTORY)
         assert isinstance(message, AIMessage)
         prompt = b.tokenizer.decode(recording.prompt)
         assert "Sonnig, 21 °C" in prompt, f"the tool result is missing from the prompt: {prompt!r}"

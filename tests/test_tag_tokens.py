@@ -25,6 +25,7 @@ from langchain_aisp.chat import _reply
 from langchain_aisp.chat import _tool_formats as tf
 from langchain_aisp.chat._format import OutputFormat
 from langchain_aisp.chat._parse import parse_tool_reply
+from langchain_aisp.chat._template import template_after
 from langchain_aisp.engine.constraints import ThinkingBudget, bitmask_words, unpack_bitmask
 
 pytestmark = pytest.mark.usefixtures("single_torch_thread")
@@ -131,9 +132,9 @@ def test_a_tag_added_to_a_tokenizer_becomes_its_token_and_smollm2_is_unchanged(d
 
 
 def test_template_after_reads_the_text_after_the_tag_and_refuses_what_it_cannot_read(default_lm):
-    assert tf.template_after(with_template(default_lm.tokenizer, HERMES), "<tool_call>") == "\n"
-    assert tf.template_after(with_template(default_lm.tokenizer, HERMES), "[TOOL_CALLS]") is None  # not written
-    assert tf.template_after(with_template(default_lm.tokenizer, None), "<tool_call>") is None  # no template
+    assert template_after(with_template(default_lm.tokenizer, HERMES), "<tool_call>") == "\n"
+    assert template_after(with_template(default_lm.tokenizer, HERMES), "[TOOL_CALLS]") is None  # not written
+    assert template_after(with_template(default_lm.tokenizer, None), "<tool_call>") is None  # no template
 
 
 # --- prefills in context ------------------------------------------------------------------------------------

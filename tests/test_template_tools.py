@@ -12,8 +12,22 @@ from pathlib import Path
 
 import families
 import pytest
-from chat_templates import DEEPSEEK, DROPS_TOOL_HISTORY, HERMES, LLAMA3, MISTRAL, SYSTEM_TOOLS, THINK, with_template
+from chat_templates import (
+    ACTIONS,
+    DEEPSEEK,
+    DROPS_TOOL_HISTORY,
+    FOLDS_SYSTEM,
+    HERMES,
+    LLAMA3,
+    MISTRAL,
+    NEEDS_TOOLS,
+    NO_SYSTEM,
+    SYSTEM_TOOLS,
+    THINK,
+    with_template,
+)
 from langchain_core.messages import AIMessage, HumanMessage, SystemMessage, ToolMessage
+from pydantic import BaseModel
 
 from langchain_aisp import AISPChatModel
 from langchain_aisp.chat import _grammar as grammarlib
@@ -21,8 +35,8 @@ from langchain_aisp.chat import _template as templatelib
 from langchain_aisp.chat import _tool_formats as tf
 from langchain_aisp.chat._format import OutputFormat
 from langchain_aisp.chat._parse import parse_tool_reply
-from langchain_aisp.chat._render import call_example, render, write_calls
-from langchain_aisp.chat._template import TemplateTools, template_tools
+from langchain_aisp.chat._render import call_example, fold_system, render, write_calls
+from langchain_aisp.chat._template import TemplateTools, read_template, template_tools
 
 DATA = Path(__file__).parent / "families" / "data"
 SMOLLM3 = (DATA / "smollm3-3b-hf.jinja").read_text()
@@ -136,6 +150,7 @@ def test_the_template_is_read_once_per_tokenizer_and_template(default_lm, monkey
     first = template_tools(tok)
     probes = len(renders)
     assert probes > 0 and template_tools(tok) is first and len(renders) == probes
+    assert tf.resolve(tok).name == "hermes" and len(renders) == probes  # the format and its opening: same probe
     tok.chat_template = HERMES  # another template: read again
     assert template_tools(tok) == TemplateTools("tools", calls=True, results=True) and len(renders) > probes
 
@@ -154,6 +169,105 @@ def test_calls_written_as_history_read_back_as_the_same_calls(name):
     tool_format = tf.FORMATS[name]
     parsed = parse_tool_reply(tf.normalize(write_calls(tool_format.syntax, calls), tool_format), fmt)
     assert [(c["name"], c["args"]) for c in parsed.tool_calls] == calls and not parsed.invalid_tool_calls
+
+
+# --- system turns, templates that need tools, the call format read from the rendering -------------------
+
+SYSTEM_FIRST = [SystemMessage("Be brief."), HumanMessage("Weather in Zürich for 2 days?")]
+JSON_ONLY = OutputFormat(json_schema={"type": "object", "properties": {"ok": {"type": "boolean"}}})
+FORMATS = {
+    "plain": OutputFormat(),
+    "forced": OutputFormat(tools=(WEATHER,), tool_choice="get_weather"),
+    "json_schema": JSON_ONLY,
+}
+
+
+@pytest.mark.parametrize("fmt", FORMATS.values(), ids=FORMATS.keys())
+@pytest.mark.parametrize("messages", [SYSTEM_FIRST, CONVERSATION], ids=["one-turn", "multi-turn"])
+def test_a_system_turn_a_template_refuses_is_folded_as_gemma_3_folds_it(default_lm, fmt, messages):
+    """A Gemma 2-like template raises on a system turn; the package folds the system text (a user's own, its tool
+    and JSON instructions) into the first user turn exactly as a Gemma 3-like template does by itself."""
+    refusing = with_template(default_lm.tokenizer, NO_SYSTEM)
+    folding = with_template(default_lm.tokenizer, FOLDS_SYSTEM)
+    assert read_template(refusing).refuses_system and not read_template(folding).refuses_system
+    ours = render(refusing, messages, fmt, tools=tf.resolve(refusing).rendering).text
+    assert ours == render(folding, messages, fmt, tools=tf.resolve(folding).rendering).text
+    assert ours.startswith("<start_of_turn>user\nBe brief.") and "<start_of_turn>system" not in ours
+
+
+def test_system_texts_fold_into_the_user_turn_after_them():
+    def turn(role, content):
+        return {"role": role, "content": content}
+
+    messages = [turn("system", "A"), turn("user", "B"), turn("assistant", "C"), turn("system", "D"), turn("user", "E")]
+    assert fold_system(messages) == [turn("user", "A\n\nB"), turn("assistant", "C"), turn("user", "D\n\nE")]
+    assert fold_system([turn("system", "A"), turn("system", ""), turn("assistant", "C")]) == [
+        turn("user", "A"),
+        turn("assistant", "C"),
+    ]
+    assert fold_system([turn("user", "B"), turn("system", "A")]) == [turn("user", "B"), turn("user", "A")]
+
+
+def test_templates_that_take_a_system_turn_keep_it(default_lm):
+    """SmolLM2's template (the default model's) and the other templates of our own take a system turn: nothing is
+    folded, their prompts are unchanged."""
+    for template in (None, HERMES, LLAMA3, MISTRAL, DEEPSEEK, SYSTEM_TOOLS, FOLDS_SYSTEM):
+        reading = read_template(with_template(default_lm.tokenizer, template))
+        assert not (reading.refuses_system or reading.refuses_system_with_tools or reading.needs_tools), template
+    # one that writes no system turn at all (its text would be lost) counts as refusing it: the text is folded
+    assert read_template(with_template(default_lm.tokenizer, DROPS_TOOL_HISTORY)).refuses_system
+    text = render(default_lm.tokenizer, SYSTEM_FIRST, OutputFormat()).text
+    assert text.startswith("<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nWeather in Zürich")
+
+
+def test_a_template_that_needs_tools_renders_a_conversation_without_them_the_documented_way(default_lm):
+    """A tool_use-like template alone iterates ``tools``: a conversation without tools (json_schema, the documented
+    tool format) gets the plain prompt, one with tools where the template reads them goes through it."""
+    tok = with_template(default_lm.tokenizer, NEEDS_TOOLS)
+    assert read_template(tok).needs_tools
+    schema = render(tok, SYSTEM_FIRST, JSON_ONLY)
+    assert schema.plain and schema.text.startswith("System: Be brief.\n\nReply with only one JSON object")
+    forced = OutputFormat(tools=(WEATHER,), tool_choice="get_weather")
+    documented = render(tok, SYSTEM_FIRST, forced, tools=tf.resolve(tok, "documented").rendering)
+    assert documented.plain and "<tools>" in documented.text and "You may call these functions" not in documented.text
+    auto = render(tok, SYSTEM_FIRST, forced, tools=tf.resolve(tok).rendering)
+    assert not auto.plain and "You may call these functions: get_weather (Weather in a city.)" in auto.text
+
+
+def test_named_templates_are_chosen_by_transformers_rule(default_lm):
+    """A tokenizer with named templates (Hermes-3's "default" and "tool_use"): the tool_use one where tools are
+    given, the default one elsewhere; the tools-only template is never handed a conversation without tools."""
+    named = {"default": default_lm.tokenizer.chat_template, "tool_use": NEEDS_TOOLS}
+    tok = with_template(default_lm.tokenizer, named)
+    assert not read_template(tok).needs_tools
+    schema = render(tok, SYSTEM_FIRST, JSON_ONLY)
+    assert not schema.plain and schema.text.startswith("<|im_start|>system\nBe brief.\n\nReply with only one JSON")
+    with_tools = render(tok, SYSTEM_FIRST, OutputFormat(tools=(WEATHER,)), tools=tf.resolve(tok).rendering)
+    assert with_tools.text.startswith("<|im_start|>system\nYou may call these functions: get_weather")
+
+
+def test_a_template_needing_tools_runs_json_schema_through_the_chat_model(tiny_lm):
+    class Flags(BaseModel):
+        ok: bool
+
+    model = _model(tiny_lm, NEEDS_TOOLS, max_tokens=16)
+    assert isinstance(model.with_structured_output(Flags, method="json_schema").invoke("Ok?"), Flags)
+
+
+@pytest.mark.parametrize(
+    ("template", "expected"),
+    [
+        (ACTIONS, "documented"),  # its tool list says "parameters"; its calls are <|START_ACTION|>[...]
+        ("{# calls are not [TOOL_CALLS] here #}" + HERMES, "hermes"),  # what it writes, not what it mentions
+        (HERMES.replace("<tool_call>", "{{ '<tool' + '_call>' }}"), "hermes"),  # the tag, written by concatenation
+        (LLAMA3, "llama3"),
+        (DROPS_TOOL_HISTORY, "hermes"),  # no calls rendered: what it says with the tool definitions
+        (SYSTEM_TOOLS, "documented"),
+    ],
+    ids=["actions", "mentions-mistral", "concatenated-tag", "llama3", "drops-history", "system-tools"],
+)
+def test_the_call_format_is_read_from_the_templates_own_rendering(default_lm, template, expected):
+    assert tf.detect(with_template(default_lm.tokenizer, template)) == expected
 
 
 # --- through the chat model ---------------------------------------------------------------------------
@@ -305,3 +419,39 @@ def test_phi4_minis_template_gets_the_tools_in_its_tool_tags(single_torch_thread
     assert (found.name, found.template) == ("documented", TemplateTools("system"))
     assert '<|tool|>[{"name": "get_weather", ' in text and text.count("Weather in a city.") == 1
     assert HERMES_CALL in text and RESULT_TURN in text
+
+
+@pytest.mark.families
+def test_gemma_2s_real_template_gets_the_system_text_in_the_first_user_turn(single_torch_thread):
+    """Gemma 2's template (llama.cpp's copy) raises 'System role not supported': the system message, the tool list
+    and the call format go into the first user turn (system text, blank line, user text)."""
+    tok, found, text = _real("gemma-2")
+    assert read_template(tok).refuses_system and found.name == "documented"
+    assert text.startswith("<|begin_of_text|><start_of_turn>user\nBe brief.\n\n# Tools\n")
+    assert "</tools>" in text and "\n\nWeather in Zürich for 2 days?<end_of_turn>\n<start_of_turn>model\n" in text
+    assert "<start_of_turn>system" not in text and RESULT_TURN in text
+
+
+@pytest.mark.families
+def test_hermes_3s_named_templates_and_its_tool_use_template_alone(single_torch_thread):
+    """Hermes-3's tokenizer carries "default" and "tool_use" templates (tests/families/data, with the source):
+    json_schema renders with the default one, tools with the tool_use one; llama.cpp's copy of the tool_use
+    template alone cannot render a conversation without tools, which then gets the plain prompt."""
+    tok, found, text = _real("hermes-3")
+    assert set(tok.chat_template) == {"default", "tool_use"} and found.name == "hermes"
+    assert "You are a function calling AI model." in text and HERMES_CALL in text
+    schema = render(tok, SYSTEM_FIRST, JSON_ONLY)
+    assert schema.text.startswith("<|begin_of_text|><|im_start|>system\nBe brief.\n\nReply with only one JSON")
+    assert "function calling" not in schema.text
+    alone = with_template(tok, tok.chat_template["tool_use"])
+    assert read_template(alone).needs_tools and render(alone, SYSTEM_FIRST, JSON_ONLY).plain
+
+
+@pytest.mark.families
+def test_command_r7bs_calls_are_not_taken_for_llama_3s(single_torch_thread):
+    """Command-R7B's template (llama.cpp's tool_use copy) lists tools with "parameters" but writes its calls as
+    <|START_ACTION|>[{"tool_call_id": ..., "tool_name": ..., "parameters": ...}]: the documented format, all as text."""
+    tok, found, text = _real("command-r7b")
+    assert read_template(tok).call is not None and "<|START_ACTION|>" in str(read_template(tok).call)
+    assert (found.name, found.template) == ("documented", TemplateTools())
+    assert HERMES_CALL in text and RESULT_TURN in text and "<|START_ACTION|>" not in text

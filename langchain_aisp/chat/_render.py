@@ -37,7 +37,7 @@ from langchain_core.messages import (
 
 from langchain_aisp.chat._format import TOOL_CALL_OPEN, OutputFormat
 from langchain_aisp.chat._grammar import HERMES, CallSyntax
-from langchain_aisp.chat._template import NOTHING, TemplateTools, system_tools
+from langchain_aisp.chat._template import NOTHING, TemplateTools, read_template, system_tools
 
 PLAIN_STOP = "\nUser:"
 """Extra stop string of the plain (no chat template) format: a base model would go on with the next user turn."""
@@ -249,6 +249,27 @@ def _add_system(messages: list[dict[str, Any]], extra: str) -> list[dict[str, An
     return [{"role": "system", "content": extra}, *messages]
 
 
+def fold_system(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Chat-template messages without system turns, for a template that refuses them: each system text goes
+    into the user turn that follows it, as Gemma 3's own template folds a system message (the system text, a
+    blank line, the user text); a system text with no user turn right after it becomes a user turn of its own."""
+    out: list[dict[str, Any]] = []
+    pending: list[str] = []
+    for message in messages:
+        if message["role"] == "system":
+            pending += [message["content"]] if message["content"] else []
+            continue
+        if pending and message["role"] == "user":
+            message = {**message, "content": "\n\n".join([*pending, message["content"]])}
+        elif pending:
+            out.append({"role": "user", "content": "\n\n".join(pending)})
+        pending = []
+        out.append(message)
+    if pending:
+        out.append({"role": "user", "content": "\n\n".join(pending)})
+    return out
+
+
 _PLAIN_ROLES = {"system": "System", "user": "User", "assistant": "Assistant", "tool": "Tool"}
 
 
@@ -330,11 +351,21 @@ def render(
 
     ``tools``: how tools, calls and results are rendered (the resolved tool format's; by default all as text in
     the documented form); ``template_kwargs``: extra ``apply_chat_template`` arguments (``enable_thinking``).
+
+    What the chat template does is read once per tokenizer (:func:`~langchain_aisp.chat._template.read_template`):
+    the tools are handed to it only where it reads them (``tools=``, never None or an empty list, so that a
+    tokenizer's named templates are chosen by transformers' own rule: ``tool_use`` with tools, ``default``
+    without); system turns are folded into the next user turn for a template that refuses them
+    (:func:`fold_system`); a template that cannot render a conversation without tools (a ``tool_use`` template
+    alone) is not used for one: the plain prompt is, as for a tokenizer without a template.
     """
     if not messages:
         raise ValueError("cannot generate from an empty conversation (0 messages)")
-    templated = has_chat_template(tokenizer)
-    template = tools.template if fmt.calls_tools and templated else NOTHING
+    reading = read_template(tokenizer) if has_chat_template(tokenizer) else None
+    template = tools.template if fmt.calls_tools and reading is not None else NOTHING
+    with_tools = template.definitions == "tools"  # the tools go to the template (a non-empty list: fmt.calls_tools)
+    if reading is not None and reading.needs_tools and not with_tools:
+        reading = None  # a template that cannot render a conversation without tools: the documented plain prompt
     dicts = to_template_messages(messages, template, tools.syntax)
     if (template.calls or template.results) and tools.call_id is not None:
         dicts = [_with_call_ids(d, tools.call_id) for d in dicts]
@@ -344,11 +375,13 @@ def render(
     dicts = _add_system(dicts, "\n\n".join(e for e in extra if e))
     if template.definitions == "system":
         dicts = _with_system_tools(dicts, fmt.tools)
-    if not templated:
+    if reading is None:
         text = plain_prompt(dicts)
         return RenderedPrompt(text + (" " + prefill if prefill else ""), (" " + prefill) if prefill else "", True)
+    if reading.refuses_system_with_tools if with_tools else reading.refuses_system:
+        dicts = fold_system(dicts)
     kwargs: dict[str, Any] = {**(template_kwargs or {}), "add_generation_prompt": True, "tokenize": False}
-    if template.definitions == "tools":
+    if with_tools:
         kwargs["tools"] = [{"type": "function", "function": t} for t in fmt.tools]
     try:
         text = tokenizer.apply_chat_template(dicts, **kwargs)

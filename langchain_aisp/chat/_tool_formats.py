@@ -6,18 +6,23 @@ here, tools, AI tool calls and tool results go through the template as far as it
 as text in that format, :mod:`langchain_aisp.chat._render`), and replies are decoded under a grammar of
 that format:
 
-=============  ==========================================================  ==========================
-format         a call                                                      detected by (in template)
-=============  ==========================================================  ==========================
+=============  ==========================================================  ==============================
+format         a call                                                      detected (the template writes)
+=============  ==========================================================  ==============================
 ``hermes``     ``<tool_call>\\n{"name": ..., "arguments": {...}}\\n</tool_call>``  ``<tool_call>``
-``llama3``     ``{"name": ..., "parameters": {...}}`` (the whole reply;      ``"parameters"``
-               parallel calls separated by ``"; "``)
+``llama3``     ``{"name": ..., "parameters": {...}}`` (the whole reply;      the call as ``{"name": ...,
+               parallel calls separated by ``"; "``)                       "parameters": ...}``
 ``mistral``    ``[TOOL_CALLS] [{"name": ..., "arguments": {...}}, ...]``    ``[TOOL_CALLS]``
 ``deepseek``   ``<｜tool▁calls▁begin｜><｜tool▁call▁begin｜>function<｜tool▁sep｜>``  ``<｜tool▁calls▁begin｜>``
                ``NAME\\n```json\\n{...}\\n```<｜tool▁call▁end｜>`` (calls
                separated by ``"\\n"``) ``<｜tool▁calls▁end｜>``
 ``documented`` the ``hermes`` call, tools described in the system message   anything else (fallback)
-=============  ==========================================================  ==========================
+=============  ==========================================================  ==============================
+
+The format is read from what the template writes, not from its source (:func:`detect`): its rendering of a
+probe call (``_template.TemplateReading.call``), or, for a template that renders definitions but drops calls
+(SmolLM3), its rendering of the tool definitions; a template whose source merely mentions ``"parameters"``
+(Command-R7B's tool list) but writes its calls otherwise is not taken for Llama 3's.
 
 ``documented`` is the fallback for templates that render no tools, or write calls in a format not
 named here (the tool instructions then go into the system message, where the grammar's format is
@@ -29,15 +34,14 @@ Replies are read back by :func:`normalize`, which rewrites a reply of any format
 terms serve every format. A tag that is one added token of the tokenizer (Qwen's ``<tool_call>``,
 Mistral's ``[TOOL_CALLS]``) is asked for as that token (:func:`resolve`); decoding drops special tokens,
 so a reply that starts with Mistral's JSON list is read as calls too. What the template writes right
-after the opening tag (Nemo's ``[TOOL_CALLS][``, Mistral v0.3's ``[TOOL_CALLS] [``) is read from the
-template's own rendering of a call (:func:`template_after`).
+after the opening tag (Nemo's ``[TOOL_CALLS][``, Mistral v0.3's ``[TOOL_CALLS] [``) is read from the same
+rendering of the probe call (``_template.template_after``).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import re
 import string
 import threading
 import weakref
@@ -48,7 +52,15 @@ from typing import Any, Literal
 from langchain_aisp.chat import _grammar as grammarlib
 from langchain_aisp.chat._reasoning import template_text
 from langchain_aisp.chat._render import ToolRendering
-from langchain_aisp.chat._template import NOTHING, TemplateTools, template_tools
+from langchain_aisp.chat._template import (
+    NOTHING,
+    PROBE_CALL,
+    TemplateReading,
+    TemplateTools,
+    read_template,
+    template_after,
+    template_tools,
+)
 
 ToolFormatName = Literal["auto", "documented", "hermes", "llama3", "mistral", "deepseek"]
 TOOL_FORMATS = ("auto", "documented", "hermes", "llama3", "mistral", "deepseek")
@@ -133,22 +145,41 @@ FORMATS: dict[str, ToolFormat] = {
     "deepseek": ToolFormat("deepseek", True, DEEPSEEK, "[^<]+"),
 }
 
-TEMPLATE_MARKERS = (("mistral", MISTRAL_TAG), ("deepseek", DEEPSEEK.tag), ("hermes", "<tool_call>"))
-"""Text a chat template writes in a format's calls, looked for in order (then Llama 3.1's ``"parameters"``)."""
+CALL_TAGS = (("mistral", MISTRAL_TAG), ("deepseek", DEEPSEEK.tag), ("hermes", "<tool_call>"))
+"""The opening tag of each tagged format's calls, looked for in order in what the template writes (then Llama 3's
+``{"name": ..., "parameters": ...}`` object)."""
+
+
+def _llama3_call(text: str) -> bool:
+    """Whether ``text`` holds the probe call as Llama 3's JSON object: ``{"name": PROBE_CALL, "parameters": ...}``."""
+    decoder = json.JSONDecoder()
+    for at in (i for i, c in enumerate(text) if c == "{"):
+        try:
+            value, _ = decoder.raw_decode(text, at)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(value, dict) and value.get("name") == PROBE_CALL and "parameters" in value:
+            return True
+    return False
+
+
+def written_format(reading: TemplateReading) -> str:
+    """The format whose syntax the template itself writes: in its rendering of the probe call, or, for a template
+    that renders no calls, in what it writes with the tool definitions (its instructions on calling; a Llama 3
+    object is only recognised in a call). "documented" when it writes none of them."""
+    text = reading.call if reading.call is not None else reading.guide
+    for name, tag in CALL_TAGS:
+        if tag in text:
+            return name
+    return "llama3" if reading.call is not None and _llama3_call(reading.call) else "documented"
 
 
 def detect(tokenizer: Any) -> str:
     """The format the chat template writes calls in: "hermes", "llama3", "mistral", "deepseek" or "documented"
-    (a template that renders no tool definitions and no calls, or writes calls in no format named here)."""
-    if not template_tools(tokenizer).knows_tools:
-        return "documented"
-    template = template_text(tokenizer)
-    for name, marker in TEMPLATE_MARKERS:
-        if marker in template:
-            return name
-    if '"parameters"' in template or "ipython" in template:
-        return "llama3"
-    return "documented"
+    (a template that renders no tool definitions and no calls, or writes calls in no format named here), read
+    from the template's own rendering (:func:`written_format`)."""
+    reading = read_template(tokenizer)
+    return written_format(reading) if reading.tools.knows_tools else "documented"
 
 
 def resolve(tokenizer: Any, setting: str = "auto") -> ToolFormat:
@@ -157,7 +188,7 @@ def resolve(tokenizer: Any, setting: str = "auto") -> ToolFormat:
     nothing, all as text).
 
     A native format needs a template that renders tool definitions or calls (ValueError otherwise). What the
-    template writes after the format's opening tag is read from its own rendering of a call (:func:`template_after`),
+    template writes after the format's opening tag is read from its own rendering of a call (``template_after``),
     and a tag that is one added token of the tokenizer is asked for as that token
     (:func:`_grammar.added_tokens_in`). Resolved once per tokenizer, setting and template (``_RESOLVED``).
     """
@@ -191,34 +222,6 @@ def resolve(tokenizer: Any, setting: str = "auto") -> ToolFormat:
 _LOCK = threading.Lock()
 _RESOLVED: weakref.WeakKeyDictionary[Any, dict[tuple[str, str, int], ToolFormat]] = weakref.WeakKeyDictionary()
 """Documented cache: the resolved format per tokenizer (held weakly), setting, chat template and vocabulary size."""
-
-
-PROBE_CALL_ID = "a1b2c3d4e"
-"""The id of the probe call rendered by :func:`template_after` (9 alphanumeric characters: Mistral's templates
-refuse other ids)."""
-
-
-def template_after(tokenizer: Any, tag: str) -> str | None:
-    """What the chat template writes between ``tag`` and the JSON object of a call: read from the template's own
-    rendering of an assistant turn with one call (the text that turn adds to the conversation before it). None
-    when the template does not render the call with that tag or refuses the probe."""
-    tool = {"type": "function", "function": {"name": "probe", "description": "", "parameters": {"type": "object"}}}
-    call = {"type": "function", "id": PROBE_CALL_ID, "function": {"name": "probe", "arguments": {}}}
-    user = [{"role": "user", "content": "probe"}]
-    turns = [user, [*user, {"role": "assistant", "content": "", "tool_calls": [call]}]]
-    try:
-        before, after = (
-            str(tokenizer.apply_chat_template(t, tools=[tool], tokenize=False, add_generation_prompt=False))
-            for t in turns
-        )
-    except Exception:  # a template that refuses the probe keeps the format's own texts
-        return None
-    same = next((i for i, (a, b) in enumerate(zip(before, after, strict=False)) if a != b), len(before))
-    added = after[same:]  # what the assistant turn adds
-    at = added.find(tag)
-    start = added.find("{", at + len(tag)) if at >= 0 else -1
-    between = added[at + len(tag) : start] if start >= 0 else None
-    return between if between is not None and re.fullmatch(r"[\s\[]*", between) else None
 
 
 def _template_opening(tokenizer: Any, found: ToolFormat) -> grammarlib.CallSyntax:

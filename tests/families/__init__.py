@@ -184,7 +184,9 @@ def _added_tokens() -> dict[str, Any]:
 # --- tokenizers ---------------------------------------------------------------------------------------
 
 
-def _fast(tokenizer_json: dict[str, Any], folder: Path, chat_template: str, **specials: str | None) -> Any:
+def _fast(
+    tokenizer_json: dict[str, Any], folder: Path, chat_template: str | dict[str, str], **specials: str | None
+) -> Any:
     """A fast tokenizer from a ``tokenizer.json`` dict, written to ``folder`` once and loaded from there."""
     from transformers import PreTrainedTokenizerFast
 
@@ -206,7 +208,7 @@ def _base_json(key: str) -> dict[str, Any]:
     return json.loads((source_dir(key) / "tokenizer.json").read_text())
 
 
-def _assembled(family: str, chat_template: str) -> Any:
+def _assembled(family: str, chat_template: str | dict[str, str]) -> Any:
     """A base vocabulary with the family's own added tokens (``data/added_tokens.json``)."""
     spec = _added_tokens()[family]
     data = _base_json(spec["base"])
@@ -359,16 +361,20 @@ class Family:
     stands_for: tuple[str, ...]
     """Model ids it stands for (their tokenizer and template; weights are random)."""
     architecture: str
-    template: str
-    """``data/<file>`` or the llama.cpp template's name (without ``.jinja``)."""
-    build: Callable[[str], Any]
-    """chat template -> tokenizer."""
+    template: str | dict[str, str]
+    """``data/<file>`` or the llama.cpp template's name (without ``.jinja``); a dict: the tokenizer's named
+    templates (name -> such a file), as a ``tokenizer_config.json`` carries a list of them."""
+    build: Callable[[Any], Any]
+    """chat template (a string, or a dict of named ones) -> tokenizer."""
     tool_format: str
-    """The format the package should resolve for it: the template's own where it has one ("phi4-mini": tools
-    in the system message's ``tools`` field, calls as ``<|tool_call|>[...]<|/tool_call|>``, a format the
-    package does not have yet; "documented" where the template has none the package knows)."""
+    """The format the package should resolve for it: the template's own where it has one; "documented" where the
+    template writes none the package knows (Phi-4-mini: its template reads the tools from the system message's
+    ``tools`` field and writes no calls; public parsers disagree on its call syntax, docs/models.md)."""
     thinking: bool = False
     """The template has a think section (``reasoning`` and ``thinking_budget`` apply)."""
+    tools_block: tuple[str, str] | None = None
+    """The template's own tags around the tool definitions (Phi-4-mini's ``<|tool|>``, ``<|/tool|>``): the prompt
+    of a call with tools must carry them there."""
     head: dict[str, float] = field(default_factory=dict)
     """Config fields of a head transform the tiny model gets (Granite, Cohere, Gemma)."""
     vocabulary: str = ""
@@ -456,7 +462,10 @@ def _family_list() -> list[Family]:
             "hermes-3",
             ("NousResearch/Hermes-3-Llama-3.1-8B",),
             "llama",
-            "NousResearch-Hermes-3-Llama-3.1-8B-tool_use",
+            {
+                "default": "hermes-3-llama-3.1-8b-default.jinja",
+                "tool_use": "NousResearch-Hermes-3-Llama-3.1-8B-tool_use",
+            },
             lambda t: _assembled("hermes-3", t),
             "hermes",
             vocabulary="Llama 3 BPE + Hermes-3's tags as added tokens",
@@ -467,7 +476,8 @@ def _family_list() -> list[Family]:
             "phi3",
             "phi-4-mini-instruct.jinja",
             lambda t: _assembled("phi-4-mini", t),
-            "phi4-mini",
+            "documented",
+            tools_block=("<|tool|>", "<|/tool|>"),
             vocabulary="stand-in: Llama 3 BPE + Phi-4-mini's chat tags (template only)",
         ),
         Family(
@@ -523,7 +533,7 @@ class Built:
 
     family: Family
     tokenizer: Any
-    chat_template: str
+    chat_template: str | dict[str, str]
     lm: Any
 
 
@@ -535,7 +545,8 @@ def family(name: str) -> Built:
     from langchain_aisp.engine.lm import wrap_model
 
     spec = FAMILIES[name]
-    chat_template = template(spec.template)
+    named = spec.template
+    chat_template = {k: template(v) for k, v in named.items()} if isinstance(named, dict) else template(named)
     tokenizer = spec.build(chat_template)
     model = tiny_model(spec.architecture, tokenizer, **spec.head)
     return Built(spec, tokenizer, chat_template, wrap_model(model, tokenizer, name=f"tiny-{name}"))
