@@ -52,7 +52,7 @@ def main() -> None:
     profile = ControlMemory.load(path, learning=False)
     common = {
         "reward": upbeat,
-        "llm": lm,
+        "model": lm,
         "method": "aisp",
         "num_samples": samples,
         "num_iterations": 1,

@@ -118,7 +118,7 @@ class AlignmentService:
         for name, reward in cfg.rewards.items():
             try:
                 self._models[name] = AISPChatModel(
-                    reward=reward, max_batch_rows=cfg.max_batch_size, **source, **cfg.defaults
+                    reward=reward, max_batch_rows=cfg.max_batch_rows, **source, **cfg.defaults
                 )
             except ValueError as exc:
                 errors = getattr(exc, "errors", None)  # pydantic: keep the messages, drop the boilerplate
