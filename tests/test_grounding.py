@@ -119,7 +119,7 @@ def test_grounding_is_the_mean_over_leaves_and_follows_refs():
         "properties": {"people": {"type": "array", "items": {"$ref": "#/$defs/P"}}},
         "$defs": {"P": {"type": "object", "properties": {"name": {"type": "string"}, "age": {"type": "integer"}}}},
     }
-    conv = _conv("Ada is 36, Bob is 41.")
+    conv = _conv("We have Ada, 36, and Bob, 41.")
     value = {"people": [{"name": "Ada", "age": 36}, {"name": "Carl", "age": 41}]}
     assert grounding.grounding(value, schema, conv) == pytest.approx((grounding.SPAN_CREDIT + 2) / 4)
 
@@ -368,11 +368,74 @@ def test_field_kind_and_role():
 def test_name_runs_drop_leading_words_and_months():
     assert spans.name_runs("Meet Kwame Mensah, a 41-year-old engineer from Accra.") == ["Kwame Mensah", "Accra"]
     assert spans.name_runs("The Aurora X2 headphones cost 149.99") == ["Aurora X2"]
-    assert spans.name_runs("Item: Kettle Pro 3000, price 39.5") == ["Item", "Kettle Pro 3000"]
+    assert spans.name_runs("Item: Kettle Pro 3000, price 39.5") == ["Kettle Pro 3000"]  # "Item": an opener
     assert spans.name_runs("Convert 100 USD to EUR.") == ["USD", "EUR"]
-    assert spans.name_runs("Lunch with Fatima Zahra, June 7, at Café Riche") == ["Lunch", "Fatima Zahra", "Café Riche"]
+    assert spans.name_runs("Lunch with Fatima Zahra, June 7, at Café Riche") == ["Fatima Zahra", "Café Riche"]
     assert spans.name_runs("Set up an interview with 김민준 on Monday") == ["김민준", "Monday"]  # "Set": a verb
     assert spans.name_runs("Register Άλφα Τεχνική in Greece") == ["Άλφα Τεχνική", "Greece"]
+
+
+def test_a_sentence_opener_is_a_name_only_when_nothing_else_is():
+    # a capitalised word alone at the start of a sentence: an imperative, a question word, a label, or a name
+    taxi = _cands("Zamów taksówkę dla Hanny Żak-Nowickiej.")
+    assert taxi.names == ("Hanny Żak-Nowickiej",) and taxi.openers == ("Zamów",)
+    assert taxi.strings("name") == ["Hanny Żak-Nowickiej"]
+    assert _cands("Wo wohnt Jürgen?").strings("name") == ["Jürgen"]  # not "Wo"
+    card = _cands("Visitor: Chidi Okeke\nCompany: Acme Ltd\nDays: 2")  # a line opens too, and ends a run
+    assert card.names == ("Chidi Okeke", "Acme Ltd") and card.openers == ("Visitor", "Company", "Days")
+    lena = _cands("Lena is 36 and lives in Graz.")  # nothing else names a person: the opener does
+    assert lena.strings("name") == ["Lena"] and lena.strings("place") == ["Graz"]
+    assert _cands("Lena is 36.").strings("name") == ["Lena"]
+    assert grounding.value_grounding("Lena", _conv("Lena is 36."), "name") == grounding.SPAN_CREDIT
+
+
+def test_the_opening_word_of_a_question_or_a_run_is_no_name():
+    # the first word of a question asks (whatever its language), a closed-class word or a lone letter is no name
+    assert spans.name_runs("Czy Oliwia Wróbel-Kaczmarek zamówiła pokój?") == ["Oliwia Wróbel-Kaczmarek"]
+    assert spans.name_runs("¿Puede Lucía Pardo venir mañana?") == ["Lucía Pardo"]
+    assert spans.name_runs("Can Ingrid Solberg join us on Friday?") == ["Ingrid Solberg", "Friday"]
+    assert spans.name_runs("O Pedro Álvares chegou ontem.") == ["Pedro Álvares"]  # "O": an article
+    assert spans.name_runs("Η Ελένη Κωνσταντίνου είναι 30 ετών.") == ["Ελένη Κωνσταντίνου"]
+    assert spans.name_runs("Could you order 3 lamps for Mr. Brown?") == ["Brown"]  # a title is no name
+    assert spans.name_runs("Name: Dr. Yusuf Şahin") == ["Yusuf Şahin"]
+    assert spans.name_spans("Frau Dr. Ilse Brandt-Özkan ist 50.") == (["Ilse Brandt-Özkan"], ["Frau"])
+    # a number after an opening word is a quantity, not a model number: "Boka" stays an opener
+    assert spans.name_spans("Boka 3 nätter på Hotel Kung åt Sven Åberg.") == (["Hotel Kung", "Sven Åberg"], ["Boka"])
+    assert spans.name_runs("Room 4B is free.") == ["Room 4B"]
+    # a word the text also writes in lower case opens no name (a verb, a common noun)
+    assert spans.name_runs("Reservar Hotel Sol para Ana Ruiz; reservar también el coche.") == ["Hotel Sol", "Ana Ruiz"]
+
+
+def test_names_keep_hyphens_apostrophes_and_every_scripts_letters():
+    assert spans.name_runs("Bókaðu borð fyrir Þorgerði Ásdísardóttur á Ísafirði.") == [
+        "Þorgerði Ásdísardóttur",
+        "Ísafirði",
+    ]
+    assert spans.name_runs("Invite Seán Ó Dónaill-Keane and Chiamaka Nwábụ̀eze…") == [
+        "Seán Ó Dónaill-Keane",
+        "Chiamaka Nwábụ̀eze",
+    ]
+    assert spans.name_runs("A table for Mary-Kate D'Arcy, please!") == ["Mary-Kate D'Arcy"]
+    party = _cands("Please book a table for Marie-Claire Fontaine at Chez Léon.")
+    assert "Marie-Claire Fontaine" in party.strings("name") and "Please" not in party.strings("name")
+    assert not {"Marie", "Claire", "Fontaine"} & set(party.strings("name"))
+
+
+def test_person_fields_take_names_not_function_words():
+    assert [spans.field_kind(n) for n in ("guest", "attendee", "passenger", "participants", "patient")] == ["name"] * 5
+    stay = _cands("Can you book the booking in Oslo for Ana Ruiz?")
+    guest = stay.strings(spans.field_kind("guest"))
+    assert "Ana Ruiz" in guest and not {"in", "the booking", "Can you", "Can", "Oslo"} & set(guest)
+    # a text value neither starts nor ends with a closed-class word either
+    ship = _cands("Please ship it to Ana Ruiz in Oslo, can you? 4 lamps.").strings("text")
+    assert "lamps" in ship and "ship" in ship and "Ana Ruiz in Oslo" in ship
+    assert not {"Please", "Please ship", "ship it", "in", "to Ana Ruiz", "can you", "it"} & set(ship)
+    assert _cands("Convert 100 USD to EUR.").strings("text", "source") == ["USD", "USD to EUR"]
+    # a text field beside name fields takes no span with an opener (a label, a verb), as none with a name run
+    label = _cands("Klant: Ilse Brandt. Bestelt 2 lampen.")
+    assert label.openers == ("Klant", "Bestelt") and "Klant" in label.strings("text")
+    assert "lampen" in label.strings("text", None, apart=True)
+    assert not {"Klant", "Bestelt", "Bestelt 2 lampen", "Ilse Brandt"} & set(label.strings("text", None, apart=True))
 
 
 def test_dates_as_written():

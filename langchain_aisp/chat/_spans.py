@@ -4,24 +4,33 @@ A pure rule over the user and tool text (no model): the text is cut into *units*
 not cut short, and every field gets the candidates that fit its *kind*:
 
 * **units**: values the user put in quotes ('...', "...", «...», 「...」, ...); *names*: runs of capitalised
-  words (``Ada Lovelace``, ``Kettle Pro 3000``, ``Άλφα Τεχνική``, ``Новосибирск``), runs of words of scripts
-  without case (``김민준``, ``बाँसुरी``); and *dates* as written (``14 March 2025``, ``June 7``, ``2024-11-02``,
-  ``03/09/2026``, ``10月1日``); a run followed by a comma and a one-word run is also offered with it
-  (``San Francisco, CA``). A run whose first word is a determiner, a pronoun or a request verb
-  (``LEADING_WORDS``) is offered without it (``The Aurora X2`` -> ``Aurora X2``, ``Meet Kwame Mensah`` ->
-  ``Kwame Mensah``); month names are dates, not names.
+  words (``Ada Lovelace``, ``Kettle Pro 3000``, ``Άλφα Τεχνική``, ``Новосибирск``, ``Þórður Guðmundsson``,
+  ``Anne-Marie Dubois``: letters of every script, hyphens and apostrophes inside a word), runs of words of
+  scripts without case (``김민준``, ``बाँसुरी``); and *dates* as written (``14 March 2025``, ``June 7``,
+  ``2024-11-02``, ``03/09/2026``, ``10月1日``); a run followed by a comma and a one-word run is also offered
+  with it (``San Francisco, CA``). A name is one by its form and place, not by a capital at the start of a
+  sentence (:func:`name_spans`): a run ends at a line or sentence end, and starts at its first word that can
+  start a name: not a closed-class word (``CLOSED_WORDS``: determiners, pronouns, question words,
+  auxiliaries, prepositions, request verbs), a lone letter, a number or a title (``The Aurora X2`` ->
+  ``Aurora X2``, ``Meet Kwame Mensah`` -> ``Kwame Mensah``, ``Ο Γιώργος`` -> ``Γιώργος``, ``Mr. Brown`` ->
+  ``Brown``), nor the opening word of a question (``Czy Oliwia Nowak ...?`` -> ``Oliwia Nowak``) or one the
+  text also writes in lower case. A capitalised word alone at the start of a sentence or line is an
+  *opener* (``Bókaðu``, ``Guest:``, ``Ada`` in ``Ada is 36.``): a name or place field takes it only when
+  no name fits. Month names are dates, not names.
 * **kinds** (:func:`field_kind`, from the field's name): ``date`` (``date``, ``day``, ``birthday``, ...) takes
   dates; ``code`` (``id``, ``number``, ``code``, ``zip``, ``phone``, ``year``, ...) takes every span, numbers
   included; ``place`` (``city``, ``country``, ``location``, ``origin``, ...) takes the names after ``in`` /
   ``at`` / ``near`` / ``from`` / ``to`` (``京都に``), else every name; ``name`` (``name``, ``person``,
-  ``customer``, ``company``, ...) takes quoted values and names not after ``in`` / ``at``. *Names* are
-  name runs and, inside unspaced scripts (CJK, kana, Thai, ...), spans without digits: every span of up
+  ``customer``, ``guest``, ``attendee``, ``passenger``, ``company``, ...) takes quoted values and names not
+  after ``in`` / ``at`` (either kind: else the openers that fit, else every name, else every opener).
+  *Names* are name runs and, inside unspaced scripts (CJK, kana, Thai, ...), spans without digits: every span of up
   to ``MAX_UNSPACED`` characters, or when the run has kana (Japanese) its kanji and katakana runs of 2+
   characters (``田中花子`` in ``田中花子さんは``) and the whole run when it is a word of its own
   (``こんにちは株式会社``). ``text`` (any other string) takes every word span (up to 6 words) that
   neither is nor starts or ends with a number, does not run across a clause end, a quote or a
-  bracket, and cuts no unit (``21`` cuts ``21 August``, ``Al-Farsi`` cuts ``Ahmed Al-Farsi``); in a
-  schema with name or place fields, none that contains a name run (``apart``).
+  bracket, neither starts nor ends with a closed-class word (``Please log``, ``the booking``, ``in``,
+  ``USD to``), and cuts no unit (``21`` cuts ``21 August``, ``Al-Farsi`` cuts ``Ahmed Al-Farsi``); in a
+  schema with name or place fields, none that contains a name run or an opener (``apart``).
 * **direction** (:func:`field_role`): a ``from`` / ``origin`` / ``source`` field takes the spans the text marks
   as a source (after ``from``, ``depart``, ``leaving``, ``从``) when there are some, else every span not
   marked as a destination (after ``to``, ``into``, ``in``, ``->``, ``往``, ``到``); a ``to`` / ``destination`` /
@@ -88,17 +97,27 @@ _CLAUSE = re.compile(r"[,;:!?.。，、；：！？]\s|[\"«»“”()\[\]「」
 """Punctuation a text value does not run across (a clause or sentence end, a quote, a bracket)."""
 _MONTH_WORD = re.compile(rf"{_MONTH}", re.IGNORECASE)
 
-_PUNCT = ".,;:!?\"'()[]{}<>«»“”‘’„「」『』*"
-_OPENING = "\"'([{<«“‘„「『"
+_OPENING = "\"'([{<«“‘„「『¿¡"
 _CLOSING = ".,;:!?\"')]}>»”’“」』"
-LEADING_WORDS = frozenset(
-    "the a an our my your their his her its this that these those we i you he she it they please "
-    "what who where when which how why is are was do does did can could would will "
+_SENTENCE_END = ".!?。！？…"
+"""A word ending with one of these ends a sentence (unless it is an abbreviation: ``Dr.``, ``St.``)."""
+CLOSED_WORDS = frozenset(
+    # English: determiners, pronouns, question words, auxiliaries, prepositions, conjunctions, greetings and
+    # the verbs of requests
+    "the a an our my your their his her its this that these those we i you he she it they me us them please "
+    "what who where when which how why whose is are was were be am do does did can could would should shall "
+    "must have has had in on at for with from to by of into onto about after before near and or but if so "
+    "hi hey dear "
     "add book buy call check compute convert create find get give invite list look make meet order record "
-    "register remind schedule search send set show tell translate write".split()
+    "register remind reserve schedule search send set show tell translate write "
+    # Russian and Greek, the set's other cased scripts: pronouns, "please", Greek articles
+    "я мы вы он она они это пожалуйста "
+    "ο η το οι τα τον την του της των".split()
 )
-"""Words that begin a capitalised run without being part of the name: determiners, pronouns, question
-words and the verbs of requests (``The Aurora X2`` is ``Aurora X2``, ``Meet Kwame Mensah`` is ``Kwame Mensah``)."""
+"""Closed-class words, never a name nor the start of one: a capitalised run that begins with them is taken
+without them (``The Aurora X2`` is ``Aurora X2``, ``Meet Kwame Mensah`` is ``Kwame Mensah``). The one word
+list of the name rule, for the languages of the issue-21 extraction set (English, Russian, Greek; the others
+there are written without case); other languages rely on the rule's form and place (see :func:`name_runs`)."""
 _POSSESSIVE = re.compile(r"['’]s$")
 _KANA = re.compile(r"[\u3040-\u30ff]")
 _SCRIPT_RUN = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]+|[\u30a0-\u30ff]+")
@@ -112,7 +131,9 @@ PLACE_KEYS = frozenset(
 )
 NAME_KEYS = frozenset(
     "name names person people customer client user author owner contact company organization organisation org "
-    "brand hotel restaurant employer manufacturer".split()
+    "brand hotel restaurant employer manufacturer guest guests attendee attendees participant participants "
+    "passenger passengers patient member members student employee visitor traveler traveller applicant tenant "
+    "buyer seller speaker assignee".split()
 )
 SOURCE_KEYS = frozenset("from origin source departure depart sender src".split())
 TARGET_KEYS = frozenset("to destination target arrival arrive recipient dest into".split())
@@ -174,9 +195,23 @@ def field_role(name: str) -> str | None:
     return None
 
 
+def _edges(word: str) -> tuple[int, int]:
+    """Where ``word`` starts and ends without the punctuation and symbols around it (any script's: Unicode
+    categories P and S); those inside it stay (``Anne-Marie``, ``O'Sullivan``, ``D'Angelo``)."""
+    start, end = 0, len(word)
+    while start < end and unicodedata.category(word[start])[0] in "PS":
+        start += 1
+    while end > start and unicodedata.category(word[end - 1])[0] in "PS":
+        end -= 1
+    return start, end
+
+
 def _core(word: str) -> str:
     """A word without the punctuation around it, nor a possessive ``'s`` (``"Ada's,"`` -> ``Ada``)."""
-    return _POSSESSIVE.sub("", word.strip(_PUNCT)).strip(_PUNCT)
+    start, end = _edges(word)
+    core = _POSSESSIVE.sub("", word[start:end])
+    start, end = _edges(core)
+    return core[start:end]
 
 
 def _uncased(core: str) -> bool:
@@ -184,34 +219,89 @@ def _uncased(core: str) -> bool:
     return bool(letters) and not any(c.isupper() or c.islower() for c in letters) and not _UNSPACED_RUN.search(core)
 
 
-def name_runs(text: str) -> list[str]:
-    """Runs of capitalised words or words of uncased scripts, as written (see the module docstring)."""
+def _title(word: str) -> bool:
+    """Whether ``word`` is a title or an initial written with a full stop: a capitalised word of up to 3 letters
+    without a vowel (``Dr.``, ``Mr.``, ``Mrs.``, ``St.``, ``J.``), which neither ends a sentence nor is a name."""
+    core = _core(word)
+    plain = unicodedata.normalize("NFD", core).casefold()
+    return word.endswith(".") and 0 < len(core) <= 3 and core[0].isupper() and not set(plain) & set("aeiouy")
+
+
+def _opens_sentence(text: str, words: Sequence[re.Match[str]], i: int) -> bool:
+    """Whether word ``i`` of ``text`` opens a sentence or a line: the first word, a word after a line break, or
+    after a word that ends a sentence (``.``, ``!``, ``?``, ...) and is not a title (:func:`_title`)."""
+    if i == 0 or "\n" in text[words[i - 1].end() : words[i].start()]:
+        return True
+    previous = words[i - 1].group()
+    return previous[-1] in _SENTENCE_END and not _title(previous)
+
+
+def _not_a_name(core: str) -> bool:
+    """A word that cannot start a name: a closed-class word (:data:`CLOSED_WORDS`), a lone cased letter (``I``,
+    ``A``, ``Ο``) or a number."""
+    lone = len(core) == 1 and (core.isupper() or core.islower())
+    return core.casefold() in CLOSED_WORDS or lone or not any(c.isalpha() for c in core)
+
+
+def _sentences(text: str, words: Sequence[re.Match[str]]) -> tuple[list[bool], list[bool]]:
+    """For each word: whether it opens a sentence or line (:func:`_opens_sentence`), and whether that
+    sentence is a question (it ends with ``?`` or starts with ``¿``)."""
+    opens = [_opens_sentence(text, words, i) for i in range(len(words))]
+    asks = [False] * len(words)
+    starts = [i for i, o in enumerate(opens) if o] + [len(words)]
+    for start, end in itertools.pairwise(starts):
+        last = words[end - 1].group().rstrip("\"')]}»”’」』")
+        question = last.endswith(("?", "？")) or words[start].group().startswith("¿")
+        asks[start:end] = [question] * (end - start)
+    return opens, asks
+
+
+def name_spans(text: str) -> tuple[list[str], list[str]]:
+    """``(runs, openers)`` of ``text``: the name runs (:func:`name_runs`) and the *openers*, capitalised words
+    alone at the start of a sentence or line (``Ada`` in ``Ada is 36.``, ``Bókaðu`` in ``Bókaðu herbergi``):
+    their capital says nothing, so they are names only when nothing else is (:meth:`Candidates.strings`)."""
     words = list(re.finditer(r"\S+", text))
+    lowercase = {core.casefold() for core in (_core(w.group()) for w in words) if core[:1].islower()}
+    opens, asks = _sentences(text, words)
     found: list[tuple[int, int]] = []  # (start, end) of each run in the text
+    openers: list[str] = []
     run: list[re.Match[str]] = []
+    first = 0  # index of the run's first word
 
     def close() -> None:
         nonlocal run
-        if run:
-            first, last = run[0], run[-1]
-            start = first.start() + len(first.group()) - len(first.group().lstrip(_PUNCT))
-            end = last.start() + last.group().index(_core(last.group())) + len(_core(last.group()))
-            if _core(first.group()).lower() not in LEADING_WORDS:
+        cores = [_core(w.group()) for w in run]
+        worded = [any(c.isalpha() for c in core) for core in cores]  # words with letters (not "3" of "Boka 3")
+        opening = bool(run) and opens[first]
+        question = opening and asks[first] and sum(worded) > 1  # "Czy Oliwia Nowak ...?": the opening word asks
+
+        def leading(j: int) -> bool:
+            again = j == 0 and opening and (question or cores[0].casefold() in lowercase)
+            return again or _not_a_name(cores[j]) or _title(run[j].group())
+
+        k, m = 0, len(run)  # without its leading closed-class words and the numbers after them (``Convert 100
+        while k < m and leading(k):  # USD`` -> ``USD``), nor a title at its end (``Frau Dr.`` -> ``Frau``)
+            k += 1
+        while m > k and _title(run[m - 1].group()):
+            m -= 1
+        if k < m:
+            start = run[k].start() + _edges(run[k].group())[0]
+            end = run[m - 1].start() + run[m - 1].group().index(cores[m - 1]) + len(cores[m - 1])
+            if k == 0 and opening and sum(worded[:m]) == 1 and not _uncased(cores[0]):  # "Boka 2": an opener
+                openers.append(cores[0])
+            else:
                 found.append((start, end))
-            else:  # without the leading word, nor a number after it (``Convert 100 USD`` -> ``USD``)
-                rest = [w for i, w in enumerate(run) if i and any(not c.isdigit() for c in _core(w.group()))]
-                if rest:
-                    found.append((rest[0].start() + len(rest[0].group()) - len(rest[0].group().lstrip(_PUNCT)), end))
         run = []
 
-    for match in words:
+    for i, match in enumerate(words):
         raw = match.group()
         core = _core(raw)
         named = bool(core) and not _MONTH_WORD.fullmatch(core) and (core[0].isupper() or _uncased(core))
         follows = bool(run) and bool(core) and any(c.isdigit() for c in core) and not core[0].islower()
-        if raw[0] in _OPENING or not (named or follows):
+        if raw[0] in _OPENING or opens[i] or not (named or follows):
             close()
         if named or follows:
+            first = first if run else i
             run.append(match)
             if raw[-1] in _CLOSING:
                 close()
@@ -220,7 +310,26 @@ def name_runs(text: str) -> list[str]:
     for (a, b), (c, d) in itertools.pairwise(found):  # "San Francisco, CA", "Paris, France"
         if text[b:c] == ", " and " " not in text[c:d]:
             out.append(text[a:d])
-    return out
+    return out, openers
+
+
+def name_runs(text: str) -> list[str]:
+    """Runs of capitalised words or words of uncased scripts, as written (see the module docstring): a
+    name by its form and place. A run does not cross a line or sentence end, opening punctuation or a
+    word ending in closing punctuation; it starts at its first word that can start a name (not a
+    closed-class word, a lone letter, a number or a word the text also writes in lower case:
+    ``Meet Kwame Mensah`` -> ``Kwame Mensah``, ``Ο Γιώργος`` -> ``Γιώργος``); a capitalised word alone
+    at the start of a sentence is no run (an opener, :func:`name_spans`). Letters of every script count,
+    and hyphens and apostrophes inside a word keep it one (``Þórður Guðmundsson``, ``Anne-Marie Dubois``,
+    ``Siobhán O'Sullivan``)."""
+    return name_spans(text)[0]
+
+
+def _closed_edge(span: str) -> bool:
+    """Whether ``span`` starts or ends with a closed-class word (:data:`CLOSED_WORDS`): not a value's edge, as
+    it is not a name's (``Please log``, ``to EUR``, ``USD to``, ``the Eiffel Tower`` -> ``Eiffel Tower``)."""
+    words = span.split()
+    return _core(words[0]).casefold() in CLOSED_WORDS or _core(words[-1]).casefold() in CLOSED_WORDS
 
 
 def unspaced_names(text: str) -> list[str]:
@@ -287,6 +396,8 @@ class Candidates:
 
     quoted: tuple[str, ...] = ()
     names: tuple[str, ...] = ()
+    openers: tuple[str, ...] = ()
+    """Capitalised words alone at the start of a sentence (:func:`name_spans`): names when nothing else is."""
     dates: tuple[str, ...] = ()
     text: tuple[str, ...] = ()
     every: tuple[str, ...] = ()
@@ -302,39 +413,49 @@ class Candidates:
         every, numbers = conversation_spans(messages)
         quoted = [q.strip() for t in texts for m in QUOTED.finditer(t) for q in m.groups() if q and q.strip()]
         dates = [m.group() for t in texts for m in DATES.finditer(t)]
-        runs = [r for t in texts for r in name_runs(t)]
+        spans = [name_spans(t) for t in texts]
+        runs = [r for t_runs, _ in spans for r in t_runs]
+        openers = [o for _, t_openers in spans for o in t_openers]
         unit_keys = frozenset(key(u) for u in [*quoted, *runs, *dates] if units(u))
         date_keys = frozenset(key(d) for d in dates)
         found = dict.fromkeys([*quoted, *runs, *(s for t in texts for s in unspaced_names(t))])
         first = itertools.islice(found, MAX_SPANS)  # at most as many as "auto" offers (last message first)
         names = [n for n in first if key(n) not in date_keys and not _cuts(n, unit_keys)]
         text = [s for s in every if not _EDGE_NUMBER.search(s) and not _CLAUSE.search(s) and not _cuts(s, unit_keys)]
+        text = [s for s in text if not _closed_edge(s)]  # not "Please", "in", "the booking", "Convert 100 USD"
         text += [n for n in names if n not in text]
-        pool = dict.fromkeys([*names, *text, *dates])
+        pool = dict.fromkeys([*names, *openers, *text, *dates])
         keys = {s: key(s) for s in dict.fromkeys([*pool, *every, *quoted])}
         marks = {keys[s]: frozenset(m for t in texts for m in _marks(t, s)) for s in pool}
 
         def unique(values: Sequence[str]) -> tuple[str, ...]:
             return tuple(dict.fromkeys(v for v in values if keys.get(v, key(v)) != SEP + SEP))
 
+        openers = [o for o in unique(openers) if o not in names]
         return cls(
-            unique(quoted), unique(names), unique(dates), unique(text), unique(every), tuple(numbers), marks, keys
+            unique(quoted),
+            unique(names),
+            tuple(openers),
+            unique(dates),
+            unique(text),
+            unique(every),
+            tuple(numbers),
+            marks,
+            keys,
         )
 
     def strings(self, kind: str, role: str | None = None, apart: bool = False) -> list[str]:
         """The candidates of a string field of ``kind`` and direction ``role``; ``apart``: a text field of a
         schema that also has name or place fields, which takes no span containing a name run (those are
-        the name fields' values: ``product`` is not ``Chloe Dubois``)."""
-        pools = {"name": self.names, "place": self.names, "date": self.dates, "code": self.every, "text": self.text}
+        the name fields' values: ``product`` is not ``Chloe Dubois``), nor an opener (``Klient:``)."""
+        pools = {"date": self.dates, "code": self.every, "text": self.text}
         pool = list(pools.get(kind, self.text) or self.text or self.every)
-        if kind in ("place", "name"):  # places: names after in / at / from / to (京都に); names: not after in / at
-            marks = {s: self.marks.get(self.keys.get(s, ""), frozenset()) for s in pool}
-            if kind == "place":
-                pool = [s for s in pool if marks[s] & {"place", "way"} and "person" not in marks[s]] or pool
-            else:
-                pool = [s for s in pool if "place" not in marks[s] or "person" in marks[s]] or pool
+        if kind in ("place", "name"):  # the names that fit, else the openers that do (Ada in "Ada is 36.")
+            fit = self._fit(kind, self.names) or self._fit(kind, self.openers)
+            pool = fit or list(self.names or self.openers) or self._fit(kind, pool) or pool
         if kind == "text" and apart:
-            runs = [self.keys[n] for n in self.names if n in self.keys and not _UNSPACED_RUN.search(n)]
+            named = [*self.names, *self.openers]  # an opener too: a label, a verb or a name (Klient:, Zamawia)
+            runs = [self.keys[n] for n in named if n in self.keys and not _UNSPACED_RUN.search(n)]
             pool = [s for s in pool if not any(r in self.keys.get(s, key(s)) for r in runs)] or pool
         if role is not None:
             opposite = "target" if role == "source" else "source"
@@ -342,6 +463,14 @@ class Candidates:
             kept = [s for s in pool if role in ways[s]] or [s for s in pool if ways[s] != {opposite}]
             pool = kept or pool
         return pool
+
+    def _fit(self, kind: str, pool: Sequence[str]) -> list[str]:
+        """The values of ``pool`` in the place of a ``kind`` field: places after in / at / from / to (京都に),
+        names not after in / at."""
+        marks = {s: self.marks.get(self.keys.get(s, ""), frozenset()) for s in pool}
+        if kind == "place":
+            return [s for s in pool if marks[s] & {"place", "way"} and "person" not in marks[s]]
+        return [s for s in pool if "place" not in marks[s] or "person" in marks[s]]
 
     def fits(self, value: str, kind: str, role: str | None = None) -> bool:
         """Whether ``value`` (after normalisation) is one of :meth:`strings` ``(kind, role)``."""
