@@ -26,8 +26,10 @@ from langchain_aisp.engine.importance import (
     effective_sample_size,
     importance_weights,
     lambda_for_ess,
+    mean_step,
+    signal_share,
+    step_null,
     token_direction,
-    update_mean,
 )
 from langchain_aisp.engine.lm import CausalLM
 from langchain_aisp.engine.logit_control import LOGIT_CONTROLS, LogitControl, control_width
@@ -57,6 +59,9 @@ class PromptResult:
     """Lambda used for the weights, per iteration."""
     u_norms: list[float] = field(default_factory=list)
     """Frobenius norm of U after each iteration's update."""
+    signal_shares: list[float] = field(default_factory=list)
+    """Per iteration, the share of the update's step that was signal rather than noise, by which the step was
+    scaled (:func:`~langchain_aisp.engine.importance.signal_share`; 0 for Best-of-N and sampling)."""
     timed_out: bool = False
     """Its deadline stopped it before all iterations were done (this is the best so far)."""
     error: RewardError | RunTimeoutError | None = None
@@ -186,6 +191,10 @@ class Controller:
     iteration: int = 0
     """Iterations decoded so far."""
     mass: torch.Tensor = field(init=False)  # (steps,) importance mass per position, summed over iterations
+    start: torch.Tensor = field(init=False)  # (steps, d) the starting mean U_0
+    evidence: torch.Tensor = field(init=False)  # (steps, d) S_k, the sum of the update's steps so far
+    null: float = 0.0
+    """The expected ||S_k||^2 were the weights independent of the noise (``importance.step_null``, summed)."""
     elite_uniforms: torch.Tensor | None = None  # (T,) token-sampling noise of the best response so far
     seen: dict[str, float] = field(default_factory=dict)
     """Rewards of the responses scored so far: an identical response is scored once."""
@@ -194,6 +203,8 @@ class Controller:
 
     def __post_init__(self) -> None:
         self.mass = torch.zeros(self.plan.steps, device=self.plan.device)  # (steps,)
+        self.start = self.U  # (steps, d)
+        self.evidence = torch.zeros_like(self.U)  # (steps, d)
         self.result.initial_U_norm = float(self.U.norm())
 
     @property
@@ -235,14 +246,21 @@ class Controller:
             n = plan.num_samples
             lam = params.lambda_ or lambda_for_ess(r, inner, params.alpha, plan.sigma, params.ess_target * n)
             weights = importance_weights(r, inner, lam, params.alpha, plan.sigma)  # (n,)
-            self.U = update_mean(self.U, sample.V.float(), weights.to(plan.device), mask)  # (steps, d)
+            V, w = sample.V.float(), weights.to(plan.device)
+            self.evidence = self.evidence + mean_step(self.U, V, w, mask)  # (steps, d) sum of the steps so far
+            self.null += step_null(self.U, V, w, mask)
+            share = signal_share(self.evidence, self.null)  # ~0 while the weights carry no signal about V
+            self.U = self.start + share * self.evidence  # (steps, d)
             self.mass += weights.to(plan.device, torch.float32) @ mask.float()  # (steps,)
             if params.token_step > 0:
                 drift = token_direction(plan.head_weight, out.token_ids[rows], weights, plan.tau)  # (d,)
+                self.start = self.start + params.token_step * plan.sigma * drift  # (steps, d) not shrunk
                 self.U = self.U + params.token_step * plan.sigma * drift  # (steps, d)
         else:
             lam, weights = 0.0, torch.full((len(rewards),), 1.0 / len(rewards))  # (n,) uniform over its responses
+            share = 0.0
         result.lambdas.append(lam)
+        result.signal_shares.append(share)
         result.weights.append(weights.tolist())
         result.ess.append(effective_sample_size(weights))
         result.u_norms.append(float(self.U.norm()))
