@@ -221,6 +221,36 @@ def test_u_does_not_drift_when_the_reward_carries_no_signal(tiny_lm, encode):
         assert result.u_norms[-1] <= 0.2 * draw, (result.u_norms, draw)
 
 
+def test_row_shift_steers_its_rows_only_under_best_of_n(tiny_lm, encode):
+    lm = _peaked(tiny_lm)
+
+    def score(indices, texts):
+        return [float(t.count(" banana")) for t in texts]
+
+    params = AISPParams(method="bon", num_samples=6, num_iterations=1)
+    sampling = SamplingParams(max_tokens=8)
+    cold = run(lm, [encode("Fruit?")], score, params, sampling, seed=0)[0]
+    zero = run(lm, [encode("Fruit?")], score, params, sampling, seed=0, row_shift=torch.zeros(6, lm.hidden_size))[0]
+    assert zero.texts == cold.texts  # a zero shift is no shift
+    shift = torch.zeros(6, lm.hidden_size)
+    shift[2:, 0] = 2.0 * lm.prelogit_rms  # rows 2-5 pushed along the " banana" axis at every position
+    warm = run(lm, [encode("Fruit?")], score, params, sampling, seed=0, row_shift=shift)[0]
+    assert warm.texts[0][:2] == cold.texts[0][:2]  # the unshifted rows are the cold rows (same uniforms)
+    assert min(warm.rewards[0][2:]) > max(cold.rewards[0][2:])
+    assert warm.u_norms == [0.0] and warm.signal_shares == [0.0]  # Best-of-N's U never moves
+
+
+def test_row_shift_is_checked(tiny_lm, encode):
+    params = AISPParams(method="bon", num_samples=2, num_iterations=1)
+    with pytest.raises(ValueError, match=r"row_shift must have shape \(2, 32\) .* got \(3, 32\)"):
+        run(tiny_lm, [encode("Hi")], _length_score, params, SamplingParams(max_tokens=2), row_shift=torch.zeros(3, 32))
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        run(tiny_lm, [encode("Hi")], _length_score, params, SamplingParams(max_tokens=2),
+            row_shift=torch.full((2, 32), math.nan))  # fmt: skip
+    with pytest.raises(TypeError, match="floating-point torch.Tensor"):
+        run(tiny_lm, [encode("Hi")], _length_score, params, SamplingParams(max_tokens=2), row_shift=[[0.0] * 32] * 2)
+
+
 def test_bon_and_sample_budgets_and_shared_random_numbers(default_lm, encode):
     prompt = [encode("Give me one word.")]
     sampling = SamplingParams(max_tokens=8)

@@ -60,6 +60,7 @@ from langchain_aisp.bench.scorers import TextEmbedder, engine_score
 from langchain_aisp.engine.aisp import PromptResult, ScoreFn, run
 from langchain_aisp.engine.config import AISPParams, SamplingParams
 from langchain_aisp.engine.lm import CausalLM
+from langchain_aisp.engine.selfcheck import expected_best_of
 from langchain_aisp.rewards import Reward
 
 RESULTS_FORMAT = "efficiency-1"
@@ -77,21 +78,6 @@ MethodFn = Callable[[CausalLM, Sequence[Sequence[int]], ScoreFn, SamplingParams,
 
 
 # --- the statistics (pure) ------------------------------------------------------------------------
-
-
-def expected_best_of(rewards: Sequence[float], n: int) -> float:
-    """Unbiased estimate of E[max of n draws] from a pool of M i.i.d. rewards (n <= M).
-
-    With the pool sorted ascending, r_(1) <= ... <= r_(M): E[max of n] = sum_j r_(j) C(j-1, n-1) / C(M, n),
-    the chance that r_(j) is the largest of a random n-subset of the pool. n = M gives the pool's max,
-    n = 1 its mean.
-    """
-    m = len(rewards)
-    if not 1 <= n <= m:
-        raise ValueError(f"n must be in [1, {m}] (the pool size), got {n}")
-    ordered = sorted(rewards)
-    total = math.comb(m, n)
-    return sum(ordered[j - 1] * (math.comb(j - 1, n - 1) / total) for j in range(n, m + 1))
 
 
 def bon_curve(rewards: Sequence[float], ns: Sequence[int]) -> list[float]:

@@ -70,6 +70,7 @@ def run(
     constraints: Sequence[Constraint | None] | None = None,
     deadline: float | Sequence[float | None] | None = None,
     decode_fn: DecodeFn | None = None,
+    row_shift: torch.Tensor | None = None,
 ) -> list[PromptResult]:
     """Align one response per prompt; returns one :class:`PromptResult` per prompt, in order.
 
@@ -91,6 +92,12 @@ def run(
 
     ``initial_U`` (AISP only) is the starting mean of U instead of zero: shape
     :func:`control_shape` (steps, d) for every prompt, or (len(prompts), steps, d) one per prompt.
+
+    ``row_shift`` (any method) shifts each sample row's control by a fixed vector at every decoded
+    position: shape (num_samples, width) for every prompt, or (len(prompts), num_samples, width); width is
+    the hidden size for the pre-logit controls (Best-of-N included), the control's width for the logit
+    controls. Row i of every iteration gets shift i; the importance weights and U's update do not see it.
+    A learned proposal (:mod:`langchain_aisp.engine.memory`) puts it on some rows and leaves others at zero.
 
     ``constraints`` (one per prompt, None = free text) constrain every sample of a prompt to
     its grammar.
@@ -135,6 +142,7 @@ def run(
         initial_U=initial_U,
         constraints=constraints,
         deadline=deadline,
+        row_shift=row_shift,
     )
     group.add(request)
     while not request.finished:

@@ -81,6 +81,10 @@ class PromptResult:
     U_mass: torch.Tensor | None = None
     """Importance mass behind each row of ``U`` (steps,), summed over iterations: sum_i w_i over the samples
     that reached the position (0 where no sample did, and U kept its starting value)."""
+    memory: dict[str, float] | None = None
+    """How a call with a :class:`~langchain_aisp.engine.memory.ControlMemory` sampled (``run_with_memory``): its
+    ``own_rows`` (from the model's proposal, first), the self-check's ``level``, the learned rows' ``strength``
+    (largest logit boost, nats; 0: not steered) and the estimated per-token ``kl``. None without a memory."""
     batch_prompts: int = 0
     """The most prompts that shared a decode batch with this one (itself included), over its iterations."""
     decoding: str = ""
@@ -200,6 +204,9 @@ class Controller:
     """Rewards of the responses scored so far: an identical response is scored once."""
     logit: LogitControl | None = None
     """A logit-space control's support (where its noise goes); None for the pre-logit controls."""
+    shift: torch.Tensor | None = None
+    """(n, width) a fixed shift of each sample row's control at every decoded position (a learned proposal:
+    ``run(row_shift=...)``); it moves the rows' base, not U: the weights and the update never see it."""
 
     def __post_init__(self) -> None:
         self.mass = torch.zeros(self.plan.steps, device=self.plan.device)  # (steps,)
@@ -225,11 +232,13 @@ class Controller:
             uniforms[: plan.elite_rows] = self.elite_uniforms  # (n, T)
         if self.logit is not None:  # applied at every position: V_rows (n, 1, width)
             V = self.logit.draw(self.U, n, plan.sigma, self.noise)  # (n, 1, width)
-            return Sample(V, V, uniforms)
+            return Sample(V, V if self.shift is None else V + self.shift[:, None], uniforms)
         eps = torch.randn(n, plan.steps, d, generator=self.noise, device=plan.device)  # (n, steps, d)
         V = self.U[None] + plan.sigma * eps  # (n, steps, d)
         V_pos = V[:, plan.control_index]  # (n, tau, d)
         V_rows = torch.cat([V_pos, V.new_zeros(n, 1, d)], dim=1)  # (n, tau + 1, d)
+        if self.shift is not None:  # at every position, the slice past tau included
+            V_rows = V_rows + self.shift[:, None]  # (n, tau + 1, d)
         return Sample(V, V_rows, uniforms)
 
     def update(self, sample: Sample, out: DecodeOutput, rows: slice, rewards: list[float]) -> None:

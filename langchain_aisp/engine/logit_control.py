@@ -8,8 +8,8 @@ tokens its samples have used so far: ``v_i = u + sigma * (eps_i * support)`` wit
 The first iteration's support is empty, so it is plain sampling (Best-of-N's first n samples); each
 later iteration biases the words the earlier samples used, up or down, and the importance weights
 move ``u`` towards the biases of the better responses (``importance.mean_step``, scaled by
-``importance.signal_share``): a per-prompt, reward-weighted vocabulary bias. The weights and lambda are the paper's (``importance``); only the
-space differs: U has shape (1, vocab) and V (n, 1, vocab).
+``importance.signal_share``): a per-prompt, reward-weighted vocabulary bias. The weights and lambda are
+the paper's (``importance``); only the space differs: U has shape (1, vocab) and V (n, 1, vocab).
 
 ``"temperature"`` is the same update on one number per sample: the logits are divided by ``exp(v)``,
 ``v ~ N(u, sigma^2)`` (sigma in log-temperature), so each prompt adapts its own sampling temperature

@@ -126,6 +126,27 @@ def initial_controls(
     return start.expand(prompts, steps, d).clone()  # (P, steps, d)
 
 
+def row_shifts(row_shift: object, prompts: int, rows: int, width: int, device: torch.device) -> torch.Tensor | None:
+    """``row_shift`` checked and broadcast to one shift per prompt and sample row: (prompts, n, width), float32.
+
+    ``row_shift`` is (n, width) (the same for every prompt) or (prompts, n, width); width is the control's
+    (the hidden size for the pre-logit controls). None stays None.
+    """
+    if row_shift is None:
+        return None
+    if not isinstance(row_shift, torch.Tensor) or not row_shift.is_floating_point():
+        raise TypeError(f"row_shift must be a floating-point torch.Tensor, got {type(row_shift).__name__}")
+    if tuple(row_shift.shape) not in ((rows, width), (prompts, rows, width)):
+        raise ValueError(
+            f"row_shift must have shape ({rows}, {width}) (one shift per sample row, the same for every prompt) or "
+            f"({prompts}, {rows}, {width}) (one per prompt), rows = num_samples, got {tuple(row_shift.shape)}"
+        )
+    if not bool(torch.isfinite(row_shift).all()):
+        raise ValueError("row_shift contains NaN or infinite values")
+    shift = row_shift.detach().to(device=device, dtype=torch.float32)
+    return shift.expand(prompts, rows, width).clone()  # (P, n, width)
+
+
 def check_max_batch_size(max_batch_size: object) -> int:
     if isinstance(max_batch_size, bool) or not isinstance(max_batch_size, int) or max_batch_size < 1:
         raise ValueError(f"max_batch_size must be an integer >= 1, got {max_batch_size!r}")
@@ -170,6 +191,7 @@ class Request:
         initial_U: torch.Tensor | None = None,
         constraints: Sequence[Constraint | None] | None = None,
         deadline: float | Sequence[float | None] | None = None,
+        row_shift: torch.Tensor | None = None,
     ) -> None:
         if on_reward_error not in ON_REWARD_ERROR:
             raise ValueError(f"on_reward_error must be one of {list(ON_REWARD_ERROR)}, got {on_reward_error!r}")
@@ -181,6 +203,7 @@ class Request:
         self.start_U = initial_controls(
             initial_U, len(prompts), (plan.steps, plan.hidden_size), plan.params, plan.device
         )  # (P, steps, d)
+        self.row_shift = row_shifts(row_shift, len(prompts), plan.num_samples, plan.hidden_size, plan.device)
         self.lm, self.plan, self.prompts, self.score = lm, plan, prompts, score
         self.name = score_name(score)
         self.isolate = on_reward_error == "isolate"
@@ -219,6 +242,7 @@ class Request:
             result=result,
             prefix=prefill(self.lm, self.prompts[j]),  # once per prompt, for all n x k samples
             U=self.start_U[j],  # (steps, d)
+            shift=None if self.row_shift is None else self.row_shift[j],  # (n, width)
             generator=_generator(self.seeds[j], self.plan.device),
             noise=_generator(self.seeds[j], self.plan.device, NOISE_SEED_SALT),
             deadline=self.deadlines[j],

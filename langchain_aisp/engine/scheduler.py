@@ -113,7 +113,7 @@ class Scheduler:
         **kwargs: Any,
     ) -> Ticket:
         """Queue one call (``run``'s arguments; ``kwargs``: seed, on_iteration, on_reward_error, keep, initial_U,
-        constraints, deadline); validated here, so bad input raises in the caller's thread."""
+        constraints, deadline, row_shift); validated here, so bad input raises in the caller's thread."""
         check_max_batch_size(max_batch_size)
         fn, path = (decode_fn, "custom") if decode_fn is not None else select_decode(lm, decoding)
         key = (id(lm), params, sampling, max_batch_size, path, id(decode_fn))
