@@ -272,7 +272,7 @@ class AISPChatModel(BaseChatModel):
     format_weight: float = 10.0
     """Weight of the format term added to the reward when tools or a JSON schema are bound: a
     valid call / schema-valid JSON gets ``+format_weight``, a malformed or missing forced call
-    ``-format_weight`` (see ``_chat_format.format_validity``). Large relative to rewards in
+    ``-format_weight`` (see ``chat._parse.format_validity``). Large relative to rewards in
     [0, 1] so that well-formed outputs win first; 0 disables it."""
 
     grounding_weight: float = DEFAULT_GROUNDING_WEIGHT

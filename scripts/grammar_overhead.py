@@ -19,7 +19,7 @@ import time
 
 import torch
 
-from langchain_aisp import _grammar_llguidance as grammarlib
+from langchain_aisp.chat import _grammar as grammarlib
 from langchain_aisp.engine.config import SamplingParams
 from langchain_aisp.engine.constraints import RowMasks
 from langchain_aisp.engine.decode.eager import Decoder, decode, prefill

@@ -22,9 +22,10 @@ import torch
 from langchain_core.messages import HumanMessage
 from langchain_core.utils.function_calling import convert_to_openai_tool
 
-from langchain_aisp import _chat_format as fmtlib
-from langchain_aisp import _grammar_llguidance as grammarlib
+from langchain_aisp.chat import _grammar as grammarlib
 from langchain_aisp.chat import _grounding as groundlib
+from langchain_aisp.chat._format import OutputFormat
+from langchain_aisp.chat._render import render_tool_call
 from langchain_aisp.engine.lm import load_causal_lm
 
 SET = Path(__file__).with_name("extraction_set.json")
@@ -52,7 +53,7 @@ def main() -> None:
     setup_on, setup_off, term = [], [], []
     for item in items:
         tool = convert_to_openai_tool(extraction_accuracy.SCHEMAS[item["schema"]])["function"]
-        fmt = fmtlib.OutputFormat(tools=(tool,), tool_choice=tool["name"])
+        fmt = OutputFormat(tools=(tool,), tool_choice=tool["name"])
         messages = [HumanMessage(item["prompt"])]
         grammar = grammarlib.tool_call_grammar([tool], choice=tool["name"])
         prefill = grammarlib.forced_prefix(lm.tokenizer, vocab, eos, grammar)
@@ -71,7 +72,7 @@ def main() -> None:
         setup_off.append(_median_ms(plain, args.repeats))
         setup_on.append(_median_ms(grounded, args.repeats))
         conversation = groundlib.Conversation.of(messages)
-        reply = fmtlib.render_tool_call(tool["name"], item["expected"] | {})
+        reply = render_tool_call(tool["name"], item["expected"] | {})
         term.append(_median_ms(lambda r=reply, c=conversation, f=fmt: groundlib.reply_grounding(r, f, c), 20))
     print(f"{len(items)} extraction prompts, median over prompts of the median of {args.repeats} repeats:")
     print(f"  compile the call's grammar, no grounding:   {statistics.median(setup_off):7.2f} ms per call")

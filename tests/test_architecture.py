@@ -37,18 +37,3 @@ def test_every_engine_module_is_checked():
     assert {"langchain_aisp.engine.aisp", "langchain_aisp.engine.decode.static", "langchain_aisp.engine.memory"} <= set(
         ENGINE
     )
-
-
-@pytest.mark.parametrize("old", ["aisp", "config", "lm", "decoding", "static_decoding", "memory"])
-def test_old_import_paths_are_the_engine_modules(old):
-    """The pre-0.2 paths still import, warn, and are the same module object (patching one patches the other)."""
-    code = (
-        "import importlib, json, warnings\n"
-        "with warnings.catch_warnings(record=True) as caught:\n"
-        "    warnings.simplefilter('always')\n"
-        f"    old = importlib.import_module('langchain_aisp.{old}')\n"
-        "print(json.dumps([old.__name__, any(issubclass(w.category, DeprecationWarning) for w in caught)]))"
-    )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=300)
-    name, warned = json.loads(out.stdout.strip().splitlines()[-1])
-    assert name.startswith("langchain_aisp.engine.") and warned

@@ -22,7 +22,10 @@ from typing_extensions import TypedDict
 
 import langchain_aisp.chat_models as cm
 from langchain_aisp import AISPChatModel
-from langchain_aisp import _chat_format as fmtlib
+from langchain_aisp.chat import _reply as replylib
+from langchain_aisp.chat._format import OutputFormat, normalize_tool_choice
+from langchain_aisp.chat._parse import format_validity
+from langchain_aisp.chat._render import PLAIN_STOP, render
 from langchain_aisp.engine.aisp import PromptResult, RewardError
 from langchain_aisp.rewards import Reward
 
@@ -103,14 +106,14 @@ def scripted_run(replies: list[str], calls: list[dict[str, Any]] | None = None):
 
 
 def test_render_every_message_type_ending_in_tool_message(tiny_lm):
-    fmt = fmtlib.OutputFormat(tools=(convert_to_openai_tool(add)["function"],))
+    fmt = OutputFormat(tools=(convert_to_openai_tool(add)["function"],))
     messages = [
         SystemMessage("Be brief."),
         HumanMessage("What is 1 + 2?"),
         AIMessage("", tool_calls=[{"name": "add", "args": {"a": 1, "b": 2}, "id": "c1", "type": "tool_call"}]),
         ToolMessage("3", tool_call_id="c1", name="add"),
     ]
-    prompt = fmtlib.render(tiny_lm.tokenizer, messages, fmt)
+    prompt = render(tiny_lm.tokenizer, messages, fmt)
     text = prompt.text
     assert not prompt.plain and prompt.prefill == ""
     assert text.startswith("<|im_start|>system\nBe brief.\n\n# Tools")  # tools appended to the system message
@@ -141,7 +144,7 @@ def test_no_chat_template_uses_plain_fallback(tiny_lm):
     job = model.prepare([SystemMessage("Be brief."), HumanMessage("Hi")])._job
     assert job.prompt.plain
     assert job.prompt.text == "System: Be brief.\nUser: Hi\nAssistant:"
-    assert fmtlib.PLAIN_STOP in job.settings.sampling.stop
+    assert PLAIN_STOP in job.settings.sampling.stop
     assert isinstance(model.invoke("Hi").content, str)
 
 
@@ -412,26 +415,26 @@ def test_tool_call_parsing_valid_and_invalid(llm, monkeypatch):
 
 
 def test_tool_choice_forms_and_errors(llm):
-    assert fmtlib.normalize_tool_choice("required", ["add"]) == "any"
-    assert fmtlib.normalize_tool_choice({"type": "function", "function": {"name": "add"}}, ["add"]) == "add"
+    assert normalize_tool_choice("required", ["add"]) == "any"
+    assert normalize_tool_choice({"type": "function", "function": {"name": "add"}}, ["add"]) == "add"
     with pytest.raises(ValueError, match="tool_choice must be"):
         llm.bind_tools([add], tool_choice="mul")
 
 
 def test_format_validity_scores():
-    tools = fmtlib.OutputFormat(tools=(convert_to_openai_tool(add)["function"],), tool_choice="any")
+    tools = OutputFormat(tools=(convert_to_openai_tool(add)["function"],), tool_choice="any")
     good = '<tool_call>\n{"name": "add", "arguments": {"a": 1, "b": 2}}\n</tool_call>'
-    assert fmtlib.format_validity(good, tools) == 1.0
-    assert fmtlib.format_validity('<tool_call>{"name": "add", "arguments": {"a": 1}}</tool_call>', tools) == -0.5
-    assert fmtlib.format_validity('<tool_call>{"name": "add", "arguments": {"a": 1, "b": 2}}', tools) == -1.0  # cut
-    assert fmtlib.format_validity("<tool_call>oops", tools) == -1.0
-    assert fmtlib.format_validity("no call", tools) == -1.0
+    assert format_validity(good, tools) == 1.0
+    assert format_validity('<tool_call>{"name": "add", "arguments": {"a": 1}}</tool_call>', tools) == -0.5
+    assert format_validity('<tool_call>{"name": "add", "arguments": {"a": 1, "b": 2}}', tools) == -1.0  # cut
+    assert format_validity("<tool_call>oops", tools) == -1.0
+    assert format_validity("no call", tools) == -1.0
     optional = dataclasses.replace(tools, tool_choice="auto")
-    assert fmtlib.format_validity("no call", optional) == 0.0
-    js = fmtlib.OutputFormat(json_schema=convert_to_json_schema(City))
-    assert fmtlib.format_validity('{"name": "Oslo", "population": 7}', js) == 1.0
-    assert fmtlib.format_validity('{"name": "Oslo"}', js) == -0.5
-    assert fmtlib.format_validity("Oslo", js) == -1.0
+    assert format_validity("no call", optional) == 0.0
+    js = OutputFormat(json_schema=convert_to_json_schema(City))
+    assert format_validity('{"name": "Oslo", "population": 7}', js) == 1.0
+    assert format_validity('{"name": "Oslo"}', js) == -0.5
+    assert format_validity("Oslo", js) == -1.0
 
 
 def test_format_term_steers_selection(tiny_lm, monkeypatch):
@@ -565,13 +568,13 @@ def test_batch_auto_choice_prose_is_not_parsed_and_each_input_is_rendered_once(l
     # engine prompts alternate prose variant / forced-call variant (prefilled up to "a":)
     llm._runner = scripted_run(["Five. <tool_call>", ' 2, "b": 3}}\n</tool_call>'])
     renders: list[int] = []
-    real_render = fmtlib.render
+    real_render = render
 
     def counting_render(*args: Any, **kwargs: Any) -> Any:
         renders.append(1)
         return real_render(*args, **kwargs)
 
-    monkeypatch.setattr(fmtlib, "render", counting_render)
+    monkeypatch.setattr(replylib, "render", counting_render)
     bound = llm.bind_tools([add])
     questions = ["What is 2 + 3?", "Hi"]
     out = asyncio.run(bound.abatch(questions)) if asynchronous else bound.batch(questions)

@@ -15,7 +15,7 @@ import torch
 
 import langchain_aisp.engine.decode.eager as decoding_mod
 import langchain_aisp.engine.loop as loop_mod
-from langchain_aisp import _grammar_llguidance as grammarlib
+from langchain_aisp.chat import _grammar as grammarlib
 from langchain_aisp.engine.aisp import RunTimeoutError, run
 from langchain_aisp.engine.config import AISPParams, SamplingParams
 from langchain_aisp.engine.constraints import RowMasks, bitmask_words, unpack_bitmask
@@ -38,7 +38,7 @@ def constraint(lm, schema, prefill=""):
 
 
 def valid(text, schema):
-    from langchain_aisp._chat_format import schema_errors
+    from langchain_aisp.chat._parse import schema_errors
 
     value = json.loads(text)
     return schema_errors(value, schema) is None

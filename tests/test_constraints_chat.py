@@ -17,8 +17,11 @@ from pydantic import BaseModel
 from typing_extensions import TypedDict
 
 from langchain_aisp import AISPChatModel
-from langchain_aisp import _chat_format as fmtlib
 from langchain_aisp.chat import _grounding as groundlib
+from langchain_aisp.chat._auto import auto_choice_score, rank_tools
+from langchain_aisp.chat._format import OutputFormat
+from langchain_aisp.chat._render import render_tool_call
+from langchain_aisp.chat._spans import conversation_spans
 from langchain_aisp.engine.aisp import RewardError
 
 pytestmark = pytest.mark.usefixtures("single_torch_thread")
@@ -229,30 +232,30 @@ def test_max_retries_retries_a_failing_reward(tiny_lm):
 
 
 def _fmt(*tools):
-    return fmtlib.OutputFormat(tools=tuple(convert_to_openai_tool(t)["function"] for t in tools))
+    return OutputFormat(tools=tuple(convert_to_openai_tool(t)["function"] for t in tools))
 
 
 def _call(name, args):
-    return fmtlib.render_tool_call(name, args)
+    return render_tool_call(name, args)
 
 
 def test_auto_choice_rule():
     fmt = _fmt(get_weather, paint)
     ask = [HumanMessage("What is the weather in San Francisco, CA?")]
-    assert fmtlib.auto_choice_score(_call("get_weather", {"location": "San Francisco, CA"}), fmt, ask) > 0
-    assert fmtlib.auto_choice_score(_call("get_weather", {"location": "New York"}), fmt, ask) == -1.0  # invented
-    assert fmtlib.auto_choice_score("It is sunny there.", fmt, ask) == 0.0
+    assert auto_choice_score(_call("get_weather", {"location": "San Francisco, CA"}), fmt, ask) > 0
+    assert auto_choice_score(_call("get_weather", {"location": "New York"}), fmt, ask) == -1.0  # invented
+    assert auto_choice_score("It is sunny there.", fmt, ask) == 0.0
     hello = [HumanMessage("Hello San Francisco!")]
-    assert fmtlib.auto_choice_score(_call("get_weather", {"location": "San Francisco"}), fmt, hello) == -1.0
+    assert auto_choice_score(_call("get_weather", {"location": "San Francisco"}), fmt, hello) == -1.0
     done = [
         *ask,
         AIMessage("", tool_calls=[{"name": "get_weather", "args": {"location": "San Francisco, CA"}, "id": "1"}]),
         ToolMessage("sunny", tool_call_id="1"),
     ]
-    assert fmtlib.auto_choice_score(_call("get_weather", {"location": "San Francisco, CA"}), fmt, done) == -1.0
-    assert fmtlib.auto_choice_score(_call("get_weather", {"location": "sunny"}), fmt, done) == -1.0  # same turn
+    assert auto_choice_score(_call("get_weather", {"location": "San Francisco, CA"}), fmt, done) == -1.0
+    assert auto_choice_score(_call("get_weather", {"location": "sunny"}), fmt, done) == -1.0  # same turn
     again = [*done, AIMessage("Sunny."), HumanMessage("And the weather in Lima?")]
-    assert fmtlib.auto_choice_score(_call("get_weather", {"location": "Lima"}), fmt, again) > 0  # a new turn
+    assert auto_choice_score(_call("get_weather", {"location": "Lima"}), fmt, again) > 0  # a new turn
 
     @tool
     def multiply(a: int, b: int) -> int:
@@ -260,8 +263,8 @@ def test_auto_choice_rule():
         return a * b
 
     numbers = [HumanMessage("What is 12 * 7?")]
-    assert fmtlib.auto_choice_score(_call("multiply", {"a": 12, "b": 7}), _fmt(multiply), numbers) > 0
-    assert fmtlib.auto_choice_score(_call("multiply", {"a": 12, "b": 8}), _fmt(multiply), numbers) == -1.0
+    assert auto_choice_score(_call("multiply", {"a": 12, "b": 7}), _fmt(multiply), numbers) > 0
+    assert auto_choice_score(_call("multiply", {"a": 12, "b": 8}), _fmt(multiply), numbers) == -1.0
 
 
 def test_auto_prefers_the_more_related_tool_and_distinct_values():
@@ -272,20 +275,20 @@ def test_auto_prefers_the_more_related_tool_and_distinct_values():
 
     fmt = _fmt(get_weather, convert_currency)
     ask = [HumanMessage("What is 75 EUR in CHF? Convert the currency.")]
-    right = fmtlib.auto_choice_score(
+    right = auto_choice_score(
         _call("convert_currency", {"amount": 75, "from_currency": "EUR", "to_currency": "CHF"}), fmt, ask
     )
-    repeated = fmtlib.auto_choice_score(
+    repeated = auto_choice_score(
         _call("convert_currency", {"amount": 75, "from_currency": "EUR", "to_currency": "EUR"}), fmt, ask
     )
-    other = fmtlib.auto_choice_score(_call("get_weather", {"location": "EUR"}), fmt, ask)
+    other = auto_choice_score(_call("get_weather", {"location": "EUR"}), fmt, ask)
     assert right > repeated > 0 and other < repeated
 
 
 def test_auto_forced_rows_propose_values_from_the_conversation():
     fmt = _fmt(get_weather, paint)
     ask = [HumanMessage("What is the weather in San Francisco, CA? Paint 2 walls.")]
-    spans, numbers = fmtlib.conversation_spans(ask)
+    spans, numbers = conversation_spans(ask)
     assert "San Francisco, CA" in spans and "weather" in spans and 2.0 in numbers
     tools = {t["name"]: t for t in groundlib.grounded_tools(fmt, ask)}
     # a place field: the name runs after "in" (the candidates of its kind, chat/_spans.py)
@@ -294,5 +297,5 @@ def test_auto_forced_rows_propose_values_from_the_conversation():
         "San Francisco, CA",
     ]
     assert tools["paint"]["parameters"]["properties"]["color"] == fmt.tools[1]["parameters"]["properties"]["color"]
-    assert fmtlib.rank_tools(fmt, ask)[0] in ("get_weather", "paint")
-    assert fmtlib.rank_tools(fmt, [HumanMessage("How is the weather?")])[0] == "get_weather"
+    assert rank_tools(fmt, ask)[0] in ("get_weather", "paint")
+    assert rank_tools(fmt, [HumanMessage("How is the weather?")])[0] == "get_weather"

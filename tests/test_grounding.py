@@ -7,11 +7,13 @@ import json
 import pytest
 from langchain_core.messages import AIMessage, HumanMessage, SystemMessage, ToolMessage
 
-from langchain_aisp import _chat_format as fmtlib
-from langchain_aisp import _grammar_llguidance as grammarlib
+from langchain_aisp.chat import _grammar as grammarlib
 from langchain_aisp.chat import _grounding as grounding
 from langchain_aisp.chat import _spans as spans
-from langchain_aisp.chat._spans import Candidates
+from langchain_aisp.chat._format import OutputFormat, normalize_tool_choice
+from langchain_aisp.chat._parse import parse_tool_reply
+from langchain_aisp.chat._render import render_tool_call
+from langchain_aisp.chat._spans import Candidates, conversation_spans
 
 CUSTOMER = {
     "name": "unicode_customer",
@@ -33,7 +35,7 @@ def _conv(text: str) -> grounding.Conversation:
 
 
 def _call(name: str, args: dict) -> str:
-    return fmtlib.render_tool_call(name, args)
+    return render_tool_call(name, args)
 
 
 def test_normalize_is_light():
@@ -141,7 +143,7 @@ def test_is_generative():
 
 
 def test_reply_grounding_of_calls_and_json():
-    fmt = fmtlib.OutputFormat(tools=(CUSTOMER,), tool_choice="unicode_customer")
+    fmt = OutputFormat(tools=(CUSTOMER,), tool_choice="unicode_customer")
     conv = grounding.Conversation.of(ASK)
     good = _call("unicode_customer", {"customer_name": "你好啊集团", "description": "A Chinese technology company"})
     bad = _call("unicode_customer", {"customer_name": "Your Photo", "description": "A Chinese technology company"})
@@ -149,7 +151,7 @@ def test_reply_grounding_of_calls_and_json():
     assert grounding.reply_grounding(bad, fmt, conv) == 0.0
     assert grounding.reply_grounding("<tool_call>\n{", fmt, conv) == 0.0  # no valid call
     schema = {"type": "object", "properties": {"name": {"type": "string"}, "age": {"type": "integer"}}}
-    as_json = fmtlib.OutputFormat(json_schema=schema)
+    as_json = OutputFormat(json_schema=schema)
     conv = _conv("Ada is 36.")
     span = grounding.SPAN_CREDIT
     assert grounding.reply_grounding('{"name": "Ada", "age": 36}', as_json, conv) == pytest.approx((span + 1) / 2)
@@ -157,7 +159,7 @@ def test_reply_grounding_of_calls_and_json():
     assert grounding.reply_grounding('{"name": "36", "age": 36}', as_json, conv) == pytest.approx(twice)
     assert grounding.reply_grounding('{"name": "Eve", "age": 36}', as_json, conv) == 0.5
     assert grounding.reply_grounding("not json", as_json, conv) == 0.0
-    assert grounding.reply_grounding("anything", fmtlib.OutputFormat(), conv) == 1.0  # free text: no term
+    assert grounding.reply_grounding("anything", OutputFormat(), conv) == 1.0  # free text: no term
 
 
 def test_grounded_schema_restricts_free_fields_only():
@@ -212,7 +214,7 @@ def _accepts(lm, grammar: str, text: str) -> bool:
 
 
 def test_grounded_grammars_of_a_forced_call(tiny_lm):
-    fmt = fmtlib.OutputFormat(tools=(CUSTOMER,), tool_choice="unicode_customer")
+    fmt = OutputFormat(tools=(CUSTOMER,), tool_choice="unicode_customer")
     quoted, spans = grounding.grounded_grammars(fmt, ASK)  # the quoted values, then every span
     copied = _call("unicode_customer", {"customer_name": "你好啊集团", "description": "Anything at all"})
     other = _call("unicode_customer", {"customer_name": "Hello Group", "description": "Anything at all"})
@@ -227,7 +229,7 @@ def test_grounded_grammars_of_a_forced_call(tiny_lm):
 
 
 def test_sample_grammars_cycle_one_free_and_three_grounded(tiny_lm):
-    fmt = fmtlib.OutputFormat(tools=(CUSTOMER,), tool_choice="unicode_customer")
+    fmt = OutputFormat(tools=(CUSTOMER,), tool_choice="unicode_customer")
     quoted, spans = grounding.grounded_grammars(fmt, ASK)
     claimed, *rest = grounding.sample_grammars("FREE", fmt, ASK)
     assert rest == [quoted, spans, quoted]
@@ -240,7 +242,7 @@ def test_sample_grammars_cycle_one_free_and_three_grounded(tiny_lm):
     unquoted = [HumanMessage("Create a customer named Hello Group")]
     (only,) = grounding.grounded_grammars(fmt, unquoted)
     assert grounding.sample_grammars("FREE", fmt, unquoted) == ["FREE", only, only, only]
-    joke = fmtlib.OutputFormat(json_schema={"type": "object", "properties": {"punchline": {"type": "string"}}})
+    joke = OutputFormat(json_schema={"type": "object", "properties": {"punchline": {"type": "string"}}})
     assert grounding.sample_grammars("FREE", joke, ASK) == ["FREE"]
 
 
@@ -251,13 +253,13 @@ def test_grounded_grammars_of_json_and_when_there_are_none(tiny_lm):
         "required": ["name", "age"],
     }
     said = [HumanMessage("王小明今年28岁，住在上海。")]
-    (grammar,) = grounding.grounded_grammars(fmtlib.OutputFormat(json_schema=schema), said)
+    (grammar,) = grounding.grounded_grammars(OutputFormat(json_schema=schema), said)
     assert _accepts(tiny_lm, grammar, json.dumps({"name": "王小明", "age": 28}, ensure_ascii=False))
     assert not _accepts(tiny_lm, grammar, json.dumps({"name": "王小明", "age": 29}, ensure_ascii=False))
     joke = {"type": "object", "properties": {"setup": {"type": "string"}, "punchline": {"type": "string"}}}
-    assert grounding.grounded_grammars(fmtlib.OutputFormat(json_schema=joke), said) == []
-    assert grounding.grounded_grammars(fmtlib.OutputFormat(), said) == []  # free text
-    auto = fmtlib.OutputFormat(tools=(CUSTOMER,), tool_choice="auto")
+    assert grounding.grounded_grammars(OutputFormat(json_schema=joke), said) == []
+    assert grounding.grounded_grammars(OutputFormat(), said) == []  # free text
+    auto = OutputFormat(tools=(CUSTOMER,), tool_choice="auto")
     assert grounding.grounded_grammars(auto, said) == []  # "auto" has its own forced-call rows
 
 
@@ -280,7 +282,7 @@ UNQUOTED = [HumanMessage("Create a customer named Hello Group - a Chinese techno
 
 def _prefers_invented(prompt: str, response: str) -> float:
     """A user reward that says otherwise: 5 for a customer name the conversation does not hold."""
-    calls = fmtlib.parse_tool_reply(response, fmtlib.OutputFormat(tools=(CUSTOMER,), tool_choice="any")).tool_calls
+    calls = parse_tool_reply(response, OutputFormat(tools=(CUSTOMER,), tool_choice="any")).tool_calls
     name = calls[0]["args"].get("customer_name", "") if calls else ""
     return 5.0 if name and grounding.value_grounding(name, grounding.Conversation.of(UNQUOTED)) == 0 else 0.0
 
@@ -289,10 +291,10 @@ def test_forced_call_takes_a_grounded_value(tiny_lm):
     """A random model invents names; the grounded samples copy one, and the grounding term picks it."""
     message = _customer_model(tiny_lm, _indifferent).invoke(ASK)
     name = message.tool_calls[0]["args"]["customer_name"]
-    assert name in fmtlib.conversation_spans(ASK)[0]
+    assert name in conversation_spans(ASK)[0]
     assert message.response_metadata["aisp"]["reward"] >= 10.0 + grounding.SPAN_CREDIT  # validity + grounding
     off = _customer_model(tiny_lm, _indifferent, grounding_weight=0).invoke(ASK)
-    assert off.tool_calls[0]["args"]["customer_name"] not in fmtlib.conversation_spans(ASK)[0]
+    assert off.tool_calls[0]["args"]["customer_name"] not in conversation_spans(ASK)[0]
     assert off.response_metadata["aisp"]["reward"] == 10.0  # validity only
 
 
@@ -325,7 +327,7 @@ def test_structured_output_takes_grounded_values(tiny_lm):
     params = {"model": tiny_lm, "num_samples": 2, "num_iterations": 1, "max_tokens": 40, "seed": 0}
     for method in ("function_calling", "json_schema"):
         person = AISPChatModel(reward=_indifferent, **params).with_structured_output(Person, method=method).invoke(said)
-        assert person.age == 28 and person.name in fmtlib.conversation_spans([HumanMessage(said)])[0]
+        assert person.age == 28 and person.name in conversation_spans([HumanMessage(said)])[0]
 
 
 def test_grounding_weight_is_validated(tiny_lm):
@@ -474,6 +476,6 @@ def test_grounding_is_skipped_by_construction_without_tools_or_schema(tiny_lm):
     model = AISPChatModel(reward=_indifferent, model=tiny_lm, num_samples=2, num_iterations=1, max_tokens=8)
     plain = _plan.build_job(model, [HumanMessage("Ada is 36.")], None, {})
     assert plain.conversation is None  # free text: no candidates read, no term, one grammar (none)
-    auto = fmtlib.normalize_tool_choice("auto", ["unicode_customer"])
+    auto = normalize_tool_choice("auto", ["unicode_customer"])
     job = _plan.build_job(model, ASK, None, {"tools": [CUSTOMER], "tool_choice": auto})
     assert job.conversation is not None and job.forced is not None  # "auto": the term on its forced rows

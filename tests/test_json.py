@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from langchain_aisp import _chat_format as fmtlib
 from langchain_aisp._json import close_objects, find_json, validate
+from langchain_aisp.chat._parse import parse_json_reply, schema_errors
 from langchain_aisp.rewards import JSONSchemaReward, extract_json
 
 PERSON = {"type": "object", "properties": {"name": {"type": "string"}}, "required": ["name"]}
@@ -36,7 +36,7 @@ def test_the_chat_model_and_the_reward_find_the_same_json():
             assert extract_json(text) is extract_json("nothing")  # the private "missing" sentinel
         else:
             assert extract_json(text) == found.value
-        value, error = fmtlib.parse_json_reply(text)
+        value, error = parse_json_reply(text)
         assert (error is None) == (found is not None and isinstance(found.value, dict))
         assert value == (found.value if error is None else None)
 
@@ -72,8 +72,8 @@ def test_validate_keywords():
 def test_chat_model_rule_is_the_closed_schema_as_the_grammar_decodes_it():
     """docs/chat_model.md: objects are closed unless the schema says otherwise; the reward keeps them open."""
     value = {"name": "Ada", "age": 3}
-    assert fmtlib.schema_errors(value, PERSON) == "$: unexpected property 'age'"
-    assert fmtlib.schema_errors(value, {**PERSON, "additionalProperties": True}) is None
+    assert schema_errors(value, PERSON) == "$: unexpected property 'age'"
+    assert schema_errors(value, {**PERSON, "additionalProperties": True}) is None
     assert close_objects(PERSON)["additionalProperties"] is False
     reward = JSONSchemaReward(PERSON, validator="minimal")
     assert reward.errors('{"name": "Ada", "age": 3}') == []

@@ -15,7 +15,7 @@ from chat_templates import PREFILLED_THINK as PREFILLED_TEMPLATE
 from chat_templates import THINK as THINK_TEMPLATE
 from chat_templates import with_template
 
-from langchain_aisp import _grammar_llguidance as grammarlib
+from langchain_aisp.chat import _grammar as grammarlib
 from langchain_aisp.chat import _reasoning as reasoning
 from langchain_aisp.engine.aisp import run
 from langchain_aisp.engine.config import AISPParams, SamplingParams

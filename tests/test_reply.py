@@ -8,8 +8,9 @@ import pytest
 from chat_templates import HERMES, HERMES_THINK, LLAMA3, with_template
 from langchain_core.messages import HumanMessage
 
-from langchain_aisp import _chat_format as fmtlib
 from langchain_aisp.chat import _reply
+from langchain_aisp.chat._format import OutputFormat
+from langchain_aisp.chat._parse import parse_tool_reply
 from langchain_aisp.engine.aisp import run
 from langchain_aisp.engine.config import AISPParams, SamplingParams
 from langchain_aisp.engine.constraints import ThinkingBudget
@@ -36,7 +37,7 @@ def _plan(lm, fmt, **kwargs):
 
 
 def test_a_thinking_forced_call_thinks_within_budget_then_calls(think_lm):
-    fmt = fmtlib.OutputFormat(tools=(PAINT,), tool_choice="paint")
+    fmt = OutputFormat(tools=(PAINT,), tool_choice="paint")
     plan = _plan(think_lm, fmt)
     assert plan.tool_format.name == "hermes" and plan.mode.tags is not None
     grammar = plan.tool_format.grammar([PAINT], choice="paint", parallel=False, strict=True)
@@ -61,14 +62,14 @@ def test_a_thinking_forced_call_thinks_within_budget_then_calls(think_lm):
         reply = variant.prompt.prefill + text
         split = plan.split(reply)
         assert split.closed and split.reasoning is not None
-        parsed = fmtlib.parse_tool_reply(plan.answer(reply), fmt)
+        parsed = parse_tool_reply(plan.answer(reply), fmt)
         assert [c["args"]["color"] for c in parsed.tool_calls] in (["rot"], ["grün"]), reply
         assert plan.scored(reply) == split.answer and split.answer.startswith("<tool_call>")
         assert dataclasses.replace(plan, score_reasoning=True).scored(reply) == reply
 
 
 def test_reasoning_off_prefills_the_grammar_after_the_closed_section(think_lm):
-    fmt = fmtlib.OutputFormat(tools=(PAINT,), tool_choice="paint")
+    fmt = OutputFormat(tools=(PAINT,), tool_choice="paint")
     plan = _plan(think_lm, fmt, reasoning=False)
     assert plan.mode.template_kwargs == {"enable_thinking": False}
     grammar = plan.tool_format.grammar([PAINT], choice="paint", parallel=False, strict=True)
@@ -80,7 +81,7 @@ def test_reasoning_off_prefills_the_grammar_after_the_closed_section(think_lm):
 
 
 def test_plans_refuse_bad_settings_and_keep_non_thinking_models_unchanged(tiny_lm, default_lm):
-    fmt = fmtlib.OutputFormat()
+    fmt = OutputFormat()
     with pytest.raises(ValueError, match="thinking_budget must be an integer >= 0 or None, got -2"):
         _plan(tiny_lm, fmt, thinking_budget=-2)
     plan = _plan(tiny_lm, fmt)
@@ -89,6 +90,6 @@ def test_plans_refuse_bad_settings_and_keep_non_thinking_models_unchanged(tiny_l
     assert variant.prompt.prefill == "" and variant.constraint is None and not variant.inside
     assert plan.answer("plain <b>text</b>") == "plain <b>text</b>"
     llama = dataclasses.replace(tiny_lm, tokenizer=with_template(default_lm.tokenizer, LLAMA3))
-    tools = fmtlib.OutputFormat(tools=(PAINT,), tool_choice="any")
+    tools = OutputFormat(tools=(PAINT,), tool_choice="any")
     assert _plan(llama, tools).tool_format.name == "llama3"
     assert _plan(llama, tools, tool_format="documented").tool_format.name == "documented"

@@ -19,7 +19,8 @@ from typing import Any
 import pytest
 import transformers
 
-from langchain_aisp import AISPChatModel, default_model
+from langchain_aisp import AISPChatModel
+from langchain_aisp.engine import default_model
 from langchain_aisp.engine.default_model import DefaultModelError, ensure_default_model, validate_cache
 from langchain_aisp.engine.lm import load_causal_lm
 from langchain_aisp.rewards import HFRewardModel

@@ -242,10 +242,6 @@ def test_buckets_and_path_selection(tiny_lm):
     with pytest.raises(ValueError, match="rows must be >= 1, got 0"):
         rows_bucket(0)
     assert resolve_decoding(tiny_lm, "auto") == "eager"  # CPU: auto keeps the eager path
-    from langchain_aisp.engine.decode import select, static
-
-    assert static.resolve_decoding is resolve_decoding and static.select_decode is select.select_decode  # old home
-    assert static.DecodeFn is select.DecodeFn and static.VERIFIED_MODEL_TYPES is select.VERIFIED_MODEL_TYPES
     assert resolve_decoding(tiny_lm, "static") == "static"
     assert select_decode(tiny_lm, "eager") == (decode, "eager")
     allowed = r"\['auto', 'static', 'compiled', 'eager'\]"

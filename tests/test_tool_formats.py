@@ -11,9 +11,12 @@ import pytest
 from chat_templates import HERMES, LLAMA3, MISTRAL, UNKNOWN_TOOLS, with_template
 from langchain_core.messages import AIMessage, HumanMessage, SystemMessage, ToolMessage
 
-from langchain_aisp import _chat_format as fmtlib
-from langchain_aisp import _grammar_llguidance as grammarlib
+from langchain_aisp.chat import _grammar as grammarlib
 from langchain_aisp.chat import _tool_formats as tf
+from langchain_aisp.chat._auto import auto_choice_score
+from langchain_aisp.chat._format import OutputFormat
+from langchain_aisp.chat._parse import format_validity, parse_tool_reply
+from langchain_aisp.chat._render import render
 from langchain_aisp.engine.aisp import run
 from langchain_aisp.engine.config import AISPParams, SamplingParams
 
@@ -75,9 +78,9 @@ CONVERSATION = [
     ],
 )
 def test_multi_turn_conversations_render_through_the_template(tokenizers, name, expected):
-    fmt = fmtlib.OutputFormat(tools=(WEATHER,), tool_choice="auto")
+    fmt = OutputFormat(tools=(WEATHER,), tool_choice="auto")
     found = tf.resolve(tokenizers[name])
-    text = fmtlib.render(tokenizers[name], CONVERSATION, fmt, native_tools=found.native, call_id=found.call_id).text
+    text = render(tokenizers[name], CONVERSATION, fmt, native_tools=found.native, call_id=found.call_id).text
     for piece in [*expected, "Sonnig, 21 °C", "And in 東京?", "Weather in a city."]:
         assert piece in text, (piece, text)
     assert "# Tools\n\nYou may call" not in text  # the documented system text is not added
@@ -125,8 +128,8 @@ def test_multi_turn_conversations_render_through_the_template(tokenizers, name, 
     ],
 )
 def test_replies_read_back_in_every_format(name, reply, calls, content):
-    fmt = fmtlib.OutputFormat(tools=(WEATHER,), tool_choice="auto", parallel_tool_calls=True)
-    parsed = fmtlib.parse_tool_reply(tf.normalize(reply, tf.FORMATS[name]), fmt)
+    fmt = OutputFormat(tools=(WEATHER,), tool_choice="auto", parallel_tool_calls=True)
+    parsed = parse_tool_reply(tf.normalize(reply, tf.FORMATS[name]), fmt)
     assert [(c["args"]["city"], c["args"]["days"]) for c in parsed.tool_calls] == calls
     assert not parsed.invalid_tool_calls
     assert parsed.content == content
@@ -140,25 +143,25 @@ def test_replies_read_back_in_every_format(name, reply, calls, content):
     ],
 )
 def test_cut_calls_are_reported_incomplete(name, reply):
-    fmt = fmtlib.OutputFormat(tools=(WEATHER,), tool_choice="any")
-    parsed = fmtlib.parse_tool_reply(tf.normalize(reply, tf.FORMATS[name]), fmt)
+    fmt = OutputFormat(tools=(WEATHER,), tool_choice="any")
+    parsed = parse_tool_reply(tf.normalize(reply, tf.FORMATS[name]), fmt)
     assert not parsed.tool_calls
     assert [c["error"] for c in parsed.invalid_tool_calls] == [
         "the tool call is not complete (the reply ends before </tool_call>)"
     ]
-    assert fmtlib.format_validity(tf.normalize(reply, tf.FORMATS[name]), fmt) == -1.0
+    assert format_validity(tf.normalize(reply, tf.FORMATS[name]), fmt) == -1.0
 
 
 def test_a_wrong_argument_key_is_an_invalid_call():
-    fmt = fmtlib.OutputFormat(tools=(WEATHER,), tool_choice="any")
-    parsed = fmtlib.parse_tool_reply(tf.normalize('{"name": "get_weather", "args": {}}', tf.FORMATS["llama3"]), fmt)
+    fmt = OutputFormat(tools=(WEATHER,), tool_choice="any")
+    parsed = parse_tool_reply(tf.normalize('{"name": "get_weather", "args": {}}', tf.FORMATS["llama3"]), fmt)
     assert not parsed.tool_calls and parsed.invalid_tool_calls
 
 
 def _decode(lm, tok, grammar, messages, fmt, tool_format, n=4):
     vocab, eos = int(lm.head_weight.shape[0]), lm.eos_token_ids
     prefill = grammarlib.forced_prefix(tok, vocab, eos, grammar)
-    prompt = fmtlib.render(tok, messages, fmt, prefill, native_tools=tool_format.native, call_id=tool_format.call_id)
+    prompt = render(tok, messages, fmt, prefill, native_tools=tool_format.native, call_id=tool_format.call_id)
     constraint = grammarlib.compile_constraint(tok, vocab, eos, grammar, prefill)
     results = run(
         lm,
@@ -177,7 +180,7 @@ def _decode(lm, tok, grammar, messages, fmt, tool_format, n=4):
 def test_constrained_calls_in_each_format_read_back_as_valid_calls(tiny_lm, tokenizers, name, choice):
     tok = tokenizers.get(name, tokenizers["hermes"])
     tool_format = tf.resolve(tok, name)
-    fmt = fmtlib.OutputFormat(tools=(WEATHER, NOTE), tool_choice=choice)
+    fmt = OutputFormat(tools=(WEATHER, NOTE), tool_choice=choice)
     grammar = tool_format.grammar(list(fmt.tools), choice=choice, parallel=False, strict=True)
     prefill, texts = _decode(tiny_lm, tok, grammar, CONVERSATION, fmt, tool_format)
     if name == "llama3":
@@ -187,7 +190,7 @@ def test_constrained_calls_in_each_format_read_back_as_valid_calls(tiny_lm, toke
     else:
         assert prefill.startswith('<tool_call>\n{"name": ')
     for text in texts:
-        parsed = fmtlib.parse_tool_reply(tf.normalize(prefill + text, tool_format), fmt)
+        parsed = parse_tool_reply(tf.normalize(prefill + text, tool_format), fmt)
         assert len(parsed.tool_calls) == 1 and not parsed.invalid_tool_calls, prefill + text
         call = parsed.tool_calls[0]
         if choice == "get_weather" or call["name"] == "get_weather":
@@ -199,25 +202,25 @@ def test_constrained_calls_in_each_format_read_back_as_valid_calls(tiny_lm, toke
 @pytest.mark.parametrize("name", ["llama3", "mistral"])
 def test_parallel_calls_in_the_template_format(tiny_lm, tokenizers, name):
     tool_format = tf.resolve(tokenizers[name])
-    fmt = fmtlib.OutputFormat(tools=(WEATHER,), tool_choice="any", parallel_tool_calls=True)
+    fmt = OutputFormat(tools=(WEATHER,), tool_choice="any", parallel_tool_calls=True)
     grammar = tool_format.grammar(list(fmt.tools), choice="any", parallel=True, strict=True)
     prefill, texts = _decode(tiny_lm, tokenizers[name], grammar, CONVERSATION[:2], fmt, tool_format)
     for text in texts:
         reply = tf.normalize(prefill + text, tool_format)
-        parsed = fmtlib.parse_tool_reply(reply, fmt)
+        parsed = parse_tool_reply(reply, fmt)
         assert parsed.tool_calls or "not complete" in parsed.invalid_tool_calls[0]["error"], prefill + text
 
 
 @pytest.mark.parametrize("name", ["hermes", "llama3", "mistral"])
 def test_auto_prose_rows_never_read_as_calls(tiny_lm, tokenizers, name):
     tool_format = tf.resolve(tokenizers[name])
-    fmt = fmtlib.OutputFormat(tools=(WEATHER,), tool_choice="auto")
+    fmt = OutputFormat(tools=(WEATHER,), tool_choice="auto")
     prefill, texts = _decode(tiny_lm, tokenizers[name], tool_format.prose_grammar(), CONVERSATION, fmt, tool_format)
     assert prefill == ""
     for text in texts:
-        parsed = fmtlib.parse_tool_reply(tf.normalize(text, tool_format), fmt)
+        parsed = parse_tool_reply(tf.normalize(text, tool_format), fmt)
         assert not parsed.attempted and parsed.content == text
-        assert fmtlib.auto_choice_score(tf.normalize(text, tool_format), fmt, CONVERSATION) == 0.0
+        assert auto_choice_score(tf.normalize(text, tool_format), fmt, CONVERSATION) == 0.0
 
 
 def test_a_special_tag_token_is_asked_for_as_that_token(default_lm):
@@ -244,11 +247,11 @@ def test_a_special_tag_token_is_asked_for_as_that_token(default_lm):
 
 def test_mistral_call_ids_are_nine_characters_and_match_their_results(default_lm):
     tok = with_template(default_lm.tokenizer, MISTRAL)
-    fmt = fmtlib.OutputFormat(tools=(WEATHER,), tool_choice="auto")
+    fmt = OutputFormat(tools=(WEATHER,), tool_choice="auto")
     with pytest.raises(ValueError, match="Tool call IDs should be alphanumeric strings with length 9"):
-        fmtlib.render(tok, CONVERSATION, fmt, native_tools=True)  # the template refuses LangChain's ids
+        render(tok, CONVERSATION, fmt, native_tools=True)  # the template refuses LangChain's ids
     new_id = tf.mistral_call_id("call_1")
     assert len(new_id) == 9 and new_id.isalnum() and new_id == tf.mistral_call_id("call_1") != tf.mistral_call_id("c2")
     assert tf.mistral_call_id("abcDEF123") == "abcDEF123"  # already valid: kept
-    text = fmtlib.render(tok, CONVERSATION, fmt, native_tools=True, call_id=tf.mistral_call_id).text
+    text = render(tok, CONVERSATION, fmt, native_tools=True, call_id=tf.mistral_call_id).text
     assert f'"id": "{new_id}"' in text and f'"call_id": "{new_id}"' in text

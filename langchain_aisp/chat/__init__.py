@@ -10,6 +10,12 @@
 - ``_reasoning``: thinking models (the think tags, the reply split into reasoning and answer, the budget);
 - ``_tool_formats``: the chat template's own tool-call format (Hermes/Qwen, Llama 3.1+, Mistral, documented);
 - ``_reply``: one call's reply plan (thinking + tool format): its prefill and constraint, and how to read it;
+- ``_format``: what a reply must look like (``OutputFormat``: free text, tool calls, one JSON object);
+- ``_render``: LangChain messages -> the prompt (chat template or plain; tool and JSON instructions);
+- ``_parse``: a reply -> its tool calls / JSON object, and the format validity term;
+- ``_auto``: the ``tool_choice="auto"`` rule (a call or prose) and the order of the tools' forced-call rows;
+- ``_grammar``: the llguidance adapter (JSON-schema, tool-call and prose grammars; the only llguidance import);
+- ``_spans``: the conversation's texts and spans, and the candidates of each kind of field;
 - ``_grounding``: how grounded a forced call's / structured output's values are in the conversation (the
   grounding term added to the reward) and the span-restricted grammars of the grounded samples.
 """

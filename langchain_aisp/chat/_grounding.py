@@ -39,11 +39,21 @@ from typing import Any
 
 from langchain_core.messages import BaseMessage
 
-from langchain_aisp import _chat_format as fmtlib
-from langchain_aisp import _grammar_llguidance as grammarlib
 from langchain_aisp._json import resolve_ref
+from langchain_aisp.chat import _grammar as grammarlib
+from langchain_aisp.chat._format import OutputFormat
+from langchain_aisp.chat._parse import parse_json_reply, parse_tool_reply
 from langchain_aisp.chat._spans import SEP as _SEP
-from langchain_aisp.chat._spans import Candidates, field_kind, field_role, key, key_words, normalize, units
+from langchain_aisp.chat._spans import (
+    Candidates,
+    conversation_texts,
+    field_kind,
+    field_role,
+    key,
+    key_words,
+    normalize,
+    units,
+)
 
 __all__ = ["Candidates", "normalize", "units"]
 
@@ -96,7 +106,7 @@ class Conversation:
     @classmethod
     def of(cls, messages: Sequence[BaseMessage]) -> Conversation:
         """The user and tool text of ``messages`` (the text the ``"auto"`` rule reads too)."""
-        found = units("\n".join(fmtlib.conversation_texts(messages)))
+        found = units("\n".join(conversation_texts(messages)))
         candidates = Candidates.of(messages)
         return cls(
             _SEP + _SEP.join(found) + _SEP,
@@ -198,18 +208,18 @@ def grounding(value: Any, schema: dict[str, Any] | None, conversation: Conversat
     return sum(scores) / len(scores) if scores else 1.0
 
 
-def reply_grounding(text: str, fmt: fmtlib.OutputFormat, conversation: Conversation) -> float:
+def reply_grounding(text: str, fmt: OutputFormat, conversation: Conversation) -> float:
     """``g`` of one reply under ``fmt``: the mean :func:`grounding` of its valid tool calls (forced calls and
     the forced-call rows of ``"auto"``), or of its JSON object (structured output). A reply with no valid
     call / no JSON object scores 0 (the format term already penalises it)."""
     if fmt.calls_tools:
-        calls = fmtlib.parse_tool_reply(text, fmt).tool_calls
+        calls = parse_tool_reply(text, fmt).tool_calls
         if not calls:
             return 0.0
         params = {t["name"]: t.get("parameters") or {} for t in fmt.tools}
         return sum(grounding(c["args"], params.get(c["name"]), conversation) for c in calls) / len(calls)
     if fmt.json_schema is not None:
-        value, error = fmtlib.parse_json_reply(text)
+        value, error = parse_json_reply(text)
         return 0.0 if error is not None else grounding(value, fmt.json_schema, conversation)
     return 1.0
 
@@ -334,7 +344,7 @@ ToolGrammar = Callable[..., str]
 """``(tools, *, choice, parallel, strict) -> grammar``: the tool-call grammar of the call's tool format."""
 
 
-def _grammar(fmt: fmtlib.OutputFormat, candidates: Candidates, mode: str, tool_grammar: ToolGrammar) -> str | None:
+def _grammar(fmt: OutputFormat, candidates: Candidates, mode: str, tool_grammar: ToolGrammar) -> str | None:
     """The grammar of ``fmt`` with its free fields restricted (:func:`grounded_schema` ``mode``); None if
     none is (in ``"claim"`` mode: also when the quoted values do not claim every tool's fields)."""
     if fmt.forces_call:
@@ -363,7 +373,7 @@ GROUNDED_CYCLE = 4
 
 def sample_grammars(
     grammar: str,
-    fmt: fmtlib.OutputFormat,
+    fmt: OutputFormat,
     messages: Sequence[BaseMessage],
     tool_grammar: ToolGrammar = grammarlib.tool_call_grammar,
     candidates: Candidates | None = None,
@@ -383,7 +393,7 @@ def sample_grammars(
 
 
 def grounded_grammars(
-    fmt: fmtlib.OutputFormat,
+    fmt: OutputFormat,
     messages: Sequence[BaseMessage],
     tool_grammar: ToolGrammar = grammarlib.tool_call_grammar,
     candidates: Candidates | None = None,
@@ -402,7 +412,7 @@ def grounded_grammars(
 
 
 def grounded_tools(
-    fmt: fmtlib.OutputFormat, messages: Sequence[BaseMessage], candidates: Candidates | None = None
+    fmt: OutputFormat, messages: Sequence[BaseMessage], candidates: Candidates | None = None
 ) -> tuple[dict[str, Any], ...]:
     """The bound tools with every free string and number argument (generative ones too: the ``"auto"`` rule
     accepts only calls whose values come from the conversation) restricted to the candidates of its kind

@@ -9,9 +9,9 @@ from typing import Any
 from langchain_core.messages import AIMessage, AIMessageChunk, ToolCallChunk, UsageMetadata
 from langchain_core.outputs import ChatGenerationChunk
 
-from langchain_aisp import _chat_format as fmtlib
 from langchain_aisp._text import stream_pieces
 from langchain_aisp.chat import _reply as replylib
+from langchain_aisp.chat._parse import ParsedReply, format_validity, parse_tool_reply
 from langchain_aisp.chat._plan import Job
 from langchain_aisp.chat._structured import cut_message
 from langchain_aisp.engine.aisp import PromptResult
@@ -19,7 +19,7 @@ from langchain_aisp.engine.aisp import PromptResult
 
 def message_parts(
     job: Job, result: PromptResult, reward_name: str
-) -> tuple[fmtlib.ParsedReply, dict[str, Any], UsageMetadata, str | None]:
+) -> tuple[ParsedReply, dict[str, Any], UsageMetadata, str | None]:
     """The parsed reply (content, tool calls), the response metadata, the usage and the reasoning (None when
     the reply did not think) of one answer."""
     text = job.prompt.prefill + result.text
@@ -29,13 +29,13 @@ def message_parts(
     text = job.reply.answer(text)  # the answer part, tool calls in the documented form
     max_tokens = job.max_tokens or job.settings.sampling.max_tokens
     if job.fmt.calls_tools and job.auto_choice != "prose":
-        parsed = fmtlib.parse_tool_reply(text, job.fmt)
+        parsed = parse_tool_reply(text, job.fmt)
         if result.finish_reason == "length":
             cut = cut_message(max_tokens, "tool call")
             for call in parsed.invalid_tool_calls:
                 call["error"] = f"{cut} ({call.get('error')})"
     else:
-        parsed = fmtlib.ParsedReply(content=text)
+        parsed = ParsedReply(content=text)
     finish = "tool_calls" if parsed.tool_calls else result.finish_reason
     aisp = {
         "reward": result.reward,
@@ -66,7 +66,7 @@ def message_parts(
     if job.auto_choice is not None:
         aisp["auto_choice"] = job.auto_choice
     if job.fmt.constrained:
-        aisp["format_validity"] = fmtlib.format_validity(text, job.fmt)
+        aisp["format_validity"] = format_validity(text, job.fmt)
     metadata = {"model_name": str(job.lm.name), "finish_reason": finish, "aisp": aisp}
     output = len(result.token_ids)
     usage = UsageMetadata(

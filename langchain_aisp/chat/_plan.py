@@ -21,14 +21,17 @@ from langchain_core.language_models import LanguageModelInput
 from langchain_core.messages import BaseMessage
 from langchain_core.utils.function_calling import convert_to_openai_tool
 
-from langchain_aisp import _chat_format as fmtlib
-from langchain_aisp import _grammar_llguidance as grammarlib
+from langchain_aisp.chat import _grammar as grammarlib
 from langchain_aisp.chat import _grounding as groundlib
 from langchain_aisp.chat import _reply as replylib
 from langchain_aisp.chat import _tool_formats as toolfmt
+from langchain_aisp.chat._auto import auto_choice_score, rank_tools
+from langchain_aisp.chat._format import OutputFormat, normalize_tool_choice
 from langchain_aisp.chat._grounding import DEFAULT_GROUNDING_WEIGHT
 from langchain_aisp.chat._loading import needs_tokenizer
+from langchain_aisp.chat._parse import format_validity
 from langchain_aisp.chat._progress import ProgressFn
+from langchain_aisp.chat._render import PLAIN_STOP, RenderedPrompt
 from langchain_aisp.engine.aisp import PromptResult, context_window_error
 from langchain_aisp.engine.config import AISPParams, SamplingParams, check_seed
 
@@ -105,7 +108,7 @@ class Variant:
     """One engine prompt of a job: its token ids, rendered prompt (with prefill) and grammar."""
 
     token_ids: list[int]
-    prompt: fmtlib.RenderedPrompt
+    prompt: RenderedPrompt
     constraint: Any
 
 
@@ -115,12 +118,12 @@ class Job:
 
     messages: list[BaseMessage]
     token_ids: list[int]
-    prompt: fmtlib.RenderedPrompt
-    fmt: fmtlib.OutputFormat
+    prompt: RenderedPrompt
+    fmt: OutputFormat
     settings: Settings
     lm: Any
     constraint: Any = None
-    """The compiled grammar of the reply (``_grammar_llguidance.LLGuidanceConstraint``), or None for free text."""
+    """The compiled grammar of the reply (``chat._grammar.LLGuidanceConstraint``), or None for free text."""
     forced: Variant | None = None
     """Under ``tool_choice="auto"``: the forced-call prompt decoded beside the prose one (half the samples each)."""
     auto_choice: str | None = None
@@ -260,11 +263,11 @@ def resolve_settings(model: AISPChatModel, overrides: dict[str, Any]) -> Setting
     return Settings(params, sampling, seed, float(values["format_weight"]), source, float(grounding_weight))
 
 
-def output_format(kwargs: dict[str, Any]) -> fmtlib.OutputFormat:
+def output_format(kwargs: dict[str, Any]) -> OutputFormat:
     """The reply format of a call from its ``tools`` / ``tool_choice`` / ``response_format`` / ``strict``."""
     tools = tuple(kwargs.get("tools") or ())
     names = [t["name"] for t in tools]
-    choice = fmtlib.normalize_tool_choice(kwargs.get("tool_choice"), names) if tools else "auto"
+    choice = normalize_tool_choice(kwargs.get("tool_choice"), names) if tools else "auto"
     response_format = kwargs.get("response_format")
     schema = None
     if response_format is not None:
@@ -277,7 +280,7 @@ def output_format(kwargs: dict[str, Any]) -> fmtlib.OutputFormat:
     strict = kwargs.get("strict")
     if strict is not None and not isinstance(strict, bool):
         raise ValueError(f"strict must be True, False or None, got {strict!r}")
-    return fmtlib.OutputFormat(
+    return OutputFormat(
         tools=tools,
         tool_choice=choice,
         json_schema=schema,
@@ -286,12 +289,12 @@ def output_format(kwargs: dict[str, Any]) -> fmtlib.OutputFormat:
     )
 
 
-def grammars(fmt: fmtlib.OutputFormat, tool_format: toolfmt.ToolFormat = toolfmt.FORMATS["documented"]) -> list[str]:
+def grammars(fmt: OutputFormat, tool_format: toolfmt.ToolFormat = toolfmt.FORMATS["documented"]) -> list[str]:
     """The grammar(s) of a reply of ``fmt``; [] for free text.
 
     Forced calls and JSON: one grammar. ``tool_choice="auto"``: two, prose (no ``<``, so no
     call tag) and forced calls; each is decoded from its own prompt with half the samples, and
-    :func:`_chat_format.auto_choice_score` decides between them (see :func:`merge_variants`).
+    :func:`_auto.auto_choice_score` decides between them (see :func:`merge_variants`).
     """
     strict = fmt.strict is not False
     if fmt.calls_tools:
@@ -373,7 +376,7 @@ def build_job(model: AISPChatModel, messages: list[BaseMessage], stop: list[str]
         stop = [stop]  # a lone string is one stop string, not one per character
     stops = list(stop if stop is not None else (model.stop or []))
     if prompt.plain:
-        stops.append(fmtlib.PLAIN_STOP)
+        stops.append(PLAIN_STOP)
     overrides["stop"] = list(dict.fromkeys(stops))
     if "model" in kwargs:
         overrides["model"] = kwargs["model"]
@@ -407,7 +410,7 @@ def auto_rows(ranked: Sequence[str]) -> list[str]:
 def _forced_variant(
     lm: Any,
     messages: list[BaseMessage],
-    out_fmt: fmtlib.OutputFormat,
+    out_fmt: OutputFormat,
     reply: replylib.ReplyPlan,
     forced_grammar: str,
     candidates: groundlib.Candidates | None = None,
@@ -424,7 +427,7 @@ def _forced_variant(
     grounded = list(groundlib.grounded_tools(out_fmt, messages, candidates))
     per_tool = [
         reply.tool_format.grammar(grounded, choice=name, parallel=False, strict=False)
-        for name in auto_rows(fmtlib.rank_tools(out_fmt, messages))
+        for name in auto_rows(rank_tools(out_fmt, messages))
     ]
     variant = replylib.render_variant(lm, messages, out_fmt, reply, per_tool, prefix_grammar=forced_grammar)
     return Variant(
@@ -460,7 +463,7 @@ def merge_variants(
     entries: Sequence[tuple[int, Variant]], results: Sequence[PromptResult | None], jobs: Sequence[Job]
 ) -> list[PromptResult | None]:
     """One result per job. A job with a forced-call variant (``tool_choice="auto"``) returns that
-    variant's best sample when it is a valid, grounded, new call (:func:`_chat_format.auto_choice_score`
+    variant's best sample when it is a valid, grounded, new call (:func:`_auto.auto_choice_score`
     is positive), else the prose variant's best: the choice does not depend on the reward's scale.
 
     The forced variant's prefill is put in front of its texts (the free prompt has none); samples,
@@ -483,7 +486,7 @@ def merge_variants(
             merged[i] = result
             continue
         answer = jobs[i].reply.answer(jobs[i].prompt.prefill + result.text)
-        call = fmtlib.auto_choice_score(answer, jobs[i].fmt, jobs[i].messages) > 0
+        call = auto_choice_score(answer, jobs[i].fmt, jobs[i].messages) > 0
         jobs[i].auto_choice = "call" if call else "prose"
         best = result if call else current
         merged[i] = dataclasses.replace(
@@ -499,8 +502,8 @@ def merge_variants(
 def format_term(text: str, job: Job) -> float:
     """The format term of one reply (times ``format_weight``): validity, or the auto-choice rule."""
     if job.fmt.calls_tools and job.fmt.tool_choice == "auto":
-        return fmtlib.auto_choice_score(text, job.fmt, job.messages)
-    return fmtlib.format_validity(text, job.fmt)  # forced calls / JSON; grounding is its own term (_grounding)
+        return auto_choice_score(text, job.fmt, job.messages)
+    return format_validity(text, job.fmt)  # forced calls / JSON; grounding is its own term (_grounding)
 
 
 def tool_binding(
@@ -508,13 +511,13 @@ def tool_binding(
 ) -> dict[str, Any]:
     """``bind_tools``' arguments as the per-call kwargs to bind; an unsupported schema fails here, not mid-decode."""
     formatted = [convert_to_openai_tool(t)["function"] for t in tools]
-    choice = fmtlib.normalize_tool_choice(tool_choice, [t["name"] for t in formatted])
+    choice = normalize_tool_choice(tool_choice, [t["name"] for t in formatted])
     bound: dict[str, Any] = {"tools": formatted, "tool_choice": choice}
     if parallel_tool_calls is not None:
         bound["parallel_tool_calls"] = parallel_tool_calls
     if strict is not None:
         bound["strict"] = strict
-    fmt = fmtlib.OutputFormat(
+    fmt = OutputFormat(
         tools=tuple(formatted), tool_choice=choice, parallel_tool_calls=parallel_tool_calls is True, strict=strict
     )
     grammars(fmt)

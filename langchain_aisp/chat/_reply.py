@@ -19,10 +19,11 @@ from typing import Any
 
 from langchain_core.messages import BaseMessage
 
-from langchain_aisp import _chat_format as fmtlib
-from langchain_aisp import _grammar_llguidance as grammarlib
+from langchain_aisp.chat import _grammar as grammarlib
 from langchain_aisp.chat import _reasoning as reasoninglib
 from langchain_aisp.chat import _tool_formats as toolfmt
+from langchain_aisp.chat._format import OutputFormat
+from langchain_aisp.chat._render import RenderedPrompt, render
 
 
 @dataclass(frozen=True)
@@ -92,7 +93,7 @@ def reasoning_kwargs(reasoning: str | None) -> dict[str, Any]:
 
 def reply_plan(
     tokenizer: Any,
-    fmt: fmtlib.OutputFormat,
+    fmt: OutputFormat,
     *,
     reasoning: bool | None,
     reasoning_tags: Any,
@@ -111,7 +112,7 @@ def reply_plan(
 class RenderedVariant:
     """One engine prompt: the rendered text (prefill included) and its constraint (None: free text)."""
 
-    prompt: fmtlib.RenderedPrompt
+    prompt: RenderedPrompt
     constraint: Any
     inside: bool
 
@@ -119,7 +120,7 @@ class RenderedVariant:
 def render_variant(
     lm: Any,
     messages: Sequence[BaseMessage],
-    fmt: fmtlib.OutputFormat,
+    fmt: OutputFormat,
     plan: ReplyPlan,
     grammar: str | Sequence[str] | None,
     *,
@@ -141,7 +142,7 @@ def render_variant(
     }
     think, inside = "", False
     if plan.mode.tags is not None:
-        base = fmtlib.render(tokenizer, messages, fmt, **options)  # type: ignore[arg-type]
+        base = render(tokenizer, messages, fmt, **options)  # type: ignore[arg-type]
         think, inside = plan.mode.prefill(base.text)
     grammar_prefill = ""
     if prefix_grammar is not None and not inside:
@@ -154,5 +155,5 @@ def render_variant(
         constraint = reasoninglib.thinking_constraint(
             tokenizer, vocab, eos, plan.mode.tags, plan.thinking_budget, answer
         )
-    prompt = fmtlib.render(tokenizer, messages, fmt, think + grammar_prefill, **options)  # type: ignore[arg-type]
+    prompt = render(tokenizer, messages, fmt, think + grammar_prefill, **options)  # type: ignore[arg-type]
     return RenderedVariant(prompt, constraint, inside)

@@ -40,12 +40,21 @@ import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from langchain_core.messages import BaseMessage
+from langchain_core.messages import BaseMessage, ChatMessage, FunctionMessage, HumanMessage, ToolMessage
 
-from langchain_aisp import _chat_format as fmtlib
+from langchain_aisp.chat._render import content_text
 
 SEP = "\x1f"
-_UNIT = re.compile(rf"[{fmtlib.UNSPACED}]|[^\s{fmtlib.UNSPACED}]+")
+MAX_SPANS = 400
+"""Most argument candidates a forced-call row of ``tool_choice="auto"`` may pick from."""
+UNSPACED = r"\u0e00-\u0eff\u1000-\u109f\u1780-\u17ff\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"
+"""Scripts written without spaces between words (Thai, Lao, Myanmar, Khmer, kana, CJK ideographs)."""
+MAX_UNSPACED = 10
+"""Longest span (in characters) taken from inside a run of an unspaced script ("王小明" in "王小明今年28岁")."""
+_NUMBER = re.compile(r"(?<![\d.A-Za-z])-?(?:\d{1,3}(?:,\d{3})+(?!\d)|\d+)(?:\.\d+)?(?![\dA-Za-z])")
+"""A number as written (``1,500`` is 1500), also next to an unspaced script (``28岁``)."""
+
+_UNIT = re.compile(rf"[{UNSPACED}]|[^\s{UNSPACED}]+")
 """A unit of normalised text: one character of an unspaced script, or a run of other non-space characters."""
 
 QUOTED = re.compile(
@@ -94,7 +103,7 @@ _POSSESSIVE = re.compile(r"['’]s$")
 _KANA = re.compile(r"[\u3040-\u30ff]")
 _SCRIPT_RUN = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]+|[\u30a0-\u30ff]+")
 """Runs of one script inside a Japanese run: ideographs (kanji), katakana (hiragana is grammar)."""
-_UNSPACED_RUN = re.compile(rf"[{fmtlib.UNSPACED}]+")
+_UNSPACED_RUN = re.compile(rf"[{UNSPACED}]+")
 
 DATE_KEYS = frozenset("date day birthday birthdate dob deadline when".split())
 CODE_KEYS = frozenset("id ids number num no code zip postcode postal phone tel sku isbn pin version year".split())
@@ -226,7 +235,7 @@ def unspaced_names(text: str) -> list[str]:
             out += [r for r in _SCRIPT_RUN.findall(run) if len(r) > 1] + ([run] if run in tokens else [])
         else:
             n = len(run)
-            out += [run[i:j] for i in range(n) for j in range(i + 1, min(n, i + fmtlib.MAX_UNSPACED) + 1)]
+            out += [run[i:j] for i in range(n) for j in range(i + 1, min(n, i + MAX_UNSPACED) + 1)]
     return out
 
 
@@ -289,15 +298,15 @@ class Candidates:
 
     @classmethod
     def of(cls, messages: Sequence[BaseMessage]) -> Candidates:
-        texts = fmtlib.conversation_texts(messages)
-        every, numbers = fmtlib.conversation_spans(messages)
+        texts = conversation_texts(messages)
+        every, numbers = conversation_spans(messages)
         quoted = [q.strip() for t in texts for m in QUOTED.finditer(t) for q in m.groups() if q and q.strip()]
         dates = [m.group() for t in texts for m in DATES.finditer(t)]
         runs = [r for t in texts for r in name_runs(t)]
         unit_keys = frozenset(key(u) for u in [*quoted, *runs, *dates] if units(u))
         date_keys = frozenset(key(d) for d in dates)
         found = dict.fromkeys([*quoted, *runs, *(s for t in texts for s in unspaced_names(t))])
-        first = itertools.islice(found, fmtlib.MAX_SPANS)  # at most as many as "auto" offers (last message first)
+        first = itertools.islice(found, MAX_SPANS)  # at most as many as "auto" offers (last message first)
         names = [n for n in first if key(n) not in date_keys and not _cuts(n, unit_keys)]
         text = [s for s in every if not _EDGE_NUMBER.search(s) and not _CLAUSE.search(s) and not _cuts(s, unit_keys)]
         text += [n for n in names if n not in text]
@@ -338,3 +347,49 @@ class Candidates:
         """Whether ``value`` (after normalisation) is one of :meth:`strings` ``(kind, role)``."""
         mine = key(value)
         return any(self.keys.get(s) == mine for s in self.strings(kind, role))
+
+
+def conversation_texts(messages: Sequence[BaseMessage]) -> list[str]:
+    """The user and tool texts of the conversation, as written, the last message first."""
+    texts: list[str] = []
+    for m in reversed(messages):
+        is_user = isinstance(m, HumanMessage) or (isinstance(m, ChatMessage) and m.role in ("user", "human"))
+        if is_user or isinstance(m, (ToolMessage, FunctionMessage)):
+            try:
+                texts.append(content_text(m))
+            except ValueError:
+                continue
+    return texts
+
+
+def _unspaced_spans(text: str) -> list[str]:
+    """Every span of up to ``MAX_UNSPACED`` characters inside runs of an unspaced script (digits included,
+    never cut inside a number, never only digits): ``"王小明今年28岁"`` -> ``"王", "王小", ..., "28岁"``."""
+    out = []
+    for run in re.findall(rf"\d*[{UNSPACED}]+(?:\d+[{UNSPACED}]*)*", text):
+        cuts = [i for i in range(len(run) + 1) if i in (0, len(run)) or not (run[i - 1].isdigit() and run[i].isdigit())]
+        out += [run[i:j] for i in cuts for j in cuts if 0 < j - i <= MAX_UNSPACED and not run[i:j].isdigit()]
+    return out
+
+
+def conversation_spans(messages: Sequence[BaseMessage], max_words: int = 6) -> tuple[list[str], list[float]]:
+    """Candidate argument values taken from the conversation: word spans (up to ``max_words`` words, as
+    written, without surrounding punctuation), spans of up to ``MAX_UNSPACED`` characters inside runs of
+    unspaced scripts, and numbers of the user and tool text, the last user message first; at most
+    ``MAX_SPANS`` spans."""
+    texts = conversation_texts(messages)
+    spans: dict[str, None] = {}
+    numbers: dict[float, None] = {}
+    for text in texts:
+        words = list(re.finditer(r"\S+", text))
+        for i in range(len(words)):
+            for j in range(i, min(len(words), i + max_words)):
+                span = text[words[i].start() : words[j].end()].strip(".,;:!?\"'()[]{}<>«»“”‘’")
+                if span and len(spans) < MAX_SPANS:
+                    spans.setdefault(span, None)
+        for span in _unspaced_spans(text):
+            if len(spans) < MAX_SPANS:
+                spans.setdefault(span, None)
+        for match in _NUMBER.finditer(text):
+            numbers.setdefault(float(match.group().replace(",", "")), None)
+    return list(spans), list(numbers)

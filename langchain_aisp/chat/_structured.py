@@ -14,8 +14,8 @@ from langchain_core.runnables import Runnable, RunnableLambda, RunnableMap, Runn
 from langchain_core.utils.function_calling import convert_to_json_schema, convert_to_openai_tool
 from langchain_core.utils.pydantic import is_basemodel_subclass
 
-from langchain_aisp import _chat_format as fmtlib
-from langchain_aisp import _grammar_llguidance as grammarlib
+from langchain_aisp.chat import _grammar as grammarlib
+from langchain_aisp.chat._parse import schema_errors
 
 StructuredMethod = Literal["function_calling", "json_schema", "json_mode"]
 
@@ -52,7 +52,7 @@ def _parse_json_output(inner: Runnable[Any, Any], schema: dict[str, Any], messag
     if cut:  # a lenient parser could close the cut JSON: never return a truncated value
         raise OutputParserException(cut_message(_max_tokens_of(message), "JSON"), llm_output=message.text)
     value = inner.invoke(message)
-    error = fmtlib.schema_errors(value, schema) if isinstance(value, dict) else None
+    error = schema_errors(value, schema) if isinstance(value, dict) else None
     if value is None:
         raise OutputParserException("the reply contains no JSON object", llm_output=message.text)
     if error is not None:

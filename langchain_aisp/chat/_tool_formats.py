@@ -19,7 +19,7 @@ not named here (the tool instructions then go into the system message, where the
 described). ``AISPChatModel(tool_format=...)`` overrides the detection.
 
 Replies are read back by :func:`normalize`, which rewrites a reply of any format into the documented
-``<tool_call>`` form, so that one parser (``_chat_format.parse_tool_reply``) and one set of format
+``<tool_call>`` form, so that one parser (``_parse.parse_tool_reply``) and one set of format
 terms serve every format. Mistral's ``[TOOL_CALLS]`` is a special token in Mistral's own tokenizers:
 the grammar then asks for that token, and decoding (which drops special tokens) leaves a reply that
 starts with the JSON list, which :func:`normalize` reads as calls too.
@@ -34,9 +34,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any, Literal
 
-from langchain_aisp import _grammar_llguidance as grammarlib
-from langchain_aisp._chat_format import supports_native_tools
+from langchain_aisp.chat import _grammar as grammarlib
 from langchain_aisp.chat._reasoning import template_text
+from langchain_aisp.chat._render import supports_native_tools
 
 ToolFormatName = Literal["auto", "documented", "hermes", "llama3", "mistral"]
 TOOL_FORMATS = ("auto", "documented", "hermes", "llama3", "mistral")

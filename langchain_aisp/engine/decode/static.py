@@ -43,14 +43,13 @@ graphs and says so in the log; if a compile fails the bucket takes the uncompile
 from __future__ import annotations
 
 import contextlib
-import importlib
 import logging
 import math
 import time
 import types
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -72,12 +71,6 @@ from langchain_aisp.engine.decode.runners import RunnerCache, default_budget
 from langchain_aisp.engine.lm import CausalLM
 from langchain_aisp.engine.processors import LogitsTransform, apply_processors, sample_tokens
 
-if TYPE_CHECKING:  # the old home of path selection (resolved lazily at run time: no import cycle)
-    from langchain_aisp.engine.decode.select import VERIFIED_MODEL_TYPES as VERIFIED_MODEL_TYPES
-    from langchain_aisp.engine.decode.select import DecodeFn as DecodeFn
-    from langchain_aisp.engine.decode.select import resolve_decoding as resolve_decoding
-    from langchain_aisp.engine.decode.select import select_decode as select_decode
-
 _log = logging.getLogger(__name__)
 
 LENGTH_BUCKET = 64
@@ -90,17 +83,9 @@ COMPILE_WHEN_WARM: Literal["when_warm"] = "when_warm"
 """``compile_step`` value of ``decoding="auto"``: compile a bucket only when its compile is paid already."""
 CompileStep = bool | Literal["when_warm"]
 _ATTENTION_IMPLEMENTATIONS = ("sdpa", "eager")
-_MOVED = ("select_decode", "resolve_decoding", "DecodeFn", "VERIFIED_MODEL_TYPES")
 
 DECODE_ATTENTION = "langchain_aisp_decode_sdpa"
 """Name under which :func:`decode_sdpa` is registered in transformers' ``AttentionInterface``."""
-
-
-def __getattr__(name: str) -> Any:
-    """Path selection moved to :mod:`langchain_aisp.engine.decode.select`; its old names still resolve here."""
-    if name in _MOVED:  # a lookup at attribute time, after both modules are loaded: no import cycle
-        return getattr(importlib.import_module("langchain_aisp.engine.decode.select"), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def rows_bucket(rows: int) -> int:

@@ -48,11 +48,10 @@ import llguidance.hf
 import torch
 
 from langchain_aisp._json import close_objects
+from langchain_aisp.chat._format import TOOL_CALL_CLOSE, TOOL_CALL_OPEN
 from langchain_aisp.engine.constraints import bitmask_words
 from langchain_aisp.errors import ConstraintError, GrammarError
 
-TOOL_CALL_OPEN = "<tool_call>"
-TOOL_CALL_CLOSE = "</tool_call>"
 JSON_OPTIONS: dict[str, Any] = {"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": "}
 COMPILED_CACHE_SIZE = 128
 CLOSE_HORIZON = 64
