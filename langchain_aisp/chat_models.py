@@ -287,11 +287,13 @@ class AISPChatModel(BaseChatModel):
     """When True, ``invoke`` goes through ``_stream`` (LangChain's usual meaning)."""
 
     control_memory: ControlMemory | None = Field(default=None, exclude=True)
-    """A :class:`~langchain_aisp.ControlMemory`: AISP calls start from the mean it learned on earlier calls
-    (for this model, reward and control shape) and every call (a ``batch`` counts once) updates it. None
-    (default): every call starts from U = 0. Calls with tools or a JSON schema bound neither use nor update
-    it (their reward includes the format term). ``response_metadata["aisp"]["warm_start"]`` says whether a
-    call was warm-started, ``warm_start_norm`` how strongly."""
+    """A :class:`~langchain_aisp.ControlMemory`: a proposal learned across calls for this model and reward. Every
+    call (Best-of-N or AISP) draws a quarter of its samples from the model's own proposal and the rest shifted
+    along the direction the memory learned, as strongly as its self-check finds that the shifted samples win;
+    every call (a ``batch`` counts once) teaches it. None (default): every sample is the model's own. Calls
+    with tools or a JSON schema bound neither use nor update it (their reward includes the format term).
+    ``response_metadata["aisp"]["warm_start"]`` says whether a call was steered, ``["memory"]`` how (own rows,
+    level, strength in nats, estimated per-token KL)."""
 
     timeout: float | None = None
     """Wall-clock limit of one call, in seconds (None: none); also a per-call argument

@@ -53,7 +53,8 @@ def main() -> int:
             ratios.append([u / draw for u in result.u_norms])
     per_round = [sum(r[i] for r in ratios) / len(ratios) for i in range(args.rounds)]
     for i, value in enumerate(per_round, start=1):
-        print(f"round {i}: ||U|| / one noise draw = {value:.3f} (max over prompt-seeds {max(r[i - 1] for r in ratios):.3f})")
+        worst = max(r[i - 1] for r in ratios)
+        print(f"round {i}: ||U|| / one noise draw = {value:.3f} (max over prompt-seeds {worst:.3f})")
     if args.out:
         with open(args.out, "w", encoding="utf-8") as handle:
             json.dump({"args": vars(args), "per_round": per_round, "ratios": ratios}, handle, indent=1)

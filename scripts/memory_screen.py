@@ -45,7 +45,7 @@ from langchain_aisp.bench.scorers import TextEmbedder, engine_score
 from langchain_aisp.engine.aisp import PromptResult, run
 from langchain_aisp.engine.config import AISPParams, SamplingParams
 from langchain_aisp.engine.lm import CausalLM, load_causal_lm
-from langchain_aisp.engine.memory import ControlMemory, memory_key, token_bias
+from langchain_aisp.engine.memory import ControlMemory, Proposal, token_bias
 
 OWN = 2
 LEARNED = 6
@@ -63,12 +63,11 @@ def parse_design(text: str) -> tuple[str | None, float, float | None]:
 
 def fit_tokens(lm: CausalLM, stream: list[PromptResult], strength: float, sampling: SamplingParams) -> torch.Tensor:
     """The ControlMemory "tokens" direction of the stream (d,), largest logit boost ``strength``."""
-    memory = ControlMemory(signal="tokens", strength=strength, warmup_prompts=1, max_rms=10.0)
-    params = AISPParams(method="bon", num_samples=8, num_iterations=1)
-    memory.update(lm, "screen", params, sampling, stream)
-    start = memory.start(memory_key(lm, "screen", params, sampling))
-    assert start is not None
-    return start[0]
+    memory = ControlMemory()
+    memory.update(lm, "screen", stream, Proposal(None, 8, 0.0, 0.0, 0.0), sampling.max_tokens)
+    unit = memory.unit_shift(lm)
+    assert unit is not None
+    return strength * unit
 
 
 def fit_token_bias(lm: CausalLM, stream: list[PromptResult], strength: float, steps: int) -> torch.Tensor:

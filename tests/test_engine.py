@@ -214,7 +214,9 @@ def test_u_does_not_drift_when_the_reward_carries_no_signal(tiny_lm, encode):
         return [rng.random() for _ in texts]
 
     params = AISPParams(method="aisp", num_samples=8, num_iterations=8, sigma=0.05, tau=8)
-    results = run(tiny_lm, [encode("Hi"), encode("Tell me a story.")], score, params, SamplingParams(max_tokens=8), seed=0)
+    results = run(
+        tiny_lm, [encode("Hi"), encode("Tell me a story.")], score, params, SamplingParams(max_tokens=8), seed=0
+    )
     draw = params.sigma * tiny_lm.prelogit_rms * math.sqrt(8 * tiny_lm.hidden_size)  # norm of one noise draw
     for result in results:
         assert len(result.u_norms) == 8 and len(result.signal_shares) == 8
@@ -247,7 +249,7 @@ def test_row_shift_is_checked(tiny_lm, encode):
     with pytest.raises(ValueError, match="NaN or infinite"):
         run(tiny_lm, [encode("Hi")], _length_score, params, SamplingParams(max_tokens=2),
             row_shift=torch.full((2, 32), math.nan))  # fmt: skip
-    with pytest.raises(TypeError, match="floating-point torch.Tensor"):
+    with pytest.raises(TypeError, match=r"floating-point torch\.Tensor"):
         run(tiny_lm, [encode("Hi")], _length_score, params, SamplingParams(max_tokens=2), row_shift=[[0.0] * 32] * 2)
 
 

@@ -208,13 +208,10 @@ BATCH_PLAN: ContextVar[BatchPlan | None] = ContextVar("langchain_aisp_batch_plan
 def check_model(model: AISPChatModel) -> None:
     """Validate the model's settings together (``ValueError`` naming the field, the bad value and the range)."""
     settings = resolve_settings(model, {})  # AISPParams / SamplingParams raise ValueError naming field and range
-    memory, method = model.control_memory, settings.params.method
-    learns_from_bon = memory is not None and memory.learning and memory.signal != "control"
-    if memory is not None and method != "aisp" and not (method == "bon" and learns_from_bon):
-        raise ValueError(  # it would neither warm-start (AISP only) nor learn: a silently ignored parameter
-            f"this control_memory would do nothing with method={method!r}: it warm-starts method='aisp' only (the "
-            "default method is 'bon'), and learns from Best-of-N only while learning with signal='tokens'; "
-            "pass method='aisp'"
+    if model.control_memory is not None and settings.params.method == "sample":
+        raise ValueError(  # one sample: no learned row to compare with the model's own, a silently ignored memory
+            "this control_memory would do nothing with method='sample' (one sample: nothing to compare the learned "
+            "proposal with); use method='bon' (the default) or 'aisp'"
         )
     if needs_tokenizer(model.model) != (model.tokenizer is not None):
         raise ValueError(

@@ -27,8 +27,9 @@ A memory whose direction stops helping (the reward or the traffic changed) sees 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 UP = 1.5
 DOWN = 2.0
@@ -123,7 +124,7 @@ class SelfCheck:
         self.weight *= 0.5  # the evidence was gathered at the old level: the next move needs new calls
         self.moves = [*self.moves[-63:], level]
 
-    def to_json(self) -> dict[str, float | int | list[float]]:
+    def to_json(self) -> dict[str, Any]:
         return {
             "window": self.window,
             "floor": self.floor,
@@ -135,8 +136,8 @@ class SelfCheck:
         }
 
     @classmethod
-    def from_json(cls, data: dict[str, object]) -> SelfCheck:
-        check = cls(window=int(data["window"]), floor=float(data["floor"]), level=float(data["level"]))  # type: ignore[arg-type]
-        check.weight, check.mean, check.square = float(data["weight"]), float(data["mean"]), float(data["square"])  # type: ignore[arg-type]
-        check.moves = [float(v) for v in data.get("moves", [])]  # type: ignore[union-attr]
+    def from_json(cls, data: Mapping[str, Any]) -> SelfCheck:
+        check = cls(window=int(data["window"]), floor=float(data["floor"]), level=float(data["level"]))
+        check.weight, check.mean, check.square = float(data["weight"]), float(data["mean"]), float(data["square"])
+        check.moves = [float(v) for v in data.get("moves", [])]
         return check
