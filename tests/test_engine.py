@@ -242,6 +242,29 @@ def test_row_shift_steers_its_rows_only_under_best_of_n(tiny_lm, encode):
     assert warm.u_norms == [0.0] and warm.signal_shares == [0.0]  # Best-of-N's U never moves
 
 
+def test_row_temperature_scales_its_rows_only(tiny_lm, encode):
+    params = AISPParams(method="bon", num_samples=6, num_iterations=1)
+    sampling = SamplingParams(max_tokens=6)
+    cold = run(tiny_lm, [encode("Hi")], _length_score, params, sampling, seed=0)[0]
+    zero = run(tiny_lm, [encode("Hi")], _length_score, params, sampling, seed=0, row_temperature=torch.zeros(6))[0]
+    assert zero.texts == cold.texts  # no offset: the model's own temperature
+    cold_rows = torch.tensor([0.0, 0.0, -4.0, -4.0, -4.0, -4.0])  # rows 2-5 at T / e^4: near greedy
+    warm = run(tiny_lm, [encode("Hi")], _length_score, params, sampling, seed=0, row_temperature=cold_rows)[0]
+    assert warm.texts[0][:2] == cold.texts[0][:2]
+    greedy = len(set(map(tuple, warm.sample_token_ids[0][2:])))  # different uniforms, (nearly) the greedy answer
+    assert greedy <= 2 < len(set(map(tuple, cold.sample_token_ids[0][2:])))
+    with pytest.raises(ValueError, match=r"row_temperature must have shape \(6,\)"):
+        run(tiny_lm, [encode("Hi")], _length_score, params, sampling, row_temperature=torch.zeros(5))
+    with pytest.raises(ValueError, match=r"finite log-temperature offsets in \[-5, 5\]"):
+        run(tiny_lm, [encode("Hi")], _length_score, params, sampling, row_temperature=torch.full((6,), 9.0))
+    bias = AISPParams(method="aisp", num_samples=6, num_iterations=1, control="token-bias")
+    with pytest.raises(ValueError, match="row_temperature scales the rows of a pre-logit control"):
+        run(tiny_lm, [encode("Hi")], _length_score, bias, sampling, row_temperature=torch.zeros(6))
+    early = AISPParams(method="bon", num_samples=4, num_iterations=1, reject_at=2)
+    with pytest.raises(ValueError, match="cannot be combined with early rejection"):
+        run(tiny_lm, [encode("Hi")], _length_score, early, sampling, row_temperature=torch.zeros(4))
+
+
 def test_row_shift_is_checked(tiny_lm, encode):
     params = AISPParams(method="bon", num_samples=2, num_iterations=1)
     with pytest.raises(ValueError, match=r"row_shift must have shape \(2, 32\) .* got \(3, 32\)"):

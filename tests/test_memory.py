@@ -304,17 +304,35 @@ def test_a_steered_call_keeps_its_own_rows_and_shifts_the_others(tiny_lm, encode
     lm = _peaked_lm(tiny_lm)
     params = AISPParams(method="bon", num_samples=8, num_iterations=1)
     sampling = SamplingParams(max_tokens=8)
-    memory = ControlMemory(warmup_prompts=1, strength=8.0, floor=1.0, kl_budget=10.0)
+    memory = ControlMemory(warmup_prompts=1, strength=8.0, floor=1.0, kl_budget=10.0, temperature_probe=0.0)
     memory.update(lm, "bananas", [_taught_result(0, BANANA, TOKENS[1])], _proposal(), 8)
     (warm,) = run_with_memory(memory, lm, [encode("Fruit?")], _bananas, params, sampling, reward="bananas", seed=0)
     (cold,) = run(lm, [encode("Fruit?")], _bananas, params, sampling, seed=0)
     assert warm.texts[0][:2] == cold.texts[0][:2]  # own rows: the model's proposal, same uniforms
     assert sum(warm.rewards[0][2:]) >= sum(cold.rewards[0][2:]) + 4  # learned rows: many more bananas
-    assert warm.memory == {"own_rows": 2, "level": 1.0, "strength": pytest.approx(8.0), "kl": pytest.approx(0.0)}
+    assert warm.memory == {
+        "own_rows": 2, "level": 1.0, "strength": pytest.approx(8.0), "kl": pytest.approx(0.0),
+        "temperature_offset": 0.0,
+    }  # fmt: skip
     aisp = AISPParams(method="aisp", num_samples=8, num_iterations=2, tau=8)
     (steered,) = run_with_memory(memory, lm, [encode("Fruit?")], _bananas, aisp, sampling, reward="bananas", seed=0)
     assert sum(steered.rewards[1][2:]) >= 2 and sum(steered.rewards[1][:2]) == 0  # AISP's rows are shifted too
     assert memory.updates == 3
+
+
+def test_the_learned_rows_explore_the_temperature_and_follow_the_cooler_half(tiny_lm):
+    memory = ControlMemory(check_window=8)
+    bon = AISPParams(method="bon", num_samples=8, num_iterations=1)
+    proposal = memory.proposal(tiny_lm, "r", bon, SAMPLING)
+    assert proposal.row_shift is None  # nothing learned: no shift yet, but the learned rows explore the temperature
+    assert proposal.row_temperature.tolist() == pytest.approx([0, 0, 0.3, -0.3, 0.3, -0.3, 0.3, -0.3])
+    rows = [[0.0, 0.1, 0.2, 1.0, 0.1, 0.9, 0.3, 1.1]]  # own, own, then hot / cool alternating: the cool rows win
+    for call in range(12):
+        result = PromptResult(index=0, rewards=[[r + 0.01 * call for r in rows[0]]], sample_token_ids=[[[5]] * 8])
+        memory.update(tiny_lm, "r", [result], memory.proposal(tiny_lm, "r", bon, SAMPLING), 4)
+    offset = memory.proposal(tiny_lm, "r", bon, SAMPLING).temperature_offset
+    assert offset < 0 and memory.stats()["temperature"]["offset"] == offset
+    assert ControlMemory(temperature_probe=0.0).proposal(tiny_lm, "r", bon, SAMPLING).row_temperature is None
 
 
 def test_the_memory_backs_off_when_the_reward_changes(tiny_lm, encode):
@@ -324,7 +342,8 @@ def test_the_memory_backs_off_when_the_reward_changes(tiny_lm, encode):
     lm = _peaked_lm(tiny_lm)
     params = AISPParams(method="bon", num_samples=8, num_iterations=1)
     sampling = SamplingParams(max_tokens=6)
-    memory = ControlMemory(warmup_prompts=2, strength=8.0, kl_budget=10.0, check_window=8, floor=0.25)
+    memory = ControlMemory(warmup_prompts=2, strength=8.0, kl_budget=10.0, check_window=8, floor=0.25,
+                           temperature_probe=0.0)  # fmt: skip
     prompts = [encode(q) for q in ("Fruit?", "Snack?", "Name a fruit.", "Lunch?")]
     sign = {"value": 1.0}
 

@@ -7,7 +7,14 @@ import random
 
 import pytest
 
-from langchain_aisp.engine.selfcheck import DEFAULT_FLOOR, SelfCheck, expected_best_of, paired_gain
+from langchain_aisp.engine.selfcheck import (
+    DEFAULT_FLOOR,
+    SelfCheck,
+    TemperatureCheck,
+    expected_best_of,
+    paired_gain,
+    split_gain,
+)
 
 
 @pytest.mark.parametrize("pool", [[0.3, -1.0, 2.5, 0.3, 0.9, 4.0], [1.0, 1.0, 1.0], [2.0, 1.0, 2.0, 0.0]])
@@ -72,6 +79,34 @@ def test_state_round_trips_and_bad_settings_are_refused():
     assert again.to_json() == check.to_json() and again.se == check.se
     with pytest.raises(ValueError, match="window must be an integer >= 2"):
         SelfCheck(window=1)
+    temperature = TemperatureCheck(window=8)
+    _run_t(temperature, -0.5, 12)
+    assert TemperatureCheck.from_json(temperature.to_json()).to_json() == temperature.to_json()
+    with pytest.raises(ValueError, match=r"temperature probe must be a number in \[0, 2\]"):
+        TemperatureCheck(probe=-0.1)
     with pytest.raises(ValueError, match=r"floor must be a number in \[0, 1\]"):
         SelfCheck(floor=1.5)
     assert SelfCheck().observe([]) == DEFAULT_FLOOR  # a call with no comparison moves nothing
+
+
+def _run_t(check: TemperatureCheck, mu: float, calls: int, seed: int = 0) -> list[float]:
+    rng = random.Random(seed)
+    return [check.observe([rng.gauss(mu, 1.0) for _ in range(2)]) for _ in range(calls)]
+
+
+def test_the_learned_temperature_follows_the_winning_half_within_its_limit():
+    check = TemperatureCheck(probe=0.3, step=0.15, limit=0.6)
+    assert check.rows(6) == [0.3, -0.3, 0.3, -0.3, 0.3, -0.3] and check.rows(1) == [0.0]
+    cooler = _run_t(check, -0.6, 60)  # the cooler half wins: the offset goes down, to the limit and no further
+    assert cooler[-1] == -0.6 and min(cooler) == -0.6
+    assert check.rows(2) == [pytest.approx(-0.3), pytest.approx(-0.9)]
+    hotter = _run_t(check, 0.6, 100, seed=1)  # the reward changes: back up
+    assert hotter[-1] >= 0.3
+    still = TemperatureCheck()
+    assert max(abs(v) for v in _run_t(still, 0.0, 64, seed=2)) <= 0.3  # no difference: it stays near 0
+
+
+def test_split_gain_compares_equal_halves():
+    assert split_gain([1.0, 3.0], [0.0, 1.0], [0.0, 1.0, 1.0, 3.0]) == pytest.approx(2.0 / 1.2583, rel=1e-3)
+    assert split_gain([], [1.0], [1.0, 2.0]) is None
+    assert split_gain([1.0], [1.0], [1.0, 1.0]) is None  # no spread

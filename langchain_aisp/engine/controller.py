@@ -130,14 +130,22 @@ class Plan:
     """(vocab, d) the LM head, for ``token_step``."""
     logit_control: bool = False
     """``control`` is a logit-space control (``engine/logit_control.py``): U (1, width), ``sigma`` in its own units."""
+    row_temperature: bool = False
+    """Each sample row carries a log-temperature offset: its V rows get one more column
+    (``logit_control.tempered_head``)."""
 
     @classmethod
-    def build(cls, lm: CausalLM, params: AISPParams, sampling: SamplingParams) -> Plan:
+    def build(cls, lm: CausalLM, params: AISPParams, sampling: SamplingParams, row_temperature: bool = False) -> Plan:
         single = params.method == "sample"
         steer = params.method == "aisp"
         n = 1 if single else params.num_samples
         tau = min(params.tau, sampling.max_tokens)
         logit_control = steer and params.control in LOGIT_CONTROLS
+        if row_temperature and logit_control:
+            raise ValueError(
+                f"row_temperature scales the rows of a pre-logit control; control={params.control!r} is a logit "
+                "control: use control='position' or 'shared' with it"
+            )
         if params.control == "position":
             control_index = torch.arange(tau)  # (tau,)
         else:
@@ -157,6 +165,7 @@ class Plan:
             device=lm.device,
             head_weight=lm.head_weight,
             logit_control=logit_control,
+            row_temperature=row_temperature,
         )
 
 
@@ -207,6 +216,8 @@ class Controller:
     shift: torch.Tensor | None = None
     """(n, width) a fixed shift of each sample row's control at every decoded position (a learned proposal:
     ``run(row_shift=...)``); it moves the rows' base, not U: the weights and the update never see it."""
+    temperature: torch.Tensor | None = None
+    """(n,) each sample row's log-temperature offset (``run(row_temperature=...)``), with ``plan.row_temperature``."""
 
     def __post_init__(self) -> None:
         self.mass = torch.zeros(self.plan.steps, device=self.plan.device)  # (steps,)
@@ -239,6 +250,9 @@ class Controller:
         V_rows = torch.cat([V_pos, V.new_zeros(n, 1, d)], dim=1)  # (n, tau + 1, d)
         if self.shift is not None:  # at every position, the slice past tau included
             V_rows = V_rows + self.shift[:, None]  # (n, tau + 1, d)
+        if self.temperature is not None:  # one more column: the row's log-temperature offset
+            column = self.temperature[:, None, None].expand(n, V_rows.shape[1], 1)  # (n, tau + 1, 1)
+            V_rows = torch.cat([V_rows, column.to(V_rows)], dim=2)  # (n, tau + 1, d + 1)
         return Sample(V, V_rows, uniforms)
 
     def update(self, sample: Sample, out: DecodeOutput, rows: slice, rewards: list[float]) -> None:

@@ -56,6 +56,19 @@ def control_head(lm: CausalLM, control: str) -> HeadFn:
     return head_token_bias if control == "token-bias" else head_temperature
 
 
+def tempered_head(lm: CausalLM) -> HeadFn:
+    """A pre-logit head whose rows carry their own temperature: ``head(z, v) = (W (z + v[:, :d]) + b) / exp(v[:, d])``,
+    v (A, d + 1): the pre-logit control and a log-temperature offset per row (on top of the sampling temperature).
+    fp32; resolved once per run (``run(row_temperature=...)``)."""
+    base = head_for(lm)
+    d = lm.hidden_size
+
+    def head(z: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        return base(z, v[:, :d]) * torch.exp(-v[:, d:].float())  # (A, vocab)
+
+    return head
+
+
 def grow_support(support: torch.Tensor, token_ids: Sequence[Sequence[int]]) -> torch.Tensor:
     """``support`` (vocab,) bool with every token of ``token_ids`` (the samples' responses) set."""
     ids = [t for row in token_ids for t in row]

@@ -48,7 +48,16 @@ import torch
 from langchain_aisp.engine.aisp import IterationEvent, PromptResult, ScoreFn, run
 from langchain_aisp.engine.config import DEFAULT_MAX_BATCH_SIZE, AISPParams, SamplingParams
 from langchain_aisp.engine.lm import CausalLM
-from langchain_aisp.engine.selfcheck import DEFAULT_FLOOR, DEFAULT_WINDOW, SelfCheck, paired_gain
+from langchain_aisp.engine.selfcheck import (
+    DEFAULT_FLOOR,
+    DEFAULT_PROBE,
+    DEFAULT_TEMPERATURE_LIMIT,
+    DEFAULT_WINDOW,
+    SelfCheck,
+    TemperatureCheck,
+    paired_gain,
+    split_gain,
+)
 
 Signal = Literal["tokens"]
 SIGNALS: tuple[str, ...] = ("tokens",)
@@ -83,19 +92,28 @@ def memory_key(lm: CausalLM, reward: str) -> MemoryKey:
 
 @dataclass(frozen=True)
 class Proposal:
-    """How one call samples: ``row_shift`` (n, d) for ``aisp.run`` (None: every row is the model's own),
-    ``own`` rows from the model's proposal first, then the learned ones at ``strength`` nats (largest boost)."""
+    """How one call samples: ``own`` rows from the model's proposal first, then the learned ones, shifted by
+    ``row_shift`` (n, d) at ``strength`` nats (largest boost) and sampled at the call's temperature times
+    ``exp(row_temperature)`` (n,) (alternately hotter and cooler). None: no such change."""
 
     row_shift: torch.Tensor | None
     own: int
     level: float
     strength: float
     kl: float
-    """The estimated per-token KL (nats) of the learned rows' proposal from the model's own."""
+    """The estimated per-token KL (nats) of the learned rows' shift (at the call's temperature)."""
+    row_temperature: torch.Tensor | None = None
+    temperature_offset: float = 0.0
+    """The learned rows' log-temperature offset around which they explore (``row_temperature`` +- the probe)."""
 
     @property
     def steered(self) -> bool:
-        return self.row_shift is not None
+        return self.row_shift is not None or self.row_temperature is not None
+
+    def run_kwargs(self) -> dict[str, torch.Tensor]:
+        """``aisp.run`` keyword arguments for this proposal."""
+        kwargs = {"row_shift": self.row_shift, "row_temperature": self.row_temperature}
+        return {k: v for k, v in kwargs.items() if v is not None}
 
 
 def own_rows(num_samples: int, share: float) -> int:
@@ -129,8 +147,11 @@ class ControlMemory:
         kl_budget: cap on the estimated per-token KL divergence (nats) of the learned proposal from the model's.
         warmup_prompts: the shift grows linearly with the prompts learned, reaching full size at this many.
         window: effective number of prompts the direction averages over (exponential forgetting).
-        check_window: effective number of calls the self-check's estimate averages over.
+        check_window: effective number of calls the self-check's estimates average over.
         floor: the self-check's lowest level (the learned rows' probe strength is ``floor * strength``).
+        temperature_probe: half-width (log-temperature) of the learned rows' temperature exploration; 0 keeps the
+            learned rows at the call's temperature (no temperature is learned).
+        temperature_limit: the largest log-temperature offset the learned rows may reach.
         frequency_axes: top principal directions of the LM head removed from the learned direction.
         learning: False freezes the memory: it still steers calls but neither learns nor moves its level.
         model, reward: pin the key up front; otherwise the first call fixes it. A call for another key is
@@ -148,6 +169,8 @@ class ControlMemory:
         window: int = DEFAULT_DIRECTION_WINDOW,
         check_window: int = DEFAULT_WINDOW,
         floor: float = DEFAULT_FLOOR,
+        temperature_probe: float = DEFAULT_PROBE,
+        temperature_limit: float = DEFAULT_TEMPERATURE_LIMIT,
         frequency_axes: int = 1,
         learning: bool = True,
         model: str | None = None,
@@ -165,7 +188,11 @@ class ControlMemory:
             raise ValueError(f"frequency_axes must be an integer in [0, 64], got {frequency_axes!r}")
         self.frequency_axes = frequency_axes
         self.learning = bool(learning)
-        self._check = SelfCheck(window=_check_int("check_window", check_window, 2), floor=floor, level=floor)
+        window_calls = _check_int("check_window", check_window, 2)
+        self._check = SelfCheck(window=window_calls, floor=floor, level=floor)
+        self._temperature = TemperatureCheck(
+            window=window_calls, probe=temperature_probe, step=temperature_probe / 2, limit=temperature_limit
+        )
         self._model, self._reward = model, reward
         self._width: int | None = None
         self._lock = threading.Lock()
@@ -245,14 +272,21 @@ class ControlMemory:
             level = self._check.level
             unit, ramp = self._unit, min(1.0, self._count / self.warmup_prompts)
             kl_unit = self._kl_unit(sampling.temperature)
-        if unit is None or own >= n or not ramp > 0:
+            offsets = self._temperature.rows(n - own)
+            offset = self._temperature.offset
+        if own >= n:
             return Proposal(None, own, level, 0.0, 0.0)
+        temperature = None
+        if any(o != 0.0 for o in offsets):
+            temperature = torch.tensor([0.0] * own + offsets, dtype=torch.float32, device=lm.device)  # (n,)
+        if unit is None or not ramp > 0:
+            return Proposal(None, own, level, 0.0, 0.0, temperature, offset)
         strength = level * self.strength * ramp
         if kl_unit > 0:
             strength = min(strength, math.sqrt(self.kl_budget / kl_unit))
         shift = torch.zeros(n, unit.shape[0], dtype=torch.float32)  # (n, d)
         shift[own:] = (strength * unit).to(torch.float32)  # (n - own, d)
-        return Proposal(shift.to(lm.device), own, level, strength, kl_unit * strength**2)
+        return Proposal(shift.to(lm.device), own, level, strength, kl_unit * strength**2, temperature, offset)
 
     def _derive(self, head_weight: torch.Tensor) -> None:
         """The unit shift and its logit shift from the summed direction, once per change (under the lock)."""
@@ -316,6 +350,7 @@ class ControlMemory:
                 "kl_at_full_strength": self._kl_unit(1.0) * self.strength**2,
                 "check": self._check.to_json(),
                 "check_se": self._check.se if math.isfinite(self._check.se) else None,
+                "temperature": self._temperature.to_json(),
             }
 
     # --- learning ----------------------------------------------------------------------------
@@ -337,6 +372,7 @@ class ControlMemory:
         stats = _token_statistics(lm.head_weight, results, max_tokens, axes)
         own_tokens = _own_token_counts(results, proposal.own, lm.head_weight.shape[0])  # (vocab,)
         gains = _paired_gains(results, proposal.own) if proposal.steered else []
+        splits = _split_gains(results, proposal.own) if proposal.row_temperature is not None else []
         if stats is None and own_tokens is None and not gains:
             return False
         with self._lock:
@@ -344,6 +380,7 @@ class ControlMemory:
             self._axes = axes
             self._fold(stats, own_tokens)
             self._check.observe(gains)
+            self._temperature.observe(splits)
             self._updates += 1
         return True
 
@@ -369,6 +406,7 @@ class ControlMemory:
                 value = getattr(self, name)
                 setattr(other, name, None if value is None else value.clone())
             other._check = SelfCheck.from_json(self._check.to_json())
+            other._temperature = TemperatureCheck.from_json(self._temperature.to_json())
             return other
 
     def reset(self) -> None:
@@ -379,6 +417,8 @@ class ControlMemory:
             self._sum = self._unit = self._tokens = self._delta = None
             self._stale = False
             self._check = SelfCheck(window=self._check.window, floor=self._check.floor, level=self._check.floor)
+            t = self._temperature
+            self._temperature = TemperatureCheck(window=t.window, probe=t.probe, step=t.step, limit=t.limit)
 
     def _settings(self) -> dict[str, Any]:
         return {
@@ -390,6 +430,8 @@ class ControlMemory:
             "window": self.window,
             "check_window": self._check.window,
             "floor": self._check.floor,
+            "temperature_probe": self._temperature.probe,
+            "temperature_limit": self._temperature.limit,
             "frequency_axes": self.frequency_axes,
         }
 
@@ -417,6 +459,7 @@ class ControlMemory:
                 "prompts": self._prompts,
                 "count": self._count,
                 "check": self._check.to_json(),
+                "temperature": self._temperature.to_json(),
                 **self._settings(),
             }
         target = Path(path)
@@ -464,12 +507,13 @@ class ControlMemory:
         memory._updates, memory._prompts = int(header["updates"]), int(header["prompts"])
         memory._count = float(header["count"])
         memory._check = SelfCheck.from_json(header["check"])
+        memory._temperature = TemperatureCheck.from_json(header["temperature"])
         memory._stale = True  # the unit shift is derived from the model's head at the first call
         return memory
 
 
 _SETTINGS = ("signal", "strength", "own_share", "kl_budget", "warmup_prompts", "window", "check_window", "floor",
-             "frequency_axes")  # fmt: skip
+             "temperature_probe", "temperature_limit", "frequency_axes")  # fmt: skip
 
 
 def _parse_header(file: Path, metadata: dict[str, str]) -> dict[str, Any]:
@@ -480,7 +524,7 @@ def _parse_header(file: Path, metadata: dict[str, str]) -> dict[str, Any]:
         header = json.loads(raw)
     except json.JSONDecodeError as exc:
         raise ValueError(f"{file}: the control-memory header is not valid JSON ({exc.msg})") from exc
-    required = ("format", "model", "reward", "width", "updates", "prompts", "count", "check", *_SETTINGS)
+    required = ("format", "model", "reward", "width", "updates", "prompts", "count", "check", "temperature", *_SETTINGS)
     missing = [k for k in required if k not in header] if isinstance(header, dict) else list(required)
     if missing:
         raise ValueError(f"{file}: the control-memory header lacks {missing}")
@@ -576,6 +620,18 @@ def _own_token_counts(results: Sequence[PromptResult], own: int, vocab: int) -> 
     return torch.bincount(torch.tensor(ids), minlength=vocab).to(torch.float64)  # (vocab,)
 
 
+def _split_gains(results: Sequence[PromptResult], own: int) -> list[float]:
+    """:func:`~langchain_aisp.engine.selfcheck.split_gain` of the learned rows' hot (even) and cool (odd) halves."""
+    gains = []
+    for result in results:
+        for rewards in result.rewards:
+            learned = rewards[own:]
+            gain = split_gain(learned[0::2], learned[1::2], rewards)
+            if gain is not None:
+                gains.append(gain)
+    return gains
+
+
 def _paired_gains(results: Sequence[PromptResult], own: int) -> list[float]:
     """:func:`~langchain_aisp.engine.selfcheck.paired_gain` of every prompt and iteration (own rows first)."""
     gains = []
@@ -613,8 +669,8 @@ def run_with_memory(
     plain ``aisp.run``. Each result's ``memory`` field says how its call sampled.
     """
     proposal = memory.proposal(lm, reward, params, sampling) if memory is not None else None
-    if proposal is not None and proposal.row_shift is not None:
-        run_kwargs["row_shift"] = proposal.row_shift
+    if proposal is not None:
+        run_kwargs.update(proposal.run_kwargs())
     results = runner(
         lm,
         prompts,
@@ -627,7 +683,13 @@ def run_with_memory(
         **run_kwargs,
     )
     if memory is not None and proposal is not None:
-        info = {"own_rows": proposal.own, "level": proposal.level, "strength": proposal.strength, "kl": proposal.kl}
+        info = {
+            "own_rows": proposal.own,
+            "level": proposal.level,
+            "strength": proposal.strength,
+            "kl": proposal.kl,
+            "temperature_offset": proposal.temperature_offset,
+        }
         for result in results:
             result.memory = info
         complete = [r for r in results if r.error is None and not r.cancelled]
