@@ -44,7 +44,7 @@ T_TEMPERATURE = 2.0
 MIN_EVIDENCE = 3.0
 """Calls (effective, after discounting) before the level may move up."""
 DEFAULT_WINDOW = 16
-DEFAULT_FLOOR = 0.125
+DEFAULT_FLOOR = 0.25
 """The probe level: the learned rows always steer a little, so the check keeps measuring."""
 DEFAULT_PROBE = 0.3
 """Half-width (log-temperature) of the learned rows' temperature exploration: x1.35 and /1.35."""
