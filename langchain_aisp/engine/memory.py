@@ -349,7 +349,6 @@ class ControlMemory:
                 "effective_prompts": self._count,
                 "strength": self.strength,
                 "kl_budget": self.kl_budget,
-                "kl_at_full_strength": self._kl_unit(1.0) * self.strength**2,
                 "check": self._check.to_json(),
                 "check_se": self._check.se if math.isfinite(self._check.se) else None,
                 "temperature": self._temperature.to_json(),
@@ -663,12 +662,14 @@ def run_with_memory(
     runner: Callable[..., list[PromptResult]] = run,
     **run_kwargs: Any,
 ) -> list[PromptResult]:
-    """``aisp.run`` with the memory's proposal (its ``row_shift``), then one memory update with all prompts' results.
+    """``aisp.run`` with the memory's proposal (its row shifts and temperatures), then one memory update with all
+    prompts' results.
 
-    A failing run (``RewardError``, cancellation) leaves the memory unchanged, and so do the prompts of a run
-    whose reward failed (``PromptResult.error``) or that were dropped (``.cancelled``). ``run_kwargs`` go to
-    ``aisp.run`` as they are (``runner`` stands in for ``aisp.run``, e.g. the scheduler's); ``memory=None`` is a
-    plain ``aisp.run``. Each result's ``memory`` field says how its call sampled.
+    A failing run (``RewardError``, cancellation) leaves the memory unchanged, and so does a call of one sample
+    (nothing to compare it with) and the prompts of a run whose reward failed (``PromptResult.error``) or that
+    were dropped (``.cancelled``). ``run_kwargs`` go to ``aisp.run`` as they are (``runner`` stands in for
+    ``aisp.run``, e.g. the scheduler's); ``memory=None`` is a plain ``aisp.run``. Each result's ``memory`` field
+    says how its call sampled.
     """
     proposal = memory.proposal(lm, reward, params, sampling) if memory is not None else None
     if proposal is not None:
@@ -695,6 +696,7 @@ def run_with_memory(
         for result in results:
             result.memory = info
         complete = [r for r in results if r.error is None and not r.cancelled]
-        if complete and params.method != "sample":
+        samples = 1 if params.method == "sample" else params.num_samples
+        if complete and proposal.own < samples:  # one sample has nothing to compare with: it teaches nothing
             memory.update(lm, reward, complete, proposal, sampling.max_tokens)
     return results
