@@ -170,6 +170,7 @@ class _Cell:
         record: dict[str, Any] = {**self._quality([_choose(r, slice(None)) for r in results]), "wall_s": wall}
         info = results[0].memory or {}
         record["memory"] = {**info, **frozen.stats()}
+        record["call"] = info  # how the call sampled: its own strength (nats), level, KL estimate
         unit = frozen.unit_shift(self.lm)
         own = int(info.get("own_rows", self.config.num_samples))
         if unit is not None and info.get("strength", 0.0) > 0:

@@ -106,7 +106,8 @@ def family_summary(results: dict[str, Any], reward: str) -> dict[str, Any]:
         records = [c["curve"][key] for c in cells]
         memory = [r.get("memory", {}) for r in records]
         entry["level"] = text_stats.mean([float(m.get("level", 0.0)) for m in memory])
-        entry["strength"] = text_stats.mean([float(m.get("strength", 0.0)) for m in memory])
+        calls = [r.get("call") for r in records]  # the call's own strength (nats); absent in the first runs' records
+        entry["strength"] = text_stats.mean([float(c["strength"]) for c in calls if c]) if all(calls) else math.nan
         entry["kl_estimate"] = text_stats.mean([float(m.get("kl", 0.0)) for m in memory])
         measured = [float(r["kl_measured"]) for r in records if "kl_measured" in r]
         entry["kl_measured"] = text_stats.mean(measured) if measured else math.nan
