@@ -152,6 +152,6 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    # One CPU thread unless --num-threads N|all or LANGCHAIN_AISP_NUM_THREADS says otherwise (README "Performance").
+    # One CPU thread unless --num-threads N|all or LANGCHAIN_AISP_NUM_THREADS says otherwise (docs/performance.md).
     set_cpu_threads(sys.argv[sys.argv.index("--num-threads") + 1] if "--num-threads" in sys.argv[:-1] else None)
     main()

@@ -3,13 +3,17 @@
 The class translates LangChain messages and settings into engine calls and their results into
 ``AIMessage``s; no part of the algorithm lives here. Its private rooms are in :mod:`langchain_aisp.chat`:
 call planning (``_plan``), execution (``_execute``), progress events (``_progress``), results to
-messages (``_messages``), structured output (``_structured``) and the model cache (``_loading``).
+messages (``_messages``), structured output (``_structured``) and the model cache (``_loading``). They
+take data, not the model: this module hands them its settings (``_settings``), the loaded ``lm`` and
+what runs the jobs (``_engine``: the reward, the ``runner`` field, the retries, memory and row limit).
 This module stays the public import path of ``AISPChatModel``, ``PreparedCall``, ``PROGRESS_EVENT``,
 ``RETRY_WAIT_MAX`` and ``clear_model_cache``.
 """
 
 from __future__ import annotations
 
+import functools
+import math
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
@@ -21,7 +25,7 @@ from langchain_core.language_models import BaseChatModel, LangSmithParams, Langu
 from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
 from langchain_core.runnables import Runnable, RunnableConfig
-from langchain_core.runnables.config import run_in_executor
+from langchain_core.runnables.config import get_config_list, run_in_executor
 from langchain_core.tools import BaseTool
 from pydantic import ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
@@ -35,14 +39,15 @@ from langchain_aisp.chat._loading import (
     mark_unserialisable,
     model_lm,
     model_value,
+    needs_tokenizer,
     no_marker,
-    renamed_arguments,
     reward_path,
     reward_value,
 )
 from langchain_aisp.chat._messages import to_chunks, to_message
-from langchain_aisp.chat._plan import Job
+from langchain_aisp.chat._plan import Job, ModelSettings, Slot
 from langchain_aisp.chat._progress import PROGRESS_EVENT
+from langchain_aisp.chat._reply import check_settings
 from langchain_aisp.chat._structured import StructuredMethod, structured_output
 from langchain_aisp.chat._tool_formats import ToolFormatName
 from langchain_aisp.engine.aisp import PromptResult, RewardError, run
@@ -180,8 +185,7 @@ class AISPChatModel(BaseChatModel):
     model: Any = None
     """The LLM: a Hugging Face hub id or local folder (str), a loaded :class:`~langchain_aisp.engine.lm.CausalLM`,
     or a transformers ``PreTrainedModel`` with ``tokenizer``; None uses the embedded default model. Chat models
-    over one ``PreTrainedModel`` and tokenizer share one wrapping (and its static decoding cache).
-    (``llm=`` and ``hf_model=`` are deprecated spellings of it.)"""
+    over one ``PreTrainedModel`` and tokenizer share one wrapping (and its static decoding cache)."""
 
     tokenizer: Any = Field(default=None, exclude=True)
     """The tokenizer of a ``PreTrainedModel`` passed as ``model`` (required with one, refused otherwise)."""
@@ -251,7 +255,7 @@ class AISPChatModel(BaseChatModel):
 
     max_batch_rows: int = DEFAULT_MAX_BATCH_SIZE
     """Most rows (responses: prompts x ``num_samples``) decoded together; a batch of prompts shares them
-    (Batched AISP). (``max_batch_size`` is its deprecated spelling.)"""
+    (Batched AISP)."""
 
     decoding: Decoding = DEFAULT_DECODING
     """Decode path, chosen once per run: ``"static"`` (preallocated KV cache; on CUDA each token is
@@ -330,14 +334,18 @@ class AISPChatModel(BaseChatModel):
 
     tool_format: ToolFormatName = "auto"
     """The tool-call format: ``"auto"`` (the chat template's own when it renders tools in a known format:
-    ``"hermes"`` ``<tool_call>``, ``"llama3"`` ``{"name", "parameters"}``, ``"mistral"`` ``[TOOL_CALLS]``;
-    else ``"documented"``, the tools described in the system message) or one of those names."""
+    ``"hermes"`` ``<tool_call>``, ``"llama3"`` ``{"name", "parameters"}``, ``"mistral"`` ``[TOOL_CALLS]``,
+    ``"deepseek"`` ``<｜tool▁calls▁begin｜>``; else ``"documented"``, the tools described in the system message)
+    or one of those names."""
+
+    runner: Callable[..., list[PromptResult]] = Field(default=run, exclude=True)
+    """The engine entry every call runs through: :func:`langchain_aisp.engine.aisp.run` (default), or anything
+    with its arguments and result, e.g. a continuous :class:`~langchain_aisp.engine.scheduler.Scheduler`'s
+    ``run`` (calls then join its running Batched AISP runs), or a stand-in in tests. Not serialised."""
 
     _reward: Reward = PrivateAttr()
     _lm: Any = PrivateAttr(default=None)
     _lm_lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
-    _runner: Callable[..., list[PromptResult]] = PrivateAttr(default_factory=lambda: run)
-    """The engine entry (``engine.aisp.run``); tests set a stand-in on an instance (``llm._runner = fake``)."""
 
     # --- validation --------------------------------------------------------------------
 
@@ -346,7 +354,6 @@ class AISPChatModel(BaseChatModel):
     def _known_arguments(cls, data: Any) -> Any:
         """An unknown argument (``temprature=0.5``) names the closest field instead of "Extra inputs ..."."""
         if isinstance(data, dict):
-            data = renamed_arguments(data)  # llm= / hf_model= / max_batch_size=, deprecated
             unknown = [name for name in data if name not in cls.model_fields]
             if unknown:
                 fields = sorted(cls.model_fields)
@@ -385,7 +392,7 @@ class AISPChatModel(BaseChatModel):
         except TypeError as exc:
             raise ValueError(str(exc)) from exc
         self._reward = reward
-        _plan.check_model(self)  # each error names the field, the bad value and the allowed range
+        _check_fields(self)  # each error names the field, the bad value and the allowed range
         return self
 
     # --- LangChain identity ------------------------------------------------------------
@@ -467,7 +474,7 @@ class AISPChatModel(BaseChatModel):
         entry per bucket (:func:`langchain_aisp.engine.decode.warmup.warmup`); [] where decoding is eager."""
         from langchain_aisp.engine.decode.warmup import warmup
 
-        settings = _plan.resolve_settings(self, {})
+        settings = _plan.resolve_settings(_settings(self), {})
         sizes = rows or (1 if settings.params.method == "sample" else settings.params.num_samples,)
         sampling = settings.sampling
         return warmup(
@@ -491,10 +498,11 @@ class AISPChatModel(BaseChatModel):
     ) -> AIMessage:
         """``BaseChatModel.invoke``; with ``streaming=True`` progress events still reach the run (see ``stream``)."""
         config, ref = _progress.with_run_id(config)
-        token = _progress.CURRENT_RUN.set(ref)
+        token, slot = _progress.CURRENT_RUN.set(ref), _plan.BATCH_SLOT.set(_plan.slot_of(config))
         try:
             return super().invoke(input, config, stop=stop, **kwargs)
         finally:
+            _plan.BATCH_SLOT.reset(slot)
             _progress.CURRENT_RUN.reset(token)
 
     async def ainvoke(
@@ -507,10 +515,11 @@ class AISPChatModel(BaseChatModel):
     ) -> AIMessage:
         """``BaseChatModel.ainvoke``; see ``invoke``."""
         config, ref = _progress.with_run_id(config)
-        token = _progress.CURRENT_RUN.set(ref)
+        token, slot = _progress.CURRENT_RUN.set(ref), _plan.BATCH_SLOT.set(_plan.slot_of(config))
         try:
             return await super().ainvoke(input, config, stop=stop, **kwargs)
         finally:
+            _plan.BATCH_SLOT.reset(slot)
             _progress.CURRENT_RUN.reset(token)
 
     def stream(
@@ -550,7 +559,7 @@ class AISPChatModel(BaseChatModel):
         run_manager: CallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> ChatResult:
-        job, result = _execute.execute(self, messages, stop, kwargs, _progress.sync_progress(self, run_manager))
+        job, result = _call(self, messages, stop, kwargs, _plan.take_slot(), _progress.sync_progress(self, run_manager))
         return ChatResult(generations=[ChatGeneration(message=to_message(job, result, self.reward_name))])
 
     async def _agenerate(
@@ -560,7 +569,7 @@ class AISPChatModel(BaseChatModel):
         run_manager: AsyncCallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> ChatResult:
-        job, result = await _execute.aexecute(self, messages, stop, kwargs, run_manager)
+        job, result = await _acall(self, messages, stop, kwargs, run_manager)
         return ChatResult(generations=[ChatGeneration(message=to_message(job, result, self.reward_name))])
 
     def _stream(
@@ -570,7 +579,7 @@ class AISPChatModel(BaseChatModel):
         run_manager: CallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> Iterator[ChatGenerationChunk]:
-        job, result = _execute.execute(self, messages, stop, kwargs, _progress.sync_progress(self, run_manager))
+        job, result = _call(self, messages, stop, kwargs, _plan.take_slot(), _progress.sync_progress(self, run_manager))
         for chunk in to_chunks(job, result, self.reward_name):
             if run_manager is not None and isinstance(chunk.message.content, str):
                 run_manager.on_llm_new_token(chunk.message.content, chunk=chunk)
@@ -583,7 +592,7 @@ class AISPChatModel(BaseChatModel):
         run_manager: AsyncCallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> AsyncIterator[ChatGenerationChunk]:
-        job, result = await _execute.aexecute(self, messages, stop, kwargs, run_manager)
+        job, result = await _acall(self, messages, stop, kwargs, run_manager)
         for chunk in to_chunks(job, result, self.reward_name):
             if run_manager is not None and isinstance(chunk.message.content, str):
                 await run_manager.on_llm_new_token(chunk.message.content, chunk=chunk)
@@ -600,13 +609,11 @@ class AISPChatModel(BaseChatModel):
         **kwargs: Any,
     ) -> list[AIMessage]:
         """Like ``Runnable.batch`` (callbacks, configs, ``return_exceptions``, ``max_concurrency``
-        unchanged), but all prompts run in one Batched AISP engine call."""
-        plan = _plan.plan_batch(self, inputs, kwargs) if len(inputs) > 1 else None
-        token = _plan.BATCH_PLAN.set(plan)
-        try:
-            return super().batch(inputs, config, return_exceptions=return_exceptions, **kwargs)
-        finally:
-            _plan.BATCH_PLAN.reset(token)
+        unchanged), but all prompts run in one Batched AISP engine call: every input is rendered once, up
+        front, and its own call (through LangChain, per input) takes its job from its config."""
+        plan = _batch_plan(self, inputs, kwargs)
+        configs = _plan.slot_configs(plan, get_config_list(config, len(inputs))) if plan is not None else config
+        return super().batch(inputs, configs, return_exceptions=return_exceptions, **kwargs)
 
     async def abatch(
         self,
@@ -616,13 +623,10 @@ class AISPChatModel(BaseChatModel):
         return_exceptions: bool = False,
         **kwargs: Any,
     ) -> list[AIMessage]:
-        """Async ``batch``: one Batched AISP engine call, run in an executor thread."""
-        plan = await run_in_executor(None, _plan.plan_batch, self, inputs, kwargs) if len(inputs) > 1 else None
-        token = _plan.BATCH_PLAN.set(plan)
-        try:
-            return await super().abatch(inputs, config, return_exceptions=return_exceptions, **kwargs)
-        finally:
-            _plan.BATCH_PLAN.reset(token)
+        """Async ``batch``: one Batched AISP engine call, rendered and run in executor threads."""
+        plan = await run_in_executor(None, _batch_plan, self, inputs, kwargs)
+        configs = _plan.slot_configs(plan, get_config_list(config, len(inputs))) if plan is not None else config
+        return await super().abatch(inputs, configs, return_exceptions=return_exceptions, **kwargs)
 
     def prepare(self, input: LanguageModelInput, *, stop: list[str] | None = None, **kwargs: Any) -> PreparedCall:
         """Validate and render one call without running it (same arguments as ``invoke``).
@@ -632,8 +636,7 @@ class AISPChatModel(BaseChatModel):
         ``timeout=`` argument, else the model's) counts from here: time spent waiting in a
         caller's queue counts against it, and calls with different timeouts still share a run.
         """
-        messages = self._convert_input(input).to_messages()
-        job = _plan.build_job(self, messages, stop, kwargs)
+        job = _job(self, self._convert_input(input).to_messages(), stop, kwargs)
         if job.timeout is not None:
             job.deadline = time.monotonic() + job.timeout  # a prepared call's clock starts now
         return PreparedCall(job)
@@ -654,11 +657,11 @@ class AISPChatModel(BaseChatModel):
         returned False at an iteration boundary (the call stopped there, the others went on).
         A failure of the whole engine run gives each of its calls its own error, with that call's
         best answer in ``.partial``. No callbacks are invoked (this is the entry for servers; use
-        ``batch`` in chains). ``runner`` (default: the model's engine entry,
-        :func:`~langchain_aisp.engine.aisp.run`) runs each engine call, e.g. a continuous
+        ``batch`` in chains). ``runner`` (default: the model's ``runner`` field,
+        :func:`~langchain_aisp.engine.aisp.run` unless set) runs each engine call, e.g. a continuous
         :class:`~langchain_aisp.engine.scheduler.Scheduler`'s ``run``.
         """
-        return _execute.run_prepared(self, [call._job for call in calls], keep, runner)
+        return _execute.run_prepared(_engine(self), [call._job for call in calls], keep, runner)
 
     # --- tools and structured output ---------------------------------------------------------
 
@@ -713,3 +716,110 @@ class AISPChatModel(BaseChatModel):
         if schema is None and method != "json_mode":
             raise ValueError(f"schema is required for method={method!r} (only json_mode takes schema=None)")
         return structured_output(self, schema, include_raw, method, strict)
+
+
+def _check_fields(model: AISPChatModel) -> None:
+    """Validate the model's fields together (``ValueError`` naming the field, the bad value and the range)."""
+    settings = _plan.resolve_settings(_settings(model), {})  # AISPParams / SamplingParams name field and range
+    if model.control_memory is not None and settings.params.method == "sample":
+        raise ValueError(  # one sample: no learned row to compare with the model's own, a silently ignored memory
+            "this control_memory would do nothing with method='sample' (one sample: nothing to compare the learned "
+            "proposal with); use method='bon' (the default) or 'aisp'"
+        )
+    if needs_tokenizer(model.model) != (model.tokenizer is not None):
+        raise ValueError(
+            "tokenizer= goes with model=<a transformers PreTrainedModel> (and only with it); got model of type "
+            f"{type(model.model).__name__} and tokenizer {'None' if model.tokenizer is None else 'given'}"
+        )
+    if model.max_batch_rows < 1:
+        raise ValueError(f"max_batch_rows must be an integer >= 1, got {model.max_batch_rows}")
+    if not (isinstance(model.format_weight, (int, float)) and math.isfinite(model.format_weight)):
+        raise ValueError(f"format_weight must be a finite number >= 0, got {model.format_weight!r}")
+    if model.format_weight < 0:
+        raise ValueError(f"format_weight must be a finite number >= 0, got {model.format_weight}")
+    _plan.check_timeout(model.timeout)
+    check_settings(model.reasoning_tags, model.thinking_budget, model.tool_format)
+    if isinstance(model.max_retries, bool) or not 0 <= model.max_retries <= 100:
+        raise ValueError(f"max_retries must be an integer in [0, 100], got {model.max_retries!r}")
+
+
+def _settings(model: AISPChatModel) -> ModelSettings:
+    """This model's fields that shape a call, as data (read at each call: fields may be reassigned)."""
+    return ModelSettings(
+        {name: getattr(model, name) for name in _plan.PER_CALL_FIELDS},
+        stop=tuple(model.stop or ()),
+        source=model.model if isinstance(model.model, str) else None,
+        timeout=model.timeout,
+        reasoning=model.reasoning,
+        reasoning_tags=model.reasoning_tags,
+        thinking_budget=model.thinking_budget,
+        score_reasoning=model.score_reasoning,
+        tool_format=model.tool_format,
+    )
+
+
+def _engine(model: AISPChatModel) -> _execute.Engine:
+    """What runs this model's jobs, as data."""
+    return _execute.Engine(
+        model._reward,
+        model.reward_name,
+        model.runner,
+        model.max_retries,
+        model.control_memory,
+        model.max_batch_rows,
+        model.decoding,
+    )
+
+
+def _job(model: AISPChatModel, messages: list[BaseMessage], stop: list[str] | None, kwargs: dict[str, Any]) -> Job:
+    """One call validated and rendered (the arguments are checked before a model is loaded)."""
+    _plan.check_kwargs(kwargs)
+    return _plan.build_job(_settings(model), model._get_lm(kwargs.get("model")), messages, stop, kwargs)
+
+
+def _batch_plan(
+    model: AISPChatModel, inputs: Sequence[LanguageModelInput], kwargs: dict[str, Any]
+) -> _plan.BatchPlan | None:
+    """The inputs of a ``batch`` rendered once (None for fewer than 2 inputs, or when the model does not load:
+    each input's own call then raises the error)."""
+    if len(inputs) < 2:
+        return None
+    conversations: list[list[BaseMessage] | None] = []
+    for item in inputs:
+        try:
+            conversations.append(model._convert_input(item).to_messages())
+        except Exception:
+            conversations.append(None)
+    try:
+        lm = model._get_lm(kwargs.get("model"))
+    except Exception:
+        return None
+    return _plan.plan_batch(_settings(model), lm, conversations, kwargs)
+
+
+def _call(
+    model: AISPChatModel,
+    messages: list[BaseMessage],
+    stop: list[str] | None,
+    kwargs: dict[str, Any],
+    slot: Slot | None,
+    progress: _progress.ProgressFn | None,
+    cancel: threading.Event | None = None,
+) -> tuple[Job, PromptResult]:
+    """Run one call: the job its batch ``slot`` rendered, else rendered here; raises the call's error."""
+    job = slot.job if slot is not None and slot.job is not None else _job(model, messages, stop, kwargs)
+    return job, _execute.execute(_engine(model), job, slot, progress, cancel)
+
+
+async def _acall(
+    model: AISPChatModel,
+    messages: list[BaseMessage],
+    stop: list[str] | None,
+    kwargs: dict[str, Any],
+    run_manager: AsyncCallbackManagerForLLMRun | None,
+) -> tuple[Job, PromptResult]:
+    """:func:`_call` in an executor thread (the event loop is not blocked; cancelling stops the run)."""
+    cancel = threading.Event()
+    progress = _progress.async_progress(model, run_manager, cancel)
+    call = functools.partial(_call, model, messages, stop, kwargs, _plan.take_slot())
+    return await _execute.in_thread(call, progress, cancel)

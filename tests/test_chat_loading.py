@@ -16,7 +16,7 @@ from pydantic import ValidationError
 
 from langchain_aisp import AISPChatModel
 from langchain_aisp.chat import _loading
-from langchain_aisp.engine.aisp import IterationEvent, PromptResult
+from langchain_aisp.engine.aisp import IterationEvent, PromptResult, run
 from langchain_aisp.errors import RunFailedError
 
 pytestmark = pytest.mark.usefixtures("single_torch_thread")
@@ -26,50 +26,34 @@ def length_reward(prompt: str, response: str) -> float:
     return float(len(response))
 
 
-# --- model= and the deprecated spellings ---------------------------------------------------------
+# --- model= and max_batch_rows= ---------------------------------------------------------------------
 
 
-def _deprecations(make: Any) -> tuple[Any, list[warnings.WarningMessage]]:
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        made = make()
-    return made, [w for w in caught if issubclass(w.category, DeprecationWarning)]
+def test_model_takes_a_causal_lm_or_a_pretrained_model(tiny_lm):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        loaded = AISPChatModel(reward=length_reward, model=tiny_lm)
+        wrapped = AISPChatModel(reward=length_reward, model=tiny_lm.model, tokenizer=tiny_lm.tokenizer)
+    assert loaded._get_lm() is tiny_lm and loaded.model_name == tiny_lm.name
+    assert wrapped._get_lm().model is tiny_lm.model
 
 
-def test_model_takes_a_causal_lm_and_llm_is_its_deprecated_spelling(tiny_lm):
-    new, none = _deprecations(lambda: AISPChatModel(reward=length_reward, model=tiny_lm))
-    assert none == [] and new._get_lm() is tiny_lm and new.model_name == tiny_lm.name
-    old, (warning,) = _deprecations(lambda: AISPChatModel(reward=length_reward, llm=tiny_lm))
-    assert "llm=" in str(warning.message) and "pass model=" in str(warning.message)
-    assert warning.filename == __file__  # points at the caller's line, not at pydantic
-    assert old.model is tiny_lm and old._get_lm() is tiny_lm
-    with pytest.raises(ValidationError, match="pass model= only"):
-        AISPChatModel(reward=length_reward, llm=tiny_lm, model=tiny_lm)
+@pytest.mark.parametrize("old", ["llm", "hf_model", "max_batch_size"])
+def test_the_pre_release_spellings_are_unknown_arguments(tiny_lm, old):
+    """``llm=`` / ``hf_model=`` (now ``model=``) and ``max_batch_size=`` (now ``max_batch_rows=``) are refused,
+    never silently ignored: there is no release to stay compatible with."""
+    with pytest.raises(ValidationError, match=rf"unknown argument\(s\) \['{old}'\]"):
+        AISPChatModel(reward=length_reward, model=tiny_lm, **{old: 8})
 
 
-def test_model_takes_a_pretrained_model_and_hf_model_is_its_deprecated_spelling(tiny_lm):
-    new, none = _deprecations(
-        lambda: AISPChatModel(reward=length_reward, model=tiny_lm.model, tokenizer=tiny_lm.tokenizer)
-    )
-    assert none == [] and new._get_lm().model is tiny_lm.model
-    old, (warning,) = _deprecations(
-        lambda: AISPChatModel(reward=length_reward, hf_model=tiny_lm.model, tokenizer=tiny_lm.tokenizer)
-    )
-    assert "hf_model=" in str(warning.message) and "pass model=" in str(warning.message)
-    assert old.model is tiny_lm.model
-
-
-def test_max_batch_size_is_the_deprecated_spelling_of_max_batch_rows(tiny_lm):
-    model, (warning,) = _deprecations(lambda: AISPChatModel(reward=length_reward, model=tiny_lm, max_batch_size=8))
-    assert model.max_batch_rows == 8 and "pass max_batch_rows=" in str(warning.message)
+def test_max_batch_rows_reaches_the_engine(tiny_lm):
     seen: list[int] = []
-    real = model._runner
 
     def spy(*args: Any, **kwargs: Any) -> list[PromptResult]:
         seen.append(kwargs["max_batch_size"])  # the engine's name for the same rows
-        return real(*args, **kwargs)
+        return run(*args, **kwargs)
 
-    model._runner = spy
+    model = AISPChatModel(reward=length_reward, model=tiny_lm, max_batch_rows=8, runner=spy)
     model.invoke("Hi", num_samples=2, num_iterations=1, max_tokens=2)
     assert seen == [8]
     with pytest.raises(ValidationError, match="max_batch_rows must be an integer >= 1, got 0"):
@@ -214,11 +198,20 @@ def failing_at_iteration_two(lm, prompts, score, params, sampling, **kwargs: Any
     raise RunFailedError("the run failed after 1 scored iteration(s): MemoryError", partial) from cause
 
 
-def test_invoke_failing_mid_run_keeps_its_best_answer(tiny_lm):
-    model = AISPChatModel(
-        method="aisp", reward=length_reward, model=tiny_lm, num_samples=2, num_iterations=3, max_tokens=4
+def _failing_model(tiny_lm: Any) -> AISPChatModel:
+    return AISPChatModel(
+        method="aisp",
+        reward=length_reward,
+        model=tiny_lm,
+        num_samples=2,
+        num_iterations=3,
+        max_tokens=4,
+        runner=failing_at_iteration_two,
     )
-    model._runner = failing_at_iteration_two
+
+
+def test_invoke_failing_mid_run_keeps_its_best_answer(tiny_lm):
+    model = _failing_model(tiny_lm)
     with pytest.raises(RunFailedError, match="after 1 scored iteration") as info:
         model.invoke("Hi")
     (best,) = info.value.partial
@@ -227,10 +220,7 @@ def test_invoke_failing_mid_run_keeps_its_best_answer(tiny_lm):
 
 
 def test_batch_failing_mid_run_gives_each_input_its_own_error_and_best(tiny_lm):
-    model = AISPChatModel(
-        method="aisp", reward=length_reward, model=tiny_lm, num_samples=2, num_iterations=3, max_tokens=4
-    )
-    model._runner = failing_at_iteration_two
+    model = _failing_model(tiny_lm)
     first, second = model.batch(["Hi", "Name a fruit."], return_exceptions=True)
     assert isinstance(first, RunFailedError) and isinstance(second, RunFailedError) and first is not second
     assert [e.partial[0].text for e in (first, second)] == ["answer 0", "answer 1"]
@@ -245,9 +235,8 @@ def test_batch_failing_before_any_score_gives_each_input_its_own_error(tiny_lm):
         raise OSError("device lost")
 
     model = AISPChatModel(
-        method="aisp", reward=length_reward, model=tiny_lm, num_samples=2, num_iterations=1, max_tokens=4
+        method="aisp", reward=length_reward, model=tiny_lm, num_samples=2, num_iterations=1, max_tokens=4, runner=broken
     )
-    model._runner = broken
     first, second = model.batch(["Hi", "Name a fruit."], return_exceptions=True)
     assert isinstance(first, OSError) and isinstance(second, OSError) and first is not second
     assert str(first) == "device lost" and first.__cause__ is second.__cause__  # copies of the one error
@@ -289,8 +278,14 @@ class SlowHandler(AsyncCallbackHandler):
 
 async def test_a_slow_async_handler_does_not_slow_the_run(tiny_lm):
     spans: list[float] = []
-    model = AISPChatModel(method="aisp", reward=length_reward, model=tiny_lm, num_samples=2, num_iterations=ITERATIONS)
-    model._runner = quick_engine(spans)
+    model = AISPChatModel(
+        method="aisp",
+        reward=length_reward,
+        model=tiny_lm,
+        num_samples=2,
+        num_iterations=ITERATIONS,
+        runner=quick_engine(spans),
+    )
     handler = SlowHandler()
     await model.ainvoke("Hi", config={"callbacks": [handler]})
     assert handler.iterations == list(range(ITERATIONS))  # every event, in order, before ainvoke returned

@@ -6,6 +6,7 @@ import asyncio
 import copy
 import dataclasses
 import json
+import threading
 from collections.abc import Sequence
 from typing import Any
 from uuid import UUID
@@ -26,7 +27,7 @@ from langchain_aisp.chat import _reply as replylib
 from langchain_aisp.chat._format import OutputFormat, normalize_tool_choice
 from langchain_aisp.chat._parse import format_validity
 from langchain_aisp.chat._render import PLAIN_STOP, render
-from langchain_aisp.engine.aisp import PromptResult, RewardError
+from langchain_aisp.engine.aisp import PromptResult, RewardError, run
 from langchain_aisp.rewards import Reward
 
 pytestmark = pytest.mark.usefixtures("single_torch_thread")
@@ -199,15 +200,14 @@ def test_seed_max_tokens_and_stop_are_honoured(llm, monkeypatch):
     assert a.content == b.content
     assert llm.invoke("Hello", max_tokens=3).usage_metadata["output_tokens"] <= 3
     calls: list[dict[str, Any]] = []
-    llm._runner = scripted_run(["ok"], calls)
+    llm = llm.model_copy(update={"runner": scripted_run(["ok"], calls)})
     llm.invoke("Hello", stop=["END"], temperature=0.5, top_k=5, seed=7, num_samples=3)
     sampling, params = calls[0]["sampling"], calls[0]["params"]
     assert sampling.stop == ("END",) and sampling.temperature == 0.5 and sampling.top_k == 5
     assert params.num_samples == 3 and calls[0]["seed"] == 7
     llm.model_copy(update={"stop": ["X"]}).invoke("Hello")
     assert calls[1]["sampling"].stop == ("X",)
-    greedy = AISPChatModel(reward=length_reward, model=llm.model, temperature=0)
-    greedy._runner = scripted_run(["ok"], calls)
+    greedy = AISPChatModel(reward=length_reward, model=llm.model, temperature=0, runner=scripted_run(["ok"], calls))
     greedy.invoke("Hello")
     assert calls[2]["sampling"].top_k == 1  # temperature 0 = greedy
 
@@ -273,13 +273,13 @@ def test_identifying_params_differ_between_configs(tiny_lm):
 
 def test_batch_is_one_batched_aisp_run_equal_to_invokes(llm, monkeypatch):
     calls: list[int] = []
-    real_run = llm._runner
+    real_run = llm.runner
 
     def spy(lm, prompts, *args, **kwargs):
         calls.append(len(prompts))
         return real_run(lm, prompts, *args, **kwargs)
 
-    llm._runner = spy
+    llm = llm.model_copy(update={"runner": spy})
     questions = ["Name a fruit.", "Name a color.", "Name a city."]
     batched = llm.batch(questions)
     assert calls == [3]
@@ -292,13 +292,13 @@ def test_batch_is_one_batched_aisp_run_equal_to_invokes(llm, monkeypatch):
 
 def test_batch_keeps_langchain_semantics(llm, monkeypatch):
     calls: list[int] = []
-    real_run = llm._runner
+    real_run = llm.runner
 
     def spy(lm, prompts, *args, **kwargs):
         calls.append(len(prompts))
         return real_run(lm, prompts, *args, **kwargs)
 
-    llm._runner = spy
+    llm = llm.model_copy(update={"runner": spy})
     ok_and_bad = ["Name a fruit.", [HumanMessage([{"type": "image", "url": "x"}])], "Name a city."]
     out = llm.batch(ok_and_bad, config={"max_concurrency": 1}, return_exceptions=True)
     assert isinstance(out[0], AIMessage) and isinstance(out[2], AIMessage)
@@ -326,13 +326,13 @@ async def test_async_invoke_stream_batch(llm, monkeypatch):
     text = "".join([c.content async for c in llm.astream("Name a fruit.")])
     assert text == expected.content
     calls: list[int] = []
-    real_run = llm._runner
+    real_run = llm.runner
 
     def spy(lm, prompts, *args, **kwargs):
         calls.append(len(prompts))
         return real_run(lm, prompts, *args, **kwargs)
 
-    llm._runner = spy
+    llm = llm.model_copy(update={"runner": spy})
     out = await llm.abatch(["Name a fruit.", "Name a color."])
     assert calls == [2] and out[0].content == expected.content
 
@@ -385,7 +385,7 @@ async def test_async_progress_events(llm):
 
 def test_tool_call_parsing_valid_and_invalid(llm, monkeypatch):
     reply = '1, "b": 2}}\n</tool_call>'
-    llm._runner = scripted_run([reply])
+    llm = llm.model_copy(update={"runner": scripted_run([reply])})
     msg = llm.bind_tools([add], tool_choice="add").invoke("What is 1 + 2?")
     assert msg.tool_calls[0]["name"] == "add" and msg.tool_calls[0]["args"] == {"a": 1, "b": 2}
     assert msg.response_metadata["finish_reason"] == "tool_calls"
@@ -398,16 +398,16 @@ def test_tool_call_parsing_valid_and_invalid(llm, monkeypatch):
         streamed = chunk if streamed is None else streamed + chunk
     assert streamed.tool_calls[0]["args"] == {"a": 1, "b": 2}
 
-    llm._runner = scripted_run(['"one"}}</tool_call>'])
+    llm = llm.model_copy(update={"runner": scripted_run(['"one"}}</tool_call>'])})
     msg = llm.bind_tools([add], tool_choice="any").invoke("What is 1 + 2?")
     assert not msg.tool_calls and msg.invalid_tool_calls[0]["name"] == "add"
     assert "missing required property 'b'" in msg.invalid_tool_calls[0]["error"]
 
-    llm._runner = scripted_run(["I would rather chat."])
+    llm = llm.model_copy(update={"runner": scripted_run(["I would rather chat."])})
     msg = llm.bind_tools([add]).invoke("Hi")  # optional call: plain text is fine
     assert msg.content == "I would rather chat." and not msg.tool_calls and not msg.invalid_tool_calls
     # auto: engine prompt 0 is the prose variant, prompt 1 the forced-call variant (prefilled up to "a":)
-    llm._runner = scripted_run(["Five.", ' 2, "b": 3}}\n</tool_call>'])
+    llm = llm.model_copy(update={"runner": scripted_run(["Five.", ' 2, "b": 3}}\n</tool_call>'])})
     msg = llm.bind_tools([add]).invoke("What is 2 + 3?")  # a call whose arguments come from the question
     assert msg.tool_calls[0]["args"] == {"a": 2, "b": 3} and msg.response_metadata["aisp"]["auto_choice"] == "call"
     msg = llm.bind_tools([add]).invoke("Hi")  # invented arguments: prose
@@ -447,8 +447,9 @@ def test_format_term_steers_selection(tiny_lm, monkeypatch):
         best = max(range(len(candidates)), key=rewards.__getitem__)
         return [PromptResult(index=0, text=candidates[best], reward=rewards[best], rewards=[rewards], samples=2)]
 
-    model = AISPChatModel(method="aisp", reward=length_reward, model=tiny_lm, num_samples=2, num_iterations=1)
-    model._runner = fake_run
+    model = AISPChatModel(
+        method="aisp", reward=length_reward, model=tiny_lm, num_samples=2, num_iterations=1, runner=fake_run
+    )
     msg = model.bind_tools([add], tool_choice="add").invoke("1 + 2?")
     assert (
         msg.tool_calls
@@ -460,7 +461,7 @@ def test_format_term_steers_selection(tiny_lm, monkeypatch):
 @pytest.mark.parametrize("method", ["function_calling", "json_schema"])
 def test_structured_output_valid_and_invalid(llm, monkeypatch, schema, method):
     valid = 'Oslo", "population": 700000}' + ("}</tool_call>" if method == "function_calling" else "")
-    llm._runner = scripted_run([valid])
+    llm = llm.model_copy(update={"runner": scripted_run([valid])})
     out = llm.with_structured_output(schema, method=method, include_raw=True).invoke("A city?")
     assert out["parsing_error"] is None
     parsed = out["parsed"]
@@ -469,7 +470,7 @@ def test_structured_output_valid_and_invalid(llm, monkeypatch, schema, method):
     plain = llm.with_structured_output(schema, method=method).invoke("A city?")
     assert plain == parsed
 
-    llm._runner = scripted_run(["7 ... I cannot"])
+    llm = llm.model_copy(update={"runner": scripted_run(["7 ... I cannot"])})
     out = llm.with_structured_output(schema, method=method, include_raw=True).invoke("A city?")
     assert out["parsed"] is None or isinstance(schema, dict) or method == "json_schema"
     if schema is City:
@@ -527,6 +528,12 @@ def test_serialisation_round_trip_and_clear_error(tiny_lm):
     with_obj = AISPChatModel(reward=length_reward, model=tiny_lm)
     with pytest.raises(ValidationError, match="loaded objects cannot be serialised"):
         loads(dumps(with_obj), valid_namespaces=["langchain_aisp"], allowed_objects=[AISPChatModel])
+    scripted = AISPChatModel(reward=length_reward, runner=scripted_run(["ok"]))
+    assert "runner" not in dumpd(scripted)["kwargs"]  # a runner is a live object, never serialised
+    restored = loads(dumps(scripted), valid_namespaces=["langchain_aisp"], allowed_objects=[AISPChatModel])
+    assert restored.runner is run and model.runner is run  # the engine's entry by default
+    with pytest.raises(ValidationError, match="runner"):
+        AISPChatModel(reward=length_reward, runner="fast")
 
 
 def test_lcel_chain(llm):
@@ -534,6 +541,36 @@ def test_lcel_chain(llm):
     msg = chain.invoke({"q": "Name a fruit."})
     assert msg.response_metadata["aisp"]["samples"] == 4
     assert json.dumps(msg.response_metadata)  # metadata is JSON-serialisable
+
+
+def test_a_reward_calling_this_very_model_inside_a_batch_runs_on_its_own(tiny_lm):
+    """A judge reward that calls the model it scores for (from inside the batch's engine run) gets its own
+    run: it neither takes an input's place in the batch nor waits on the batch's group (which it is inside)."""
+    depth: list[int] = []
+    nested: list[int] = []
+    holder: dict[str, AISPChatModel] = {}
+
+    def judge(prompt: str, response: str) -> float:
+        if not depth:  # the nested call's own scoring does not call again
+            depth.append(1)
+            try:
+                inner = holder["model"].invoke("Rate it: " + response)
+                nested.append(inner.response_metadata["aisp"]["batch_prompts"])
+            finally:
+                depth.pop()
+        return float(len(response))
+
+    model = AISPChatModel(
+        reward=judge, model=tiny_lm, num_samples=2, num_iterations=1, max_tokens=3, runner=scripted_run(["ok"])
+    )
+    holder["model"] = model
+    done: list[list[AIMessage]] = []
+    worker = threading.Thread(target=lambda: done.append(model.batch(["Hi", "Name a fruit."])), daemon=True)
+    worker.start()
+    worker.join(timeout=120)
+    assert not worker.is_alive(), "the nested call waited on the batch it was called from"
+    assert [m.response_metadata["aisp"]["batch_prompts"] for m in done[0]] == [2, 2]
+    assert nested and set(nested) == {1}  # the nested calls ran alone
 
 
 # --- batch with tool_choice="auto" ---------------------------------------------------------------
@@ -566,7 +603,7 @@ def test_batch_answers_carry_the_auto_choice_of_the_run_like_invoke(tiny_lm):
 @pytest.mark.parametrize("asynchronous", [False, True])
 def test_batch_auto_choice_prose_is_not_parsed_and_each_input_is_rendered_once(llm, monkeypatch, asynchronous):
     # engine prompts alternate prose variant / forced-call variant (prefilled up to "a":)
-    llm._runner = scripted_run(["Five. <tool_call>", ' 2, "b": 3}}\n</tool_call>'])
+    llm = llm.model_copy(update={"runner": scripted_run(["Five. <tool_call>", ' 2, "b": 3}}\n</tool_call>'])})
     renders: list[int] = []
     real_render = render
 
@@ -605,6 +642,6 @@ def test_structured_output_batch_shares_one_engine_run(llm):
         calls.append(len(prompts))
         return scripted(lm, prompts, *args, **kwargs)
 
-    llm._runner = spy
+    llm = llm.model_copy(update={"runner": spy})
     out = llm.with_structured_output(City, method="json_schema").batch(["A city?", "Another city?"])
     assert calls == [2] and out == [City(name="Oslo", population=7)] * 2

@@ -18,11 +18,11 @@ from typing_extensions import TypedDict
 
 from langchain_aisp import AISPChatModel
 from langchain_aisp.chat import _grounding as groundlib
-from langchain_aisp.chat._auto import auto_choice_score, rank_tools
+from langchain_aisp.chat._auto import Turn, auto_choice_score, rank_tools
 from langchain_aisp.chat._format import OutputFormat
 from langchain_aisp.chat._render import render_tool_call
 from langchain_aisp.chat._spans import conversation_spans
-from langchain_aisp.engine.aisp import RewardError
+from langchain_aisp.engine.aisp import RewardError, run
 
 pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
@@ -56,7 +56,7 @@ def get_weather(location: str) -> str:
 
 
 def tiny(tiny_lm, **kw):
-    params = {"reward": length_reward, "llm": tiny_lm, "num_samples": 3, "num_iterations": 2, "max_tokens": 24}
+    params = {"reward": length_reward, "model": tiny_lm, "num_samples": 3, "num_iterations": 2, "max_tokens": 24}
     return AISPChatModel(**{**params, **kw})
 
 
@@ -92,14 +92,12 @@ def test_forced_tool_calls_are_valid_by_construction(tiny_lm):
 
 def test_auto_runs_a_free_and_a_forced_prompt_with_half_the_samples_each(tiny_lm, monkeypatch):
     seen = []
-    model = tiny(tiny_lm, num_samples=4, seed=0)
-    real = model._runner
 
     def spy(lm, prompts, score, params, sampling, **kwargs):
         seen.append((len(prompts), params.num_samples, kwargs["constraints"]))
-        return real(lm, prompts, score, params, sampling, **kwargs)
+        return run(lm, prompts, score, params, sampling, **kwargs)
 
-    model._runner = spy
+    model = tiny(tiny_lm, num_samples=4, seed=0, runner=spy)
     msg = model.bind_tools([paint]).invoke("Paint the wall red, two coats.")
     assert seen[0][0] == 2 and seen[0][1] == 2 and all(c is not None for c in seen[0][2])
     assert msg.response_metadata["aisp"]["samples"] == 8  # 4 samples x 2 iterations in total
@@ -242,20 +240,20 @@ def _call(name, args):
 def test_auto_choice_rule():
     fmt = _fmt(get_weather, paint)
     ask = [HumanMessage("What is the weather in San Francisco, CA?")]
-    assert auto_choice_score(_call("get_weather", {"location": "San Francisco, CA"}), fmt, ask) > 0
-    assert auto_choice_score(_call("get_weather", {"location": "New York"}), fmt, ask) == -1.0  # invented
-    assert auto_choice_score("It is sunny there.", fmt, ask) == 0.0
+    assert auto_choice_score(_call("get_weather", {"location": "San Francisco, CA"}), fmt, Turn.of(ask)) > 0
+    assert auto_choice_score(_call("get_weather", {"location": "New York"}), fmt, Turn.of(ask)) == -1.0  # invented
+    assert auto_choice_score("It is sunny there.", fmt, Turn.of(ask)) == 0.0
     hello = [HumanMessage("Hello San Francisco!")]
-    assert auto_choice_score(_call("get_weather", {"location": "San Francisco"}), fmt, hello) == -1.0
+    assert auto_choice_score(_call("get_weather", {"location": "San Francisco"}), fmt, Turn.of(hello)) == -1.0
     done = [
         *ask,
         AIMessage("", tool_calls=[{"name": "get_weather", "args": {"location": "San Francisco, CA"}, "id": "1"}]),
         ToolMessage("sunny", tool_call_id="1"),
     ]
-    assert auto_choice_score(_call("get_weather", {"location": "San Francisco, CA"}), fmt, done) == -1.0
-    assert auto_choice_score(_call("get_weather", {"location": "sunny"}), fmt, done) == -1.0  # same turn
+    assert auto_choice_score(_call("get_weather", {"location": "San Francisco, CA"}), fmt, Turn.of(done)) == -1.0
+    assert auto_choice_score(_call("get_weather", {"location": "sunny"}), fmt, Turn.of(done)) == -1.0  # same turn
     again = [*done, AIMessage("Sunny."), HumanMessage("And the weather in Lima?")]
-    assert auto_choice_score(_call("get_weather", {"location": "Lima"}), fmt, again) > 0  # a new turn
+    assert auto_choice_score(_call("get_weather", {"location": "Lima"}), fmt, Turn.of(again)) > 0  # a new turn
 
     @tool
     def multiply(a: int, b: int) -> int:
@@ -263,8 +261,12 @@ def test_auto_choice_rule():
         return a * b
 
     numbers = [HumanMessage("What is 12 * 7?")]
-    assert auto_choice_score(_call("multiply", {"a": 12, "b": 7}), _fmt(multiply), numbers) > 0
-    assert auto_choice_score(_call("multiply", {"a": 12, "b": 8}), _fmt(multiply), numbers) == -1.0
+    assert auto_choice_score(_call("multiply", {"a": 12, "b": 7}), _fmt(multiply), Turn.of(numbers)) > 0
+    assert auto_choice_score(_call("multiply", {"a": 12, "b": 8}), _fmt(multiply), Turn.of(numbers)) == -1.0
+    # the grounding term's measure: a number as written ("1,500" is 1500, as the forced rows offer it)
+    thousands = Turn.of([HumanMessage("What is 1,500 times 3?")])
+    assert auto_choice_score(_call("multiply", {"a": 1500, "b": 3}), _fmt(multiply), thousands) > 0
+    assert auto_choice_score(_call("multiply", {"a": 150, "b": 3}), _fmt(multiply), thousands) == -1.0
 
 
 def test_auto_prefers_the_more_related_tool_and_distinct_values():
@@ -276,12 +278,12 @@ def test_auto_prefers_the_more_related_tool_and_distinct_values():
     fmt = _fmt(get_weather, convert_currency)
     ask = [HumanMessage("What is 75 EUR in CHF? Convert the currency.")]
     right = auto_choice_score(
-        _call("convert_currency", {"amount": 75, "from_currency": "EUR", "to_currency": "CHF"}), fmt, ask
+        _call("convert_currency", {"amount": 75, "from_currency": "EUR", "to_currency": "CHF"}), fmt, Turn.of(ask)
     )
     repeated = auto_choice_score(
-        _call("convert_currency", {"amount": 75, "from_currency": "EUR", "to_currency": "EUR"}), fmt, ask
+        _call("convert_currency", {"amount": 75, "from_currency": "EUR", "to_currency": "EUR"}), fmt, Turn.of(ask)
     )
-    other = auto_choice_score(_call("get_weather", {"location": "EUR"}), fmt, ask)
+    other = auto_choice_score(_call("get_weather", {"location": "EUR"}), fmt, Turn.of(ask))
     assert right > repeated > 0 and other < repeated
 
 
@@ -297,5 +299,5 @@ def test_auto_forced_rows_propose_values_from_the_conversation():
         "San Francisco, CA",
     ]
     assert tools["paint"]["parameters"]["properties"]["color"] == fmt.tools[1]["parameters"]["properties"]["color"]
-    assert rank_tools(fmt, ask)[0] in ("get_weather", "paint")
-    assert rank_tools(fmt, [HumanMessage("How is the weather?")])[0] == "get_weather"
+    assert rank_tools(fmt, Turn.of(ask))[0] in ("get_weather", "paint")
+    assert rank_tools(fmt, Turn.of([HumanMessage("How is the weather?")]))[0] == "get_weather"

@@ -308,7 +308,7 @@ def test_the_control_survives_half_precision(dtype):
     adds ``W v`` to ``W z`` in fp32 instead; its logit shift matches the fp32 reference."""
     from types import SimpleNamespace
 
-    from langchain_aisp.engine.decode.eager import head_for
+    from langchain_aisp.engine.lm import HeadTransform, head_for
 
     generator = torch.Generator().manual_seed(0)
     vocab, d = 256, 64
@@ -317,7 +317,7 @@ def test_the_control_survives_half_precision(dtype):
     z[:, :4] = 20.0  # outlier coordinates, as real pre-logits have
     v = 0.038 * torch.randn(4, d, generator=generator)  # (A, d)
     reference = v @ W.T  # (A, vocab) the fp32 logit shift W v
-    lm = SimpleNamespace(head_weight=W.to(dtype), head_bias=None)
+    lm = SimpleNamespace(head_weight=W.to(dtype), head_bias=None, head_transform=HeadTransform())
     head = head_for(lm)  # type: ignore[arg-type]
     shift = head(z.to(dtype), v.to(dtype)) - head(z.to(dtype), torch.zeros_like(v, dtype=dtype))  # (A, vocab)
     assert shift.dtype == torch.float32
@@ -332,9 +332,9 @@ def test_the_control_survives_half_precision(dtype):
 def test_the_fp32_head_adds_the_control_before_the_head():
     from types import SimpleNamespace
 
-    from langchain_aisp.engine.decode.eager import head_for
+    from langchain_aisp.engine.lm import HeadTransform, head_for
 
     W, b = torch.randn(8, 4), torch.randn(8)
     z, v = torch.randn(3, 4), torch.randn(3, 4)
-    head = head_for(SimpleNamespace(head_weight=W, head_bias=b))  # type: ignore[arg-type]
+    head = head_for(SimpleNamespace(head_weight=W, head_bias=b, head_transform=HeadTransform()))  # type: ignore[arg-type]
     assert torch.allclose(head(z, v), (z + v) @ W.T + b, atol=1e-5)

@@ -235,15 +235,15 @@ def test_out_of_memory_on_a_single_row_is_a_clear_error(tiny_lm, monkeypatch):
 
     model = _model(tiny_lm, length_reward, num_samples=4, num_iterations=1, max_tokens=6)
     baseline = model.invoke("Hello there")
-    model._runner = functools.partial(run, decode_fn=no_memory)
+    no_room = functools.partial(run, decode_fn=no_memory)
+    starved = _model(tiny_lm, length_reward, num_samples=4, num_iterations=1, max_tokens=6, runner=no_room)
     with pytest.raises(MemoryError) as info:
-        model.invoke("Hello there")
+        starved.invoke("Hello there")
     message = str(info.value)
     assert "decoding batch sizes tried: 4, 2, 1" in message
     assert "max_tokens=6" in message and "tiny-llama" in message and "lower max_tokens" in message
     assert isinstance(info.value.__cause__, torch.OutOfMemoryError)
-    model._runner = run
-    assert _summary(model.invoke("Hello there")) == _summary(baseline)
+    assert _summary(model.invoke("Hello there")) == _summary(baseline)  # the model's own engine is untouched
 
 
 # --- no lost work on any failure (issue 18): a non-reward failure at iteration 2 keeps iteration 1 ----------

@@ -463,7 +463,7 @@ def test_quoted_values_claim_name_fields_when_there_are_enough():
 
 
 def test_auto_rows_give_the_top_tool_every_second_row():
-    from langchain_aisp.chat._plan import auto_rows
+    from langchain_aisp.chat._auto import auto_rows
 
     assert auto_rows(["a", "b", "c", "d"]) == ["a", "b", "a", "c", "a", "d"]
     assert auto_rows(["a", "b"]) == ["a", "b"] and auto_rows(["a"]) == ["a"]
@@ -471,11 +471,10 @@ def test_auto_rows_give_the_top_tool_every_second_row():
 
 def test_grounding_is_skipped_by_construction_without_tools_or_schema(tiny_lm):
     from langchain_aisp import AISPChatModel
-    from langchain_aisp.chat import _plan
 
     model = AISPChatModel(reward=_indifferent, model=tiny_lm, num_samples=2, num_iterations=1, max_tokens=8)
-    plain = _plan.build_job(model, [HumanMessage("Ada is 36.")], None, {})
+    plain = model.prepare([HumanMessage("Ada is 36.")])._job
     assert plain.conversation is None  # free text: no candidates read, no term, one grammar (none)
     auto = normalize_tool_choice("auto", ["unicode_customer"])
-    job = _plan.build_job(model, ASK, None, {"tools": [CUSTOMER], "tool_choice": auto})
+    job = model.prepare(ASK, tools=[CUSTOMER], tool_choice=auto)._job
     assert job.conversation is not None and job.forced is not None  # "auto": the term on its forced rows

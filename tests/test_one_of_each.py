@@ -1,12 +1,11 @@
 """One implementation of each shared helper (issue 18): the module:qualname importer, the stream splitter,
-``as_reward`` (``to_reward`` is its deprecated alias), the sentiment / non-toxicity rewards of the bench."""
+``as_reward``, the sentiment / non-toxicity rewards of the bench."""
 
 from __future__ import annotations
 
 import json
 import sys
 import uuid
-import warnings
 
 import pytest
 from langchain_core.messages import HumanMessage
@@ -15,13 +14,10 @@ from langchain_aisp._imports import import_object
 from langchain_aisp._text import stream_pieces
 from langchain_aisp.rewards import (
     EmbeddingSimilarityReward,
-    FunctionReward,
     LengthReward,
     NonToxicityReward,
     SentimentReward,
-    as_reward,
     import_reward,
-    to_reward,
 )
 
 CONV = [HumanMessage("How was your day?")]
@@ -94,18 +90,6 @@ def test_chat_model_and_server_stream_the_same_pieces():
     events = list(chunk_events(message, completion_id="x", model="m", aisp={}, include_usage=False))
     deltas = [json.loads(e[6:])["choices"][0]["delta"].get("content") for e in events[1:-2]]
     assert deltas == stream_pieces(message.content)
-
-
-def test_to_reward_is_a_deprecated_alias_of_as_reward():
-    def fn(prompt, response):
-        return 0.0
-
-    with pytest.warns(DeprecationWarning, match="use as_reward"):
-        old = to_reward(fn)
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        new = as_reward(fn)
-    assert isinstance(old, FunctionReward) and isinstance(new, FunctionReward) and old.fn is new.fn is fn
 
 
 def test_sentiment_backends():

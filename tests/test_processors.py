@@ -58,9 +58,9 @@ def test_transforms_validate(factory, fragment):
 
 
 def test_build_processors_skips_identity_steps():
-    assert build_processors(1.0, 0, 1.0, None) == ()
-    steps = build_processors(0.7, 50, 0.9, 30.0)
-    assert [type(s).__name__ for s in steps] == ["Softcap", "Temperature", "TopK", "TopP"]
+    assert build_processors(1.0, 0, 1.0) == ()
+    steps = build_processors(0.7, 50, 0.9)
+    assert [type(s).__name__ for s in steps] == ["Temperature", "TopK", "TopP"]
 
 
 def test_sampler_follows_the_distribution_and_never_picks_masked_tokens():

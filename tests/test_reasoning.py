@@ -19,7 +19,14 @@ from langchain_aisp.chat import _grammar as grammarlib
 from langchain_aisp.chat import _reasoning as reasoning
 from langchain_aisp.engine.aisp import run
 from langchain_aisp.engine.config import AISPParams, SamplingParams
-from langchain_aisp.engine.constraints import RowMasks, ThinkingBudget, bitmask_words, thinking_mask, unpack_bitmask
+from langchain_aisp.engine.constraints import (
+    MAX_GAP,
+    RowMasks,
+    ThinkingBudget,
+    bitmask_words,
+    thinking_mask,
+    unpack_bitmask,
+)
 from langchain_aisp.errors import ConstraintError
 
 pytestmark = pytest.mark.usefixtures("single_torch_thread")
@@ -45,9 +52,11 @@ class Scripted:
 class ScriptedConstraint:
     def __init__(self, tokens):
         self.tokens = tokens
+        self.made: list[Scripted] = []
 
     def matcher(self, sample):
-        return Scripted(self.tokens)
+        self.made.append(Scripted(self.tokens))
+        return self.made[-1]
 
 
 def allowed(matcher, vocab=64, remaining=10):
@@ -76,6 +85,32 @@ def test_budget_forces_the_closing_tag_then_the_answer_constraint_applies():
     m.advance(7)
     m.advance(8)
     assert m.is_finished()
+
+
+def test_gap_tokens_after_the_tag_come_before_the_answer_and_are_not_passed_to_it():
+    """Whitespace after the closing tag (Qwen3's "\n\n" after </think>) may precede the answer's first token, at
+    most MAX_GAP tokens; the answer's constraint reads the answer from its first other token."""
+    answer = ScriptedConstraint([7, 8])
+    rule = ThinkingBudget([40], 0, thinking_mask(64, [0]), answer, gap=[3, 4])
+    m = rule.matcher(0)
+    m.advance(40)  # the tag (forced: budget 0)
+    assert allowed(m) == [3, 4, 7]  # whitespace, or the answer's first token
+    m.advance(3)
+    m.advance(4)
+    assert allowed(m) == [3, 4, 7] and answer.made[-1].seen == []
+    m.advance(7)  # the answer has begun: no more gap
+    assert allowed(m) == [8]
+    m.advance(8)
+    assert m.is_finished() and answer.made[-1].seen == [7, 8]
+    m = rule.matcher(0)
+    m.advance(40)
+    for _ in range(MAX_GAP):
+        m.advance(3)
+    assert allowed(m) == [7]  # at most MAX_GAP whitespace tokens
+    m.advance(3)
+    assert answer.made[-1].seen == [3]  # past the gap a token goes to the answer (whose grammar refuses it)
+    with pytest.raises(ValueError, match=r"gap tokens must be in \[0, 64\), got \[64\]"):
+        ThinkingBudget([40], 0, thinking_mask(64, [0]), gap=[64])
 
 
 def test_a_begun_tag_is_completed_and_an_early_close_leaves_the_answer_free():

@@ -200,7 +200,9 @@ def test_tool_format_can_be_set_and_is_checked(lms, tiny_lm):
     msg = llm.bind_tools([paint], tool_choice="paint").invoke("Paint it rot.")
     assert msg.response_metadata["aisp"]["tool_format"] == "documented"
     assert msg.response_metadata["aisp"]["prefill"].startswith("<tool_call>")
-    with pytest.raises(ValueError, match=r"tool_format[\s\S]*'auto', 'documented', 'hermes', 'llama3' or 'mistral'"):
+    with pytest.raises(
+        ValueError, match=r"tool_format[\s\S]*'auto', 'documented', 'hermes', 'llama3', 'mistral' or 'deepseek'"
+    ):
         model(tiny_lm, tool_format="xml")
     with pytest.raises(ValueError, match="tool_format='llama3' needs a chat template that renders tools"):
         model(tiny_lm, tool_format="llama3").bind_tools([paint], tool_choice="paint").invoke("Paint it rot.")

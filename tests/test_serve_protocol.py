@@ -212,6 +212,23 @@ def test_config_parses_reward_specs_and_builder_arguments():
         ServeConfig(max_timeout_s=float("inf"))
 
 
+def test_max_batch_rows_is_the_rows_setting_of_the_config_and_the_cli():
+    """``max_batch_rows`` / ``--max-batch-rows`` (rows: prompts x samples); the pre-release ``max_batch_size`` is
+    refused by name, not silently ignored."""
+    from langchain_aisp.serve.cli import _parser, config_from_args
+
+    assert ServeConfig.from_mapping({"max_batch_rows": "16"}).max_batch_rows == 16
+    with pytest.raises(ValueError, match="max_batch_rows must be an integer >= 1, got 0"):
+        ServeConfig(max_batch_rows=0)
+    with pytest.raises(ValueError, match="unknown server setting 'max_batch_size'"):
+        ServeConfig.from_mapping({"max_batch_size": "16"})
+    rows = ["--max-batch-rows", "24", "--reward", "x=serve_rewards:overlap", "--app-dir", "tests"]
+    args = _parser().parse_args(["serve", *rows])
+    assert config_from_args(args).max_batch_rows == 24
+    with pytest.raises(SystemExit):
+        _parser().parse_args(["serve", "--max-batch-size", "24"])
+
+
 def test_api_key_comes_from_the_environment_when_not_given(monkeypatch):
     monkeypatch.setenv("LANGCHAIN_AISP_API_KEY", "from-env")
     assert ServeConfig().api_key == "from-env"

@@ -418,7 +418,7 @@ def test_the_chat_models_warmup_builds_the_bucket_its_calls_use(tiny_lm):
     from langchain_aisp import AISPChatModel
 
     lm = dataclasses.replace(tiny_lm)
-    kwargs = {"reward": lambda p, r: float(len(r)), "llm": lm, "num_samples": 3, "max_tokens": 6, "seed": 0}
+    kwargs = {"reward": lambda p, r: float(len(r)), "model": lm, "num_samples": 3, "max_tokens": 6, "seed": 0}
     eager = AISPChatModel(method="aisp", decoding="eager", num_iterations=2, **kwargs)
     prompt_tokens = eager.invoke("Name a fruit.").usage_metadata["input_tokens"]  # the rendered prompt's length
     assert eager.warmup() == [] and static_graph_stats(lm) == []

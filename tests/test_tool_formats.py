@@ -7,13 +7,15 @@ reply must read back as valid calls (forced and ``"any"``), or as prose (the pro
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 from chat_templates import HERMES, LLAMA3, MISTRAL, UNKNOWN_TOOLS, with_template
 from langchain_core.messages import AIMessage, HumanMessage, SystemMessage, ToolMessage
 
 from langchain_aisp.chat import _grammar as grammarlib
 from langchain_aisp.chat import _tool_formats as tf
-from langchain_aisp.chat._auto import auto_choice_score
+from langchain_aisp.chat._auto import Turn, auto_choice_score
 from langchain_aisp.chat._format import OutputFormat
 from langchain_aisp.chat._parse import format_validity, parse_tool_reply
 from langchain_aisp.chat._render import render
@@ -80,7 +82,7 @@ CONVERSATION = [
 def test_multi_turn_conversations_render_through_the_template(tokenizers, name, expected):
     fmt = OutputFormat(tools=(WEATHER,), tool_choice="auto")
     found = tf.resolve(tokenizers[name])
-    text = render(tokenizers[name], CONVERSATION, fmt, native_tools=found.native, call_id=found.call_id).text
+    text = render(tokenizers[name], CONVERSATION, fmt, tools=found.rendering).text
     for piece in [*expected, "Sonnig, 21 °C", "And in 東京?", "Weather in a city."]:
         assert piece in text, (piece, text)
     assert "# Tools\n\nYou may call" not in text  # the documented system text is not added
@@ -136,20 +138,25 @@ def test_replies_read_back_in_every_format(name, reply, calls, content):
 
 
 @pytest.mark.parametrize(
-    ("name", "reply"),
+    ("name", "reply", "ends"),
     [
-        ("llama3", '{"name": "get_weather", "parameters": {"city": "Zür'),
-        ("mistral", '[TOOL_CALLS] [{"name": "get_weather", "arguments": {"city": "Zürich", "days": 1}'),
+        ("llama3", '{"name": "get_weather", "parameters": {"city": "Zür', "inside the call's JSON object"),
+        (
+            "mistral",
+            '[TOOL_CALLS] [{"name": "get_weather", "arguments": {"city": "Zürich", "days": 1}',
+            "before its closing ]",
+        ),
+        ("hermes", '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Z', "before its closing </tool_call>"),
     ],
 )
-def test_cut_calls_are_reported_incomplete(name, reply):
+def test_cut_calls_are_reported_incomplete(name, reply, ends):
+    """The error names how the format the model writes ends a call (never ``</tool_call>`` for Llama 3 or Mistral)."""
     fmt = OutputFormat(tools=(WEATHER,), tool_choice="any")
-    parsed = parse_tool_reply(tf.normalize(reply, tf.FORMATS[name]), fmt)
+    tool_format = tf.FORMATS[name]
+    parsed = parse_tool_reply(tf.normalize(reply, tool_format), fmt, tool_format.closing)
     assert not parsed.tool_calls
-    assert [c["error"] for c in parsed.invalid_tool_calls] == [
-        "the tool call is not complete (the reply ends before </tool_call>)"
-    ]
-    assert format_validity(tf.normalize(reply, tf.FORMATS[name]), fmt) == -1.0
+    assert [c["error"] for c in parsed.invalid_tool_calls] == [f"the tool call is not complete (the reply ends {ends})"]
+    assert format_validity(tf.normalize(reply, tool_format), fmt) == -1.0
 
 
 def test_a_wrong_argument_key_is_an_invalid_call():
@@ -161,7 +168,7 @@ def test_a_wrong_argument_key_is_an_invalid_call():
 def _decode(lm, tok, grammar, messages, fmt, tool_format, n=4):
     vocab, eos = int(lm.head_weight.shape[0]), lm.eos_token_ids
     prefill = grammarlib.forced_prefix(tok, vocab, eos, grammar)
-    prompt = render(tok, messages, fmt, prefill, native_tools=tool_format.native, call_id=tool_format.call_id)
+    prompt = render(tok, messages, fmt, prefill, tools=tool_format.rendering)
     constraint = grammarlib.compile_constraint(tok, vocab, eos, grammar, prefill)
     results = run(
         lm,
@@ -220,7 +227,7 @@ def test_auto_prose_rows_never_read_as_calls(tiny_lm, tokenizers, name):
     for text in texts:
         parsed = parse_tool_reply(tf.normalize(text, tool_format), fmt)
         assert not parsed.attempted and parsed.content == text
-        assert auto_choice_score(tf.normalize(text, tool_format), fmt, CONVERSATION) == 0.0
+        assert auto_choice_score(tf.normalize(text, tool_format), fmt, Turn.of(CONVERSATION)) == 0.0
 
 
 def test_a_special_tag_token_is_asked_for_as_that_token(default_lm):
@@ -228,7 +235,7 @@ def test_a_special_tag_token_is_asked_for_as_that_token(default_lm):
     tok.add_special_tokens({"additional_special_tokens": ["[TOOL_CALLS]"]})
     tool_format = tf.resolve(tok)
     token = tok.convert_tokens_to_ids("[TOOL_CALLS]")
-    assert tool_format.syntax.tag_token == token
+    assert dict(tool_format.syntax.tokens) == {"[TOOL_CALLS]": token}
     grammar = tool_format.grammar([WEATHER], choice="any", parallel=False, strict=True)
     assert f"<[{token}]>" in grammar
     eos = default_lm.eos_token_ids
@@ -249,9 +256,9 @@ def test_mistral_call_ids_are_nine_characters_and_match_their_results(default_lm
     tok = with_template(default_lm.tokenizer, MISTRAL)
     fmt = OutputFormat(tools=(WEATHER,), tool_choice="auto")
     with pytest.raises(ValueError, match="Tool call IDs should be alphanumeric strings with length 9"):
-        render(tok, CONVERSATION, fmt, native_tools=True)  # the template refuses LangChain's ids
+        render(tok, CONVERSATION, fmt, tools=replace(tf.resolve(tok).rendering, call_id=None))  # LangChain's ids
     new_id = tf.mistral_call_id("call_1")
     assert len(new_id) == 9 and new_id.isalnum() and new_id == tf.mistral_call_id("call_1") != tf.mistral_call_id("c2")
     assert tf.mistral_call_id("abcDEF123") == "abcDEF123"  # already valid: kept
-    text = render(tok, CONVERSATION, fmt, native_tools=True, call_id=tf.mistral_call_id).text
+    text = render(tok, CONVERSATION, fmt, tools=tf.resolve(tok).rendering).text
     assert f'"id": "{new_id}"' in text and f'"call_id": "{new_id}"' in text

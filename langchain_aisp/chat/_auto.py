@@ -2,26 +2,22 @@
 
 Under ``tool_choice="auto"`` half of the samples are free (prose, or prose then calls) and half are
 forced calls; :func:`auto_choice_score` is the documented rule that decides between a call and prose
-(see ``docs/chat_model.md``); :func:`rank_tools` orders the tools of the forced-call rows.
+(see ``docs/chat_model.md``); :func:`rank_tools` orders the tools of the forced-call rows. What the rule
+reads of the conversation is read once per call (:class:`Turn`); whether a value comes from the
+conversation is the grounding term's own measure (``_grounding.value_grounding``).
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
-from langchain_core.messages import (
-    AIMessage,
-    BaseMessage,
-    ChatMessage,
-    FunctionMessage,
-    HumanMessage,
-    ToolCall,
-    ToolMessage,
-)
+from langchain_core.messages import AIMessage, BaseMessage, ChatMessage, HumanMessage, ToolCall
 
 from langchain_aisp.chat._format import OutputFormat
+from langchain_aisp.chat._grounding import PARTIAL_CREDIT, Conversation, value_grounding
 from langchain_aisp.chat._parse import parse_tool_reply
 from langchain_aisp.chat._render import content_text
 
@@ -51,44 +47,56 @@ def _leaves(value: Any) -> list[Any]:
     return [value] if isinstance(value, (str, int, float)) and not isinstance(value, bool) else []
 
 
-def _grounded(value: Any, context: str, context_words: set[str]) -> bool:
-    """A string or number argument that comes from the conversation (not invented)."""
-    if isinstance(value, str):
-        text = value.strip().lower()
-        if not text or text in context:
-            return True
-        words = set(_WORD.findall(text))
-        return bool(words) and all(any(_same_word(w, c) for c in context_words) for w in words)
-    forms = {repr(value), str(value)}
-    if isinstance(value, float) and value.is_integer():
-        forms.add(str(int(value)))
-    return any(re.search(rf"(?<![\w.]){re.escape(f)}(?![\w])", context) for f in forms)
+def _is_user(message: BaseMessage) -> bool:
+    return isinstance(message, HumanMessage) or (isinstance(message, ChatMessage) and message.role in ("user", "human"))
 
 
-def _conversation_text(messages: Sequence[BaseMessage]) -> tuple[str, str]:
-    """(all user and tool text, the last user text), lowercased."""
-    texts: list[str] = []
-    last_user = ""
-    for m in messages:
-        is_user = isinstance(m, HumanMessage) or (isinstance(m, ChatMessage) and m.role in ("user", "human"))
-        if not (is_user or isinstance(m, (ToolMessage, FunctionMessage))):
-            continue
-        try:
-            text = content_text(m).lower()
-        except ValueError:
-            continue
-        texts.append(text)
-        if is_user:
-            last_user = text
-    return "\n".join(texts), last_user
+@dataclass(frozen=True)
+class Turn:
+    """What the ``"auto"`` rule reads of a conversation, read once per call: its values (the grounding
+    term's :class:`~langchain_aisp.chat._grounding.Conversation`), the user's last message and the tools
+    the assistant already called since then."""
+
+    conversation: Conversation
+    last_user: str
+    """The text of the user's last message, lowercased ("" when there is none)."""
+    called: frozenset[str]
+    """Names of the tools called since the user's last message."""
+
+    @classmethod
+    def of(cls, messages: Sequence[BaseMessage], conversation: Conversation | None = None) -> Turn:
+        """The turn of ``messages``; ``conversation``: its values, when the caller already read them."""
+        last_user = ""
+        for m in reversed(messages):
+            if _is_user(m):
+                try:
+                    last_user = content_text(m).lower()
+                except ValueError:  # a media block: no text to read (rendering refuses it)
+                    continue
+                break
+        called: set[str] = set()
+        for m in reversed(messages):
+            if _is_user(m):
+                break
+            if isinstance(m, AIMessage):
+                called.update(c["name"] for c in m.tool_calls)
+        return cls(
+            conversation if conversation is not None else Conversation.of(messages), last_user, frozenset(called)
+        )
 
 
-def arguments_grounded(call: ToolCall, messages: Sequence[BaseMessage]) -> bool:
+def _grounded(value: Any, conversation: Conversation) -> bool:
+    """A string or number argument that comes from the conversation (not invented): an empty string, a
+    span of the user or tool text, a string all of whose words are there, or a number written there."""
+    if isinstance(value, str) and not value.strip():
+        return True
+    return value_grounding(value, conversation) >= PARTIAL_CREDIT
+
+
+def arguments_grounded(call: ToolCall, turn: Turn) -> bool:
     """Every argument value (string or number) of ``call`` appears in the user or tool text of the
     conversation (a string may also match word by word): the model took it from there, not invented it."""
-    context, _ = _conversation_text(messages)
-    context_words = _words(context)
-    return all(_grounded(v, context, context_words) for v in _leaves(call["args"]))
+    return all(_grounded(v, turn.conversation) for v in _leaves(call["args"]))
 
 
 def _relevance(tool: dict[str, Any], last_user: str) -> int:
@@ -100,26 +108,33 @@ def _relevance(tool: dict[str, Any], last_user: str) -> int:
     )
 
 
-def rank_tools(fmt: OutputFormat, messages: Sequence[BaseMessage]) -> list[str]:
+def rank_tools(fmt: OutputFormat, turn: Turn) -> list[str]:
     """The bound tools, most related to the user's last message first (stable for ties): under
     ``tool_choice="auto"`` forced-call sample ``i`` calls tool ``i % len(tools)`` of this order."""
-    _, last_user = _conversation_text(messages)
-    order = sorted(range(len(fmt.tools)), key=lambda i: -_relevance(fmt.tools[i], last_user))
+    order = sorted(range(len(fmt.tools)), key=lambda i: -_relevance(fmt.tools[i], turn.last_user))
     return [fmt.tools[i]["name"] for i in order]
 
 
-def call_is_grounded(call: ToolCall, fmt: OutputFormat, messages: Sequence[BaseMessage]) -> bool:
+def auto_rows(ranked: Sequence[str]) -> list[str]:
+    """The tool of each forced-call row under ``"auto"`` (row ``i`` of the samples is entry ``i % len``): the
+    most related tool every second row, the others in turn between (``[a, b, a, c, a, d]`` for 4 tools;
+    ``[a]``, ``[a, b]`` for 1, 2), so every tool has a row once there are ``2 * (len - 1)`` samples."""
+    if len(ranked) <= 2:
+        return list(ranked)
+    return [name for other in ranked[1:] for name in (ranked[0], other)]
+
+
+def call_is_grounded(call: ToolCall, fmt: OutputFormat, turn: Turn) -> bool:
     """The rule for ``tool_choice="auto"``: is this call what the conversation asks for?
 
     Both must hold: :func:`arguments_grounded`, and the request is about the tool, i.e. the
     last user message names the tool or shares a word with its name or description, unless
     every argument is a number taken from the conversation ("what is 12 times 7?").
     """
-    if not arguments_grounded(call, messages):
+    if not arguments_grounded(call, turn):
         return False
-    _, last_user = _conversation_text(messages)
     tool = next((t for t in fmt.tools if t["name"] == call["name"]), {"name": call["name"]})
-    relevant = _relevance(tool, last_user) > 0
+    relevant = _relevance(tool, turn.last_user) > 0
     leaves = _leaves(call["args"])
     numbers = bool(leaves) and all(not isinstance(v, str) for v in leaves)
     return relevant or numbers
@@ -131,18 +146,7 @@ def _repeats_a_value(call: ToolCall) -> bool:
     return len(leaves) != len(set(leaves))
 
 
-def _tools_called_this_turn(messages: Sequence[BaseMessage]) -> set[str]:
-    """Names of the tools the assistant already called since the user's last message."""
-    called: set[str] = set()
-    for m in reversed(messages):
-        if isinstance(m, HumanMessage) or (isinstance(m, ChatMessage) and m.role in ("user", "human")):
-            break
-        if isinstance(m, AIMessage):
-            called.update(c["name"] for c in m.tool_calls)
-    return called
-
-
-def auto_choice_score(text: str, fmt: OutputFormat, messages: Sequence[BaseMessage]) -> float:
+def auto_choice_score(text: str, fmt: OutputFormat, turn: Turn) -> float:
     """Format term under ``tool_choice="auto"`` (times ``format_weight``, added to the reward).
 
     Positive for a reply whose calls are all valid, grounded (:func:`call_is_grounded`) and of tools
@@ -157,12 +161,12 @@ def auto_choice_score(text: str, fmt: OutputFormat, messages: Sequence[BaseMessa
         return 0.0
     if parsed.invalid_tool_calls or not parsed.tool_calls:
         return -1.0
-    called = _tools_called_this_turn(messages)
     for call in parsed.tool_calls:
-        if call["name"] in called or not call_is_grounded(call, fmt, messages):
+        if call["name"] in turn.called or not call_is_grounded(call, fmt, turn):
             return -1.0
-    _, last_user = _conversation_text(messages)
     tools = {t["name"]: t for t in fmt.tools}
-    related = min(max(_relevance(tools.get(c["name"], {"name": c["name"]}), last_user), 1) for c in parsed.tool_calls)
+    related = min(
+        max(_relevance(tools.get(c["name"], {"name": c["name"]}), turn.last_user), 1) for c in parsed.tool_calls
+    )
     value = 0.75 if any(_repeats_a_value(c) for c in parsed.tool_calls) else 1.0
     return value * related / (related + 1)  # in (0, 1): the more related the tool, the higher

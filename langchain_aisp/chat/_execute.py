@@ -1,7 +1,8 @@
 """Execution: jobs -> one engine run (retries, control memory, deadlines) -> one outcome per job.
 
-A reward failing on one job's responses fails that job only (a ``RewardError`` with its partial
-result); a job dropped by its caller gets ``RunCancelledError``; a job whose deadline passed with
+Every function takes data: the :class:`Engine` (the reward, the engine entry and the run's fixed settings)
+and the jobs. A reward failing on one job's responses fails that job only (a ``RewardError`` with its
+partial result); a job dropped by its caller gets ``RunCancelledError``; a job whose deadline passed with
 nothing scored gets ``TimeoutError``; the others get their merged ``PromptResult``.
 """
 
@@ -14,30 +15,48 @@ import math
 import threading
 import time
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from typing import Any, TypeVar
 
-from langchain_core.callbacks import AsyncCallbackManagerForLLMRun
-from langchain_core.messages import AIMessage, BaseMessage
+from langchain_core.messages import AIMessage
 from langchain_core.runnables.config import run_in_executor
 from tenacity import Retrying, stop_after_attempt, stop_before_delay, wait_exponential
 
 from langchain_aisp.chat import _grounding as groundlib
+from langchain_aisp.chat._auto import auto_choice_score
 from langchain_aisp.chat._messages import to_message
-from langchain_aisp.chat._plan import BATCH_PLAN, BatchPlan, Job, Variant, build_job, format_term, merge_variants
-from langchain_aisp.chat._progress import ProgressFn, async_progress
+from langchain_aisp.chat._parse import format_validity
+from langchain_aisp.chat._plan import Job, Slot, Variant
+from langchain_aisp.chat._progress import AsyncProgress, ProgressFn
 from langchain_aisp.engine.aisp import IterationEvent, PromptResult, RewardError, RunTimeoutError
-from langchain_aisp.engine.memory import run_with_memory
+from langchain_aisp.engine.config import DEFAULT_DECODING, DEFAULT_MAX_BATCH_SIZE
+from langchain_aisp.engine.memory import ControlMemory, run_with_memory
 from langchain_aisp.errors import RunCancelledError, RunError, RunFailedError
 from langchain_aisp.rewards import Reward
-
-if TYPE_CHECKING:
-    from langchain_aisp.chat_models import AISPChatModel
 
 RETRY_WAIT_MAX = 8.0
 """Longest wait (seconds) between two attempts of a failing reward call (exponential backoff from 0.5 s)."""
 
 EventFn = Callable[[int, dict[str, Any]], None]
 """Receives (job index, progress event data)."""
+
+Runner = Callable[..., list[PromptResult]]
+"""The engine entry: :func:`langchain_aisp.engine.aisp.run`, or a ``Scheduler``'s ``run`` (same arguments)."""
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Engine:
+    """What runs a chat model's jobs: its reward, its engine entry and the settings fixed per model."""
+
+    reward: Reward
+    reward_name: str
+    runner: Runner
+    max_retries: int = 0
+    control_memory: ControlMemory | None = None
+    max_batch_rows: int = DEFAULT_MAX_BATCH_SIZE
+    decoding: str = DEFAULT_DECODING
 
 
 def _retrying(max_retries: int, deadlines: Sequence[float | None]) -> Retrying:
@@ -64,7 +83,7 @@ def _scorer(
             for pos, job in enumerate(owners):
                 if format_weight and job.fmt.constrained:
                     values[pos] = values[pos] + format_weight * format_term(job.reply.answer(full[pos]), job)
-                if job.conversation is not None:  # forced calls / structured output: the grounding term
+                if grounding_weight and job.conversation is not None:  # forced calls / JSON: the grounding term
                     g = groundlib.reply_grounding(job.reply.answer(full[pos]), job.fmt, job.conversation)
                     values[pos] = values[pos] + grounding_weight * g
         return values
@@ -164,12 +183,12 @@ def _failed(
 
 
 def run_jobs(
-    model: AISPChatModel,
+    engine: Engine,
     jobs: Sequence[Job],
     on_event: EventFn,
     cancel: threading.Event | None = None,
     keep: Callable[[int], bool] | None = None,
-    runner: Callable[..., list[PromptResult]] | None = None,
+    runner: Runner | None = None,
 ) -> list[PromptResult | BaseException]:
     """One engine call over ``jobs`` (same settings and model): results or per-job errors.
 
@@ -177,8 +196,8 @@ def run_jobs(
     (:class:`~langchain_aisp.errors.RunFailedError`, a cancellation, ...) with that job's best so far in
     ``.partial``; before one, the engine's error itself (a copy per job in a batch).
 
-    ``runner`` (default ``model._runner``: ``engine.aisp.run``) runs the engine call, e.g. a continuous
-    ``engine.scheduler.Scheduler``'s ``run`` (the server).
+    ``runner`` (default ``engine.runner``, the chat model's ``runner``) runs the engine call, e.g. a
+    continuous ``engine.scheduler.Scheduler``'s ``run`` (the server).
 
     ``cancel`` (set when an async caller is cancelled) stops the run at the next iteration
     boundary with :class:`RunCancelledError`, so an abandoned executor thread does not keep
@@ -196,10 +215,10 @@ def run_jobs(
         for job in jobs
     ]
     seeds = [jobs[i].settings.seed for i, _ in entries]  # calls of one run may differ in seed only
-    score = _scorer(model._reward, model.reward_name, entries, jobs, _retrying(model.max_retries, deadlines))
+    score = _scorer(engine.reward, engine.reward_name, entries, jobs, _retrying(engine.max_retries, deadlines))
     engine_keep = None if keep is None else (lambda e: keep(entries[e][0]))
     engine_deadlines = [deadlines[i] for i, _ in entries]
-    memory = None if any(j.fmt.constrained for j in jobs) else model.control_memory
+    memory = None if any(j.fmt.constrained for j in jobs) else engine.control_memory
     # isolated: a reward failure or a timeout with nothing scored is recorded on its prompt, never raised
     try:
         results: list[PromptResult | None] = list(
@@ -210,14 +229,14 @@ def run_jobs(
                 score,
                 params,
                 settings.sampling,
-                reward=model.reward_name,
+                reward=engine.reward_name,
                 seed=seeds[0] if len(set(seeds)) == 1 else seeds,
-                max_batch_size=model.max_batch_rows,  # the engine's name: rows
+                max_batch_size=engine.max_batch_rows,  # the engine's name: rows
                 on_iteration=_iteration_hook(entries, settings.params.method, on_event, cancel),
-                runner=model._runner if runner is None else runner,
+                runner=engine.runner if runner is None else runner,
                 on_reward_error="isolate",
                 keep=engine_keep,
-                decoding=model.decoding,
+                decoding=engine.decoding,
                 constraints=[v.constraint for _, v in entries],
                 deadline=engine_deadlines[0] if len(set(engine_deadlines)) == 1 else engine_deadlines,
             )
@@ -236,40 +255,101 @@ def run_jobs(
     return outcomes
 
 
-def execute(
-    model: AISPChatModel,
-    messages: list[BaseMessage],
-    stop: list[str] | None,
-    kwargs: dict[str, Any],
-    progress: ProgressFn | None,
-    cancel: threading.Event | None = None,
-) -> tuple[Job, PromptResult]:
-    """Run one call; returns the job that ran and its result.
+def merge_variants(
+    entries: Sequence[tuple[int, Variant]], results: Sequence[PromptResult | None], jobs: Sequence[Job]
+) -> list[PromptResult | None]:
+    """One result per job. A job with a forced-call variant (``tool_choice="auto"``) returns that
+    variant's best sample when it is a valid, grounded, new call (:func:`_auto.auto_choice_score`
+    is positive), else the prose variant's best: the choice does not depend on the reward's scale.
 
-    Inside ``batch`` the call claims the job the batch plan rendered for it: a member of the plan's
-    group gets its share of the group's one engine run (the first member to arrive runs it), any other
-    job runs alone. Outside a batch the call is rendered here and runs alone.
+    The forced variant's prefill is put in front of its texts (the free prompt has none); samples,
+    tokens and per-iteration rewards of both variants are reported together.
     """
-    plan = BATCH_PLAN.get()
-    index = plan.claim(messages, stop, kwargs) if plan is not None and plan.owner == id(model) else None
-    if plan is None or index is None:
-        job = build_job(model, messages, stop, kwargs)
+    merged: list[PromptResult | None] = [None] * len(jobs)
+    seen: set[int] = set()
+    for (i, variant), result in zip(entries, results, strict=False):
+        forced = i in seen  # a job's second variant is its forced-call prompt
+        seen.add(i)
+        if result is None:
+            continue
+        if forced:  # its prefill beyond the free prompt's (which the reply readers add)
+            extra = variant.prompt.prefill.removeprefix(jobs[i].prompt.prefill)
+            result = dataclasses.replace(
+                result, text=extra + result.text, texts=[[extra + t for t in ts] for ts in result.texts]
+            )
+        current = merged[i]
+        if current is None:
+            merged[i] = result
+            continue
+        call = format_term(jobs[i].reply.answer(jobs[i].prompt.prefill + result.text), jobs[i]) > 0
+        jobs[i].auto_choice = "call" if call else "prose"
+        best = result if call else current
+        merged[i] = dataclasses.replace(
+            best,
+            samples=current.samples + result.samples,
+            generated_tokens=current.generated_tokens + result.generated_tokens,
+            rewards=[a + b for a, b in zip(current.rewards, result.rewards, strict=False)],
+            texts=[a + b for a, b in zip(current.texts, result.texts, strict=False)],
+        )
+    return merged
+
+
+def format_term(text: str, job: Job) -> float:
+    """The format term of one reply (times ``format_weight``): validity, or the auto-choice rule."""
+    if job.turn is not None:  # tool_choice="auto"
+        return auto_choice_score(text, job.fmt, job.turn)
+    return format_validity(text, job.fmt)  # forced calls / JSON; grounding is its own term (_grounding)
+
+
+def execute(
+    engine: Engine, job: Job, slot: Slot | None, progress: ProgressFn | None, cancel: threading.Event | None = None
+) -> PromptResult:
+    """Run one call's ``job``: alone, or (an input of a ``batch`` whose job shares the group's run,
+    ``slot``) as its share of the group's one engine run (:func:`run_member`). Raises the call's error."""
+    if slot is not None and slot.shared:
+        outcome = run_member(engine, slot, progress, cancel)
     else:
-        job = plan.jobs[index]
-    if plan is None or index is None or index not in plan.group:
-        outcome = run_jobs(model, [job], lambda _i, data: progress(data) if progress else None, cancel)[0]
-    else:
-        outcome = _run_plan(model, plan, plan.group.index(index), progress, cancel)
+        outcome = run_jobs(engine, [job], lambda _i, data: progress(data) if progress else None, cancel)[0]
     if isinstance(outcome, BaseException):
         raise outcome
-    return job, outcome
+    return outcome
+
+
+def run_member(
+    engine: Engine, slot: Slot, progress: ProgressFn | None, cancel: threading.Event | None
+) -> PromptResult | BaseException:
+    """The outcome of a ``batch`` input of the plan's group: the first of the group's calls to get here runs
+    the group's engine run (its own progress events go out live, the others' are kept); each other member
+    gets its outcome and its progress events when the run is over."""
+    plan, index = slot.plan, slot.index
+    with plan.lock:
+        if plan.outcomes is None:
+            members = plan.group
+
+            def on_event(position: int, data: dict[str, Any]) -> None:
+                if members[position] == index:
+                    if progress is not None:
+                        progress(data)
+                else:
+                    plan.events.setdefault(members[position], []).append(data)
+
+            jobs = [job for job in (plan.jobs[i] for i in members) if job is not None]
+            try:
+                outcomes = run_jobs(engine, jobs, on_event, cancel)
+            except BaseException as exc:
+                # Interrupted, cancelled or failed: every input of the group gets this error, so no
+                # other input re-runs the whole group after the caller gave up on it.
+                plan.outcomes = dict.fromkeys(members, exc)
+                raise
+            plan.outcomes = dict(zip(members, outcomes, strict=True))
+    if progress is not None:
+        for data in plan.events.pop(index, []):
+            progress(data)
+    return plan.outcomes[index]
 
 
 def run_prepared(
-    model: AISPChatModel,
-    jobs: Sequence[Job],
-    keep: Callable[[int], bool] | None,
-    runner: Callable[..., list[PromptResult]] | None = None,
+    engine: Engine, jobs: Sequence[Job], keep: Callable[[int], bool] | None, runner: Runner | None = None
 ) -> list[AIMessage | BaseException]:
     """``AISPChatModel.run_prepared``: jobs with equal ``batch_key`` share one engine run; one outcome each."""
     groups: dict[tuple[Any, ...], list[int]] = {}
@@ -280,30 +360,22 @@ def run_prepared(
         group = [jobs[i] for i in members]
         group_keep = None if keep is None else (lambda pos, members=members: keep(members[pos]))
         try:
-            results = run_jobs(model, group, lambda _i, _data: None, keep=group_keep, runner=runner)
+            results = run_jobs(engine, group, lambda _i, _data: None, keep=group_keep, runner=runner)
         except Exception as exc:  # outside the engine run (which gives per-job outcomes): each its own copy
             results = [_own_error(exc, [None]) for _ in group]
         for i, job, result in zip(members, group, results, strict=True):
-            outcomes[i] = result if isinstance(result, BaseException) else to_message(job, result, model.reward_name)
+            outcomes[i] = result if isinstance(result, BaseException) else to_message(job, result, engine.reward_name)
     return [o for o in outcomes if o is not None]
 
 
-async def aexecute(
-    model: AISPChatModel,
-    messages: list[BaseMessage],
-    stop: list[str] | None,
-    kwargs: dict[str, Any],
-    run_manager: AsyncCallbackManagerForLLMRun | None,
-) -> tuple[Job, PromptResult]:
-    """:func:`execute` in an executor thread; cancelling the awaiting task stops the run at its next iteration.
-
-    Progress events go to the caller's loop without the engine thread waiting for them; every event sent
-    is delivered before this returns or raises (a cancelled call sends no more).
-    """
-    cancel = threading.Event()
-    progress = async_progress(model, run_manager, cancel)
+async def in_thread(
+    call: Callable[[ProgressFn | None, threading.Event], T], progress: AsyncProgress | None, cancel: threading.Event
+) -> T:
+    """``call(progress, cancel)`` in an executor thread; cancelling the awaiting task stops the run at its next
+    iteration (``cancel``). Progress events go to the caller's loop without the engine thread waiting for
+    them; every event sent is delivered before this returns or raises (a cancelled call sends no more)."""
     try:
-        outcome = await run_in_executor(None, execute, model, messages, stop, kwargs, progress, cancel)
+        outcome = await run_in_executor(None, call, progress, cancel)
     except asyncio.CancelledError:
         cancel.set()
         raise
@@ -315,36 +387,3 @@ async def aexecute(
     if progress is not None:
         await progress.drain()
     return outcome
-
-
-def _run_plan(
-    model: AISPChatModel,
-    plan: BatchPlan,
-    member: int,
-    progress: ProgressFn | None,
-    cancel: threading.Event | None,
-) -> PromptResult | BaseException:
-    """The outcome of ``plan.group[member]``: the group's engine run is made by the first member to get here."""
-    with plan.lock:
-        if progress is not None:
-            plan.progress[member] = progress
-        if plan.outcomes is None:
-
-            def on_event(i: int, data: dict[str, Any]) -> None:
-                plan.events.setdefault(i, []).append(data)
-                plan.deliver(i)
-
-            # Nested calls made by the reward (a judge on this very model) must not join the plan:
-            # they would wait on plan.lock, which this thread holds.
-            token = BATCH_PLAN.set(None)
-            try:
-                plan.outcomes = run_jobs(model, [plan.jobs[i] for i in plan.group], on_event, cancel)
-            except BaseException as exc:
-                # Interrupted, cancelled or failed: every input of the plan gets this error, so no
-                # other input re-runs the whole batch after the caller gave up on it.
-                plan.outcomes = [exc] * len(plan.group)
-                raise
-            finally:
-                BATCH_PLAN.reset(token)
-        plan.deliver(member)
-        return plan.outcomes[member]

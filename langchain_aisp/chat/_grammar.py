@@ -102,7 +102,8 @@ class CallSyntax:
     """How a reply writes its tool calls (a chat template's own format; see ``chat/_tool_formats.py``).
 
     A reply of calls is ``tag prefix call (separator call)* suffix`` (one call unless parallel), each
-    call ``call_open {"name": ..., <args_key>: {...}} call_close``.
+    call ``call_open {"name": ..., <args_key>: {...}} call_close``, or with ``name_sep``
+    ``call_open <name> name_sep {...} call_close``.
     """
 
     call_open: str = TOOL_CALL_OPEN + "\n"
@@ -115,29 +116,79 @@ class CallSyntax:
     """The key of the arguments object ("parameters" for Llama 3.1+)."""
     tag: str = ""
     """A marker before all calls (Mistral's ``[TOOL_CALLS]``)."""
-    tag_token: int | None = None
-    """The token id of ``tag`` when it is a single special token (the grammar then asks for that token)."""
     prefix: str = ""
-    """Text after ``tag``, before the first call (Mistral: ``" ["``)."""
+    """Text after ``tag``, before the first call (Mistral v0.3: ``" ["``, Nemo: ``"["``; read from the template)."""
     suffix: str = ""
     """Text after the last call (Mistral: ``"]"``)."""
+    tokens: tuple[tuple[str, int], ...] = ()
+    """(text, token id) of the tokenizer's added tokens that occur in this syntax's texts (``<tool_call>`` of
+    Qwen, ``[TOOL_CALLS]`` of Mistral; :func:`added_tokens_in`): the grammar asks for each as its token."""
+    name_sep: str | None = None
+    """None: the name is a key of the call's JSON object; else the call writes its name before its arguments
+    object, this text between them (DeepSeek: ``"\\n```json\\n"``)."""
+
+    def texts(self) -> tuple[str, ...]:
+        """The fixed texts of a reply of calls (where a tag that is one token can occur)."""
+        return (
+            self.call_open,
+            self.call_close,
+            self.separator,
+            self.tag,
+            self.prefix,
+            self.suffix,
+            self.name_sep or "",
+        )
 
 
 HERMES = CallSyntax()
 """The Hermes / Qwen ``<tool_call>`` format (the documented one)."""
 
 
-def _literal(text: str) -> str:
-    return json.dumps(text, ensure_ascii=False) if text else ""
+def _literal(text: str, tokens: Sequence[tuple[str, int]] = ()) -> str:
+    """``text`` as Lark items: each occurrence of a token's text as that token (``<[id]>``), the rest as strings."""
+    if not text:
+        return ""
+    if not tokens:
+        return json.dumps(text, ensure_ascii=False)
+    ids = dict(tokens)
+    pattern = "|".join(re.escape(t) for t in sorted(ids, key=len, reverse=True))
+    pieces = re.split(f"({pattern})", text)  # odd positions: the tokens' texts
+    return " ".join(
+        f"<[{ids[piece]}]>" if i % 2 else json.dumps(piece, ensure_ascii=False)
+        for i, piece in enumerate(pieces)
+        if piece
+    )
 
 
-def _call_schema(tool: dict[str, Any], args_key: str = "arguments") -> dict[str, Any]:
+def added_tokens_in(tokenizer: Any, texts: Sequence[str]) -> tuple[tuple[str, int], ...]:
+    """(text, id) of each added token of ``tokenizer`` whose text occurs in one of ``texts``.
+
+    The tokenizer writes an added token's text as that one token wherever it occurs, and llguidance
+    treats every added token as special (its bytes never match grammar text): a grammar must ask for
+    it by id (``<[id]>``). Decided from the tokenizer's own added vocabulary, special or not (Qwen's
+    ``<tool_call>`` is added but not special; Mistral-Nemo's ``[TOOL_CALLS]`` is special but missing
+    from ``all_special_ids``); a text the tokenizer does not encode as exactly that token is left as text.
+    """
+    added: dict[str, int] = getattr(tokenizer, "get_added_vocab", dict)()
+    found = []
+    for text, token in added.items():
+        if text and any(text in t for t in texts):
+            if list(tokenizer(text, add_special_tokens=False).input_ids) == [token]:
+                found.append((text, int(token)))
+    return tuple(sorted(found, key=lambda item: item[1]))
+
+
+def _params_schema(tool: dict[str, Any]) -> Any:
     params = tool.get("parameters") or {"type": "object", "properties": {}}
     if isinstance(params, dict) and params.get("type") == "object" and not params.get("properties"):
         params = {**params, "properties": {}}  # no arguments: exactly {}
+    return params
+
+
+def _call_schema(tool: dict[str, Any], args_key: str = "arguments") -> dict[str, Any]:
     return {
         "type": "object",
-        "properties": {"name": {"const": tool["name"]}, args_key: params},
+        "properties": {"name": {"const": tool["name"]}, args_key: _params_schema(tool)},
         "required": ["name", args_key],
         "additionalProperties": False,
     }
@@ -165,15 +216,33 @@ def tool_call_grammar(
     if choice not in ("any", "auto") and choice not in names:
         raise GrammarError(f"tool choice must be 'any', 'auto' or one of {names}, got {choice!r}")
     chosen = [t for t in tools if choice in ("any", "auto") or t["name"] == choice]
-    schemas = [_call_schema(t, syntax.args_key) for t in chosen]
-    body = schemas[0] if len(schemas) == 1 else {"anyOf": schemas}
-    tag = f"<[{syntax.tag_token}]>" if syntax.tag_token is not None else _literal(syntax.tag)
-    more = f"({_literal(syntax.separator)} call)*" if parallel else ""
+    tokens = syntax.tokens
+    if syntax.name_sep is None:
+        schemas = [_call_schema(t, syntax.args_key) for t in chosen]
+        body = schemas[0] if len(schemas) == 1 else {"anyOf": schemas}
+        bodies = ["body: %json " + json.dumps(_with_options(body, strict), ensure_ascii=False)]
+    else:  # the name before its arguments: one alternative per tool
+        named = (
+            f"{_literal(t['name'], tokens)} {_literal(syntax.name_sep, tokens)} args{i}" for i, t in enumerate(chosen)
+        )
+        bodies = ["body: " + " | ".join(named)]
+        bodies += [
+            f"args{i}: %json " + json.dumps(_with_options(_params_schema(t), strict), ensure_ascii=False)
+            for i, t in enumerate(chosen)
+        ]
+    more = f"({_literal(syntax.separator, tokens)} call)*" if parallel else ""
+    calls = [
+        _literal(syntax.tag, tokens),
+        _literal(syntax.prefix, tokens),
+        "call",
+        more,
+        _literal(syntax.suffix, tokens),
+    ]
     lines = [
         "start: TEXT | TEXT? calls" if choice == "auto" else "start: calls",
-        " ".join(["calls:", tag, _literal(syntax.prefix), "call", more, _literal(syntax.suffix)]),
-        " ".join(["call:", _literal(syntax.call_open), "body", _literal(syntax.call_close)]),
-        "body: %json " + json.dumps(_with_options(body, strict), ensure_ascii=False),
+        " ".join(["calls:", *calls]),
+        " ".join(["call:", _literal(syntax.call_open, tokens), "body", _literal(syntax.call_close, tokens)]),
+        *bodies,
         "TEXT: /[^<]+/",
     ]
     grammar = llguidance.LLMatcher.grammar_from_lark("\n".join(lines) + "\n")
@@ -201,7 +270,15 @@ def _tokenizer(tokenizer: Any, vocab_size: int, eos_token_ids: Sequence[int]) ->
         return per_tokenizer[key]
 
 
-def _compiled(ll_tokenizer: Any, hf_tokenizer: Any, grammar: str, prefill: str) -> Any:
+def text_tokens(ll_tokenizer: Any, text: str) -> list[int]:
+    """The tokens of ``text`` as it is written after other text (in a prompt, in a reply), by llguidance's own
+    tokenizer: a tokenizer that adds a leading space to a text tokenized on its own (SentencePiece's prefix
+    space, Mistral v0.3) gets it taken off, so that the tokens spell exactly ``text``; added tokens (the
+    tokenizer's own split) are kept as such. What a matcher consumes for a prefill, and the closing tokens."""
+    return list(ll_tokenizer.tokenize_str(text))
+
+
+def _compiled(ll_tokenizer: Any, grammar: str, prefill: str) -> Any:
     """The matcher of ``grammar`` after ``prefill``, from the LRU cache (compiled on a miss)."""
     key = (id(ll_tokenizer), grammar, prefill)
     with _LOCK:
@@ -211,7 +288,7 @@ def _compiled(ll_tokenizer: Any, hf_tokenizer: Any, grammar: str, prefill: str) 
             return hit[1]
     matcher = llguidance.LLMatcher(ll_tokenizer, grammar, log_level=0)
     if prefill:
-        matcher.consume_tokens(list(hf_tokenizer(prefill, add_special_tokens=False).input_ids))
+        matcher.consume_tokens(text_tokens(ll_tokenizer, prefill))
     if matcher.is_error():
         raise GrammarError(f"the grammar does not compile for this tokenizer: {matcher.get_error()}")
     with _LOCK:
@@ -311,7 +388,7 @@ class _Closing:
     """int32 bitmask (W,): every token except those containing ``,``, ``{`` or ``[``."""
 
 
-def _closing_for(tokenizer: Any, vocab_size: int) -> _Closing:
+def _closing_for(tokenizer: Any, ll_tokenizer: Any, vocab_size: int) -> _Closing:
     key = ("closing", vocab_size)
     with _LOCK:
         found = _TOKENIZERS.setdefault(tokenizer, {}).get(key)
@@ -319,7 +396,7 @@ def _closing_for(tokenizer: Any, vocab_size: int) -> _Closing:
         return found  # type: ignore[no-any-return]
     closers = []
     for text in CLOSERS:
-        encoded = tokenizer(text, add_special_tokens=False).input_ids
+        encoded = text_tokens(ll_tokenizer, text)
         if len(encoded) == 1:
             closers.append(int(encoded[0]))
     no_growth = torch.full((bitmask_words(vocab_size),), -1, dtype=torch.int32)  # (W,)
@@ -369,8 +446,8 @@ def compile_constraint(
     """
     ll_tokenizer = _tokenizer(tokenizer, vocab_size, eos_token_ids)
     grammars = [grammar] if isinstance(grammar, str) else list(grammar)
-    templates = tuple(_compiled(ll_tokenizer, tokenizer, g, prefill) for g in grammars)
-    closing = _closing_for(tokenizer, vocab_size) if close else None
+    templates = tuple(_compiled(ll_tokenizer, g, prefill) for g in grammars)
+    closing = _closing_for(tokenizer, ll_tokenizer, vocab_size) if close else None
     return LLGuidanceConstraint(templates, frozenset(eos_token_ids), closing)
 
 
@@ -380,7 +457,7 @@ def forced_prefix(tokenizer: Any, vocab_size: int, eos_token_ids: Sequence[int],
     Whitespace is left to the model so that it keeps its usual tokenisation (``" 3"`` rather
     than a bare ``"3"`` after a prompt ending in a space).
     """
-    template = _compiled(_tokenizer(tokenizer, vocab_size, eos_token_ids), tokenizer, grammar, "")
+    template = _compiled(_tokenizer(tokenizer, vocab_size, eos_token_ids), grammar, "")
     with _LOCK:
         forced = bytes(template.deep_copy().compute_ff_bytes())
     # a special token (``<[id]>`` in the grammar) is forced as the bytes 0xFF "[id]": write the token's own text
@@ -389,3 +466,25 @@ def forced_prefix(tokenizer: Any, vocab_size: int, eos_token_ids: Sequence[int],
 
 
 _SPECIAL_BYTES = re.compile(rb"\xff\[(\d+)\]")
+
+WHITESPACE_GRAMMAR = llguidance.LLMatcher.grammar_from_lark("start: WS\nWS: /[ \\t\\r\\n]+/\n")
+"""Text of only spaces, tabs and newlines."""
+
+
+def whitespace_tokens(tokenizer: Any, vocab_size: int, eos_token_ids: Sequence[int]) -> tuple[int, ...]:
+    """The ids of the tokens whose text is only whitespace (spaces, tabs, newlines), by llguidance's own
+    token bytes (cached per tokenizer): what may separate a think section's closing tag from the answer."""
+    key = ("whitespace", vocab_size, tuple(eos_token_ids))
+    with _LOCK:
+        found = _TOKENIZERS.setdefault(tokenizer, {}).get(key)
+    if found is not None:
+        return found  # type: ignore[no-any-return]
+    template = _compiled(_tokenizer(tokenizer, vocab_size, eos_token_ids), WHITESPACE_GRAMMAR, "")
+    with _LOCK:
+        mask = template.deep_copy().compute_bitmask()
+    bits = torch.frombuffer(bytearray(mask), dtype=torch.uint8)  # (W * 4,) little-endian bytes
+    allowed = ((bits.unsqueeze(-1) >> torch.arange(8, dtype=torch.uint8)) & 1).reshape(-1)[:vocab_size]  # (vocab,)
+    tokens = tuple(int(t) for t in allowed.nonzero().squeeze(-1).tolist() if t not in eos_token_ids)
+    with _LOCK:
+        _TOKENIZERS[tokenizer][key] = tokens
+    return tokens

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import os
 import threading
-import warnings
 import weakref
 from collections import OrderedDict
 from collections.abc import Callable
@@ -121,31 +120,6 @@ def wrapped_lm(hf_model: Any, tokenizer: Any) -> Any:
             return shared  # another thread wrapped it meanwhile
         _WRAPPED[hf_model] = weakref.ref(lm)
     return lm
-
-
-DEPRECATED_ARGUMENTS = {"llm": "model", "hf_model": "model", "max_batch_size": "max_batch_rows"}
-"""Constructor arguments renamed in 0.2 (old -> new); the old names still work, with a ``DeprecationWarning``,
-until 0.3."""
-
-
-def renamed_arguments(data: dict[str, Any]) -> dict[str, Any]:
-    """``data`` with the deprecated argument names replaced by the new ones (one warning per old name)."""
-    old = [name for name in DEPRECATED_ARGUMENTS if name in data]
-    if not old:
-        return data
-    data = dict(data)
-    for name in old:
-        new = DEPRECATED_ARGUMENTS[name]
-        value = data.pop(name)
-        if data.get(new) is not None:
-            raise ValueError(f"pass {new}= only ({name}= is its deprecated spelling), not both")
-        warnings.warn(
-            f"AISPChatModel({name}=...) is deprecated and will be removed in 0.3; pass {new}=... instead",
-            DeprecationWarning,
-            stacklevel=5,  # the caller's AISPChatModel(...) line (through pydantic's validators)
-        )
-        data[new] = value
-    return data
 
 
 def no_marker(value: Any) -> Any:

@@ -25,13 +25,14 @@ def message_parts(
     text = job.prompt.prefill + result.text
     if job.prompt.plain and job.prompt.prefill:
         text = text[1:]  # the space after "Assistant:"
-    reasoning = job.reply.split(text).reasoning
+    split = job.reply.split(text)
+    reasoning = split.reasoning
     text = job.reply.answer(text)  # the answer part, tool calls in the documented form
     max_tokens = job.max_tokens or job.settings.sampling.max_tokens
     if job.fmt.calls_tools and job.auto_choice != "prose":
-        parsed = parse_tool_reply(text, job.fmt)
+        parsed = parse_tool_reply(text, job.fmt, job.reply.tool_format.closing)
         if result.finish_reason == "length":
-            cut = cut_message(max_tokens, "tool call")
+            cut = cut_message(max_tokens, "tool call", thinking=job.reply.thinks() and not split.closed)
             for call in parsed.invalid_tool_calls:
                 call["error"] = f"{cut} ({call.get('error')})"
     else:
@@ -61,6 +62,7 @@ def message_parts(
     }
     if job.reply.thinks():
         aisp["thinking_budget"] = job.reply.thinking_budget
+        aisp["thinking_ended"] = split.closed
     if job.fmt.calls_tools:
         aisp["tool_format"] = job.reply.tool_format.name
     if job.auto_choice is not None:

@@ -72,8 +72,17 @@ def _check_call(obj: Any, fmt: OutputFormat) -> tuple[str | None, Any, str | Non
     return name, args, None
 
 
-def parse_tool_reply(text: str, fmt: OutputFormat) -> ParsedReply:
-    """Split a reply into text, valid tool calls and invalid ones (never raises)."""
+def incomplete_call_error(closing: str = TOOL_CALL_CLOSE) -> str:
+    """The error of a call cut short, naming where the format's call ends (``closing``: its closing tag or
+    bracket; "" for a format whose call ends with its JSON object)."""
+    end = f"before its closing {closing}" if closing else "inside the call's JSON object"
+    return f"the tool call is not complete (the reply ends {end})"
+
+
+def parse_tool_reply(text: str, fmt: OutputFormat, closing: str = TOOL_CALL_CLOSE) -> ParsedReply:
+    """Split a reply (in the documented ``<tool_call>`` form) into text, valid tool calls and invalid ones (never
+    raises). ``closing``: how the format the model wrote ends a call (``ToolFormat.closing``), for the error of
+    a call cut short."""
     if not fmt.calls_tools:
         return ParsedReply(content=text)
     blocks = list(_CALL_BLOCK.finditer(text))
@@ -96,7 +105,7 @@ def parse_tool_reply(text: str, fmt: OutputFormat) -> ParsedReply:
                     name=None,
                     args=raw.strip(),
                     id=_new_id(),
-                    error=f"the tool call is not complete (the reply ends before {TOOL_CALL_CLOSE})",
+                    error=incomplete_call_error(closing),
                     type="invalid_tool_call",
                 )
             )

@@ -1,9 +1,14 @@
-"""Call planning: one call -> a :class:`Job`, the plan of a ``batch`` call, and the auto choice.
+"""Call planning: one call -> a :class:`Job`, and the plan of a ``batch`` call.
 
 A job holds what one call decodes: its settings, rendered prompt and token ids, grammar, and under
-``tool_choice="auto"`` a second, forced-call variant. ``BATCH_PLAN`` is a context variable (not shared
-state): it carries the jobs of one ``batch`` call to the per-input ``_generate`` calls so that they run
-as one Batched AISP engine call.
+``tool_choice="auto"`` a second, forced-call variant. Every function here takes data: the chat model's
+settings (:class:`ModelSettings`), the loaded ``lm``, the messages and the call's arguments.
+
+A ``batch`` call renders its inputs once (:func:`plan_batch`) and gives input ``i`` the :class:`Slot`
+``(plan, i)`` through that input's own config (``configurable[SLOT_KEY]``, a private key LangChain
+neither traces nor copies into metadata); the per-input call takes its job from the slot, and the jobs of
+the plan's group share one engine run (``_execute.run_member``). ``BATCH_SLOT`` is a context variable (not
+shared state) that carries the slot from ``invoke`` to ``_generate`` of the same call, which takes it.
 """
 
 from __future__ import annotations
@@ -12,31 +17,25 @@ import dataclasses
 import difflib
 import math
 import threading
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from langchain_core.language_models import LanguageModelInput
 from langchain_core.messages import BaseMessage
+from langchain_core.runnables import RunnableConfig
 from langchain_core.utils.function_calling import convert_to_openai_tool
 
 from langchain_aisp.chat import _grammar as grammarlib
 from langchain_aisp.chat import _grounding as groundlib
 from langchain_aisp.chat import _reply as replylib
 from langchain_aisp.chat import _tool_formats as toolfmt
-from langchain_aisp.chat._auto import auto_choice_score, rank_tools
+from langchain_aisp.chat._auto import Turn, auto_rows, rank_tools
 from langchain_aisp.chat._format import OutputFormat, normalize_tool_choice
 from langchain_aisp.chat._grounding import DEFAULT_GROUNDING_WEIGHT
-from langchain_aisp.chat._loading import needs_tokenizer
-from langchain_aisp.chat._parse import format_validity
-from langchain_aisp.chat._progress import ProgressFn
 from langchain_aisp.chat._render import PLAIN_STOP, RenderedPrompt
 from langchain_aisp.engine.aisp import PromptResult, context_window_error
 from langchain_aisp.engine.config import AISPParams, SamplingParams, check_seed
-
-if TYPE_CHECKING:
-    from langchain_aisp.chat_models import AISPChatModel
 
 PER_CALL_FIELDS = (
     "method",
@@ -82,6 +81,23 @@ def check_timeout(value: Any) -> float | None:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not (math.isfinite(value) and value > 0):
         raise ValueError(f"timeout must be a finite number of seconds > 0 or None, got {value!r}")
     return float(value)
+
+
+@dataclass(frozen=True)
+class ModelSettings:
+    """The chat model's fields that shape a call, as data (``AISPChatModel`` builds it; calls override it)."""
+
+    defaults: Mapping[str, Any]
+    """The model's value of each of ``PER_CALL_FIELDS``."""
+    stop: tuple[str, ...] = ()
+    source: str | None = None
+    """The model as a hub id or path; None when it was given as loaded objects (calls then differ by ``lm``)."""
+    timeout: float | None = None
+    reasoning: bool | None = None
+    reasoning_tags: Any = None
+    thinking_budget: int | None = None
+    score_reasoning: bool = False
+    tool_format: str = "auto"
 
 
 @dataclass(frozen=True)
@@ -135,8 +151,10 @@ class Job:
     batch_prompts: int | None = None
     """Set by the run: how many calls shared its engine run (1 when the call ran alone)."""
     conversation: groundlib.Conversation | None = None
-    """Forced calls, structured output and the forced rows of ``"auto"`` with ``grounding_weight > 0``: what the
-    grounding term reads (None for free text: grounding is skipped by construction)."""
+    """Forced calls and structured output with ``grounding_weight > 0``, and every ``"auto"`` call: the values the
+    grounding term and the auto rule read (None for free text: grounding is skipped by construction)."""
+    turn: Turn | None = None
+    """Under ``tool_choice="auto"``: what the choice rule reads of the conversation (read once per call)."""
     reply: replylib.ReplyPlan = replylib.PLAIN
     """Thinking and the tool-call format: how the reply is split and read (``chat/_reply.py``)."""
     max_tokens: int = 0
@@ -156,83 +174,72 @@ class Job:
 
 @dataclass
 class BatchPlan:
-    """The inputs of one ``batch`` call, rendered once: the first input of ``group`` to reach the engine runs
-    the whole group; the per-input calls claim their job here instead of rendering it again."""
+    """The inputs of one ``batch`` call, rendered once: ``jobs[i]`` is input ``i``'s job (None when it did not
+    render: its own call raises the error); the inputs of ``group`` share one engine run, made by the first of
+    their calls to get there (``_execute.run_member``)."""
 
-    owner: int
-    """``id`` of the model whose ``batch`` made the plan (a nested call on another model does not claim)."""
-    stop: list[str] | None
-    """The batch's ``stop`` argument (a claim must match it)."""
-    kwargs: dict[str, Any]
-    """The batch's other per-call arguments (a claim must match them)."""
-    jobs: list[Job]
-    """One job per input that rendered (inputs that failed to render are left to their own call)."""
+    jobs: list[Job | None]
     group: list[int]
-    """Indices into ``jobs`` of the jobs that share one engine run (the largest compatible group)."""
+    """Input indices of the jobs that share one engine run (the largest compatible group)."""
     lock: threading.Lock = field(default_factory=threading.Lock)
-    claimed: list[bool] = field(default_factory=list)
-    progress: dict[int, ProgressFn] = field(default_factory=dict)
+    outcomes: dict[int, PromptResult | BaseException] | None = None
+    """Input index -> outcome, for every member of ``group``; set by the run."""
     events: dict[int, list[dict[str, Any]]] = field(default_factory=dict)
-    delivered: dict[int, int] = field(default_factory=dict)
-    outcomes: list[PromptResult | BaseException] | None = None
-    """One per member of ``group``, set by the run."""
-    claim_lock: threading.Lock = field(default_factory=threading.Lock)
-
-    def claim(self, messages: list[BaseMessage], stop: list[str] | None, kwargs: dict[str, Any]) -> int | None:
-        """The index in ``jobs`` of the first unclaimed job of these messages and arguments, else None."""
-        if stop != self.stop or kwargs != self.kwargs:
-            return None
-        with self.claim_lock:
-            if not self.claimed:
-                self.claimed = [False] * len(self.jobs)
-            for i, job in enumerate(self.jobs):
-                if not self.claimed[i] and job.messages == messages:
-                    self.claimed[i] = True
-                    return i
-        return None
-
-    def deliver(self, member: int) -> None:
-        """Send the progress events of ``group[member]`` that its caller has not seen yet."""
-        fn = self.progress.get(member)
-        pending = self.events.get(member, [])
-        start = self.delivered.get(member, 0)
-        if fn is not None:
-            for data in pending[start:]:
-                fn(data)
-            self.delivered[member] = len(pending)
+    """The progress events of the members that did not run the group, kept for their own calls."""
 
 
-BATCH_PLAN: ContextVar[BatchPlan | None] = ContextVar("langchain_aisp_batch_plan", default=None)
+@dataclass(frozen=True)
+class Slot:
+    """Input ``index`` of the batch ``plan``."""
+
+    plan: BatchPlan
+    index: int
+
+    @property
+    def job(self) -> Job | None:
+        return self.plan.jobs[self.index]
+
+    @property
+    def shared(self) -> bool:
+        """Whether this input's job shares the group's engine run."""
+        return self.index in self.plan.group
 
 
-def check_model(model: AISPChatModel) -> None:
-    """Validate the model's settings together (``ValueError`` naming the field, the bad value and the range)."""
-    settings = resolve_settings(model, {})  # AISPParams / SamplingParams raise ValueError naming field and range
-    if model.control_memory is not None and settings.params.method == "sample":
-        raise ValueError(  # one sample: no learned row to compare with the model's own, a silently ignored memory
-            "this control_memory would do nothing with method='sample' (one sample: nothing to compare the learned "
-            "proposal with); use method='bon' (the default) or 'aisp'"
-        )
-    if needs_tokenizer(model.model) != (model.tokenizer is not None):
-        raise ValueError(
-            "tokenizer= goes with model=<a transformers PreTrainedModel> (and only with it); got model of type "
-            f"{type(model.model).__name__} and tokenizer {'None' if model.tokenizer is None else 'given'}"
-        )
-    if model.max_batch_rows < 1:
-        raise ValueError(f"max_batch_rows must be an integer >= 1, got {model.max_batch_rows}")
-    if not (isinstance(model.format_weight, (int, float)) and math.isfinite(model.format_weight)):
-        raise ValueError(f"format_weight must be a finite number >= 0, got {model.format_weight!r}")
-    if model.format_weight < 0:
-        raise ValueError(f"format_weight must be a finite number >= 0, got {model.format_weight}")
-    check_timeout(model.timeout)
-    replylib.check_settings(model.reasoning_tags, model.thinking_budget, model.tool_format)
-    if isinstance(model.max_retries, bool) or not 0 <= model.max_retries <= 100:
-        raise ValueError(f"max_retries must be an integer in [0, 100], got {model.max_retries!r}")
+SLOT_KEY = "__langchain_aisp_batch_slot"
+"""The ``configurable`` key of a batch input's :class:`Slot` (``__`` keys are private to the runnable)."""
+
+BATCH_SLOT: ContextVar[Slot | None] = ContextVar("langchain_aisp_batch_slot", default=None)
+"""The slot of the call being made: set by ``invoke`` from its config, taken by that call's ``_generate``."""
 
 
-def resolve_settings(model: AISPChatModel, overrides: dict[str, Any]) -> Settings:
+def slot_configs(plan: BatchPlan | None, configs: list[RunnableConfig]) -> list[RunnableConfig]:
+    """Each input's config with its slot of ``plan`` (the configs unchanged when there is no plan)."""
+    if plan is None:
+        return configs
+    return [
+        {**config, "configurable": {**(config.get("configurable") or {}), SLOT_KEY: Slot(plan, i)}}  # type: ignore[typeddict-item]
+        for i, config in enumerate(configs)
+    ]
+
+
+def slot_of(config: RunnableConfig | None) -> Slot | None:
+    """The batch slot a config carries (None: not an input of a ``batch`` call)."""
+    found = ((config or {}).get("configurable") or {}).get(SLOT_KEY)
+    return found if isinstance(found, Slot) else None
+
+
+def take_slot() -> Slot | None:
+    """The current call's batch slot, taken: calls made while it runs (a judge reward on this very model)
+    run on their own."""
+    slot = BATCH_SLOT.get()
+    if slot is not None:
+        BATCH_SLOT.set(None)
+    return slot
+
+
+def resolve_settings(model: ModelSettings, overrides: dict[str, Any]) -> Settings:
     """The model's settings with a call's ``overrides``; raises ``ValueError`` naming the field and range."""
-    values = {name: overrides.get(name, getattr(model, name)) for name in PER_CALL_FIELDS}
+    values = {name: overrides.get(name, model.defaults[name]) for name in PER_CALL_FIELDS}
     temperature = values["temperature"]
     if (
         isinstance(temperature, bool)
@@ -249,14 +256,14 @@ def resolve_settings(model: AISPChatModel, overrides: dict[str, Any]) -> Setting
         temperature=1.0 if greedy else float(temperature),
         top_p=values["top_p"],
         top_k=1 if greedy else values["top_k"],
-        stop=tuple(overrides["stop"] if overrides.get("stop") is not None else (model.stop or ())),
+        stop=tuple(overrides["stop"] if overrides.get("stop") is not None else model.stop),
     )
     grounding_weight = values["grounding_weight"]
     if isinstance(grounding_weight, bool) or not isinstance(grounding_weight, (int, float)):
         raise ValueError(f"grounding_weight must be a finite number >= 0, got {grounding_weight!r}")
     if not (math.isfinite(grounding_weight) and grounding_weight >= 0):
         raise ValueError(f"grounding_weight must be a finite number >= 0, got {grounding_weight}")
-    source = overrides.get("model", model.model if isinstance(model.model, str) else None)  # loaded objects: by lm
+    source = overrides.get("model", model.source)  # loaded objects: told apart by lm
     return Settings(params, sampling, seed, float(values["format_weight"]), source, float(grounding_weight))
 
 
@@ -291,7 +298,7 @@ def grammars(fmt: OutputFormat, tool_format: toolfmt.ToolFormat = toolfmt.FORMAT
 
     Forced calls and JSON: one grammar. ``tool_choice="auto"``: two, prose (no ``<``, so no
     call tag) and forced calls; each is decoded from its own prompt with half the samples, and
-    :func:`_auto.auto_choice_score` decides between them (see :func:`merge_variants`).
+    :func:`_auto.auto_choice_score` decides between them (``_execute.merge_variants``).
     """
     strict = fmt.strict is not False
     if fmt.calls_tools:
@@ -330,12 +337,17 @@ def check_kwargs(kwargs: dict[str, Any]) -> None:
         )
 
 
-def build_job(model: AISPChatModel, messages: list[BaseMessage], stop: list[str] | None, kwargs: dict[str, Any]) -> Job:
-    """Validate and render one call (raises ``ValueError`` / ``TypeError`` on bad input)."""
+def build_job(
+    model: ModelSettings, lm: Any, messages: list[BaseMessage], stop: list[str] | None, kwargs: dict[str, Any]
+) -> Job:
+    """Validate and render one call of ``lm`` (raises ``ValueError`` / ``TypeError`` on bad input).
+
+    The conversation's values are read once (grounding, the ``"auto"`` rule), then every engine prompt of the
+    call (the free one and, under ``"auto"``, the forced-call one) is rendered with its constraint.
+    """
     check_kwargs(kwargs)
     out_fmt = output_format(kwargs)
     timeout = check_timeout(kwargs["timeout"]) if "timeout" in kwargs else model.timeout
-    lm = model._get_lm(kwargs.get("model"))
     reply = replylib.reply_plan(
         lm.tokenizer,
         out_fmt,
@@ -347,160 +359,85 @@ def build_job(model: AISPChatModel, messages: list[BaseMessage], stop: list[str]
     )
     reply_grammars = grammars(out_fmt, reply.tool_format)
     single = reply_grammars[0] if len(reply_grammars) == 1 else None  # forced call / JSON: prefill its start
+    auto = len(reply_grammars) == 2
+    grounds = bool(kwargs.get("grounding_weight", model.defaults["grounding_weight"]))
+    conversation = groundlib.Conversation.of(messages) if reply_grammars and (grounds or auto) else None
     answer_grammar: str | list[str] | None = reply_grammars[0] if reply_grammars else None
-    conversation = None
-    if reply_grammars and kwargs.get("grounding_weight", model.grounding_weight):
-        conversation = groundlib.Conversation.of(messages)  # the candidates, read once for the whole call
-        if single is not None:  # 3 samples in 4 copy; under "auto" the term chooses among the forced-call rows
-            answer_grammar = groundlib.sample_grammars(
-                single, out_fmt, messages, reply.tool_format.grammar, conversation.candidates
-            )
-    free = replylib.render_variant(
-        lm,
-        messages,
-        out_fmt,
-        reply,
-        answer_grammar,
-        prefix_grammar=single,
-        close=bool(single),
-    )
-    reply = dataclasses.replace(reply, inside=free.inside)
-    prompt, constraint = free.prompt, free.constraint
+    if single is not None and grounds and conversation is not None:  # 3 samples in 4 copy the conversation
+        answer_grammar = groundlib.sample_grammars(
+            single, out_fmt, messages, reply.tool_format.grammar, conversation.candidates
+        )
+    turn = Turn.of(messages, conversation) if auto and conversation is not None else None
+    variants = [(answer_grammar, single, bool(single))]  # (grammar, prefix grammar, close)
+    if turn is not None:
+        # The forced-call rows of "auto": every tool's, the tools most related to the request first, every
+        # second row the most related one's (auto_rows), its arguments restricted to the conversation's
+        # candidates of their kind (the choice rule accepts no other). strict=False: the user's own keywords
+        # were checked at bind time; values from the conversation may not satisfy them all.
+        grounded = list(groundlib.grounded_tools(out_fmt, messages, turn.conversation.candidates))
+        rows = auto_rows(rank_tools(out_fmt, turn))
+        per_row = [reply.tool_format.grammar(grounded, choice=name, parallel=False, strict=False) for name in rows]
+        variants.append((per_row, reply_grammars[1], True))
+    rendered = [  # the free prompt, then the forced-call prompt of "auto"
+        replylib.render_variant(lm, messages, out_fmt, reply, grammar, prefix_grammar=prefix, close=close)
+        for grammar, prefix, close in variants
+    ]
+    free = rendered[0]
+    reply = dataclasses.replace(reply, inside=free.inside, forced=free.forced)
     overrides = {k: kwargs[k] for k in PER_CALL_FIELDS if k in kwargs}
-    answer_tokens = overrides.get("max_tokens", model.max_tokens)
+    answer_tokens = overrides.get("max_tokens", model.defaults["max_tokens"])
     overrides["max_tokens"] = reply.engine_max_tokens(lm.tokenizer, answer_tokens)
     if isinstance(stop, str):
         stop = [stop]  # a lone string is one stop string, not one per character
-    stops = list(stop if stop is not None else (model.stop or []))
-    if prompt.plain:
+    stops = list(stop if stop is not None else model.stop)
+    if free.prompt.plain:
         stops.append(PLAIN_STOP)
     overrides["stop"] = list(dict.fromkeys(stops))
     if "model" in kwargs:
         overrides["model"] = kwargs["model"]
     settings = resolve_settings(model, overrides)
-    token_ids = list(lm.tokenizer(prompt.text, add_special_tokens=False).input_ids)
+    token_ids = _token_ids(lm, free.prompt)
     limit = lm.max_context
     if limit is not None and len(token_ids) + settings.sampling.max_tokens > limit:
         raise ValueError(
             context_window_error("the conversation", len(token_ids), settings.sampling.max_tokens, limit, lm.name)
         )
-    candidates = None if conversation is None else conversation.candidates
-    forced = (
-        None
-        if len(reply_grammars) < 2
-        else _forced_variant(lm, messages, out_fmt, reply, reply_grammars[1], candidates)
-    )
-    job = Job(list(messages), token_ids, prompt, out_fmt, settings, lm, constraint, forced, timeout=timeout)
-    job.reply, job.max_tokens, job.conversation = reply, answer_tokens, conversation
+    forced = None
+    if len(rendered) == 2:
+        forced = Variant(_token_ids(lm, rendered[1].prompt), rendered[1].prompt, rendered[1].constraint)
+    job = Job(list(messages), token_ids, free.prompt, out_fmt, settings, lm, free.constraint, forced, timeout=timeout)
+    job.reply, job.max_tokens, job.conversation, job.turn = reply, answer_tokens, conversation, turn
     return job
 
 
-def auto_rows(ranked: Sequence[str]) -> list[str]:
-    """The tool of each forced-call row under ``"auto"`` (row ``i`` of the samples is entry ``i % len``): the
-    most related tool every second row, the others in turn between (``[a, b, a, c, a, d]`` for 4 tools;
-    ``[a]``, ``[a, b]`` for 1, 2), so every tool has a row once there are ``2 * (len - 1)`` samples."""
-    if len(ranked) <= 2:
-        return list(ranked)
-    return [name for other in ranked[1:] for name in (ranked[0], other)]
-
-
-def _forced_variant(
-    lm: Any,
-    messages: list[BaseMessage],
-    out_fmt: OutputFormat,
-    reply: replylib.ReplyPlan,
-    forced_grammar: str,
-    candidates: groundlib.Candidates | None = None,
-) -> Variant:
-    """The forced-call prompt of a ``tool_choice="auto"`` call.
-
-    Forced-call rows of every tool, the tools most related to the request first, with arguments taken
-    from the conversation, each from the candidates of its kind (the choice rule accepts no other;
-    :func:`_grounding.grounded_tools`); every second row is the most related tool's (:func:`auto_rows`),
-    so with 4 samples and 3+ tools it gets 2 and the grounding term chooses between them. strict=False:
-    the user's own keywords were checked at bind time, values from the conversation may not satisfy all.
-    ``candidates``: the call's, when the grounding term already read them (read here otherwise).
-    """
-    grounded = list(groundlib.grounded_tools(out_fmt, messages, candidates))
-    per_tool = [
-        reply.tool_format.grammar(grounded, choice=name, parallel=False, strict=False)
-        for name in auto_rows(rank_tools(out_fmt, messages))
-    ]
-    variant = replylib.render_variant(lm, messages, out_fmt, reply, per_tool, prefix_grammar=forced_grammar)
-    return Variant(
-        list(lm.tokenizer(variant.prompt.text, add_special_tokens=False).input_ids), variant.prompt, variant.constraint
-    )
+def _token_ids(lm: Any, prompt: RenderedPrompt) -> list[int]:
+    return list(lm.tokenizer(prompt.text, add_special_tokens=False).input_ids)
 
 
 TRACING_KWARGS = ("ls_structured_output_format",)
 """Arguments langchain-core takes off before ``_generate`` (tracing only)."""
 
 
-def plan_batch(model: AISPChatModel, inputs: Sequence[LanguageModelInput], kwargs: dict[str, Any]) -> BatchPlan | None:
-    """Render every input once, up front; inputs that fail to render are left to their own call (and error)."""
+def plan_batch(
+    model: ModelSettings, lm: Any, conversations: Sequence[list[BaseMessage] | None], kwargs: dict[str, Any]
+) -> BatchPlan | None:
+    """Render every input of a ``batch`` once, up front (None: no input rendered). An input that failed to
+    convert (None) or to render is left to its own call, which raises its error."""
     stop = kwargs.get("stop")
     call_kwargs = {k: v for k, v in kwargs.items() if k != "stop" and k not in TRACING_KWARGS}
-    jobs = []
-    for item in inputs:
+    jobs: list[Job | None] = []
+    for messages in conversations:
         try:
-            messages = model._convert_input(item).to_messages()
-            jobs.append(build_job(model, messages, stop, call_kwargs))
+            jobs.append(None if messages is None else build_job(model, lm, messages, stop, call_kwargs))
         except Exception:
-            continue
+            jobs.append(None)
     groups: dict[tuple[Any, ...], list[int]] = {}
     for i, job in enumerate(jobs):
-        groups.setdefault(job.batch_key(), []).append(i)
+        if job is not None:
+            groups.setdefault(job.batch_key(), []).append(i)
     if not groups:
         return None
-    largest = max(groups.values(), key=len)
-    return BatchPlan(owner=id(model), stop=stop, kwargs=call_kwargs, jobs=jobs, group=largest)
-
-
-def merge_variants(
-    entries: Sequence[tuple[int, Variant]], results: Sequence[PromptResult | None], jobs: Sequence[Job]
-) -> list[PromptResult | None]:
-    """One result per job. A job with a forced-call variant (``tool_choice="auto"``) returns that
-    variant's best sample when it is a valid, grounded, new call (:func:`_auto.auto_choice_score`
-    is positive), else the prose variant's best: the choice does not depend on the reward's scale.
-
-    The forced variant's prefill is put in front of its texts (the free prompt has none); samples,
-    tokens and per-iteration rewards of both variants are reported together.
-    """
-    merged: list[PromptResult | None] = [None] * len(jobs)
-    seen: set[int] = set()
-    for (i, variant), result in zip(entries, results, strict=False):
-        forced = i in seen  # a job's second variant is its forced-call prompt
-        seen.add(i)
-        if result is None:
-            continue
-        if forced:  # its prefill beyond the free prompt's (which the reply readers add)
-            extra = variant.prompt.prefill.removeprefix(jobs[i].prompt.prefill)
-            result = dataclasses.replace(
-                result, text=extra + result.text, texts=[[extra + t for t in ts] for ts in result.texts]
-            )
-        current = merged[i]
-        if current is None:
-            merged[i] = result
-            continue
-        answer = jobs[i].reply.answer(jobs[i].prompt.prefill + result.text)
-        call = auto_choice_score(answer, jobs[i].fmt, jobs[i].messages) > 0
-        jobs[i].auto_choice = "call" if call else "prose"
-        best = result if call else current
-        merged[i] = dataclasses.replace(
-            best,
-            samples=current.samples + result.samples,
-            generated_tokens=current.generated_tokens + result.generated_tokens,
-            rewards=[a + b for a, b in zip(current.rewards, result.rewards, strict=False)],
-            texts=[a + b for a, b in zip(current.texts, result.texts, strict=False)],
-        )
-    return merged
-
-
-def format_term(text: str, job: Job) -> float:
-    """The format term of one reply (times ``format_weight``): validity, or the auto-choice rule."""
-    if job.fmt.calls_tools and job.fmt.tool_choice == "auto":
-        return auto_choice_score(text, job.fmt, job.messages)
-    return format_validity(text, job.fmt)  # forced calls / JSON; grounding is its own term (_grounding)
+    return BatchPlan(jobs, max(groups.values(), key=len))
 
 
 def tool_binding(

@@ -214,11 +214,14 @@ def thinking_constraint(
     tags: ReasoningTags,
     budget: int | None,
     answer: Constraint | None = None,
+    gap: Sequence[int] = (),
 ) -> ThinkingBudget:
-    """The engine constraint of a thinking reply: at most ``budget`` thinking tokens, then ``answer``."""
+    """The engine constraint of a thinking reply: at most ``budget`` thinking tokens, then ``answer``, which may
+    be preceded by a few ``gap`` tokens (the whitespace tokens: what the template and the model write after the
+    closing tag, e.g. Qwen3's ``"\n\n"``)."""
     close_ids = close_token_ids(tokenizer, tags)
     mask = _thinking_tokens_mask(tokenizer, vocab_size, eos_token_ids, close_ids)
-    return ThinkingBudget(close_ids, budget, mask, answer)
+    return ThinkingBudget(close_ids, budget, mask, answer, gap)
 
 
 def engine_max_tokens(max_tokens: int, budget: int | None, close_tokens: int) -> int:

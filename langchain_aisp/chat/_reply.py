@@ -40,6 +40,9 @@ class ReplyPlan:
     """The reward scores the whole reply (reasoning included) instead of the answer."""
     inside: bool = False
     """The reply starts inside a think section (set by :func:`render_variant`)."""
+    forced: int = 0
+    """Tokens of the grammar's forced start that a thinking reply writes itself after its closing tag, where a
+    reply that does not think has it prefilled (set by :func:`render_variant`)."""
 
     def split(self, text: str) -> reasoninglib.SplitReply:
         return reasoninglib.split_reply(text, self.mode.tags, self.inside)
@@ -57,14 +60,15 @@ class ReplyPlan:
         return self.mode.tags is not None and self.inside
 
     def engine_max_tokens(self, tokenizer: Any, max_tokens: Any) -> Any:
-        """Tokens to decode for an answer of ``max_tokens``: with a thinking budget, the budget and the closing
-        tag on top (the answer keeps its ``max_tokens``). A bad ``max_tokens`` is returned as it is, for the
-        sampling settings to refuse by its own value."""
+        """Tokens to decode for an answer of ``max_tokens``: with a thinking budget, the budget, the closing
+        tag and the grammar's forced start on top (the answer keeps its ``max_tokens``, as a reply that does not
+        think, whose forced start is prefilled). A bad ``max_tokens`` is returned as it is, for the sampling
+        settings to refuse by its own value."""
         valid = isinstance(max_tokens, int) and not isinstance(max_tokens, bool) and max_tokens >= 1
         if not self.thinks() or self.mode.tags is None or self.thinking_budget is None or not valid:
             return max_tokens
         close = reasoninglib.close_token_ids(tokenizer, self.mode.tags)
-        return reasoninglib.engine_max_tokens(max_tokens, self.thinking_budget, len(close))
+        return reasoninglib.engine_max_tokens(max_tokens, self.thinking_budget, len(close)) + self.forced
 
 
 PLAIN = ReplyPlan(reasoninglib.ReasoningMode(None, None), toolfmt.FORMATS["documented"])
@@ -115,6 +119,8 @@ class RenderedVariant:
     prompt: RenderedPrompt
     constraint: Any
     inside: bool
+    forced: int = 0
+    """Tokens of the forced start the reply writes itself (:attr:`ReplyPlan.forced`)."""
 
 
 def render_variant(
@@ -135,25 +141,26 @@ def render_variant(
     its closing tag (with the thinking budget), never a grammar prefill.
     """
     tokenizer, vocab, eos = lm.tokenizer, int(lm.head_weight.shape[0]), lm.eos_token_ids
-    options = {
-        "native_tools": plan.tool_format.native,
-        "template_kwargs": plan.mode.template_kwargs,
-        "call_id": plan.tool_format.call_id,
-    }
+    options = {"tools": plan.tool_format.rendering, "template_kwargs": plan.mode.template_kwargs}
     think, inside = "", False
     if plan.mode.tags is not None:
         base = render(tokenizer, messages, fmt, **options)  # type: ignore[arg-type]
         think, inside = plan.mode.prefill(base.text)
-    grammar_prefill = ""
-    if prefix_grammar is not None and not inside:
-        grammar_prefill = grammarlib.forced_prefix(tokenizer, vocab, eos, prefix_grammar)
+    grammar_prefill, forced = "", 0
+    if prefix_grammar is not None:
+        start = grammarlib.forced_prefix(tokenizer, vocab, eos, prefix_grammar)
+        if inside:  # written after the closing tag: the reply's own tokens
+            forced = len(tokenizer(start, add_special_tokens=False).input_ids)
+        else:
+            grammar_prefill = start
     answer = None
     if grammar is not None:
         answer = grammarlib.compile_constraint(tokenizer, vocab, eos, grammar, grammar_prefill, close=close)
     constraint: Any = answer
     if inside and plan.mode.tags is not None and (answer is not None or plan.thinking_budget is not None):
+        gap = grammarlib.whitespace_tokens(tokenizer, vocab, eos) if answer is not None else ()
         constraint = reasoninglib.thinking_constraint(
-            tokenizer, vocab, eos, plan.mode.tags, plan.thinking_budget, answer
+            tokenizer, vocab, eos, plan.mode.tags, plan.thinking_budget, answer, gap
         )
     prompt = render(tokenizer, messages, fmt, think + grammar_prefill, **options)  # type: ignore[arg-type]
-    return RenderedVariant(prompt, constraint, inside)
+    return RenderedVariant(prompt, constraint, inside, forced)

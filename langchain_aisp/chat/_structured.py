@@ -20,8 +20,17 @@ from langchain_aisp.chat._parse import schema_errors
 StructuredMethod = Literal["function_calling", "json_schema", "json_mode"]
 
 
-def cut_message(max_tokens: int, what: str) -> str:
-    """The error of a reply cut by ``max_tokens`` inside ``what`` (a tool call, JSON)."""
+def cut_message(max_tokens: int, what: str, *, thinking: bool = False) -> str:
+    """The error of a reply cut by ``max_tokens`` inside ``what`` (a tool call, JSON), or with ``thinking``
+    inside its think section, before any answer (thinking never ended)."""
+    if thinking:
+        return (
+            f"thinking never ended: the reply was cut by max_tokens={max_tokens} inside its think section "
+            f"(finish_reason 'length'), before the {what} was started; the reasoning is in "
+            f"additional_kwargs['reasoning_content']. Set thinking_budget (e.g. thinking_budget={max_tokens}: the "
+            "think section is closed after that many tokens and the answer keeps its own max_tokens), pass "
+            f"reasoning=False, or raise max_tokens (e.g. to {4 * max_tokens})"
+        )
     return (
         f"the reply was cut by max_tokens={max_tokens} inside the {what} (finish_reason 'length'): decoding is "
         f"grammar-constrained, so only the length limit can leave it incomplete; raise max_tokens (e.g. to "
@@ -29,15 +38,19 @@ def cut_message(max_tokens: int, what: str) -> str:
     )
 
 
-def _max_tokens_of(message: AIMessage) -> int:
+def _cut_error(message: AIMessage, what: str) -> OutputParserException:
+    """The parser error of a reply cut by ``max_tokens`` (inside ``what``, or before its think section ended)."""
     aisp = message.response_metadata.get("aisp") or {}
-    return int(aisp.get("max_tokens") or 0)
+    thinking = aisp.get("thinking_ended") is False
+    return OutputParserException(
+        cut_message(int(aisp.get("max_tokens") or 0), what, thinking=thinking), llm_output=message.text
+    )
 
 
 def _parse_tool_output(inner: Runnable[Any, Any], name: str, message: AIMessage) -> Any:
     """Structured output (function_calling): the first valid call, else an ``OutputParserException``."""
     if (message.response_metadata.get("aisp") or {}).get("finish_reason") == "length":
-        raise OutputParserException(cut_message(_max_tokens_of(message), f"{name} call"), llm_output=message.text)
+        raise _cut_error(message, f"{name} call")
     if not message.tool_calls:
         errors = "; ".join(str(c.get("error") or "") for c in message.invalid_tool_calls)
         raise OutputParserException(
@@ -50,7 +63,7 @@ def _parse_json_output(inner: Runnable[Any, Any], schema: dict[str, Any], messag
     """Structured output (json_schema / json_mode): parse, then check the JSON against the schema."""
     cut = message.response_metadata.get("finish_reason") == "length"
     if cut:  # a lenient parser could close the cut JSON: never return a truncated value
-        raise OutputParserException(cut_message(_max_tokens_of(message), "JSON"), llm_output=message.text)
+        raise _cut_error(message, "JSON")
     value = inner.invoke(message)
     error = schema_errors(value, schema) if isinstance(value, dict) else None
     if value is None:

@@ -24,7 +24,8 @@ temperature, top-k and top-p, so sampling renormalises over the allowed tokens o
 
 :class:`ThinkingBudget` wraps a constraint for thinking models: a reply that starts inside a
 think section may think for at most ``budget`` tokens, then the closing tag's tokens are forced,
-and the wrapped constraint (a grammar, or none) applies to the answer after the tag.
+and the wrapped constraint (a grammar, or none) applies to the answer after the tag and the
+whitespace the model writes after it (Qwen3 writes ``"\n\n"`` after ``</think>``).
 """
 
 from __future__ import annotations
@@ -139,10 +140,15 @@ class RowMasks:
         self.live = [self.live[i] for i in keep.tolist()]
 
 
-class ThinkingMatcher:
-    """One row's state under :class:`ThinkingBudget`: thinking (counting tokens), closing the tag, answering."""
+MAX_GAP = 4
+"""Most whitespace tokens a thinking reply may write between the closing tag and its answer."""
 
-    __slots__ = ("_answer", "_answering", "_closed", "_rule", "_thought")
+
+class ThinkingMatcher:
+    """One row's state under :class:`ThinkingBudget`: thinking (counting tokens), closing the tag, the gap of
+    whitespace after it, answering."""
+
+    __slots__ = ("_answer", "_answering", "_closed", "_gap", "_rule", "_started", "_thought")
 
     def __init__(self, rule: ThinkingBudget, answer: Matcher | None) -> None:
         self._rule = rule
@@ -150,6 +156,12 @@ class ThinkingMatcher:
         self._thought = 0  # thinking tokens so far (the closing tag not included)
         self._closed = 0  # tokens of the closing tag written so far
         self._answering = False
+        self._gap = 0  # whitespace tokens written after the tag, before the answer
+        self._started = False  # the answer's constraint has consumed a token
+
+    def _in_gap(self) -> bool:
+        """Whether a gap token may come next (after the tag, before the answer, fewer than ``MAX_GAP`` so far)."""
+        return not self._started and self._gap < MAX_GAP and bool(self._rule.gap)
 
     @property
     def answering(self) -> bool:
@@ -168,6 +180,8 @@ class ThinkingMatcher:
                 bitmask[row] = -1
             else:
                 self._answer.fill_bitmask(bitmask, row, remaining)
+                if rule.gap_mask is not None and self._in_gap():
+                    bitmask[row] |= rule.gap_mask  # (W,) whitespace may come first
         elif self._closed or (rule.budget is not None and self._thought >= rule.budget):
             token = rule.close_ids[self._closed]  # the tag was begun or the budget is spent: finish the tag
             bitmask[row, token // 32] = _bit(token % 32)
@@ -177,8 +191,13 @@ class ThinkingMatcher:
     def advance(self, token: int) -> None:
         rule = self._rule
         if self._answering:
-            if self._answer is not None:
-                self._answer.advance(token)
+            if self._answer is None:
+                return
+            if self._in_gap() and token in rule.gap:
+                self._gap += 1  # the answer (what its constraint reads) starts after the whitespace
+                return
+            self._started = True
+            self._answer.advance(token)
         elif token == rule.close_ids[self._closed]:
             self._closed += 1
             self._answering = self._closed == len(rule.close_ids)
@@ -202,6 +221,11 @@ class ThinkingBudget:
     the rest of ``close_ids`` is forced; after the tag, ``answer`` (a constraint, or None for free
     text) applies to the rest of the reply. ``budget=None`` never forces the tag.
 
+    ``gap``: tokens (whitespace) that may come between the tag and an answer that has a constraint, up to
+    ``MAX_GAP`` of them, before its first token; they are not passed to the answer's constraint, which reads the
+    answer from its first other token (so a grammar that starts with ``{`` or a tag token accepts the
+    ``"\n\n"`` a model writes after ``</think>``).
+
     A caller that wants the answer to keep ``max_tokens`` of room decodes
     ``budget + len(close_ids) + max_tokens`` tokens in all.
     """
@@ -212,6 +236,7 @@ class ThinkingBudget:
         budget: int | None,
         thinking_mask: torch.Tensor,
         answer: Constraint | None = None,
+        gap: Sequence[int] = (),
     ) -> None:
         if not close_ids:
             raise ValueError("close_ids must hold the token ids of the closing tag, got none")
@@ -222,10 +247,15 @@ class ThinkingBudget:
                 f"thinking_mask must be a 1-d int32 bitmask, got {thinking_mask.dtype} of shape "
                 f"{tuple(thinking_mask.shape)}"
             )
+        vocab_size = 32 * thinking_mask.numel()
+        if any(not 0 <= t < vocab_size for t in gap):
+            raise ValueError(f"gap tokens must be in [0, {vocab_size}), got {sorted(gap)}")
         self.close_ids = tuple(int(t) for t in close_ids)
         self.budget = budget
         self.thinking_mask = thinking_mask.cpu()  # (W,)
         self.answer = answer
+        self.gap = frozenset(int(t) for t in gap)
+        self.gap_mask = ~_all_but(thinking_mask.numel(), self.gap) if self.gap else None  # (W,) the gap tokens only
 
     def matcher(self, sample: int) -> ThinkingMatcher:
         return ThinkingMatcher(self, None if self.answer is None else self.answer.matcher(sample))
@@ -233,10 +263,16 @@ class ThinkingBudget:
 
 def thinking_mask(vocab_size: int, forbidden: Sequence[int]) -> torch.Tensor:
     """The int32 bitmask (W,) that allows every token of ``vocab_size`` except ``forbidden``."""
-    mask = torch.full((bitmask_words(vocab_size),), -1, dtype=torch.int32)  # (W,)
     for token in forbidden:
         if not 0 <= token < vocab_size:
             raise ValueError(f"forbidden token {token} is outside the vocabulary [0, {vocab_size})")
+    return _all_but(bitmask_words(vocab_size), forbidden)
+
+
+def _all_but(words: int, forbidden: Sequence[int] | frozenset[int]) -> torch.Tensor:
+    """The int32 bitmask (words,) with every bit set except those of ``forbidden`` (ids checked by the caller)."""
+    mask = torch.full((words,), -1, dtype=torch.int32)  # (W,)
+    for token in forbidden:
         mask[token // 32] &= ~_bit(token % 32)
     return mask
 

@@ -9,14 +9,20 @@ decoding loop needs once: EOS ids, pad id, dtype, device, the pre-logit scale.
 from __future__ import annotations
 
 import inspect
+import itertools
+import math
 import os
+import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
+from langchain_aisp.engine.processors import Softcap
 from langchain_aisp.errors import ModelLoadError
 
 # A short, neutral text used once per model to measure the scale of its pre-logits.
@@ -24,6 +30,117 @@ _CALIBRATION_TEXT = (
     "The quick brown fox jumps over the lazy dog. Paris is the capital of France, "
     "and water boils at 100 degrees Celsius at sea level."
 )
+
+
+@dataclass(frozen=True)
+class HeadField:
+    """A config field that a causal LM's ``forward`` applies to the head's output (from the survey below)."""
+
+    field: str
+    ops: tuple[str, ...]
+    """What the forwards that read it do with it, the most common first: "multiply", "divide", "softcap"."""
+    seen_in: str
+    """The ``model_type`` values of transformers (5.25) whose forward does it."""
+
+
+HEAD_FIELDS: tuple[HeadField, ...] = (
+    HeadField(
+        "logits_scaling",
+        ("divide", "multiply"),
+        "divide: granite, granite_swa, granitemoe, granitemoe_swa, granitemoehybrid, granitemoeshared, "
+        "granite4_vision / granite_docling (text_config), minicpm3 (divides the pre-logits; its head has no bias); "
+        "multiply: hyperclovax, hyperclovax_vision_v2",
+    ),
+    HeadField("logit_scale", ("multiply",), "cohere, cohere2, cohere2_moe, cohere_compass, aya_vision (text_config)"),
+    HeadField("lm_head_multiplier", ("multiply",), "falcon_h1"),
+    HeadField("output_multiplier", ("multiply",), "muse_spark, muse_glimmer (before their soft-capping)"),
+    HeadField("logits_mup_width_multiplier", ("divide",), "inkling (divides the pre-logits; no head bias)"),
+    HeadField(
+        "final_logit_softcapping",
+        ("softcap",),
+        "gemma2, gemma3_text, gemma3n_text, gemma4_text, gemma4_unified_text, vaultgemma, nanochat, beam, "
+        "inkling2, paligemma, t5gemma, t5gemma2, mistral_large4, muse_spark, muse_glimmer",
+    ),
+    HeadField("logits_soft_cap", ("softcap",), "recurrent_gemma"),
+    HeadField("output_logit_soft_cap", ("softcap",), "xlstm"),
+)
+"""Every head transform of the causal LMs transformers 5.25 ships (a survey of the ``*ForCausalLM`` /
+``*ForConditionalGeneration`` forwards: what they do to ``logits`` after ``lm_head``). Each forward computes
+``softcap(scale * (W z + b))``: a product of multiplications/divisions by config fields, then at most one
+soft-capping (``cap * tanh(x / cap)``). Every other causal LM returns ``W z + b`` as is. A field name does not
+fix the operation (``logits_scaling`` divides in Granite and multiplies in HyperCLOVA X): :func:`wrap_model`
+tries the listed operations of the fields a config has, in order, and keeps the first whose logits equal the
+model's own ``forward`` logits."""
+
+_HEAD_FIELD_LOOKALIKE = re.compile(r"logit|lm_head|soft_?cap|output_mult|mup", re.IGNORECASE)
+"""Config field names that may be head transforms (named when a model is refused)."""
+
+
+@dataclass(frozen=True)
+class HeadTransform:
+    """What a model's ``forward`` does to the head's output: ``logits = softcap(scale * (W z + b))``."""
+
+    scale: float = 1.0
+    softcap: float | None = None
+    """``cap`` of ``cap * tanh(logits / cap)``, or None."""
+    fields: tuple[str, ...] = ()
+    """How it was read from the config, e.g. ``("logits_scaling: divide by 8.0",)``."""
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.scale) and self.scale > 0):
+            raise ValueError(f"head scale must be a finite number > 0, got {self.scale}")
+        if self.softcap is not None and not (math.isfinite(self.softcap) and self.softcap > 0):
+            raise ValueError(f"head softcap must be a finite number > 0 or None, got {self.softcap}")
+
+    @property
+    def identity(self) -> bool:
+        return self.scale == 1.0 and self.softcap is None
+
+
+HeadFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+"""``head(z, v) -> softcap(scale * (W (z + v) + b))``: pre-logits z (A, d), control v (A, d) -> the model's
+logits (A, vocab) in fp32."""
+
+
+def build_head(weight: torch.Tensor, bias: torch.Tensor | None, transform: HeadTransform) -> HeadFn:
+    """The LM head with the control added and the model's head transform applied, resolved once.
+
+    fp32 models add ``v`` to ``z`` before the head. Half-precision models cannot: bf16 spaces
+    representable values 0.016 apart at ``|z|`` ~ 2 and 0.125 at the outlier coordinates, while
+    ``sigma`` is a few hundredths, so ``z + v`` would round most of the control away. There the head
+    runs on ``z`` and ``v`` stacked into one matrix (one pass over ``W``, which is what a small batch
+    costs on a GPU) and the two products are added in fp32: ``W z + W v + b`` keeps the shift ``W v``.
+    The transform (a scale, a soft-capping) is composed here, once: the step runs no branch on it.
+    """
+    if weight.dtype == torch.float32:
+
+        def linear(z: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+            return F.linear(z + v, weight, bias)  # (A, vocab)
+
+    else:
+        bias32 = bias.float() if bias is not None else None  # (vocab,)
+
+        def linear(z: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+            rows = z.shape[0]
+            both = F.linear(torch.cat([z, v.to(z.dtype)]), weight)  # (2A, vocab): W z and W v
+            logits = both[:rows].float() + both[rows:].float()  # (A, vocab) fp32
+            return logits if bias32 is None else logits + bias32  # (A, vocab)
+
+    if transform.identity:
+        return linear
+    scale = transform.scale
+    if transform.softcap is None:
+
+        def scaled(z: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+            return linear(z, v) * scale  # (A, vocab)
+
+        return scaled
+    cap = Softcap(transform.softcap)
+
+    def capped(z: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        return cap(linear(z, v) * scale)  # (A, vocab)
+
+    return capped
 
 
 @dataclass(frozen=True)
@@ -41,8 +158,9 @@ class CausalLM:
     tokenizer: Any
     eos_token_ids: tuple[int, ...]
     pad_token_id: int
-    logit_softcap: float | None
-    """``final_logit_softcapping`` of models that use it (Gemma 2), else None."""
+    head_transform: HeadTransform
+    """What the model's ``forward`` does to ``W z + b`` (a scale, a soft-capping): read from the config's own
+    fields (:data:`HEAD_FIELDS`) and checked against the model's ``forward`` once, in :func:`wrap_model`."""
     prelogit_rms: float
     """Root-mean-square of one pre-logit coordinate on a calibration text."""
     name: str
@@ -128,18 +246,119 @@ def _eos_ids(model: Any, tokenizer: Any) -> tuple[int, ...]:
     return unique
 
 
-@torch.inference_mode()
-def _measure_prelogit_rms(body: nn.Module, tokenizer: Any, device: torch.device) -> float:
-    ids = tokenizer(_CALIBRATION_TEXT, return_tensors="pt").input_ids.to(device)  # (1, L)
-    hidden = body(input_ids=ids, use_cache=False).last_hidden_state  # (1, L, d)
-    rms = hidden[0, 1:].float().pow(2).mean().sqrt().item()  # skip the first position (attention sink)
+def head_for(lm: CausalLM) -> HeadFn:
+    """``lm``'s head: ``softcap(scale * (W (z + v) + b))`` in fp32 (:func:`build_head`)."""
+    return build_head(lm.head_weight, lm.head_bias, lm.head_transform)
+
+
+def _prelogit_rms(hidden: torch.Tensor) -> float:
+    """RMS of one pre-logit coordinate of ``hidden`` (1, L, d), the first position (attention sink) skipped."""
+    rms = hidden[0, 1:].float().pow(2).mean().sqrt().item()
     if not rms > 0 or rms != rms:
         raise ModelLoadError(f"the model's pre-logits have a degenerate scale (RMS {rms})")
     return float(rms)
 
 
+def _head_candidates(config: Any) -> list[HeadTransform]:
+    """The transforms a config's own fields allow (:data:`HEAD_FIELDS`), the likeliest first: every present
+    field with its first operation, ..., the fields ignored last."""
+    present = []
+    for spec in HEAD_FIELDS:
+        value = getattr(config, spec.field, None)
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0:
+            present.append((spec, float(value)))
+    candidates = []
+    for ops in itertools.product(*[(*spec.ops, None) for spec, _ in present]):
+        scale, softcap, fields = 1.0, None, []
+        for (spec, value), op in zip(present, ops, strict=True):
+            if op == "multiply":
+                scale *= value
+            elif op == "divide":
+                scale /= value
+            elif op == "softcap":
+                softcap = value
+            if op is not None:
+                fields.append(f"{spec.field}: {op} by {value:g}" if op != "softcap" else f"{spec.field}: {value:g}")
+        candidates.append(HeadTransform(scale, softcap, tuple(fields)))
+    return candidates
+
+
+HEAD_CHECK_POSITIONS = 4
+"""Positions of the calibration text whose logits :func:`resolve_head_transform` compares."""
+
+
+def head_tolerance(dtype: torch.dtype) -> float:
+    """Largest relative difference (to the largest logit) between the engine's head and the model's own logits:
+    rounding only (the same pre-logits go through both)."""
+    return 1e-4 if dtype in (torch.float32, torch.float64) else 2e-2
+
+
+def _relative_error(engine: torch.Tensor, reference: torch.Tensor) -> float:
+    return float((engine - reference).abs().max() / reference.abs().max().clamp_min(1e-12))
+
+
+@torch.inference_mode()
+def resolve_head_transform(
+    model: Any, hidden: torch.Tensor, ids: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
+) -> HeadTransform:
+    """The head transform that makes the engine's logits the model's own, or :class:`ModelLoadError`.
+
+    ``hidden`` (1, L, d) are the body's pre-logits on ``ids`` (1, L). The model's ``forward`` runs once
+    on ``ids``; the engine's head (:func:`build_head`) with each candidate of :func:`_head_candidates` must
+    match its logits at the last :data:`HEAD_CHECK_POSITIONS` positions within :func:`head_tolerance`.
+    """
+    positions = min(HEAD_CHECK_POSITIONS, ids.shape[1])
+    try:
+        reference = model(input_ids=ids, use_cache=False).logits[0, -positions:].float()  # (P, vocab)
+    except Exception as exc:
+        raise ModelLoadError(
+            f"{type(model).__name__}: could not run the model's forward to check its LM head ({exc})"
+        ) from exc
+    z = hidden[0, -positions:]  # (P, d)
+    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    tolerance = head_tolerance(weight.dtype)
+    errors = []
+    for candidate in _head_candidates(config):
+        engine = build_head(weight, bias, candidate)(z, torch.zeros_like(z))  # (P, vocab)
+        if engine.shape != reference.shape:
+            raise ModelLoadError(
+                f"{type(model).__name__}: the LM head gives {engine.shape[-1]} logits per token but the model's "
+                f"forward {reference.shape[-1]}: AISP needs the head in closed form"
+            )
+        error = _relative_error(engine, reference)
+        if error <= tolerance:
+            return candidate
+        errors.append((error, candidate))
+    plain = build_head(weight, bias, HeadTransform())(z, torch.zeros_like(z))  # (P, vocab)
+    ratio = float((plain * reference).sum() / (plain * plain).sum().clamp_min(1e-30))
+    lookalike = sorted(k for k in config.to_dict() if _HEAD_FIELD_LOOKALIKE.search(k))
+    tried = "; ".join(f"{', '.join(c.fields) or 'no transform'}: {e:.3g}" for e, c in errors)
+    raise ModelLoadError(
+        f"{type(model).__name__} (model_type {getattr(config, 'model_type', None)!r}): its forward changes the LM "
+        f"head's logits in a way this package does not apply, so AISP would sample from the wrong distribution. "
+        f"Max relative difference to the model's own logits ({tried}; tolerance {tolerance:g}); the model's "
+        f"logits are about {ratio:.4g}x W z + b. Config fields that look like head transforms: "
+        f"{lookalike or 'none'}. Known transforms: {[f.field for f in HEAD_FIELDS]}"
+    )
+
+
+@torch.inference_mode()
+def _calibrate(model: Any, body: nn.Module, head: nn.Linear, tokenizer: Any) -> tuple[float, HeadTransform]:
+    """One body forward on the calibration text: the pre-logit RMS and the checked head transform."""
+    ids = tokenizer(_CALIBRATION_TEXT, return_tensors="pt").input_ids.to(head.weight.device)  # (1, L)
+    hidden = body(input_ids=ids, use_cache=False).last_hidden_state  # (1, L, d)
+    bias = None if head.bias is None else head.bias.detach()
+    transform = resolve_head_transform(model, hidden, ids, head.weight.detach(), bias)
+    return _prelogit_rms(hidden), transform
+
+
 def wrap_model(model: Any, tokenizer: Any, name: str | None = None) -> CausalLM:
-    """Split an already loaded ``PreTrainedModel`` and tokenizer into a :class:`CausalLM`."""
+    """Split an already loaded ``PreTrainedModel`` and tokenizer into a :class:`CausalLM`.
+
+    The head's transform (a logit scale, a soft-capping) is read from the config and checked once against
+    the model's own ``forward``: a model whose logits the engine cannot reproduce is refused
+    (:class:`ModelLoadError` naming the architecture, the mismatch and the config fields), not run wrong.
+    """
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     if not isinstance(head, nn.Linear):
         raise ModelLoadError(
@@ -152,11 +371,10 @@ def wrap_model(model: Any, tokenizer: Any, name: str | None = None) -> CausalLM:
     eos = _eos_ids(model, tokenizer)
     pad = getattr(tokenizer, "pad_token_id", None)
     pad_id = int(pad) if isinstance(pad, int) else eos[0]
-    softcap = getattr(model.config, "final_logit_softcapping", None)
     model.eval()
     params = inspect.signature(body.forward).parameters
     cache_kwarg = "cache" if "cache" in params else "past_key_values"
-    device = head.weight.device
+    prelogit_rms, transform = _calibrate(model, body, head, tokenizer)
     return CausalLM(
         model=model,
         body=body,
@@ -165,8 +383,8 @@ def wrap_model(model: Any, tokenizer: Any, name: str | None = None) -> CausalLM:
         tokenizer=tokenizer,
         eos_token_ids=eos,
         pad_token_id=pad_id,
-        logit_softcap=float(softcap) if softcap else None,
-        prelogit_rms=_measure_prelogit_rms(body, tokenizer, device),
+        head_transform=transform,
+        prelogit_rms=prelogit_rms,
         name=name or str(getattr(model.config, "_name_or_path", "") or type(model).__name__),
         cache_kwarg=cache_kwarg,
     )

@@ -27,8 +27,7 @@ from dataclasses import dataclass
 
 import torch
 
-from langchain_aisp.engine.decode.eager import HeadFn, head_for
-from langchain_aisp.engine.lm import CausalLM
+from langchain_aisp.engine.lm import CausalLM, HeadFn, head_for
 
 LOGIT_CONTROLS: tuple[str, ...] = ("token-bias", "temperature")
 

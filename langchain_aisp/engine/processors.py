@@ -80,13 +80,10 @@ class TopP:
         return logits.masked_fill(drop, float("-inf"))  # (B, V)
 
 
-def build_processors(
-    temperature: float, top_k: int, top_p: float, softcap: float | None
-) -> tuple[LogitsTransform, ...]:
-    """Resolve the transforms a run needs, in the order transformers applies them."""
+def build_processors(temperature: float, top_k: int, top_p: float) -> tuple[LogitsTransform, ...]:
+    """Resolve the sampling transforms a run needs, in the order transformers applies them (a model's own
+    soft-capping is part of its head: ``engine.lm.HeadTransform``)."""
     steps: list[LogitsTransform] = []
-    if softcap is not None:
-        steps.append(Softcap(softcap))
     if temperature != 1.0:
         steps.append(Temperature(temperature))
     if top_k > 0:

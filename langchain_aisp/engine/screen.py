@@ -31,8 +31,8 @@ from dataclasses import dataclass, replace
 import torch
 
 from langchain_aisp.engine.config import SamplingParams
-from langchain_aisp.engine.decode.eager import Decoder, HeadFn, PromptPrefix, decode, head_for, prefill
-from langchain_aisp.engine.lm import CausalLM
+from langchain_aisp.engine.decode.eager import Decoder, PromptPrefix, decode, prefill
+from langchain_aisp.engine.lm import CausalLM, HeadFn, head_for
 
 DESIGNS: tuple[str, ...] = ("position", "shared", "first", "token-bias", "temperature", "eos")
 FIRST_POSITIONS = 4

@@ -3,7 +3,7 @@
 On a CPU, torch runs each operation on as many threads as the machine has cores. When another
 process keeps one of those cores busy, every parallel operation waits for the thread that lost
 its core: on 2 cores with one busy, the README snippet took 12x longer with 2 threads than with 1
-(README "Performance", ``langchain-aisp-bench threads``). The tools therefore run on
+(docs/performance.md, "CPU threads"; ``langchain-aisp-bench threads``). The tools therefore run on
 **one thread by default**, the fastest choice on a shared or small machine and the one the
 README's outputs were produced with (same seed, same thread count, same hardware: same answer).
 

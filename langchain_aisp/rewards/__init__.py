@@ -33,7 +33,6 @@ from langchain_aisp.rewards.safety import (
     SafeReward,
     as_reward,
     call_with_timeout,
-    to_reward,
 )
 
 __all__ = [
@@ -66,5 +65,4 @@ __all__ = [
     "parse_score",
     "prompt_text",
     "score_fn",
-    "to_reward",
 ]

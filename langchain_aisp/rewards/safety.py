@@ -274,14 +274,3 @@ def as_reward(
     if on_invalid is not None or timeout is not None:
         return SafeReward(_to_reward(reward), on_invalid=on_invalid or "raise", timeout=timeout)  # type: ignore[arg-type]
     return _to_reward(reward)
-
-
-def to_reward(reward: Reward | Callable[..., Any]) -> Reward:
-    """Deprecated alias of :func:`as_reward` (without keywords); it goes in 0.3."""
-    warnings.warn(
-        "langchain_aisp.rewards.to_reward is deprecated and goes in 0.3: use as_reward (the same, plus the "
-        "on_invalid / timeout keywords)",
-        DeprecationWarning,
-        stacklevel=2,
-    )
-    return as_reward(reward)

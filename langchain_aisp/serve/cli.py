@@ -99,7 +99,7 @@ def _parser() -> argparse.ArgumentParser:
         help="how long a batch may wait for requests still being read when the window ends (a burst)",
     )
     limits.add_argument("--max-batch-prompts", type=int, default=32, help="most requests per batching round")
-    limits.add_argument("--max-batch-size", type=int, default=64, help="rows (prompts x samples) decoded together")
+    limits.add_argument("--max-batch-rows", type=int, default=64, help="rows (prompts x samples) decoded together")
     limits.add_argument("--max-queue", type=int, default=128, help="requests admitted at once (429 above)")
     limits.add_argument("--max-budget", type=int, default=256, help="per-request num_samples x num_iterations cap")
     limits.add_argument("--max-tokens-limit", type=int, default=1024, help="per-request max_tokens cap")
@@ -215,7 +215,7 @@ def config_from_args(args: argparse.Namespace) -> ServeConfig:
         batch_window_ms=args.batch_window_ms,
         batch_window_max_ms=args.batch_window_max_ms,
         max_batch_prompts=args.max_batch_prompts,
-        max_batch_size=args.max_batch_size,
+        max_batch_rows=args.max_batch_rows,
         max_queue=args.max_queue,
         max_budget=args.max_budget,
         max_tokens_limit=args.max_tokens_limit,

@@ -76,7 +76,7 @@ class ServeConfig:
     a lone request never waits longer than ``batch_window_ms``."""
     max_batch_prompts: int = 32
     """Most requests collected into one round of engine runs."""
-    max_batch_size: int = 64
+    max_batch_rows: int = 64
     """Rows (prompts x num_samples) decoded together (AISPChatModel.max_batch_rows)."""
     max_queue: int = 128
     """Requests waiting or running at once; one more gets 429 with Retry-After."""
@@ -131,7 +131,7 @@ class ServeConfig:
                 raise ValueError(f"{name} must be a finite number in [0, 10000], got {window!r}")
             if not 0 <= window <= 10_000:
                 raise ValueError(f"{name} must be a finite number in [0, 10000], got {window}")
-        for name in ("max_batch_prompts", "max_batch_size", "max_queue", "max_budget", "max_tokens_limit"):
+        for name in ("max_batch_prompts", "max_batch_rows", "max_queue", "max_budget", "max_tokens_limit"):
             _positive_int(name, getattr(self, name))
         _positive_int("max_pending_work", self.max_pending_work)
         cap = self.max_timeout_s

@@ -238,10 +238,9 @@ def align_dataset(
         raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
     if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
         raise ValueError(f"concurrency must be an integer >= 1 (actors), got {concurrency!r}")
-    if "max_batch_size" not in chat_model_kwargs:  # its deprecated spelling
-        split = {k: chat_model_kwargs[k] for k in ("method", "num_samples") if k in chat_model_kwargs}
-        n = AISPParams(**split).num_samples  # the method's own when not given; a bad value fails here, named
-        chat_model_kwargs.setdefault("max_batch_rows", max(64, batch_size * n))
+    split = {k: chat_model_kwargs[k] for k in ("method", "num_samples") if k in chat_model_kwargs}
+    n = AISPParams(**split).num_samples  # the method's own when not given; a bad value fails here, named
+    chat_model_kwargs.setdefault("max_batch_rows", max(64, batch_size * n))
     return dataset.map_batches(
         _Aligner,
         fn_constructor_kwargs={

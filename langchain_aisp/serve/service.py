@@ -120,7 +120,7 @@ class AlignmentService:
         for name, reward in cfg.rewards.items():
             try:
                 self._models[name] = AISPChatModel(
-                    reward=reward, max_batch_rows=cfg.max_batch_size, control_memory=self._memory(name), **source,
+                    reward=reward, max_batch_rows=cfg.max_batch_rows, control_memory=self._memory(name), **source,
                     **cfg.defaults,
                 )  # fmt: skip
             except ValueError as exc:

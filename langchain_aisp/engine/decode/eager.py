@@ -30,7 +30,7 @@ from transformers import DynamicCache, StopStringCriteria
 
 from langchain_aisp.engine.config import SamplingParams
 from langchain_aisp.engine.constraints import Matcher, RowMasks
-from langchain_aisp.engine.lm import CausalLM
+from langchain_aisp.engine.lm import CausalLM, HeadFn, head_for
 from langchain_aisp.engine.processors import LogitsTransform, apply_processors, build_processors, sample_tokens
 
 FINISH_STOP = "stop"
@@ -82,37 +82,6 @@ def prefill(lm: CausalLM, token_ids: Sequence[int]) -> PromptPrefix:
     return PromptPrefix(keys, values, out.last_hidden_state[0, -1], len(token_ids))  # (d,)
 
 
-HeadFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-"""``head(z, v) -> W (z + v) + b``: pre-logits z (A, d), control v (A, d) -> logits (A, vocab) in fp32."""
-
-
-def head_for(lm: CausalLM) -> HeadFn:
-    """The LM head with the control added, resolved once per run from the model's dtype.
-
-    fp32 models add ``v`` to ``z`` before the head. Half-precision models cannot: bf16 spaces
-    representable values 0.016 apart at ``|z|`` ~ 2 and 0.125 at the outlier coordinates, while
-    ``sigma`` is a few hundredths, so ``z + v`` would round most of the control away. There the head
-    runs on ``z`` and ``v`` stacked into one matrix (one pass over ``W``, which is what a small batch
-    costs on a GPU) and the two products are added in fp32: ``W z + W v + b`` keeps the shift ``W v``.
-    """
-    weight, bias = lm.head_weight, lm.head_bias
-    if weight.dtype == torch.float32:
-
-        def head_fp32(z: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-            return F.linear(z + v, weight, bias)  # (A, vocab)
-
-        return head_fp32
-    bias32 = bias.float() if bias is not None else None  # (vocab,)
-
-    def head_split(z: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        rows = z.shape[0]
-        both = F.linear(torch.cat([z, v.to(z.dtype)]), weight)  # (2A, vocab): W z and W v
-        logits = both[:rows].float() + both[rows:].float()  # (A, vocab) fp32
-        return logits if bias32 is None else logits + bias32  # (A, vocab)
-
-    return head_split
-
-
 class _NoMasks:
     """Stands in for :class:`RowMasks` when no row is constrained, so the loop never branches on it."""
 
@@ -156,11 +125,11 @@ class Decoder:
     eos: torch.Tensor
     """EOS ids, shape (E,)."""
     head: HeadFn
-    """``W (z + v) + b`` in fp32, the control kept exact in half precision (:func:`head_for`)."""
+    """The model's logits of ``z + v`` in fp32, the control kept exact in half precision (:func:`head_for`)."""
 
     @classmethod
     def build(cls, lm: CausalLM, sampling: SamplingParams) -> Decoder:
-        processors = build_processors(sampling.temperature, sampling.top_k, sampling.top_p, lm.logit_softcap)
+        processors = build_processors(sampling.temperature, sampling.top_k, sampling.top_p)
         stop_check: StopCheck = _StopStrings(lm.tokenizer, sampling.stop) if sampling.stop else _NoStop()
         eos = torch.tensor(lm.eos_token_ids, dtype=torch.long, device=lm.device)
         return cls(lm, sampling, processors, stop_check, eos, head_for(lm))
