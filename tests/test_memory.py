@@ -13,6 +13,7 @@ import torch
 from langchain_aisp import AISPChatModel, ControlMemory
 from langchain_aisp.engine.aisp import PromptResult, control_shape, run
 from langchain_aisp.engine.config import AISPParams, SamplingParams
+from langchain_aisp.engine.lm import HeadTransform
 from langchain_aisp.engine.memory import (
     METADATA_KEY,
     Proposal,
@@ -179,6 +180,19 @@ def test_the_memory_learns_the_direction_and_steers_the_learned_rows_only(tiny_l
     assert len(boosted) == 3 and ControlMemory().boosted_tokens(tiny_lm) == []
     single = memory.proposal(tiny_lm, "r", AISPParams(method="sample"), SAMPLING)
     assert single.row_shift is None  # one sample: nothing to compare it with, no steering
+
+
+def test_the_unit_shift_counts_the_model_head_scale(tiny_lm):
+    """Granite divides its logits by ``logits_scaling``: a shift ``g`` moves them by ``scale * W g``, so the unit
+    (largest boost 1 nat) is ``1 / scale`` times longer there, and boosted_tokens reports the model's own nats."""
+    granite_like = dataclasses.replace(tiny_lm, head_transform=HeadTransform(scale=1 / 8))
+    plain, scaled = (ControlMemory(strength=2.0, warmup_prompts=2, window=10**9) for _ in range(2))
+    _teach(plain, tiny_lm)
+    _teach(scaled, granite_like)
+    assert torch.allclose(scaled.unit_shift(granite_like), 8 * plain.unit_shift(tiny_lm), rtol=1e-5)
+    boost = (tiny_lm.head_weight.detach().float() @ scaled.unit_shift(granite_like)) / 8  # (vocab,) Granite's logits
+    assert float(boost.max()) == pytest.approx(1.0, rel=1e-4)
+    assert scaled.boosted_tokens(granite_like, k=1)[0][1] == pytest.approx(2.0, rel=1e-4)
 
 
 def test_own_rows():

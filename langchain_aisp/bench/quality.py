@@ -15,9 +15,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
 
-from langchain_aisp.engine.lm import CausalLM
+from langchain_aisp.engine.lm import CausalLM, head_for
 
 
 def _prelogits(lm: CausalLM, prompt_ids: Sequence[int], answer_ids: Sequence[int]) -> torch.Tensor:
@@ -29,10 +28,7 @@ def _prelogits(lm: CausalLM, prompt_ids: Sequence[int], answer_ids: Sequence[int
 
 
 def _logits(lm: CausalLM, z: torch.Tensor) -> torch.Tensor:
-    logits = F.linear(z, lm.head_weight, lm.head_bias).float()  # (A, vocab)
-    if lm.logit_softcap:
-        logits = torch.tanh(logits / lm.logit_softcap) * lm.logit_softcap  # (A, vocab)
-    return logits
+    return head_for(lm)(z, torch.zeros_like(z))  # (A, vocab) fp32, the model's own head transform applied
 
 
 @torch.inference_mode()

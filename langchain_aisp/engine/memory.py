@@ -270,7 +270,7 @@ class ControlMemory:
         own = own_rows(n, self.own_share)
         with self._lock:
             self._check_key(memory_key(lm, reward))
-            self._derive(lm.head_weight)
+            self._derive(lm.head_weight, lm.head_transform.scale)
             level = self._check.level
             unit, ramp = self._unit, min(1.0, self._count / self.warmup_prompts)
             kl_unit = self._kl_unit(sampling.temperature)
@@ -290,13 +290,17 @@ class ControlMemory:
         shift[own:] = (strength * unit).to(torch.float32)  # (n - own, d)
         return Proposal(shift.to(lm.device), own, level, strength, kl_unit * strength**2, temperature, offset)
 
-    def _derive(self, head_weight: torch.Tensor) -> None:
-        """The unit shift and its logit shift from the summed direction, once per change (under the lock)."""
+    def _derive(self, head_weight: torch.Tensor, scale: float) -> None:
+        """The unit shift and its logit shift from the summed direction, once per change (under the lock).
+        ``scale`` is the model's head scale (Granite, Cohere): a shift ``g`` of the pre-logits moves the logits
+        by ``scale * W g`` (a soft cap only shrinks that)."""
         if not self._stale or self._sum is None:
             return
         self._stale = False
         mean = (self._sum / self._count).to(device=head_weight.device, dtype=head_weight.dtype)  # (d,)
-        delta = (head_weight.detach() @ mean).float().cpu().double()  # (vocab,) the mean direction's logit shift
+        delta = (
+            scale * (head_weight.detach() @ mean).float().cpu().double()
+        )  # (vocab,) the mean direction's logit shift
         top = float(delta.max())
         if not top > 0:
             self._unit = self._delta = None
@@ -318,7 +322,7 @@ class ControlMemory:
         """The learned direction (d,) scaled so that its largest logit boost is 1 nat, float32 on the model's
         device; None while the memory is cold. ``strength * unit_shift`` is a learned row's full shift."""
         with self._lock:
-            self._derive(lm.head_weight)
+            self._derive(lm.head_weight, lm.head_transform.scale)
             unit = self._unit
         return None if unit is None else unit.to(device=lm.device, dtype=torch.float32)
 
@@ -326,12 +330,12 @@ class ControlMemory:
         """The ``k`` tokens whose logits the learned shift at full strength raises most, with the boost in nats:
         what the memory steers towards. Empty while it is cold."""
         with self._lock:
-            self._derive(lm.head_weight)
+            self._derive(lm.head_weight, lm.head_transform.scale)
             unit = self._unit
         if unit is None:
             return []
         scaled = (self.strength * unit).to(device=lm.head_weight.device, dtype=torch.float32)  # (d,)
-        shift = lm.head_weight.detach().float() @ scaled  # (vocab,)
+        shift = lm.head_transform.scale * (lm.head_weight.detach().float() @ scaled)  # (vocab,)
         top = torch.topk(shift, min(k, shift.shape[0]))
         pairs = zip(top.indices.tolist(), top.values.tolist(), strict=True)
         return [(lm.tokenizer.decode([i]), float(v)) for i, v in pairs]
