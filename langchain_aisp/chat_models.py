@@ -297,7 +297,8 @@ class AISPChatModel(BaseChatModel):
     every call (a ``batch`` counts once) teaches it. None (default): every sample is the model's own. Calls
     with tools or a JSON schema bound neither use nor update it (their reward includes the format term).
     ``response_metadata["aisp"]["warm_start"]`` says whether a call was steered, ``["memory"]`` how (own rows,
-    level, strength in nats, estimated per-token KL)."""
+    level, strength in nats, estimated per-token KL). ``True``: this instance owns a new ``ControlMemory()`` (default
+    settings) for its one reward; ``False`` is None. Off by default: docs/memory.md has the figures."""
 
     timeout: float | None = None
     """Wall-clock limit of one call, in seconds (None: none); also a per-call argument
@@ -367,7 +368,9 @@ class AISPChatModel(BaseChatModel):
 
     @field_validator("control_memory", mode="before")
     @classmethod
-    def _no_marker(cls, value: Any) -> Any:
+    def _own_memory(cls, value: Any) -> Any:
+        if isinstance(value, bool):  # True: this instance's own memory, for its one reward; False: none
+            return ControlMemory() if value else None
         return no_marker(value)
 
     @field_validator("stop", mode="before")

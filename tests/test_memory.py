@@ -579,6 +579,15 @@ def test_chat_model_learns_from_scratch_and_refuses_another_model(tiny_lm):
         _chat(tiny_lm, other).invoke("Name a fruit.")
 
 
+def test_control_memory_true_gives_each_instance_its_own_memory(tiny_lm):
+    first, second = _chat(tiny_lm, True), _chat(tiny_lm, True)
+    assert isinstance(first.control_memory, ControlMemory) and first.control_memory is not second.control_memory
+    first.invoke("Name a fruit.")
+    assert first.control_memory.updates == 1 and second.control_memory.updates == 0
+    assert first.control_memory.reward == first.reward_name  # bound to the instance's one reward
+    assert _chat(tiny_lm, False).control_memory is None
+
+
 def test_chat_model_with_memory_serialises_with_a_marker(tiny_lm):
     from langchain_core.load import dumpd, load
 
