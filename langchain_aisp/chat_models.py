@@ -291,11 +291,14 @@ class AISPChatModel(BaseChatModel):
     """When True, ``invoke`` goes through ``_stream`` (LangChain's usual meaning)."""
 
     control_memory: ControlMemory | None = Field(default=None, exclude=True)
-    """A :class:`~langchain_aisp.ControlMemory`: AISP calls start from the mean it learned on earlier calls
-    (for this model, reward and control shape) and every call (a ``batch`` counts once) updates it. None
-    (default): every call starts from U = 0. Calls with tools or a JSON schema bound neither use nor update
-    it (their reward includes the format term). ``response_metadata["aisp"]["warm_start"]`` says whether a
-    call was warm-started, ``warm_start_norm`` how strongly."""
+    """A :class:`~langchain_aisp.ControlMemory`: a proposal learned across calls for this model and reward. Every
+    call (Best-of-N or AISP) draws a quarter of its samples from the model's own proposal and the rest shifted
+    along the direction the memory learned, as strongly as its self-check finds that the shifted samples win;
+    every call (a ``batch`` counts once) teaches it. None (default): every sample is the model's own. Calls
+    with tools or a JSON schema bound neither use nor update it (their reward includes the format term).
+    ``response_metadata["aisp"]["warm_start"]`` says whether a call was steered, ``["memory"]`` how (own rows,
+    level, strength in nats, estimated per-token KL). ``True``: this instance owns a new ``ControlMemory()`` (default
+    settings) for its one reward; ``False`` is None. Off by default: docs/memory.md has the figures."""
 
     timeout: float | None = None
     """Wall-clock limit of one call, in seconds (None: none); also a per-call argument
@@ -365,7 +368,9 @@ class AISPChatModel(BaseChatModel):
 
     @field_validator("control_memory", mode="before")
     @classmethod
-    def _no_marker(cls, value: Any) -> Any:
+    def _own_memory(cls, value: Any) -> Any:
+        if isinstance(value, bool):  # True: this instance's own memory, for its one reward; False: none
+            return ControlMemory() if value else None
         return no_marker(value)
 
     @field_validator("stop", mode="before")
@@ -719,13 +724,10 @@ class AISPChatModel(BaseChatModel):
 def _check_fields(model: AISPChatModel) -> None:
     """Validate the model's fields together (``ValueError`` naming the field, the bad value and the range)."""
     settings = _plan.resolve_settings(_settings(model), {})  # AISPParams / SamplingParams name field and range
-    memory, method = model.control_memory, settings.params.method
-    learns_from_bon = memory is not None and memory.learning and memory.signal != "control"
-    if memory is not None and method != "aisp" and not (method == "bon" and learns_from_bon):
-        raise ValueError(  # it would neither warm-start (AISP only) nor learn: a silently ignored parameter
-            f"this control_memory would do nothing with method={method!r}: it warm-starts method='aisp' only (the "
-            "default method is 'bon'), and learns from Best-of-N only while learning with signal='tokens'; "
-            "pass method='aisp'"
+    if model.control_memory is not None and settings.params.method == "sample":
+        raise ValueError(  # one sample: no learned row to compare with the model's own, a silently ignored memory
+            "this control_memory would do nothing with method='sample' (one sample: nothing to compare the learned "
+            "proposal with); use method='bon' (the default) or 'aisp'"
         )
     if needs_tokenizer(model.model) != (model.tokenizer is not None):
         raise ValueError(

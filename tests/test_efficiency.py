@@ -72,6 +72,38 @@ def test_paired_statistics():
     assert wins_ties_losses([0.1, 0.0, -0.2, 1e-12, 0.3]) == (2, 2, 1)
 
 
+def test_clustered_se_equals_the_se_of_cluster_means_with_equal_clusters():
+    values = [1.0, 1.2, 3.0, 3.4, 2.0, 1.6]  # three prompts x two seeds
+    prompts = ["a", "a", "b", "b", "c", "c"]
+    means = [1.1, 3.2, 1.8]
+    mean, se = mean_se(values, prompts)
+    assert mean == pytest.approx(sum(values) / 6)
+    assert se == pytest.approx(mean_se(means)[1])  # std of the cluster means / sqrt(3)
+    assert mean_se(values, list(range(6))) == pytest.approx(mean_se(values))  # one value per cluster: plain SE
+    assert math.isnan(mean_se(values, ["a"] * 6)[1])  # one cluster: no error estimate
+    with pytest.raises(ValueError, match="equally long"):
+        mean_se(values, prompts[:3])
+
+
+def test_clustered_se_matches_the_spread_of_the_mean_when_seeds_share_the_prompt():
+    """Prompt effects shared by every seed of a prompt: the plain SE understates the spread of the mean over
+    repeated experiments, the clustered one does not."""
+    generator = torch.Generator().manual_seed(0)
+    prompts, seeds = 24, 3
+    labels = [p for p in range(prompts) for _ in range(seeds)]
+    means, plain, clustered = [], [], []
+    for _ in range(400):
+        effect = torch.randn(prompts, generator=generator).repeat_interleave(seeds)  # (P * S,) shared per prompt
+        values = (effect + 0.5 * torch.randn(prompts * seeds, generator=generator)).tolist()
+        means.append(sum(values) / len(values))
+        plain.append(mean_se(values)[1])
+        clustered.append(mean_se(values, labels)[1])
+    spread = float(torch.tensor(means).std())  # the true SE: sqrt((1 + 0.25 / 3) / 24) = 0.2125
+    assert spread == pytest.approx(0.2125, rel=0.1)
+    assert sum(clustered) / 400 == pytest.approx(spread, rel=0.1)
+    assert sum(plain) / 400 < 0.7 * spread  # treating the seeds as independent: far too small
+
+
 def test_parse_method_specs():
     aisp = parse_method("aisp-8x4")
     assert (aisp.name, aisp.budget) == ("aisp-8x4", 32)
@@ -121,15 +153,16 @@ def test_a_method_equal_to_bon_matches_bon(tiny_lm, tmp_path):
     questions = ["Hi", "What is a cat?", "Tell me about the sea", "Why is the sky blue?"]
     prompts = [BenchPrompt(f"p{i}", q) for i, q in enumerate(questions)]
     config = EfficiencyConfig(seeds=(0, 1, 2, 3), max_tokens=6, pool=64, max_batch_size=64)
-    methods = [parse_method("bon-32x1"), parse_method("er-32x1@2/0.5")]
+    methods = [parse_method("bon-32x1"), parse_method("er-32x1@2/0.5"), parse_method("bon-8x1")]
     logs: list[str] = []
     results = run_efficiency(
         tiny_lm, prompts, {"words": _gaussian_reward()}, methods, config, tmp_path, log=logs.append
     )
     summary = json.loads((tmp_path / "summary.json").read_text())
     row = summary["rewards"]["words"]["methods"]["bon-32x1"]
-    diff, se = row["diff_vs_bon32"]
-    assert row["pairs"] == 16
+    diff, se = row["diff_vs_bon_budget"]  # its own budget, 32: the same reference as BoN-32 here
+    assert row["diff_vs_bon32"] == pytest.approx([diff, se])
+    assert row["pairs"] == 16 and row["prompts"] == 4
     assert abs(diff) <= 3 * se
     low, high = row["matched_n_95"]  # JSON null: infinite (the method beat BoN-64 in some resamples)
     high = math.inf if high is None else high
@@ -137,12 +170,15 @@ def test_a_method_equal_to_bon_matches_bon(tiny_lm, tmp_path):
     assert low <= 32 <= high  # efficiency 1 is inside the interval
     assert 0.4 <= row["efficiency"] <= 2.5
     assert row["tokens_per_prompt"] == pytest.approx(32 * 6)  # the tiny model never ends early
+    small = summary["rewards"]["words"]["methods"]["bon-8x1"]  # compared with BoN-8, not BoN-32
+    assert small["diff_vs_bon_budget"][0] > small["diff_vs_bon32"][0]
+    assert abs(small["diff_vs_bon_budget"][0]) <= 3 * small["diff_vs_bon_budget"][1]
     er = summary["rewards"]["words"]["methods"]["er-32x1@2/0.5"]
     assert er["tokens_per_prompt"] == pytest.approx(32 * 2 + 16 * 4)
     assert set(summary["rewards"]["words"]["bon"]["grid"]) == {"8", "16", "32", "64"}
     text = (tmp_path / "summary.md").read_text()
     assert "| bon-32x1 | 32 |" in text and "## words" in text
-    assert len(results["cells"]) == 4 * (1 + 2)
+    assert len(results["cells"]) == 4 * (1 + 3)
     # resumable: a second call finds every cell done and runs nothing
     logs.clear()
     run_efficiency(tiny_lm, prompts, {"words": _gaussian_reward()}, methods, config, tmp_path, resume=True,

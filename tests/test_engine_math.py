@@ -13,7 +13,9 @@ from langchain_aisp.engine.importance import (
     effective_sample_size,
     importance_weights,
     lambda_for_ess,
-    update_mean,
+    mean_step,
+    signal_share,
+    step_null,
 )
 
 
@@ -106,7 +108,7 @@ def test_with_equal_rewards_the_weights_do_not_follow_sample_length(sigma):
     assert float(torch.corrcoef(torch.stack([w_masked.log(), lengths]))[0, 1]) < -0.5
 
 
-def test_update_is_the_weighted_mean_and_skips_unreached_positions():
+def test_step_is_the_weighted_move_and_a_straggler_moves_its_position_by_its_weight():
     U = torch.full((3, 2), 7.0)  # (tau, d)
     V = torch.tensor(
         [
@@ -116,11 +118,75 @@ def test_update_is_the_weighted_mean_and_skips_unreached_positions():
     )  # (n=2, tau=3, d=2)
     weights = torch.tensor([0.25, 0.75])
     reached = torch.tensor([[True, True, False], [True, False, False]])  # (n, tau)
-    new = update_mean(U, V, weights, reached)
-    assert torch.allclose(new[0], torch.tensor([2.5, 2.5]))  # 0.25*1 + 0.75*3
-    assert torch.allclose(new[1], torch.tensor([2.0, 2.0]))  # only sample 0 reached t=1: renormalised
-    assert torch.allclose(new[2], torch.tensor([7.0, 7.0]))  # nobody reached t=2: U_t unchanged
+    step = mean_step(U, V, weights, reached)
+    assert torch.allclose(U + step[0], torch.tensor([2.5, 2.5]))  # reached by all: 0.25*1 + 0.75*3
+    # only sample 0 (weight 0.25) reached t=1: a quarter of the way to its V, not all the way (the
+    # per-position renormalisation this replaces set U_1 = 2.0, the straggler's V)
+    assert torch.allclose(U + step[1], torch.tensor([7.0 + 0.25 * (2.0 - 7.0)] * 2))
+    assert torch.allclose(step[2], torch.zeros(2))  # nobody reached t=2: U_t unchanged
     assert torch.equal(U, torch.full((3, 2), 7.0))  # the input is not modified
+
+
+def _null_and_signal_weights(n, tau, d, signal, seed):
+    generator = torch.Generator().manual_seed(seed)
+    sigma = 0.1
+    U = torch.zeros(tau, d)
+    V = U + sigma * torch.randn(n, tau, d, generator=generator)  # (n, tau, d)
+    if signal:
+        r = V[:, :, 0].sum(dim=1).double()  # (n,) the reward follows one coordinate of V
+    else:
+        r = torch.rand(n, generator=generator, dtype=torch.float64)  # (n,) independent of V
+    inner = control_inner(U, V)
+    lam = lambda_for_ess(r, inner, alpha=0.999, sigma=sigma, target=n / 2)
+    return U, V, importance_weights(r, inner, lam, 0.999, sigma)
+
+
+def _share_of(n, tau, d, signal, seed, rounds=1):
+    """The signal share after ``rounds`` rounds of the update, the reward independent of V or following it."""
+    generator = torch.Generator().manual_seed(seed)
+    sigma = 0.1
+    start = U = torch.zeros(tau, d)
+    evidence, null = torch.zeros(tau, d), 0.0
+    reached = torch.ones(n, tau, dtype=torch.bool)
+    for _ in range(rounds):
+        V = U + sigma * torch.randn(n, tau, d, generator=generator)  # (n, tau, d)
+        if signal:
+            r = V[:, :, 0].sum(dim=1).double()  # (n,) the reward follows one coordinate of V
+        else:
+            r = torch.rand(n, generator=generator, dtype=torch.float64)  # (n,) independent of V
+        inner = control_inner(U, V)
+        weights = importance_weights(r, inner, lambda_for_ess(r, inner, 0.999, sigma, n / 2), 0.999, sigma)
+        evidence = evidence + mean_step(U, V, weights, reached)
+        null += step_null(U, V, weights, reached)
+        share = signal_share(evidence, null)
+        U = start + share * evidence
+    return share
+
+
+def test_signal_share_is_near_zero_for_a_reward_independent_of_v_and_large_with_signal():
+    nulls = [_share_of(8, 16, 32, False, seed) for seed in range(20)]
+    assert max(nulls) < 0.1 and sum(nulls) / len(nulls) < 0.03  # D = 512: spread ~ sqrt(2 / 512)
+    strong = [_share_of(64, 4, 2, True, seed) for seed in range(5)]
+    assert min(strong) > 0.5  # the reward follows V: most of the step is signal
+
+
+def test_evidence_accumulates_over_rounds():
+    # a direction every round agrees on grows ||S||^2 quadratically, the noise linearly: the share climbs
+    weak = [_share_of(16, 8, 8, True, seed, rounds=1) for seed in range(6)]
+    later = [_share_of(16, 8, 8, True, seed, rounds=8) for seed in range(6)]
+    assert sum(later) / 6 > sum(weak) / 6 + 0.2
+    assert max(_share_of(16, 8, 8, False, seed, rounds=8) for seed in range(6)) < 0.25
+
+
+def test_signal_share_of_no_evidence_is_zero():
+    assert signal_share(torch.zeros(2, 3), 0.0) == 0.0
+    assert signal_share(torch.ones(2, 3), 6.0) == 0.0  # exactly what noise alone would give
+    assert signal_share(torch.ones(2, 3), 1.5) == pytest.approx(0.75)
+    U = torch.ones(2, 3)
+    V = torch.tensor([[[2.0] * 3, [1.0] * 3], [[1.0] * 3, [1.0] * 3]])  # (n=2, tau=2, d=3)
+    weights = torch.tensor([0.5, 0.5])
+    # x_0 = (1,1,1 | 0,0,0) at weight 1/2: null = 1/4 * 3; reached (1, 0) for sample 1 changes nothing
+    assert step_null(U, V, weights, torch.ones(2, 2, dtype=torch.bool)) == pytest.approx(0.75)
 
 
 def test_importance_sampling_loop_moves_u_to_the_known_optimum():
@@ -128,7 +194,8 @@ def test_importance_sampling_loop_moves_u_to_the_known_optimum():
     generator = torch.Generator().manual_seed(0)
     tau, d, n, sigma = 4, 3, 64, 0.5
     target = torch.tensor([1.0, -2.0, 0.5])
-    U = torch.zeros(tau, d)
+    start = U = torch.zeros(tau, d)
+    evidence, null = torch.zeros(tau, d), 0.0
     reached = torch.ones(n, tau, dtype=torch.bool)
     best = -math.inf
     best_trace = []
@@ -137,7 +204,10 @@ def test_importance_sampling_loop_moves_u_to_the_known_optimum():
         r = -((V.mean(dim=1) - target) ** 2).sum(dim=1).double()  # (n,)
         inner = control_inner(U, V)
         lam = lambda_for_ess(r, inner, alpha=0.999, sigma=sigma, target=n / 4)
-        U = update_mean(U, V, importance_weights(r, inner, lam, 0.999, sigma), reached)
+        weights = importance_weights(r, inner, lam, 0.999, sigma)
+        evidence = evidence + mean_step(U, V, weights, reached)
+        null += step_null(U, V, weights, reached)
+        U = start + signal_share(evidence, null) * evidence
         best = max(best, float(r.max()))
         best_trace.append(best)
     assert torch.allclose(U.mean(dim=0), target, atol=0.25)

@@ -1,4 +1,4 @@
-"""The memory benchmark (``langchain-aisp-bench memory``) end to end on the tiny random Llama: nothing is timed."""
+"""The learning-across-calls benchmark (``langchain-aisp-bench memory``) end to end on the tiny random Llama."""
 
 from __future__ import annotations
 
@@ -7,127 +7,99 @@ import json
 import pytest
 
 from langchain_aisp.bench.memory_bench import (
-    EvalMethod,
     MemoryBenchConfig,
+    default_split,
     load_memory_results,
     run_memory_benchmark,
-    split_prompts,
 )
-from langchain_aisp.bench.prompts import BenchPrompt
-from langchain_aisp.bench.runner import Split
+from langchain_aisp.bench.prompts import BenchPrompt, load_prompts
 from langchain_aisp.engine.memory import ControlMemory
 from langchain_aisp.rewards import FunctionReward
 
 pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
-PROMPTS = [BenchPrompt(str(i), text) for i, text in enumerate(["Say hi.", "Name a fruit.", "Count to 3.", "Be nice."])]
+LEARN = [BenchPrompt(f"l{i}", text) for i, text in enumerate(["Say hi.", "Count to 3.", "Be nice."])]
+TEST = [BenchPrompt(f"t{i}", text) for i, text in enumerate(["Name a fruit.", "Name a city."])]
 
 
 def _reward(calls: list[str]) -> FunctionReward:
     def length(prompt: str, response: str) -> float:
-        calls.append(response)
+        calls.append(prompt)
         return float(len(response))
 
     return FunctionReward(length)
 
 
-def _config(**overrides):
-    base = {
-        "seeds": (0,),
-        "max_tokens": 3,
-        "learn_split": Split(2, 2),
-        "learn_batch": 1,
-        "curve": (0, 1, 2),
-        "curve_method": "warm-2x1",
-        "methods": ("bon-2x1", "cold-2x1", "warm-2x1"),
-        "warmup_prompts": 1,
-    }
-    base.update(overrides)
-    return MemoryBenchConfig(**base)
+def _config(**overrides) -> MemoryBenchConfig:
+    base = {"seeds": (0,), "max_tokens": 3, "num_samples": 4, "curve": (0, 2, 4), "memory": (("warmup_prompts", 1),)}
+    return MemoryBenchConfig(**{**base, **overrides})
 
 
-def test_split_and_method_names():
-    learn, held = split_prompts(PROMPTS)
-    assert [p.id for p in learn] == ["0", "2"] and [p.id for p in held] == ["1", "3"]
-    assert EvalMethod.parse("warm-8x1") == EvalMethod("warm", Split(8, 1))
-    assert EvalMethod.parse("warm-8x1@0.75") == EvalMethod("warm", Split(8, 1), 0.75)
-    assert EvalMethod.parse("warm-8x1@0.75").name == "warm-8x1@0.75"
-    with pytest.raises(ValueError, match="bon-NxK, cold-NxK or warm-NxK"):
-        EvalMethod.parse("hot-8x1")
-    with pytest.raises(ValueError, match="bon-NxK, cold-NxK or warm-NxK"):
-        EvalMethod.parse("cold-8x1@2")
-    with pytest.raises(ValueError, match="must be a number"):
-        EvalMethod.parse("warm-8x1@x")
-    with pytest.raises(ValueError, match="NxK"):
-        _config(methods=("warm-8",))
+def test_default_split_is_disjoint_and_leaves_the_screen_prompts_out():
+    learn, test = default_split()
+    shipped = load_prompts()
+    assert len(learn) == 48 and len(test) == 24
+    assert not {p.user_text for p in learn} & {p.user_text for p in shipped}  # fresh learning prompts
+    assert not {p.id for p in test} & {p.id for p in shipped[0::3]}  # the screen's test prompts are not tested
 
 
 def test_memory_benchmark_end_to_end_and_resume(tiny_lm, tmp_path):
     calls: list[str] = []
     results = run_memory_benchmark(
-        tiny_lm, PROMPTS, {"length": _reward(calls)}, _config(), tmp_path, log=lambda _m: None
+        tiny_lm, LEARN, TEST, {"length": _reward(calls)}, _config(), tmp_path, log=lambda _m: None
     )
     cell = results["cells"]["length|s0"]
-    learning = cell["learning"]
-    assert [c["prompts"] for c in learning["calls"]] == [["0"], ["2"]]  # one update per learning call
-    assert learning["calls"][0]["initial_U_norm"] == [0.0]  # the first call is cold
-    assert sorted(learning["curve"], key=int) == ["0", "1", "2"]
-    assert learning["curve"]["0"]["memory"]["updates"] == 0 and learning["curve"]["2"]["memory"]["updates"] == 2
-    assert set(cell["eval"]) == {"bon-2x1", "cold-2x1", "warm-2x1"}
-    for name, record in cell["eval"].items():
-        assert [p["id"] for p in record["prompts"]] == ["1", "3"]  # evaluated on the held-out half only
-        warm = name.startswith("warm")
-        assert all((p["initial_U_norm"] > 0) == warm for p in record["prompts"]), name
-    assert cell["memory"]["updates"] == 2  # evaluation does not teach the memory
-    final = {k: v for k, v in learning["curve"]["2"].items() if k != "memory"}
-    assert cell["eval"]["warm-2x1"] == final  # the last curve point is the warm evaluation, not run twice
-    profile = tmp_path / "memory-length-s0.safetensors"
-    assert ControlMemory.load(profile, model="tiny-llama", reward="length").updates == 2
+    assert set(cell["baseline"]) == {"cold-4", "cold-16"}
+    assert [c["prompt"] for c in cell["calls"]] == ["l0", "l1", "l2", "l0"]  # one prompt per learning call, cycling
+    assert cell["calls"][0]["memory"]["strength"] == 0.0  # the first call is cold
+    assert sorted(cell["curve"], key=int) == ["0", "2", "4"]
+    assert cell["curve"]["0"]["memory"]["updates"] == 0 and cell["curve"]["4"]["memory"]["updates"] == 4
+    assert cell["curve"]["0"]["best"] == cell["baseline"]["cold-4"]["best"]  # cold memory: the cold call itself
+    for record in (*cell["curve"].values(), *cell["baseline"].values()):
+        assert len(record["best"]) == len(record["loglik"]) == len(record["texts"]) == 2  # the test prompts only
+        assert all(v <= 0 for v in record["loglik"])
+    test_texts = {p.user_text for p in TEST}
+    learned_from = [p for p in calls if p not in test_texts]
+    assert learned_from  # the learning calls scored learning prompts; the test calls only test prompts
+    assert ControlMemory.load(tmp_path / "memory-length-s0.safetensors").updates == 4
     summary = (tmp_path / "summary.md").read_text()
-    assert "| warm-2x1 | 1 |" in summary and "Learning curve" in summary and "x the pre-logit RMS" in summary
+    assert "| warm after 4 |" in summary and "| cold-16 |" in summary and "warm-4 - cold-16" in summary
     assert (tmp_path / "learning_curve.png").stat().st_size > 0
-    # resume: nothing left to do; a new method runs alone with the saved memory
+    # resume: nothing left to do; a new curve point learns on from the saved profile
     calls.clear()
-    run_memory_benchmark(tiny_lm, PROMPTS, {"length": _reward(calls)}, _config(), tmp_path, resume=True,
+    run_memory_benchmark(tiny_lm, LEARN, TEST, {"length": _reward(calls)}, _config(), tmp_path, resume=True,
                          log=lambda _m: None)  # fmt: skip
     assert calls == []
-    more = _config(methods=("bon-2x1", "cold-2x1", "warm-2x1", "warm-1x2"))
-    run_memory_benchmark(tiny_lm, PROMPTS, {"length": _reward(calls)}, more, tmp_path, resume=True, log=lambda _m: None)
-    saved = load_memory_results(tmp_path)
-    assert "warm-1x2" in saved["cells"]["length|s0"]["eval"] and calls
-    assert saved["cells"]["length|s0"]["learning"]["calls"] == learning["calls"]  # learning was not redone
+    run_memory_benchmark(tiny_lm, LEARN, TEST, {"length": _reward(calls)}, _config(curve=(0, 2, 4, 5)), tmp_path,
+                         resume=True, log=lambda _m: None)  # fmt: skip
+    saved = load_memory_results(tmp_path)["cells"]["length|s0"]
+    assert len(saved["calls"]) == 5 and "5" in saved["curve"] and saved["calls"][:4] == cell["calls"]
     with pytest.raises(FileExistsError, match="resume"):
-        run_memory_benchmark(tiny_lm, PROMPTS, {"length": _reward(calls)}, _config(), tmp_path)
+        run_memory_benchmark(tiny_lm, LEARN, TEST, {"length": _reward(calls)}, _config(), tmp_path)
     with pytest.raises(ValueError, match="cannot resume"):
-        run_memory_benchmark(tiny_lm, PROMPTS, {"length": _reward(calls)}, _config(strength=2.0), tmp_path, resume=True)
-
-
-def test_learning_passes_and_strength_overrides(tiny_lm, tmp_path):
-    methods = ("warm-2x1", "warm-2x1@0.25")
-    config = _config(learn_passes=2, curve=(0, 4), methods=methods, strength=0.5, max_rms=10.0)  # no cap: tiny head
-    results = run_memory_benchmark(tiny_lm, PROMPTS, {"length": _reward([])}, config, tmp_path, log=lambda _m: None)
-    cell = results["cells"]["length|s0"]
-    assert [c["prompts"] for c in cell["learning"]["calls"]] == [["0"], ["2"], ["0"], ["2"]]  # two passes
-    assert sorted(cell["learning"]["curve"], key=int) == ["0", "4"] and cell["memory"]["prompts"] == 4
-    full = [p["initial_U_norm"] for p in cell["eval"]["warm-2x1"]["prompts"]]
-    half = [p["initial_U_norm"] for p in cell["eval"]["warm-2x1@0.25"]["prompts"]]
-    assert all(h == pytest.approx(f / 2, rel=1e-4) and f > 0 for f, h in zip(full, half, strict=True))
+        run_memory_benchmark(tiny_lm, LEARN, TEST, {"length": _reward(calls)}, _config(num_samples=2), tmp_path,
+                             resume=True)  # fmt: skip
+    with pytest.raises(ValueError, match="disjoint"):
+        run_memory_benchmark(tiny_lm, LEARN, LEARN[:1], {"length": _reward(calls)}, _config(), tmp_path / "x")
 
 
 def test_memory_cli(tiny_lm, tmp_path, monkeypatch):
     from langchain_aisp.bench import cli
 
     (tmp_path / "rw.py").write_text("def short(prompt, response):\n    return -float(len(response))\n")
-    prompts = tmp_path / "prompts.jsonl"
-    prompts.write_text("\n".join(json.dumps({"id": p.id, "prompt": p.prompt}) for p in PROMPTS))
+    files = {}
+    for name, prompts in (("learn", LEARN), ("test", TEST)):
+        files[name] = tmp_path / f"{name}.jsonl"
+        files[name].write_text("\n".join(json.dumps({"id": p.id, "prompt": p.prompt}) for p in prompts))
     monkeypatch.setattr(cli, "_load_lm", lambda args: tiny_lm)
     out = tmp_path / "out"
-    argv = ["memory", "--prompts", str(prompts), "--reward", f"{tmp_path / 'rw.py'}:short", "--seeds", "1",
-            "--max-tokens", "3", "--learn-split", "2x1", "--learn-batch", "2", "--curve", "none",
-            "--methods", "cold-2x1,warm-2x1", "--signal", "control", "--no-coherence", "--out", str(out)]  # fmt: skip
+    argv = ["memory", "--learn-prompts", str(files["learn"]), "--test-prompts", str(files["test"]), "--reward",
+            f"{tmp_path / 'rw.py'}:short", "--seeds", "1", "--max-tokens", "3", "--samples", "2", "--curve", "0,1",
+            "--set", "strength=2", "--no-coherence", "--out", str(out)]  # fmt: skip
     assert cli.main(argv) == 0
-    assert set(load_memory_results(out)["cells"]["short|s0"]["eval"]) == {"cold-2x1", "warm-2x1"}
+    saved = load_memory_results(out)
+    assert saved["config"]["memory"] == {"strength": 2} and set(saved["cells"]["short|s0"]["curve"]) == {"0", "1"}
     (out / "summary.md").unlink()
     assert cli.main(["memory-report", "--out", str(out)]) == 0 and (out / "summary.md").exists()
-    assert cli.main([*argv[:-2], "--out", str(tmp_path / "x"), "--signal", "gradient"]) == 2
+    assert cli.main([*argv[:-2], "--out", str(tmp_path / "x"), "--set", "strength=-1"]) == 2
     assert cli.main([*argv[:-2], "--out", str(tmp_path / "y"), "--curve", "-1"]) == 2

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import uuid
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -18,6 +19,7 @@ from fastapi.testclient import TestClient  # noqa: E402
 
 from langchain_aisp.serve import AlignmentService, create_app  # noqa: E402
 from langchain_aisp.serve.cli import _parser, config_from_args  # noqa: E402
+from langchain_aisp.serve.config import ServeConfig  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
@@ -138,3 +140,52 @@ def test_openai_sdk_stream_with_usage_has_aisp_on_the_final_chunk(client):
         )
     )
     assert json.loads(without_usage[-1].model_dump_json())["aisp"]["samples"] == 4  # the last chunk here too
+
+
+def test_the_server_keeps_a_memory_per_reward_and_comes_back_warm(tiny_lm, tmp_path):
+    """--memory: one control memory per registered reward; --memory-dir: saved at shutdown, loaded at start."""
+    from langchain_aisp.serve.protocol import parse_chat_request
+
+    def ask(question: str, reward: str) -> Any:
+        body = {"model": "default", "messages": [{"role": "user", "content": question}], "seed": 0,
+                "aisp": {"reward": reward}}  # fmt: skip
+        return parse_chat_request(body)
+
+    def config() -> ServeConfig:
+        return ServeConfig(
+            rewards={"long": _long, "short": _short}, defaults={"num_samples": 4, "max_tokens": 4}, warmup=False,
+            memory=True, memory_dir=str(tmp_path / "memories"),
+        )  # fmt: skip
+
+    service = AlignmentService(config(), llm=tiny_lm)
+    service.start()
+    try:
+        for question in ("Say hi.", "Name a fruit.", "Count to 3."):
+            answer = service.run(ask(question, "long"), timeout=120)
+            assert answer.message.response_metadata["aisp"]["memory"]["own_rows"] == 1
+        service.run(ask("Say hi.", "short"), timeout=120)
+        memories = {name: model.control_memory for name, model in service._models.items()}
+        assert memories["long"].updates == 3 and memories["short"].updates == 1  # one memory per reward
+        assert memories["long"] is not memories["short"]
+    finally:
+        service.close()
+    saved = sorted(p.name for p in (tmp_path / "memories").iterdir())
+    assert saved == ["long.safetensors", "short.safetensors"]
+    again = AlignmentService(config(), llm=tiny_lm)
+    again.start()
+    try:
+        assert again._models["long"].control_memory.updates == 3  # a restart comes back warm
+        assert again._models["long"].control_memory.stats() == memories["long"].stats()
+    finally:
+        again.close()
+    with pytest.raises(ValueError, match="memory_dir keeps the control memories' profiles: it needs memory=True"):
+        ServeConfig(memory_dir=str(tmp_path))
+    assert config_from_args(_serve_args("--memory", "--memory-dir", "m")).memory_dir == "m"
+
+
+def _long(prompt: str, response: str) -> float:
+    return float(len(response))
+
+
+def _short(prompt: str, response: str) -> float:
+    return -float(len(response))

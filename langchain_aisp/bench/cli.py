@@ -11,8 +11,8 @@ Subcommands (``run`` is the default when none is given)::
     langchain-aisp-bench prefill [--prompt-tokens 1024] [--samples 8] [--tokens 32]
     langchain-aisp-bench report --out bench-results/
     langchain-aisp-bench threads [--models default,360m] [--thread-counts 1,all] [--loads 0,1] [--repeats 1]
-    langchain-aisp-bench memory [--reward sentiment,relevance] [--seeds 3] [--signal tokens] [--strength 0.5]
-                         [--methods bon-8x4,cold-8x4,warm-8x1,...] [--out bench-results/memory] [--resume]
+    langchain-aisp-bench memory [--reward sentiment,length,relevance] [--seeds 3] [--curve 0,8,16,32,64]
+                         [--samples 8] [--set strength=4] [--out bench-results/memory] [--resume]
     langchain-aisp-bench memory-report --out bench-results/memory
     langchain-aisp-bench screen [--reward relevance,sentiment] [--prompts FILE] [--designs position@0.02,...]
                          [--sigma 0.02] [--tau 32] [--controls 8] [--sampling-sets 4] [--out bench-results/screen]
@@ -247,39 +247,27 @@ def build_parser(command: str) -> argparse.ArgumentParser:
 
 
 def _memory_parser(prog: str) -> argparse.ArgumentParser:
-    from langchain_aisp.bench.memory_bench import DEFAULT_CURVE, DEFAULT_METHODS
+    from langchain_aisp.bench.memory_bench import DEFAULT_CURVE
 
     parser = argparse.ArgumentParser(
         prog=prog,
-        description="Control memory: learn on half of the prompts (online, warm-started calls), then compare "
-        "warm AISP with cold AISP and Best-of-N on the held-out half; learning curve on the way.",
+        description="Learning across calls (issue 27): a memory learns from a stream of default-method calls on "
+        "learning prompts; after 0, 8, ... learning calls it answers disjoint test prompts with the default method "
+        "and its samples, against the same call without a memory and against four times the samples.",
     )
-    parser.add_argument("--prompts", default=None, help="JSONL file of {id, prompt, context?} (default: shipped set)")
-    parser.add_argument("--limit-prompts", type=int, default=None, help="use only the first K prompts")
-    parser.add_argument("--reward", action="append", default=None, help="rewards (default sentiment,relevance)")
+    parser.add_argument("--learn-prompts", default=None, help="JSONL of learning prompts (default: the 48 shipped)")
+    parser.add_argument("--test-prompts", default=None, help="JSONL of test prompts (default: 24 shipped prompts)")
+    parser.add_argument("--reward", action="append", default=None,
+                        help="reward families: sentiment, length, relevance (default), subjectivity, complete, "
+                        "reference, or module:callable")  # fmt: skip
     parser.add_argument("--seeds", type=int, default=3, help="number of seeds (default 3)")
     parser.add_argument("--first-seed", type=int, default=0)
-    parser.add_argument("--max-tokens", type=int, default=32)
-    parser.add_argument("--learn-split", default="8x4", help="n x k of each learning call (default 8x4)")
-    parser.add_argument("--learn-batch", type=int, default=2, help="learning prompts per call (default 2)")
-    parser.add_argument("--learn-sigma", type=float, default=None, help="exploration sigma while learning")
-    parser.add_argument("--learn-passes", type=int, default=1, help="passes over the learning half (default 1)")
-    parser.add_argument("--curve", default=",".join(map(str, DEFAULT_CURVE)), help="learning-curve points (prompts)")
-    parser.add_argument("--curve-method", default="warm-8x1", help="method of the learning-curve evaluations")
-    parser.add_argument(
-        "--methods",
-        default=",".join(DEFAULT_METHODS),
-        help="held-out methods: bon-/cold-/warm-NxK, warm-NxK@S applies the memory at strength S",
-    )
-    parser.add_argument("--sigma", type=float, default=engine_config.DEFAULT_SIGMA)
-    parser.add_argument("--set", dest="extra", action="append", default=[], metavar="FIELD=VALUE",
-                        help="any other AISPParams field for every AISP run, e.g. --set control=shared")  # fmt: skip
-    parser.add_argument("--signal", default="tokens", help="memory signal: tokens (default) or control")
-    parser.add_argument("--strength", type=float, default=None, help="memory strength (tokens 5, control 1)")
-    parser.add_argument("--max-rms", type=float, default=0.25, help="cap on the warm start, x pre-logit RMS")
-    parser.add_argument("--warmup-prompts", type=int, default=8, help="full strength after this many prompts")
-    parser.add_argument("--shrink", action="store_true", help="scale the start by the estimated signal share")
-    parser.add_argument("--window", type=int, default=None, help="forget with an effective memory of K prompts")
+    parser.add_argument("--max-tokens", type=int, default=24)
+    parser.add_argument("--temperature", type=float, default=engine_config.DEFAULT_CHAT_TEMPERATURE)
+    parser.add_argument("--samples", type=int, default=8, help="samples per call (default 8; the reference has 4x)")
+    parser.add_argument("--curve", default=",".join(map(str, DEFAULT_CURVE)), help="learning calls before each test")
+    parser.add_argument("--set", dest="memory", action="append", default=[], metavar="FIELD=VALUE",
+                        help="a ControlMemory setting, e.g. --set strength=6 --set kl_budget=0.1")  # fmt: skip
     parser.add_argument("--max-batch-size", type=int, default=engine_config.DEFAULT_MAX_BATCH_SIZE)
     parser.add_argument("--no-coherence", action="store_true", help="skip the MiniLM coherence metric")
     parser.add_argument(
@@ -522,9 +510,9 @@ def _curve(text: str) -> tuple[int, ...]:
 
 
 def cmd_memory(args: argparse.Namespace) -> int:
-    from langchain_aisp.bench.memory_bench import MemoryBenchConfig, run_memory_benchmark
+    from langchain_aisp.bench.families import KINDS, family_rewards
+    from langchain_aisp.bench.memory_bench import MemoryBenchConfig, default_split, run_memory_benchmark
     from langchain_aisp.bench.prompts import load_prompts
-    from langchain_aisp.bench.runner import Split
     from langchain_aisp.bench.scorers import TextEmbedder, resolve_rewards
 
     if args.seeds < 1:
@@ -532,38 +520,33 @@ def cmd_memory(args: argparse.Namespace) -> int:
     config = MemoryBenchConfig(
         seeds=tuple(range(args.first_seed, args.first_seed + args.seeds)),
         max_tokens=args.max_tokens,
-        learn_split=Split.parse(args.learn_split),
-        learn_batch=args.learn_batch,
-        learn_passes=args.learn_passes,
-        learn_sigma=args.learn_sigma,
+        temperature=args.temperature,
+        num_samples=args.samples,
         curve=_curve(args.curve),
-        curve_method=args.curve_method,
-        methods=tuple(m.strip() for m in args.methods.split(",") if m.strip()),
-        sigma=args.sigma,
-        extra_params=tuple(_field_value(t) for t in args.extra),
-        signal=args.signal,
-        strength=args.strength,
-        max_rms=args.max_rms,
-        warmup_prompts=args.warmup_prompts,
-        shrink=args.shrink,
-        window=args.window,
+        memory=tuple(_field_value(t) for t in args.memory),
         max_batch_size=args.max_batch_size,
     )
-    prompts = load_prompts(args.prompts, args.limit_prompts)
-    rewards = resolve_rewards(_reward_specs(args.reward or ["sentiment,relevance"]))
+    learn, test = default_split()
+    if args.learn_prompts:
+        learn = load_prompts(args.learn_prompts)
+    if args.test_prompts:
+        test = load_prompts(args.test_prompts)
+    specs = _reward_specs(args.reward or ["sentiment,length,relevance"])
+    rewards = family_rewards([s for s in specs if s in KINDS], test)
+    rewards.update(resolve_rewards([s for s in specs if s not in KINDS]))
     lm = _load_lm(args)
-    out = Path(args.out)
     run_memory_benchmark(
         lm,
-        prompts,
+        learn,
+        test,
         rewards,
         config,
-        out,
+        Path(args.out),
         resume=args.resume,
         overwrite=args.overwrite,
         embedder=None if args.no_coherence else TextEmbedder(),
     )
-    print((out / "summary.md").read_text(encoding="utf-8"))
+    print(Path(args.out) / "summary.md")
     return 0
 
 

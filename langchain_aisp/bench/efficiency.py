@@ -7,12 +7,17 @@ not one run per N, and its figures carry little sampling noise. Each method unde
 Best-of-N with early rejection, any callable) runs at its own budget on the same prompt-seeds and
 reward. Per reward and method the report gives:
 
-* mean best reward +- standard error over prompt-seeds;
-* the **paired difference** method - BoN-32 (expected best of 32 from the pool) per prompt-seed:
-  mean +- SE, its t = mean / SE, and wins / ties / losses;
+* mean best reward +- standard error;
+* the **paired difference** method - BoN at the method's own budget (the expected best of that many pool
+  samples) per prompt-seed: mean +- SE, its t = mean / SE, and wins / ties / losses; and the difference
+  against BoN-32 (the earlier fixed reference);
 * **sample efficiency**: the BoN budget N' whose expected best (mean over prompt-seeds) equals the
   method's mean best, interpolated linearly in log N over N = 1..pool, divided by the method's budget
-  (``"> pool"`` when the method beats BoN-pool), with a paired bootstrap 95% interval over prompt-seeds;
+  (``"> pool"`` when the method beats BoN-pool), with a paired bootstrap 95% interval;
+
+Every standard error is **clustered by prompt** (:func:`~langchain_aisp.bench.text_stats.clustered_mean_se`)
+and the bootstrap resamples prompts with all their seeds: the seeds of one prompt share its difficulty, so
+treating them as independent understated the errors (by 1.02-1.33x on the issue-17 run).
 * **compute**: generated tokens per prompt (all of them: rejected partials included) and batched
   wall-clock per seed (all prompts in one call), against BoN-32's (from the pool: the tokens of its
   first 32 samples, and 32/pool of the pool's decoding time plus the reward's time on 32 samples);
@@ -55,6 +60,7 @@ from langchain_aisp.bench.scorers import TextEmbedder, engine_score
 from langchain_aisp.engine.aisp import PromptResult, ScoreFn, run
 from langchain_aisp.engine.config import AISPParams, SamplingParams
 from langchain_aisp.engine.lm import CausalLM
+from langchain_aisp.engine.selfcheck import expected_best_of
 from langchain_aisp.rewards import Reward
 
 RESULTS_FORMAT = "efficiency-1"
@@ -72,21 +78,6 @@ MethodFn = Callable[[CausalLM, Sequence[Sequence[int]], ScoreFn, SamplingParams,
 
 
 # --- the statistics (pure) ------------------------------------------------------------------------
-
-
-def expected_best_of(rewards: Sequence[float], n: int) -> float:
-    """Unbiased estimate of E[max of n draws] from a pool of M i.i.d. rewards (n <= M).
-
-    With the pool sorted ascending, r_(1) <= ... <= r_(M): E[max of n] = sum_j r_(j) C(j-1, n-1) / C(M, n),
-    the chance that r_(j) is the largest of a random n-subset of the pool. n = M gives the pool's max,
-    n = 1 its mean.
-    """
-    m = len(rewards)
-    if not 1 <= n <= m:
-        raise ValueError(f"n must be in [1, {m}] (the pool size), got {n}")
-    ordered = sorted(rewards)
-    total = math.comb(m, n)
-    return sum(ordered[j - 1] * (math.comb(j - 1, n - 1) / total) for j in range(n, m + 1))
 
 
 def bon_curve(rewards: Sequence[float], ns: Sequence[int]) -> list[float]:
@@ -112,8 +103,11 @@ def match_budget(ns: Sequence[int], curve: Sequence[float], value: float) -> flo
     return math.inf
 
 
-def mean_se(values: Sequence[float]) -> tuple[float, float]:
-    """Mean and its standard error (sample std / sqrt(count)); SE is NaN with fewer than two values."""
+def mean_se(values: Sequence[float], clusters: Sequence[object] | None = None) -> tuple[float, float]:
+    """Mean and its standard error: clustered by ``clusters`` (one label per value, e.g. the prompt id) when
+    given, else sample std / sqrt(count); SE is NaN with fewer than two values (clusters)."""
+    if clusters is not None:
+        return metrics.clustered_mean_se(values, clusters)
     return metrics.mean(values), metrics.std(values) / math.sqrt(len(values)) if len(values) > 1 else math.nan
 
 
@@ -125,17 +119,35 @@ def wins_ties_losses(diffs: Sequence[float], tolerance: float = metrics.TIE_TOLE
 
 
 def efficiency_interval(
-    curves: torch.Tensor, best: torch.Tensor, ns: Sequence[int], samples: int = BOOTSTRAP_SAMPLES, seed: int = 0
+    curves: torch.Tensor,
+    best: torch.Tensor,
+    ns: Sequence[int],
+    samples: int = BOOTSTRAP_SAMPLES,
+    seed: int = 0,
+    clusters: Sequence[object] | None = None,
 ) -> tuple[float, float]:
-    """Paired bootstrap 95% interval of N' over prompt-seeds.
+    """Paired bootstrap 95% interval of N'.
 
     curves (S, len(ns)) BoN's expected best per prompt-seed, best (S,) the method's; each resample
-    draws S prompt-seeds with replacement and matches the method's mean on BoN's mean curve.
+    draws the clusters (``clusters``: one label per prompt-seed, e.g. its prompt; default: each prompt-seed
+    its own) with replacement, all their prompt-seeds with them, and matches the method's mean on BoN's
+    mean curve.
     """
+    labels = list(range(best.shape[0])) if clusters is None else list(clusters)
+    groups: dict[object, list[int]] = {}
+    for i, label in enumerate(labels):
+        groups.setdefault(label, []).append(i)
+    members = list(groups.values())
+    size = max(len(m) for m in members)
+    table = torch.tensor([m + [-1] * (size - len(m)) for m in members])  # (G, size), -1 pads
     generator = torch.Generator().manual_seed(seed)
-    picks = torch.randint(0, best.shape[0], (samples, best.shape[0]), generator=generator)  # (B, S)
-    mean_curves = curves[picks].mean(dim=1)  # (B, len(ns))
-    means = best[picks].mean(dim=1)  # (B,)
+    picks = torch.randint(0, len(members), (samples, len(members)), generator=generator)  # (B, G)
+    rows = table[picks].flatten(1)  # (B, G * size)
+    valid = (rows >= 0).to(torch.float64)  # (B, G * size)
+    count = valid.sum(dim=1)  # (B,)
+    rows = rows.clamp_min(0)
+    mean_curves = (curves[rows] * valid[:, :, None]).sum(dim=1) / count[:, None]  # (B, len(ns))
+    means = (best[rows] * valid).sum(dim=1) / count  # (B,)
     values = sorted(match_budget(ns, c.tolist(), float(m)) for c, m in zip(mean_curves, means, strict=True))
     return values[int(0.025 * (samples - 1))], values[int(0.975 * (samples - 1))]
 
@@ -445,7 +457,7 @@ def summarize(results: Mapping[str, Any]) -> dict[str, Any]:
     seeds = [s for s in results["config"]["seeds"] if f"pool|s{s}" in cells]
     summary: dict[str, Any] = {"pool": pool, "seeds": seeds, "rewards": {}}
     for reward in results["rewards"]:
-        curves, bon32, tokens32, quality32, walls32 = [], [], [], [], []
+        curves, bon32, tokens32, quality32, walls32, prompt_ids = [], [], [], [], [], []
         for seed in seeds:
             cell = cells[f"pool|s{seed}"]
             share = REFERENCE_N / pool
@@ -453,13 +465,14 @@ def summarize(results: Mapping[str, Any]) -> dict[str, Any]:
             for entry in cell["prompts"]:
                 curve = bon_curve(entry["rewards"][reward], ns)
                 curves.append(curve)
+                prompt_ids.append(entry["id"])
                 bon32.append(curve[REFERENCE_N - 1])
                 tokens32.append(sum(entry["lengths"][:REFERENCE_N]))
                 quality32.append(entry["quality"][reward])
         curves_t = torch.tensor(curves, dtype=torch.float64)  # (S, pool)
         mean_curve = curves_t.mean(dim=0).tolist()
         bon: dict[str, Any] = {
-            "grid": {n: mean_se(curves_t[:, n - 1].tolist()) for n in grid},
+            "grid": {n: mean_se(curves_t[:, n - 1].tolist(), prompt_ids) for n in grid},
             "tokens_per_prompt_32": metrics.mean(tokens32),
             "wall_s_32": metrics.mean(walls32),
             "diversity_32": metrics.mean([_num(q["diversity"]) for q in quality32]),
@@ -472,32 +485,53 @@ def summarize(results: Mapping[str, Any]) -> dict[str, Any]:
                 continue
             entries = [e for k in keys for e in cells[k]["prompts"]]
             best = [float(e["best_reward"]) for e in entries]
-            diffs = [b - r for b, r in zip(best, bon32, strict=True)]
-            d_mean, d_se = mean_se(diffs)
-            n_prime = match_budget(ns, mean_curve, metrics.mean(best))
-            low, high = efficiency_interval(curves_t, torch.tensor(best, dtype=torch.float64), ns)
             budget = int(info["budget"])
             tokens = metrics.mean([float(e["generated_tokens"]) for e in entries])
             token_budget = tokens / (bon["tokens_per_prompt_32"] / REFERENCE_N)  # BoN samples with these tokens
+            efficiency = _efficiency(curves_t, best, ns, mean_curve, budget, prompt_ids)
             rows[name] = {
                 "budget": budget,
-                "best": mean_se(best),
-                "diff_vs_bon32": (d_mean, d_se),
-                "t": d_mean / d_se if d_se and d_se > 0 else math.nan,
-                "wins_ties_losses": wins_ties_losses(diffs),
-                "matched_n": n_prime,
-                "matched_n_95": (low, high),
-                "efficiency": n_prime / budget,
+                "best": mean_se(best, prompt_ids),
+                **_paired(best, [c[budget - 1] if budget <= pool else math.nan for c in curves], prompt_ids),
+                "diff_vs_bon32": mean_se([b - r for b, r in zip(best, bon32, strict=True)], prompt_ids),
+                **efficiency,
                 "token_budget": token_budget,
-                "compute_efficiency": n_prime / token_budget,
+                "compute_efficiency": efficiency["matched_n"] / token_budget,
                 "tokens_per_prompt": tokens,
                 "wall_s": metrics.mean([float(cells[k]["wall_s"]) for k in keys]),
                 "diversity": metrics.mean([_num(e["diversity"]) for e in entries]),
                 "coherence": metrics.mean([_num(e["coherence"]) for e in entries]),
-                "pairs": len(diffs),
+                "pairs": len(best),
+                "prompts": len(set(prompt_ids)),
             }
         summary["rewards"][reward] = {"bon": bon, "methods": rows}
     return summary
+
+
+def _paired(best: Sequence[float], bon: Sequence[float], clusters: Sequence[object]) -> dict[str, Any]:
+    """The method's best minus BoN's expected best at the method's own budget, per prompt-seed (clustered SE)."""
+    diffs = [b - r for b, r in zip(best, bon, strict=True)]
+    if any(math.isnan(d) for d in diffs):  # a budget above the pool: no BoN reference at it
+        return {"diff_vs_bon_budget": (math.nan, math.nan), "t": math.nan, "wins_ties_losses": (0, 0, 0)}
+    d_mean, d_se = mean_se(diffs, clusters)
+    return {
+        "diff_vs_bon_budget": (d_mean, d_se),
+        "t": d_mean / d_se if d_se and d_se > 0 else math.nan,
+        "wins_ties_losses": wins_ties_losses(diffs),
+    }
+
+
+def _efficiency(
+    curves: torch.Tensor,
+    best: Sequence[float],
+    ns: Sequence[int],
+    mean_curve: Sequence[float],
+    budget: int,
+    clusters: Sequence[object],
+) -> dict[str, Any]:
+    n_prime = match_budget(ns, mean_curve, metrics.mean(best))
+    interval = efficiency_interval(curves, torch.tensor(best, dtype=torch.float64), ns, clusters=clusters)
+    return {"matched_n": n_prime, "matched_n_95": interval, "efficiency": n_prime / budget}
 
 
 def _num(value: float | None) -> float:
@@ -515,7 +549,8 @@ def markdown(summary: Mapping[str, Any], model: str = "") -> str:
     lines = [f"# Sample efficiency against Best-of-N{f' ({model})' if model else ''}", ""]
     lines.append(
         f"Seeds {summary['seeds']}; BoN from one pool of {pool} samples per prompt-seed (expected best of N); "
-        f"differences are paired per prompt-seed against BoN-{REFERENCE_N}; mean +- standard error. "
+        "differences are paired per prompt-seed against BoN at the method's own budget (and against "
+        f"BoN-{REFERENCE_N}); mean +- standard error clustered by prompt (the bootstrap resamples prompts). "
         "N': the BoN budget whose expected best equals the method's mean best (log-N interpolation, bootstrap "
         "95% interval); N'/budget: sample efficiency (samples started); N'/token budget: the same per generated "
         f"token (the token budget is the number of BoN samples with the method's tokens). BoN-{REFERENCE_N}'s "
@@ -528,12 +563,13 @@ def markdown(summary: Mapping[str, Any], model: str = "") -> str:
         lines.append("| expected best | " + " | ".join(f"{m:.4f} +- {s:.4f}" for m, s in bon["grid"].values()) + " |")
         lines += [
             "",
-            "| method | budget | best | diff vs BoN-32 | t | W/T/L | N' (95% CI) | N'/budget | N'/token budget "
-            "| tokens/prompt (x BoN-32) | wall s/seed (x BoN-32) | diversity (BoN-32) | coherence (BoN-32) |",
-            "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+            "| method | budget | best | diff vs BoN at its budget | t | W/T/L | diff vs BoN-32 | N' (95% CI) "
+            "| N'/budget | N'/token budget | tokens/prompt (x BoN-32) | wall s/seed (x BoN-32) | diversity (BoN-32) "
+            "| coherence (BoN-32) |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         for name, row in data["methods"].items():
-            (b, b_se), (d, d_se) = row["best"], row["diff_vs_bon32"]
+            (b, b_se), (d, d_se), (d32, d32_se) = row["best"], row["diff_vs_bon_budget"], row["diff_vs_bon32"]
             low, high = row["matched_n_95"]
             eff, ceff = (
                 (f"> {pool / row['budget']:.2f}", f"> {pool / row['token_budget']:.2f}")
@@ -542,7 +578,8 @@ def markdown(summary: Mapping[str, Any], model: str = "") -> str:
             )
             lines.append(
                 f"| {name} | {row['budget']} | {b:.4f} +- {b_se:.4f} | {d:+.4f} +- {d_se:.4f} | {row['t']:+.1f} "
-                f"| {'/'.join(map(str, row['wins_ties_losses']))} | {_n(row['matched_n'], pool)} "
+                f"| {'/'.join(map(str, row['wins_ties_losses']))} | {d32:+.4f} +- {d32_se:.4f} "
+                f"| {_n(row['matched_n'], pool)} "
                 f"({_n(low, pool)}-{_n(high, pool)}) | {eff} | {ceff} "
                 f"| {row['tokens_per_prompt']:.0f} ({row['tokens_per_prompt'] / bon['tokens_per_prompt_32']:.2f}) "
                 f"| {row['wall_s']:.1f} ({row['wall_s'] / bon['wall_s_32']:.2f}) "

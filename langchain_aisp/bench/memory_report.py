@@ -1,6 +1,8 @@
 """Tables and the learning-curve plot of a memory benchmark (``langchain-aisp-bench memory``).
 
-Reads ``results.json`` only: ``langchain-aisp-bench memory-report --out DIR`` rebuilds them.
+Reads ``results.json`` only: ``langchain-aisp-bench memory-report --out DIR`` rebuilds them. Every figure is a
+mean over (test prompt, seed) pairs with its standard error clustered by prompt; every difference is paired
+(the same prompt and seed, the same token-sampling uniforms on the shared rows).
 """
 
 from __future__ import annotations
@@ -15,174 +17,186 @@ from langchain_aisp.bench import text_stats
 
 SUMMARY_MD = "summary.md"
 PLOT_CURVE = "learning_curve.png"
-
-
-def _num(value: Any) -> float:
-    return math.nan if value is None else float(value)
+QUALITY = ("loglik", "diversity", "coherence")
 
 
 def _cells(results: dict[str, Any], reward: str) -> list[dict[str, Any]]:
-    cells = [c for c in results.get("cells", {}).values() if c.get("reward") == reward]
+    cells = [c for c in results.get("cells", {}).values() if c.get("reward") == reward and "baseline" in c]
     return sorted(cells, key=lambda c: c["seed"])
 
 
-def _per_seed(cells: Sequence[dict[str, Any]], method: str, key: str) -> list[list[float]]:
-    return [[_num(p[key]) for p in c["eval"][method]["prompts"]] for c in cells if method in c.get("eval", {})]
+Pick = Callable[[dict[str, Any]], "dict[str, Any] | None"]
 
 
-def _fmt(mean: float, std: float) -> str:
+def _flat(cells: Sequence[dict[str, Any]], pick: Pick, key: str) -> list[float] | None:
+    records = [pick(c) for c in cells]
+    if any(r is None for r in records):
+        return None
+    return [math.nan if v is None else float(v) for r in records if r is not None for v in r[key]]
+
+
+def _clusters(results: dict[str, Any], cells: Sequence[dict[str, Any]]) -> list[str]:
+    return [pid for _ in cells for pid in results["test_ids"]]
+
+
+def _ms(values: Sequence[float], clusters: Sequence[str]) -> tuple[float, float]:
+    return text_stats.clustered_mean_se(values, clusters)
+
+
+def _fmt(pair: tuple[float, float], sign: bool = False) -> str:
+    mean, se = pair
     if math.isnan(mean):
         return "-"
-    return f"{mean:.3f}" if math.isnan(std) else f"{mean:.3f} ± {std:.3f}"
+    body = f"{mean:+.3f}" if sign else f"{mean:.3f}"
+    return body if math.isnan(se) else f"{body} ± {se:.3f}"
 
 
-def _paired(cells: Sequence[dict[str, Any]], a: str, b: str) -> tuple[list[float], list[float]]:
-    xs: list[float] = []
-    ys: list[float] = []
-    for cell in cells:
-        ev = cell.get("eval", {})
-        if a in ev and b in ev:
-            xs += [_num(p["best_reward"]) for p in ev[a]["prompts"]]
-            ys += [_num(p["best_reward"]) for p in ev[b]["prompts"]]
-    return xs, ys
+def _t(pair: tuple[float, float]) -> float:
+    mean, se = pair
+    return mean / se if se and se > 0 else math.nan
 
 
-def method_table(results: dict[str, Any], reward: str) -> list[str]:
+def _cross_diversity(cells: Sequence[dict[str, Any]], pick: Pick) -> float:
+    """Distinct n-grams across the chosen answers of one seed's test prompts, averaged over seeds."""
+    values = [text_stats.diversity(r["texts"]) for c in cells if (r := pick(c)) is not None]
+    return text_stats.mean(values)
+
+
+def _baseline(name: str) -> Pick:
+    return lambda cell: cell["baseline"][name]
+
+
+def _point(key: str) -> Pick:
+    return lambda cell: cell["curve"].get(key)
+
+
+def family_summary(results: dict[str, Any], reward: str) -> dict[str, Any]:
+    """The figures of one reward: baselines, the curve, the targets' inputs."""
     cells = _cells(results, reward)
-    methods = list(dict.fromkeys(m for c in cells for m in c.get("eval", {})))
-    lines = [
-        "| method | seeds | best reward | first-round mean | diversity | coherence | warm start norm | wall s |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
-    for m in methods:
-        best = text_stats.seed_mean_std(_per_seed(cells, m, "best_reward"))
-        first = text_stats.seed_mean_std(_per_seed(cells, m, "first_mean"))
-        div = text_stats.mean([v for s in _per_seed(cells, m, "diversity") for v in s])
-        coh = text_stats.mean([v for s in _per_seed(cells, m, "coherence") for v in s])
-        norm = text_stats.mean([v for s in _per_seed(cells, m, "initial_U_norm") for v in s])
-        wall = text_stats.mean([c["eval"][m]["wall_s"] for c in cells if m in c["eval"]])
-        seeds = sum(1 for c in cells if m in c["eval"])
-        lines.append(
-            f"| {m} | {seeds} | {_fmt(*best)} | {_fmt(*first)} | {div:.3f} | {coh:.3f} | {norm:.3f} | {wall:.0f} |"
-        )
-    return lines
+    if not cells:
+        return {}
+    n = int(results["config"]["num_samples"])
+    clusters = _clusters(results, cells)
+    cold, ref = f"cold-{n}", f"cold-{4 * n}"
+    summary: dict[str, Any] = {"seeds": len(cells), "prompts": len(results["test_ids"]), "rows": {}}
 
+    def row(pick: Pick) -> dict[str, Any] | None:
+        best = _flat(cells, pick, "best")
+        if best is None:
+            return None
+        out: dict[str, Any] = {"best": _ms(best, clusters)}
+        for base in (cold, ref):
+            base_best = _flat(cells, _baseline(base), "best")
+            assert base_best is not None
+            out[f"vs {base}"] = _ms([a - b for a, b in zip(best, base_best, strict=True)], clusters)
+        for key in QUALITY:
+            values = _flat(cells, pick, key)
+            out[key] = text_stats.mean([v for v in values or [] if not math.isnan(v)])
+        out["cross_diversity"] = _cross_diversity(cells, pick)
+        return out
 
-def targets(results: dict[str, Any], reward: str) -> list[str]:
-    """The issue's targets, each with its figures and met / not met."""
-    cells = _cells(results, reward)
-    out: list[str] = []
-
-    def mean_of(method: str, key: str = "best_reward") -> float:
-        return text_stats.seed_mean_std(_per_seed(cells, method, key))[0]
-
-    bon32 = mean_of("bon-8x4")
-    for warm8 in ("warm-8x1", "warm-4x2"):
-        value = mean_of(warm8)
-        if not (math.isnan(value) or math.isnan(bon32)):
-            verdict = "met" if value >= bon32 else "not met"
-            out.append(f"- {warm8} ({value:.3f}) >= BoN-32 ({bon32:.3f}): {verdict} ({value - bon32:+.3f})")
-    warm32, cold32 = mean_of("warm-8x4"), mean_of("cold-8x4")
-    if not (math.isnan(warm32) or math.isnan(cold32)):
-        xs, ys = _paired(cells, "warm-8x4", "cold-8x4")
-        out.append(
-            f"- warm-8x4 - cold-8x4 = {warm32 - cold32:+.3f} (target >= +0.03 on sentiment, >= 0 on relevance); "
-            f"paired win rate {text_stats.win_rate(xs, ys):.0%}"
-        )
-    bon_div, bon_coh = mean_of("bon-8x4", "diversity"), mean_of("bon-8x4", "coherence")
-    for warm in ("warm-8x1", "warm-4x2", "warm-8x4"):
-        div, coh = mean_of(warm, "diversity"), mean_of(warm, "coherence")
-        if math.isnan(div) or math.isnan(bon_div):
+    for name in (cold, ref):
+        summary["rows"][name] = row(_baseline(name))
+    points = sorted({int(k) for c in cells for k in c["curve"]})
+    for point in points:
+        key = str(point)
+        entry = row(_point(key))
+        if entry is None:
             continue
-        ref = (
-            "bon-8x1"
-            if warm.endswith(("8x1", "4x2")) and not math.isnan(mean_of("bon-8x1", "diversity"))
-            else "bon-8x4"
-        )
-        ref_div, ref_coh = mean_of(ref, "diversity"), mean_of(ref, "coherence")
-        rel_div = (div - ref_div) / ref_div if ref_div else math.nan
-        rel_coh = (coh - ref_coh) / abs(ref_coh) if ref_coh else math.nan
-        ok = abs(rel_div) <= 0.05 and rel_coh >= -0.05
-        out.append(
-            f"- {warm} text quality vs {ref} (same number of samples): diversity {div:.3f} vs {ref_div:.3f} "
-            f"({rel_div:+.1%}), coherence {coh:.3f} vs {ref_coh:.3f} ({rel_coh:+.1%}): "
-            f"{'within 5%' if ok else 'NOT within 5%'}"
-        )
-    del bon_coh
+        records = [c["curve"][key] for c in cells]
+        memory = [r.get("memory", {}) for r in records]
+        entry["level"] = text_stats.mean([float(m.get("level", 0.0)) for m in memory])
+        calls = [r.get("call") for r in records]  # the call's own strength (nats); absent in the first runs' records
+        entry["strength"] = text_stats.mean([float(c["strength"]) for c in calls if c]) if all(calls) else math.nan
+        entry["kl_estimate"] = text_stats.mean([float(m.get("kl", 0.0)) for m in memory])
+        measured = [float(r["kl_measured"]) for r in records if "kl_measured" in r]
+        entry["kl_measured"] = text_stats.mean(measured) if measured else math.nan
+        gaps = [a - b for r in records for a, b in zip(r["learned_mean"], r["own_mean"], strict=True)]
+        entry["learned_minus_own_mean"] = _ms(gaps, clusters) if gaps else (math.nan, math.nan)
+        entry["wall_s"] = text_stats.mean([float(r["wall_s"]) for r in records])
+        summary["rows"][f"warm after {point}"] = entry
+    return summary
+
+
+def _quality_change(row: dict[str, Any], base: dict[str, Any]) -> list[str]:
+    out = []
+    for key in QUALITY:
+        if math.isnan(row[key]) or math.isnan(base[key]) or base[key] == 0:
+            continue
+        out.append(f"{key} {100 * (row[key] - base[key]) / abs(base[key]):+.1f}%")
     return out
 
 
-def curve_rows(results: dict[str, Any], reward: str) -> list[tuple[int, float, float, float, float]]:
-    """(learning prompts, held-out best mean, std over seeds, first-round mean, warm start rms / pre-logit rms)."""
-    cells = [c for c in _cells(results, reward) if "learning" in c]
-    points = sorted({int(p) for c in cells for p in c["learning"]["curve"]})
-    rows = []
-    for p in points:
-        per_seed = [
-            [_num(x["best_reward"]) for x in c["learning"]["curve"][str(p)]["prompts"]]
-            for c in cells
-            if str(p) in c["learning"]["curve"]
-        ]
-        first = [
-            [_num(x["first_mean"]) for x in c["learning"]["curve"][str(p)]["prompts"]]
-            for c in cells
-            if str(p) in c["learning"]["curve"]
-        ]
-        rel = text_stats.mean(
-            [
-                _num(c["learning"]["curve"][str(p)]["memory"].get("start_rms_over_prelogit_rms"))
-                for c in cells
-                if str(p) in c["learning"]["curve"]
-            ]
-        )
-        mean, std = text_stats.seed_mean_std(per_seed)
-        rows.append((p, mean, std, text_stats.seed_mean_std(first)[0], rel))
-    return rows
+def _verdict(diff: tuple[float, float]) -> str:
+    t = _t(diff)
+    if t > 2:
+        return "learning is real (> 2 SE)"
+    return "does not hurt (> -1 SE)" if t > -1 else "HURTS (< -1 SE)"
 
 
-def memory_lines(results: dict[str, Any], reward: str) -> list[str]:
-    cells = [c for c in _cells(results, reward) if "memory" in c]
-    if not cells:
+def targets(summary: dict[str, Any], n: int) -> list[str]:
+    """The issue's targets for one reward, at the last curve point (fixed in advance: no picking the best one)."""
+    warm = [k for k in summary["rows"] if k.startswith("warm after ")]
+    if not warm:
         return []
-    rel = text_stats.mean([_num(c["memory"].get("start_rms_over_prelogit_rms")) for c in cells])
-    norm = text_stats.mean([_num(c["memory"].get("start_norm")) for c in cells])
-    share = text_stats.mean([_num(c["memory"].get("signal_share")) for c in cells])
-    sigma = _num(results["config"].get("sigma"))
-    return [
-        f"- learned warm start: norm {norm:.3f}, RMS per coordinate {rel:.4f} x the pre-logit RMS "
-        f"({rel / sigma:.1f} x sigma = {sigma}); estimated signal share rho {share:.2f}"
-        if sigma
-        else f"- learned warm start: norm {norm:.3f}, RMS {rel:.4f} x pre-logit RMS"
+    last = summary["rows"][warm[-1]]
+    cold, ref = summary["rows"][f"cold-{n}"], summary["rows"][f"cold-{4 * n}"]
+    vs_ref, vs_cold = last[f"vs cold-{4 * n}"], last[f"vs cold-{n}"]
+    lines = [
+        f"- {warm[-1]} calls, warm-{n} - cold-{4 * n}: {_fmt(vs_ref, True)} (t {_t(vs_ref):+.1f}): "
+        f"{'at least as good' if vs_ref[0] >= 0 else 'below'}",
+        f"- warm-{n} - cold-{n} (equal samples): {_fmt(vs_cold, True)} (t {_t(vs_cold):+.1f}): {_verdict(vs_cold)}",
+        f"- text quality of the chosen answers vs cold-{4 * n}: "
+        + ", ".join(_quality_change(last, ref))
+        + f"; vs cold-{n}: "
+        + ", ".join(_quality_change(last, cold)),
     ]
+    return lines
 
 
 def summary_markdown(results: dict[str, Any]) -> str:
     config = results["config"]
-    rewards = list(dict.fromkeys(c["reward"] for c in results.get("cells", {}).values()))
+    n = int(config["num_samples"])
     lines = [
-        f"# Control memory: {results['meta']['model']}, {len(results['learn_ids'])} learning / "
-        f"{len(results['held_ids'])} held-out prompts",
+        f"# Learning across calls: {results['meta'].get('model', '')}",
         "",
-        f"signal {config['signal']}, strength {config['strength']}, max_rms {config['max_rms']}, warm-up "
-        f"{config.get('warmup_prompts')} prompts, shrink {config.get('shrink')}, window "
-        f"{config['window']}; learning {config['learn_split']} x {config['learn_batch']} prompts per call, "
-        f"learn sigma {config['learn_sigma'] or config['sigma']}; sigma {config['sigma']}; "
-        f"extra {config['extra_params']}; "
-        f"{config['max_tokens']} tokens; seeds {config['seeds']}",
+        f"{len(results['learn_ids'])} learning prompts, {len(results['test_ids'])} disjoint test prompts; "
+        f"{config['max_tokens']} tokens, temperature {config['temperature']}; memory settings "
+        f"{config['memory'] or 'default'}. Mean ± SE clustered by test prompt over the seeds; differences paired per "
+        f"prompt and seed. cold-{n}: the default method with {n} samples and no memory (the first {n} rows of "
+        f"cold-{4 * n}, the same uniforms as the warm calls' rows); warm after c: the same call with the memory "
+        "frozen after c learning calls. loglik: base model's log-likelihood per token of the chosen answer (T = 1); "
+        "diversity: distinct n-grams within it; cross-div.: distinct n-grams across a seed's chosen answers; "
+        "KL: per-token KL of the learned rows' proposal from the model's (estimate the memory steers by / measured "
+        "along the learned rows' answers).",
     ]
-    for reward in rewards:
-        lines += ["", f"## {reward}", "", *method_table(results, reward), "", *targets(results, reward)]
-        lines += memory_lines(results, reward)
-        rows = curve_rows(results, reward)
-        if rows:
-            lines += [
-                "",
-                f"Learning curve ({config['curve_method']} on the held-out half):",
-                "",
-                "| learning prompts | held-out best | first-round mean | warm start RMS / pre-logit RMS |",
-                "|---|---|---|---|",
-            ]
-            lines += [f"| {p} | {_fmt(m, s)} | {f:.3f} | {r:.4f} |" for p, m, s, f, r in rows]
+    for reward in dict.fromkeys(c["reward"] for c in results.get("cells", {}).values()):
+        summary = family_summary(results, reward)
+        if not summary:
+            continue
+        lines += [
+            "",
+            f"## {reward} ({summary['seeds']} seeds x {summary['prompts']} prompts)",
+            "",
+            f"| method | best | vs cold-{n} | vs cold-{4 * n} | loglik | diversity | coherence | cross-div. | level "
+            "| strength (nats) | KL est. / measured | learned - own mean |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        ]
+        for name, row in summary["rows"].items():
+            if row is None:
+                continue
+            extra = (
+                f"| {row['level']:.3f} | {row['strength']:.2f} | {row['kl_estimate']:.3f} / {row['kl_measured']:.3f} "
+                f"| {_fmt(row['learned_minus_own_mean'], True)} |"
+                if "level" in row
+                else "| | | | |"
+            )
+            lines.append(
+                f"| {name} | {_fmt(row['best'])} | {_fmt(row[f'vs cold-{n}'], True)} | "
+                f"{_fmt(row[f'vs cold-{4 * n}'], True)} | {row['loglik']:.3f} | {row['diversity']:.3f} "
+                f"| {row['coherence']:.3f} | {row['cross_diversity']:.3f} " + extra
+            )
+        lines += ["", *targets(summary, n)]
     return "\n".join(lines) + "\n"
 
 
@@ -194,28 +208,26 @@ def plot_curve(results: dict[str, Any], path: Path) -> Path | None:
     matplotlib.use("Agg", force=True)
     import matplotlib.pyplot as plt
 
-    rewards = list(dict.fromkeys(c["reward"] for c in results.get("cells", {}).values()))
-    rewards = [r for r in rewards if curve_rows(results, r)]
+    n = int(results["config"]["num_samples"])
+    rewards = [r for r in dict.fromkeys(c["reward"] for c in results.get("cells", {}).values())]
+    summaries = {r: family_summary(results, r) for r in rewards}
+    rewards = [r for r in rewards if summaries[r]]
     if not rewards:
         return None
     fig, axes = plt.subplots(1, len(rewards), figsize=(5.2 * len(rewards), 4.2), squeeze=False)
-    method = results["config"]["curve_method"]
     for ax, reward in zip(axes[0], rewards, strict=True):
-        rows = curve_rows(results, reward)
-        xs = [r[0] for r in rows]
-        ax.errorbar(xs, [r[1] for r in rows], yerr=[0 if math.isnan(r[2]) else r[2] for r in rows], marker="o",
-                    label=f"{method} best (warm)", capsize=3)  # fmt: skip
-        ax.plot(xs, [r[3] for r in rows], marker=".", linestyle=":", label=f"{method} first-round mean")
-        cells = _cells(results, reward)
-        for ref, style in (("bon-8x1", "--"), ("bon-8x4", "-."), ("cold-8x4", ":")):
-            value = text_stats.seed_mean_std(_per_seed(cells, ref, "best_reward"))[0]
-            if not math.isnan(value):
-                ax.axhline(value, linestyle=style, color="grey", linewidth=1)
-                ax.annotate(ref, (xs[-1], value), fontsize=8, ha="right", va="bottom", color="grey")
+        rows = summaries[reward]["rows"]
+        warm = [(int(k.rsplit(" ", 1)[1]), v) for k, v in rows.items() if k.startswith("warm after ") and v]
+        xs = [x for x, _ in warm]
+        means = [v["best"][0] for _, v in warm]
+        errors = [v["best"][1] for _, v in warm]
+        ax.errorbar(xs, means, yerr=errors, marker="o", capsize=3, label=f"warm, {n} samples")
+        for name, style in ((f"cold-{n}", ":"), (f"cold-{4 * n}", "--")):
+            ax.axhline(rows[name]["best"][0], linestyle=style, color="grey", label=f"{name} (no memory)")
         ax.set_title(reward)
-        ax.set_xlabel("learning prompts folded into the memory")
-        ax.set_ylabel("held-out reward")
-        ax.legend(fontsize=8, loc="lower right")
+        ax.set_xlabel("learning calls")
+        ax.set_ylabel("test reward (mean best)")
+        ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -225,10 +237,12 @@ def plot_curve(results: dict[str, Any], path: Path) -> Path | None:
 def write_memory_report(
     results: dict[str, Any], out_dir: str | Path, log: Callable[[str], None] | None = None
 ) -> list[Path]:
+    """Write ``summary.md`` and ``learning_curve.png`` next to ``results.json``."""
     say = log or (lambda message: print(message, file=sys.stderr))
     out = Path(out_dir)
-    written = [out / SUMMARY_MD]
-    written[0].write_text(summary_markdown(results), encoding="utf-8")
+    md = out / SUMMARY_MD
+    md.write_text(summary_markdown(results), encoding="utf-8")
+    written = [md]
     plot = plot_curve(results, out / PLOT_CURVE)
     if plot is not None:
         written.append(plot)

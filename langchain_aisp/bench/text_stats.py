@@ -9,6 +9,8 @@ Definitions (also in docs/benchmarks.md):
   An n with no n-gram at all contributes a factor 1. 1.0 means no repeated n-gram.
 * **win rate** of A over B: over paired items, the fraction where A > B, ties counting 1/2.
 * **best so far**: per iteration j, the best reward among the samples of iterations 1..j.
+* **clustered standard error** of a mean over prompt-seeds: the seeds of one prompt share the prompt's
+  difficulty and are not independent, so the statistical unit is the prompt (:func:`clustered_mean_se`).
 """
 
 from __future__ import annotations
@@ -112,3 +114,24 @@ def mean_curves(curves: Sequence[Sequence[float]]) -> list[float]:
     if any(len(c) != length for c in curves):
         raise ValueError(f"curves must have equal lengths, got {sorted({len(c) for c in curves})}")
     return [mean([c[i] for c in curves]) for i in range(length)]
+
+
+def clustered_mean_se(values: Sequence[float], clusters: Sequence[object]) -> tuple[float, float]:
+    """Mean of ``values`` and its standard error clustered by ``clusters`` (e.g. the prompt of each prompt-seed).
+
+    The cluster-robust (CR1) variance of a mean: ``G / (G - 1) * sum_g (sum_{i in g} (v_i - mean))^2 / N^2``
+    over G clusters and N values. With equal cluster sizes it equals the standard error of the cluster means
+    (``std(cluster means) / sqrt(G)``); with one value per cluster, the ordinary standard error. NaN with fewer
+    than two clusters.
+    """
+    if len(values) != len(clusters):
+        raise ValueError(f"values and clusters must be equally long, got {len(values)} and {len(clusters)}")
+    m = mean(values)
+    sums: dict[object, float] = {}
+    for value, cluster in zip(values, clusters, strict=True):
+        sums[cluster] = sums.get(cluster, 0.0) + (value - m)
+    groups = len(sums)
+    if groups < 2:
+        return m, math.nan
+    variance = groups / (groups - 1) * sum(s * s for s in sums.values()) / len(values) ** 2
+    return m, math.sqrt(variance)

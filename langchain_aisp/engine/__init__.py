@@ -7,7 +7,7 @@
 - :mod:`~langchain_aisp.engine.decode`: the decode paths (eager, static/CUDA-graph) and the choice between them.
 - :mod:`~langchain_aisp.engine.importance`: the importance-sampling math (weights, ESS, lambda, the mean update).
 - :mod:`~langchain_aisp.engine.aisp`: the AISP / Best-of-N loop, ``run``.
-- :mod:`~langchain_aisp.engine.memory`: the control memory (warm-starting U across calls).
+- :mod:`~langchain_aisp.engine.memory`: the control memory (a self-checking proposal learned across calls).
 - :mod:`~langchain_aisp.engine.default_model`: the embedded SmolLM2-135M-Instruct.
 - :mod:`~langchain_aisp.engine.threads`: the CPU thread-count policy.
 

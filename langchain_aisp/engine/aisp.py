@@ -70,6 +70,8 @@ def run(
     constraints: Sequence[Constraint | None] | None = None,
     deadline: float | Sequence[float | None] | None = None,
     decode_fn: DecodeFn | None = None,
+    row_shift: torch.Tensor | None = None,
+    row_temperature: torch.Tensor | None = None,
 ) -> list[PromptResult]:
     """Align one response per prompt; returns one :class:`PromptResult` per prompt, in order.
 
@@ -91,6 +93,14 @@ def run(
 
     ``initial_U`` (AISP only) is the starting mean of U instead of zero: shape
     :func:`control_shape` (steps, d) for every prompt, or (len(prompts), steps, d) one per prompt.
+
+    ``row_shift`` (any method) shifts each sample row's control by a fixed vector at every decoded
+    position: shape (num_samples, width) for every prompt, or (len(prompts), num_samples, width); width is
+    the hidden size for the pre-logit controls (Best-of-N included), the control's width for the logit
+    controls. Row i of every iteration gets shift i; the importance weights and U's update do not see it.
+    A learned proposal (:mod:`langchain_aisp.engine.memory`) puts it on some rows and leaves others at zero.
+    ``row_temperature`` (pre-logit controls) gives each row a log-temperature offset on top of the sampling
+    temperature: shape (num_samples,) or (len(prompts), num_samples); such a run decodes on the eager path.
 
     ``constraints`` (one per prompt, None = free text) constrain every sample of a prompt to
     its grammar.
@@ -124,7 +134,10 @@ def run(
         )
     if decode_fn is None:
         decode_fn = select_decode(lm, decoding)[0]  # every path takes the constraints and the deadline
-    group = DecodeGroup(lm, params, sampling, max_batch_size=max_batch_size, decode_fn=decode_fn)
+    group = DecodeGroup(
+        lm, params, sampling, max_batch_size=max_batch_size, decode_fn=decode_fn,
+        row_temperature=row_temperature is not None,
+    )  # fmt: skip
     request = group.request(
         prompts,
         score,
@@ -135,6 +148,8 @@ def run(
         initial_U=initial_U,
         constraints=constraints,
         deadline=deadline,
+        row_shift=row_shift,
+        row_temperature=row_temperature,
     )
     group.add(request)
     while not request.finished:

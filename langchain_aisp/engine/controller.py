@@ -26,8 +26,10 @@ from langchain_aisp.engine.importance import (
     effective_sample_size,
     importance_weights,
     lambda_for_ess,
+    mean_step,
+    signal_share,
+    step_null,
     token_direction,
-    update_mean,
 )
 from langchain_aisp.engine.lm import CausalLM
 from langchain_aisp.engine.logit_control import LOGIT_CONTROLS, LogitControl, control_width
@@ -57,6 +59,9 @@ class PromptResult:
     """Lambda used for the weights, per iteration."""
     u_norms: list[float] = field(default_factory=list)
     """Frobenius norm of U after each iteration's update."""
+    signal_shares: list[float] = field(default_factory=list)
+    """Per iteration, the share of the update's step that was signal rather than noise, by which the step was
+    scaled (:func:`~langchain_aisp.engine.importance.signal_share`; 0 for Best-of-N and sampling)."""
     timed_out: bool = False
     """Its deadline stopped it before all iterations were done (this is the best so far)."""
     error: RewardError | RunTimeoutError | None = None
@@ -76,6 +81,10 @@ class PromptResult:
     U_mass: torch.Tensor | None = None
     """Importance mass behind each row of ``U`` (steps,), summed over iterations: sum_i w_i over the samples
     that reached the position (0 where no sample did, and U kept its starting value)."""
+    memory: dict[str, float] | None = None
+    """How a call with a :class:`~langchain_aisp.engine.memory.ControlMemory` sampled (``run_with_memory``): its
+    ``own_rows`` (from the model's proposal, first), the self-check's ``level``, the learned rows' ``strength``
+    (largest logit boost, nats; 0: not steered) and the estimated per-token ``kl``. None without a memory."""
     batch_prompts: int = 0
     """The most prompts that shared a decode batch with this one (itself included), over its iterations."""
     decoding: str = ""
@@ -121,14 +130,22 @@ class Plan:
     """(vocab, d) the LM head, for ``token_step``."""
     logit_control: bool = False
     """``control`` is a logit-space control (``engine/logit_control.py``): U (1, width), ``sigma`` in its own units."""
+    row_temperature: bool = False
+    """Each sample row carries a log-temperature offset: its V rows get one more column
+    (``logit_control.tempered_head``)."""
 
     @classmethod
-    def build(cls, lm: CausalLM, params: AISPParams, sampling: SamplingParams) -> Plan:
+    def build(cls, lm: CausalLM, params: AISPParams, sampling: SamplingParams, row_temperature: bool = False) -> Plan:
         single = params.method == "sample"
         steer = params.method == "aisp"
         n = 1 if single else params.num_samples
         tau = min(params.tau, sampling.max_tokens)
         logit_control = steer and params.control in LOGIT_CONTROLS
+        if row_temperature and logit_control:
+            raise ValueError(
+                f"row_temperature scales the rows of a pre-logit control; control={params.control!r} is a logit "
+                "control: use control='position' or 'shared' with it"
+            )
         if params.control == "position":
             control_index = torch.arange(tau)  # (tau,)
         else:
@@ -148,6 +165,7 @@ class Plan:
             device=lm.device,
             head_weight=lm.head_weight,
             logit_control=logit_control,
+            row_temperature=row_temperature,
         )
 
 
@@ -186,14 +204,25 @@ class Controller:
     iteration: int = 0
     """Iterations decoded so far."""
     mass: torch.Tensor = field(init=False)  # (steps,) importance mass per position, summed over iterations
+    start: torch.Tensor = field(init=False)  # (steps, d) the starting mean U_0
+    evidence: torch.Tensor = field(init=False)  # (steps, d) S_k, the sum of the update's steps so far
+    null: float = 0.0
+    """The expected ||S_k||^2 were the weights independent of the noise (``importance.step_null``, summed)."""
     elite_uniforms: torch.Tensor | None = None  # (T,) token-sampling noise of the best response so far
     seen: dict[str, float] = field(default_factory=dict)
     """Rewards of the responses scored so far: an identical response is scored once."""
     logit: LogitControl | None = None
     """A logit-space control's support (where its noise goes); None for the pre-logit controls."""
+    shift: torch.Tensor | None = None
+    """(n, width) a fixed shift of each sample row's control at every decoded position (a learned proposal:
+    ``run(row_shift=...)``); it moves the rows' base, not U: the weights and the update never see it."""
+    temperature: torch.Tensor | None = None
+    """(n,) each sample row's log-temperature offset (``run(row_temperature=...)``), with ``plan.row_temperature``."""
 
     def __post_init__(self) -> None:
         self.mass = torch.zeros(self.plan.steps, device=self.plan.device)  # (steps,)
+        self.start = self.U  # (steps, d)
+        self.evidence = torch.zeros_like(self.U)  # (steps, d)
         self.result.initial_U_norm = float(self.U.norm())
 
     @property
@@ -214,11 +243,16 @@ class Controller:
             uniforms[: plan.elite_rows] = self.elite_uniforms  # (n, T)
         if self.logit is not None:  # applied at every position: V_rows (n, 1, width)
             V = self.logit.draw(self.U, n, plan.sigma, self.noise)  # (n, 1, width)
-            return Sample(V, V, uniforms)
+            return Sample(V, V if self.shift is None else V + self.shift[:, None], uniforms)
         eps = torch.randn(n, plan.steps, d, generator=self.noise, device=plan.device)  # (n, steps, d)
         V = self.U[None] + plan.sigma * eps  # (n, steps, d)
         V_pos = V[:, plan.control_index]  # (n, tau, d)
         V_rows = torch.cat([V_pos, V.new_zeros(n, 1, d)], dim=1)  # (n, tau + 1, d)
+        if self.shift is not None:  # at every position, the slice past tau included
+            V_rows = V_rows + self.shift[:, None]  # (n, tau + 1, d)
+        if self.temperature is not None:  # one more column: the row's log-temperature offset
+            column = self.temperature[:, None, None].expand(n, V_rows.shape[1], 1)  # (n, tau + 1, 1)
+            V_rows = torch.cat([V_rows, column.to(V_rows)], dim=2)  # (n, tau + 1, d + 1)
         return Sample(V, V_rows, uniforms)
 
     def update(self, sample: Sample, out: DecodeOutput, rows: slice, rewards: list[float]) -> None:
@@ -235,14 +269,21 @@ class Controller:
             n = plan.num_samples
             lam = params.lambda_ or lambda_for_ess(r, inner, params.alpha, plan.sigma, params.ess_target * n)
             weights = importance_weights(r, inner, lam, params.alpha, plan.sigma)  # (n,)
-            self.U = update_mean(self.U, sample.V.float(), weights.to(plan.device), mask)  # (steps, d)
+            V, w = sample.V.float(), weights.to(plan.device)
+            self.evidence = self.evidence + mean_step(self.U, V, w, mask)  # (steps, d) sum of the steps so far
+            self.null += step_null(self.U, V, w, mask)
+            share = signal_share(self.evidence, self.null)  # ~0 while the weights carry no signal about V
+            self.U = self.start + share * self.evidence  # (steps, d)
             self.mass += weights.to(plan.device, torch.float32) @ mask.float()  # (steps,)
             if params.token_step > 0:
                 drift = token_direction(plan.head_weight, out.token_ids[rows], weights, plan.tau)  # (d,)
+                self.start = self.start + params.token_step * plan.sigma * drift  # (steps, d) not shrunk
                 self.U = self.U + params.token_step * plan.sigma * drift  # (steps, d)
         else:
             lam, weights = 0.0, torch.full((len(rewards),), 1.0 / len(rewards))  # (n,) uniform over its responses
+            share = 0.0
         result.lambdas.append(lam)
+        result.signal_shares.append(share)
         result.weights.append(weights.tolist())
         result.ess.append(effective_sample_size(weights))
         result.u_norms.append(float(self.U.norm()))

@@ -2,7 +2,9 @@
 
 Weights ``w_i = softmax_i(r_i / lambda - ((1 - alpha) / sigma^2) <U, V_i>)`` (arXiv 2510.26219, eq. for
 ``q*(V) / q(V | U)``), lambda chosen for a target effective sample size, and the new mean
-``U <- sum_i w_i V_i``.
+``U_k = U_0 + c_k * S_k``: ``S_k`` the sum of the steps ``sum_i w_i (V_i - U)`` of iterations 1..k and ``c_k``
+the share of it that is signal rather than the noise of the draws (:func:`signal_share`; issue 27: the
+lambda rule alone moved U by about one full noise draw in 4 rounds when the reward carried no signal).
 """
 
 from __future__ import annotations
@@ -77,17 +79,44 @@ def control_inner(U: torch.Tensor, V: torch.Tensor) -> torch.Tensor:
     return torch.einsum("td,ntd->n", U.float(), V.float())  # (n,)
 
 
-def update_mean(U: torch.Tensor, V: torch.Tensor, weights: torch.Tensor, reached: torch.Tensor) -> torch.Tensor:
-    """``U_t <- sum_i w_i V_i,t`` over the samples that reached position t, renormalised.
+def mean_step(U: torch.Tensor, V: torch.Tensor, weights: torch.Tensor, reached: torch.Tensor) -> torch.Tensor:
+    """The importance-weighted step ``sum_i w_i m_i,t (V_i,t - U_t)``, not renormalised per position.
 
-    U (tau, d), V (n, tau, d), weights (n,), reached (n, tau) -> new U (tau, d). A
-    position no sample reached keeps its old value: unused noise carries no information.
+    U (tau, d), V (n, tau, d), weights (n,) summing to one, reached (n, tau) -> step (tau, d). A sample
+    that did not reach position t contributes no move there (its noise at t was never used), so a
+    position reached only by samples of total weight m moves m times as far as the weighted mean of
+    their V would take it: a straggler of small weight cannot set a position on its own (the per-position
+    renormalisation this replaces moved such a position all the way to the straggler's V). With every
+    position reached it is the paper's ``sum_i w_i V_i - U``.
     """
     w = weights.to(V.dtype)[:, None] * reached.to(V.dtype)  # (n, tau)
-    mass = w.sum(dim=0)  # (tau,)
-    weighted = torch.einsum("nt,ntd->td", w, V)  # (tau, d)
-    new_U = weighted / mass.clamp_min(1e-30)[:, None]  # (tau, d)
-    return torch.where(mass[:, None] > 0, new_U, U)  # (tau, d)
+    return torch.einsum("nt,ntd->td", w, V - U[None])  # (tau, d)
+
+
+def step_null(U: torch.Tensor, V: torch.Tensor, weights: torch.Tensor, reached: torch.Tensor) -> float:
+    """``sum_i w_i^2 ||m_i * (V_i - U)||^2``: what ``||mean_step(...)||^2`` would be, in expectation, if the
+    weights carried no information about the noise the samples used (an unbiased estimate of it).
+
+    U (tau, d), V (n, tau, d), weights (n,), reached (n, tau). With x_i = m_i * (V_i - U) independent and
+    zero-mean given the weights, E||sum_i w_i x_i||^2 = sum_i w_i^2 E||x_i||^2.
+    """
+    x = (V - U[None]) * reached.to(V.dtype)[:, :, None]  # (n, tau, d)
+    return float((weights.double().pow(2) * x.double().pow(2).sum(dim=(1, 2))).sum())
+
+
+def signal_share(evidence: torch.Tensor, null: float) -> float:
+    """A positive-part James-Stein factor ``max(0, 1 - null / ||evidence||^2)`` in [0, 1].
+
+    ``evidence`` is a sum of steps (:func:`mean_step`, any shape) and ``null`` the sum of their
+    :func:`step_null`: the expected ``||evidence||^2`` if no step carried signal. A reward independent of
+    the samples gives a factor near 0 (its spread is O(sqrt(2 / D)) in D dimensions); a direction the
+    steps agree on grows ``||evidence||^2`` like the square of their number while the noise grows
+    linearly, so the factor climbs to 1 as the evidence accumulates.
+    """
+    total = float(evidence.double().pow(2).sum())
+    if not total > 0:
+        return 0.0
+    return max(0.0, 1.0 - null / total)
 
 
 def token_direction(

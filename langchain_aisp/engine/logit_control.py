@@ -7,9 +7,9 @@ the reward variance: the weights follow token-sampling noise. This control is a 
 tokens its samples have used so far: ``v_i = u + sigma * (eps_i * support)`` with ``sigma`` in nats.
 The first iteration's support is empty, so it is plain sampling (Best-of-N's first n samples); each
 later iteration biases the words the earlier samples used, up or down, and the importance weights
-move ``u`` towards the biases of the better responses (``importance.update_mean``): a per-prompt,
-reward-weighted vocabulary bias. The weights and lambda are the paper's (``importance``); only the
-space differs: U has shape (1, vocab) and V (n, 1, vocab).
+move ``u`` towards the biases of the better responses (``importance.mean_step``, scaled by
+``importance.signal_share``): a per-prompt, reward-weighted vocabulary bias. The weights and lambda are
+the paper's (``importance``); only the space differs: U has shape (1, vocab) and V (n, 1, vocab).
 
 ``"temperature"`` is the same update on one number per sample: the logits are divided by ``exp(v)``,
 ``v ~ N(u, sigma^2)`` (sigma in log-temperature), so each prompt adapts its own sampling temperature
@@ -53,6 +53,19 @@ def control_head(lm: CausalLM, control: str) -> HeadFn:
         return base(z, torch.zeros_like(z)) * torch.exp(-v.float())  # (A, vocab) / exp(v)
 
     return head_token_bias if control == "token-bias" else head_temperature
+
+
+def tempered_head(lm: CausalLM) -> HeadFn:
+    """A pre-logit head whose rows carry their own temperature: ``head(z, v) = (W (z + v[:, :d]) + b) / exp(v[:, d])``,
+    v (A, d + 1): the pre-logit control and a log-temperature offset per row (on top of the sampling temperature).
+    fp32; resolved once per run (``run(row_temperature=...)``)."""
+    base = head_for(lm)
+    d = lm.hidden_size
+
+    def head(z: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        return base(z, v[:, :d]) * torch.exp(-v[:, d:].float())  # (A, vocab)
+
+    return head
 
 
 def grow_support(support: torch.Tensor, token_ids: Sequence[Sequence[int]]) -> torch.Tensor:

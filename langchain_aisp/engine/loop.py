@@ -27,7 +27,7 @@ from langchain_aisp.engine.decode.eager import DecodeOutput, Decoder, PromptPref
 from langchain_aisp.engine.decode.select import DecodeFn
 from langchain_aisp.engine.early_rejection import EarlyRejection
 from langchain_aisp.engine.lm import CausalLM
-from langchain_aisp.engine.logit_control import LOGIT_CONTROLS, LogitControl, control_head, control_width
+from langchain_aisp.engine.logit_control import LOGIT_CONTROLS, LogitControl, control_head, control_width, tempered_head
 from langchain_aisp.engine.scoring import ScoreFn, score_name, score_rows
 from langchain_aisp.errors import RunError, RunFailedError, RunTimeoutError
 
@@ -126,6 +126,48 @@ def initial_controls(
     return start.expand(prompts, steps, d).clone()  # (P, steps, d)
 
 
+def row_shifts(row_shift: object, prompts: int, rows: int, width: int, device: torch.device) -> torch.Tensor | None:
+    """``row_shift`` checked and broadcast to one shift per prompt and sample row: (prompts, n, width), float32.
+
+    ``row_shift`` is (n, width) (the same for every prompt) or (prompts, n, width); width is the control's
+    (the hidden size for the pre-logit controls). None stays None.
+    """
+    if row_shift is None:
+        return None
+    if not isinstance(row_shift, torch.Tensor) or not row_shift.is_floating_point():
+        raise TypeError(f"row_shift must be a floating-point torch.Tensor, got {type(row_shift).__name__}")
+    if tuple(row_shift.shape) not in ((rows, width), (prompts, rows, width)):
+        raise ValueError(
+            f"row_shift must have shape ({rows}, {width}) (one shift per sample row, the same for every prompt) or "
+            f"({prompts}, {rows}, {width}) (one per prompt), rows = num_samples, got {tuple(row_shift.shape)}"
+        )
+    if not bool(torch.isfinite(row_shift).all()):
+        raise ValueError("row_shift contains NaN or infinite values")
+    shift = row_shift.detach().to(device=device, dtype=torch.float32)
+    return shift.expand(prompts, rows, width).clone()  # (P, n, width)
+
+
+def row_temperatures(
+    row_temperature: object, prompts: int, rows: int, device: torch.device, enabled: bool
+) -> torch.Tensor | None:
+    """``row_temperature`` checked and broadcast to (prompts, n) log-temperature offsets, float32; zeros when the
+    group scales rows (``enabled``) but the call gave none, None when it does not (then a given one is refused)."""
+    if row_temperature is None:
+        return torch.zeros(prompts, rows, device=device) if enabled else None
+    if not enabled:
+        raise ValueError("row_temperature needs a decode group built for it (run(..., row_temperature=...))")
+    if not isinstance(row_temperature, torch.Tensor) or not row_temperature.is_floating_point():
+        raise TypeError(f"row_temperature must be a floating-point torch.Tensor, got {type(row_temperature).__name__}")
+    if tuple(row_temperature.shape) not in ((rows,), (prompts, rows)):
+        raise ValueError(
+            f"row_temperature must have shape ({rows},) (one log-temperature offset per sample row) or "
+            f"({prompts}, {rows}), rows = num_samples, got {tuple(row_temperature.shape)}"
+        )
+    if not bool(torch.isfinite(row_temperature).all()) or float(row_temperature.abs().max()) > 5.0:
+        raise ValueError("row_temperature must hold finite log-temperature offsets in [-5, 5] (a factor of e^5)")
+    return row_temperature.detach().to(device=device, dtype=torch.float32).expand(prompts, rows).clone()  # (P, n)
+
+
 def check_max_batch_size(max_batch_size: object) -> int:
     if isinstance(max_batch_size, bool) or not isinstance(max_batch_size, int) or max_batch_size < 1:
         raise ValueError(f"max_batch_size must be an integer >= 1, got {max_batch_size!r}")
@@ -170,6 +212,8 @@ class Request:
         initial_U: torch.Tensor | None = None,
         constraints: Sequence[Constraint | None] | None = None,
         deadline: float | Sequence[float | None] | None = None,
+        row_shift: torch.Tensor | None = None,
+        row_temperature: torch.Tensor | None = None,
     ) -> None:
         if on_reward_error not in ON_REWARD_ERROR:
             raise ValueError(f"on_reward_error must be one of {list(ON_REWARD_ERROR)}, got {on_reward_error!r}")
@@ -181,6 +225,14 @@ class Request:
         self.start_U = initial_controls(
             initial_U, len(prompts), (plan.steps, plan.hidden_size), plan.params, plan.device
         )  # (P, steps, d)
+        if (row_shift is not None or row_temperature is not None) and plan.params.reject_at:
+            raise ValueError(  # early rejection decodes its partials without the rows' controls
+                "row_shift / row_temperature cannot be combined with early rejection (reject_at > 0); use reject_at=0"
+            )
+        self.row_shift = row_shifts(row_shift, len(prompts), plan.num_samples, plan.hidden_size, plan.device)
+        self.row_temperature = row_temperatures(
+            row_temperature, len(prompts), plan.num_samples, plan.device, plan.row_temperature
+        )  # (P, n) or None
         self.lm, self.plan, self.prompts, self.score = lm, plan, prompts, score
         self.name = score_name(score)
         self.isolate = on_reward_error == "isolate"
@@ -219,6 +271,8 @@ class Request:
             result=result,
             prefix=prefill(self.lm, self.prompts[j]),  # once per prompt, for all n x k samples
             U=self.start_U[j],  # (steps, d)
+            shift=None if self.row_shift is None else self.row_shift[j],  # (n, width)
+            temperature=None if self.row_temperature is None else self.row_temperature[j],  # (n,)
             generator=_generator(self.seeds[j], self.plan.device),
             noise=_generator(self.seeds[j], self.plan.device, NOISE_SEED_SALT),
             deadline=self.deadlines[j],
@@ -325,14 +379,18 @@ class DecodeGroup:
         max_batch_size: int,
         decode_fn: DecodeFn,
         max_prompts: int | None = None,
+        row_temperature: bool = False,
     ) -> None:
         self.lm = lm
-        self.plan = Plan.build(lm, params, sampling)
+        self.plan = Plan.build(lm, params, sampling, row_temperature=row_temperature)
         self.decoder = Decoder.build(lm, sampling)
-        self.decode_fn = decode_fn
+        self.decode_fn = decode
         if self.plan.logit_control:  # its head adds a logit-space control: the eager path (the static one captures
             self.decoder = replace(self.decoder, head=control_head(lm, params.control))  # a pre-logit head)
-            self.decode_fn = decode
+        elif row_temperature:  # each row's logits scaled by its own temperature: the eager path too
+            self.decoder = replace(self.decoder, head=tempered_head(lm))
+        else:
+            self.decode_fn = decode_fn
         self.capacity = max(1, check_max_batch_size(max_batch_size) // self.plan.num_samples)  # prompts at once
         self.rejection = EarlyRejection.build(lm, params, sampling, self.decoder)  # None unless params.reject_at
         self.rows_out = self.plan.num_samples if self.rejection is None else self.rejection.keep  # per prompt

@@ -113,13 +113,16 @@ class Scheduler:
         **kwargs: Any,
     ) -> Ticket:
         """Queue one call (``run``'s arguments; ``kwargs``: seed, on_iteration, on_reward_error, keep, initial_U,
-        constraints, deadline); validated here, so bad input raises in the caller's thread."""
+        constraints, deadline, row_shift, row_temperature); validated here, so bad input raises in the caller's
+        thread."""
         check_max_batch_size(max_batch_size)
         fn, path = (decode_fn, "custom") if decode_fn is not None else select_decode(lm, decoding)
-        key = (id(lm), params, sampling, max_batch_size, path, id(decode_fn))
+        tempered = kwargs.get("row_temperature") is not None  # rows with their own temperature decode apart
+        key = (id(lm), params, sampling, max_batch_size, path, id(decode_fn), tempered)
         group = DecodeGroup(
-            lm, params, sampling, max_batch_size=max_batch_size, decode_fn=fn, max_prompts=self.max_prompts
-        )
+            lm, params, sampling, max_batch_size=max_batch_size, decode_fn=fn, max_prompts=self.max_prompts,
+            row_temperature=tempered,
+        )  # fmt: skip
         ticket = Ticket(group.request(prompts, score, **kwargs))
         with self._cond:
             if self._closing:

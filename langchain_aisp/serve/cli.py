@@ -77,6 +77,13 @@ def _parser() -> argparse.ArgumentParser:
         help=f"torch CPU threads of the server: N or 'all' (default: ${NUM_THREADS_ENV}, else 1)",
     )
     model.add_argument("--no-warmup", action="store_true", help="skip the start-up check of every reward")
+    model.add_argument(
+        "--memory", action="store_true", help="a control memory per reward, learned across requests (see docs)"
+    )
+    model.add_argument(
+        "--memory-dir", default=None, help="with --memory: folder of the memories' profiles (loaded at start, saved "
+        "at shutdown)",
+    )  # fmt: skip
     aisp = serve.add_argument_group("defaults for requests that do not set them")
     aisp.add_argument("--method", choices=["aisp", "bon", "sample"], default=None)
     aisp.add_argument("--num-samples", type=int, default=None)
@@ -216,6 +223,8 @@ def config_from_args(args: argparse.Namespace) -> ServeConfig:
         max_pending_work=args.max_pending_work,
         max_body_bytes=args.max_body_bytes,
         warmup=not args.no_warmup,
+        memory=args.memory,
+        memory_dir=args.memory_dir,
         app_dir=args.app_dir,
     )
 

@@ -95,6 +95,13 @@ class ServeConfig:
     """Largest request body accepted (413 above it)."""
     warmup: bool = True
     """Score a ping with every reward and decode one token at start, so a broken reward fails the start."""
+    memory: bool = False
+    """One :class:`~langchain_aisp.ControlMemory` per registered reward: every request of that reward (Best-of-N or
+    AISP, no tools or schema) steers by it and teaches it (docs/benchmarks.md, "Learning across calls")."""
+    memory_dir: str | None = None
+    """With ``memory``: the folder of their profiles, ``<reward name>.safetensors``, loaded at start when present
+    and saved at shutdown, so a restarted server comes back warm. None: the memories live in the process only.
+    (Ray Serve replicas learn apart; give each its own folder or none.)"""
     app_dir: str | None = None
     """Folder searched first for reward modules (as uvicorn's ``--app-dir``; put first on ``sys.path``);
     string rewards are then imported when the config is built, and an error names the folder. None: the
@@ -131,6 +138,8 @@ class ServeConfig:
         if isinstance(cap, bool) or not isinstance(cap, (int, float)) or not (math.isfinite(cap) and cap > 0):
             raise ValueError(f"max_timeout_s must be a finite number of seconds > 0, got {cap!r}")
         _positive_int("max_body_bytes", self.max_body_bytes, low=1024)
+        if self.memory_dir is not None and not self.memory:
+            raise ValueError("memory_dir keeps the control memories' profiles: it needs memory=True")
 
     @property
     def default_reward(self) -> str:

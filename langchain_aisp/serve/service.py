@@ -25,12 +25,14 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from langchain_core.messages import AIMessage, HumanMessage
 
 from langchain_aisp.chat_models import AISPChatModel, PreparedCall, RunCancelledError
 from langchain_aisp.engine.aisp import PromptResult, RewardError
+from langchain_aisp.engine.memory import ControlMemory
 from langchain_aisp.engine.scheduler import Scheduler, Ticket
 from langchain_aisp.serve.config import ServeConfig
 from langchain_aisp.serve.metrics import Metrics
@@ -118,8 +120,9 @@ class AlignmentService:
         for name, reward in cfg.rewards.items():
             try:
                 self._models[name] = AISPChatModel(
-                    reward=reward, max_batch_rows=cfg.max_batch_rows, **source, **cfg.defaults
-                )
+                    reward=reward, max_batch_rows=cfg.max_batch_rows, control_memory=self._memory(name), **source,
+                    **cfg.defaults,
+                )  # fmt: skip
             except ValueError as exc:
                 errors = getattr(exc, "errors", None)  # pydantic: keep the messages, drop the boilerplate
                 why = "; ".join(str(e.get("msg")) for e in errors()) if callable(errors) else str(exc)
@@ -134,6 +137,30 @@ class AlignmentService:
         logger.info(
             "serving %s with rewards %s (default %s)", self.served_model_name, list(self._models), cfg.default_reward
         )
+
+    def _memory_path(self, name: str) -> Path | None:
+        return None if self.config.memory_dir is None else Path(self.config.memory_dir) / f"{name}.safetensors"
+
+    def _memory(self, name: str) -> ControlMemory | None:
+        """The control memory of a registered reward: its saved profile when there is one, else a new one."""
+        if not self.config.memory:
+            return None
+        path = self._memory_path(name)
+        if path is not None and path.is_file():
+            memory = ControlMemory.load(path)
+            logger.info("reward %r: control memory loaded from %s (%d calls learned)", name, path, memory.updates)
+            return memory
+        return ControlMemory()
+
+    def save_memories(self) -> list[Path]:
+        """Write the profile of every memory that learned something to ``memory_dir`` (none without it)."""
+        written = []
+        for name, model in self._models.items():
+            path, memory = self._memory_path(name), model.control_memory
+            if path is not None and memory is not None and memory.updates:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                written.append(memory.save(path))
+        return written
 
     def _warm_up(self) -> None:
         for name, model in self._models.items():
@@ -150,6 +177,8 @@ class AlignmentService:
         if self._requests is not None:
             self._requests.shutdown(wait=True)
         self._scheduler.close(timeout)
+        for path in self.save_memories():
+            logger.info("control memory saved to %s", path)
 
     @property
     def closing(self) -> bool:
