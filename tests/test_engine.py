@@ -276,6 +276,32 @@ def test_row_shift_is_checked(tiny_lm, encode):
         run(tiny_lm, [encode("Hi")], _length_score, params, SamplingParams(max_tokens=2), row_shift=[[0.0] * 32] * 2)
 
 
+def test_initial_u_is_checked_like_every_per_prompt_argument(tiny_lm, encode):
+    params = AISPParams(method="aisp", num_samples=2, num_iterations=1, tau=2)
+    sampling = SamplingParams(max_tokens=2)
+    prompts = [encode("Hi"), encode("Hello")]
+    with pytest.raises(
+        ValueError,
+        match=r"initial_U must have shape \(2, 32\) \(one mean for every prompt\) or \(2, 2, 32\) "
+        r"\(one per prompt\), for control='position', tau=2 .* got \(3, 32\)",
+    ):
+        run(tiny_lm, prompts, _length_score, params, sampling, initial_U=torch.zeros(3, 32))
+    with pytest.raises(ValueError, match="initial_U contains NaN or infinite values"):
+        run(tiny_lm, prompts, _length_score, params, sampling, initial_U=torch.full((2, 32), math.inf))
+    with pytest.raises(TypeError, match=r"initial_U must be a floating-point torch\.Tensor, got int"):
+        run(
+            tiny_lm,
+            prompts,
+            _length_score,
+            params,
+            sampling,
+            initial_U=torch.zeros(2, 32, dtype=torch.long).sum().item(),
+        )
+    one = run(tiny_lm, prompts, _length_score, params, sampling, initial_U=torch.zeros(2, 32), seed=0)
+    each = run(tiny_lm, prompts, _length_score, params, sampling, initial_U=torch.zeros(2, 2, 32), seed=0)
+    assert [r.texts for r in one] == [r.texts for r in each]  # one mean for all prompts == the same mean per prompt
+
+
 def test_bon_and_sample_budgets_and_shared_random_numbers(default_lm, encode):
     prompt = [encode("Give me one word.")]
     sampling = SamplingParams(max_tokens=8)

@@ -403,7 +403,8 @@ def test_concurrent_updates_are_all_folded_in(tiny_lm):
     assert not errors
     assert (shared.updates, shared.prompts) == (64, 64)
     # the same average up to the order of the (slow) forgetting
-    assert torch.allclose(shared.unit_shift(tiny_lm), sequential.unit_shift(tiny_lm), rtol=1e-2, atol=1e-6)
+    both, alone = shared.unit_shift(tiny_lm), sequential.unit_shift(tiny_lm)
+    assert float((both - alone).norm()) < 1e-2 * float(alone.norm())  # elementwise rtol fails near-zero coordinates
 
 
 def test_same_calls_and_seeds_give_the_same_memory(tiny_lm, encode):

@@ -111,19 +111,11 @@ def initial_controls(
         return torch.zeros(prompts, *shape, device=device)  # (P, steps, d)
     if params.method != "aisp":
         raise ValueError(f"initial_U steers AISP's control and needs method='aisp', got method={params.method!r}")
-    if not isinstance(initial_U, torch.Tensor) or not initial_U.is_floating_point():
-        raise TypeError(f"initial_U must be a floating-point torch.Tensor, got {type(initial_U).__name__}")
-    steps, d = shape
-    if tuple(initial_U.shape) not in ((steps, d), (prompts, steps, d)):
-        raise ValueError(
-            f"initial_U must have shape ({steps}, {d}) (one mean for every prompt) or ({prompts}, {steps}, {d}) "
-            f"(one per prompt) for control={params.control!r}, tau={params.tau} and hidden size {d} "
-            f"(steps = min(tau, max_tokens) for position control, 1 for shared), got {tuple(initial_U.shape)}"
-        )
-    if not bool(torch.isfinite(initial_U).all()):
-        raise ValueError("initial_U contains NaN or infinite values")
-    start = initial_U.detach().to(device=device, dtype=torch.float32)
-    return start.expand(prompts, steps, d).clone()  # (P, steps, d)
+    why = (
+        f"for control={params.control!r}, tau={params.tau} and hidden size {shape[1]} (steps = min(tau, max_tokens) "
+        "for position control, 1 for shared)"
+    )
+    return per_prompt("initial_U", initial_U, shape, prompts, device, each="one mean for every prompt", why=why)
 
 
 def row_shifts(row_shift: object, prompts: int, rows: int, width: int, device: torch.device) -> torch.Tensor | None:
@@ -134,17 +126,8 @@ def row_shifts(row_shift: object, prompts: int, rows: int, width: int, device: t
     """
     if row_shift is None:
         return None
-    if not isinstance(row_shift, torch.Tensor) or not row_shift.is_floating_point():
-        raise TypeError(f"row_shift must be a floating-point torch.Tensor, got {type(row_shift).__name__}")
-    if tuple(row_shift.shape) not in ((rows, width), (prompts, rows, width)):
-        raise ValueError(
-            f"row_shift must have shape ({rows}, {width}) (one shift per sample row, the same for every prompt) or "
-            f"({prompts}, {rows}, {width}) (one per prompt), rows = num_samples, got {tuple(row_shift.shape)}"
-        )
-    if not bool(torch.isfinite(row_shift).all()):
-        raise ValueError("row_shift contains NaN or infinite values")
-    shift = row_shift.detach().to(device=device, dtype=torch.float32)
-    return shift.expand(prompts, rows, width).clone()  # (P, n, width)
+    each = "one shift per sample row, the same for every prompt"
+    return per_prompt("row_shift", row_shift, (rows, width), prompts, device, each=each, why="rows = num_samples")
 
 
 def row_temperatures(
@@ -156,16 +139,32 @@ def row_temperatures(
         return torch.zeros(prompts, rows, device=device) if enabled else None
     if not enabled:
         raise ValueError("row_temperature needs a decode group built for it (run(..., row_temperature=...))")
-    if not isinstance(row_temperature, torch.Tensor) or not row_temperature.is_floating_point():
-        raise TypeError(f"row_temperature must be a floating-point torch.Tensor, got {type(row_temperature).__name__}")
-    if tuple(row_temperature.shape) not in ((rows,), (prompts, rows)):
-        raise ValueError(
-            f"row_temperature must have shape ({rows},) (one log-temperature offset per sample row) or "
-            f"({prompts}, {rows}), rows = num_samples, got {tuple(row_temperature.shape)}"
-        )
-    if not bool(torch.isfinite(row_temperature).all()) or float(row_temperature.abs().max()) > 5.0:
+    each = "one log-temperature offset per sample row"
+    offsets = per_prompt(
+        "row_temperature", row_temperature, (rows,), prompts, device, each=each, why="rows = num_samples"
+    )
+    if float(offsets.abs().max()) > 5.0:
         raise ValueError("row_temperature must hold finite log-temperature offsets in [-5, 5] (a factor of e^5)")
-    return row_temperature.detach().to(device=device, dtype=torch.float32).expand(prompts, rows).clone()  # (P, n)
+    return offsets  # (P, n)
+
+
+def per_prompt(
+    name: str, value: object, shape: tuple[int, ...], prompts: int, device: torch.device, *, each: str, why: str
+) -> torch.Tensor:
+    """A per-call tensor argument checked and broadcast to one copy per prompt: (prompts, *shape), float32.
+
+    ``value`` is ``shape`` (``each``: the same for every prompt) or ``(prompts, *shape)``; ``why`` says where the
+    shape comes from. The messages name the argument, the shapes allowed and the shape given."""
+    if not isinstance(value, torch.Tensor) or not value.is_floating_point():
+        raise TypeError(f"{name} must be a floating-point torch.Tensor, got {type(value).__name__}")
+    batched = (prompts, *shape)
+    if tuple(value.shape) not in (shape, batched):
+        raise ValueError(
+            f"{name} must have shape {shape} ({each}) or {batched} (one per prompt), {why}, got {tuple(value.shape)}"
+        )
+    if not bool(torch.isfinite(value).all()):
+        raise ValueError(f"{name} contains NaN or infinite values")
+    return value.detach().to(device=device, dtype=torch.float32).expand(batched).clone()  # (P, *shape)
 
 
 def check_max_batch_size(max_batch_size: object) -> int:
