@@ -144,7 +144,7 @@ def test_openai_sdk_stream_with_usage_has_aisp_on_the_final_chunk(client):
 
 def test_the_server_keeps_a_memory_per_reward_and_comes_back_warm(tiny_lm, tmp_path):
     """--memory: one control memory per registered reward; --memory-dir: saved at shutdown, loaded at start."""
-    from langchain_aisp.serve.protocol import parse_chat_request
+    from langchain_aisp.serve.protocol import aisp_summary, parse_chat_request
 
     def ask(question: str, reward: str) -> Any:
         body = {"model": "default", "messages": [{"role": "user", "content": question}], "seed": 0,
@@ -163,6 +163,7 @@ def test_the_server_keeps_a_memory_per_reward_and_comes_back_warm(tiny_lm, tmp_p
         for question in ("Say hi.", "Name a fruit.", "Count to 3."):
             answer = service.run(ask(question, "long"), timeout=120)
             assert answer.message.response_metadata["aisp"]["memory"]["own_rows"] == 1
+            assert aisp_summary(answer.message)["memory"]["own_rows"] == 1  # the response's aisp object says so
         service.run(ask("Say hi.", "short"), timeout=120)
         memories = {name: model.control_memory for name, model in service._models.items()}
         assert memories["long"].updates == 3 and memories["short"].updates == 1  # one memory per reward

@@ -160,6 +160,9 @@ def test_completion_and_chunks_carry_the_answer_usage_and_aisp_object():
     assert aisp["timed_out"] is False
     message.response_metadata["aisp"]["timed_out"] = True
     assert aisp_summary(message)["timed_out"] is True
+    assert "memory" not in aisp  # no control memory: no memory entry
+    message.response_metadata["aisp"]["memory"] = {"own_rows": 1, "level": 0.25}
+    assert aisp_summary(message)["memory"] == {"own_rows": 1, "level": 0.25}
     body = completion_body(message, completion_id="x", model="m", aisp=aisp)
     assert body["choices"][0]["message"]["content"] == "Paris is nice."
     assert body["usage"] == {"prompt_tokens": 10, "completion_tokens": 4, "total_tokens": 14}

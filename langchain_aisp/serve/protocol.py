@@ -488,6 +488,8 @@ def aisp_summary(message: AIMessage, **extra: Any) -> dict[str, Any]:
     }
     if "format_validity" in meta:
         out["format_validity"] = meta["format_validity"]
+    if meta.get("memory") is not None:  # how the server's control memory steered this answer (--memory)
+        out["memory"] = meta["memory"]
     if message.invalid_tool_calls:
         out["invalid_tool_calls"] = [
             {"name": c.get("name"), "arguments": c.get("args"), "error": c.get("error")}
