@@ -127,20 +127,6 @@ def test_step_is_the_weighted_move_and_a_straggler_moves_its_position_by_its_wei
     assert torch.equal(U, torch.full((3, 2), 7.0))  # the input is not modified
 
 
-def _null_and_signal_weights(n, tau, d, signal, seed):
-    generator = torch.Generator().manual_seed(seed)
-    sigma = 0.1
-    U = torch.zeros(tau, d)
-    V = U + sigma * torch.randn(n, tau, d, generator=generator)  # (n, tau, d)
-    if signal:
-        r = V[:, :, 0].sum(dim=1).double()  # (n,) the reward follows one coordinate of V
-    else:
-        r = torch.rand(n, generator=generator, dtype=torch.float64)  # (n,) independent of V
-    inner = control_inner(U, V)
-    lam = lambda_for_ess(r, inner, alpha=0.999, sigma=sigma, target=n / 2)
-    return U, V, importance_weights(r, inner, lam, 0.999, sigma)
-
-
 def _share_of(n, tau, d, signal, seed, rounds=1):
     """The signal share after ``rounds`` rounds of the update, the reward independent of V or following it."""
     generator = torch.Generator().manual_seed(seed)
